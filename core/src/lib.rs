@@ -1,1 +1,34 @@
-//! wip
+//! # mayfly core
+//!
+//! mayfly runs batch work over many files on clusters that live only as long as
+//! the work. This crate holds everything that is the same for every provider:
+//! today the task host ([`host`]) that runs sandboxed WebAssembly tasks, the
+//! builder that turns a task crate into a component ([`build`]), and the units
+//! used in config ([`units`]).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mayfly_core::host::{Attempt, BytesInput, Limits, Runtime, RuntimeConfig};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Runtime::new(&RuntimeConfig::default())?;
+//! let task = runtime.load("target/wasm32-wasip2/release/wordcount.wasm".as_ref())?;
+//! let outcome = runtime
+//!     .run(&task, Attempt {
+//!         input: Arc::new(BytesInput::new("hello.txt", &b"hello world hello"[..])),
+//!         params: Arc::from("{}"),
+//!         limits: Limits::default(),
+//!         staging: "/tmp/mayfly-example".into(),
+//!     })
+//!     .await;
+//! outcome.result?;
+//! for output in &outcome.outputs {
+//!     println!("{} ({} bytes) at {}", output.name, output.bytes, output.path.display());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod build;
+pub mod host;
+pub mod units;

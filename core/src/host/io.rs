@@ -1,0 +1,347 @@
+//! What a task reads and writes: input sources (a file, a byte range of one,
+//! bytes in memory, a concatenation) and outputs staged in an attempt's own
+//! directory until the attempt succeeds.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a task's input bytes come from. Implementations must be safe to read
+/// from several threads; offsets are relative to the item's first byte.
+pub trait InputSource: Send + Sync {
+    /// The object's name as the task sees it.
+    fn name(&self) -> &str;
+    /// Length of the item in bytes.
+    fn size(&self) -> u64;
+    /// Offset of the item's first byte inside its object.
+    fn offset_in_object(&self) -> u64 {
+        0
+    }
+    /// Reads bytes at `offset` into `buf`; returns how many (0 only at the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A whole local file, or a byte range of one.
+#[derive(Debug)]
+pub struct FileInput {
+    name: String,
+    file: File,
+    start: u64,
+    len: u64,
+}
+
+impl FileInput {
+    /// The whole file at `path`, seen by the task as `name`.
+    pub fn open(path: &Path, name: impl Into<String>) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory"));
+        }
+        Ok(FileInput { name: name.into(), file, start: 0, len: meta.len() })
+    }
+
+    /// Bytes `start..start + len` of the file at `path`.
+    pub fn range(path: &Path, name: impl Into<String>, start: u64, len: u64) -> io::Result<Self> {
+        let mut input = Self::open(path, name)?;
+        let end = start.checked_add(len).filter(|&e| e <= input.len).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {start}..{} lies past the end of the file ({} bytes)", start + len, input.len),
+            )
+        })?;
+        input.start = start;
+        input.len = end - start;
+        Ok(input)
+    }
+}
+
+impl InputSource for FileInput {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn offset_in_object(&self) -> u64 {
+        self.start
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(offset);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.read_at(&mut buf[..n], self.start + offset)
+    }
+}
+
+/// Bytes held in memory.
+#[derive(Debug, Clone)]
+pub struct BytesInput {
+    name: String,
+    data: Arc<[u8]>,
+}
+
+impl BytesInput {
+    /// An input named `name` holding `data`.
+    pub fn new(name: impl Into<String>, data: impl Into<Arc<[u8]>>) -> Self {
+        BytesInput { name: name.into(), data: data.into() }
+    }
+}
+
+impl InputSource for BytesInput {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.data.len());
+        let n = buf.len().min(self.data.len() - start);
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Several inputs seen as one, one after the other: how a reduce task sees
+/// every committed map output.
+pub struct ConcatInput {
+    name: String,
+    parts: Vec<(u64, Arc<dyn InputSource>)>,
+    size: u64,
+}
+
+impl ConcatInput {
+    /// The concatenation of `parts`, named `name`.
+    pub fn new(name: impl Into<String>, parts: Vec<Arc<dyn InputSource>>) -> Self {
+        let mut size = 0;
+        let parts = parts
+            .into_iter()
+            .map(|p| {
+                let start = size;
+                size += p.size();
+                (start, p)
+            })
+            .collect();
+        ConcatInput { name: name.into(), parts, size }
+    }
+}
+
+impl std::fmt::Debug for ConcatInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcatInput").field("name", &self.name).field("parts", &self.parts.len()).finish()
+    }
+}
+
+impl InputSource for ConcatInput {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let index = self.parts.partition_point(|(start, _)| *start <= offset).saturating_sub(1);
+        for (start, part) in &self.parts[index..] {
+            if offset < start + part.size() {
+                return part.read_at(offset - start, buf);
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// The task's handle on its input: the sequential-read cursor (the source
+/// itself lives in the attempt's state).
+#[derive(Debug)]
+pub struct InputHandle {
+    pub(crate) cursor: u64,
+}
+
+/// An output the task has open: an index into the attempt's [`OutputSet`].
+#[derive(Debug)]
+pub struct OutputHandle {
+    pub(crate) index: usize,
+}
+
+/// One output of a successful attempt, staged and ready to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedOutput {
+    /// The name the task gave it (a relative path).
+    pub name: String,
+    /// Where it is staged.
+    pub path: PathBuf,
+    /// Its length.
+    pub bytes: u64,
+}
+
+struct OpenOutput {
+    name: String,
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    bytes: u64,
+}
+
+/// The outputs of one attempt, written under its own staging directory.
+pub(crate) struct OutputSet {
+    staging: PathBuf,
+    files: Vec<OpenOutput>,
+    pub(crate) total: u64,
+    pub(crate) limit: u64,
+}
+
+/// Why an output name is refused, or `None` if it is fine.
+pub fn check_output_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 255 {
+        return Some(format!("output name {name:?} must be 1 to 255 bytes long"));
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Some(format!("output name {name:?} has an empty, `.` or `..` part"));
+        }
+        if part.starts_with('.') || part.starts_with('_') {
+            return Some(format!(
+                "output name {name:?}: parts may not start with `.` or `_` (reserved for mayfly's own files)"
+            ));
+        }
+        if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Some(format!(
+                "output name {name:?} contains {c:?}; use letters, digits, `.`, `_`, `-`, and `/` between parts"
+            ));
+        }
+    }
+    None
+}
+
+impl OutputSet {
+    pub(crate) fn new(staging: PathBuf, limit: u64) -> Self {
+        OutputSet { staging, files: Vec::new(), total: 0, limit }
+    }
+
+    /// Opens a new output, or says why it cannot be.
+    pub(crate) fn open(&mut self, name: &str) -> Result<usize, OpenError> {
+        if let Some(reason) = check_output_name(name) {
+            return Err(OpenError::Invalid(reason));
+        }
+        if self.files.iter().any(|f| f.name == name) {
+            return Err(OpenError::Invalid(format!("output {name:?} is already open")));
+        }
+        let path = self.staging.join(name);
+        let file = (|| {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            File::create_new(&path)
+        })()
+        .map_err(|e| OpenError::Storage(format!("creating output {name:?}: {e}")))?;
+        self.files.push(OpenOutput {
+            name: name.to_owned(),
+            path,
+            writer: Some(BufWriter::with_capacity(256 * 1024, file)),
+            bytes: 0,
+        });
+        Ok(self.files.len() - 1)
+    }
+
+    /// Appends to output `index`. `Ok(Err)` is an I/O failure for the task to
+    /// handle; `Err` means the output limit was hit and the attempt must stop.
+    pub(crate) fn write(&mut self, index: usize, data: &[u8]) -> Result<Result<(), OpenError>, LimitHit> {
+        if self.total.saturating_add(data.len() as u64) > self.limit {
+            return Err(LimitHit);
+        }
+        let Some(out) = self.files.get_mut(index) else {
+            return Ok(Err(OpenError::Closed));
+        };
+        let Some(writer) = out.writer.as_mut() else {
+            return Ok(Err(OpenError::Closed));
+        };
+        if let Err(e) = writer.write_all(data) {
+            return Ok(Err(OpenError::Storage(format!("writing output {:?}: {e}", out.name))));
+        }
+        out.bytes += data.len() as u64;
+        self.total += data.len() as u64;
+        Ok(Ok(()))
+    }
+
+    /// Flushes output `index` when the task drops it.
+    pub(crate) fn close(&mut self, index: usize) -> io::Result<()> {
+        match self.files.get_mut(index).and_then(|f| f.writer.take()) {
+            Some(mut w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// The attempt succeeded: flush everything and list the staged outputs.
+    pub(crate) fn finish(mut self) -> io::Result<Vec<StagedOutput>> {
+        let mut staged = Vec::with_capacity(self.files.len());
+        for f in &mut self.files {
+            if let Some(mut w) = f.writer.take() {
+                w.flush()?;
+            }
+            staged.push(StagedOutput { name: f.name.clone(), path: f.path.clone(), bytes: f.bytes });
+        }
+        Ok(staged)
+    }
+
+    /// The attempt failed: nothing it wrote may survive.
+    pub(crate) fn discard(mut self) {
+        for f in &mut self.files {
+            f.writer = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// The output limit was reached.
+#[derive(Debug)]
+pub(crate) struct LimitHit;
+
+/// Why an output could not be opened or written.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    Invalid(String),
+    Storage(String),
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names() {
+        for ok in ["counts.tsv", "by-day/2024-01-01.csv", "a_b.c", "X9"] {
+            assert_eq!(check_output_name(ok), None, "{ok}");
+        }
+        for bad in ["", "/abs", "a//b", "../x", "a/../b", ".hidden", "_manifest.json", "sp ace", "é", "a\\b"] {
+            assert!(check_output_name(bad).is_some(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn ranges_and_concatenation() {
+        let a: Arc<dyn InputSource> = Arc::new(BytesInput::new("a", &b"hello "[..]));
+        let b: Arc<dyn InputSource> = Arc::new(BytesInput::new("b", &b"world"[..]));
+        let cat = ConcatInput::new("all", vec![a, b]);
+        assert_eq!(cat.size(), 11);
+        let mut buf = [0u8; 16];
+        let n = cat.read_at(4, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"o ");
+        let n = cat.read_at(6, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"world");
+        assert_eq!(cat.read_at(11, &mut buf).expect("read"), 0);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").expect("write");
+        let r = FileInput::range(&path, "f", 3, 4).expect("range");
+        assert_eq!((r.size(), r.offset_in_object()), (4, 3));
+        let n = r.read_at(0, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"3456");
+        assert!(FileInput::range(&path, "f", 8, 4).is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! The task host: runs mayfly tasks, WebAssembly components of the
+//! `mayfly:task@0.1.0` world, in a sandbox with per-attempt limits.
+//!
+//! - [`Runtime`] owns the wasmtime engine (Cranelift, pooling allocator, epoch
+//!   interruption), the linker with WASI and the mayfly imports, the epoch
+//!   ticker thread and the on-disk compile cache. Make one per process.
+//! - [`Runtime::load`] reads, checks and compiles a component once (or loads it
+//!   from the cache) and pre-links it into a [`Task`].
+//! - [`Runtime::run`] runs one [`Attempt`]: a fresh instance from the pre-linked
+//!   task, the input item, the parameters, the [`Limits`], and a staging
+//!   directory for its outputs. It returns an [`Outcome`]: the staged outputs on
+//!   success (nothing on failure: the staging directory is removed), the log
+//!   lines, and a classified [`Failure`].
+//!
+//! The sandbox gives no ambient authority: no preopened directories, no
+//! environment variables, no arguments, no sockets or name lookups. WASI is
+//! linked so that standard-library code works, and every capability in it is
+//! denied by the context we build; stdout and stderr become log lines.
+
+mod bindings;
+mod cache;
+mod failure;
+mod io;
+mod limits;
+mod log;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+pub use cache::default_cache_dir;
+pub use failure::{Failure, LoadError};
+pub use io::{BytesInput, ConcatInput, FileInput, InputSource, StagedOutput, check_output_name};
+pub use limits::Limits;
+pub use log::{Level, LogLine, LogSource};
+
+use bindings::TaskPre;
+use io::{InputHandle, OutputSet};
+use state::{LimitStop, State};
+
+/// How often the epoch ticks; attempt time limits are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Extra wall time after the limit before the host abandons an attempt that is
+/// blocked in a host call (where epoch interruption cannot reach it).
+const HOST_CALL_GRACE: Duration = Duration::from_secs(1);
+
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Attempts that may run at the same time in this process (sizes the pool).
+    pub max_concurrent: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { cache_dir: default_cache_dir(), max_concurrent: 16 }
+    }
+}
+
+/// The engine, linker and cache shared by every attempt in a process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    cache: Option<cache::CompileCache>,
+    engine_key: String,
+    /// Set on drop to stop the epoch ticker thread.
+    stop: Arc<AtomicBool>,
+    /// Why the compile cache is not in use, if it is not.
+    pub cache_warning: Option<String>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+/// A task compiled and pre-linked, ready to be instantiated per item.
+pub struct Task {
+    name: String,
+    sha256: String,
+    pre: TaskPre<State>,
+    /// Whether this load was served by the compile cache.
+    pub from_cache: bool,
+    /// Time spent compiling or loading from the cache.
+    pub load_time: Duration,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task").field("name", &self.name).field("sha256", &self.sha256).finish_non_exhaustive()
+    }
+}
+
+impl Task {
+    /// The task's name (the component's file name without extension).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hex sha256 of the component's bytes: the task's identity.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// One attempt at one item.
+#[derive(Clone)]
+pub struct Attempt {
+    /// The item.
+    pub input: Arc<dyn InputSource>,
+    /// The task's parameters, a JSON object.
+    pub params: Arc<str>,
+    /// The limits for this attempt.
+    pub limits: Limits,
+    /// A directory for this attempt's outputs; created if missing, removed on failure.
+    pub staging: PathBuf,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("input", &self.input.name())
+            .field("limits", &self.limits)
+            .field("staging", &self.staging)
+            .finish()
+    }
+}
+
+/// What an attempt did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Success, or why not.
+    pub result: Result<(), Failure>,
+    /// The staged outputs (empty unless the attempt succeeded).
+    pub outputs: Vec<StagedOutput>,
+    /// Everything the task logged, in order.
+    pub logs: Vec<LogLine>,
+    /// Input bytes the task read.
+    pub input_read: u64,
+    /// Peak linear memory of the instance.
+    pub peak_memory: u64,
+    /// The last progress the task reported.
+    pub progress: Option<(u64, u64)>,
+    /// Wall time of the attempt.
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    /// Builds the engine and linker, and opens the compile cache.
+    pub fn new(config: &RuntimeConfig) -> Result<Self, String> {
+        let engine = build_engine(config.max_concurrent.max(1))?;
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+        bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| format!("linking mayfly:task: {e}"))?;
+
+        let (cache, cache_warning) = match &config.cache_dir {
+            None => (None, None),
+            Some(dir) => match cache::CompileCache::open(dir) {
+                Ok(c) => (Some(c), None),
+                Err(w) => (None, Some(w)),
+            },
+        };
+        let engine_key = cache::engine_key(&engine);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, ticker_stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("mayfly-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| format!("starting the epoch thread: {e}"))?;
+
+        Ok(Runtime { engine, linker, cache, engine_key, stop, cache_warning })
+    }
+
+    /// Loads the component at `path` (see [`Runtime::load_bytes`]).
+    pub fn load(&self, path: &Path) -> Result<Task, LoadError> {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into());
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { task: name.clone(), path: path.to_owned(), source })?;
+        self.load_bytes(&name, &bytes)
+    }
+
+    /// Checks that `bytes` is a component of the task world, compiles it (or
+    /// takes it from the cache) and pre-links it.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Task, LoadError> {
+        let started = Instant::now();
+        let task = name.to_owned();
+        check_header(&task, bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &sha256, &self.engine_key));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes)
+                    .map_err(|e| LoadError::Invalid { task: task.clone(), reason: format!("{e:#}") })?;
+                check_world(&task, &self.engine, &c)?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&c, &sha256, &self.engine_key);
+                }
+                c
+            }
+        };
+        check_world(&task, &self.engine, &component)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::NotATask {
+            task: task.clone(),
+            reason: format!("its imports cannot be satisfied by the sandbox: {e:#}"),
+        })?;
+        let pre = TaskPre::new(instance_pre).map_err(|e| LoadError::NotATask { task: task.clone(), reason: format!("{e:#}") })?;
+        Ok(Task { name: task, sha256, pre, from_cache, load_time: started.elapsed() })
+    }
+
+    /// Runs one attempt of `task`. Never panics on anything the task does.
+    pub async fn run(&self, task: &Task, attempt: Attempt) -> Outcome {
+        let started = Instant::now();
+        let limits = attempt.limits;
+        let log = log::LogBuffer::new(started, limits.log.0);
+        let failed = |failure: Failure, log: &log::SharedLog| Outcome {
+            result: Err(failure),
+            outputs: Vec::new(),
+            logs: log.lock().map(|l| l.lines.clone()).unwrap_or_default(),
+            input_read: 0,
+            peak_memory: 0,
+            progress: None,
+            elapsed: started.elapsed(),
+        };
+        if let Err(e) = std::fs::create_dir_all(&attempt.staging) {
+            let message = format!("creating staging directory {}: {e}", attempt.staging.display());
+            return failed(Failure::Host { message }, &log);
+        }
+
+        // No preopens, no environment, no arguments, no network: the builder's
+        // defaults deny them all; only stdout and stderr are wired, to the log.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log::StdioLog { log: log.clone(), source: LogSource::Stdout })
+            .stderr(log::StdioLog { log: log.clone(), source: LogSource::Stderr })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = State {
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+            limiter: limits::MemoryLimiter::new(limits.memory.0),
+            input: attempt.input.clone(),
+            input_read: 0,
+            params: attempt.params.clone(),
+            outputs: Some(OutputSet::new(attempt.staging.clone(), limits.output.0)),
+            log: log.clone(),
+            panic: None,
+            stopped_by: None,
+            progress: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits.attempt_time.0.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+
+        let call = async {
+            let instance = task.pre.instantiate_async(&mut store).await?;
+            let input = store.data_mut().table.push(InputHandle { cursor: 0 })?;
+            instance.call_run(&mut store, input).await
+        };
+        let wall = limits.attempt_time.0 + HOST_CALL_GRACE;
+        let result = tokio::time::timeout(wall, call).await;
+
+        let state = store.data_mut();
+        let classified = match result {
+            Err(_elapsed) => Err(Failure::Timeout { limit: limits.attempt_time }),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Failure::TaskError { message: e.message, retryable: e.retryable }),
+            Ok(Err(trap)) => Err(classify_trap(&trap, state, &limits)),
+        };
+        if let Ok(mut l) = log.lock() {
+            l.flush_partial();
+        }
+        let outputs = state.outputs.take();
+        let (result, staged) = match (classified, outputs) {
+            (Ok(()), Some(outputs)) => match outputs.finish() {
+                Ok(staged) => (Ok(()), staged),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&attempt.staging);
+                    (Err(Failure::Host { message: format!("finishing outputs: {e}") }), Vec::new())
+                }
+            },
+            (Ok(()), None) => (Ok(()), Vec::new()),
+            (Err(f), outputs) => {
+                if let Some(o) = outputs {
+                    o.discard();
+                }
+                let _ = std::fs::remove_dir_all(&attempt.staging);
+                (Err(f), Vec::new())
+            }
+        };
+        let outcome = Outcome {
+            result,
+            outputs: staged,
+            logs: log.lock().map(|l| l.lines.clone()).unwrap_or_default(),
+            input_read: state.input_read,
+            peak_memory: state.limiter.peak as u64,
+            progress: state.progress,
+            elapsed: started.elapsed(),
+        };
+        drop(store);
+        outcome
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn build_engine(max_concurrent: u32) -> Result<Engine, String> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(max_concurrent)
+        .total_core_instances(max_concurrent * 16)
+        .total_memories(max_concurrent * 4)
+        .total_tables(max_concurrent * 16)
+        .total_stacks(max_concurrent)
+        .max_memory_size(1 << 32);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(pooling_error) => {
+            // Some hosts cap virtual memory (ulimit -v) below what the pool
+            // reserves; fall back to allocating per instance.
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(|e| format!("creating the wasm engine: {e:#} (pooling: {pooling_error:#})"))
+        }
+    }
+}
+
+/// Refuses what is not a component before handing it to the compiler, with a
+/// message that says what the file is instead.
+fn check_header(task: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        let first_bytes = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        let first_bytes = if first_bytes.is_empty() { "nothing (the file is empty)".to_owned() } else { first_bytes };
+        return Err(LoadError::NotWasm { task: task.to_owned(), first_bytes });
+    }
+    // Bytes 4..8: version 1 with layer 0 is a core module; layer 1 is a component.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule { task: task.to_owned() });
+    }
+    Ok(())
+}
+
+/// Checks the component's imports and exports against the task world, so that
+/// a task for another interface version fails with a message saying so.
+fn check_world(task: &str, engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let expected_prefix = format!("{}/", bindings::WIT_PACKAGE);
+    for (name, item) in ty.imports(engine) {
+        // World-level `use` re-imports types (`input`, `task-error`) by name:
+        // those are types, not capabilities.
+        if matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_)) {
+            continue;
+        }
+        if let Some(rest) = name.strip_prefix(&expected_prefix) {
+            let version = rest.split_once('@').map(|(_, v)| v);
+            if version != Some(bindings::WIT_VERSION) {
+                return Err(LoadError::WrongVersion { task: task.to_owned(), found: name.to_owned(), expected: bindings::WIT_VERSION });
+            }
+        } else if !name.starts_with("wasi:") {
+            return Err(LoadError::NotATask {
+                task: task.to_owned(),
+                reason: format!("it imports `{name}`, which the sandbox does not provide"),
+            });
+        }
+    }
+    let exports: Vec<(String, bool)> =
+        ty.exports(engine).map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_)))).collect();
+    if !exports.iter().any(|(name, is_func)| name == "run" && *is_func) {
+        let list = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        };
+        return Err(LoadError::NotATask {
+            task: task.to_owned(),
+            reason: format!(
+                "it does not export the `run` function of `mayfly:task/task@{}` (it exports {list})",
+                bindings::WIT_VERSION
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn classify_trap(trap: &wasmtime::Error, state: &State, limits: &Limits) -> Failure {
+    match state.stopped_by {
+        Some(LimitStop::Output) => return Failure::OutputLimit { limit: limits.output },
+        Some(LimitStop::Log) => return Failure::LogLimit { limit: limits.log },
+        None => {}
+    }
+    if state.log.lock().map(|l| l.exceeded).unwrap_or(false) {
+        return Failure::LogLimit { limit: limits.log };
+    }
+    if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Failure::Timeout { limit: limits.attempt_time };
+    }
+    if state.limiter.denied {
+        return Failure::OutOfMemory { limit: limits.memory };
+    }
+    if let Some(message) = &state.panic {
+        return Failure::Panic { message: message.clone() };
+    }
+    Failure::Trap { message: format!("{trap:#}") }
+}

@@ -1,1 +1,133 @@
-//! wip
+//! The shared harness of mayfly's integration tests: builds the example tasks
+//! and guest fixtures from source (no committed `.wasm`), locates the `mayfly`
+//! binary, and runs attempts in-process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// A scratch directory under the target directory, unique to this process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-scratch").join(format!("{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// The cargo target directory these tests were built in.
+pub fn target_dir() -> PathBuf {
+    // current_exe is <target>/<profile>/deps/<test-binary>.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors().nth(3).expect("target dir").to_owned()
+}
+
+/// Builds (once per process) the task or guest crate at `dir` (relative to the
+/// workspace root, e.g. `tasks/wordcount` or `tests/guests/misbehave`) and
+/// returns its component's path.
+pub fn component(dir: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(dir) {
+        return path.clone();
+    }
+    let path = mayfly_core::build::build_task(&root().join(dir), &mut |m| eprintln!("{m}"))
+        .unwrap_or_else(|e| panic!("building {dir}: {e}"));
+    built.insert(dir.to_owned(), path.clone());
+    path
+}
+
+/// The `mayfly` binary, built (once per process) in the same profile as the tests.
+pub fn mayfly_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" });
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "-p", "mayfly", "--bin", "mayfly"]).current_dir(root());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the mayfly binary failed");
+        profile_dir.join("mayfly")
+    })
+    .clone()
+}
+
+/// The compile cache the tests share (inside the target directory, so a
+/// fresh clone starts cold and CI exercises the compile path).
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("test-cache")
+}
+
+/// A runtime shared by the in-process tests.
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        Runtime::new(&RuntimeConfig { cache_dir: Some(cache_dir()), max_concurrent: 16 }).expect("runtime")
+    })
+}
+
+/// Loads (once per process) the component built from `dir`.
+pub fn task(dir: &str) -> Arc<Task> {
+    static TASKS: OnceLock<Mutex<HashMap<String, Arc<Task>>>> = OnceLock::new();
+    let path = component(dir);
+    let tasks = TASKS.get_or_init(Default::default);
+    let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
+    tasks
+        .entry(dir.to_owned())
+        .or_insert_with(|| Arc::new(runtime().load(&path).unwrap_or_else(|e| panic!("loading {dir}: {e}"))))
+        .clone()
+}
+
+/// Runs one attempt of the task built from `dir`.
+pub fn run(dir: &str, input: Arc<dyn InputSource>, params: &str, limits: Limits, staging: &Path) -> Outcome {
+    let task = task(dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio");
+    rt.block_on(runtime().run(
+        &task,
+        Attempt { input, params: Arc::from(params), limits, staging: staging.to_owned() },
+    ))
+}
+
+/// Runs one attempt over bytes in memory with default limits.
+pub fn run_bytes(dir: &str, name: &str, data: &[u8], params: &str, staging: &Path) -> Outcome {
+    run(dir, Arc::new(BytesInput::new(name, data.to_vec())), params, Limits::default(), staging)
+}
+
+/// Deterministic text with a Zipf-like word distribution, non-ASCII words and
+/// Unicode white space, `len` bytes or a little more.
+pub fn sample_text(seed: u64, len: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "mayfly", "shard", "lease", "été", "naïve", "東京", "Straße", "données", "ok",
+        "The", "worker", "commit", "fencing", "token", "köln", "μ", "emoji😀", "x\u{200B}y",
+    ];
+    const SPACES: &[&str] = &[" ", " ", " ", "\n", "\t", "\u{00A0}", "\u{3000}", "  ", "\r\n", "\u{2029}"];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::with_capacity(len + 32);
+    while out.len() < len {
+        // Zipf-ish: index = floor(n / (r + 1)) with r uniform, biased to small.
+        let r = (next() % 1000) as usize;
+        let idx = (WORDS.len() * 7 / (r % 97 + 7)).min(WORDS.len() - 1);
+        out.push_str(WORDS[(idx + (r % 3 == 0) as usize * (r % WORDS.len())) % WORDS.len()]);
+        if next() % 5 == 0 {
+            out.push_str(&(next() % 1000).to_string());
+        }
+        out.push_str(SPACES[(next() % SPACES.len() as u64) as usize]);
+    }
+    out
+}

@@ -83,17 +83,18 @@ impl CompileCache {
     /// The cached compilation of the wasm whose sha256 is given, if any.
     pub(crate) fn load(&self, engine: &Engine, wasm_sha256: &str, engine_key: &str) -> Option<Component> {
         let path = self.path(wasm_sha256, engine_key);
-        if !path.exists() {
-            return None;
-        }
+        // Read, not mmap (`deserialize_file`): a file truncated under a mapping
+        // kills the process with SIGBUS, and a damaged entry must only cost a
+        // recompilation.
+        let bytes = fs::read(&path).ok()?;
         #[allow(unsafe_code)]
-        // SAFETY: `deserialize_file` trusts the file to be a compilation made by a
+        // SAFETY: `deserialize` trusts the bytes to be a compilation made by a
         // compatible wasmtime. Files here are written only by `store` below, from
         // `Component::serialize` of an engine with the same compatibility hash
         // (part of the name), via a temporary file renamed into place, in a
         // directory `open` verified to be ours and not writable by others.
         // wasmtime still checks the header, version and settings before use.
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
             Ok(component) => Some(component),
             Err(_) => {

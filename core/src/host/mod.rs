@@ -426,5 +426,13 @@ fn classify_trap(trap: &wasmtime::Error, state: &State, limits: &Limits) -> Fail
     if let Some(message) = &state.panic {
         return Failure::Panic { message: message.clone() };
     }
-    Failure::Trap { message: format!("{trap:#}") }
+    // The root cause says what happened ("wasm `unreachable` instruction
+    // executed"); the innermost named frame says where.
+    let mut message = trap.root_cause().to_string();
+    if let Some(bt) = trap.downcast_ref::<wasmtime::WasmBacktrace>()
+        && let Some(name) = bt.frames().iter().find_map(|f| f.func_name())
+    {
+        message.push_str(&format!(" (in {name})"));
+    }
+    Failure::Trap { message }
 }

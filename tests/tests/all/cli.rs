@@ -1,0 +1,148 @@
+//! What a task author sees from `mayfly build` and `mayfly exec`.
+
+use std::process::{Command, Output};
+
+use mayfly_tests::{cache_dir, component, mayfly_bin, root, scratch};
+
+fn mayfly(args: &[&str]) -> Output {
+    Command::new(mayfly_bin())
+        .args(args)
+        .current_dir(root())
+        .env("MAYFLY_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn build_prints_the_component_path() {
+    let out = mayfly(&["build", "tasks/sha256"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let path = stdout.trim();
+    assert!(path.ends_with("wasm32-wasip2/release/sha256.wasm"), "{path}");
+    assert_eq!(std::fs::read(path).unwrap()[..4], *b"\0asm");
+}
+
+#[test]
+fn build_of_a_directory_without_a_crate_says_so() {
+    let dir = scratch("not-a-crate");
+    let out = mayfly(&["build", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not a task crate: it has no Cargo.toml"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn exec_of_a_task_directory_builds_runs_and_prints_outputs_and_logs() {
+    let dir = scratch("exec-wc");
+    let input = dir.join("words.txt");
+    std::fs::write(&input, "b a b\nc b").unwrap();
+    let out_dir = dir.join("out");
+    let out = mayfly(&["exec", "tasks/wordcount", "--input", input.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("task     wordcount"), "{stdout}");
+    assert!(stdout.contains("input    words.txt (9 bytes)"), "{stdout}");
+    assert!(stdout.contains("result   ok in"), "{stdout}");
+    assert!(stdout.contains(&format!("{}  (12 bytes)", out_dir.join("counts.tsv").display())), "{stdout}");
+    assert!(stdout.contains("INFO Map of words.txt done distinct=3 bytes=9"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("counts.tsv")).unwrap(), "b\t3\na\t1\nc\t1\n");
+    // Nothing but the output is left in the output directory.
+    let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec!["counts.tsv"]);
+}
+
+#[test]
+fn exec_passes_params_and_ranges() {
+    let dir = scratch("exec-grep");
+    let input = dir.join("log.txt");
+    std::fs::write(&input, "skip me\nERROR one\nok\nerror two\n").unwrap();
+    let wasm = component("tasks/grep");
+    let out_dir = dir.join("out");
+    let out = mayfly(&[
+        "exec",
+        wasm.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "--param",
+        "pattern=^error",
+        "--param",
+        "ignore_case=true",
+        "--range",
+        "8..31",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(out_dir.join("matches.txt")).unwrap(), "log.txt:1:ERROR one\nlog.txt:3:error two\n");
+}
+
+#[test]
+fn exec_of_a_failing_task_exits_1_naming_task_input_and_cause_and_publishes_nothing() {
+    let dir = scratch("exec-fail");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "x").unwrap();
+    let wasm = component("tests/guests/misbehave");
+    let out_dir = dir.join("out");
+    let out = mayfly(&[
+        "exec",
+        wasm.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--param",
+        "mode=trap-mid-output",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("error: task guest_misbehave failed on in.txt: trapped:"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "no partial output, no staging left");
+}
+
+#[test]
+fn exec_json_is_machine_readable() {
+    let dir = scratch("exec-json");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "x").unwrap();
+    let wasm = component("tests/guests/misbehave");
+    let out = mayfly(&[
+        "exec",
+        wasm.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--param",
+        "mode=loop",
+        "--timeout",
+        "300ms",
+        "--json",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["failure"]["kind"], "timeout");
+    assert_eq!(json["retryable"], true);
+    assert_eq!(json["error"], "timed out after 300ms (limit `attempt_time`)");
+}
+
+#[test]
+fn exec_bad_arguments_exit_2_with_what_was_wrong() {
+    let wasm = component("tasks/wordcount");
+    let w = wasm.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["exec", w, "--input", "/nonexistent/in.txt"], "cannot read input /nonexistent/in.txt"),
+        (vec!["exec", w, "--input", "README.md", "--param", "novalue"], "--param \"novalue\": expected KEY=VALUE"),
+        (vec!["exec", w, "--input", "README.md", "--range", "9..3"], "END is before START"),
+        (vec!["exec", "Cargo.toml", "--input", "README.md"], "task Cargo: not a WebAssembly component"),
+        (vec!["exec", w, "--input", "README.md", "--memory", "lots"], "invalid size \"lots\""),
+    ] {
+        let out = mayfly(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(expect), "{args:?}: {}", text(&out.stderr));
+    }
+}

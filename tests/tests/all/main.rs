@@ -1,0 +1,9 @@
+//! mayfly's integration tests: one binary, a module per area, the harness in
+//! the `mayfly_tests` library.
+#![allow(clippy::unwrap_used)]
+
+mod cache;
+mod cli;
+mod load;
+mod sandbox;
+mod tasks;

@@ -142,7 +142,8 @@ fn parse_params(args: &ExecArgs) -> Result<String> {
 }
 
 fn open_inputs(args: &ExecArgs) -> Result<Arc<dyn InputSource>> {
-    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
+    let name_of =
+        |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
     let open = |p: &PathBuf| -> Result<FileInput> {
         FileInput::open(p, name_of(p)).with_context(|| format!("cannot read input {}", p.display()))
     };
@@ -159,16 +160,13 @@ fn open_inputs(args: &ExecArgs) -> Result<Arc<dyn InputSource>> {
     if args.inputs.len() == 1 {
         return Ok(Arc::new(open(&args.inputs[0])?));
     }
-    let parts = args.inputs.iter().map(|p| open(p).map(|f| Arc::new(f) as Arc<dyn InputSource>)).collect::<Result<Vec<_>>>()?;
+    let parts =
+        args.inputs.iter().map(|p| open(p).map(|f| Arc::new(f) as Arc<dyn InputSource>)).collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(ConcatInput::new(format!("{} inputs", parts.len()), parts)))
 }
 
 fn cmd_exec(args: ExecArgs) -> Result<ExitCode> {
-    let component = if args.task.is_dir() {
-        build::build_task(&args.task, &mut say)?
-    } else {
-        args.task.clone()
-    };
+    let component = if args.task.is_dir() { build::build_task(&args.task, &mut say)? } else { args.task.clone() };
     let params = parse_params(&args)?;
     let input = open_inputs(&args)?;
     let defaults = Limits::default();
@@ -178,17 +176,21 @@ fn cmd_exec(args: ExecArgs) -> Result<ExitCode> {
         output: args.max_output.unwrap_or(defaults.output),
         log: args.max_log.unwrap_or(defaults.log),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create output directory {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
     let staging = args.out.join(format!(".mayfly-staging-{}", std::process::id()));
 
-    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })
-        .map_err(anyhow::Error::msg)?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
     if let Some(w) = &runtime.cache_warning {
         say(w);
     }
     let task = runtime.load(&component)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
-    let outcome = rt.block_on(runtime.run(&task, Attempt { input: input.clone(), params: params.into(), limits, staging: staging.clone() }));
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
+    let outcome = rt.block_on(
+        runtime.run(&task, Attempt { input: input.clone(), params: params.into(), limits, staging: staging.clone() }),
+    );
 
     // Publish: each staged output is renamed into place, so a reader sees the
     // old file or the new one, never a partial one.

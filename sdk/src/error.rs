@@ -38,10 +38,7 @@ impl Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Error")
-            .field("message", &self.message)
-            .field("retryable", &self.retryable)
-            .finish()
+        f.debug_struct("Error").field("message", &self.message).field("retryable", &self.retryable).finish()
     }
 }
 

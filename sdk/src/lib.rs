@@ -125,10 +125,7 @@ pub mod __private {
 
     /// Runs one invocation: installs the panic hook, calls the task, flushes
     /// outputs and turns the result into the WIT error type.
-    pub fn run_task(
-        raw: &RawInput,
-        f: impl FnOnce(&mut Context<'_>) -> crate::Result<()>,
-    ) -> Result<(), TaskError> {
+    pub fn run_task(raw: &RawInput, f: impl FnOnce(&mut Context<'_>) -> crate::Result<()>) -> Result<(), TaskError> {
         install_panic_hook();
         let mut ctx = Context { input: Input::new(raw), outputs: Outputs::new() };
         let result = f(&mut ctx);

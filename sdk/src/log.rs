@@ -24,10 +24,8 @@ pub fn log(level: Level, message: &str, fields: &[(&str, String)]) {
         Level::Warn => types::Level::Warn,
         Level::Error => types::Level::Error,
     };
-    let fields: Vec<types::Field> = fields
-        .iter()
-        .map(|(key, value)| types::Field { key: (*key).to_owned(), value: value.clone() })
-        .collect();
+    let fields: Vec<types::Field> =
+        fields.iter().map(|(key, value)| types::Field { key: (*key).to_owned(), value: value.clone() }).collect();
     host::log(level, message, &fields);
 }
 

@@ -92,10 +92,7 @@ pub fn task(dir: &str) -> Arc<Task> {
 pub fn run(dir: &str, input: Arc<dyn InputSource>, params: &str, limits: Limits, staging: &Path) -> Outcome {
     let task = task(dir);
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio");
-    rt.block_on(runtime().run(
-        &task,
-        Attempt { input, params: Arc::from(params), limits, staging: staging.to_owned() },
-    ))
+    rt.block_on(runtime().run(&task, Attempt { input, params: Arc::from(params), limits, staging: staging.to_owned() }))
 }
 
 /// Runs one attempt over bytes in memory with default limits.
@@ -103,31 +100,68 @@ pub fn run_bytes(dir: &str, name: &str, data: &[u8], params: &str, staging: &Pat
     run(dir, Arc::new(BytesInput::new(name, data.to_vec())), params, Limits::default(), staging)
 }
 
-/// Deterministic text with a Zipf-like word distribution, non-ASCII words and
-/// Unicode white space, `len` bytes or a little more.
+/// Deterministic text of `len` bytes or a little more: words drawn with Zipf
+/// weights (the k-th most common has weight 1/k), non-ASCII words, numbers, and
+/// Unicode white space between them.
 pub fn sample_text(seed: u64, len: usize) -> String {
     const WORDS: &[&str] = &[
-        "the", "of", "and", "mayfly", "shard", "lease", "été", "naïve", "東京", "Straße", "données", "ok",
-        "The", "worker", "commit", "fencing", "token", "köln", "μ", "emoji😀", "x\u{200B}y",
+        "the",
+        "of",
+        "and",
+        "mayfly",
+        "shard",
+        "lease",
+        "été",
+        "naïve",
+        "東京",
+        "Straße",
+        "données",
+        "ok",
+        "The",
+        "worker",
+        "commit",
+        "fencing",
+        "token",
+        "köln",
+        "μ",
+        "emoji😀",
+        "x\u{200B}y",
     ];
     const SPACES: &[&str] = &[" ", " ", " ", "\n", "\t", "\u{00A0}", "\u{3000}", "  ", "\r\n", "\u{2029}"];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let cumulative: Vec<f64> = WORDS
+        .iter()
+        .enumerate()
+        .scan(0.0, |acc, (k, _)| {
+            *acc += 1.0 / (k as f64 + 1.0);
+            Some(*acc)
+        })
+        .collect();
+    let total = cumulative[cumulative.len() - 1];
     let mut out = String::with_capacity(len + 32);
     while out.len() < len {
-        // Zipf-ish: index = floor(n / (r + 1)) with r uniform, biased to small.
-        let r = (next() % 1000) as usize;
-        let idx = (WORDS.len() * 7 / (r % 97 + 7)).min(WORDS.len() - 1);
-        out.push_str(WORDS[(idx + (r % 3 == 0) as usize * (r % WORDS.len())) % WORDS.len()]);
-        if next() % 5 == 0 {
-            out.push_str(&(next() % 1000).to_string());
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let k = cumulative.partition_point(|&c| c < u).min(WORDS.len() - 1);
+        out.push_str(WORDS[k]);
+        if rng.next().is_multiple_of(5) {
+            out.push_str(&(rng.next() % 1000).to_string());
         }
-        out.push_str(SPACES[(next() % SPACES.len() as u64) as usize]);
+        out.push_str(SPACES[(rng.next() % SPACES.len() as u64) as usize]);
     }
     out
+}
+
+/// A small deterministic generator (xorshift64), so fixtures are reproducible.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }

@@ -108,7 +108,13 @@ impl LogBuffer {
     }
 
     /// Adds a line; `false` when it would pass the limit (nothing is added).
-    pub(crate) fn push(&mut self, level: Level, source: LogSource, message: String, fields: Vec<(String, String)>) -> bool {
+    pub(crate) fn push(
+        &mut self,
+        level: Level,
+        source: LogSource,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> bool {
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1;
         if self.exceeded || self.bytes + size as u64 > self.limit {
             self.exceeded = true;
@@ -184,11 +190,7 @@ impl Pollable for StdioLog {
 impl OutputStream for StdioLog {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         let mut log = self.log.lock().map_err(|_| StreamError::trap("log lock poisoned"))?;
-        if log.write_stdio(self.source, &bytes) {
-            Ok(())
-        } else {
-            Err(StreamError::trap("log limit exceeded"))
-        }
+        if log.write_stdio(self.source, &bytes) { Ok(()) } else { Err(StreamError::trap("log limit exceeded")) }
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -211,7 +213,10 @@ impl tokio::io::AsyncWrite for StdioLog {
         std::task::Poll::Ready(result)
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 

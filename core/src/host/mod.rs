@@ -191,7 +191,11 @@ impl Runtime {
     /// Loads the component at `path` (see [`Runtime::load_bytes`]).
     pub fn load(&self, path: &Path) -> Result<Task, LoadError> {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into());
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { task: name.clone(), path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            task: name.clone(),
+            path: path.to_owned(),
+            source,
+        })?;
         self.load_bytes(&name, &bytes)
     }
 
@@ -221,7 +225,8 @@ impl Runtime {
             task: task.clone(),
             reason: format!("its imports cannot be satisfied by the sandbox: {e:#}"),
         })?;
-        let pre = TaskPre::new(instance_pre).map_err(|e| LoadError::NotATask { task: task.clone(), reason: format!("{e:#}") })?;
+        let pre = TaskPre::new(instance_pre)
+            .map_err(|e| LoadError::NotATask { task: task.clone(), reason: format!("{e:#}") })?;
         Ok(Task { name: task, sha256, pre, from_cache, load_time: started.elapsed() })
     }
 
@@ -332,6 +337,11 @@ fn build_engine(max_concurrent: u32) -> Result<Engine, String> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
+    // `MAYFLY_PROFILE=perfmap` writes /tmp/perf-<pid>.map so that `perf`
+    // can name the functions of compiled tasks.
+    if std::env::var("MAYFLY_PROFILE").as_deref() == Ok("perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(max_concurrent)
         .total_core_instances(max_concurrent * 16)
@@ -380,7 +390,11 @@ fn check_world(task: &str, engine: &Engine, component: &Component) -> Result<(),
         if let Some(rest) = name.strip_prefix(&expected_prefix) {
             let version = rest.split_once('@').map(|(_, v)| v);
             if version != Some(bindings::WIT_VERSION) {
-                return Err(LoadError::WrongVersion { task: task.to_owned(), found: name.to_owned(), expected: bindings::WIT_VERSION });
+                return Err(LoadError::WrongVersion {
+                    task: task.to_owned(),
+                    found: name.to_owned(),
+                    expected: bindings::WIT_VERSION,
+                });
             }
         } else if !name.starts_with("wasi:") {
             return Err(LoadError::NotATask {
@@ -389,8 +403,10 @@ fn check_world(task: &str, engine: &Engine, component: &Component) -> Result<(),
             });
         }
     }
-    let exports: Vec<(String, bool)> =
-        ty.exports(engine).map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_)))).collect();
+    let exports: Vec<(String, bool)> = ty
+        .exports(engine)
+        .map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_))))
+        .collect();
     if !exports.iter().any(|(name, is_func)| name == "run" && *is_func) {
         let list = if exports.is_empty() {
             "nothing".to_owned()

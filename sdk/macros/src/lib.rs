@@ -13,12 +13,9 @@ use syn::{FnArg, ItemFn, parse_macro_input, spanned::Spanned};
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(
-            proc_macro2::TokenStream::from(attr).span(),
-            "#[task] takes no arguments",
-        )
-        .to_compile_error()
-        .into();
+        return syn::Error::new(proc_macro2::TokenStream::from(attr).span(), "#[task] takes no arguments")
+            .to_compile_error()
+            .into();
     }
     let func = parse_macro_input!(item as ItemFn);
     match expand(&func) {
@@ -72,6 +69,17 @@ fn expand(func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             }
         }
 
+        // Keeps the task reachable when the crate is built natively (for its
+        // unit tests), where the export below is compiled out.
+        #[doc(hidden)]
+        pub const __MAYFLY_RUN: fn(
+            &::mayfly_sdk::__private::RawInput,
+        ) -> ::core::result::Result<(), ::mayfly_sdk::__private::TaskError> =
+            <__MayflyTask as ::mayfly_sdk::__private::Guest>::run;
+
+        // Exported only in the component: linked natively (tests, benchmarks),
+        // two tasks would otherwise clash on the `run` symbol.
+        #[cfg(target_arch = "wasm32")]
         ::mayfly_sdk::bindings::export_task!(__MayflyTask);
     })
 }

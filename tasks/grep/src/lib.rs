@@ -84,10 +84,7 @@ mod tests {
     #[test]
     fn prints_file_line_number_and_line() {
         let text = b"alpha\nbeta\r\ngamma beta\nno newline beta";
-        assert_eq!(
-            run_grep("beta", false, text),
-            "f.txt:2:beta\nf.txt:3:gamma beta\nf.txt:4:no newline beta\n"
-        );
+        assert_eq!(run_grep("beta", false, text), "f.txt:2:beta\nf.txt:3:gamma beta\nf.txt:4:no newline beta\n");
     }
 
     #[test]

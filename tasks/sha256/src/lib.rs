@@ -48,10 +48,7 @@ mod tests {
 
     #[test]
     fn known_digests() {
-        assert_eq!(
-            digest(&b""[..]).expect("read"),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(digest(&b""[..]).expect("read"), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(
             digest(&b"abc"[..]).expect("read"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

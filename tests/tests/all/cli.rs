@@ -5,12 +5,7 @@ use std::process::{Command, Output};
 use mayfly_tests::{cache_dir, component, mayfly_bin, root, scratch};
 
 fn mayfly(args: &[&str]) -> Output {
-    Command::new(mayfly_bin())
-        .args(args)
-        .current_dir(root())
-        .env("MAYFLY_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap()
+    Command::new(mayfly_bin()).args(args).current_dir(root()).env("MAYFLY_CACHE_DIR", cache_dir()).output().unwrap()
 }
 
 fn text(out: &[u8]) -> String {
@@ -41,7 +36,8 @@ fn exec_of_a_task_directory_builds_runs_and_prints_outputs_and_logs() {
     let input = dir.join("words.txt");
     std::fs::write(&input, "b a b\nc b").unwrap();
     let out_dir = dir.join("out");
-    let out = mayfly(&["exec", "tasks/wordcount", "--input", input.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    let out =
+        mayfly(&["exec", "tasks/wordcount", "--input", input.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("task     wordcount"), "{stdout}");
@@ -77,7 +73,10 @@ fn exec_passes_params_and_ranges() {
         out_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(std::fs::read_to_string(out_dir.join("matches.txt")).unwrap(), "log.txt:1:ERROR one\nlog.txt:3:error two\n");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("matches.txt")).unwrap(),
+        "log.txt:1:ERROR one\nlog.txt:3:error two\n"
+    );
 }
 
 #[test]

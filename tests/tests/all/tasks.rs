@@ -122,7 +122,8 @@ fn each_item_gets_a_fresh_instance_of_one_loaded_task() {
     let dir = scratch("many");
     for i in 0..50 {
         let text = format!("item{i} word word");
-        let outcome = run_bytes("tasks/wordcount", &format!("{i}.txt"), text.as_bytes(), "{}", &dir.join(i.to_string()));
+        let outcome =
+            run_bytes("tasks/wordcount", &format!("{i}.txt"), text.as_bytes(), "{}", &dir.join(i.to_string()));
         assert_eq!(outcome.result, Ok(()));
         let got = std::fs::read_to_string(&outcome.outputs[0].path).unwrap();
         assert_eq!(got, format!("word\t2\nitem{i}\t1\n"));

@@ -86,16 +86,25 @@ fn misbehave(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result
             let cwd = std::fs::read_dir(".").map(|d| format!("LISTED {} entries", d.count()));
             writeln!(report, "cwd\t{}", describe(cwd))?;
             let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-            writeln!(report, "env\t{}", if vars.is_empty() { "denied: none".to_owned() } else { format!("SAW {vars:?}") })?;
+            writeln!(
+                report,
+                "env\t{}",
+                if vars.is_empty() { "denied: none".to_owned() } else { format!("SAW {vars:?}") }
+            )?;
             let home = std::env::var("HOME").map(|h| format!("SAW {h}"));
             writeln!(report, "home\t{}", describe(home))?;
             let args: Vec<String> = std::env::args().collect();
-            writeln!(report, "args\t{}", if args.is_empty() { "denied: none".to_owned() } else { format!("SAW {args:?}") })?;
+            writeln!(
+                report,
+                "args\t{}",
+                if args.is_empty() { "denied: none".to_owned() } else { format!("SAW {args:?}") }
+            )?;
             let tcp = std::net::TcpStream::connect(("127.0.0.1", params.port)).map(|_| "CONNECTED".to_owned());
             writeln!(report, "tcp\t{}", describe(tcp))?;
             let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(|_| "BOUND".to_owned());
             writeln!(report, "udp\t{}", describe(udp))?;
-            let dns = std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| format!("RESOLVED {}", a.count()));
+            let dns =
+                std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| format!("RESOLVED {}", a.count()));
             writeln!(report, "dns\t{}", describe(dns))?;
             let created = std::fs::write("/tmp/mayfly-escape", b"x").map(|()| "WROTE".to_owned());
             writeln!(report, "create\t{}", describe(created))?;

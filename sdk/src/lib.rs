@@ -72,6 +72,16 @@ pub mod bindings {
     });
 }
 
+/// The examples in this crate's README (the task author's guide) and in the
+/// project's README compile.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct SdkReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ProjectReadmeDoctests;
+
 /// The version of the task interface (`mayfly:task`) this crate implements.
 pub const WIT_VERSION: &str = "0.1.0";
 

@@ -15,8 +15,19 @@ pub fn root() -> PathBuf {
 }
 
 /// A scratch directory under the target directory, unique to this process.
+/// Directories left by earlier test processes are removed on first use.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = target_dir().join("test-scratch").join(format!("{}-{name}", std::process::id()));
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    let base = target_dir().join("test-scratch");
+    CLEAN.call_once(|| {
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            if pid.is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    let dir = base.join(std::process::id().to_string()).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir

@@ -30,5 +30,9 @@
 //! ```
 
 pub mod build;
+pub mod config;
 pub mod host;
+pub mod ledger;
+pub mod plan;
+pub mod policy;
 pub mod units;

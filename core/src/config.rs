@@ -1,0 +1,509 @@
+//! The job file (`job.toml`): read raw, leave validated.
+//!
+//! [`JobSpec::load`] parses the file into serde structs that refuse unknown
+//! keys, applies environment overrides, and validates into a [`JobSpec`] that
+//! the rest of mayfly uses. Every error names the file, the key, the line and
+//! what was expected.
+//!
+//! Environment overrides (for what operators change without editing the file):
+//! `MAYFLY_JOB_ID`, `MAYFLY_INPUT`, `MAYFLY_OUTPUT`, `MAYFLY_STATE`,
+//! `MAYFLY_WORKERS`, `MAYFLY_DEADLINE`, `MAYFLY_MAX_ATTEMPTS`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::host::Limits;
+use crate::units::{ByteSize, HumanDuration};
+
+/// A job file error: where, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The job file.
+    pub file: PathBuf,
+    /// The line of the offending key, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    job: RawJobSection,
+    task: RawTask,
+    reduce: Option<RawTask>,
+    input: RawInput,
+    output: RawLocation,
+    state: Option<RawLocation>,
+    provider: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    sharding: RawSharding,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    credentials: RawCredentials,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobSection {
+    name: Spanned<String>,
+    id: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    path: Spanned<String>,
+    #[serde(default)]
+    params: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    url: Spanned<String>,
+    glob: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocation {
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    workers: Option<Spanned<i64>>,
+    deadline: Option<HumanDuration>,
+    idle_timeout: Option<HumanDuration>,
+    master_lost_timeout: Option<HumanDuration>,
+    lease_time: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSharding {
+    target_shard_bytes: Option<ByteSize>,
+    shards_per_worker: Option<Spanned<i64>>,
+    split_text: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    attempt_time: Option<HumanDuration>,
+    memory: Option<ByteSize>,
+    output: Option<ByteSize>,
+    log: Option<ByteSize>,
+    max_attempts: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    refresh_margin: Option<HumanDuration>,
+}
+
+/// A task and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// A component (`.wasm`) or a task crate directory, resolved against the job file.
+    pub path: PathBuf,
+    /// Parameters, a JSON object.
+    pub params: serde_json::Value,
+}
+
+/// The validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The job file.
+    pub file: PathBuf,
+    /// Job name (`[job] name`).
+    pub name: String,
+    /// Job id, if given (`[job] id`); otherwise bootstrap makes one.
+    pub id: Option<String>,
+    /// The map task.
+    pub task: TaskSpec,
+    /// The optional reduce task.
+    pub reduce: Option<TaskSpec>,
+    /// The input directory.
+    pub input: PathBuf,
+    /// Only objects whose name matches this glob (`*`, `?`, `**`).
+    pub glob: Option<String>,
+    /// Where outputs go.
+    pub output: PathBuf,
+    /// Where the job's state (manifest, journal, logs) goes; the job's own
+    /// directory is `<state>/<job id>`.
+    pub state: PathBuf,
+    /// The provider's name (`[provider] name`, default `local`).
+    pub provider: String,
+    /// The provider's own keys, with their line numbers.
+    pub provider_settings: BTreeMap<String, (toml::Value, Option<usize>)>,
+    /// Worker count.
+    pub workers: u32,
+    /// From bootstrap to the job's absolute deadline.
+    pub deadline: Duration,
+    /// A worker with no work to lease for this long ends.
+    pub idle_timeout: Duration,
+    /// A worker that cannot reach the master for this long ends.
+    pub master_lost_timeout: Duration,
+    /// How long a lease lasts between heartbeats.
+    pub lease_time: Duration,
+    /// Target bytes per shard, if given.
+    pub target_shard_bytes: Option<u64>,
+    /// Shards per worker when the target is derived.
+    pub shards_per_worker: u32,
+    /// Split large text objects into newline-aligned ranges.
+    pub split_text: bool,
+    /// Per-attempt limits.
+    pub limits: Limits,
+    /// Attempts per shard before it is marked failed.
+    pub max_attempts: u32,
+    /// Refresh credentials when less than this is left (or 20 % of the lifetime).
+    pub credential_refresh_margin: Duration,
+}
+
+fn line_of(source: &str, span: std::ops::Range<usize>) -> usize {
+    source[..span.start.min(source.len())].matches('\n').count() + 1
+}
+
+impl JobSpec {
+    /// Reads and validates the job file at `path`, with environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            message: format!("cannot read the job file: {e}"),
+        })?;
+        Self::parse(path, &source, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses `source` as the job file `path`, reading overrides through `env`.
+    pub fn parse(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file = path.to_owned();
+        let raw: RawJob = toml::from_str(source).map_err(|e| {
+            let line = e.span().map(|s| line_of(source, s));
+            ConfigError { file: file.clone(), line, message: e.message().trim_end().to_owned() }
+        })?;
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            file: file.clone(),
+            line: span.map(|s| line_of(source, s)),
+            message,
+        };
+        let env_err = |var: &str, message: String| ConfigError {
+            file: file.clone(),
+            line: None,
+            message: format!("environment variable {var}: {message}"),
+        };
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+
+        let name = raw.job.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(
+                Some(raw.job.name.span()),
+                format!("`job.name` {name:?}: expected letters, digits, `-` or `_` (it names files and processes)"),
+            ));
+        }
+        let id = match env("MAYFLY_JOB_ID") {
+            Some(id) => Some(id),
+            None => raw.job.id.as_ref().map(|s| s.get_ref().clone()),
+        };
+        if let Some(id) = &id
+            && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(err(
+                raw.job.id.as_ref().map(|s| s.span()),
+                format!("`job.id` {id:?}: expected letters, digits, `-` or `_`"),
+            ));
+        }
+
+        let task = task_spec(&raw.task, "task", base, &err)?;
+        let reduce = raw.reduce.as_ref().map(|r| task_spec(r, "reduce", base, &err)).transpose()?;
+
+        let location = |key: &str, value: &Spanned<String>, over: Option<String>| -> Result<PathBuf, ConfigError> {
+            let (text, span) = match over {
+                Some(v) => (v, None),
+                None => (value.get_ref().clone(), Some(value.span())),
+            };
+            local_path(&text, base).map_err(|m| err(span, format!("`{key}` {text:?}: {m}")))
+        };
+        let input = location("input.url", &raw.input.url, env("MAYFLY_INPUT"))?;
+        let output = location("output.url", &raw.output.url, env("MAYFLY_OUTPUT"))?;
+        let state = match (&raw.state, env("MAYFLY_STATE")) {
+            (_, Some(over)) => local_path(&over, base).map_err(|m| env_err("MAYFLY_STATE", m))?,
+            (Some(s), None) => location("state.url", &s.url, None)?,
+            (None, None) => base.join(".mayfly").join("jobs"),
+        };
+        let glob = raw.input.glob.as_ref().map(|g| g.get_ref().clone());
+        if let Some(g) = &raw.input.glob {
+            glob_regex(g.get_ref()).map_err(|m| err(Some(g.span()), format!("`input.glob`: {m}")))?;
+        }
+
+        let mut provider = "local".to_owned();
+        let mut provider_settings = BTreeMap::new();
+        for (key, value) in raw.provider.unwrap_or_default() {
+            let line = Some(line_of(source, value.span()));
+            if key == "name" {
+                match value.get_ref() {
+                    toml::Value::String(s) => provider = s.clone(),
+                    _ => {
+                        return Err(ConfigError {
+                            file: file.clone(),
+                            line,
+                            message: "`provider.name`: expected a string such as \"local\"".into(),
+                        });
+                    }
+                }
+            } else {
+                provider_settings.insert(key, (value.into_inner(), line));
+            }
+        }
+
+        let positive = |key: &str, v: &Option<Spanned<i64>>, over: Option<(&str, Option<String>)>, default: u32| {
+            if let Some((var, Some(text))) = over {
+                return text
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| env_err(var, format!("{text:?}: expected a whole number of at least 1")));
+            }
+            match v {
+                None => Ok(default),
+                Some(s) => u32::try_from(*s.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    err(Some(s.span()), format!("`{key}` = {}: expected a whole number of at least 1", s.get_ref()))
+                }),
+            }
+        };
+        let workers =
+            positive("cluster.workers", &raw.cluster.workers, Some(("MAYFLY_WORKERS", env("MAYFLY_WORKERS"))), 2)?;
+        let shards_per_worker = positive("sharding.shards_per_worker", &raw.sharding.shards_per_worker, None, 4)?;
+        let max_attempts = positive(
+            "limits.max_attempts",
+            &raw.limits.max_attempts,
+            Some(("MAYFLY_MAX_ATTEMPTS", env("MAYFLY_MAX_ATTEMPTS"))),
+            3,
+        )?;
+        let deadline = match env("MAYFLY_DEADLINE") {
+            Some(text) => text.parse::<HumanDuration>().map_err(|e| env_err("MAYFLY_DEADLINE", e.to_string()))?.0,
+            None => raw.cluster.deadline.map_or(Duration::from_secs(3600), |d| d.0),
+        };
+        if deadline.is_zero() {
+            return Err(err(None, "`cluster.deadline`: expected a duration greater than zero".into()));
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            attempt_time: raw.limits.attempt_time.unwrap_or(defaults.attempt_time),
+            memory: raw.limits.memory.unwrap_or(defaults.memory),
+            output: raw.limits.output.unwrap_or(defaults.output),
+            log: raw.limits.log.unwrap_or(defaults.log),
+        };
+        Ok(JobSpec {
+            file,
+            name,
+            id,
+            task,
+            reduce,
+            input,
+            glob,
+            output,
+            state,
+            provider,
+            provider_settings,
+            workers,
+            deadline,
+            idle_timeout: raw.cluster.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            master_lost_timeout: raw.cluster.master_lost_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            lease_time: raw.cluster.lease_time.map_or(Duration::from_secs(30), |d| d.0),
+            target_shard_bytes: raw.sharding.target_shard_bytes.map(|b| b.0.max(1)),
+            shards_per_worker,
+            split_text: raw.sharding.split_text.unwrap_or(true),
+            limits,
+            max_attempts,
+            credential_refresh_margin: raw.credentials.refresh_margin.map_or(Duration::from_secs(300), |d| d.0),
+        })
+    }
+}
+
+fn task_spec(
+    raw: &RawTask,
+    section: &str,
+    base: &Path,
+    err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<TaskSpec, ConfigError> {
+    let path = base.join(raw.path.get_ref());
+    if !path.exists() {
+        return Err(err(
+            Some(raw.path.span()),
+            format!(
+                "`{section}.path` {:?}: no such file or directory (expected a task crate directory or a .wasm component, relative to the job file)",
+                raw.path.get_ref()
+            ),
+        ));
+    }
+    let params = serde_json::to_value(&raw.params)
+        .map_err(|e| err(None, format!("`{section}.params`: cannot be turned into JSON: {e}")))?;
+    Ok(TaskSpec { path, params })
+}
+
+/// A `file://` URL or a path, as a local path resolved against `base`.
+fn local_path(text: &str, base: &Path) -> Result<PathBuf, String> {
+    if let Some(rest) = text.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err("a file:// URL needs an absolute path (file:///data/in)".into());
+        }
+        return Ok(PathBuf::from(rest));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(format!(
+            "{scheme}:// locations need the {} provider, which this build does not have yet; use a path or a file:// URL",
+            match scheme {
+                "s3" => "aws",
+                "az" | "abfs" => "azure",
+                _ => "matching",
+            }
+        ));
+    }
+    if text.is_empty() {
+        return Err("expected a path or a file:// URL".into());
+    }
+    Ok(base.join(text))
+}
+
+/// Compiles a glob (`*` within a part, `?` one character, `**` any parts) into a regex.
+pub fn glob_regex(glob: &str) -> Result<regex::Regex, String> {
+    let mut re = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                if chars.peek() == Some(&'/') {
+                    chars.next();
+                    re.push_str("(?:.*/)?");
+                } else {
+                    re.push_str(".*");
+                }
+            }
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    regex::Regex::new(&re).map_err(|e| format!("invalid glob {glob:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[job]
+name = "demo"
+
+[task]
+path = "."
+params = { mode = "map", n = 3 }
+
+[input]
+url = "data"
+glob = "**/*.txt"
+
+[output]
+url = "out"
+
+[cluster]
+workers = 4
+deadline = "30m"
+
+[limits]
+memory = "256MiB"
+"#;
+
+    fn parse(src: &str) -> Result<JobSpec, ConfigError> {
+        JobSpec::parse(Path::new("job.toml"), src, &|_| None)
+    }
+
+    fn fails(src: &str) -> String {
+        parse(src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file_with_defaults() {
+        // `path = "."` must exist relative to the job file's directory.
+        let spec = JobSpec::parse(Path::new("job.toml"), GOOD, &|_| None).unwrap();
+        assert_eq!(spec.name, "demo");
+        assert_eq!(spec.workers, 4);
+        assert_eq!(spec.deadline, Duration::from_secs(1800));
+        assert_eq!(spec.limits.memory, ByteSize(256 << 20));
+        assert_eq!(spec.limits.attempt_time, Limits::default().attempt_time);
+        assert_eq!(spec.task.params, serde_json::json!({"mode": "map", "n": 3}));
+        assert_eq!(spec.input, Path::new("./data"));
+        assert_eq!(spec.state, Path::new("./.mayfly/jobs"));
+        assert_eq!(spec.provider, "local");
+        assert_eq!((spec.shards_per_worker, spec.split_text, spec.max_attempts), (4, true, 3));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_file_and_line() {
+        let src = GOOD.replace("workers = 4", "wokers = 4");
+        let msg = JobSpec::parse(Path::new("job.toml"), &src, &|_| None).unwrap_err().to_string();
+        assert!(msg.starts_with("job.toml:17: unknown field `wokers`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let msg = fails(&GOOD.replace("workers = 4", "workers = 0"));
+        assert!(msg.contains(":17: `cluster.workers` = 0: expected a whole number of at least 1"), "{msg}");
+        let msg = fails(&GOOD.replace("\"30m\"", "\"30 fortnights\""));
+        assert!(msg.contains(":18:") && msg.contains("invalid duration \"30 fortnights\""), "{msg}");
+        let msg = fails(&GOOD.replace("\"256MiB\"", "\"lots\""));
+        assert!(msg.contains(":21:") && msg.contains("invalid size \"lots\""), "{msg}");
+        let msg = fails(&GOOD.replace("name = \"demo\"", "name = \"my job!\""));
+        assert!(msg.contains(":3: `job.name` \"my job!\""), "{msg}");
+        let msg = fails(&GOOD.replace("path = \".\"", "path = \"nope\""));
+        assert!(msg.contains(":6: `task.path` \"nope\": no such file or directory"), "{msg}");
+        let msg = fails(&GOOD.replace("url = \"data\"", "url = \"s3://bucket/in\""));
+        assert!(msg.contains("`input.url` \"s3://bucket/in\": s3:// locations need the aws provider"), "{msg}");
+        let msg = fails(&GOOD.replace("[output]\nurl = \"out\"\n", ""));
+        assert!(msg.contains("missing field `output`"), "{msg}");
+        let msg = fails("this is not toml");
+        assert!(msg.starts_with("job.toml:1:"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_validated() {
+        let env = |k: &str| match k {
+            "MAYFLY_WORKERS" => Some("7".to_owned()),
+            "MAYFLY_OUTPUT" => Some("file:///tmp/elsewhere".to_owned()),
+            "MAYFLY_DEADLINE" => Some("2h".to_owned()),
+            _ => None,
+        };
+        let spec = JobSpec::parse(Path::new("job.toml"), GOOD, &env).unwrap();
+        assert_eq!(spec.workers, 7);
+        assert_eq!(spec.output, Path::new("/tmp/elsewhere"));
+        assert_eq!(spec.deadline, Duration::from_secs(7200));
+        let bad = |k: &str| (k == "MAYFLY_WORKERS").then(|| "many".to_owned());
+        let msg = JobSpec::parse(Path::new("job.toml"), GOOD, &bad).unwrap_err().to_string();
+        assert!(msg.contains("environment variable MAYFLY_WORKERS: \"many\""), "{msg}");
+    }
+
+    #[test]
+    fn globs() {
+        let g = glob_regex("**/*.txt").unwrap();
+        assert!(g.is_match("a.txt") && g.is_match("x/y/a.txt") && !g.is_match("a.txt.gz"));
+        let g = glob_regex("logs/day-??.log").unwrap();
+        assert!(g.is_match("logs/day-01.log") && !g.is_match("logs/x/day-01.log"));
+        assert!(glob_regex("*.csv").unwrap().is_match("a.csv") && !glob_regex("*.csv").unwrap().is_match("d/a.csv"));
+    }
+}

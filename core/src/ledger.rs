@@ -1,0 +1,428 @@
+//! The ledger: the state of every shard, leases with fencing tokens, attempts
+//! and the retry policy. The master owns it; it is the only place that decides.
+//!
+//! ```text
+//! pending ──lease──► leased(worker, token, expiry, attempt) ──commit──► committed
+//!    ▲                   │ expired / failed (retryable, attempts left)
+//!    └───────────────────┘ failed (not retryable, or attempts used up) ──► failed
+//! ```
+//!
+//! Every lease gets a fresh fencing token (one counter for the whole job, so a
+//! token is never reused); a heartbeat, commit, failure or release that does not
+//! carry the current token of a leased shard is refused and changes nothing.
+//! Durability is the master's business ([`crate::master`]): it journals each
+//! decision and writes commit markers; [`Ledger::replay`] rebuilds from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Millis;
+
+/// One output of a committed item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOutput {
+    /// The item's key (where its outputs go).
+    pub key: String,
+    /// The output's name as the task gave it.
+    pub name: String,
+    /// Its length.
+    pub bytes: u64,
+}
+
+/// Where a shard is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ShardState {
+    /// Waiting for a worker.
+    Pending,
+    /// A worker holds it.
+    Leased {
+        /// The worker.
+        worker: String,
+        /// The fencing token of this lease.
+        token: u64,
+        /// When the lease ends unless renewed.
+        expires_at: Millis,
+    },
+    /// Done; its outputs are visible.
+    Committed {
+        /// Outputs of its items.
+        outputs: Vec<CommittedOutput>,
+    },
+    /// Given up on.
+    Failed {
+        /// The last attempt's error.
+        error: String,
+    },
+}
+
+/// One shard's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Its state.
+    pub state: ShardState,
+    /// Leases granted so far (the current attempt's number when leased).
+    pub attempts: u32,
+    /// Attempts that failed or expired (count toward `max_attempts`).
+    pub failures: u32,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The shard.
+    pub shard: u32,
+    /// Its fencing token.
+    pub token: u64,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// When it ends unless renewed.
+    pub expires_at: Millis,
+}
+
+/// Why the ledger refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No such shard.
+    #[error("shard {0} does not exist")]
+    NoShard(u32),
+    /// The token is not the shard's current lease (a stale or replayed request).
+    #[error("shard {shard}: token {token} is not the current lease (stale or replayed)")]
+    Stale {
+        /// The shard.
+        shard: u32,
+        /// The token presented.
+        token: u64,
+    },
+}
+
+/// A decision, as written to the journal and replayed on resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A lease was granted.
+    Lease {
+        /// The shard.
+        shard: u32,
+        /// The worker.
+        worker: String,
+        /// Its token.
+        token: u64,
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// An attempt failed or its lease expired.
+    AttemptFailed {
+        /// The shard.
+        shard: u32,
+        /// The token.
+        token: u64,
+        /// Why.
+        error: String,
+        /// Whether the shard is now failed for good.
+        final_failure: bool,
+    },
+    /// The lease was handed back without a failure (a draining worker).
+    Released {
+        /// The shard.
+        shard: u32,
+        /// The token.
+        token: u64,
+    },
+    /// The shard was committed (its marker exists).
+    Committed {
+        /// The shard.
+        shard: u32,
+        /// The token.
+        token: u64,
+        /// Its outputs.
+        outputs: Vec<CommittedOutput>,
+    },
+}
+
+/// Shards by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Waiting.
+    pub pending: u32,
+    /// Held by a worker.
+    pub leased: u32,
+    /// Done.
+    pub committed: u32,
+    /// Given up.
+    pub failed: u32,
+}
+
+/// The shard table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    shards: Vec<ShardRecord>,
+    next_token: u64,
+    max_attempts: u32,
+}
+
+impl Ledger {
+    /// A ledger of `shards` pending shards.
+    pub fn new(shards: u32, max_attempts: u32) -> Self {
+        let record = ShardRecord { state: ShardState::Pending, attempts: 0, failures: 0, last_error: None };
+        Ledger { shards: vec![record; shards as usize], next_token: 1, max_attempts: max_attempts.max(1) }
+    }
+
+    /// The records, by shard id.
+    pub fn shards(&self) -> &[ShardRecord] {
+        &self.shards
+    }
+
+    /// Shards by state.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for s in &self.shards {
+            match s.state {
+                ShardState::Pending => c.pending += 1,
+                ShardState::Leased { .. } => c.leased += 1,
+                ShardState::Committed { .. } => c.committed += 1,
+                ShardState::Failed { .. } => c.failed += 1,
+            }
+        }
+        c
+    }
+
+    /// Whether every shard is committed or failed.
+    pub fn is_done(&self) -> bool {
+        self.shards.iter().all(|s| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. }))
+    }
+
+    /// Leases the lowest pending shard to `worker` until `expires_at`.
+    pub fn lease(&mut self, worker: &str, expires_at: Millis) -> Option<(Lease, Event)> {
+        let shard = self.shards.iter().position(|s| s.state == ShardState::Pending)? as u32;
+        let token = self.next_token;
+        self.next_token += 1;
+        let record = &mut self.shards[shard as usize];
+        record.attempts += 1;
+        record.state = ShardState::Leased { worker: worker.to_owned(), token, expires_at };
+        let lease = Lease { shard, token, attempt: record.attempts, expires_at };
+        Some((lease, Event::Lease { shard, worker: worker.to_owned(), token, attempt: record.attempts }))
+    }
+
+    fn current(&mut self, shard: u32, token: u64) -> Result<&mut ShardRecord, Refused> {
+        let record = self.shards.get_mut(shard as usize).ok_or(Refused::NoShard(shard))?;
+        match record.state {
+            ShardState::Leased { token: t, .. } if t == token => Ok(record),
+            _ => Err(Refused::Stale { shard, token }),
+        }
+    }
+
+    /// Checks that `token` is the current lease of `shard`.
+    pub fn check(&mut self, shard: u32, token: u64) -> Result<(), Refused> {
+        self.current(shard, token).map(|_| ())
+    }
+
+    /// Extends a lease.
+    pub fn heartbeat(&mut self, shard: u32, token: u64, expires_at: Millis) -> Result<(), Refused> {
+        if let ShardState::Leased { expires_at: e, .. } = &mut self.current(shard, token)?.state {
+            *e = expires_at;
+        }
+        Ok(())
+    }
+
+    /// Records a commit (after the marker was written).
+    pub fn commit(&mut self, shard: u32, token: u64, outputs: Vec<CommittedOutput>) -> Result<Event, Refused> {
+        let record = self.current(shard, token)?;
+        record.state = ShardState::Committed { outputs: outputs.clone() };
+        Ok(Event::Committed { shard, token, outputs })
+    }
+
+    /// Records a failed attempt: back to pending, or failed for good when the
+    /// error is not retryable or the attempts are used up.
+    pub fn fail(&mut self, shard: u32, token: u64, error: &str, retryable: bool) -> Result<Event, Refused> {
+        let max = self.max_attempts;
+        let record = self.current(shard, token)?;
+        record.failures += 1;
+        record.last_error = Some(error.to_owned());
+        let final_failure = !retryable || record.failures >= max;
+        record.state = if final_failure { ShardState::Failed { error: error.to_owned() } } else { ShardState::Pending };
+        Ok(Event::AttemptFailed { shard, token, error: error.to_owned(), final_failure })
+    }
+
+    /// Hands a lease back without counting a failure.
+    pub fn release(&mut self, shard: u32, token: u64) -> Result<Event, Refused> {
+        self.current(shard, token)?.state = ShardState::Pending;
+        Ok(Event::Released { shard, token })
+    }
+
+    /// Expires every lease past its expiry at `now`: each counts as a failed
+    /// attempt (its worker was lost). Returns the events, with the old tokens.
+    pub fn expire(&mut self, now: Millis) -> Vec<Event> {
+        let expired: Vec<(u32, u64, String)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.state {
+                ShardState::Leased { token, expires_at, worker } if *expires_at <= now => {
+                    Some((i as u32, *token, worker.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|(shard, token, worker)| {
+                self.fail(shard, token, &format!("lease expired: worker {worker} stopped heartbeating"), true).ok()
+            })
+            .collect()
+    }
+
+    /// The live lease of `shard`, if any.
+    pub fn lease_of(&self, shard: u32) -> Option<(String, u64, Millis)> {
+        match &self.shards.get(shard as usize)?.state {
+            ShardState::Leased { worker, token, expires_at } => Some((worker.clone(), *token, *expires_at)),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a ledger from its journal and the commit markers (the truth for
+    /// what is committed). A lease that was live when the master stopped is
+    /// returned to pending: its worker may be alive, but its token is void, so
+    /// its commit will be refused and the shard redone once.
+    pub fn replay(shards: u32, max_attempts: u32, journal: &[Event], markers: &[(u32, Vec<CommittedOutput>)]) -> Self {
+        let mut ledger = Ledger::new(shards, max_attempts);
+        for event in journal {
+            match event {
+                Event::Lease { shard, worker, token, attempt } => {
+                    ledger.next_token = ledger.next_token.max(token + 1);
+                    if let Some(r) = ledger.shards.get_mut(*shard as usize) {
+                        r.attempts = *attempt;
+                        r.state = ShardState::Leased { worker: worker.clone(), token: *token, expires_at: 0 };
+                    }
+                }
+                Event::AttemptFailed { shard, error, final_failure, .. } => {
+                    if let Some(r) = ledger.shards.get_mut(*shard as usize) {
+                        r.failures += 1;
+                        r.last_error = Some(error.clone());
+                        r.state = if *final_failure {
+                            ShardState::Failed { error: error.clone() }
+                        } else {
+                            ShardState::Pending
+                        };
+                    }
+                }
+                Event::Released { shard, .. } => {
+                    if let Some(r) = ledger.shards.get_mut(*shard as usize) {
+                        r.state = ShardState::Pending;
+                    }
+                }
+                Event::Committed { shard, outputs, .. } => {
+                    if let Some(r) = ledger.shards.get_mut(*shard as usize) {
+                        r.state = ShardState::Committed { outputs: outputs.clone() };
+                    }
+                }
+            }
+        }
+        for (shard, outputs) in markers {
+            if let Some(r) = ledger.shards.get_mut(*shard as usize) {
+                r.state = ShardState::Committed { outputs: outputs.clone() };
+            }
+        }
+        for r in &mut ledger.shards {
+            if matches!(r.state, ShardState::Leased { .. }) {
+                r.state = ShardState::Pending;
+            }
+        }
+        ledger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(key: &str) -> Vec<CommittedOutput> {
+        vec![CommittedOutput { key: key.into(), name: "counts.tsv".into(), bytes: 3 }]
+    }
+
+    #[test]
+    fn lease_commit_and_fencing() {
+        let mut l = Ledger::new(2, 3);
+        let (a, _) = l.lease("w1", 100).unwrap();
+        let (b, _) = l.lease("w2", 100).unwrap();
+        assert_eq!((a.shard, b.shard), (0, 1));
+        assert_ne!(a.token, b.token);
+        assert!(l.lease("w3", 100).is_none(), "nothing pending");
+        assert_eq!(l.commit(0, b.token, out("x")), Err(Refused::Stale { shard: 0, token: b.token }));
+        l.commit(0, a.token, out("a")).unwrap();
+        // A replayed commit is refused and changes nothing.
+        assert!(l.commit(0, a.token, out("again")).is_err());
+        assert_eq!(l.shards()[0].state, ShardState::Committed { outputs: out("a") });
+        assert_eq!(l.counts(), Counts { pending: 0, leased: 1, committed: 1, failed: 0 });
+        assert!(!l.is_done());
+        l.commit(1, b.token, out("b")).unwrap();
+        assert!(l.is_done());
+    }
+
+    #[test]
+    fn an_expired_lease_returns_the_shard_and_voids_the_token() {
+        let mut l = Ledger::new(1, 3);
+        let (a, _) = l.lease("w1", 100).unwrap();
+        l.heartbeat(0, a.token, 200).unwrap();
+        assert!(l.expire(199).is_empty());
+        assert_eq!(l.expire(200).len(), 1);
+        assert_eq!(l.shards()[0].state, ShardState::Pending);
+        let (b, _) = l.lease("w2", 300).unwrap();
+        assert_eq!(b.attempt, 2);
+        // The zombie's heartbeat and commit are refused.
+        assert!(l.heartbeat(0, a.token, 999).is_err());
+        assert!(l.commit(0, a.token, out("zombie")).is_err());
+        l.commit(0, b.token, out("b")).unwrap();
+    }
+
+    #[test]
+    fn retries_until_max_attempts_then_failed_with_the_last_error() {
+        let mut l = Ledger::new(1, 2);
+        let (a, _) = l.lease("w", 10).unwrap();
+        l.fail(0, a.token, "first", true).unwrap();
+        let (b, _) = l.lease("w", 10).unwrap();
+        let ev = l.fail(0, b.token, "second", true).unwrap();
+        assert!(matches!(ev, Event::AttemptFailed { final_failure: true, .. }));
+        assert_eq!(l.shards()[0].state, ShardState::Failed { error: "second".into() });
+        assert!(l.is_done());
+        // Not retryable: failed at once.
+        let mut l = Ledger::new(1, 5);
+        let (a, _) = l.lease("w", 10).unwrap();
+        l.fail(0, a.token, "bad data", false).unwrap();
+        assert_eq!(l.counts().failed, 1);
+    }
+
+    #[test]
+    fn release_does_not_count_as_a_failure() {
+        let mut l = Ledger::new(1, 1);
+        let (a, _) = l.lease("w", 10).unwrap();
+        l.release(0, a.token).unwrap();
+        let (b, _) = l.lease("w", 10).unwrap();
+        assert_eq!(b.attempt, 2);
+        assert_eq!(l.shards()[0].failures, 0);
+    }
+
+    #[test]
+    fn replay_rebuilds_from_journal_and_markers_and_voids_live_leases() {
+        let mut l = Ledger::new(3, 3);
+        let mut journal = Vec::new();
+        let (a, e) = l.lease("w1", 10).unwrap();
+        journal.push(e);
+        let (b, e) = l.lease("w2", 10).unwrap();
+        journal.push(e);
+        journal.push(l.fail(b.shard, b.token, "trap", true).unwrap());
+        let (c, e) = l.lease("w2", 10).unwrap();
+        journal.push(e);
+        // Shard 0 committed per its marker, though its journal line was lost.
+        let replayed = Ledger::replay(3, 3, &journal, &[(a.shard, out("a"))]);
+        assert_eq!(replayed.shards()[0].state, ShardState::Committed { outputs: out("a") });
+        assert_eq!(replayed.shards()[1].state, ShardState::Pending, "a live lease is void after a restart");
+        assert_eq!(replayed.shards()[1].failures, 1);
+        assert_eq!(replayed.shards()[2].state, ShardState::Pending);
+        // New tokens never collide with old ones.
+        let mut replayed = replayed;
+        let (d, _) = replayed.lease("w3", 10).unwrap();
+        assert!(d.token > c.token);
+    }
+}

@@ -273,6 +273,12 @@ impl Ledger {
             .collect()
     }
 
+    /// Makes every future token at least `floor`: a restarted master starts
+    /// above any token its predecessor may have issued without journaling.
+    pub fn raise_token_floor(&mut self, floor: u64) {
+        self.next_token = self.next_token.max(floor);
+    }
+
     /// The live lease of `shard`, if any.
     pub fn lease_of(&self, shard: u32) -> Option<(String, u64, Millis)> {
         match &self.shards.get(shard as usize)?.state {

@@ -29,10 +29,18 @@
 //! # }
 //! ```
 
+pub mod api;
+pub mod bootstrap;
 pub mod build;
 pub mod config;
+pub mod demo;
 pub mod host;
+pub mod job;
 pub mod ledger;
+pub mod master;
 pub mod plan;
 pub mod policy;
+pub mod provider;
+pub mod reduce;
 pub mod units;
+pub mod worker;

@@ -11,10 +11,12 @@ use mayfly_core::build;
 use mayfly_core::host::{Attempt, ConcatInput, FileInput, InputSource, Limits, Runtime, RuntimeConfig};
 use mayfly_core::units::{ByteSize, HumanDuration};
 
+mod jobs;
+
 /// Exit code when the task ran and failed.
-const EXIT_TASK_FAILED: u8 = 1;
+pub(crate) const EXIT_TASK_FAILED: u8 = 1;
 /// Exit code for bad input: arguments, files, a task that cannot load.
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +47,83 @@ enum Command {
         Several --input files are concatenated into one item (how a reduce task sees map outputs).\n\
         A --param value is read as JSON when it parses (42, true, \"x\", [1,2]) and as a string otherwise.")]
     Exec(ExecArgs),
+    /// Run a job on its provider, follow it to the end, and print a summary.
+    #[command(after_help = "Examples:\n  mayfly run job.toml\n  MAYFLY_WORKERS=4 mayfly run job.toml\n\n\
+        Exit codes: 0 every shard committed; 1 some shards failed or the deadline passed; 2 bad input; 3 the master was lost (resume it).")]
+    Run {
+        /// The job file.
+        job: PathBuf,
+    },
+    /// Show what a job would do: shards, bytes per shard, balance, rule warnings.
+    #[command(after_help = "Example:\n  mayfly plan job.toml")]
+    Plan {
+        /// The job file.
+        job: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's progress (live while it runs, its summary once ended).
+    #[command(after_help = "Example:\n  mayfly status wordcount-demo-20261127-162005-ab12")]
+    Status {
+        /// The job id.
+        job: String,
+        /// The state location the job was run with.
+        #[arg(long, default_value = ".mayfly/jobs")]
+        state: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's node logs (they outlive the nodes).
+    #[command(after_help = "Examples:\n  mayfly logs <job>\n  mayfly logs <job> --node worker-1")]
+    Logs {
+        /// The job id.
+        job: String,
+        /// Only this node (`master`, `worker-1`, ...).
+        #[arg(long)]
+        node: Option<String>,
+        /// The state location the job was run with.
+        #[arg(long, default_value = ".mayfly/jobs")]
+        state: PathBuf,
+    },
+    /// Continue a job whose master was lost: committed shards are not redone.
+    #[command(after_help = "Example:\n  mayfly resume <job>")]
+    Resume {
+        /// The job id.
+        job: String,
+        /// The state location the job was run with.
+        #[arg(long, default_value = ".mayfly/jobs")]
+        state: PathBuf,
+    },
+    /// End every local node whose job's deadline has passed.
+    #[command(after_help = "Example:\n  mayfly reap --state .mayfly/jobs")]
+    Reap {
+        /// The state location to scan.
+        #[arg(long, default_value = ".mayfly/jobs")]
+        state: PathBuf,
+    },
+    /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
+    Demo {
+        /// Where the dataset, outputs and state go.
+        #[arg(long, default_value = "mayfly-demo")]
+        dir: PathBuf,
+        /// Workers.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+    },
+    /// Run one node of a job (launched by a provider, not by hand).
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +167,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build { dir } => cmd_build(&dir).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => cmd_exec(args),
+        Command::Run { job } => jobs::cmd_run(&job),
+        Command::Plan { job, json } => jobs::cmd_plan(&job, json).map(|()| ExitCode::SUCCESS),
+        Command::Status { job, state, json } => jobs::cmd_status(&job, &state, json),
+        Command::Logs { job, node, state } => jobs::cmd_logs(&job, node.as_deref(), &state).map(|()| ExitCode::SUCCESS),
+        Command::Resume { job, state } => jobs::cmd_resume(&job, &state),
+        Command::Reap { state } => jobs::cmd_reap(&state).map(|()| ExitCode::SUCCESS),
+        Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
+        Command::Node { role, job, node, dir } => jobs::cmd_node(&role, &job, &node, &dir),
     };
     match result {
         Ok(code) => code,
@@ -101,7 +188,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("mayfly: {msg}");
 }
 

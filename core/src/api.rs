@@ -1,0 +1,227 @@
+//! The worker API between workers (and the CLI) and the master: JSON over
+//! HTTP on loopback (private addresses in the cloud), every request carrying
+//! the job's token as `Authorization: Bearer <token>`.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /v1/lease` [`LeaseRequest`] | [`LeaseReply`] |
+//! | `POST /v1/heartbeat` [`HeartbeatRequest`] | [`HeartbeatReply`], 409 if the token is stale |
+//! | `POST /v1/commit` [`CommitRequest`] | 200, 409 if the token is stale |
+//! | `POST /v1/fail` [`FailRequest`] | 200, 409 if stale |
+//! | `POST /v1/release` [`ReleaseRequest`] | 200, 409 if stale |
+//! | `GET /v1/status` | [`Status`] |
+//!
+//! A request without the token, or with a wrong one, gets 401 and changes nothing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Counts;
+use crate::plan::Item;
+use crate::policy::Millis;
+
+/// Asks for work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The asking worker.
+    pub worker: String,
+    /// When the worker's credentials expire: no lease outlives them.
+    pub credential_expires_at: Millis,
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LeaseReply {
+    /// A shard to process.
+    Lease {
+        /// The shard.
+        shard: u32,
+        /// Its fencing token.
+        token: u64,
+        /// The attempt number.
+        attempt: u32,
+        /// When the lease ends unless renewed.
+        expires_at: Millis,
+        /// What to process.
+        items: Vec<Item>,
+        /// Where to stage outputs (a directory this attempt owns).
+        staging: String,
+    },
+    /// Nothing pending now; ask again later.
+    Wait {
+        /// Suggested pause.
+        retry_ms: u64,
+    },
+    /// The job is over: end.
+    Done,
+}
+
+/// Extends a lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The lease's token.
+    pub token: u64,
+    /// When the worker's credentials expire.
+    pub credential_expires_at: Millis,
+}
+
+/// The new lease expiry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// When the lease ends unless renewed again.
+    pub expires_at: Millis,
+}
+
+/// One staged output of a commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedFile {
+    /// The item's key.
+    pub key: String,
+    /// The output's name.
+    pub name: String,
+    /// Its length.
+    pub bytes: u64,
+}
+
+/// Asks the master to commit a shard whose outputs are staged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The lease's token.
+    pub token: u64,
+    /// The staged outputs (under the lease's staging directory, `<key>/<name>`).
+    pub outputs: Vec<StagedFile>,
+}
+
+/// Reports a failed attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The lease's token.
+    pub token: u64,
+    /// What failed, for the operator.
+    pub error: String,
+    /// Whether a retry could succeed.
+    pub retryable: bool,
+}
+
+/// Hands a lease back (a draining worker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The lease's token.
+    pub token: u64,
+}
+
+/// The job as the master sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// The job id.
+    pub job: String,
+    /// Shards by state.
+    pub counts: Counts,
+    /// Total shards.
+    pub shards: u32,
+    /// Input bytes in committed shards.
+    pub committed_bytes: u64,
+    /// Input bytes in all shards.
+    pub total_bytes: u64,
+    /// Attempts that failed or expired and were retried.
+    pub retries: u32,
+    /// When the job started.
+    pub started_at: Millis,
+    /// The deadline.
+    pub expires_at: Millis,
+    /// The master's clock.
+    pub now: Millis,
+    /// Set when the job has ended: why.
+    pub ended: Option<String>,
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why a call to the master failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No answer (connection refused, timeout).
+    #[error("master unreachable: {0}")]
+    Unreachable(String),
+    /// The master refused the request.
+    #[error("master refused the request ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        message: String,
+    },
+}
+
+/// A client of the worker API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client for the master at `addr` (host:port) with the job token.
+    pub fn new(addr: &str, token: &str, timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build();
+        Client { base: format!("http://{addr}"), token: token.to_owned(), agent: config.new_agent() }
+    }
+
+    fn call<T: for<'de> Deserialize<'de>>(&self, path: &str, body: Option<&impl Serialize>) -> Result<T, CallError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let response = match body {
+            Some(b) => self.agent.post(&url).header("authorization", &auth).send_json(b),
+            None => self.agent.get(&url).header("authorization", &auth).call(),
+        };
+        let mut response = response.map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let message = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(CallError::Refused { status, message });
+        }
+        response.body_mut().read_json().map_err(|e| CallError::Unreachable(format!("bad answer: {e}")))
+    }
+
+    /// `POST /v1/lease`
+    pub fn lease(&self, req: &LeaseRequest) -> Result<LeaseReply, CallError> {
+        self.call("/v1/lease", Some(req))
+    }
+    /// `POST /v1/heartbeat`
+    pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatReply, CallError> {
+        self.call("/v1/heartbeat", Some(req))
+    }
+    /// `POST /v1/commit`
+    pub fn commit(&self, req: &CommitRequest) -> Result<serde_json::Value, CallError> {
+        self.call("/v1/commit", Some(req))
+    }
+    /// `POST /v1/fail`
+    pub fn fail(&self, req: &FailRequest) -> Result<serde_json::Value, CallError> {
+        self.call("/v1/fail", Some(req))
+    }
+    /// `POST /v1/release`
+    pub fn release(&self, req: &ReleaseRequest) -> Result<serde_json::Value, CallError> {
+        self.call("/v1/release", Some(req))
+    }
+    /// `GET /v1/status`
+    pub fn status(&self) -> Result<Status, CallError> {
+        self.call::<Status>("/v1/status", None::<&()>)
+    }
+}

@@ -1,0 +1,437 @@
+//! The job commands of the CLI: run, plan, status, logs, resume, reap, demo,
+//! and the hidden `node` that providers launch.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mayfly_core::api::Client;
+use mayfly_core::bootstrap::{ReadyTask, absolute, bootstrap, list_inputs};
+use mayfly_core::config::{JobSpec, TaskSpec};
+use mayfly_core::host::{Runtime, RuntimeConfig};
+use mayfly_core::job::{Layout, Manifest, read_json};
+use mayfly_core::master::{FinalState, MasterInfo};
+use mayfly_core::plan::{PlanOptions, plan};
+use mayfly_core::policy::{Clock, SystemClock};
+use mayfly_core::provider::{
+    LocalProvider, NodeSpec, Provider, Role, list_local_nodes, process_is_node, terminate_local,
+};
+use mayfly_core::units::ByteSize;
+
+use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
+
+/// Exit code when the master was lost and the job must be resumed.
+const EXIT_MASTER_LOST: u8 = 3;
+
+fn provider_for(spec: &JobSpec) -> Result<LocalProvider> {
+    if spec.provider != "local" {
+        bail!(
+            "{}: provider {:?} is not available in this build (only \"local\" is, until the plugin loader lands)",
+            spec.file.display(),
+            spec.provider
+        );
+    }
+    LocalProvider::from_settings(&spec.provider_settings).map_err(|e| anyhow::anyhow!("{}: {e}", spec.file.display()))
+}
+
+/// Builds (if a crate directory) and loads a task, so that a bad task fails
+/// the job before anything is launched, and the compile cache is warm.
+fn ready(runtime: &Runtime, spec: &TaskSpec, what: &str) -> Result<ReadyTask> {
+    let component = if spec.path.is_dir() {
+        mayfly_core::build::build_task(&spec.path, &mut say).with_context(|| format!("building the {what} task"))?
+    } else {
+        spec.path.clone()
+    };
+    let task = runtime.load(&component).with_context(|| format!("loading the {what} task"))?;
+    Ok(ReadyTask { component: absolute(&component), sha256: task.sha256().to_owned() })
+}
+
+pub(crate) fn cmd_run(job: &Path) -> Result<ExitCode> {
+    let spec = JobSpec::load(job)?;
+    run_spec(&spec)
+}
+
+fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
+    let provider = provider_for(spec)?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let task = ready(&runtime, &spec.task, "map")?;
+    let reduce = spec.reduce.as_ref().map(|r| ready(&runtime, r, "reduce")).transpose()?;
+    drop(runtime);
+    let started = Instant::now();
+    let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
+    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, &mut |step| {
+        if verbose {
+            say(&format!("bootstrap: {step}"));
+        }
+    })
+    .context("bootstrap failed")?;
+    let plan = &boot.manifest.plan;
+    let (max, mean) = plan.balance();
+    println!(
+        "job {}: {} input objects, {} in {} shards (largest {}, mean {}) on {} workers",
+        boot.job,
+        plan.objects,
+        ByteSize(plan.total_bytes),
+        plan.shards.len(),
+        ByteSize(max),
+        ByteSize(mean as u64),
+        spec.workers
+    );
+    if plan.shards.is_empty() {
+        println!("the input is empty: nothing to process (the job succeeds with no outputs)");
+    }
+    println!("state: {}", boot.layout.dir.display());
+    follow(&boot.layout, &boot.manifest, started)
+}
+
+/// Follows a job to its end, then prints the summary.
+fn follow(layout: &Layout, manifest: &Manifest, started: Instant) -> Result<ExitCode> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    let token = mayfly_core::provider::read_token(layout).context("reading the job token")?;
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
+            if tty {
+                eprintln!();
+            }
+            return Ok(summary(layout, manifest, &fin, started));
+        }
+        let info = read_json::<MasterInfo>(&layout.master()).ok();
+        let alive = info.as_ref().is_some_and(|i| process_is_node(i.pid, &manifest.job, "master"));
+        if alive {
+            lost_since = None;
+            if let Some(info) = &info
+                && let Ok(st) = Client::new(&info.addr, &token, Duration::from_secs(2)).status()
+            {
+                let c = st.counts;
+                let pct = (st.committed_bytes * 100).checked_div(st.total_bytes).unwrap_or(100);
+                let left = st.expires_at.saturating_sub(st.now) / 1000;
+                let line = format!(
+                    "[{pct:>3}%] {}/{} shards committed, {} running, {} failed, {} retries; deadline in {left}s",
+                    c.committed, st.shards, c.leased, c.failed, st.retries
+                );
+                if tty {
+                    eprint!("\r{line}   ");
+                    let _ = std::io::stderr().flush();
+                } else if line != last_line {
+                    eprintln!("{line}");
+                }
+                last_line = line;
+            }
+        } else {
+            // The master writes final.json before it exits; give it a moment.
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                if tty {
+                    eprintln!();
+                }
+                eprintln!(
+                    "error: the master of job {} is gone before the job ended; `mayfly resume {}` continues it (committed shards are kept)",
+                    manifest.job, manifest.job
+                );
+                return Ok(ExitCode::from(EXIT_MASTER_LOST));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Instant) -> ExitCode {
+    let c = fin.counts;
+    let map_outputs = fin.outputs.iter().filter(|o| o.starts_with("map/")).count();
+    println!(
+        "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs",
+        if fin.reason == "done" { "finished" } else { "ENDED AT THE DEADLINE" },
+        started.elapsed().as_secs_f64(),
+        c.committed,
+        c.failed,
+        fin.retries,
+        map_outputs
+    );
+    for (shard, error) in &fin.failed {
+        let items: Vec<String> = manifest.plan.shards[*shard as usize].items.iter().map(|i| i.key()).collect();
+        println!("  failed shard {shard} ({}): {error}", items.join(", "));
+    }
+    for o in fin.outputs.iter().filter(|o| o.starts_with("reduce/")) {
+        println!("  reduce output: {}", layout.output.join(o).display());
+    }
+    if let Some(e) = &fin.reduce_error {
+        println!("  the reduce task failed: {e}");
+    }
+    println!("outputs: {} (listed in _manifest.json)", layout.output.display());
+    println!("logs: mayfly logs {} --state {}", manifest.job, layout.dir.parent().unwrap_or(Path::new(".")).display());
+    if fin.reason == "done" && c.failed == 0 && fin.reduce_error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TASK_FAILED)
+    }
+}
+
+pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
+    let spec = JobSpec::load(job)?;
+    let provider = provider_for(&spec)?;
+    let input = absolute(&spec.input);
+    let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
+    let opts = PlanOptions {
+        workers: spec.workers,
+        target_shard_bytes: spec.target_shard_bytes,
+        shards_per_worker: spec.shards_per_worker,
+        split_text: spec.split_text,
+    };
+    let p = plan(&objects, opts, &mut |name, offset, len| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(input.join(name))?;
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    })?;
+    let mut warnings = Vec::new();
+    if p.shards.len() < spec.workers as usize && !p.shards.is_empty() {
+        warnings.push(format!(
+            "{} shards for {} workers: some workers will have nothing to do",
+            p.shards.len(),
+            spec.workers
+        ));
+    }
+    let limits = provider.limits();
+    if limits.credential_ttl < spec.lease_time {
+        warnings
+            .push("credential_ttl is shorter than lease_time: leases will be cut to the credential's expiry".into());
+    }
+    if let Err(e) = mayfly_core::bootstrap::check_output(&absolute(&spec.output)) {
+        warnings.push(e);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": p, "warnings": warnings }))?);
+        return Ok(());
+    }
+    let (max, mean) = p.balance();
+    println!(
+        "{} objects, {} in {} shards (target {}); balance: largest {} / mean {} = {:.2}",
+        p.objects,
+        ByteSize(p.total_bytes),
+        p.shards.len(),
+        ByteSize(p.target_bytes),
+        ByteSize(max),
+        ByteSize(mean as u64),
+        if mean > 0.0 { max as f64 / mean } else { 1.0 }
+    );
+    for s in p.shards.iter().take(20) {
+        let items: Vec<String> = s.items.iter().take(3).map(|i| i.key()).collect();
+        let more = if s.items.len() > 3 { format!(" and {} more", s.items.len() - 3) } else { String::new() };
+        println!("  shard {:>4}  {:>10}  {}{more}", s.id, ByteSize(s.bytes).to_string(), items.join(", "));
+    }
+    if p.shards.len() > 20 {
+        println!("  ... {} more shards", p.shards.len() - 20);
+    }
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn find_job(job: &str, state: &Path) -> Result<(Layout, Manifest)> {
+    let dir = state.join(job);
+    let manifest: Manifest = read_json(&dir.join("manifest.json"))
+        .with_context(|| format!("no job {job} under {} (use --state to say where its state is)", state.display()))?;
+    Ok((Layout { dir, output: manifest.output.clone() }, manifest))
+}
+
+pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode> {
+    let (layout, _) = find_job(job, state)?;
+    if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&fin)?);
+        } else {
+            let c = fin.counts;
+            println!(
+                "job {job} ended ({}): {} shards committed, {} failed, {} retries",
+                fin.reason, c.committed, c.failed, fin.retries
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = mayfly_core::provider::read_token(&layout)?;
+    let info: MasterInfo = read_json(&layout.master()).context("the master has not started")?;
+    if !process_is_node(info.pid, job, "master") {
+        bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
+    }
+    let st = Client::new(&info.addr, &token, Duration::from_secs(5)).status()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        let c = st.counts;
+        println!(
+            "job {job} running: {} pending, {} leased, {} committed, {} failed of {} shards; {} retries; deadline in {}s",
+            c.pending,
+            c.leased,
+            c.committed,
+            c.failed,
+            st.shards,
+            st.retries,
+            st.expires_at.saturating_sub(st.now) / 1000
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn cmd_logs(job: &str, node: Option<&str>, state: &Path) -> Result<()> {
+    let (layout, _) = find_job(job, state)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(layout.logs())
+        .with_context(|| format!("no logs for job {job}"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| node.is_none_or(|n| p.file_stem().is_some_and(|s| s == n)))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no logs for node {:?} of job {job}", node.unwrap_or("*"));
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for f in files {
+        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for line in text.lines() {
+            // A closed pipe (`| head`) ends the listing quietly.
+            if writeln!(out, "{name}: {line}").is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, state)?;
+    if layout.final_state().exists() {
+        println!("job {job} already ended; nothing to resume");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let provider = node_provider(&manifest)?;
+    let nodes = provider.list(&layout)?;
+    if nodes.iter().any(|n| n.role == Role::Master) {
+        bail!("job {job} still has a running master; follow it with `mayfly status {job}`");
+    }
+    if SystemClock.now() >= manifest.expires_at {
+        bail!("job {job} is past its deadline; it cannot be resumed");
+    }
+    let _ = std::fs::remove_file(layout.master());
+    let started = Instant::now();
+    provider.launch(&layout, job, manifest.expires_at, &[NodeSpec { node: "master".into(), role: Role::Master }])?;
+    let running: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let workers: Vec<NodeSpec> = (1..=manifest.workers)
+        .map(|i| format!("worker-{i}"))
+        .filter(|n| !running.contains(n))
+        .map(|node| NodeSpec { node, role: Role::Worker })
+        .collect();
+    provider.launch(&layout, job, manifest.expires_at, &workers)?;
+    println!("job {job} resumed with a new master and {} new workers", workers.len());
+    follow(&layout, &manifest, started)
+}
+
+pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
+    let now = SystemClock.now();
+    let mut reaped = 0;
+    for entry in std::fs::read_dir(state).with_context(|| format!("reading {}", state.display()))?.flatten() {
+        let nodes = list_local_nodes(&entry.path().join("nodes")).unwrap_or_default();
+        let expired: Vec<_> = nodes.into_iter().filter(|n| n.expires_at <= now).collect();
+        if !expired.is_empty() {
+            for n in &expired {
+                println!(
+                    "reaping {} of job {} (pid {}, expired {}s ago)",
+                    n.node,
+                    n.job,
+                    n.pid,
+                    (now - n.expires_at) / 1000
+                );
+            }
+            terminate_local(&expired, Duration::from_secs(2));
+            reaped += expired.len();
+        }
+    }
+    println!("{reaped} node(s) reaped");
+    Ok(())
+}
+
+fn node_provider(manifest: &Manifest) -> Result<LocalProvider> {
+    let ttl = format!("{}ms", manifest.credential_ttl_ms);
+    let settings = [("credential_ttl".to_owned(), (toml::Value::String(ttl), None))].into();
+    LocalProvider::from_settings(&settings).map_err(anyhow::Error::msg)
+}
+
+pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<ExitCode> {
+    let manifest: Manifest = read_json(&dir.join("manifest.json")).context("reading the manifest")?;
+    if manifest.job != job {
+        bail!("{} holds job {}, not {job}", dir.display(), manifest.job);
+    }
+    let provider = node_provider(&manifest)?;
+    // The dead-man switch: whatever happens, this process does not outlive the
+    // job's deadline by more than a second.
+    let expires_at = manifest.expires_at;
+    let who = node.to_owned();
+    std::thread::spawn(move || {
+        let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
+        std::thread::sleep(Duration::from_millis(left));
+        eprintln!("{who}: the job's deadline passed; ending now");
+        std::process::exit(4);
+    });
+    match role {
+        "master" => {
+            let code = mayfly_core::master::run(dir, &provider).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::from(code as u8))
+        }
+        "worker" => {
+            mayfly_core::worker::run(dir, node, &provider).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown role {other:?} (expected master or worker)"),
+    }
+}
+
+pub(crate) fn cmd_demo(dir: &Path, workers: u32) -> Result<ExitCode> {
+    let task = Path::new("tasks/wordcount");
+    if !task.join("Cargo.toml").is_file() {
+        say("run the demo from the mayfly repository's root (it builds tasks/wordcount)");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(dir.join("out"));
+    if !data.exists() {
+        // 48 files of ~160 KiB and one of 6 MiB, split into line ranges.
+        let bytes = mayfly_core::demo::write_dataset(&data, 2026, 48, 160 << 10, 20_000)?
+            + mayfly_core::demo::write_dataset(&data.join("big"), 7, 1, 6 << 20, 20_000)?;
+        println!("generated {} of sample text in {}", ByteSize(bytes), data.display());
+    }
+    let task_abs = absolute(task);
+    let job_file = dir.join("job.toml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "# Generated by `mayfly demo`.\n[job]\nname = \"wordcount-demo\"\n\n[task]\npath = {task:?}\nparams = {{ mode = \"map\" }}\n\n\
+             [reduce]\npath = {task:?}\nparams = {{ mode = \"reduce\" }}\n\n[input]\nurl = \"data\"\n\n[output]\nurl = \"out\"\n\n\
+             [state]\nurl = \"state\"\n\n[provider]\nname = \"local\"\ncredential_ttl = \"20s\"\n\n\
+             [cluster]\nworkers = {workers}\ndeadline = \"10m\"\n\n[sharding]\nshards_per_worker = 4\nsplit_text = true\n",
+            task = task_abs.to_string_lossy()
+        ),
+    )?;
+    println!("job file: {}", job_file.display());
+    let spec = JobSpec::load(&job_file)?;
+    let code = run_spec(&spec)?;
+    let counts = absolute(&dir.join("out/reduce/counts.tsv"));
+    if let Ok(text) = std::fs::read_to_string(&counts) {
+        println!("top words:");
+        for line in text.lines().take(10) {
+            let (w, n) = line.rsplit_once('\t').unwrap_or((line, ""));
+            println!("  {n:>8}  {w}");
+        }
+        println!("all counts: {}", counts.display());
+    }
+    Ok(code)
+}

@@ -1,0 +1,576 @@
+//! The master node: owns the ledger, serves the worker API, makes every commit
+//! decision, watches the deadline, runs the reduce task, and ends the job.
+//!
+//! Commit, in this order: check the fencing token (a stale commit is refused
+//! and its staging removed); create the shard's marker in the output location
+//! with create-if-absent; journal the commit and fsync; move the staged outputs
+//! into place; only then answer. A restarted master ([`run`] on an existing
+//! journal) rebuilds the ledger from the markers and the journal, finishes any
+//! publication a crash interrupted, and voids the leases it finds.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest, Status,
+    constant_time_eq,
+};
+use crate::job::{Layout, Manifest, read_json, write_json_atomic};
+use crate::ledger::{CommittedOutput, Event, Ledger, Refused, ShardState};
+use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock, Validity};
+use crate::provider::{Provider, Role};
+
+/// A shard's commit marker: the truth about what is committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    /// The job.
+    pub job: String,
+    /// The shard.
+    pub shard: u32,
+    /// The token that committed it.
+    pub token: u64,
+    /// Its outputs.
+    pub outputs: Vec<CommittedOutput>,
+}
+
+/// How a job ended, as written to `final.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinalState {
+    /// The job.
+    pub job: String,
+    /// `done` or `deadline`.
+    pub reason: String,
+    /// Shards by state.
+    pub counts: crate::ledger::Counts,
+    /// Retried attempts.
+    pub retries: u32,
+    /// When it ended.
+    pub ended_at: Millis,
+    /// Failed shards: (shard, error).
+    pub failed: Vec<(u32, String)>,
+    /// Outputs published (map and reduce), relative to the output location.
+    pub outputs: Vec<String>,
+    /// The reduce task's error, if it failed.
+    pub reduce_error: Option<String>,
+}
+
+struct Master {
+    manifest: Manifest,
+    layout: Layout,
+    ledger: Ledger,
+    journal: File,
+    token: String,
+    retries: u32,
+    ended: Option<String>,
+    policy: CredentialPolicy,
+}
+
+type Shared = Arc<Mutex<Master>>;
+
+fn now() -> Millis {
+    SystemClock.now()
+}
+
+impl Master {
+    fn record(&mut self, event: &Event, sync: bool) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = writeln!(self.journal, "{line}");
+            if sync {
+                let _ = self.journal.sync_data();
+            }
+        }
+    }
+
+    fn expire(&mut self, at: Millis) {
+        for event in self.ledger.expire(at) {
+            if let Event::AttemptFailed { shard, token, error, .. } = &event {
+                eprintln!("master: shard {shard}: {error}; returned to pending");
+                let _ = fs::remove_dir_all(self.layout.attempt_staging(*shard, *token));
+                self.retries += 1;
+            }
+            self.record(&event, true);
+        }
+    }
+
+    fn status(&self) -> Status {
+        let counts = self.ledger.counts();
+        let committed_bytes = self
+            .ledger
+            .shards()
+            .iter()
+            .zip(&self.manifest.plan.shards)
+            .filter(|(r, _)| matches!(r.state, ShardState::Committed { .. }))
+            .map(|(_, s)| s.bytes)
+            .sum();
+        Status {
+            job: self.manifest.job.clone(),
+            counts,
+            shards: self.manifest.plan.shards.len() as u32,
+            committed_bytes,
+            total_bytes: self.manifest.plan.total_bytes,
+            retries: self.retries,
+            started_at: self.manifest.created_at,
+            expires_at: self.manifest.expires_at,
+            now: now(),
+            ended: self.ended.clone(),
+        }
+    }
+
+    /// The commit decision. `Ok(false)` when the shard was already committed.
+    fn commit(&mut self, req: &CommitRequest) -> Result<(), (StatusCode, String)> {
+        let stale = |e: Refused| (StatusCode::CONFLICT, e.to_string());
+        if let Err(e) = self.ledger.check(req.shard, req.token) {
+            let _ = fs::remove_dir_all(self.layout.attempt_staging(req.shard, req.token));
+            return Err(stale(e));
+        }
+        let staging = self.layout.attempt_staging(req.shard, req.token);
+        let shard = &self.manifest.plan.shards[req.shard as usize];
+        let keys: Vec<String> = shard.items.iter().map(|i| i.key()).collect();
+        for out in &req.outputs {
+            if !keys.contains(&out.key) || crate::host::check_output_name(&out.name).is_some() {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("output {}/{} is not part of shard {}", out.key, out.name, req.shard),
+                ));
+            }
+            let size = fs::metadata(staging.join(&out.key).join(&out.name)).map(|m| m.len());
+            if size.ok() != Some(out.bytes) {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("staged output {}/{} is missing or has the wrong size", out.key, out.name),
+                ));
+            }
+        }
+        let outputs: Vec<CommittedOutput> = req
+            .outputs
+            .iter()
+            .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
+            .collect();
+        let marker =
+            Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs: outputs.clone() };
+        match create_marker(&self.layout, &marker) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err((StatusCode::CONFLICT, format!("shard {} is already committed", req.shard)));
+            }
+            Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"))),
+        }
+        let event = self.ledger.commit(req.shard, req.token, outputs).map_err(stale)?;
+        self.record(&event, true);
+        if let Err(e) = publish(&self.layout, &marker, &staging) {
+            // The marker is written: the commit stands, and publication is
+            // finished on resume. Say so loudly.
+            eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", req.shard);
+        }
+        let _ = fs::remove_dir_all(&staging);
+        Ok(())
+    }
+}
+
+/// Creates a marker if none exists; `Ok(false)` if one did.
+fn create_marker(layout: &Layout, marker: &Marker) -> std::io::Result<bool> {
+    fs::create_dir_all(layout.markers())?;
+    let path = layout.marker(marker.shard);
+    let tmp = path.with_extension(format!("tmp{}", marker.token));
+    let bytes = serde_json::to_vec_pretty(marker).map_err(std::io::Error::other)?;
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    // hard_link fails if the target exists: create-if-absent, atomically, with
+    // the whole content already durable.
+    let created = match fs::hard_link(&tmp, &path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let _ = fs::remove_file(&tmp);
+    if let Ok(dir) = File::open(layout.markers()) {
+        let _ = dir.sync_all();
+    }
+    Ok(created)
+}
+
+/// Moves a committed shard's staged outputs into place (idempotent).
+fn publish(layout: &Layout, marker: &Marker, staging: &Path) -> std::io::Result<()> {
+    for out in &marker.outputs {
+        let from = staging.join(&out.key).join(&out.name);
+        let to = layout.map_output(&out.key, &out.name);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+    let presented = value.strip_prefix("Bearer ").unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+/// Checks the token, then parses the body: an unauthenticated request learns
+/// nothing, not even whether its body was well-formed.
+fn guard<T: for<'de> Deserialize<'de>>(
+    m: &Master,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, (StatusCode, String)> {
+    if !authorized(headers, &m.token) {
+        eprintln!("master: refused a request without a valid job token");
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong job token".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+}
+
+async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: LeaseRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let t = now();
+    m.expire(t);
+    if m.ended.is_some() {
+        return json(&LeaseReply::Done);
+    }
+    let worker_cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
+    let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
+    if expires_at < t + 1000 {
+        // Credentials about to expire: refresh first; no lease may outlive them.
+        return json(&LeaseReply::Wait { retry_ms: 200 });
+    }
+    match m.ledger.lease(&req.worker, expires_at) {
+        Some((lease, event)) => {
+            m.record(&event, false);
+            let items = m.manifest.plan.shards[lease.shard as usize].items.clone();
+            let staging = m.layout.attempt_staging(lease.shard, lease.token).to_string_lossy().into_owned();
+            eprintln!("master: shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
+            json(&LeaseReply::Lease {
+                shard: lease.shard,
+                token: lease.token,
+                attempt: lease.attempt,
+                expires_at: lease.expires_at,
+                items,
+                staging,
+            })
+        }
+        None if m.ledger.is_done() => json(&LeaseReply::Done),
+        None => json(&LeaseReply::Wait { retry_ms: 250 }),
+    }
+}
+
+async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: HeartbeatRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let t = now();
+    m.expire(t);
+    let cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
+    let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), cred);
+    match m.ledger.heartbeat(req.shard, req.token, expires_at) {
+        Ok(()) => json(&HeartbeatReply { expires_at }),
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: CommitRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    m.expire(now());
+    match m.commit(&req) {
+        Ok(()) => {
+            eprintln!("master: shard {} committed ({} outputs)", req.shard, req.outputs.len());
+            json(&serde_json::json!({ "committed": req.shard }))
+        }
+        Err((status, message)) => {
+            eprintln!("master: commit of shard {} refused: {message}", req.shard);
+            refuse(status, message)
+        }
+    }
+}
+
+async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: FailRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    match m.ledger.fail(req.shard, req.token, &req.error, req.retryable) {
+        Ok(event) => {
+            if let Event::AttemptFailed { final_failure, .. } = &event {
+                let what = if *final_failure { "failed for good" } else { "will be retried" };
+                eprintln!("master: shard {} attempt failed ({what}): {}", req.shard, req.error);
+                if !final_failure {
+                    m.retries += 1;
+                }
+            }
+            m.record(&event, true);
+            let _ = fs::remove_dir_all(m.layout.attempt_staging(req.shard, req.token));
+            json(&serde_json::json!({}))
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: ReleaseRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    match m.ledger.release(req.shard, req.token) {
+        Ok(event) => {
+            m.record(&event, true);
+            let _ = fs::remove_dir_all(m.layout.attempt_staging(req.shard, req.token));
+            json(&serde_json::json!({}))
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Ok(m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    if !authorized(&headers, &m.token) {
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong job token");
+    }
+    json(&m.status())
+}
+
+/// Where the master listens, written to `master.json` once it does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasterInfo {
+    /// host:port
+    pub addr: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// Reads the journal, skipping a torn last line.
+pub fn read_journal(path: &Path) -> Vec<Event> {
+    let Ok(f) = File::open(path) else { return Vec::new() };
+    std::io::BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+}
+
+/// Reads every commit marker of the job.
+pub fn read_markers(layout: &Layout) -> Vec<Marker> {
+    let mut markers: Vec<Marker> = fs::read_dir(layout.markers())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| read_json::<Marker>(&e.path()).ok())
+        .collect();
+    markers.sort_by_key(|m| m.shard);
+    markers
+}
+
+/// Runs the master of the job in `layout.dir` until the job ends. Returns the
+/// process exit code.
+pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
+    let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
+    let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
+    let token = crate::provider::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+
+    // Rebuild from the markers (the truth) and the journal, finishing any
+    // publication a crash interrupted.
+    let markers = read_markers(&layout);
+    for marker in &markers {
+        let staging = layout.attempt_staging(marker.shard, marker.token);
+        if let Err(e) = publish(&layout, marker, &staging) {
+            eprintln!("master: finishing the publication of shard {}: {e}", marker.shard);
+        }
+        let _ = fs::remove_dir_all(&staging);
+    }
+    let journal_events = read_journal(&layout.journal());
+    let marker_list: Vec<(u32, Vec<CommittedOutput>)> = markers.iter().map(|m| (m.shard, m.outputs.clone())).collect();
+    let mut ledger =
+        Ledger::replay(manifest.plan.shards.len() as u32, manifest.max_attempts, &journal_events, &marker_list);
+    // Tokens from a previous master may still be held by live workers: start
+    // above anything it could have issued.
+    ledger.raise_token_floor(now().saturating_mul(1000));
+    if !journal_events.is_empty() || !markers.is_empty() {
+        let c = ledger.counts();
+        eprintln!("master: resumed: {} committed, {} failed, {} pending", c.committed, c.failed, c.pending);
+    }
+    let journal = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.journal())
+        .map_err(|e| format!("opening the journal: {e}"))?;
+    let policy = CredentialPolicy {
+        min_margin: Duration::from_millis(manifest.refresh_margin_ms),
+        ..CredentialPolicy::default()
+    };
+    let master = Master { manifest, layout, ledger, journal, token, retries: 0, ended: None, policy };
+    let shared: Shared = Arc::new(Mutex::new(master));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let reason = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let app = Router::new()
+            .route("/v1/lease", post(lease))
+            .route("/v1/heartbeat", post(heartbeat))
+            .route("/v1/commit", post(commit))
+            .route("/v1/fail", post(fail))
+            .route("/v1/release", post(release))
+            .route("/v1/status", get(status))
+            .layer(DefaultBodyLimit::max(1 << 20))
+            .with_state(shared.clone());
+        {
+            let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            write_json_atomic(&m.layout.master(), &MasterInfo { addr: addr.to_string(), pid: std::process::id() })
+                .map_err(|e| format!("writing master.json: {e}"))?;
+        }
+        eprintln!("master: listening on {addr}");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        // Watch the deadline and the ledger.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            let t = now();
+            m.expire(t);
+            if crate::policy::deadline_passed(t, m.manifest.expires_at) {
+                m.ended = Some("deadline".into());
+                eprintln!("master: the job's deadline passed");
+                return Ok::<String, String>("deadline".into());
+            }
+            if m.ledger.is_done() {
+                m.ended = Some("done".into());
+                return Ok("done".into());
+            }
+        }
+    })?;
+
+    // The end: reduce (only for a finished job), the output manifest, the
+    // workers, then this process.
+    let (layout, manifest, counts, retries, failed, committed) = {
+        let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+        let failed: Vec<(u32, String)> = m
+            .ledger
+            .shards()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match &r.state {
+                ShardState::Failed { error } => Some((i as u32, error.clone())),
+                _ => None,
+            })
+            .collect();
+        let committed: Vec<CommittedOutput> = m
+            .ledger
+            .shards()
+            .iter()
+            .filter_map(|r| match &r.state {
+                ShardState::Committed { outputs } => Some(outputs.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed)
+    };
+    let mut outputs: Vec<String> = committed.iter().map(|o| format!("map/{}/{}", o.key, o.name)).collect();
+    let mut reduce_error = None;
+    if reason == "done"
+        && let Some((component, _, params)) = &manifest.reduce
+    {
+        match crate::reduce::run(&layout, &manifest, component, params, &committed) {
+            Ok(names) => outputs.extend(names),
+            Err(e) => {
+                eprintln!("master: the reduce task failed: {e}");
+                reduce_error = Some(e);
+            }
+        }
+    }
+    let final_state = FinalState {
+        job: manifest.job.clone(),
+        reason: reason.clone(),
+        counts,
+        retries,
+        ended_at: now(),
+        failed,
+        outputs: outputs.clone(),
+        reduce_error,
+    };
+    let manifest_out = serde_json::json!({
+        "job": manifest.job,
+        "complete": reason == "done" && counts.failed == 0 && final_state.reduce_error.is_none(),
+        "reason": reason,
+        "outputs": committed.iter().map(|o| serde_json::json!({"path": format!("map/{}/{}", o.key, o.name), "bytes": o.bytes})).collect::<Vec<_>>(),
+        "reduce_outputs": outputs.iter().skip(committed.len()).collect::<Vec<_>>(),
+        "failed_shards": final_state.failed.iter().map(|(s, e)| serde_json::json!({
+            "shard": s,
+            "items": manifest.plan.shards[*s as usize].items.iter().map(|i| i.key()).collect::<Vec<_>>(),
+            "error": e,
+        })).collect::<Vec<_>>(),
+    });
+    if let Err(e) = write_json_atomic(&layout.output_manifest(), &manifest_out) {
+        eprintln!("master: writing _manifest.json: {e}");
+    }
+    let _ = fs::remove_dir_all(layout.staging());
+    if let Err(e) = write_json_atomic(&layout.final_state(), &final_state) {
+        eprintln!("master: writing final.json: {e}");
+    }
+    // Workers learn of the end at their next lease and end themselves; give
+    // them a moment, then end whatever is left.
+    let grace = if reason == "done" { Duration::from_secs(3) } else { Duration::ZERO };
+    let deadline = std::time::Instant::now() + grace;
+    let workers = |p: &dyn Provider| {
+        p.list(&layout).unwrap_or_default().into_iter().filter(|n| n.role == Role::Worker).collect::<Vec<_>>()
+    };
+    while std::time::Instant::now() < deadline && !workers(provider).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = workers(provider);
+    if !left.is_empty() {
+        eprintln!("master: ending {} worker(s) still running", left.len());
+        let _ = provider.terminate(&layout, &left, Duration::from_secs(2));
+    }
+    eprintln!(
+        "master: job {} ended ({reason}); {} committed, {} failed",
+        manifest.job, counts.committed, counts.failed
+    );
+    Ok(0)
+}

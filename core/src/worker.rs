@@ -1,0 +1,335 @@
+//! The worker node: pulls leases, runs each item through the task host
+//! (the task is compiled once per worker), heartbeats while it works, asks the
+//! master to commit, and ends itself by the self-termination rule.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::api::{
+    CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, StagedFile,
+};
+use crate::host::{Attempt, FileInput, Runtime, RuntimeConfig, Task};
+use crate::job::{Layout, Manifest, read_json};
+use crate::master::MasterInfo;
+use crate::plan::Item;
+use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, SystemClock, Watchdog};
+use crate::provider::{Credential, Provider, verify_credential};
+
+fn now() -> u64 {
+    SystemClock.now()
+}
+
+fn log(node: &str, message: &str) {
+    eprintln!("{} {node}: {message}", now());
+}
+
+/// The node's credentials, refreshed by the credential rule.
+struct Credentials {
+    current: Credential,
+    failures: u32,
+    refreshed: u32,
+    failed_ops: u32,
+}
+
+struct Worker<'a> {
+    node: String,
+    layout: Layout,
+    manifest: Manifest,
+    provider: &'a dyn Provider,
+    policy: CredentialPolicy,
+    creds: Credentials,
+    runtime: Runtime,
+    task: Task,
+    client: Client,
+    watchdog: Watchdog,
+}
+
+impl Worker<'_> {
+    /// Applies the credential rule; `false` when the node must drain.
+    fn keep_credentials_fresh(&mut self) -> CredentialAction {
+        let t = now();
+        let action = self.policy.action(t, self.creds.current.validity, self.creds.failures);
+        if action == CredentialAction::Refresh {
+            match self.provider.credentials(&self.layout, &self.node, t) {
+                Ok(c) => {
+                    self.creds.current = c;
+                    self.creds.failures = 0;
+                    self.creds.refreshed += 1;
+                    log(
+                        &self.node,
+                        &format!(
+                            "credentials refreshed (#{}); valid until {}",
+                            self.creds.refreshed, self.creds.current.validity.expires_at
+                        ),
+                    );
+                }
+                Err(e) => {
+                    self.creds.failures += 1;
+                    log(&self.node, &format!("credential refresh failed ({} in a row): {e}", self.creds.failures));
+                }
+            }
+        }
+        self.policy.action(now(), self.creds.current.validity, self.creds.failures)
+    }
+
+    /// A storage operation runs only with a valid credential (the local
+    /// provider's stand-in for a cloud's signed requests).
+    fn authorize(&mut self, what: &str) -> Result<(), String> {
+        match verify_credential(&self.layout, &self.creds.current, now()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.creds.failed_ops += 1;
+                Err(format!("{what}: {e}"))
+            }
+        }
+    }
+
+    fn process(&mut self, shard: u32, token: u64, items: Vec<Item>, staging: String, lease_expires: u64) {
+        // Heartbeats run beside the attempt, every third of the lease.
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cred_expiry = Arc::new(AtomicU64::new(self.creds.current.validity.expires_at));
+        let interval = Duration::from_millis((self.manifest.lease_ms / 3).max(50));
+        let hb = {
+            let (client, lost, stop, cred_expiry, node) =
+                (self.client.clone(), lost.clone(), stop.clone(), cred_expiry.clone(), self.node.clone());
+            std::thread::spawn(move || {
+                let mut expires = lease_expires;
+                while !stop.load(Ordering::Relaxed) {
+                    let step = Duration::from_millis(20);
+                    let mut waited = Duration::ZERO;
+                    while waited < interval && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(step);
+                        waited += step;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let req =
+                        HeartbeatRequest { shard, token, credential_expires_at: cred_expiry.load(Ordering::Relaxed) };
+                    match client.heartbeat(&req) {
+                        Ok(r) => expires = r.expires_at,
+                        Err(CallError::Refused { status: 409, .. }) => {
+                            log(&node, &format!("shard {shard}: lease lost (token {token} is stale)"));
+                            lost.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) => {
+                            if now() >= expires {
+                                log(
+                                    &node,
+                                    &format!("shard {shard}: lease expired while the master was unreachable: {e}"),
+                                );
+                                lost.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        let staging = Path::new(&staging).to_owned();
+        let mut staged = Vec::new();
+        let mut failure: Option<(String, bool)> = None;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+        let Ok(rt) = rt else {
+            stop.store(true, Ordering::Relaxed);
+            return;
+        };
+        for item in &items {
+            if lost.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.keep_credentials_fresh() == CredentialAction::Drain {
+                failure = Some(("credentials could not be renewed".into(), true));
+                break;
+            }
+            cred_expiry.store(self.creds.current.validity.expires_at, Ordering::Relaxed);
+            if let Err(e) = self.authorize("reading the input") {
+                failure = Some((e, true));
+                break;
+            }
+            let path = self.manifest.input.join(&item.object);
+            let input = match FileInput::range(&path, item.object.clone(), item.start, item.len) {
+                Ok(i) => i,
+                Err(e) => {
+                    // The item vanished or shrank since it was listed: that item
+                    // fails with its reason; retrying will not bring it back.
+                    failure = Some((format!("input {}: {e}", item.key()), false));
+                    break;
+                }
+            };
+            let key = item.key();
+            let outcome = rt.block_on(self.runtime.run(
+                &self.task,
+                Attempt {
+                    input: Arc::new(input),
+                    params: Arc::from(self.manifest.params.to_string()),
+                    limits: self.manifest.limits,
+                    staging: staging.join(&key),
+                },
+            ));
+            for line in &outcome.logs {
+                println!("[shard {shard} {key}] {line}");
+            }
+            match outcome.result {
+                Ok(()) => staged.extend(outcome.outputs.iter().map(|o| StagedFile {
+                    key: key.clone(),
+                    name: o.name.clone(),
+                    bytes: o.bytes,
+                })),
+                Err(f) => {
+                    failure = Some((format!("item {key}: task {} {f}", self.task.name()), f.is_retryable()));
+                    break;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let _ = hb.join();
+        if lost.load(Ordering::Relaxed) {
+            // Another worker owns the shard now; our staging is ours to drop.
+            let _ = std::fs::remove_dir_all(&staging);
+            return;
+        }
+        let result = match failure {
+            None => {
+                if let Err(e) = self.authorize("committing") {
+                    self.client.fail(&FailRequest { shard, token, error: e, retryable: true }).map(|_| ())
+                } else {
+                    let n = staged.len();
+                    let r = self.client.commit(&CommitRequest { shard, token, outputs: staged }).map(|_| ());
+                    if r.is_ok() {
+                        log(&self.node, &format!("shard {shard} committed ({} items, {n} outputs)", items.len()));
+                    }
+                    r
+                }
+            }
+            Some((error, retryable)) => {
+                log(&self.node, &format!("shard {shard} failed: {error}"));
+                self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            log(&self.node, &format!("shard {shard}: the master did not take the result: {e}"));
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+}
+
+/// Runs worker `node` of the job in `dir` until it must end. Returns why.
+pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason, String> {
+    let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
+    let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
+    let token = crate::provider::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+    let policy = CredentialPolicy {
+        min_margin: Duration::from_millis(manifest.refresh_margin_ms),
+        ..CredentialPolicy::default()
+    };
+    let current = provider.credentials(&layout, node, now()).map_err(|e| e.to_string())?;
+
+    // Compile once per worker (or load from the cache), and check that the
+    // component is the one the job was planned with.
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() })?;
+    let task = runtime.load(&manifest.task).map_err(|e| e.to_string())?;
+    if task.sha256() != manifest.task_sha256 {
+        return Err(format!(
+            "the task at {} changed since the job was planned (sha256 {} != {})",
+            manifest.task.display(),
+            task.sha256(),
+            manifest.task_sha256
+        ));
+    }
+
+    let start = now();
+    let watchdog = Watchdog::new(
+        start,
+        manifest.expires_at,
+        Duration::from_millis(manifest.idle_timeout_ms),
+        Duration::from_millis(manifest.master_lost_timeout_ms),
+    );
+    // Find the master (it may still be starting, or restarting).
+    let addr = loop {
+        if let Ok(info) = read_json::<MasterInfo>(&layout.master())
+            && crate::provider::process_is_node(info.pid, &manifest.job, "master")
+        {
+            break info.addr;
+        }
+        if let Some(reason) = watchdog.check(now(), false, CredentialAction::Keep) {
+            let reason = if reason == EndReason::Idle { EndReason::MasterLost } else { reason };
+            log(node, &format!("ending before any work: {reason}"));
+            return Ok(reason);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let client = Client::new(&addr, &token, Duration::from_secs(10));
+    let mut worker = Worker {
+        node: node.to_owned(),
+        layout,
+        manifest,
+        provider,
+        policy,
+        creds: Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 },
+        runtime,
+        task,
+        client,
+        watchdog,
+    };
+    log(
+        node,
+        &format!(
+            "started; task {} loaded ({})",
+            worker.task.name(),
+            if worker.task.from_cache { "from cache" } else { "compiled" }
+        ),
+    );
+
+    let reason = loop {
+        let action = worker.keep_credentials_fresh();
+        if let Some(reason) = worker.watchdog.check(now(), false, action) {
+            break reason;
+        }
+        let req = LeaseRequest {
+            worker: worker.node.clone(),
+            credential_expires_at: worker.creds.current.validity.expires_at,
+        };
+        match worker.client.lease(&req) {
+            Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
+                worker.watchdog.last_master_contact = now();
+                log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len()));
+                worker.process(shard, token, items, staging, expires_at);
+                worker.watchdog.last_work = now();
+                worker.watchdog.last_master_contact = now();
+            }
+            Ok(LeaseReply::Wait { retry_ms }) => {
+                worker.watchdog.last_master_contact = now();
+                std::thread::sleep(Duration::from_millis(retry_ms.clamp(10, 1000)));
+            }
+            Ok(LeaseReply::Done) => break EndReason::JobDone,
+            Err(CallError::Refused { status: 401, message }) => {
+                return Err(format!("the master refused this worker's token: {message}"));
+            }
+            Err(e) => {
+                // Unreachable, or restarting: try again; the master-lost timeout
+                // decides when to give up. A new master may have a new address.
+                if let Ok(info) = read_json::<MasterInfo>(&worker.layout.master())
+                    && !info.addr.is_empty()
+                {
+                    worker.client = Client::new(&info.addr, &token, Duration::from_secs(10));
+                }
+                log(node, &format!("lease request failed: {e}"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    log(
+        node,
+        &format!(
+            "ending: {reason}; credentials refreshed {} times, {} failed operations",
+            worker.creds.refreshed, worker.creds.failed_ops
+        ),
+    );
+    Ok(reason)
+}

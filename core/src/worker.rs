@@ -257,6 +257,11 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
         {
             break info.addr;
         }
+        // The job may have ended before this worker started (an empty job).
+        if layout.final_state().exists() {
+            log(node, "ending before any work: the job already ended");
+            return Ok(EndReason::JobDone);
+        }
         if let Some(reason) = watchdog.check(now(), false, CredentialAction::Keep) {
             let reason = if reason == EndReason::Idle { EndReason::MasterLost } else { reason };
             log(node, &format!("ending before any work: {reason}"));
@@ -311,6 +316,7 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
             Err(CallError::Refused { status: 401, message }) => {
                 return Err(format!("the master refused this worker's token: {message}"));
             }
+            Err(_) if worker.layout.final_state().exists() => break EndReason::JobDone,
             Err(e) => {
                 // Unreachable, or restarting: try again; the master-lost timeout
                 // decides when to give up. A new master may have a new address.

@@ -2,10 +2,15 @@
 //! and guest fixtures from source (no committed `.wasm`), locates the `mayfly`
 //! binary, and runs attempts in-process.
 
+// Test support: a panic is how a harness step reports failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
+
+pub mod cluster;
 
 use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};
 

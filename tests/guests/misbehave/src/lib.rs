@@ -15,6 +15,9 @@ struct Params {
     /// A host path for the file attempt.
     #[serde(default)]
     path: String,
+    /// How long `slow` sleeps before copying its input.
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 #[task]
@@ -61,6 +64,13 @@ fn misbehave(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result
         "retryable" => Err(Error::retryable("try me again later")),
         "bad-output-name" => {
             outputs.create("../escape.txt")?;
+            Ok(())
+        }
+        "slow" => {
+            // Sleeps, then copies the input: long enough for faults to land mid-attempt.
+            std::thread::sleep(std::time::Duration::from_millis(params.delay_ms));
+            let mut out = outputs.create("copy.bin")?;
+            std::io::copy(input, &mut out)?;
             Ok(())
         }
         "echo" => {

@@ -1,0 +1,159 @@
+//! Helpers for end-to-end tests of jobs on the local provider: a job directory
+//! with inputs and a job file, the `mayfly run` process, the job's nodes, and
+//! bounded waits (never a fixed sleep).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mayfly_core::provider::{NodeInfo, process_is_node};
+
+use crate::{cache_dir, component, mayfly_bin, scratch};
+
+/// A job under test.
+#[derive(Debug)]
+pub struct TestJob {
+    /// Its scratch directory.
+    pub dir: PathBuf,
+    /// Its id (set in the job file).
+    pub id: String,
+}
+
+impl TestJob {
+    /// A job called `id` with inputs `files` (name, content).
+    pub fn new(id: &str, files: &[(String, Vec<u8>)]) -> Self {
+        let dir = scratch(id);
+        for (name, data) in files {
+            let path = dir.join("data").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        TestJob { dir, id: id.to_owned() }
+    }
+
+    /// Writes job.toml: the task is the guest or task crate at `task_dir`
+    /// (built from source), `params` a TOML inline table, `extra` more sections.
+    pub fn write_job(&self, task_dir: &str, params: &str, extra: &str) -> PathBuf {
+        let wasm = component(task_dir);
+        let text = format!(
+            "[job]\nname = \"test\"\nid = \"{}\"\n\n[task]\npath = {:?}\nparams = {params}\n\n[input]\nurl = \"data\"\n\n\
+             [output]\nurl = \"out\"\n\n[state]\nurl = \"state\"\n\n{extra}\n",
+            self.id,
+            wasm.to_string_lossy()
+        );
+        let path = self.dir.join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `mayfly` command run in the job's directory.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(mayfly_bin());
+        cmd.args(args).current_dir(&self.dir).env("MAYFLY_CACHE_DIR", cache_dir());
+        cmd
+    }
+
+    /// `mayfly run job.toml` to its end.
+    pub fn run(&self) -> Output {
+        self.command(&["run", "job.toml"]).output().unwrap()
+    }
+
+    /// `mayfly run job.toml` in the background.
+    pub fn spawn(&self) -> Child {
+        self.command(&["run", "job.toml"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    /// The job's state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state").join(&self.id)
+    }
+
+    /// The output directory.
+    pub fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+
+    /// Every node the provider recorded.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = std::fs::read_dir(self.state().join("nodes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| mayfly_core::job::read_json(&e.path()).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
+    }
+
+    /// The recorded node called `name`.
+    pub fn node(&self, name: &str) -> NodeInfo {
+        self.nodes().into_iter().find(|n| n.node == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Nodes whose process is still alive.
+    pub fn alive(&self) -> Vec<String> {
+        self.nodes().into_iter().filter(|n| process_is_node(n.pid, &n.job, &n.node)).map(|n| n.node).collect()
+    }
+
+    /// A node's log so far.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.state().join("logs").join(format!("{node}.log"))).unwrap_or_default()
+    }
+
+    /// Sends `signal` (a `kill -s` name) to a node.
+    pub fn signal(&self, node: &str, signal: &str) {
+        let pid = self.node(node).pid;
+        let status = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -s {signal} {pid}");
+    }
+
+    /// Asserts that no process of this job is left (waiting up to `grace`).
+    pub fn assert_nothing_left(&self, grace: Duration) {
+        assert!(wait_until(grace, || self.alive().is_empty()), "processes of job {} left: {:?}", self.id, self.alive());
+    }
+
+    /// Every map output file (relative to `out/map`), sorted.
+    pub fn map_outputs(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        walk(&self.out().join("map"), &self.out().join("map"), &mut found);
+        found.sort();
+        found
+    }
+}
+
+fn walk(base: &Path, dir: &Path, found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(base, &path, found);
+        } else {
+            found.push(path.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` input files of distinct content, `size` bytes each.
+pub fn inputs(n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let line = format!("file {i} line\n");
+            let data: Vec<u8> = line.bytes().cycle().take(size).collect();
+            (format!("f{i:03}.txt"), data)
+        })
+        .collect()
+}

@@ -1,0 +1,421 @@
+//! End-to-end jobs on the local provider: exactly-once outputs under worker
+//! and master loss, the deadline, the timeouts, credential refresh, bootstrap
+//! rollback, and bad input. Every test ends by checking that no process of its
+//! job is left.
+
+use std::time::Duration;
+
+use mayfly_tests::cluster::{TestJob, inputs, wait_until};
+
+const SLOW: &str = "tests/guests/misbehave";
+
+fn cluster(workers: u32, extra: &str) -> String {
+    format!(
+        "[cluster]\nworkers = {workers}\ndeadline = \"3m\"\nlease_time = \"1s\"\nidle_timeout = \"60s\"\nmaster_lost_timeout = \"60s\"\n{extra}\n\
+         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n"
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Every input appears once under map/, byte for byte, and nothing else does.
+fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
+    let outputs = job.map_outputs();
+    let expected: Vec<String> = files.iter().map(|(n, _)| format!("{n}/copy.bin")).collect();
+    assert_eq!(outputs, expected, "map outputs");
+    for (name, data) in files {
+        assert_eq!(&std::fs::read(job.out().join("map").join(name).join("copy.bin")).unwrap(), data, "{name}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.out().join("_manifest.json")).unwrap()).unwrap();
+    let listed: Vec<&str> =
+        manifest["outputs"].as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
+    assert_eq!(listed.len(), files.len(), "the manifest lists each output once");
+    assert!(!job.out().join("_mayfly/staging").exists(), "staging is cleaned up");
+}
+
+fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut all = Vec::new();
+    for (_, d) in files {
+        all.extend_from_slice(d);
+        all.push(b'\n');
+    }
+    let counts = wordcount::count_words(&all[..], 0).unwrap();
+    let mut out = Vec::new();
+    wordcount::write_counts(&counts, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn wordcount_map_reduce_is_exactly_once_with_1_and_4_workers() {
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            (format!("d{}/t{i}.txt", i % 3), mayfly_tests::sample_text(i, 20_000 + 7_000 * i as usize).into_bytes())
+        })
+        .collect();
+    for workers in [1, 4] {
+        let job = TestJob::new(&format!("wc-{workers}"), &files);
+        job.write_job(
+            "tasks/wordcount",
+            "{ mode = \"map\" }",
+            &format!(
+                "[reduce]\npath = {:?}\nparams = {{ mode = \"reduce\" }}\n\n[cluster]\nworkers = {workers}\n\n[sharding]\nshards_per_worker = 3\n",
+                mayfly_tests::component("tasks/wordcount").to_string_lossy()
+            ),
+        );
+        let out = job.run();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("shards committed, 0 failed"), "{}", text(&out));
+        let reduced = std::fs::read(job.out().join("reduce/counts.tsv")).unwrap();
+        assert_eq!(
+            reduced,
+            native_counts(&files),
+            "{workers} workers: reduce output differs from a single-process count"
+        );
+        job.assert_nothing_left(Duration::from_secs(10));
+    }
+}
+
+fn kill_workers_mid_attempt(id: &str, workers: u32, kill: &[&str]) {
+    let files = inputs(8, 3000);
+    let job = TestJob::new(id, &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600 }", &cluster(workers, ""));
+    let run = job.spawn();
+    for w in kill {
+        assert!(wait_until(Duration::from_secs(60), || job.log(w).contains("attempt 1")), "{w} never leased");
+    }
+    for w in kill {
+        job.signal(w, "KILL");
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let master = job.log("master");
+    assert!(master.contains("lease expired: worker"), "{master}");
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_worker_killed_mid_attempt_loses_its_lease_and_another_finishes() {
+    kill_workers_mid_attempt("kill-one", 2, &["worker-1"]);
+}
+
+#[test]
+fn two_workers_killed_at_once() {
+    kill_workers_mid_attempt("kill-two", 3, &["worker-1", "worker-2"]);
+}
+
+#[test]
+fn a_paused_worker_cannot_commit_after_its_lease_expired() {
+    let files = inputs(6, 2000);
+    let job = TestJob::new("zombie", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800 }", &cluster(2, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    job.signal("worker-1", "STOP");
+    // Its lease expires and its shard is committed by the other worker.
+    assert!(wait_until(Duration::from_secs(60), || job.log("master").contains("lease expired: worker worker-1")));
+    let shard: String = job
+        .log("worker-1")
+        .lines()
+        .find_map(|l| l.split("shard ").nth(1).and_then(|r| r.split(' ').next()).map(str::to_owned))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || job.log("master").contains(&format!("shard {shard} committed"))));
+    job.signal("worker-1", "CONT");
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let w1 = job.log("worker-1");
+    let master = job.log("master");
+    assert!(
+        w1.contains(&format!("shard {shard}: lease lost"))
+            || master.contains(&format!("commit of shard {shard} refused")),
+        "the zombie's commit must be refused\nworker-1:\n{w1}\nmaster:\n{master}"
+    );
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
+    let files = inputs(10, 2000);
+    let job = TestJob::new("master-kill", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", &cluster(2, ""));
+    let run = job.spawn();
+    let markers = job.out().join("_mayfly/markers");
+    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers)
+        .map(|d| d.count() >= 2)
+        .unwrap_or(false)));
+    job.signal("master", "KILL");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains(&format!("mayfly resume {}", job.id)), "{}", text(&out));
+    let before: Vec<u32> =
+        mayfly_core::master::read_markers(&mayfly_core::job::Layout::new(&job.dir.join("state"), &job.id, &job.out()))
+            .iter()
+            .map(|m| m.shard)
+            .collect();
+    let journal_len = mayfly_core::master::read_journal(&job.state().join("journal.jsonl")).len();
+    let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    // Shards committed before the kill were not leased again.
+    let journal = mayfly_core::master::read_journal(&job.state().join("journal.jsonl"));
+    for event in &journal[journal_len..] {
+        if let mayfly_core::ledger::Event::Lease { shard, .. } = event {
+            assert!(!before.contains(shard), "shard {shard} was committed before the kill and leased again");
+        }
+    }
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn the_deadline_mid_job_ends_every_node_and_keeps_what_was_done() {
+    let files = inputs(40, 500);
+    let job = TestJob::new("deadline", &files);
+    let extra = "[cluster]\nworkers = 2\ndeadline = \"3s\"\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", extra);
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("ENDED AT THE DEADLINE"), "{}", text(&out));
+    // Every node is gone within the grace period (the dead-man switch is 1 s).
+    job.assert_nothing_left(Duration::from_secs(3));
+    let fin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.state().join("final.json")).unwrap()).unwrap();
+    assert_eq!(fin["reason"], "deadline");
+    let committed = fin["counts"]["committed"].as_u64().unwrap();
+    assert!(committed > 0 && committed < 40, "{fin}");
+    assert_eq!(job.map_outputs().len() as u64, committed, "the outputs are exactly the committed shards'");
+    let logs = job.command(&["logs", &job.id, "--state", "state"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("master: master: the job's deadline passed"));
+}
+
+#[test]
+fn idle_workers_and_workers_that_lose_the_master_end_themselves() {
+    // One long shard, three workers: two have nothing to lease and go idle.
+    let files = inputs(1, 100);
+    let job = TestJob::new("idle", &files);
+    let extra =
+        "[cluster]\nworkers = 3\nidle_timeout = \"1s\"\nlease_time = \"1s\"\n\n[sharding]\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 3000 }", extra);
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let idle = ["worker-1", "worker-2", "worker-3"]
+        .iter()
+        .filter(|w| job.log(w).contains("ending: no work to lease for the idle timeout"))
+        .count();
+    assert_eq!(idle, 2, "two workers end idle");
+    job.assert_nothing_left(Duration::from_secs(10));
+
+    // The master dies and is not resumed: workers end after the master-lost timeout.
+    let files = inputs(6, 100);
+    let job = TestJob::new("master-lost", &files);
+    let extra = "[cluster]\nworkers = 2\nmaster_lost_timeout = \"1s\"\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 500 }", extra);
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    job.signal("master", "KILL");
+    let _ = run.wait_with_output().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || job.alive().is_empty()), "{:?}", job.alive());
+    for w in ["worker-1", "worker-2"] {
+        assert!(job.log(w).contains("ending: the master was unreachable"), "{w}: {}", job.log(w));
+    }
+}
+
+#[test]
+fn credentials_shorter_than_the_job_are_refreshed_with_no_failed_operation() {
+    let files = inputs(12, 100);
+    let job = TestJob::new("creds", &files);
+    let extra = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n\n[cluster]\nworkers = 1\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300 }", extra);
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = job.log("worker-1");
+    let refreshes = log.matches("credentials refreshed").count();
+    assert!(refreshes >= 2, "a 4 s job with 2 s credentials refreshes them: {log}");
+    assert!(log.contains(", 0 failed operations"), "{log}");
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
+    use mayfly_core::bootstrap::{BootstrapError, ReadyTask, bootstrap};
+    use mayfly_core::policy::{Clock, ManualClock};
+    use mayfly_core::provider::LocalProvider;
+
+    let files = inputs(3, 100);
+    let job = TestJob::new("overrun", &files);
+    let path = job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 10 }", "");
+    let spec = mayfly_core::config::JobSpec::load(&path).unwrap();
+    let spec = mayfly_core::config::JobSpec {
+        input: job.dir.join("data"),
+        output: job.out(),
+        state: job.dir.join("state"),
+        ..spec
+    };
+    let wasm = mayfly_tests::component(SLOW);
+    let sha = mayfly_tests::task(SLOW).sha256().to_owned();
+    let provider = LocalProvider {
+        bootstrap_limit: Duration::from_secs(60),
+        credential_ttl: Duration::from_secs(60),
+        binary: mayfly_tests::mayfly_bin(),
+    };
+    let clock = ManualClock::new(mayfly_core::policy::SystemClock.now());
+    let moving = clock.clone();
+    let result = bootstrap(&spec, &ReadyTask { component: wasm, sha256: sha }, None, &provider, &clock, &mut |step| {
+        // The master is launched, then the clock jumps past the budget.
+        if step == "wait for the master" {
+            moving.advance(Duration::from_secs(120));
+        }
+    });
+    match result {
+        Err(BootstrapError::OverBudget(e)) => assert_eq!(e.step, "wait for the master"),
+        other => panic!("expected an over-budget error, got {other:?}"),
+    }
+    assert!(!job.nodes().is_empty(), "the master was launched before the overrun");
+    job.assert_nothing_left(Duration::from_secs(5));
+}
+
+#[test]
+fn bad_job_files_fail_before_anything_is_launched() {
+    let files = inputs(2, 100);
+    let job = TestJob::new("bad-config", &files);
+    job.write_job(SLOW, "{ mode = \"slow\" }", "[cluster]\nwokers = 2\n");
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("job.toml:19: unknown field `wokers`"), "{}", text(&out));
+
+    let wasm = mayfly_tests::component(SLOW);
+    std::fs::write(
+        job.dir.join("job.toml"),
+        "[job]\nname = \"t\"\n[task]\npath = \"missing.wasm\"\n[input]\nurl = \"data\"\n[output]\nurl = \"out\"\n",
+    )
+    .unwrap();
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("job.toml:4: `task.path` \"missing.wasm\": no such file or directory"),
+        "{}",
+        text(&out)
+    );
+
+    let not_wasm = job.dir.join("data/f000.txt");
+    std::fs::write(
+        job.dir.join("job.toml"),
+        format!("[job]\nname = \"t\"\n[task]\npath = {not_wasm:?}\n[input]\nurl = \"data\"\n[output]\nurl = \"out\"\n"),
+    )
+    .unwrap();
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("loading the map task") && text(&out).contains("not a WebAssembly component"),
+        "{}",
+        text(&out)
+    );
+    assert!(!job.dir.join("state").exists() && !job.out().exists(), "nothing was created");
+    let _ = wasm;
+}
+
+#[test]
+fn inputs_and_outputs_that_cannot_be_used_are_refused_before_launch() {
+    // An unreadable input (a dangling link: root can read any file).
+    let job = TestJob::new("bad-input", &inputs(2, 100));
+    std::os::unix::fs::symlink("/nonexistent/target", job.dir.join("data/broken.txt")).unwrap();
+    job.write_job(SLOW, "{ mode = \"slow\" }", "");
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("list the inputs: cannot read input") && text(&out).contains("broken.txt"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.nodes().is_empty());
+
+    // An output location that is a file.
+    let job = TestJob::new("bad-output", &inputs(2, 100));
+    std::fs::write(job.dir.join("out"), b"not a directory").unwrap();
+    job.write_job(SLOW, "{ mode = \"slow\" }", "");
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("output location") && text(&out).contains("is not writable"), "{}", text(&out));
+    assert!(job.nodes().is_empty());
+}
+
+#[test]
+fn an_empty_input_is_a_successful_empty_job() {
+    let job = TestJob::new("empty", &[]);
+    job.write_job(SLOW, "{ mode = \"slow\" }", "");
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("the input is empty: nothing to process"), "{}", text(&out));
+    assert!(text(&out).contains("0 shards committed, 0 failed"), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn an_input_that_vanishes_mid_job_fails_that_item_only() {
+    let files = inputs(6, 200);
+    let job = TestJob::new("vanish", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300 }", &cluster(1, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    std::fs::remove_file(job.dir.join("data/f005.txt")).unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("5 shards committed, 1 failed"), "{}", text(&out));
+    assert!(text(&out).contains("failed shard 5 (f005.txt): input f005.txt"), "{}", text(&out));
+    assert_eq!(job.map_outputs().len(), 5);
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_second_run_of_a_running_job_id_is_refused() {
+    let files = inputs(4, 100);
+    let job = TestJob::new("twice", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 500 }", &cluster(1, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    // A second run into another output, same id.
+    let text2 = std::fs::read_to_string(job.dir.join("job.toml")).unwrap().replace("url = \"out\"", "url = \"out2\"");
+    std::fs::write(job.dir.join("job2.toml"), text2).unwrap();
+    let out = job.command(&["run", "job2.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("job twice is still running"), "{}", text(&out));
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn the_worker_api_refuses_requests_without_the_job_token() {
+    use mayfly_core::api::{CallError, Client, CommitRequest, LeaseRequest};
+    let files = inputs(3, 100);
+    let job = TestJob::new("auth", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 1500 }", &cluster(1, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    let info: mayfly_core::master::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
+    let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap();
+    let good = Client::new(&info.addr, token.trim(), Duration::from_secs(5));
+    let before = good.status().unwrap();
+    for bad_token in ["", "wrong", &"0".repeat(64)] {
+        let bad = Client::new(&info.addr, bad_token, Duration::from_secs(5));
+        for result in [
+            bad.lease(&LeaseRequest { worker: "intruder".into(), credential_expires_at: u64::MAX }).map(|_| ()),
+            bad.commit(&CommitRequest { shard: 0, token: 1, outputs: vec![] }).map(|_| ()),
+            bad.status().map(|_| ()),
+        ] {
+            assert!(matches!(result, Err(CallError::Refused { status: 401, .. })), "{result:?}");
+        }
+    }
+    let after = good.status().unwrap();
+    assert_eq!((before.counts.leased, before.retries), (after.counts.leased, after.retries), "nothing changed");
+    // A commit with a stale fencing token is refused too.
+    let stale = good.commit(&CommitRequest { shard: 0, token: 999_999, outputs: vec![] });
+    assert!(matches!(stale, Err(CallError::Refused { status: 409, .. })), "{stale:?}");
+    assert!(!job.log("master").contains(token.trim()), "the token never reaches the log");
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(10));
+}

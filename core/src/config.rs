@@ -499,6 +499,16 @@ memory = "256MiB"
     }
 
     #[test]
+    fn the_readme_job_file_is_valid() {
+        let readme = include_str!("../../README.md");
+        let block = readme.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let spec = JobSpec::parse(&root.join("job.toml"), block, &|_| None).unwrap();
+        assert_eq!((spec.workers, spec.max_attempts), (2, 3));
+        assert!(spec.reduce.is_some());
+    }
+
+    #[test]
     fn globs() {
         let g = glob_regex("**/*.txt").unwrap();
         assert!(g.is_match("a.txt") && g.is_match("x/y/a.txt") && !g.is_match("a.txt.gz"));

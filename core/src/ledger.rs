@@ -233,6 +233,16 @@ impl Ledger {
         Ok(Event::Committed { shard, token, outputs })
     }
 
+    /// Records a commit whose marker was just created by the token's holder:
+    /// the marker is the truth, so the shard is committed even if its lease
+    /// expired while the marker was being written (a later holder's own marker
+    /// will then be refused).
+    pub fn commit_marked(&mut self, shard: u32, token: u64, outputs: Vec<CommittedOutput>) -> Result<Event, Refused> {
+        let record = self.shards.get_mut(shard as usize).ok_or(Refused::NoShard(shard))?;
+        record.state = ShardState::Committed { outputs: outputs.clone() };
+        Ok(Event::Committed { shard, token, outputs })
+    }
+
     /// Records a failed attempt: back to pending, or failed for good when the
     /// error is not retryable or the attempts are used up.
     pub fn fail(&mut self, shard: u32, token: u64, error: &str, retryable: bool) -> Result<Event, Refused> {

@@ -27,7 +27,7 @@ use crate::api::{
     constant_time_eq,
 };
 use crate::job::{Layout, Manifest, read_json, write_json_atomic};
-use crate::ledger::{CommittedOutput, Event, Ledger, Refused, ShardState};
+use crate::ledger::{CommittedOutput, Event, Ledger, ShardState};
 use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock, Validity};
 use crate::provider::{Provider, Role};
 
@@ -127,12 +127,12 @@ impl Master {
         }
     }
 
-    /// The commit decision. `Ok(false)` when the shard was already committed.
-    fn commit(&mut self, req: &CommitRequest) -> Result<(), (StatusCode, String)> {
-        let stale = |e: Refused| (StatusCode::CONFLICT, e.to_string());
+    /// The first half of a commit, under the lock: the token is current and
+    /// the staged outputs are there. Returns the marker to write.
+    fn prepare_commit(&mut self, req: &CommitRequest) -> Result<Marker, (StatusCode, String)> {
         if let Err(e) = self.ledger.check(req.shard, req.token) {
             let _ = fs::remove_dir_all(self.layout.attempt_staging(req.shard, req.token));
-            return Err(stale(e));
+            return Err((StatusCode::CONFLICT, e.to_string()));
         }
         let staging = self.layout.attempt_staging(req.shard, req.token);
         let shard = &self.manifest.plan.shards[req.shard as usize];
@@ -157,25 +157,38 @@ impl Master {
             .iter()
             .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
             .collect();
-        let marker =
-            Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs: outputs.clone() };
-        match create_marker(&self.layout, &marker) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err((StatusCode::CONFLICT, format!("shard {} is already committed", req.shard)));
-            }
-            Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"))),
-        }
-        let event = self.ledger.commit(req.shard, req.token, outputs).map_err(stale)?;
-        self.record(&event, true);
-        if let Err(e) = publish(&self.layout, &marker, &staging) {
-            // The marker is written: the commit stands, and publication is
-            // finished on resume. Say so loudly.
-            eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", req.shard);
-        }
-        let _ = fs::remove_dir_all(&staging);
-        Ok(())
+        Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs })
     }
+
+    /// The last half, under the lock again, once the marker exists.
+    fn finish_commit(&mut self, marker: Marker) {
+        if let Ok(event) = self.ledger.commit_marked(marker.shard, marker.token, marker.outputs) {
+            // Not fsynced: the marker, already durable, is the truth on resume.
+            self.record(&event, false);
+        }
+    }
+}
+
+/// The decision itself, outside the master's lock so that the fsyncs of many
+/// commits overlap: create-if-absent of the marker picks exactly one winner,
+/// then the outputs are published.
+fn decide_commit(layout: &Layout, marker: &Marker) -> Result<(), (StatusCode, String)> {
+    let staging = layout.attempt_staging(marker.shard, marker.token);
+    match create_marker(layout, marker) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err((StatusCode::CONFLICT, format!("shard {} is already committed", marker.shard)));
+        }
+        Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"))),
+    }
+    if let Err(e) = publish(layout, marker, &staging) {
+        // The marker is written: the commit stands, and publication is
+        // finished on resume. Say so loudly.
+        eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", marker.shard);
+    }
+    let _ = fs::remove_dir_all(&staging);
+    Ok(())
 }
 
 /// Creates a marker if none exists; `Ok(false)` if one did.
@@ -305,21 +318,37 @@ async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
 }
 
 async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
-    let req: CommitRequest = match guard(&m, &headers, &body) {
-        Ok(r) => r,
-        Err((status, message)) => return refuse(status, message),
+    let prepared = {
+        let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+        let req: CommitRequest = match guard(&m, &headers, &body) {
+            Ok(r) => r,
+            Err((status, message)) => return refuse(status, message),
+        };
+        m.expire(now());
+        (req.shard, m.prepare_commit(&req).map(|marker| (marker, m.layout.clone())))
     };
-    m.expire(now());
-    match m.commit(&req) {
-        Ok(()) => {
-            eprintln!("master: shard {} committed ({} outputs)", req.shard, req.outputs.len());
-            json(&serde_json::json!({ "committed": req.shard }))
+    let (shard, (marker, layout)) = match prepared {
+        (shard, Ok(p)) => (shard, p),
+        (shard, Err((status, message))) => {
+            eprintln!("master: commit of shard {shard} refused: {message}");
+            return refuse(status, message);
         }
-        Err((status, message)) => {
-            eprintln!("master: commit of shard {} refused: {message}", req.shard);
+    };
+    let decided = tokio::task::spawn_blocking(move || decide_commit(&layout, &marker).map(|()| marker)).await;
+    match decided {
+        Ok(Ok(marker)) => {
+            let n = marker.outputs.len();
+            if let Ok(mut m) = s.lock() {
+                m.finish_commit(marker);
+            }
+            eprintln!("master: shard {shard} committed ({n} outputs)");
+            json(&serde_json::json!({ "committed": shard }))
+        }
+        Ok(Err((status, message))) => {
+            eprintln!("master: commit of shard {shard} refused: {message}");
             refuse(status, message)
         }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("commit task failed: {e}")),
     }
 }
 

@@ -419,3 +419,30 @@ fn the_worker_api_refuses_requests_without_the_job_token() {
     assert!(out.status.success(), "{}", text(&out));
     job.assert_nothing_left(Duration::from_secs(10));
 }
+
+#[test]
+fn reap_ends_nodes_past_their_deadline_that_could_not_end_themselves() {
+    // Stopped processes run neither the master's deadline handling nor their
+    // own dead-man switch: only `mayfly reap` can end them.
+    let files = inputs(20, 100);
+    let job = TestJob::new("reap", &files);
+    let extra = "[cluster]\nworkers = 2\ndeadline = \"3s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300 }", extra);
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-2").contains("attempt 1")));
+    for node in ["master", "worker-1", "worker-2"] {
+        job.signal(node, "STOP");
+    }
+    // Before the deadline, reap leaves the job alone.
+    let out = job.command(&["reap", "--state", "state"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 node(s) reaped"), "{}", text(&out));
+    assert_eq!(job.alive().len(), 3);
+    let deadline = job.node("master").expires_at;
+    assert!(wait_until(Duration::from_secs(10), || mayfly_core::policy::Clock::now(&mayfly_core::policy::SystemClock)
+        > deadline));
+    let out = job.command(&["reap", "--state", "state"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 node(s) reaped"), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(5));
+    let _ = run.wait_with_output();
+}

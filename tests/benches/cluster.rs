@@ -1,0 +1,204 @@
+//! The local cluster's benchmark, every ratio measured in this same run:
+//! the planner on a million objects; the framework's overhead per shard and per
+//! item (tiny files through an empty task, 2 workers) against reading the same
+//! files natively; and the master alone under many simulated workers.
+//!
+//! Full: `cargo bench -p mayfly-tests --bench cluster`; CI: `... -- --smoke`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mayfly_core::api::{Client, CommitRequest, LeaseReply, LeaseRequest};
+use mayfly_core::job::{Layout, Manifest, read_json, write_json_atomic};
+use mayfly_core::master::MasterInfo;
+use mayfly_core::plan::{Item, Object, Plan, PlanOptions, Shard, plan};
+use mayfly_core::provider::{LocalProvider, NodeSpec, Provider, Role, create_secrets};
+use mayfly_tests::cluster::{TestJob, wait_until};
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("mayfly local cluster benchmark ({} mode; {cores} cores)", if smoke { "smoke" } else { "full" });
+    // Build the binary and the task before anything is timed.
+    mayfly_tests::mayfly_bin();
+    mayfly_tests::component("tests/guests/empty");
+    planner(if smoke { 100_000 } else { 1_000_000 });
+    overhead(if smoke { 500 } else { 10_000 });
+    master(if smoke { 100 } else { 1000 }, if smoke { 2_000 } else { 20_000 });
+}
+
+fn rss_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn planner(n: usize) {
+    let objects: Vec<Object> = (0..n)
+        .map(|i| Object { name: format!("dir{:03}/object-{i:08}.txt", i % 997), size: 1 + (i as u64 * 7919) % 65_536 })
+        .collect();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss_kib("self", "VmRSS").unwrap_or(0);
+    let started = Instant::now();
+    let opts = PlanOptions { workers: 16, target_shard_bytes: None, shards_per_worker: 4, split_text: false };
+    let p = plan(&objects, opts, &mut |_, _, _| Ok(Vec::new())).expect("plan");
+    let took = started.elapsed();
+    let peak = rss_kib("self", "VmHWM").unwrap_or(0).saturating_sub(before);
+    let (max, mean) = p.balance();
+    println!(
+        "planner   {n} objects -> {} shards in {:.2} s, +{} MiB peak RSS; balance max/mean {:.3} (target: 1M objects < 2 s, < 500 MiB) {}",
+        p.shards.len(),
+        took.as_secs_f64(),
+        peak >> 10,
+        max as f64 / mean,
+        if n < 1_000_000 || (took < Duration::from_secs(2) && peak < 500 << 10) { "ok" } else { "MISSED" }
+    );
+}
+
+fn overhead(files: usize) {
+    let data: Vec<(String, Vec<u8>)> =
+        (0..files).map(|i| (format!("d{}/f{i:05}.txt", i % 10), vec![b'x'; 64])).collect();
+    // Baseline: reading every file natively, one process.
+    let base = TestJob::new("bench-native", &data);
+    let started = Instant::now();
+    let mut bytes = 0;
+    for (name, _) in &data {
+        bytes += std::fs::read(base.dir.join("data").join(name)).expect("read").len();
+    }
+    let native = started.elapsed();
+    assert_eq!(bytes, files * 64);
+    let run = |id: &str, sharding: &str| -> Duration {
+        let job = TestJob::new(id, &data);
+        job.write_job(
+            "tests/guests/empty",
+            "{}",
+            &format!("[cluster]\nworkers = 2\n\n[sharding]\n{sharding}\nsplit_text = false\n"),
+        );
+        let started = Instant::now();
+        let out = job.run();
+        let took = started.elapsed();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(job.map_outputs().len(), 0);
+        took
+    };
+    let packed = run("bench-packed", "shards_per_worker = 4");
+    let per_file = run("bench-per-file", "target_shard_bytes = 1");
+    println!(
+        "overhead  {files} tiny files, empty task, 2 workers: packed (8 shards) {:.2} s = {:.0} µs/item; \
+         one shard per file {:.2} s = {:.0} shards/s, {:.2} ms/shard (target <= 2 ms) {}; native read of the same files {:.3} s",
+        packed.as_secs_f64(),
+        packed.as_secs_f64() * 1e6 / files as f64,
+        per_file.as_secs_f64(),
+        files as f64 / per_file.as_secs_f64(),
+        per_file.as_secs_f64() * 1e3 / files as f64,
+        if per_file.as_secs_f64() * 1e3 / files as f64 <= 2.0 { "ok" } else { "MISSED" },
+        native.as_secs_f64()
+    );
+}
+
+fn master(workers: usize, shards: usize) {
+    let dir = mayfly_tests::scratch("bench-master");
+    let layout = Layout::new(&dir.join("state"), "bench-master", &dir.join("out"));
+    std::fs::create_dir_all(&layout.dir).expect("state");
+    std::fs::create_dir_all(&layout.output).expect("out");
+    let token = create_secrets(&layout).expect("secrets");
+    let item = |i: usize| Item { object: format!("o{i}"), start: 0, len: 0, whole: true };
+    let plan = Plan {
+        shards: (0..shards).map(|i| Shard { id: i as u32, bytes: 0, items: vec![item(i)] }).collect(),
+        target_bytes: 1,
+        total_bytes: 0,
+        objects: shards as u64,
+    };
+    let now = mayfly_core::policy::Clock::now(&mayfly_core::policy::SystemClock);
+    let manifest = Manifest {
+        job: "bench-master".into(),
+        name: "bench".into(),
+        provider: "local".into(),
+        task: dir.join("none.wasm"),
+        task_sha256: String::new(),
+        params: serde_json::json!({}),
+        reduce: None,
+        input: dir.join("in"),
+        output: layout.output.clone(),
+        state: layout.dir.clone(),
+        plan,
+        workers: workers as u32,
+        limits: Default::default(),
+        max_attempts: 3,
+        lease_ms: 60_000,
+        idle_timeout_ms: 60_000,
+        master_lost_timeout_ms: 60_000,
+        refresh_margin_ms: 300_000,
+        credential_ttl_ms: 3_600_000,
+        created_at: now,
+        expires_at: now + 600_000,
+    };
+    write_json_atomic(&layout.manifest(), &manifest).expect("manifest");
+    let provider = LocalProvider {
+        bootstrap_limit: Duration::from_secs(60),
+        credential_ttl: Duration::from_secs(3600),
+        binary: mayfly_tests::mayfly_bin(),
+    };
+    let nodes = provider
+        .launch(&layout, "bench-master", manifest.expires_at, &[NodeSpec { node: "master".into(), role: Role::Master }])
+        .expect("launch");
+    assert!(wait_until(Duration::from_secs(30), || read_json::<MasterInfo>(&layout.master()).is_ok()));
+    let info: MasterInfo = read_json(&layout.master()).expect("master.json");
+    let pid = nodes[0].pid.to_string();
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(shards * 2)));
+    let peak = Arc::new(Mutex::new(0u64));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (client, latencies) = (Client::new(&info.addr, &token, Duration::from_secs(30)), latencies.clone());
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                loop {
+                    let t = Instant::now();
+                    let reply =
+                        client.lease(&LeaseRequest { worker: format!("sim-{w}"), credential_expires_at: u64::MAX });
+                    mine.push(t.elapsed());
+                    match reply {
+                        Ok(LeaseReply::Lease { shard, token, .. }) => {
+                            let t = Instant::now();
+                            client.commit(&CommitRequest { shard, token, outputs: vec![] }).expect("commit");
+                            mine.push(t.elapsed());
+                        }
+                        Ok(LeaseReply::Wait { .. }) => std::thread::sleep(Duration::from_millis(5)),
+                        Ok(LeaseReply::Done) | Err(_) => break,
+                    }
+                }
+                latencies.lock().expect("lock").extend(mine);
+            })
+        })
+        .collect();
+    let sampler = {
+        let (peak, pid) = (peak.clone(), pid.clone());
+        std::thread::spawn(move || {
+            while let Some(rss) = rss_kib(&pid, "VmRSS") {
+                let mut p = peak.lock().expect("lock");
+                *p = (*p).max(rss);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    for h in handles {
+        let _ = h.join();
+    }
+    let took = started.elapsed();
+    let _ = sampler.join();
+    let mut lat = latencies.lock().expect("lock").clone();
+    lat.sort();
+    let ops = lat.len();
+    let p99 = lat.get(ops * 99 / 100).copied().unwrap_or_default();
+    let rate = ops as f64 / took.as_secs_f64();
+    println!(
+        "master    {workers} simulated workers, {shards} shards: {ops} lease+commit requests in {:.2} s = {rate:.0} ops/s, \
+         p99 {:.1} ms, peak RSS {} MiB (target: >= 10,000 ops/s, p99 < 50 ms) {}",
+        took.as_secs_f64(),
+        p99.as_secs_f64() * 1e3,
+        *peak.lock().expect("lock") >> 10,
+        if rate >= 10_000.0 && p99 < Duration::from_millis(50) { "ok" } else { "MISSED" }
+    );
+    let _ = provider.terminate(&layout, &nodes, Duration::from_secs(2));
+}

@@ -427,6 +427,38 @@ pub fn read_markers(layout: &Layout) -> Vec<Marker> {
     markers
 }
 
+/// Reads the markers and finishes any publication a crash interrupted. A
+/// marker whose outputs are neither staged nor in place (its worker dropped the
+/// staging when the master died before answering) is removed, so the shard runs
+/// again: nothing of it was visible, and losing it is not an option.
+pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
+    let mut markers = read_markers(layout);
+    markers.retain(|marker| {
+        let staging = layout.attempt_staging(marker.shard, marker.token);
+        match publish(layout, marker, &staging) {
+            Ok(()) => {
+                let _ = fs::remove_dir_all(&staging);
+                true
+            }
+            Err(e) => {
+                // Committed, but its outputs are neither staged nor in place:
+                // nothing of it is visible, so it is safe, and necessary, to
+                // run it again rather than to lose it.
+                eprintln!(
+                    "master: shard {} was marked committed but its outputs are gone ({e}); it will run again",
+                    marker.shard
+                );
+                let _ = fs::remove_file(layout.marker(marker.shard));
+                for out in &marker.outputs {
+                    let _ = fs::remove_file(layout.map_output(&out.key, &out.name));
+                }
+                false
+            }
+        }
+    });
+    markers
+}
+
 /// Runs the master of the job in `layout.dir` until the job ends. Returns the
 /// process exit code.
 pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
@@ -436,14 +468,7 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
 
     // Rebuild from the markers (the truth) and the journal, finishing any
     // publication a crash interrupted.
-    let markers = read_markers(&layout);
-    for marker in &markers {
-        let staging = layout.attempt_staging(marker.shard, marker.token);
-        if let Err(e) = publish(&layout, marker, &staging) {
-            eprintln!("master: finishing the publication of shard {}: {e}", marker.shard);
-        }
-        let _ = fs::remove_dir_all(&staging);
-    }
+    let markers = recover_markers(&layout);
     let journal_events = read_journal(&layout.journal());
     let marker_list: Vec<(u32, Vec<CommittedOutput>)> = markers.iter().map(|m| (m.shard, m.outputs.clone())).collect();
     let mut ledger =
@@ -602,4 +627,33 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
         manifest.job, counts.committed, counts.failed
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_publishes_staged_outputs_and_reopens_lost_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&dir.path().join("state"), "j", &dir.path().join("out"));
+        let out = |key: &str| vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
+        // Shard 0: marker written, outputs still staged (the master died before publishing).
+        let staged = Marker { job: "j".into(), shard: 0, token: 7, outputs: out("a.txt") };
+        let staging = layout.attempt_staging(0, 7).join("a.txt");
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(staging.join("c.tsv"), b"ok").unwrap();
+        assert!(create_marker(&layout, &staged).unwrap());
+        // Shard 1: marker written, outputs gone everywhere.
+        let lost = Marker { job: "j".into(), shard: 1, token: 8, outputs: out("b.txt") };
+        assert!(create_marker(&layout, &lost).unwrap());
+        // A second marker for shard 0 is refused: create-if-absent.
+        assert!(!create_marker(&layout, &Marker { token: 9, ..staged.clone() }).unwrap());
+
+        let kept = recover_markers(&layout);
+        assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(fs::read(layout.map_output("a.txt", "c.tsv")).unwrap(), b"ok");
+        assert!(!layout.attempt_staging(0, 7).exists());
+        assert!(!layout.marker(1).exists(), "the lost shard is reopened");
+    }
 }

@@ -212,9 +212,19 @@ impl Worker<'_> {
                 self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
             }
         };
-        if let Err(e) = result {
-            log(&self.node, &format!("shard {shard}: the master did not take the result: {e}"));
-            let _ = std::fs::remove_dir_all(&staging);
+        match result {
+            Ok(()) => {}
+            Err(e @ CallError::Refused { .. }) => {
+                log(&self.node, &format!("shard {shard}: the master did not take the result: {e}"));
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(e) => {
+                // The outcome is unknown: the master may have written the marker
+                // and died before answering. The staging must stay, so that a
+                // restarted master can finish publishing it; the job's end
+                // removes it otherwise.
+                log(&self.node, &format!("shard {shard}: no answer from the master about the result: {e}"));
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::{JobSpec, glob_regex};
 use crate::job::{Layout, Manifest, new_job_id, write_json_atomic};
 use crate::master::MasterInfo;
-use crate::plan::{Object, PlanOptions, plan};
+use crate::plan::{Object, Plan, PlanOptions, plan};
 use crate::policy::{Budget, Clock, ms};
 use crate::provider::{NodeInfo, NodeSpec, Provider, Role, create_secrets};
 
@@ -91,6 +91,25 @@ pub fn list_inputs(dir: &Path, glob: Option<&str>) -> Result<Vec<Object>, String
     Ok(objects)
 }
 
+/// Plans `objects` of the input directory `input` as `spec` says (reading
+/// near cut points to align split ranges on lines).
+pub fn plan_objects(spec: &JobSpec, input: &Path, objects: &[Object]) -> std::io::Result<Plan> {
+    let opts = PlanOptions {
+        workers: spec.workers,
+        target_shard_bytes: spec.target_shard_bytes,
+        shards_per_worker: spec.shards_per_worker,
+        split_text: spec.split_text,
+    };
+    plan(objects, opts, &mut |name, offset, len| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(input.join(name))?;
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+}
+
 /// Checks that the output location is writable and holds no other job's outputs.
 pub fn check_output(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("output location {} is not writable: {e}", dir.display()))?;
@@ -149,21 +168,7 @@ pub fn bootstrap(
     let objects = list_inputs(&input, spec.glob.as_deref()).map_err(step_err("list the inputs"))?;
 
     step("plan", Duration::ZERO)?;
-    let opts = PlanOptions {
-        workers: spec.workers,
-        target_shard_bytes: spec.target_shard_bytes,
-        shards_per_worker: spec.shards_per_worker,
-        split_text: spec.split_text,
-    };
-    let plan = plan(&objects, opts, &mut |name, offset, len| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(input.join(name))?;
-        let mut buf = vec![0u8; len];
-        let n = f.read_at(&mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
-    })
-    .map_err(|e| step_err("plan")(e.to_string()))?;
+    let plan = plan_objects(spec, &input, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
 
     step("write the manifest", Duration::ZERO)?;
     let manifest = Manifest {

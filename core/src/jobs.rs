@@ -13,7 +13,6 @@ use mayfly_core::config::{JobSpec, TaskSpec};
 use mayfly_core::host::{Runtime, RuntimeConfig};
 use mayfly_core::job::{Layout, Manifest, read_json};
 use mayfly_core::master::{FinalState, MasterInfo};
-use mayfly_core::plan::{PlanOptions, plan};
 use mayfly_core::policy::{Clock, SystemClock};
 use mayfly_core::provider::{
     LocalProvider, NodeSpec, Provider, Role, list_local_nodes, process_is_node, terminate_local,
@@ -176,20 +175,7 @@ pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
     let provider = provider_for(&spec)?;
     let input = absolute(&spec.input);
     let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
-    let opts = PlanOptions {
-        workers: spec.workers,
-        target_shard_bytes: spec.target_shard_bytes,
-        shards_per_worker: spec.shards_per_worker,
-        split_text: spec.split_text,
-    };
-    let p = plan(&objects, opts, &mut |name, offset, len| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(input.join(name))?;
-        let mut buf = vec![0u8; len];
-        let n = f.read_at(&mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
-    })?;
+    let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
     let mut warnings = Vec::new();
     if p.shards.len() < spec.workers as usize && !p.shards.is_empty() {
         warnings.push(format!(

@@ -87,26 +87,18 @@ impl Worker<'_> {
     }
 
     fn process(&mut self, shard: u32, token: u64, items: Vec<Item>, staging: String, lease_expires: u64) {
-        // Heartbeats run beside the attempt, every third of the lease.
+        // Heartbeats run beside the attempt, every third of the lease. Dropping
+        // `stop` wakes the thread at once (a shard can take a millisecond).
         let lost = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let cred_expiry = Arc::new(AtomicU64::new(self.creds.current.validity.expires_at));
         let interval = Duration::from_millis((self.manifest.lease_ms / 3).max(50));
         let hb = {
-            let (client, lost, stop, cred_expiry, node) =
-                (self.client.clone(), lost.clone(), stop.clone(), cred_expiry.clone(), self.node.clone());
+            let (client, lost, cred_expiry, node) =
+                (self.client.clone(), lost.clone(), cred_expiry.clone(), self.node.clone());
             std::thread::spawn(move || {
                 let mut expires = lease_expires;
-                while !stop.load(Ordering::Relaxed) {
-                    let step = Duration::from_millis(20);
-                    let mut waited = Duration::ZERO;
-                    while waited < interval && !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(step);
-                        waited += step;
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let req =
                         HeartbeatRequest { shard, token, credential_expires_at: cred_expiry.load(Ordering::Relaxed) };
                     match client.heartbeat(&req) {
@@ -136,7 +128,8 @@ impl Worker<'_> {
         let mut failure: Option<(String, bool)> = None;
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
         let Ok(rt) = rt else {
-            stop.store(true, Ordering::Relaxed);
+            drop(stop);
+            let _ = hb.join();
             return;
         };
         for item in &items {
@@ -187,7 +180,7 @@ impl Worker<'_> {
                 }
             }
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stop);
         let _ = hb.join();
         if lost.load(Ordering::Relaxed) {
             // Another worker owns the shard now; our staging is ours to drop.
@@ -196,6 +189,7 @@ impl Worker<'_> {
         }
         let result = match failure {
             None => {
+                self.keep_credentials_fresh();
                 if let Err(e) = self.authorize("committing") {
                     self.client.fail(&FailRequest { shard, token, error: e, retryable: true }).map(|_| ())
                 } else {

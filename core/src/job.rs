@@ -167,7 +167,8 @@ pub fn new_job_id(name: &str, now: Millis) -> String {
     let secs = now / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let rand = hex::encode(random_bytes(2));
+    // Only for uniqueness, not secrecy: the time stands in if randomness fails.
+    let rand = random_bytes(2).map(hex::encode).unwrap_or_else(|_| format!("{:04x}", now % 0x10000));
     format!("{name}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{rand}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
@@ -184,14 +185,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// `n` bytes from the OS's random source.
-pub fn random_bytes(n: usize) -> Vec<u8> {
+/// `n` bytes from the OS's random source. Secrets are made from these, so a
+/// failure is an error, never a predictable fallback.
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    buf
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("reading /dev/urandom: {e}")))?;
+    Ok(buf)
 }
 
 /// Writes a secret file readable only by its owner.

@@ -99,6 +99,19 @@ fn follow(layout: &Layout, manifest: &Manifest, started: Instant) -> Result<Exit
             }
             return Ok(summary(layout, manifest, &fin, started));
         }
+        let past_deadline = SystemClock.now() > manifest.expires_at + 5000;
+        if past_deadline {
+            if tty {
+                eprintln!();
+            }
+            let state = layout.dir.parent().unwrap_or(Path::new(".")).display().to_string();
+            eprintln!(
+                "error: job {} passed its deadline without ending cleanly (no final state); \
+                 `mayfly reap --state {state}` ends whatever is left, `mayfly logs {} --state {state}` tells what happened",
+                manifest.job, manifest.job
+            );
+            return Ok(ExitCode::from(EXIT_TASK_FAILED));
+        }
         let info = read_json::<MasterInfo>(&layout.master()).ok();
         let alive = info.as_ref().is_some_and(|i| process_is_node(i.pid, &manifest.job, "master"));
         if alive {

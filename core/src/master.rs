@@ -74,6 +74,9 @@ struct Master {
     retries: u32,
     ended: Option<String>,
     policy: CredentialPolicy,
+    committer: std::sync::mpsc::Sender<CommitJob>,
+    /// Commits prepared and not yet finished by the committer.
+    in_flight: usize,
 }
 
 type Shared = Arc<Mutex<Master>>;
@@ -95,8 +98,9 @@ impl Master {
     fn expire(&mut self, at: Millis) {
         for event in self.ledger.expire(at) {
             if let Event::AttemptFailed { shard, token, error, .. } = &event {
-                eprintln!("master: shard {shard}: {error}; returned to pending");
-                let _ = fs::remove_dir_all(self.layout.attempt_staging(*shard, *token));
+                // Its staging stays until the job's end: a commit of that token
+                // may be in the committer right now, and must find its files.
+                eprintln!("master: shard {shard} (token {token}): {error}; returned to pending");
                 self.retries += 1;
             }
             self.record(&event, true);
@@ -130,6 +134,9 @@ impl Master {
     /// The first half of a commit, under the lock: the token is current and
     /// the staged outputs are there. Returns the marker to write.
     fn prepare_commit(&mut self, req: &CommitRequest) -> Result<Marker, (StatusCode, String)> {
+        if self.ended.is_some() {
+            return Err((StatusCode::CONFLICT, "the job has ended".into()));
+        }
         if let Err(e) = self.ledger.check(req.shard, req.token) {
             let _ = fs::remove_dir_all(self.layout.attempt_staging(req.shard, req.token));
             return Err((StatusCode::CONFLICT, e.to_string()));
@@ -157,66 +164,150 @@ impl Master {
             .iter()
             .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
             .collect();
+        self.in_flight += 1;
         Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs })
     }
 
-    /// The last half, under the lock again, once the marker exists.
-    fn finish_commit(&mut self, marker: Marker) {
-        if let Ok(event) = self.ledger.commit_marked(marker.shard, marker.token, marker.outputs) {
-            // Not fsynced: the marker, already durable, is the truth on resume.
-            self.record(&event, false);
+    /// The last half, under the lock again, once the committer decided. It
+    /// runs in the committer, not in the request, so that a client that hangs
+    /// up cannot leave a marked shard uncommitted in the ledger.
+    fn finish_commit(&mut self, marker: &Marker, decided: &Result<(), (StatusCode, String)>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let adopt = match decided {
+            Ok(()) => Some(marker.clone()),
+            // Someone's marker exists: that one is the truth, make the ledger agree.
+            Err((StatusCode::CONFLICT, _)) => read_json::<Marker>(&self.layout.marker(marker.shard)).ok(),
+            Err(_) => None,
+        };
+        if let Some(m) = adopt {
+            let already = matches!(
+                self.ledger.shards().get(m.shard as usize).map(|r| &r.state),
+                Some(ShardState::Committed { .. })
+            );
+            if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs) {
+                // Not fsynced: the marker, already durable, is the truth on resume.
+                self.record(&event, false);
+            }
         }
     }
 }
 
-/// The decision itself, outside the master's lock so that the fsyncs of many
-/// commits overlap: create-if-absent of the marker picks exactly one winner,
-/// then the outputs are published.
-fn decide_commit(layout: &Layout, marker: &Marker) -> Result<(), (StatusCode, String)> {
-    let staging = layout.attempt_staging(marker.shard, marker.token);
-    match create_marker(layout, marker) {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err((StatusCode::CONFLICT, format!("shard {} is already committed", marker.shard)));
-        }
-        Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"))),
-    }
-    if let Err(e) = publish(layout, marker, &staging) {
-        // The marker is written: the commit stands, and publication is
-        // finished on resume. Say so loudly.
-        eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", marker.shard);
-    }
-    let _ = fs::remove_dir_all(&staging);
-    Ok(())
+/// Committer threads: batches in flight at once.
+const COMMITTERS: usize = 2;
+
+/// A commit waiting for the committer.
+struct CommitJob {
+    marker: Marker,
+    reply: tokio::sync::oneshot::Sender<Result<(), (StatusCode, String)>>,
 }
 
-/// Creates a marker if none exists; `Ok(false)` if one did.
-fn create_marker(layout: &Layout, marker: &Marker) -> std::io::Result<bool> {
-    fs::create_dir_all(layout.markers())?;
-    let path = layout.marker(marker.shard);
-    let tmp = path.with_extension(format!("tmp{}", marker.token));
-    let bytes = serde_json::to_vec_pretty(marker).map_err(std::io::Error::other)?;
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+/// The committer: makes the commit decisions outside the master's lock, in
+/// batches (group commit). For a batch it writes every marker's content, makes
+/// it all durable with one `syncfs`, then creates each marker by hard link
+/// (create-if-absent: exactly one winner per shard), syncs the directory once,
+/// and publishes the winners' outputs. One sync per batch instead of two per
+/// shard is what lets a master keep up with many workers.
+fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>, shared: Shared) {
+    let (mut commits, mut batches, mut busy) = (0usize, 0usize, Duration::ZERO);
+    loop {
+        // Several committers share the queue, so batches overlap their syncs;
+        // create-if-absent still picks one winner per shard across them.
+        let batch = {
+            let Ok(jobs) = jobs.lock() else { return };
+            let Ok(first) = jobs.recv() else { return };
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let started = std::time::Instant::now();
+        let results = decide_batch(&layout, batch.iter().map(|j| &j.marker).collect());
+        busy += started.elapsed();
+        commits += batch.len();
+        batches += 1;
+        if batches.is_multiple_of(500) {
+            eprintln!(
+                "master: committer: {commits} commits in {batches} batches, {:.1} ms each",
+                busy.as_secs_f64() * 1e3 / batches as f64
+            );
+        }
+        if let Ok(mut m) = shared.lock() {
+            for (job, result) in batch.iter().zip(&results) {
+                m.finish_commit(&job.marker, result);
+            }
+        }
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
     }
-    // hard_link fails if the target exists: create-if-absent, atomically, with
-    // the whole content already durable.
-    let created = match fs::hard_link(&tmp, &path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => {
+}
+
+fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (StatusCode, String)>> {
+    let unavailable = |e: std::io::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"));
+    if let Err(e) = fs::create_dir_all(layout.markers()) {
+        let message = unavailable(e).1;
+        return markers.iter().map(|_| Err((StatusCode::SERVICE_UNAVAILABLE, message.clone()))).collect();
+    }
+    // 1. Every marker's content, in a temporary file of its own.
+    let mut results: Vec<Result<std::path::PathBuf, (StatusCode, String)>> = markers
+        .iter()
+        .map(|m| {
+            let tmp = layout.markers().join(format!(".shard-{:06}-{}.tmp", m.shard, m.token));
+            let bytes = serde_json::to_vec_pretty(m).map_err(|e| unavailable(std::io::Error::other(e)))?;
+            fs::write(&tmp, bytes).map_err(unavailable)?;
+            Ok(tmp)
+        })
+        .collect();
+    // 2. One sync makes all of them durable.
+    let synced = File::open(layout.markers()).and_then(|dir| nix::unistd::syncfs(&dir).map_err(std::io::Error::from));
+    if let Err(e) = synced {
+        let message = unavailable(e).1;
+        for r in &mut results {
+            if let Ok(tmp) = r {
+                let _ = fs::remove_file(tmp);
+            }
+            *r = Err((StatusCode::SERVICE_UNAVAILABLE, message.clone()));
+        }
+    }
+    // 3. Create-if-absent, atomically, with the content already durable.
+    let decided: Vec<Result<(), (StatusCode, String)>> = markers
+        .iter()
+        .zip(results)
+        .map(|(m, r)| {
+            let tmp = r?;
+            let linked = fs::hard_link(&tmp, layout.marker(m.shard));
             let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_dir_all(layout.attempt_staging(m.shard, m.token));
+                    Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .collect();
+    // 4. The links themselves, durable with one directory sync.
     if let Ok(dir) = File::open(layout.markers()) {
         let _ = dir.sync_all();
     }
-    Ok(created)
+    // 5. Only now do the winners' outputs become visible.
+    for (m, r) in markers.iter().zip(&decided) {
+        if r.is_ok() {
+            let staging = layout.attempt_staging(m.shard, m.token);
+            if let Err(e) = publish(layout, m, &staging) {
+                // The marker is written: the commit stands, and publication is
+                // finished on resume.
+                eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", m.shard);
+            }
+            let _ = fs::remove_dir_all(&staging);
+        }
+    }
+    decided
 }
 
 /// Moves a committed shard's staged outputs into place (idempotent).
@@ -325,22 +416,24 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             Err((status, message)) => return refuse(status, message),
         };
         m.expire(now());
-        (req.shard, m.prepare_commit(&req).map(|marker| (marker, m.layout.clone())))
+        (req.shard, m.prepare_commit(&req))
     };
-    let (shard, (marker, layout)) = match prepared {
+    let (shard, marker) = match prepared {
         (shard, Ok(p)) => (shard, p),
         (shard, Err((status, message))) => {
             eprintln!("master: commit of shard {shard} refused: {message}");
             return refuse(status, message);
         }
     };
-    let decided = tokio::task::spawn_blocking(move || decide_commit(&layout, &marker).map(|()| marker)).await;
-    match decided {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued =
+        s.lock().map(|m| m.committer.send(CommitJob { marker: marker.clone(), reply }).is_ok()).unwrap_or(false);
+    if !queued {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the committer is gone");
+    }
+    match answer.await.map(|r| r.map(|()| marker)) {
         Ok(Ok(marker)) => {
             let n = marker.outputs.len();
-            if let Ok(mut m) = s.lock() {
-                m.finish_commit(marker);
-            }
             eprintln!("master: shard {shard} committed ({n} outputs)");
             json(&serde_json::json!({ "committed": shard }))
         }
@@ -348,7 +441,7 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             eprintln!("master: commit of shard {shard} refused: {message}");
             refuse(status, message)
         }
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("commit task failed: {e}")),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the committer did not answer"),
     }
 }
 
@@ -440,6 +533,12 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
                 let _ = fs::remove_dir_all(&staging);
                 true
             }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // A transient failure (permissions, space): keep the commit and
+                // say so; publication is tried again at the next start.
+                eprintln!("master: finishing the publication of shard {}: {e}", marker.shard);
+                true
+            }
             Err(e) => {
                 // Committed, but its outputs are neither staged nor in place:
                 // nothing of it is visible, so it is safe, and necessary, to
@@ -489,8 +588,29 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let master = Master { manifest, layout, ledger, journal, token, retries: 0, ended: None, policy };
+    let (committer_tx, committer_rx) = std::sync::mpsc::channel();
+    let committer_rx = Arc::new(Mutex::new(committer_rx));
+    let committer_layout = layout.clone();
+    let master = Master {
+        manifest,
+        layout,
+        ledger,
+        journal,
+        token,
+        retries: 0,
+        ended: None,
+        policy,
+        committer: committer_tx,
+        in_flight: 0,
+    };
     let shared: Shared = Arc::new(Mutex::new(master));
+    for i in 0..COMMITTERS {
+        let (layout, jobs, shared) = (committer_layout.clone(), committer_rx.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name(format!("mayfly-committer-{i}"))
+            .spawn(move || committer(layout, jobs, shared))
+            .map_err(|e| format!("starting the committer: {e}"))?;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -509,7 +629,7 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
             .route("/v1/fail", post(fail))
             .route("/v1/release", post(release))
             .route("/v1/status", get(status))
-            .layer(DefaultBodyLimit::max(1 << 20))
+            .layer(DefaultBodyLimit::max(64 << 20))
             .with_state(shared.clone());
         {
             let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
@@ -541,6 +661,12 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
 
     // The end: reduce (only for a finished job), the output manifest, the
     // workers, then this process.
+    // No new commit is accepted now (`ended` is set); those already in the
+    // committer finish first, so that the snapshot below and the outputs agree.
+    let drain_until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (layout, manifest, counts, retries, failed, committed) = {
         let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
         let failed: Vec<(u32, String)> = m
@@ -620,7 +746,10 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
     let left = workers(provider);
     if !left.is_empty() {
         eprintln!("master: ending {} worker(s) still running", left.len());
-        let _ = provider.terminate(&layout, &left, Duration::from_secs(2));
+        // At the deadline there is no time to be gentle: the dead-man switch
+        // ends this process a second after it.
+        let patience = if reason == "done" { Duration::from_secs(2) } else { Duration::from_millis(300) };
+        let _ = provider.terminate(&layout, &left, patience);
     }
     eprintln!(
         "master: job {} ended ({reason}); {} committed, {} failed",
@@ -633,22 +762,52 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
 mod tests {
     use super::*;
 
+    fn marker(shard: u32, token: u64, key: &str) -> Marker {
+        let outputs = vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
+        Marker { job: "j".into(), shard, token, outputs }
+    }
+
+    fn stage(layout: &Layout, m: &Marker, content: &[u8]) {
+        let dir = layout.attempt_staging(m.shard, m.token).join(&m.outputs[0].key);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("c.tsv"), content).unwrap();
+    }
+
+    #[test]
+    fn a_batch_commits_one_winner_per_shard_and_publishes_only_winners() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&dir.path().join("state"), "j", &dir.path().join("out"));
+        let (a, b, c) = (marker(0, 7, "a.txt"), marker(0, 8, "a.txt"), marker(1, 9, "b.txt"));
+        stage(&layout, &a, b"aa");
+        stage(&layout, &b, b"bb");
+        stage(&layout, &c, b"cc");
+        let results = decide_batch(&layout, vec![&a, &b, &c]);
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+        assert!(results[2].is_ok());
+        assert_eq!(fs::read(layout.map_output("a.txt", "c.tsv")).unwrap(), b"aa", "the first, only");
+        assert_eq!(fs::read(layout.map_output("b.txt", "c.tsv")).unwrap(), b"cc");
+        assert!(!layout.attempt_staging(0, 8).exists(), "the loser's staging is removed");
+        let on_disk: Marker = read_json(&layout.marker(0)).unwrap();
+        assert_eq!(on_disk.token, 7);
+        // A later commit of a committed shard is refused too.
+        let late = marker(1, 10, "b.txt");
+        stage(&layout, &late, b"zz");
+        assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+        assert_eq!(fs::read(layout.map_output("b.txt", "c.tsv")).unwrap(), b"cc");
+    }
+
     #[test]
     fn recovery_publishes_staged_outputs_and_reopens_lost_ones() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(&dir.path().join("state"), "j", &dir.path().join("out"));
-        let out = |key: &str| vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
+        fs::create_dir_all(layout.markers()).unwrap();
         // Shard 0: marker written, outputs still staged (the master died before publishing).
-        let staged = Marker { job: "j".into(), shard: 0, token: 7, outputs: out("a.txt") };
-        let staging = layout.attempt_staging(0, 7).join("a.txt");
-        fs::create_dir_all(&staging).unwrap();
-        fs::write(staging.join("c.tsv"), b"ok").unwrap();
-        assert!(create_marker(&layout, &staged).unwrap());
+        let staged = marker(0, 7, "a.txt");
+        stage(&layout, &staged, b"ok");
+        write_json_atomic(&layout.marker(0), &staged).unwrap();
         // Shard 1: marker written, outputs gone everywhere.
-        let lost = Marker { job: "j".into(), shard: 1, token: 8, outputs: out("b.txt") };
-        assert!(create_marker(&layout, &lost).unwrap());
-        // A second marker for shard 0 is refused: create-if-absent.
-        assert!(!create_marker(&layout, &Marker { token: 9, ..staged.clone() }).unwrap());
+        write_json_atomic(&layout.marker(1), &marker(1, 8, "b.txt")).unwrap();
 
         let kept = recover_markers(&layout);
         assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);

@@ -207,9 +207,9 @@ fn issuer_key(layout: &Layout) -> std::io::Result<Vec<u8>> {
 
 /// Creates the job's secrets: the API token and the credential issuer key.
 pub fn create_secrets(layout: &Layout) -> std::io::Result<String> {
-    let token = hex::encode(random_bytes(32));
+    let token = hex::encode(random_bytes(32)?);
     write_secret(&layout.secret().join("token"), token.as_bytes())?;
-    write_secret(&layout.secret().join("issuer.key"), &random_bytes(32))?;
+    write_secret(&layout.secret().join("issuer.key"), &random_bytes(32)?)?;
     Ok(token)
 }
 
@@ -250,7 +250,42 @@ impl Provider for LocalProvider {
     ) -> Result<Vec<NodeInfo>, ProviderError> {
         fs::create_dir_all(layout.logs()).map_err(|e| perr(format!("creating {}: {e}", layout.logs().display())))?;
         fs::create_dir_all(layout.nodes()).map_err(|e| perr(format!("creating {}: {e}", layout.nodes().display())))?;
-        let mut launched = Vec::new();
+        let mut launched: Vec<NodeInfo> = Vec::new();
+        let result = self.launch_each(layout, job, expires_at, nodes, &mut launched);
+        if let Err(e) = result {
+            // Nothing half-launched may stay: end what this call started.
+            terminate_local(&launched, Duration::from_secs(2));
+            return Err(e);
+        }
+        Ok(launched)
+    }
+
+    fn list(&self, layout: &Layout) -> Result<Vec<NodeInfo>, ProviderError> {
+        list_local_nodes(&layout.nodes())
+    }
+
+    fn terminate(&self, _layout: &Layout, nodes: &[NodeInfo], grace: Duration) -> Result<(), ProviderError> {
+        terminate_local(nodes, grace);
+        Ok(())
+    }
+
+    fn credentials(&self, layout: &Layout, node: &str, now: Millis) -> Result<Credential, ProviderError> {
+        let key = issuer_key(layout).map_err(|e| perr(format!("credential issuer unavailable: {e}")))?;
+        let validity = Validity { issued_at: now, expires_at: now + ms(self.credential_ttl) };
+        let msg = format!("{node}|{}|{}", validity.issued_at, validity.expires_at);
+        Ok(Credential { node: node.to_owned(), secret: hex::encode(hmac(&key, msg.as_bytes())), validity })
+    }
+}
+
+impl LocalProvider {
+    fn launch_each(
+        &self,
+        layout: &Layout,
+        job: &str,
+        expires_at: Millis,
+        nodes: &[NodeSpec],
+        launched: &mut Vec<NodeInfo>,
+    ) -> Result<(), ProviderError> {
         for spec in nodes {
             let log_path = layout.logs().join(format!("{}.log", spec.node));
             let log = fs::OpenOptions::new()
@@ -281,27 +316,11 @@ impl Provider for LocalProvider {
             // Reap the child when it exits, so that it does not linger as a zombie
             // while the launching process lives; once that process exits, init does.
             std::thread::spawn(move || child.wait());
+            launched.push(info.clone());
             write_json_atomic(&layout.nodes().join(format!("{}.json", spec.node)), &info)
                 .map_err(|e| perr(format!("recording node {}: {e}", spec.node)))?;
-            launched.push(info);
         }
-        Ok(launched)
-    }
-
-    fn list(&self, layout: &Layout) -> Result<Vec<NodeInfo>, ProviderError> {
-        list_local_nodes(&layout.nodes())
-    }
-
-    fn terminate(&self, _layout: &Layout, nodes: &[NodeInfo], grace: Duration) -> Result<(), ProviderError> {
-        terminate_local(nodes, grace);
         Ok(())
-    }
-
-    fn credentials(&self, layout: &Layout, node: &str, now: Millis) -> Result<Credential, ProviderError> {
-        let key = issuer_key(layout).map_err(|e| perr(format!("credential issuer unavailable: {e}")))?;
-        let validity = Validity { issued_at: now, expires_at: now + ms(self.credential_ttl) };
-        let msg = format!("{node}|{}|{}", validity.issued_at, validity.expires_at);
-        Ok(Credential { node: node.to_owned(), secret: hex::encode(hmac(&key, msg.as_bytes())), validity })
     }
 }
 
@@ -328,6 +347,8 @@ pub fn terminate_local(nodes: &[NodeInfo], grace: Duration) {
     let alive = |n: &NodeInfo| process_is_node(n.pid, &n.job, &n.node);
     for n in nodes.iter().filter(|n| alive(n)) {
         let _ = kill(Pid::from_raw(n.pid as i32), Signal::SIGTERM);
+        // A stopped process acts on SIGTERM only once continued.
+        let _ = kill(Pid::from_raw(n.pid as i32), Signal::SIGCONT);
     }
     let start = std::time::Instant::now();
     while nodes.iter().any(alive) && start.elapsed() < grace {

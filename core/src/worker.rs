@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::api::{
-    CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, StagedFile,
+    CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
+    StagedFile,
 };
 use crate::host::{Attempt, FileInput, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, read_json};
@@ -23,6 +24,14 @@ fn now() -> u64 {
 
 fn log(node: &str, message: &str) {
     eprintln!("{} {node}: {message}", now());
+}
+
+/// How an attempt ended short of a commit.
+enum Failure {
+    /// The shard failed: the error, and whether a retry could help.
+    Attempt(String, bool),
+    /// The worker cannot go on (credentials): the shard goes back, no attempt used.
+    Release(String),
 }
 
 /// The node's credentials, refreshed by the credential rule.
@@ -125,7 +134,7 @@ impl Worker<'_> {
 
         let staging = Path::new(&staging).to_owned();
         let mut staged = Vec::new();
-        let mut failure: Option<(String, bool)> = None;
+        let mut failure: Option<Failure> = None;
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
         let Ok(rt) = rt else {
             drop(stop);
@@ -137,12 +146,12 @@ impl Worker<'_> {
                 break;
             }
             if self.keep_credentials_fresh() == CredentialAction::Drain {
-                failure = Some(("credentials could not be renewed".into(), true));
+                failure = Some(Failure::Release("credentials could not be renewed".into()));
                 break;
             }
             cred_expiry.store(self.creds.current.validity.expires_at, Ordering::Relaxed);
             if let Err(e) = self.authorize("reading the input") {
-                failure = Some((e, true));
+                failure = Some(Failure::Release(e));
                 break;
             }
             let path = self.manifest.input.join(&item.object);
@@ -151,7 +160,7 @@ impl Worker<'_> {
                 Err(e) => {
                     // The item vanished or shrank since it was listed: that item
                     // fails with its reason; retrying will not bring it back.
-                    failure = Some((format!("input {}: {e}", item.key()), false));
+                    failure = Some(Failure::Attempt(format!("input {}: {e}", item.key()), false));
                     break;
                 }
             };
@@ -175,7 +184,8 @@ impl Worker<'_> {
                     bytes: o.bytes,
                 })),
                 Err(f) => {
-                    failure = Some((format!("item {key}: task {} {f}", self.task.name()), f.is_retryable()));
+                    failure =
+                        Some(Failure::Attempt(format!("item {key}: task {} {f}", self.task.name()), f.is_retryable()));
                     break;
                 }
             }
@@ -188,22 +198,40 @@ impl Worker<'_> {
             return;
         }
         let result = match failure {
+            Some(Failure::Release(why)) => {
+                // Not the shard's fault: hand it back without using an attempt.
+                log(&self.node, &format!("shard {shard} released: {why}"));
+                let _ = std::fs::remove_dir_all(&staging);
+                self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
+            }
+            Some(Failure::Attempt(error, retryable)) => {
+                log(&self.node, &format!("shard {shard} failed: {error}"));
+                self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
+            }
             None => {
                 self.keep_credentials_fresh();
                 if let Err(e) = self.authorize("committing") {
-                    self.client.fail(&FailRequest { shard, token, error: e, retryable: true }).map(|_| ())
+                    log(&self.node, &format!("shard {shard} released: {e}"));
+                    let _ = std::fs::remove_dir_all(&staging);
+                    self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
                 } else {
                     let n = staged.len();
-                    let r = self.client.commit(&CommitRequest { shard, token, outputs: staged }).map(|_| ());
-                    if r.is_ok() {
-                        log(&self.node, &format!("shard {shard} committed ({} items, {n} outputs)", items.len()));
+                    match self.client.commit(&CommitRequest { shard, token, outputs: staged }) {
+                        Ok(_) => {
+                            log(&self.node, &format!("shard {shard} committed ({} items, {n} outputs)", items.len()));
+                            Ok(())
+                        }
+                        Err(CallError::Refused { status, message }) if status != 409 => {
+                            // Refused for a reason other than a stale lease (too
+                            // large, unavailable): say so, so the operator sees it.
+                            let error = format!("the master refused the commit ({status}): {message}");
+                            log(&self.node, &format!("shard {shard} failed: {error}"));
+                            let _ = std::fs::remove_dir_all(&staging);
+                            self.client.fail(&FailRequest { shard, token, error, retryable: status >= 500 }).map(|_| ())
+                        }
+                        Err(e) => Err(e),
                     }
-                    r
                 }
-            }
-            Some((error, retryable)) => {
-                log(&self.node, &format!("shard {shard} failed: {error}"));
-                self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
             }
         };
         match result {

@@ -22,9 +22,18 @@ fn main() {
     // Build the binary and the task before anything is timed.
     mayfly_tests::mayfly_bin();
     mayfly_tests::component("tests/guests/empty");
-    planner(if smoke { 100_000 } else { 1_000_000 });
-    overhead(if smoke { 500 } else { 10_000 });
-    master(if smoke { 100 } else { 1000 }, if smoke { 2_000 } else { 20_000 });
+    // `--only planner|overhead|master` runs one part (for profiling).
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if run("planner") {
+        planner(if smoke { 100_000 } else { 1_000_000 });
+    }
+    if run("overhead") {
+        overhead(if smoke { 500 } else { 10_000 });
+    }
+    if run("master") {
+        master(if smoke { 100 } else { 1000 }, if smoke { 2_000 } else { 20_000 });
+    }
 }
 
 fn rss_kib(pid: &str, field: &str) -> Option<u64> {

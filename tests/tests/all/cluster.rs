@@ -451,3 +451,59 @@ fn reap_ends_nodes_past_their_deadline_that_could_not_end_themselves() {
     job.assert_nothing_left(Duration::from_secs(5));
     let _ = run.wait_with_output();
 }
+
+#[test]
+fn plan_status_and_logs_show_an_operator_what_happened() {
+    let files = inputs(6, 1000);
+    let job = TestJob::new("operator", &files);
+    job.write_job(
+        SLOW,
+        "{ mode = \"slow\", delay_ms = 10 }",
+        "[cluster]\nworkers = 2\n\n[sharding]\nshards_per_worker = 1\nsplit_text = false\n",
+    );
+
+    let out = job.command(&["plan", "job.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(plan.starts_with("6 objects, 5.9KiB in 2 shards (target 2.9KiB)"), "{plan}");
+    assert!(plan.contains("shard    0") && plan.contains("f000.txt, f001.txt, f002.txt"), "{plan}");
+    let out = job.command(&["plan", "job.toml", "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["plan"]["shards"].as_array().unwrap().len(), 2);
+    assert!(!job.dir.join("state").exists(), "plan launches nothing and writes no state");
+
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(summary.contains("job operator: 6 input objects, 5.9KiB in 2 shards"), "{summary}");
+    assert!(
+        summary.contains("finished in") && summary.contains("2 shards committed, 0 failed, 0 retries; 6 map outputs"),
+        "{summary}"
+    );
+
+    let out = job.command(&["status", "operator", "--state", "state"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "job operator ended (done): 2 shards committed, 0 failed, 0 retries"
+    );
+    let out = job.command(&["status", "operator", "--state", "state", "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["counts"]["committed"], 2);
+    let out = job.command(&["status", "nope", "--state", "state"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("no job nope under state"), "{}", text(&out));
+
+    // Every node's log, after every node is gone; one node with --node.
+    job.assert_nothing_left(Duration::from_secs(10));
+    let out = job.command(&["logs", "operator", "--state", "state"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+    for node in ["master: ", "worker-1: ", "worker-2: "] {
+        assert!(logs.lines().any(|l| l.starts_with(node)), "no {node} lines:\n{logs}");
+    }
+    let out = job.command(&["logs", "operator", "--state", "state", "--node", "worker-2"]).output().unwrap();
+    let one = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!one.is_empty() && one.lines().all(|l| l.starts_with("worker-2: ")), "{one}");
+    // Node processes said who they were on their command lines while they ran.
+    let node = job.node("worker-1");
+    assert_eq!((node.role, node.job.as_str()), (mayfly_core::provider::Role::Worker, "operator"));
+}

@@ -155,18 +155,60 @@ pub struct Counts {
 }
 
 /// The shard table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Two indexes keep every request O(log n) rather than a scan of all shards:
+/// the set of pending shards (the lowest is leased first) and a lower bound
+/// on the earliest lease expiry (no scan for expired leases before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
     shards: Vec<ShardRecord>,
     next_token: u64,
     max_attempts: u32,
+    pending: std::collections::BTreeSet<u32>,
+    earliest_expiry: Millis,
 }
 
 impl Ledger {
     /// A ledger of `shards` pending shards.
     pub fn new(shards: u32, max_attempts: u32) -> Self {
         let record = ShardRecord { state: ShardState::Pending, attempts: 0, failures: 0, last_error: None };
-        Ledger { shards: vec![record; shards as usize], next_token: 1, max_attempts: max_attempts.max(1) }
+        Ledger {
+            shards: vec![record; shards as usize],
+            next_token: 1,
+            max_attempts: max_attempts.max(1),
+            pending: (0..shards).collect(),
+            earliest_expiry: Millis::MAX,
+        }
+    }
+
+    /// Rebuilds the indexes from the records (after a replay).
+    fn reindex(&mut self) {
+        self.pending =
+            (0..self.shards.len() as u32).filter(|&i| self.shards[i as usize].state == ShardState::Pending).collect();
+        self.earliest_expiry = self
+            .shards
+            .iter()
+            .filter_map(|s| match s.state {
+                ShardState::Leased { expires_at, .. } => Some(expires_at),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(Millis::MAX);
+    }
+
+    /// Sets a shard's state, keeping the pending index true.
+    fn set_state(&mut self, shard: u32, state: ShardState) {
+        if state == ShardState::Pending {
+            self.pending.insert(shard);
+        } else {
+            self.pending.remove(&shard);
+        }
+        if let ShardState::Leased { expires_at, .. } = state {
+            self.earliest_expiry = self.earliest_expiry.min(expires_at);
+        }
+        if let Some(r) = self.shards.get_mut(shard as usize) {
+            r.state = state;
+        }
     }
 
     /// The records, by shard id.
@@ -195,14 +237,14 @@ impl Ledger {
 
     /// Leases the lowest pending shard to `worker` until `expires_at`.
     pub fn lease(&mut self, worker: &str, expires_at: Millis) -> Option<(Lease, Event)> {
-        let shard = self.shards.iter().position(|s| s.state == ShardState::Pending)? as u32;
+        let shard = *self.pending.first()?;
         let token = self.next_token;
         self.next_token += 1;
-        let record = &mut self.shards[shard as usize];
-        record.attempts += 1;
-        record.state = ShardState::Leased { worker: worker.to_owned(), token, expires_at };
-        let lease = Lease { shard, token, attempt: record.attempts, expires_at };
-        Some((lease, Event::Lease { shard, worker: worker.to_owned(), token, attempt: record.attempts }))
+        self.shards[shard as usize].attempts += 1;
+        let attempt = self.shards[shard as usize].attempts;
+        self.set_state(shard, ShardState::Leased { worker: worker.to_owned(), token, expires_at });
+        let lease = Lease { shard, token, attempt, expires_at };
+        Some((lease, Event::Lease { shard, worker: worker.to_owned(), token, attempt }))
     }
 
     fn current(&mut self, shard: u32, token: u64) -> Result<&mut ShardRecord, Refused> {
@@ -223,13 +265,14 @@ impl Ledger {
         if let ShardState::Leased { expires_at: e, .. } = &mut self.current(shard, token)?.state {
             *e = expires_at;
         }
+        self.earliest_expiry = self.earliest_expiry.min(expires_at);
         Ok(())
     }
 
     /// Records a commit (after the marker was written).
     pub fn commit(&mut self, shard: u32, token: u64, outputs: Vec<CommittedOutput>) -> Result<Event, Refused> {
-        let record = self.current(shard, token)?;
-        record.state = ShardState::Committed { outputs: outputs.clone() };
+        self.current(shard, token)?;
+        self.set_state(shard, ShardState::Committed { outputs: outputs.clone() });
         Ok(Event::Committed { shard, token, outputs })
     }
 
@@ -238,8 +281,8 @@ impl Ledger {
     /// expired while the marker was being written (a later holder's own marker
     /// will then be refused).
     pub fn commit_marked(&mut self, shard: u32, token: u64, outputs: Vec<CommittedOutput>) -> Result<Event, Refused> {
-        let record = self.shards.get_mut(shard as usize).ok_or(Refused::NoShard(shard))?;
-        record.state = ShardState::Committed { outputs: outputs.clone() };
+        self.shards.get(shard as usize).ok_or(Refused::NoShard(shard))?;
+        self.set_state(shard, ShardState::Committed { outputs: outputs.clone() });
         Ok(Event::Committed { shard, token, outputs })
     }
 
@@ -251,19 +294,33 @@ impl Ledger {
         record.failures += 1;
         record.last_error = Some(error.to_owned());
         let final_failure = !retryable || record.failures >= max;
-        record.state = if final_failure { ShardState::Failed { error: error.to_owned() } } else { ShardState::Pending };
+        let state = if final_failure { ShardState::Failed { error: error.to_owned() } } else { ShardState::Pending };
+        self.set_state(shard, state);
         Ok(Event::AttemptFailed { shard, token, error: error.to_owned(), final_failure })
     }
 
     /// Hands a lease back without counting a failure.
     pub fn release(&mut self, shard: u32, token: u64) -> Result<Event, Refused> {
-        self.current(shard, token)?.state = ShardState::Pending;
+        self.current(shard, token)?;
+        self.set_state(shard, ShardState::Pending);
         Ok(Event::Released { shard, token })
     }
 
     /// Expires every lease past its expiry at `now`: each counts as a failed
     /// attempt (its worker was lost). Returns the events, with the old tokens.
     pub fn expire(&mut self, now: Millis) -> Vec<Event> {
+        if now < self.earliest_expiry {
+            return Vec::new();
+        }
+        // Scan, and learn the new earliest expiry on the way.
+        self.earliest_expiry = Millis::MAX;
+        for s in &self.shards {
+            if let ShardState::Leased { expires_at, .. } = s.state
+                && expires_at > now
+            {
+                self.earliest_expiry = self.earliest_expiry.min(expires_at);
+            }
+        }
         let expired: Vec<(u32, u64, String)> = self
             .shards
             .iter()
@@ -345,6 +402,7 @@ impl Ledger {
                 r.state = ShardState::Pending;
             }
         }
+        ledger.reindex();
         ledger
     }
 }
@@ -355,6 +413,59 @@ mod tests {
 
     fn out(key: &str) -> Vec<CommittedOutput> {
         vec![CommittedOutput { key: key.into(), name: "counts.tsv".into(), bytes: 3 }]
+    }
+
+    #[test]
+    fn the_indexes_agree_with_the_records_under_random_operations() {
+        let mut l = Ledger::new(50, 3);
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut now = 0;
+        let mut live: Vec<Lease> = Vec::new();
+        for _ in 0..5000 {
+            now += next() % 5;
+            match next() % 6 {
+                0 | 1 => {
+                    if let Some((lease, _)) = l.lease("w", now + next() % 20) {
+                        live.push(lease);
+                    }
+                }
+                2 if !live.is_empty() => {
+                    let lease = live.swap_remove((next() % live.len() as u64) as usize);
+                    let _ = l.commit(lease.shard, lease.token, out("x"));
+                }
+                3 if !live.is_empty() => {
+                    let lease = live.swap_remove((next() % live.len() as u64) as usize);
+                    let _ = l.fail(lease.shard, lease.token, "e", next() % 2 == 0);
+                }
+                4 if !live.is_empty() => {
+                    let lease = live[(next() % live.len() as u64) as usize];
+                    let _ = l.heartbeat(lease.shard, lease.token, now + 10);
+                }
+                _ => {
+                    l.expire(now);
+                }
+            }
+            let scan: std::collections::BTreeSet<u32> =
+                (0..50).filter(|&i| l.shards()[i as usize].state == ShardState::Pending).collect();
+            assert_eq!(l.pending, scan);
+            let earliest = l
+                .shards()
+                .iter()
+                .filter_map(|s| match s.state {
+                    ShardState::Leased { expires_at, .. } => Some(expires_at),
+                    _ => None,
+                })
+                .min();
+            if let Some(e) = earliest {
+                assert!(l.earliest_expiry <= e, "the bound must never be above a live lease's expiry");
+            }
+        }
     }
 
     #[test]

@@ -145,3 +145,48 @@ fn exec_bad_arguments_exit_2_with_what_was_wrong() {
         assert!(text(&out.stderr).contains(expect), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+#[test]
+fn build_adds_a_missing_wasm_target_and_says_so() {
+    // A toolchain whose sysroot lacks the target: a `rustc` that answers
+    // `--print sysroot` with an empty directory (and is the real one otherwise),
+    // and a `rustup` that records what it was asked.
+    let dir = scratch("missing-target");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(dir.join("sysroot/lib/rustlib")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let real_rustc =
+        String::from_utf8(Command::new("rustup").args(["which", "rustc"]).current_dir(root()).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+    let script = |name: &str, body: String| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "rustc",
+        format!(
+            "if [ \"$1\" = --print ] && [ \"$2\" = sysroot ]; then echo {}; else exec {real_rustc} \"$@\"; fi",
+            dir.join("sysroot").display()
+        ),
+    );
+    script("rustup", format!("echo \"$@\" >> {}", dir.join("rustup-calls").display()));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(mayfly_bin())
+        .args(["build", "tasks/sha256"])
+        .current_dir(root())
+        .env("PATH", path)
+        .env("RUSTC", &real_rustc)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the wasm32-wasip2 target is missing; adding it (rustup target add wasm32-wasip2)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("rustup-calls")).unwrap(), "target add wasm32-wasip2\n");
+}

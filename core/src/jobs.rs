@@ -387,7 +387,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<
             Ok(ExitCode::from(code as u8))
         }
         "worker" => {
-            mayfly_core::worker::run(dir, node, &provider).map_err(anyhow::Error::msg)?;
+            mayfly_core::worker::run(dir, node, std::sync::Arc::new(provider)).map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown role {other:?} (expected master or worker)"),

@@ -3,8 +3,8 @@
 //! master to commit, and ends itself by the self-termination rule.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{
@@ -34,7 +34,18 @@ enum Failure {
     Release(String),
 }
 
-/// The node's credentials, refreshed by the credential rule.
+/// The node's credentials and the credential rule, shared by the main loop
+/// and the heartbeat thread: a long item gets its credentials refreshed while
+/// it runs, so neither the item nor its lease outlives them.
+#[derive(Clone)]
+struct Keeper {
+    inner: Arc<Mutex<Credentials>>,
+    provider: Arc<dyn Provider>,
+    layout: Layout,
+    node: String,
+    policy: CredentialPolicy,
+}
+
 struct Credentials {
     current: Credential,
     failures: u32,
@@ -42,74 +53,84 @@ struct Credentials {
     failed_ops: u32,
 }
 
-struct Worker<'a> {
+impl Keeper {
+    /// Applies the credential rule now: refreshes when due; says whether the
+    /// node must drain.
+    fn refresh_if_due(&self) -> CredentialAction {
+        let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
+        let t = now();
+        if self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
+            match self.provider.credentials(&self.layout, &self.node, t) {
+                Ok(fresh) => {
+                    c.current = fresh;
+                    c.failures = 0;
+                    c.refreshed += 1;
+                    log(
+                        &self.node,
+                        &format!(
+                            "credentials refreshed (#{}); valid until {}",
+                            c.refreshed, c.current.validity.expires_at
+                        ),
+                    );
+                }
+                Err(e) => {
+                    c.failures += 1;
+                    log(&self.node, &format!("credential refresh failed ({} in a row): {e}", c.failures));
+                }
+            }
+        }
+        self.policy.action(now(), c.current.validity, c.failures)
+    }
+
+    fn expires_at(&self) -> u64 {
+        self.inner.lock().map(|c| c.current.validity.expires_at).unwrap_or(0)
+    }
+
+    /// A storage operation runs only with a valid credential (the local
+    /// provider's stand-in for a cloud's signed requests).
+    fn authorize(&self, what: &str) -> Result<(), String> {
+        let Ok(mut c) = self.inner.lock() else { return Err(format!("{what}: credentials unavailable")) };
+        match verify_credential(&self.layout, &c.current, now()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                c.failed_ops += 1;
+                Err(format!("{what}: {e}"))
+            }
+        }
+    }
+
+    fn stats(&self) -> (u32, u32) {
+        self.inner.lock().map(|c| (c.refreshed, c.failed_ops)).unwrap_or((0, 0))
+    }
+}
+
+struct Worker {
     node: String,
-    layout: Layout,
     manifest: Manifest,
-    provider: &'a dyn Provider,
-    policy: CredentialPolicy,
-    creds: Credentials,
+    keeper: Keeper,
     runtime: Runtime,
     task: Task,
     client: Client,
     watchdog: Watchdog,
 }
 
-impl Worker<'_> {
-    /// Applies the credential rule; `false` when the node must drain.
-    fn keep_credentials_fresh(&mut self) -> CredentialAction {
-        let t = now();
-        let action = self.policy.action(t, self.creds.current.validity, self.creds.failures);
-        if action == CredentialAction::Refresh {
-            match self.provider.credentials(&self.layout, &self.node, t) {
-                Ok(c) => {
-                    self.creds.current = c;
-                    self.creds.failures = 0;
-                    self.creds.refreshed += 1;
-                    log(
-                        &self.node,
-                        &format!(
-                            "credentials refreshed (#{}); valid until {}",
-                            self.creds.refreshed, self.creds.current.validity.expires_at
-                        ),
-                    );
-                }
-                Err(e) => {
-                    self.creds.failures += 1;
-                    log(&self.node, &format!("credential refresh failed ({} in a row): {e}", self.creds.failures));
-                }
-            }
-        }
-        self.policy.action(now(), self.creds.current.validity, self.creds.failures)
-    }
-
-    /// A storage operation runs only with a valid credential (the local
-    /// provider's stand-in for a cloud's signed requests).
-    fn authorize(&mut self, what: &str) -> Result<(), String> {
-        match verify_credential(&self.layout, &self.creds.current, now()) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.creds.failed_ops += 1;
-                Err(format!("{what}: {e}"))
-            }
-        }
-    }
-
+impl Worker {
     fn process(&mut self, shard: u32, token: u64, items: Vec<Item>, staging: String, lease_expires: u64) {
         // Heartbeats run beside the attempt, every third of the lease. Dropping
         // `stop` wakes the thread at once (a shard can take a millisecond).
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let cred_expiry = Arc::new(AtomicU64::new(self.creds.current.validity.expires_at));
-        let interval = Duration::from_millis((self.manifest.lease_ms / 3).max(50));
+        // Often enough for the lease and for the credential's refresh point.
+        let cred_quarter = self.keeper.expires_at().saturating_sub(now()) / 4;
+        let interval = Duration::from_millis((self.manifest.lease_ms / 3).min(cred_quarter.max(50)).max(50));
         let hb = {
-            let (client, lost, cred_expiry, node) =
-                (self.client.clone(), lost.clone(), cred_expiry.clone(), self.node.clone());
+            let (client, lost, keeper, node) =
+                (self.client.clone(), lost.clone(), self.keeper.clone(), self.node.clone());
             std::thread::spawn(move || {
                 let mut expires = lease_expires;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    let req =
-                        HeartbeatRequest { shard, token, credential_expires_at: cred_expiry.load(Ordering::Relaxed) };
+                    keeper.refresh_if_due();
+                    let req = HeartbeatRequest { shard, token, credential_expires_at: keeper.expires_at() };
                     match client.heartbeat(&req) {
                         Ok(r) => expires = r.expires_at,
                         Err(CallError::Refused { status: 409, .. }) => {
@@ -145,12 +166,11 @@ impl Worker<'_> {
             if lost.load(Ordering::Relaxed) {
                 break;
             }
-            if self.keep_credentials_fresh() == CredentialAction::Drain {
+            if self.keeper.refresh_if_due() == CredentialAction::Drain {
                 failure = Some(Failure::Release("credentials could not be renewed".into()));
                 break;
             }
-            cred_expiry.store(self.creds.current.validity.expires_at, Ordering::Relaxed);
-            if let Err(e) = self.authorize("reading the input") {
+            if let Err(e) = self.keeper.authorize("reading the input") {
                 failure = Some(Failure::Release(e));
                 break;
             }
@@ -209,8 +229,8 @@ impl Worker<'_> {
                 self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
             }
             None => {
-                self.keep_credentials_fresh();
-                if let Err(e) = self.authorize("committing") {
+                self.keeper.refresh_if_due();
+                if let Err(e) = self.keeper.authorize("committing") {
                     log(&self.node, &format!("shard {shard} released: {e}"));
                     let _ = std::fs::remove_dir_all(&staging);
                     self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
@@ -252,7 +272,7 @@ impl Worker<'_> {
 }
 
 /// Runs worker `node` of the job in `dir` until it must end. Returns why.
-pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason, String> {
+pub fn run(dir: &Path, node: &str, provider: Arc<dyn Provider>) -> Result<EndReason, String> {
     let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
     let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
     let token = crate::provider::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
@@ -302,18 +322,14 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
         std::thread::sleep(Duration::from_millis(50));
     };
     let client = Client::new(&addr, &token, Duration::from_secs(10));
-    let mut worker = Worker {
-        node: node.to_owned(),
-        layout,
-        manifest,
+    let keeper = Keeper {
+        inner: Arc::new(Mutex::new(Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 })),
         provider,
+        layout,
+        node: node.to_owned(),
         policy,
-        creds: Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 },
-        runtime,
-        task,
-        client,
-        watchdog,
     };
+    let mut worker = Worker { node: node.to_owned(), manifest, keeper, runtime, task, client, watchdog };
     log(
         node,
         &format!(
@@ -324,14 +340,11 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
     );
 
     let reason = loop {
-        let action = worker.keep_credentials_fresh();
+        let action = worker.keeper.refresh_if_due();
         if let Some(reason) = worker.watchdog.check(now(), false, action) {
             break reason;
         }
-        let req = LeaseRequest {
-            worker: worker.node.clone(),
-            credential_expires_at: worker.creds.current.validity.expires_at,
-        };
+        let req = LeaseRequest { worker: worker.node.clone(), credential_expires_at: worker.keeper.expires_at() };
         match worker.client.lease(&req) {
             Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
                 worker.watchdog.last_master_contact = now();
@@ -348,11 +361,11 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
             Err(CallError::Refused { status: 401, message }) => {
                 return Err(format!("the master refused this worker's token: {message}"));
             }
-            Err(_) if worker.layout.final_state().exists() => break EndReason::JobDone,
+            Err(_) if worker.keeper.layout.final_state().exists() => break EndReason::JobDone,
             Err(e) => {
                 // Unreachable, or restarting: try again; the master-lost timeout
                 // decides when to give up. A new master may have a new address.
-                if let Ok(info) = read_json::<MasterInfo>(&worker.layout.master())
+                if let Ok(info) = read_json::<MasterInfo>(&worker.keeper.layout.master())
                     && !info.addr.is_empty()
                 {
                     worker.client = Client::new(&info.addr, &token, Duration::from_secs(10));
@@ -362,12 +375,7 @@ pub fn run(dir: &Path, node: &str, provider: &dyn Provider) -> Result<EndReason,
             }
         }
     };
-    log(
-        node,
-        &format!(
-            "ending: {reason}; credentials refreshed {} times, {} failed operations",
-            worker.creds.refreshed, worker.creds.failed_ops
-        ),
-    );
+    let (refreshed, failed_ops) = worker.keeper.stats();
+    log(node, &format!("ending: {reason}; credentials refreshed {refreshed} times, {failed_ops} failed operations"));
     Ok(reason)
 }

@@ -507,3 +507,22 @@ fn plan_status_and_logs_show_an_operator_what_happened() {
     let node = job.node("worker-1");
     assert_eq!((node.role, node.job.as_str()), (mayfly_core::provider::Role::Worker, "operator"));
 }
+
+#[test]
+fn an_item_longer_than_the_credential_lifetime_completes_on_refreshed_credentials() {
+    // Regression: credentials used to be refreshed only between items, and a
+    // lease never outlives them, so an item longer than their remaining life
+    // lost its lease on every attempt and the shard failed.
+    let files = inputs(2, 100);
+    let job = TestJob::new("long-item", &files);
+    let extra = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n\n[cluster]\nworkers = 1\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 3000 }", extra);
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 shards committed, 0 failed, 0 retries"), "{}", text(&out));
+    let log = job.log("worker-1");
+    assert!(log.matches("credentials refreshed").count() >= 3, "{log}");
+    assert!(log.contains(", 0 failed operations"), "{log}");
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+}

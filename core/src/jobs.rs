@@ -359,10 +359,13 @@ pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The provider a node of this job runs with: the job's credential lifetime,
+/// as bootstrap recorded it in the manifest.
 fn node_provider(manifest: &Manifest) -> Result<LocalProvider> {
-    let ttl = format!("{}ms", manifest.credential_ttl_ms);
-    let settings = [("credential_ttl".to_owned(), (toml::Value::String(ttl), None))].into();
-    LocalProvider::from_settings(&settings).map_err(anyhow::Error::msg)
+    Ok(LocalProvider {
+        credential_ttl: Duration::from_millis(manifest.credential_ttl_ms),
+        ..LocalProvider::from_settings(&Default::default()).map_err(anyhow::Error::msg)?
+    })
 }
 
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<ExitCode> {

@@ -227,23 +227,6 @@ impl std::fmt::Display for EndReason {
     }
 }
 
-/// The steps of ending, in the only allowed order.
-pub const END_ORDER: [EndStep; 4] =
-    [EndStep::StopLeasing, EndStep::FinishOrRelease, EndStep::FlushLogs, EndStep::DeleteSelf];
-
-/// One step of ending a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndStep {
-    /// Ask for no new work.
-    StopLeasing,
-    /// Finish the current attempt if it fits, else release its lease.
-    FinishOrRelease,
-    /// Write the node's logs to the job's state location.
-    FlushLogs,
-    /// Delete the node (a stopped VM still bills).
-    DeleteSelf,
-}
-
 /// The self-termination triggers a node watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watchdog {
@@ -352,15 +335,6 @@ mod tests {
         assert_eq!(w.check(T0, false, CredentialAction::Drain), Some(EndReason::CredentialsLost));
         assert_eq!(w.check(T0, true, CredentialAction::Drain), Some(EndReason::JobDone));
         assert_eq!(w.check(T0 + 100 * S, true, keep), Some(EndReason::Deadline));
-    }
-
-    #[test]
-    fn ending_stops_leasing_first_and_deletes_last() {
-        assert_eq!(END_ORDER.first(), Some(&EndStep::StopLeasing));
-        assert_eq!(END_ORDER.last(), Some(&EndStep::DeleteSelf));
-        let flush = END_ORDER.iter().position(|s| *s == EndStep::FlushLogs);
-        let release = END_ORDER.iter().position(|s| *s == EndStep::FinishOrRelease);
-        assert!(release < flush);
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The worker node: pulls leases, runs each item through the task host
 //! (the task is compiled once per worker), heartbeats while it works, asks the
 //! master to commit, and ends itself by the self-termination rule.
+//!
+//! Ending follows the order of the self-termination rule by the shape of the
+//! loop: a trigger is checked only between shards, so leasing stops first, the
+//! current shard is committed, failed or released before the loop is left, the
+//! log (this process's stdout and stderr, a file in the state location) is
+//! written as it goes, and the process exits last.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,6 +112,8 @@ impl Keeper {
 
 struct Worker {
     node: String,
+    /// Drives the task host's attempts: one per worker, not one per shard.
+    rt: tokio::runtime::Runtime,
     manifest: Manifest,
     keeper: Keeper,
     runtime: Runtime,
@@ -156,12 +164,6 @@ impl Worker {
         let staging = Path::new(&staging).to_owned();
         let mut staged = Vec::new();
         let mut failure: Option<Failure> = None;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
-        let Ok(rt) = rt else {
-            drop(stop);
-            let _ = hb.join();
-            return;
-        };
         for item in &items {
             if lost.load(Ordering::Relaxed) {
                 break;
@@ -185,7 +187,7 @@ impl Worker {
                 }
             };
             let key = item.key();
-            let outcome = rt.block_on(self.runtime.run(
+            let outcome = self.rt.block_on(self.runtime.run(
                 &self.task,
                 Attempt {
                     input: Arc::new(input),
@@ -329,7 +331,11 @@ pub fn run(dir: &Path, node: &str, provider: Arc<dyn Provider>) -> Result<EndRea
         node: node.to_owned(),
         policy,
     };
-    let mut worker = Worker { node: node.to_owned(), manifest, keeper, runtime, task, client, watchdog };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let mut worker = Worker { node: node.to_owned(), rt, manifest, keeper, runtime, task, client, watchdog };
     log(
         node,
         &format!(

@@ -210,17 +210,14 @@ impl Runtime {
         let from_cache = cached.is_some();
         let component = match cached {
             Some(c) => c,
-            None => {
-                let c = Component::new(&self.engine, bytes)
-                    .map_err(|e| LoadError::Invalid { task: task.clone(), reason: format!("{e:#}") })?;
-                check_world(&task, &self.engine, &c)?;
-                if let Some(cache) = &self.cache {
-                    cache.store(&c, &sha256, &self.engine_key);
-                }
-                c
-            }
+            None => Component::new(&self.engine, bytes)
+                .map_err(|e| LoadError::Invalid { task: task.clone(), reason: format!("{e:#}") })?,
         };
         check_world(&task, &self.engine, &component)?;
+        if !from_cache && let Some(cache) = &self.cache {
+            // Only tasks are cached: a component refused above never is.
+            cache.store(&component, &sha256, &self.engine_key);
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::NotATask {
             task: task.clone(),
             reason: format!("its imports cannot be satisfied by the sandbox: {e:#}"),

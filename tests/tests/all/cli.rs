@@ -79,23 +79,23 @@ fn exec_passes_params_and_ranges() {
     );
 }
 
-#[test]
-fn exec_of_a_failing_task_exits_1_naming_task_input_and_cause_and_publishes_nothing() {
-    let dir = scratch("exec-fail");
+/// `mayfly exec` of the misbehaving guest in `mode` over a one-byte input.
+fn exec_misbehave(name: &str, mode: &str, extra: &[&str]) -> (Output, std::path::PathBuf) {
+    let dir = scratch(name);
     let input = dir.join("in.txt");
     std::fs::write(&input, "x").unwrap();
     let wasm = component("tests/guests/misbehave");
     let out_dir = dir.join("out");
-    let out = mayfly(&[
-        "exec",
-        wasm.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--param",
-        "mode=trap-mid-output",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let mode = format!("mode={mode}");
+    let mut args = vec!["exec", wasm.to_str().unwrap(), "--input", input.to_str().unwrap(), "--param", &mode];
+    args.extend_from_slice(&["--out", out_dir.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    (mayfly(&args), out_dir)
+}
+
+#[test]
+fn exec_of_a_failing_task_exits_1_naming_task_input_and_cause_and_publishes_nothing() {
+    let (out, out_dir) = exec_misbehave("exec-fail", "trap-mid-output", &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("error: task guest_misbehave failed on in.txt: trapped:"), "{stderr}");
@@ -104,23 +104,7 @@ fn exec_of_a_failing_task_exits_1_naming_task_input_and_cause_and_publishes_noth
 
 #[test]
 fn exec_json_is_machine_readable() {
-    let dir = scratch("exec-json");
-    let input = dir.join("in.txt");
-    std::fs::write(&input, "x").unwrap();
-    let wasm = component("tests/guests/misbehave");
-    let out = mayfly(&[
-        "exec",
-        wasm.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--param",
-        "mode=loop",
-        "--timeout",
-        "300ms",
-        "--json",
-        "--out",
-        dir.join("o").to_str().unwrap(),
-    ]);
+    let (out, _) = exec_misbehave("exec-json", "loop", &["--timeout", "300ms", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["ok"], false);

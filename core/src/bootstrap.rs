@@ -7,12 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{JobSpec, glob_regex};
-use crate::job::{Layout, Manifest, new_job_id, write_json_atomic};
+use crate::config::{JobSpec, TaskSpec, glob_regex};
+use crate::host::{Runtime, RuntimeConfig};
+use crate::job::{Layout, Manifest, create_token, new_job_id, write_json_atomic};
 use crate::master::MasterInfo;
 use crate::plan::{Object, Plan, PlanOptions, plan};
-use crate::policy::{Budget, Clock, ms};
-use crate::provider::{NodeInfo, NodeSpec, Provider, Role, create_secrets};
+use crate::policy::{Budget, Clock, SystemClock, ms};
+use crate::provider::{
+    BootstrapReply, BootstrapRequest, ErrorKind, LaunchRequest, NodeInfo, NodeSpec, ProviderError, ProviderHandle, Role,
+};
 
 /// A task ready to run: its component and sha256 (built and checked by the caller).
 #[derive(Debug, Clone)]
@@ -127,20 +130,103 @@ pub fn check_output(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds (if a crate directory) and loads a task, so that a bad task fails
+/// the job before anything is launched, and the compile cache is warm.
+pub fn ready_task(
+    runtime: &Runtime,
+    spec: &TaskSpec,
+    what: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<ReadyTask, String> {
+    let component = if spec.path.is_dir() {
+        crate::build::build_task(&spec.path, say).map_err(|e| format!("building the {what} task: {e:#}"))?
+    } else {
+        spec.path.clone()
+    };
+    let task = runtime.load(&component).map_err(|e| format!("loading the {what} task: {e}"))?;
+    Ok(ReadyTask { component: absolute(&component), sha256: task.sha256().to_owned() })
+}
+
+/// Readies the tasks of `spec`: the map task and the reduce task, if any.
+pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTask, Option<ReadyTask>), String> {
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
+    let task = ready_task(&runtime, &spec.task, "map", say)?;
+    let reduce = spec.reduce.as_ref().map(|r| ready_task(&runtime, r, "reduce", say)).transpose()?;
+    Ok((task, reduce))
+}
+
+/// Bootstraps what a serverless event asked for (through
+/// [`crate::provider::ProviderHandle::invoke`] or a plugin's host callback),
+/// with `provider`, on `clock`.
+pub fn from_request_on(
+    request: &BootstrapRequest,
+    provider: &ProviderHandle,
+    clock: &dyn Clock,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<BootstrapReply, ProviderError> {
+    let fail = |kind, m: String| ProviderError::new("host", kind, m);
+    let base = request.base_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let file = base.join("job.toml");
+    let spec = JobSpec::parse(&file, &request.job, &|k| request.overrides.get(k).cloned())
+        .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
+    let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
+    let boot = bootstrap(&spec, &task, reduce.as_ref(), provider, clock, on_step).map_err(|e| match e {
+        BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
+        BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
+    })?;
+    Ok(BootstrapReply {
+        job: boot.job,
+        state: boot.layout.dir.to_string_lossy().into_owned(),
+        shards: boot.manifest.plan.shards.len() as u64,
+        nodes: boot.nodes,
+        expires_at: boot.manifest.expires_at,
+    })
+}
+
+/// [`from_request_on`] with the system clock.
+pub fn from_request(request: &BootstrapRequest, provider: &ProviderHandle) -> Result<BootstrapReply, ProviderError> {
+    from_request_on(request, provider, &SystemClock, &mut |_| {})
+}
+
+/// The arguments a node runs `mayfly` with.
+pub fn node_args(role: Role, job: &str, node: &str, dir: &Path) -> Vec<String> {
+    ["node", "--role", &role.to_string(), "--job", job, "--node", node, "--dir", &dir.to_string_lossy()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The launch of `nodes` (name, role) of the job laid out at `layout`.
+pub fn launch_request(layout: &Layout, job: &str, expires_at: u64, nodes: &[(String, Role)]) -> LaunchRequest {
+    LaunchRequest {
+        job: job.to_owned(),
+        state: layout.dir.to_string_lossy().into_owned(),
+        expires_at,
+        nodes: nodes
+            .iter()
+            .map(|(node, role)| NodeSpec {
+                node: node.clone(),
+                role: *role,
+                args: node_args(*role, job, node, &layout.dir),
+            })
+            .collect(),
+    }
+}
+
 /// Bootstraps `spec` with `provider`. `on_step` is called as each step starts
 /// (the CLI prints it; tests use it to move an injected clock).
 pub fn bootstrap(
     spec: &JobSpec,
     task: &ReadyTask,
     reduce: Option<&ReadyTask>,
-    provider: &dyn Provider,
+    provider: &ProviderHandle,
     clock: &dyn Clock,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<Bootstrapped, BootstrapError> {
     let limits = provider.limits();
     let started = clock.now();
-    let margin = (limits.bootstrap_limit / 10).min(Duration::from_secs(10));
-    let budget = Budget::new(started, limits.bootstrap_limit, margin);
+    let margin = (limits.bootstrap_limit() / 10).min(Duration::from_secs(10));
+    let budget = Budget::new(started, limits.bootstrap_limit(), margin);
     let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {
         budget.check(clock.now(), name, needs)?;
         on_step(name);
@@ -154,7 +240,7 @@ pub fn bootstrap(
     let state = absolute(&spec.state);
     let layout = Layout::new(&state, &job, &output);
     if layout.dir.exists() {
-        let alive = provider.list(&layout).map(|n| !n.is_empty()).unwrap_or(false);
+        let alive = provider.list(&job, &layout.dir).map(|n| !n.is_empty()).unwrap_or(false);
         let message = if alive {
             format!("job {job} is still running (see `mayfly status {job}`)")
         } else {
@@ -174,7 +260,7 @@ pub fn bootstrap(
     let manifest = Manifest {
         job: job.clone(),
         name: spec.name.clone(),
-        provider: provider.name().to_owned(),
+        provider: provider.selection().clone(),
         task: absolute(&task.component),
         task_sha256: task.sha256.clone(),
         params: spec.task.params.clone(),
@@ -192,13 +278,13 @@ pub fn bootstrap(
         idle_timeout_ms: ms(spec.idle_timeout),
         master_lost_timeout_ms: ms(spec.master_lost_timeout),
         refresh_margin_ms: ms(spec.credential_refresh_margin),
-        credential_ttl_ms: ms(limits.credential_ttl),
+        credential_ttl_ms: ms(limits.credential_ttl()),
         created_at: started,
         expires_at: started + ms(spec.deadline),
     };
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&layout.dir)?;
-        create_secrets(&layout)?;
+        create_token(&layout)?;
         write_json_atomic(&layout.manifest(), &manifest)
     };
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.dir.display())))?;
@@ -207,12 +293,8 @@ pub fn bootstrap(
     let mut launched: Vec<NodeInfo> = Vec::new();
     let result = (|| -> Result<(), BootstrapError> {
         step("launch the master", Duration::from_millis(100))?;
-        let master = NodeSpec { node: "master".into(), role: Role::Master };
-        launched.extend(
-            provider
-                .launch(&layout, &job, manifest.expires_at, &[master])
-                .map_err(|e| step_err("launch the master")(e.to_string()))?,
-        );
+        let master = launch_request(&layout, &job, manifest.expires_at, &[("master".into(), Role::Master)]);
+        launched.extend(provider.launch(master).map_err(|e| step_err("launch the master")(e.to_string()))?);
         step("wait for the master", Duration::from_millis(50))?;
         loop {
             if let Ok(info) = crate::job::read_json::<MasterInfo>(&layout.master())
@@ -220,7 +302,8 @@ pub fn bootstrap(
             {
                 break;
             }
-            let alive = provider.list(&layout).map(|n| n.iter().any(|n| n.role == Role::Master)).unwrap_or(false);
+            let alive =
+                provider.list(&job, &layout.dir).map(|n| n.iter().any(|n| n.role == Role::Master)).unwrap_or(false);
             if !alive {
                 let log = std::fs::read_to_string(layout.logs().join("master.log")).unwrap_or_default();
                 let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").to_owned();
@@ -230,17 +313,13 @@ pub fn bootstrap(
             std::thread::sleep(Duration::from_millis(20));
         }
         step("launch the workers", Duration::from_millis(100))?;
-        let workers: Vec<NodeSpec> =
-            (1..=spec.workers).map(|i| NodeSpec { node: format!("worker-{i}"), role: Role::Worker }).collect();
-        launched.extend(
-            provider
-                .launch(&layout, &job, manifest.expires_at, &workers)
-                .map_err(|e| step_err("launch the workers")(e.to_string()))?,
-        );
+        let workers: Vec<(String, Role)> = (1..=spec.workers).map(|i| (format!("worker-{i}"), Role::Worker)).collect();
+        let workers = launch_request(&layout, &job, manifest.expires_at, &workers);
+        launched.extend(provider.launch(workers).map_err(|e| step_err("launch the workers")(e.to_string()))?);
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = provider.terminate(&layout, &launched, Duration::from_secs(2));
+        let _ = provider.terminate(&launched, Duration::from_secs(2));
         return Err(e);
     }
     Ok(Bootstrapped { job, layout, manifest, nodes: launched })

@@ -144,10 +144,11 @@ pub struct JobSpec {
     /// Where the job's state (manifest, journal, logs) goes; the job's own
     /// directory is `<state>/<job id>`.
     pub state: PathBuf,
-    /// The provider's name (`[provider] name`, default `local`).
-    pub provider: String,
-    /// The provider's own keys, with their line numbers.
-    pub provider_settings: BTreeMap<String, (toml::Value, Option<usize>)>,
+    /// The provider (`[provider]`: `name`, default `local`; `path`; `timeout`;
+    /// the provider's own keys).
+    pub provider: crate::provider::Selection,
+    /// The line of each `[provider]` key, to point at in a provider's errors.
+    pub provider_lines: BTreeMap<String, usize>,
     /// Worker count.
     pub workers: u32,
     /// From bootstrap to the job's absolute deadline.
@@ -177,6 +178,20 @@ fn line_of(source: &str, span: std::ops::Range<usize>) -> usize {
 }
 
 impl JobSpec {
+    /// Makes the provider the job selects; its errors point at the
+    /// `[provider]` key they name.
+    pub fn provider_handle(&self) -> Result<crate::provider::ProviderHandle, ConfigError> {
+        crate::provider::ProviderHandle::select(&self.provider).map_err(|e| {
+            let message = e.to_string();
+            let line = self
+                .provider_lines
+                .iter()
+                .find(|(key, _)| message.contains(&format!("`provider.{key}`")))
+                .map(|(_, line)| *line);
+            ConfigError { file: self.file.clone(), line, message }
+        })
+    }
+
     /// Reads and validates the job file at `path`, with environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -248,24 +263,38 @@ impl JobSpec {
             glob_regex(g.get_ref()).map_err(|m| err(Some(g.span()), format!("`input.glob`: {m}")))?;
         }
 
-        let mut provider = "local".to_owned();
-        let mut provider_settings = BTreeMap::new();
+        let mut provider = crate::provider::Selection { name: None, ..Default::default() };
+        let mut provider_lines = BTreeMap::new();
         for (key, value) in raw.provider.unwrap_or_default() {
-            let line = Some(line_of(source, value.span()));
-            if key == "name" {
-                match value.get_ref() {
-                    toml::Value::String(s) => provider = s.clone(),
-                    _ => {
-                        return Err(ConfigError {
-                            file: file.clone(),
-                            line,
-                            message: "`provider.name`: expected a string such as \"local\"".into(),
-                        });
-                    }
+            let span = value.span();
+            provider_lines.insert(key.clone(), line_of(source, span.clone()));
+            let text = |what: &str| match value.get_ref() {
+                toml::Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(err(Some(span.clone()), format!("`provider.{key}`: expected {what}"))),
+            };
+            match key.as_str() {
+                "name" => provider.name = Some(text("a string such as \"local\"")?),
+                "path" => {
+                    let path = base.join(text("the path of a plugin library")?);
+                    provider.path = Some(std::path::absolute(&path).unwrap_or(path));
                 }
-            } else {
-                provider_settings.insert(key, (value.into_inner(), line));
+                "timeout" => {
+                    let t = text("a duration such as \"2m\"")?;
+                    let d = t
+                        .parse::<HumanDuration>()
+                        .map_err(|e| err(Some(span.clone()), format!("`provider.timeout`: {e}")))?;
+                    provider.timeout_ms = Some(u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX).max(1));
+                }
+                _ => {
+                    let json = serde_json::to_value(value.get_ref()).map_err(|e| {
+                        err(Some(span.clone()), format!("`provider.{key}`: cannot be turned into JSON: {e}"))
+                    })?;
+                    provider.settings.insert(key, json);
+                }
             }
+        }
+        if provider.name.is_none() && provider.path.is_none() {
+            provider.name = Some(crate::provider::BUILT_IN.into());
         }
 
         let positive = |key: &str, v: &Option<Spanned<i64>>, over: Option<(&str, Option<String>)>, default: u32| {
@@ -318,7 +347,7 @@ impl JobSpec {
             output,
             state,
             provider,
-            provider_settings,
+            provider_lines,
             workers,
             deadline,
             idle_timeout: raw.cluster.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
@@ -450,7 +479,7 @@ memory = "256MiB"
         assert_eq!(spec.task.params, serde_json::json!({"mode": "map", "n": 3}));
         assert_eq!(spec.input, Path::new("./data"));
         assert_eq!(spec.state, Path::new("./.mayfly/jobs"));
-        assert_eq!(spec.provider, "local");
+        assert_eq!(spec.provider.name.as_deref(), Some("local"));
         assert_eq!((spec.shards_per_worker, spec.split_text, spec.max_attempts), (4, true, 3));
     }
 

@@ -6,7 +6,7 @@
 //!   journal.jsonl     the master's decisions, fsynced at commit points
 //!   master.json       the master's address and pid, once it listens
 //!   final.json        the job's end: counts, reason (written by the master)
-//!   secret/           the job token and the credential issuer key (0600)
+//!   secret/           the job token (0600), and the local provider's issuer key
 //!   nodes/<node>.json the local provider's record of each node process
 //!   logs/<node>.log   each node's output, readable after the node is gone
 //! <output>/
@@ -33,8 +33,9 @@ pub struct Manifest {
     pub job: String,
     /// The job name.
     pub name: String,
-    /// The provider's name.
-    pub provider: String,
+    /// The provider, as the job file selected and configured it: every node
+    /// makes the same one.
+    pub provider: crate::provider::Selection,
     /// The map task's component.
     pub task: PathBuf,
     /// Its sha256.
@@ -194,6 +195,18 @@ pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| std::io::Error::new(e.kind(), format!("reading /dev/urandom: {e}")))?;
     Ok(buf)
+}
+
+/// Creates the job's secret: the token every node shows the master.
+pub fn create_token(layout: &Layout) -> std::io::Result<String> {
+    let token = hex::encode(random_bytes(32)?);
+    write_secret(&layout.secret().join("token"), token.as_bytes())?;
+    Ok(token)
+}
+
+/// Reads the job's token.
+pub fn read_token(layout: &Layout) -> std::io::Result<String> {
+    std::fs::read_to_string(layout.secret().join("token")).map(|t| t.trim().to_owned())
 }
 
 /// Writes a secret file readable only by its owner.

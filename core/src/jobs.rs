@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mayfly_core::api::Client;
-use mayfly_core::bootstrap::{ReadyTask, absolute, bootstrap, list_inputs};
-use mayfly_core::config::{JobSpec, TaskSpec};
-use mayfly_core::host::{Runtime, RuntimeConfig};
+use mayfly_core::bootstrap::{absolute, bootstrap, launch_request, list_inputs, ready_tasks};
+use mayfly_core::config::JobSpec;
 use mayfly_core::job::{Layout, Manifest, read_json};
 use mayfly_core::master::{FinalState, MasterInfo};
 use mayfly_core::policy::{Clock, SystemClock};
-use mayfly_core::provider::{
-    LocalProvider, NodeSpec, Provider, Role, list_local_nodes, process_is_node, terminate_local,
-};
+use mayfly_core::provider::{ProviderHandle, Role, Selection};
 use mayfly_core::units::ByteSize;
 
 use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
@@ -24,27 +21,8 @@ use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
 /// Exit code when the master was lost and the job must be resumed.
 const EXIT_MASTER_LOST: u8 = 3;
 
-fn provider_for(spec: &JobSpec) -> Result<LocalProvider> {
-    if spec.provider != "local" {
-        bail!(
-            "{}: provider {:?} is not available in this build (only \"local\" is, until the plugin loader lands)",
-            spec.file.display(),
-            spec.provider
-        );
-    }
-    LocalProvider::from_settings(&spec.provider_settings).map_err(|e| anyhow::anyhow!("{}: {e}", spec.file.display()))
-}
-
-/// Builds (if a crate directory) and loads a task, so that a bad task fails
-/// the job before anything is launched, and the compile cache is warm.
-fn ready(runtime: &Runtime, spec: &TaskSpec, what: &str) -> Result<ReadyTask> {
-    let component = if spec.path.is_dir() {
-        mayfly_core::build::build_task(&spec.path, &mut say).with_context(|| format!("building the {what} task"))?
-    } else {
-        spec.path.clone()
-    };
-    let task = runtime.load(&component).with_context(|| format!("loading the {what} task"))?;
-    Ok(ReadyTask { component: absolute(&component), sha256: task.sha256().to_owned() })
+fn provider_for(spec: &JobSpec) -> Result<ProviderHandle> {
+    Ok(spec.provider_handle()?)
 }
 
 pub(crate) fn cmd_run(job: &Path) -> Result<ExitCode> {
@@ -54,11 +32,7 @@ pub(crate) fn cmd_run(job: &Path) -> Result<ExitCode> {
 
 fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
     let provider = provider_for(spec)?;
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
-    let task = ready(&runtime, &spec.task, "map")?;
-    let reduce = spec.reduce.as_ref().map(|r| ready(&runtime, r, "reduce")).transpose()?;
-    drop(runtime);
+    let (task, reduce) = ready_tasks(spec, &mut say).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
     let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, &mut |step| {
@@ -83,14 +57,14 @@ fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
         println!("the input is empty: nothing to process (the job succeeds with no outputs)");
     }
     println!("state: {}", boot.layout.dir.display());
-    follow(&boot.layout, &boot.manifest, started)
+    follow(&provider, &boot.layout, &boot.manifest, started)
 }
 
 /// Follows a job to its end, then prints the summary.
-fn follow(layout: &Layout, manifest: &Manifest, started: Instant) -> Result<ExitCode> {
+fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, started: Instant) -> Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
-    let token = mayfly_core::provider::read_token(layout).context("reading the job token")?;
+    let token = mayfly_core::job::read_token(layout).context("reading the job token")?;
     let mut lost_since: Option<Instant> = None;
     loop {
         if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
@@ -112,13 +86,19 @@ fn follow(layout: &Layout, manifest: &Manifest, started: Instant) -> Result<Exit
             );
             return Ok(ExitCode::from(EXIT_TASK_FAILED));
         }
-        let info = read_json::<MasterInfo>(&layout.master()).ok();
-        let alive = info.as_ref().is_some_and(|i| process_is_node(i.pid, &manifest.job, "master"));
+        let status = read_json::<MasterInfo>(&layout.master())
+            .ok()
+            .and_then(|info| Client::new(&info.addr, &token, Duration::from_secs(2)).status().ok());
+        // No answer: ask the provider whether a master still runs (a provider
+        // error counts as yes, so a hiccup does not end the follow).
+        let alive = status.is_some()
+            || provider
+                .list(&manifest.job, &layout.dir)
+                .map(|n| n.iter().any(|n| n.role == Role::Master))
+                .unwrap_or(true);
         if alive {
             lost_since = None;
-            if let Some(info) = &info
-                && let Ok(st) = Client::new(&info.addr, &token, Duration::from_secs(2)).status()
-            {
+            if let Some(st) = status {
                 let c = st.counts;
                 let pct = (st.committed_bytes * 100).checked_div(st.total_bytes).unwrap_or(100);
                 let left = st.expires_at.saturating_sub(st.now) / 1000;
@@ -198,7 +178,7 @@ pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
         ));
     }
     let limits = provider.limits();
-    if limits.credential_ttl < spec.lease_time {
+    if limits.credential_ttl() < spec.lease_time {
         warnings
             .push("credential_ttl is shorter than lease_time: leases will be cut to the credential's expiry".into());
     }
@@ -242,7 +222,7 @@ fn find_job(job: &str, state: &Path) -> Result<(Layout, Manifest)> {
 }
 
 pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode> {
-    let (layout, _) = find_job(job, state)?;
+    let (layout, manifest) = find_job(job, state)?;
     if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
         if json {
             println!("{}", serde_json::to_string_pretty(&fin)?);
@@ -255,9 +235,11 @@ pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let token = mayfly_core::provider::read_token(&layout)?;
+    let token = mayfly_core::job::read_token(&layout)?;
     let info: MasterInfo = read_json(&layout.master()).context("the master has not started")?;
-    if !process_is_node(info.pid, job, "master") {
+    let provider = node_provider(&manifest)?;
+    let masters = provider.list(job, &layout.dir)?.into_iter().filter(|n| n.role == Role::Master).count();
+    if masters == 0 {
         bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
     }
     let st = Client::new(&info.addr, &token, Duration::from_secs(5)).status()?;
@@ -314,7 +296,7 @@ pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let provider = node_provider(&manifest)?;
-    let nodes = provider.list(&layout)?;
+    let nodes = provider.list(job, &layout.dir)?;
     if nodes.iter().any(|n| n.role == Role::Master) {
         bail!("job {job} still has a running master; follow it with `mayfly status {job}`");
     }
@@ -323,49 +305,60 @@ pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(layout.master());
     let started = Instant::now();
-    provider.launch(&layout, job, manifest.expires_at, &[NodeSpec { node: "master".into(), role: Role::Master }])?;
+    provider.launch(launch_request(&layout, job, manifest.expires_at, &[("master".into(), Role::Master)]))?;
     let running: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
-    let workers: Vec<NodeSpec> = (1..=manifest.workers)
+    let workers: Vec<(String, Role)> = (1..=manifest.workers)
         .map(|i| format!("worker-{i}"))
         .filter(|n| !running.contains(n))
-        .map(|node| NodeSpec { node, role: Role::Worker })
+        .map(|node| (node, Role::Worker))
         .collect();
-    provider.launch(&layout, job, manifest.expires_at, &workers)?;
+    provider.launch(launch_request(&layout, job, manifest.expires_at, &workers))?;
     println!("job {job} resumed with a new master and {} new workers", workers.len());
-    follow(&layout, &manifest, started)
+    follow(&provider, &layout, &manifest, started)
 }
 
 pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
     let now = SystemClock.now();
-    let mut reaped = 0;
+    // Each job's own provider, as its manifest recorded it; jobs on the same
+    // provider are listed once.
+    let mut selections: Vec<Selection> = Vec::new();
     for entry in std::fs::read_dir(state).with_context(|| format!("reading {}", state.display()))?.flatten() {
-        let nodes = list_local_nodes(&entry.path().join("nodes")).unwrap_or_default();
-        let expired: Vec<_> = nodes.into_iter().filter(|n| n.expires_at <= now).collect();
-        if !expired.is_empty() {
-            for n in &expired {
-                println!(
-                    "reaping {} of job {} (pid {}, expired {}s ago)",
-                    n.node,
-                    n.job,
-                    n.pid,
-                    (now - n.expires_at) / 1000
-                );
-            }
-            terminate_local(&expired, Duration::from_secs(2));
-            reaped += expired.len();
+        if let Ok(m) = read_json::<Manifest>(&entry.path().join("manifest.json"))
+            && !selections.contains(&m.provider)
+        {
+            selections.push(m.provider);
         }
+    }
+    let mut reaped = 0;
+    for selection in selections {
+        let provider = ProviderHandle::select(&selection)
+            .with_context(|| format!("making provider {} to reap its nodes", selection.label()))?;
+        let expired: Vec<_> = provider.list_all(state)?.into_iter().filter(|n| n.expires_at <= now).collect();
+        if expired.is_empty() {
+            continue;
+        }
+        for n in &expired {
+            println!(
+                "reaping {} of job {} ({} {}, expired {}s ago)",
+                n.node,
+                n.job,
+                provider.name(),
+                n.id,
+                (now - n.expires_at) / 1000
+            );
+        }
+        provider.terminate(&expired, Duration::from_secs(2))?;
+        reaped += expired.len();
     }
     println!("{reaped} node(s) reaped");
     Ok(())
 }
 
-/// The provider a node of this job runs with: the job's credential lifetime,
+/// The provider a node of this job runs with: the one the job file selected,
 /// as bootstrap recorded it in the manifest.
-fn node_provider(manifest: &Manifest) -> Result<LocalProvider> {
-    Ok(LocalProvider {
-        credential_ttl: Duration::from_millis(manifest.credential_ttl_ms),
-        ..LocalProvider::from_settings(&Default::default()).map_err(anyhow::Error::msg)?
-    })
+fn node_provider(manifest: &Manifest) -> Result<ProviderHandle> {
+    ProviderHandle::select(&manifest.provider)
+        .with_context(|| format!("making provider {} for job {}", manifest.provider.label(), manifest.job))
 }
 
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<ExitCode> {
@@ -384,17 +377,27 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<
         eprintln!("{who}: the job's deadline passed; ending now");
         std::process::exit(4);
     });
-    match role {
-        "master" => {
-            let code = mayfly_core::master::run(dir, &provider).map_err(anyhow::Error::msg)?;
-            Ok(ExitCode::from(code as u8))
-        }
-        "worker" => {
-            mayfly_core::worker::run(dir, node, std::sync::Arc::new(provider)).map_err(anyhow::Error::msg)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        other => bail!("unknown role {other:?} (expected master or worker)"),
+    let result = match role {
+        "master" => mayfly_core::master::run(dir, &provider).map(|code| ExitCode::from(code as u8)),
+        "worker" => mayfly_core::worker::run(dir, node, provider.clone()).map(|_| ExitCode::SUCCESS),
+        other => Err(format!("unknown role {other:?} (expected master or worker)")),
+    };
+    if let Err(e) = &result {
+        eprintln!("{node}: {e}");
     }
+    // Last: the node deletes itself (its logs are already in the state
+    // location); this process exits right after.
+    if let Err(e) = provider.terminate_self() {
+        eprintln!("{node}: ending this node failed: {e}");
+    }
+    result.map_err(anyhow::Error::msg)
+}
+
+/// A node that holds nothing and does nothing until it is ended or `for_`
+/// passes: what provider conformance tests launch.
+pub(crate) fn cmd_idle(for_: Duration) -> Result<ExitCode> {
+    std::thread::sleep(for_);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn cmd_demo(dir: &Path, workers: u32) -> Result<ExitCode> {

@@ -124,6 +124,13 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Hold a node that does nothing until it is ended (provider conformance tests).
+    #[command(hide = true)]
+    Idle {
+        /// How long at most.
+        #[arg(long = "for", default_value = "10m")]
+        for_: mayfly_core::units::HumanDuration,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
         Command::Reap { state } => jobs::cmd_reap(&state).map(|()| ExitCode::SUCCESS),
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
         Command::Node { role, job, node, dir } => jobs::cmd_node(&role, &job, &node, &dir),
+        Command::Idle { for_ } => jobs::cmd_idle(for_.0),
     };
     match result {
         Ok(code) => code,

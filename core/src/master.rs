@@ -29,7 +29,7 @@ use crate::api::{
 use crate::job::{Layout, Manifest, read_json, write_json_atomic};
 use crate::ledger::{CommittedOutput, Event, Ledger, ShardState};
 use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock, Validity};
-use crate::provider::{Provider, Role};
+use crate::provider::{ProviderHandle, Role};
 
 /// A shard's commit marker: the truth about what is committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -560,10 +560,10 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
 
 /// Runs the master of the job in `layout.dir` until the job ends. Returns the
 /// process exit code.
-pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
+pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
     let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
     let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
-    let token = crate::provider::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+    let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
 
     // Rebuild from the markers (the truth) and the journal, finishing any
     // publication a crash interrupted.
@@ -737,8 +737,12 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
     // them a moment, then end whatever is left.
     let grace = if reason == "done" { Duration::from_secs(3) } else { Duration::ZERO };
     let deadline = std::time::Instant::now() + grace;
-    let workers = |p: &dyn Provider| {
-        p.list(&layout).unwrap_or_default().into_iter().filter(|n| n.role == Role::Worker).collect::<Vec<_>>()
+    let workers = |p: &ProviderHandle| {
+        p.list(&manifest.job, &layout.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.role == Role::Worker)
+            .collect::<Vec<_>>()
     };
     while std::time::Instant::now() < deadline && !workers(provider).is_empty() {
         std::thread::sleep(Duration::from_millis(50));
@@ -749,7 +753,7 @@ pub fn run(dir: &Path, provider: &dyn Provider) -> Result<i32, String> {
         // At the deadline there is no time to be gentle: the dead-man switch
         // ends this process a second after it.
         let patience = if reason == "done" { Duration::from_secs(2) } else { Duration::from_millis(300) };
-        let _ = provider.terminate(&layout, &left, patience);
+        let _ = provider.terminate(&left, patience);
     }
     eprintln!(
         "master: job {} ended ({reason}); {} committed, {} failed",

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Milliseconds since the Unix epoch.
-pub type Millis = u64;
+pub use mayfly_provider_api::Millis;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -139,14 +139,9 @@ impl Default for CredentialPolicy {
     }
 }
 
-/// The validity window of a credential (the secret itself is not here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Validity {
-    /// When it was issued.
-    pub issued_at: Millis,
-    /// When it stops working.
-    pub expires_at: Millis,
-}
+/// The validity window of a credential (defined with the provider API, which
+/// carries it).
+pub use mayfly_provider_api::Validity;
 
 /// What a node should do about its credentials now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -76,36 +76,13 @@ impl fmt::Display for ByteSize {
 impl FromStr for HumanDuration {
     type Err = ParseUnitError;
 
+    /// One parser for job files and provider settings alike.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseUnitError { what: "duration", input: s.to_owned(), reason };
-        let t = s.trim();
-        if t.is_empty() {
-            return Err(err("expected a duration such as 90s or 10m"));
-        }
-        if let Ok(secs) = t.parse::<f64>() {
-            return Duration::try_from_secs_f64(secs).map(HumanDuration).map_err(|_| err("out of range"));
-        }
-        let mut total = Duration::ZERO;
-        let mut rest = t;
-        while !rest.is_empty() {
-            let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-            let (num, tail) = rest.split_at(split);
-            let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-            let (unit, tail) = tail.split_at(unit_len);
-            let value: f64 = num.parse().map_err(|_| err("expected a duration such as 90s or 10m"))?;
-            let secs = match unit.trim() {
-                "ms" => value / 1000.0,
-                "s" | "sec" | "secs" => value,
-                "m" | "min" | "mins" => value * 60.0,
-                "h" | "hr" | "hours" => value * 3600.0,
-                "d" | "days" => value * 86_400.0,
-                "" => return Err(err("missing unit (use ms, s, m, h or d)")),
-                _ => return Err(err("unknown unit (use ms, s, m, h or d)")),
-            };
-            total += Duration::try_from_secs_f64(secs).map_err(|_| err("out of range"))?;
-            rest = tail;
-        }
-        Ok(HumanDuration(total))
+        mayfly_provider_api::parse_duration(s).map(HumanDuration).map_err(|reason| ParseUnitError {
+            what: "duration",
+            input: s.to_owned(),
+            reason,
+        })
     }
 }
 

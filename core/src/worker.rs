@@ -22,7 +22,7 @@ use crate::job::{Layout, Manifest, read_json};
 use crate::master::MasterInfo;
 use crate::plan::Item;
 use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, SystemClock, Watchdog};
-use crate::provider::{Credential, Provider, verify_credential};
+use crate::provider::{Credential, ProviderHandle};
 
 fn now() -> u64 {
     SystemClock.now()
@@ -46,8 +46,9 @@ enum Failure {
 #[derive(Clone)]
 struct Keeper {
     inner: Arc<Mutex<Credentials>>,
-    provider: Arc<dyn Provider>,
+    provider: ProviderHandle,
     layout: Layout,
+    job: String,
     node: String,
     policy: CredentialPolicy,
 }
@@ -66,7 +67,7 @@ impl Keeper {
         let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
         let t = now();
         if self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
-            match self.provider.credentials(&self.layout, &self.node, t) {
+            match self.provider.credentials(&self.job, &self.layout.dir, &self.node) {
                 Ok(fresh) => {
                     c.current = fresh;
                     c.failures = 0;
@@ -92,17 +93,16 @@ impl Keeper {
         self.inner.lock().map(|c| c.current.validity.expires_at).unwrap_or(0)
     }
 
-    /// A storage operation runs only with a valid credential (the local
-    /// provider's stand-in for a cloud's signed requests).
+    /// A storage operation starts only with an unexpired credential (a
+    /// cloud's store would refuse an expired one mid-operation).
     fn authorize(&self, what: &str) -> Result<(), String> {
         let Ok(mut c) = self.inner.lock() else { return Err(format!("{what}: credentials unavailable")) };
-        match verify_credential(&self.layout, &c.current, now()) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                c.failed_ops += 1;
-                Err(format!("{what}: {e}"))
-            }
+        let t = now();
+        if t < c.current.validity.expires_at {
+            return Ok(());
         }
+        c.failed_ops += 1;
+        Err(format!("{what}: credential expired {} ms ago", t - c.current.validity.expires_at))
     }
 
     fn stats(&self) -> (u32, u32) {
@@ -274,15 +274,15 @@ impl Worker {
 }
 
 /// Runs worker `node` of the job in `dir` until it must end. Returns why.
-pub fn run(dir: &Path, node: &str, provider: Arc<dyn Provider>) -> Result<EndReason, String> {
+pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason, String> {
     let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
     let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
-    let token = crate::provider::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+    let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let current = provider.credentials(&layout, node, now()).map_err(|e| e.to_string())?;
+    let current = provider.credentials(&manifest.job, &layout.dir, node).map_err(|e| e.to_string())?;
 
     // Compile once per worker (or load from the cache), and check that the
     // component is the one the job was planned with.
@@ -306,8 +306,10 @@ pub fn run(dir: &Path, node: &str, provider: Arc<dyn Provider>) -> Result<EndRea
     );
     // Find the master (it may still be starting, or restarting).
     let addr = loop {
+        // A stale address (a master that died) fails at the first lease and
+        // is read again; the master-lost timeout decides when to give up.
         if let Ok(info) = read_json::<MasterInfo>(&layout.master())
-            && crate::provider::process_is_node(info.pid, &manifest.job, "master")
+            && !info.addr.is_empty()
         {
             break info.addr;
         }
@@ -328,6 +330,7 @@ pub fn run(dir: &Path, node: &str, provider: Arc<dyn Provider>) -> Result<EndRea
         inner: Arc::new(Mutex::new(Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 })),
         provider,
         layout,
+        job: manifest.job.clone(),
         node: node.to_owned(),
         policy,
     };

@@ -12,7 +12,7 @@ use mayfly_core::api::{Client, CommitRequest, LeaseReply, LeaseRequest};
 use mayfly_core::job::{Layout, Manifest, read_json, write_json_atomic};
 use mayfly_core::master::MasterInfo;
 use mayfly_core::plan::{Item, Object, Plan, PlanOptions, Shard, plan};
-use mayfly_core::provider::{LocalProvider, NodeSpec, Provider, Role, create_secrets};
+use mayfly_core::provider::{ProviderHandle, Role};
 use mayfly_tests::cluster::{TestJob, wait_until};
 
 fn main() {
@@ -109,7 +109,7 @@ fn master(workers: usize, shards: usize) {
     let layout = Layout::new(&dir.join("state"), "bench-master", &dir.join("out"));
     std::fs::create_dir_all(&layout.dir).expect("state");
     std::fs::create_dir_all(&layout.output).expect("out");
-    let token = create_secrets(&layout).expect("secrets");
+    let token = mayfly_core::job::create_token(&layout).expect("secrets");
     let item = |i: usize| Item { object: format!("o{i}"), start: 0, len: 0, whole: true };
     let plan = Plan {
         shards: (0..shards).map(|i| Shard { id: i as u32, bytes: 0, items: vec![item(i)] }).collect(),
@@ -121,7 +121,7 @@ fn master(workers: usize, shards: usize) {
     let manifest = Manifest {
         job: "bench-master".into(),
         name: "bench".into(),
-        provider: "local".into(),
+        provider: mayfly_tests::local_selection(serde_json::json!({ "credential_ttl": "1h" })),
         task: dir.join("none.wasm"),
         task_sha256: String::new(),
         params: serde_json::json!({}),
@@ -142,17 +142,17 @@ fn master(workers: usize, shards: usize) {
         expires_at: now + 600_000,
     };
     write_json_atomic(&layout.manifest(), &manifest).expect("manifest");
-    let provider = LocalProvider {
-        bootstrap_limit: Duration::from_secs(60),
-        credential_ttl: Duration::from_secs(3600),
-        binary: mayfly_tests::mayfly_bin(),
-    };
-    let nodes = provider
-        .launch(&layout, "bench-master", manifest.expires_at, &[NodeSpec { node: "master".into(), role: Role::Master }])
-        .expect("launch");
+    let provider = ProviderHandle::select(&manifest.provider).expect("provider");
+    let master = mayfly_core::bootstrap::launch_request(
+        &layout,
+        "bench-master",
+        manifest.expires_at,
+        &[("master".into(), Role::Master)],
+    );
+    let nodes = provider.launch(master).expect("launch");
     assert!(wait_until(Duration::from_secs(30), || read_json::<MasterInfo>(&layout.master()).is_ok()));
     let info: MasterInfo = read_json(&layout.master()).expect("master.json");
-    let pid = nodes[0].pid.to_string();
+    let pid = mayfly_tests::pid_of(&nodes[0]).to_string();
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(shards * 2)));
     let peak = Arc::new(Mutex::new(0u64));
     let started = Instant::now();
@@ -209,5 +209,5 @@ fn master(workers: usize, shards: usize) {
         *peak.lock().expect("lock") >> 10,
         if rate >= 10_000.0 && p99 < Duration::from_millis(50) { "ok" } else { "MISSED" }
     );
-    let _ = provider.terminate(&layout, &nodes, Duration::from_secs(2));
+    let _ = provider.terminate(&nodes, Duration::from_secs(2));
 }

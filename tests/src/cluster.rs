@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mayfly_core::provider::{NodeInfo, process_is_node};
+use mayfly_core::provider::NodeInfo;
 
 use crate::{cache_dir, component, mayfly_bin, scratch};
 
@@ -93,7 +93,7 @@ impl TestJob {
 
     /// Nodes whose process is still alive.
     pub fn alive(&self) -> Vec<String> {
-        self.nodes().into_iter().filter(|n| process_is_node(n.pid, &n.job, &n.node)).map(|n| n.node).collect()
+        self.nodes().into_iter().filter(|n| mayfly_provider_local::id_alive(&n.id)).map(|n| n.node).collect()
     }
 
     /// A node's log so far.
@@ -103,7 +103,7 @@ impl TestJob {
 
     /// Sends `signal` (a `kill -s` name) to a node.
     pub fn signal(&self, node: &str, signal: &str) {
-        let pid = self.node(node).pid;
+        let pid = crate::pid_of(&self.node(node));
         let status = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().unwrap();
         assert!(status.success(), "kill -s {signal} {pid}");
     }

@@ -78,6 +78,41 @@ pub fn mayfly_bin() -> PathBuf {
     .clone()
 }
 
+/// Builds the plugin package `package` (with `features`) as the tests are
+/// built (debug or release) and returns a copy of its library, one copy per
+/// feature set, so each variant is its own file (a library is loaded once
+/// per file and never unloaded).
+pub fn plugin(package: &str, features: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!("{package}+{}", features.join(","));
+    // One build at a time: variants of one package overwrite each other's output.
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "-p", package]).current_dir(root());
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building plugin {key} failed");
+    let file = format!("lib{}.so", package.replace('-', "_"));
+    let dir = target_dir().join("test-plugins").join(key.replace([',', '+'], "-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join(&file);
+    // Write a new file (a new inode): a library already loaded from the old one stays as it was.
+    let tmp = dir.join(format!(".{file}.{}", std::process::id()));
+    std::fs::copy(target_dir().join(profile).join(&file), &tmp).unwrap();
+    std::fs::rename(&tmp, &copy).unwrap();
+    built.insert(key, copy.clone());
+    copy
+}
+
 /// The compile cache the tests share (inside the target directory, so a
 /// fresh clone starts cold and CI exercises the compile path).
 pub fn cache_dir() -> PathBuf {
@@ -180,4 +215,24 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// The process id of a node of the local provider (its id is `pid:start time`).
+pub fn pid_of(node: &mayfly_core::provider::NodeInfo) -> u32 {
+    node.id
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a local node id: {:?}", node.id))
+}
+
+/// The local provider, linked in, with the `mayfly` binary for its nodes and
+/// these settings on top.
+pub fn local_selection(settings: serde_json::Value) -> mayfly_core::provider::Selection {
+    let mut map = serde_json::Map::new();
+    map.insert("binary".into(), serde_json::Value::String(mayfly_bin().to_string_lossy().into_owned()));
+    if let serde_json::Value::Object(extra) = settings {
+        map.extend(extra);
+    }
+    mayfly_core::provider::Selection { settings: map, ..Default::default() }
 }

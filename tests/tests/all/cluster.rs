@@ -243,7 +243,7 @@ fn credentials_shorter_than_the_job_are_refreshed_with_no_failed_operation() {
 fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     use mayfly_core::bootstrap::{BootstrapError, ReadyTask, bootstrap};
     use mayfly_core::policy::{Clock, ManualClock};
-    use mayfly_core::provider::LocalProvider;
+    use mayfly_core::provider::ProviderHandle;
 
     let files = inputs(3, 100);
     let job = TestJob::new("overrun", &files);
@@ -257,11 +257,9 @@ fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     };
     let wasm = mayfly_tests::component(SLOW);
     let sha = mayfly_tests::task(SLOW).sha256().to_owned();
-    let provider = LocalProvider {
-        bootstrap_limit: Duration::from_secs(60),
-        credential_ttl: Duration::from_secs(60),
-        binary: mayfly_tests::mayfly_bin(),
-    };
+    let selection =
+        mayfly_tests::local_selection(serde_json::json!({ "bootstrap_limit": "60s", "credential_ttl": "60s" }));
+    let provider = ProviderHandle::select(&selection).unwrap();
     let clock = ManualClock::new(mayfly_core::policy::SystemClock.now());
     let moving = clock.clone();
     let result = bootstrap(&spec, &ReadyTask { component: wasm, sha256: sha }, None, &provider, &clock, &mut |step| {

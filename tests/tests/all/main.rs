@@ -6,5 +6,6 @@ mod cache;
 mod cli;
 mod cluster;
 mod load;
+mod plugins;
 mod sandbox;
 mod tasks;

@@ -1,0 +1,443 @@
+//! The plugin loader: provider plugins are `cdylib`s loaded with libloading
+//! and driven through the C ABI of [`mayfly_provider_api::abi`].
+//!
+//! Before anything in a library is called, its header is read and checked:
+//! the magic, the ABI major (equal), the minor (not newer), the function
+//! table's size (not smaller than this host's). A file or directory that
+//! other users can write is refused before it is opened. Libraries are never
+//! unloaded. Every call completes through a callback and is bounded by a
+//! timeout; a panic in the plugin comes back as an error naming the plugin.
+//!
+//! This module and the compile cache's `Component::deserialize` are the only
+//! `unsafe` code in core; each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::os::unix::fs::MetadataExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use mayfly_provider_api::abi::{
+    ABI_MAJOR, ABI_MINOR, Buf, Done, FnTable, HEADER_SYMBOL, HostTable, MAGIC, STATUS_ERROR, STATUS_OK,
+};
+use mayfly_provider_api::{
+    BootstrapReply, BootstrapRequest, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level,
+    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, async_trait,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::provider::CoreHost;
+
+/// Why a plugin could not be loaded; names the plugin's file.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {}: {message}", path.display())]
+pub struct PluginError {
+    /// The plugin's file.
+    pub path: PathBuf,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl PluginError {
+    /// An error about the plugin at `path`.
+    pub fn new(path: &Path, message: impl Into<String>) -> Self {
+        PluginError { path: path.to_owned(), message: message.into() }
+    }
+}
+
+/// The header as this host reads it: the table as a raw pointer, since a
+/// broken plugin may leave it null.
+#[repr(C)]
+struct RawHeader {
+    magic: u64,
+    abi_major: u32,
+    abi_minor: u32,
+    table: *const FnTable,
+}
+
+/// A loaded library's checked function table.
+#[derive(Debug, Clone, Copy)]
+struct Library {
+    table: FnTable,
+}
+
+fn loaded() -> &'static Mutex<HashMap<PathBuf, Library>> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Library>>> = OnceLock::new();
+    LOADED.get_or_init(Default::default)
+}
+
+/// Refuses a file or directory that someone other than its owner (this user
+/// or root) can write: whoever can write it can run code as this user.
+fn check_permissions(path: &Path) -> Result<(), String> {
+    let me = nix::unistd::getuid().as_raw();
+    let mut checked = Vec::new();
+    checked.push(path.to_owned());
+    if let Some(dir) = path.parent() {
+        checked.push(dir.to_owned());
+    }
+    for p in checked {
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let what = if meta.is_dir() { "directory" } else { "file" };
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "refused: the {what} {} is writable by other users (mode {:o}); `chmod go-w` it",
+                p.display(),
+                meta.mode() & 0o777
+            ));
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!(
+                "refused: the {what} {} belongs to another user (uid {}), not to you (uid {me}) or root",
+                p.display(),
+                meta.uid()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens (once per process) and checks the plugin library at `path`.
+fn open(path: &Path) -> Result<Library, PluginError> {
+    let err = |m: String| PluginError::new(path, m);
+    let canonical = path.canonicalize().map_err(|e| err(format!("cannot open it: {e}")))?;
+    let mut map = loaded().lock().map_err(|_| err("the plugin registry is poisoned".into()))?;
+    if let Some(lib) = map.get(&canonical) {
+        return Ok(*lib);
+    }
+    if !canonical.is_file() {
+        return Err(err("not a file".into()));
+    }
+    check_permissions(&canonical).map_err(err)?;
+    // SAFETY: loading a library runs its initialisers. The file passed the
+    // permission check, so only its owner (this user or root) could have put
+    // code there; running it is what loading a provider means.
+    let lib =
+        unsafe { libloading::Library::new(&canonical) }.map_err(|e| err(format!("not a loadable library ({e})")))?;
+    // SAFETY: the symbol is only read as an address here; its contents are
+    // read below as a `RawHeader`, whose every bit pattern is valid.
+    let header: *const RawHeader = unsafe { lib.get::<*const RawHeader>(HEADER_SYMBOL) }
+        .map(|s| *s)
+        .map_err(|_| err("not a mayfly provider plugin: it has no `mayfly_provider_header` symbol".into()))?;
+    if header.is_null() {
+        return Err(err("its header symbol is null".into()));
+    }
+    // SAFETY: a non-null exported data symbol of at least a header's size,
+    // as any library exporting this symbol name promises; all fields are
+    // plain integers or a raw pointer, so any bytes are a valid value.
+    let h = unsafe { std::ptr::read(header) };
+    if h.magic != MAGIC {
+        return Err(err(format!(
+            "its header has the wrong magic value ({:#018x}, expected {MAGIC:#018x}): not a mayfly provider plugin",
+            h.magic
+        )));
+    }
+    if h.abi_major != ABI_MAJOR {
+        return Err(err(format!(
+            "it was built for plugin ABI {}.{}, and this mayfly speaks ABI {ABI_MAJOR}.{ABI_MINOR}: rebuild the plugin against mayfly-provider-api {ABI_MAJOR}.x",
+            h.abi_major, h.abi_minor
+        )));
+    }
+    if h.abi_minor > ABI_MINOR {
+        return Err(err(format!(
+            "it was built for plugin ABI {}.{}, newer than this mayfly's {ABI_MAJOR}.{ABI_MINOR}: upgrade mayfly",
+            h.abi_major, h.abi_minor
+        )));
+    }
+    if h.table.is_null() {
+        return Err(err("its function table is null".into()));
+    }
+    // SAFETY: the table starts with its size, a usize, whatever its version;
+    // only that field is read before the size is checked.
+    let size = unsafe { std::ptr::read(std::ptr::addr_of!((*h.table).size)) };
+    if size < std::mem::size_of::<FnTable>() {
+        return Err(err(format!(
+            "its function table is {size} bytes, smaller than the {} this mayfly needs: the plugin is broken or from an unreleased ABI",
+            std::mem::size_of::<FnTable>()
+        )));
+    }
+    // SAFETY: the table is at least as large as this host's `FnTable`, and
+    // the ABI says its prefix has that layout.
+    let table = unsafe { std::ptr::read(h.table) };
+    // Libraries are never unloaded: plugin threads and callbacks may outlive
+    // any handle to them.
+    std::mem::forget(lib);
+    let library = Library { table };
+    map.insert(canonical, library);
+    Ok(library)
+}
+
+/// What a call's completion sends back: status and body.
+type Answer = (u32, Vec<u8>);
+
+/// Completes a call started by [`PluginProvider::call`]: `ctx` is the boxed
+/// sender, consumed here.
+unsafe extern "C" fn call_done(ctx: *mut c_void, status: u32, body: Buf) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if ctx.is_null() {
+            return;
+        }
+        // SAFETY: `ctx` is the `Box<Sender>` made in `call`, and the ABI says a
+        // call completes exactly once.
+        let tx = unsafe { Box::from_raw(ctx.cast::<tokio::sync::oneshot::Sender<Answer>>()) };
+        // SAFETY: the plugin lends `body` for the length of this callback; it is copied.
+        let _ = tx.send((status, unsafe { body.as_slice() }.to_vec()));
+    }));
+}
+
+unsafe extern "C" fn host_log(ctx: *const c_void, level: u32, message: Buf) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the leaked `Arc<CoreHost>` of this host table, alive forever.
+        let host = unsafe { &*ctx.cast::<CoreHost>() };
+        // SAFETY: the plugin lends `message` for this call.
+        let text = String::from_utf8_lossy(unsafe { message.as_slice() });
+        host.write_log(Level::from_u32(level), &text);
+    }));
+}
+
+unsafe extern "C" fn host_bootstrap(ctx: *const c_void, request: Buf, done: Done, done_ctx: *mut c_void) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the leaked `Arc<CoreHost>` of this host table, alive forever.
+        let host = unsafe { &*ctx.cast::<CoreHost>() };
+        // SAFETY: the plugin lends `request` for this call.
+        let bytes = unsafe { request.as_slice() };
+        let request: BootstrapRequest = serde_json::from_slice(bytes).map_err(|e| {
+            ProviderError::new("host", ErrorKind::Protocol, format!("malformed bootstrap request: {e}"))
+        })?;
+        host.bootstrap_blocking(&request)
+    }));
+    let (status, body) = match outcome {
+        Ok(Ok(reply)) => (STATUS_OK, serde_json::to_vec(&reply).unwrap_or_default()),
+        Ok(Err(e)) => (STATUS_ERROR, serde_json::to_vec(&e).unwrap_or_default()),
+        Err(_) => {
+            let e = ProviderError::new("host", ErrorKind::Panic, "mayfly's bootstrap panicked; see the log");
+            (STATUS_ERROR, serde_json::to_vec(&e).unwrap_or_default())
+        }
+    };
+    // SAFETY: the plugin passes a callback and context valid until called,
+    // once; `body` outlives the call.
+    unsafe { done(done_ctx, status, Buf::of(&body)) }
+}
+
+/// The host table handed to plugins: leaked, so it outlives every plugin thread.
+fn host_table(host: Arc<CoreHost>) -> &'static HostTable {
+    let ctx: *const c_void = Arc::into_raw(host).cast();
+    Box::leak(Box::new(HostTable {
+        size: std::mem::size_of::<HostTable>(),
+        ctx,
+        log: host_log,
+        bootstrap: host_bootstrap,
+    }))
+}
+
+/// An instance pointer the plugin made; the ABI lets it be used from any thread.
+#[derive(Debug)]
+struct Instance(*mut c_void);
+// SAFETY: the ABI requires instances to be callable from any thread at once.
+unsafe impl Send for Instance {}
+// SAFETY: as above.
+unsafe impl Sync for Instance {}
+
+/// A provider loaded from a plugin; implements the same trait as a built-in one.
+#[derive(Debug)]
+pub struct PluginProvider {
+    path: PathBuf,
+    table: FnTable,
+    instance: Instance,
+    info: ProviderInfo,
+    timeout: Duration,
+}
+
+impl Drop for PluginProvider {
+    fn drop(&mut self) {
+        // SAFETY: the instance came from this table's `create` and is destroyed once.
+        unsafe { (self.table.destroy)(self.instance.0) }
+    }
+}
+
+impl PluginProvider {
+    /// Loads the plugin at `path` and creates its provider with `settings`.
+    pub fn load(
+        path: &Path,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        host: Arc<CoreHost>,
+        timeout: Duration,
+    ) -> Result<PluginProvider, PluginError> {
+        let lib = open(path)?;
+        let err = |m: String| PluginError::new(path, m);
+        let json = serde_json::to_vec(settings).map_err(|e| err(e.to_string()))?;
+        let table = host_table(host);
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<Answer>();
+        let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
+        // SAFETY: `create` is the checked table's; the settings are lent for the
+        // call; the host table lives forever; `ctx` is completed once by
+        // `call_done` (the ABI says before `create` returns; later is harmless).
+        let instance = unsafe { (lib.table.create)(Buf::of(&json), table, call_done, ctx) };
+        let (status, body) = rx.try_recv().map_err(|_| err("its `create` returned without answering".into()))?;
+        match status {
+            STATUS_OK if !instance.is_null() => {
+                let info: ProviderInfo = serde_json::from_slice(&body)
+                    .map_err(|e| err(format!("malformed JSON from its `create` ({e}): {}", preview(&body))))?;
+                Ok(PluginProvider {
+                    path: path.to_owned(),
+                    table: lib.table,
+                    instance: Instance(instance),
+                    info,
+                    timeout,
+                })
+            }
+            STATUS_OK => Err(err("its `create` answered but returned no instance".into())),
+            STATUS_ERROR => Err(err(match serde_json::from_slice::<ProviderError>(&body) {
+                Ok(e) => e.to_string(),
+                Err(e) => format!("its `create` failed with a malformed error ({e}): {}", preview(&body)),
+            })),
+            _ => Err(err(format!("it panicked in `create`: {}", String::from_utf8_lossy(&body)))),
+        }
+    }
+
+    /// The plugin's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, kind: ErrorKind, message: String) -> ProviderError {
+        ProviderError::new(self.info.name.clone(), kind, format!("{message} (plugin {})", self.path.display()))
+    }
+
+    /// Calls `method` with `request`, waiting at most `timeout`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: &impl Serialize,
+        timeout: Option<Duration>,
+    ) -> Result<T, ProviderError> {
+        let json = serde_json::to_vec(request).map_err(|e| self.fail(ErrorKind::Protocol, e.to_string()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
+        let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
+        // SAFETY: `call` is the checked table's and the instance its own; the
+        // method and request are lent for the call; `ctx` is completed once by
+        // `call_done` (if the plugin never completes it, the box leaks).
+        unsafe { (self.table.call)(self.instance.0, Buf::of(method.as_bytes()), Buf::of(&json), call_done, ctx) };
+        let answer = match timeout {
+            Some(t) => tokio::time::timeout(t, rx).await.map_err(|_| {
+                self.fail(
+                    ErrorKind::Timeout,
+                    format!("`{method}` did not answer within {}", crate::units::HumanDuration(t)),
+                )
+            })?,
+            None => rx.await,
+        };
+        let (status, body) =
+            answer.map_err(|_| self.fail(ErrorKind::Protocol, format!("`{method}` was dropped without an answer")))?;
+        match status {
+            STATUS_OK => serde_json::from_slice(&body).map_err(|e| {
+                self.fail(ErrorKind::Protocol, format!("malformed JSON from `{method}` ({e}): {}", preview(&body)))
+            }),
+            STATUS_ERROR => Err(serde_json::from_slice::<ProviderError>(&body).unwrap_or_else(|e| {
+                self.fail(
+                    ErrorKind::Protocol,
+                    format!("`{method}` failed with a malformed error ({e}): {}", preview(&body)),
+                )
+            })),
+            _ => {
+                Err(self
+                    .fail(ErrorKind::Panic, format!("it panicked in `{method}`: {}", String::from_utf8_lossy(&body))))
+            }
+        }
+    }
+
+    /// Adapts an entrypoint event and bootstraps it through the host callback.
+    pub async fn invoke(&self, event: serde_json::Value) -> Result<BootstrapReply, ProviderError> {
+        let limit = Duration::from_millis(self.info.limits.bootstrap_limit_ms) + self.timeout;
+        self.call("invoke", &event, Some(limit)).await
+    }
+}
+
+fn preview(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let cut: String = text.chars().take(80).collect();
+    if cut.len() < text.len() { format!("{cut:?}...") } else { format!("{cut:?}") }
+}
+
+#[async_trait]
+impl Provider for PluginProvider {
+    fn create(settings: Settings, _host: Arc<dyn Host>) -> Result<Self, ProviderError> {
+        Err(ProviderError::new(
+            settings.provider(),
+            ErrorKind::Unsupported,
+            "a plugin is made by the loader (PluginProvider::load), not by create",
+        ))
+    }
+
+    fn info(&self) -> ProviderInfo {
+        self.info.clone()
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        self.call("launch", &request, Some(self.timeout)).await
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        self.call("list", &request, Some(self.timeout)).await
+    }
+
+    async fn terminate(&self, request: TerminateRequest) -> Result<(), ProviderError> {
+        let t = self.timeout + Duration::from_millis(request.grace_ms);
+        self.call("terminate", &request, Some(t)).await
+    }
+
+    async fn identify(&self) -> Result<Option<NodeInfo>, ProviderError> {
+        self.call("identify", &(), Some(self.timeout)).await
+    }
+
+    async fn terminate_self(&self) -> Result<(), ProviderError> {
+        self.call("terminate_self", &(), Some(self.timeout)).await
+    }
+
+    async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
+        self.call("credentials", &request, Some(self.timeout)).await
+    }
+
+    async fn object_store(&self, url: String) -> Result<StoreConfig, ProviderError> {
+        self.call("object_store", &url, Some(self.timeout)).await
+    }
+
+    async fn adapt_event(
+        &self,
+        event: serde_json::Value,
+    ) -> Result<mayfly_provider_api::BootstrapRequest, ProviderError> {
+        self.call("adapt_event", &event, Some(self.timeout)).await
+    }
+
+    async fn serve(&self) -> Result<(), ProviderError> {
+        self.call("serve", &(), None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_and_directories_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("libmayfly_provider_x.so");
+        std::fs::write(&file, b"not a library").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_permissions(&file).unwrap_err();
+        assert!(e.contains("the file") && e.contains("writable by other users (mode 666)"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_permissions(&file).unwrap_err();
+        assert!(e.contains("the directory") && e.contains("(mode 777)"), "{e}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_permissions(&file).is_ok());
+        let e = open(&file).unwrap_err().to_string();
+        assert!(e.contains("libmayfly_provider_x.so: not a loadable library"), "{e}");
+    }
+}

@@ -1,0 +1,378 @@
+//! # mayfly-provider-api
+//!
+//! What a platform must do for mayfly, and how a provider built as its own
+//! dynamic library is loaded by the `mayfly` binary at run time.
+//!
+//! A provider implements [`Provider`]: it declares numbers (its bootstrap
+//! limit, its credential lifetime, the URL schemes its object store serves) and
+//! performs actions (launch, list, terminate nodes; identify and end the node it
+//! runs on; issue credentials; turn its serverless entrypoint's event into a
+//! bootstrap request). Every decision — the four rules — is made in mayfly's
+//! core, the same way for every provider.
+//!
+//! One line turns a provider into a plugin:
+//!
+//! ```ignore
+//! mayfly_provider_api::export_provider!(MyProvider);
+//! ```
+//!
+//! The crate-type must be `cdylib`; the plugin depends on this crate only, never
+//! on mayfly's core or on wasmtime. See [`abi`] for what crosses the library
+//! boundary, and the `conformance` feature for the suite every provider passes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod abi;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod settings;
+
+pub use async_trait::async_trait;
+pub use settings::{Settings, parse_duration};
+
+/// Milliseconds since the Unix epoch (or a span in milliseconds).
+pub type Millis = u64;
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A node's role in a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Owns the ledger.
+    Master,
+    /// Runs tasks.
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// A node to launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Its name within the job (`master`, `worker-1`, ...).
+    pub node: String,
+    /// Its role.
+    pub role: Role,
+    /// The arguments the node runs the `mayfly` binary with (after the
+    /// program name), e.g. `node --role worker --job J --node worker-1 --dir D`.
+    pub args: Vec<String>,
+}
+
+/// Nodes to launch for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchRequest {
+    /// The job id (a tag on every resource).
+    pub job: String,
+    /// The job's state location (a path or URL).
+    pub state: String,
+    /// The job's absolute deadline, stamped on every node.
+    pub expires_at: Millis,
+    /// The nodes.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A node as its provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its name within the job.
+    pub node: String,
+    /// Its role.
+    pub role: Role,
+    /// The job.
+    pub job: String,
+    /// The provider's own id for it (a process id, an instance id, ...).
+    pub id: String,
+    /// The job's deadline, as stamped on the node.
+    pub expires_at: Millis,
+    /// When it was launched.
+    pub launched_at: Millis,
+}
+
+/// Which nodes to list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// One job's nodes, or (`None`) every node of every job, for the reaper.
+    pub job: Option<String>,
+    /// With a job: its state location. Without: the state root its jobs are under.
+    pub state: String,
+}
+
+/// Nodes to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateRequest {
+    /// The nodes, as `launch` or `list` returned them.
+    pub nodes: Vec<NodeInfo>,
+    /// How long they may take to end on their own before they are forced.
+    pub grace_ms: u64,
+}
+
+/// Credentials for one node of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRequest {
+    /// The job.
+    pub job: String,
+    /// The job's state location.
+    pub state: String,
+    /// The node.
+    pub node: String,
+}
+
+/// When a credential is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    /// When it was issued.
+    pub issued_at: Millis,
+    /// When it stops working.
+    pub expires_at: Millis,
+}
+
+/// A credential with its validity window. Its secret is never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// The node it was issued to.
+    pub node: String,
+    /// The secret.
+    pub secret: String,
+    /// When it is valid.
+    pub validity: Validity,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("node", &self.node)
+            .field("secret", &"<redacted>")
+            .field("validity", &self.validity)
+            .finish()
+    }
+}
+
+/// The numbers a provider declares; core's rules decide with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// How long its bootstrap may run (Lambda 900 s, Functions 300-600 s, ...).
+    pub bootstrap_limit_ms: u64,
+    /// How long the credentials it issues live.
+    pub credential_ttl_ms: u64,
+    /// The most nodes one job may have.
+    pub max_nodes: u32,
+}
+
+impl Limits {
+    /// The bootstrap limit as a duration.
+    pub fn bootstrap_limit(&self) -> Duration {
+        Duration::from_millis(self.bootstrap_limit_ms)
+    }
+
+    /// The credential lifetime as a duration.
+    pub fn credential_ttl(&self) -> Duration {
+        Duration::from_millis(self.credential_ttl_ms)
+    }
+}
+
+/// What a provider can do besides the required actions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The serverless entrypoint it serves with [`Provider::serve`] (`aws-lambda`, ...), if any.
+    pub entrypoint: Option<String>,
+}
+
+/// What a provider declares about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// Its name (`local`, `aws`, ...), as a job's `[provider] name` selects it.
+    pub name: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// Its capabilities.
+    pub capabilities: Capabilities,
+    /// The URL schemes its object store serves (`file`, `s3`, `az`, ...).
+    pub schemes: Vec<String>,
+}
+
+/// How to reach the object store behind one URL: options in the `object_store`
+/// crate's vocabulary (endpoint, region, ...). Never secrets: a node obtains
+/// its own credentials with [`Provider::credentials`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// The URL's scheme.
+    pub scheme: String,
+    /// Builder options.
+    pub options: BTreeMap<String, String>,
+}
+
+/// A request to bootstrap a job: what a serverless event carries once a
+/// provider has adapted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRequest {
+    /// The job file's text (TOML).
+    pub job: String,
+    /// The directory relative paths in the job file are resolved against.
+    pub base_dir: Option<String>,
+    /// Overrides, as the `MAYFLY_*` environment variables name them
+    /// (`MAYFLY_JOB_ID`, `MAYFLY_INPUT`, `MAYFLY_WORKERS`, ...).
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// What a bootstrap did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapReply {
+    /// The job id.
+    pub job: String,
+    /// The job's state location.
+    pub state: String,
+    /// The shards planned.
+    pub shards: u64,
+    /// The nodes launched.
+    pub nodes: Vec<NodeInfo>,
+    /// The job's deadline.
+    pub expires_at: Millis,
+}
+
+/// What kind of failure a [`ProviderError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The provider's settings are wrong.
+    Config,
+    /// The platform refused or failed; trying again may help.
+    Unavailable,
+    /// The provider does not do this.
+    Unsupported,
+    /// A bootstrap would not fit in the provider's time limit.
+    OverBudget,
+    /// The call did not finish in time.
+    Timeout,
+    /// The plugin panicked.
+    Panic,
+    /// The plugin broke the ABI's protocol (a malformed message, ...).
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+/// A provider failure, naming the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("provider {provider}: {message}")]
+pub struct ProviderError {
+    /// The provider.
+    pub provider: String,
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// A failure of `provider`.
+    pub fn new(provider: impl Into<String>, kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProviderError { provider: provider.into(), kind, message: message.into() }
+    }
+}
+
+/// How loud a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Something failed.
+    Error = 0,
+    /// Something is wrong but work goes on.
+    Warn = 1,
+    /// What happened.
+    Info = 2,
+    /// Detail.
+    Debug = 3,
+}
+
+impl Level {
+    /// The level for its number on the ABI (unknown numbers are `Info`).
+    pub fn from_u32(n: u32) -> Level {
+        match n {
+            0 => Level::Error,
+            1 => Level::Warn,
+            3 => Level::Debug,
+            _ => Level::Info,
+        }
+    }
+}
+
+/// What core offers a provider: its log, and its bootstrap, so a provider can
+/// serve its platform's serverless entrypoint without depending on core.
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// Writes a line to the log of the process the provider runs in.
+    fn log(&self, level: Level, message: &str);
+    /// Bootstraps a job with the provider that calls it.
+    async fn bootstrap(&self, request: BootstrapRequest) -> Result<BootstrapReply, ProviderError>;
+}
+
+/// What a platform must do for mayfly.
+///
+/// Every method is called from core's async runtime (built in) or from the
+/// plugin's own runtime (loaded), possibly from several threads at once.
+/// Actions must be idempotent where they can be: `terminate` of a node that is
+/// already gone succeeds.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider configured with a job's `[provider]` keys (besides
+    /// `name` and `path`). Unknown keys must be refused by name
+    /// ([`Settings::finish`] does it).
+    fn create(settings: Settings, host: Arc<dyn Host>) -> Result<Self, ProviderError>
+    where
+        Self: Sized;
+
+    /// Its name, limits, capabilities and URL schemes.
+    fn info(&self) -> ProviderInfo;
+
+    /// Launches nodes, tagged with the job and its deadline. On failure, it
+    /// ends whatever this call started before it returns.
+    async fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError>;
+
+    /// The nodes still running (ended nodes are not listed).
+    async fn list(&self, request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError>;
+
+    /// Ends nodes — deleted, not stopped — forcing those still there after
+    /// the grace period. Returns once they are gone.
+    async fn terminate(&self, request: TerminateRequest) -> Result<(), ProviderError>;
+
+    /// The node this process runs on, if it runs on one of this provider's nodes.
+    async fn identify(&self) -> Result<Option<NodeInfo>, ProviderError>;
+
+    /// Ends the node this process runs on. Core calls it last, after the
+    /// node's logs are flushed, and exits right after it returns.
+    async fn terminate_self(&self) -> Result<(), ProviderError>;
+
+    /// Fresh credentials for a node, with their expiry.
+    async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError>;
+
+    /// How to reach the object store behind `url` (one of its schemes).
+    async fn object_store(&self, url: String) -> Result<StoreConfig, ProviderError>;
+
+    /// Turns an event of its serverless entrypoint into a bootstrap request.
+    async fn adapt_event(&self, event: serde_json::Value) -> Result<BootstrapRequest, ProviderError>;
+
+    /// Runs its serverless entrypoint's loop (the Lambda Runtime API, a
+    /// Functions custom handler), calling [`Host::bootstrap`] for each event.
+    /// Returns when the platform says the function is ending.
+    async fn serve(&self) -> Result<(), ProviderError> {
+        Err(ProviderError::new(self.info().name, ErrorKind::Unsupported, "this provider has no serverless entrypoint"))
+    }
+}

@@ -1,0 +1,112 @@
+//! A provider that misbehaves on purpose, as `[provider] mode` says:
+//! `panic` (every call panics), `hang` (every call waits forever), `ok`
+//! (every call answers at once: the ABI benchmark's no-op provider), or
+//! `panic-in-create`.
+
+use std::sync::Arc;
+
+use mayfly_provider_api::{
+    BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Limits, ListRequest,
+    NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, Validity, async_trait,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ok,
+    Panic,
+    Hang,
+}
+
+/// The misbehaving provider.
+#[derive(Debug)]
+pub struct Faulty {
+    mode: Mode,
+}
+
+impl Faulty {
+    async fn misbehave(&self, method: &str) {
+        match self.mode {
+            Mode::Ok => {}
+            Mode::Panic => panic!("faulty provider: {method} panics on purpose"),
+            Mode::Hang => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Faulty {
+    fn create(settings: Settings, _host: Arc<dyn Host>) -> Result<Self, ProviderError> {
+        let mut s = settings.named("faulty");
+        let mode = match s.string("mode")?.as_deref() {
+            None | Some("ok") => Mode::Ok,
+            Some("panic") => Mode::Panic,
+            Some("hang") => Mode::Hang,
+            Some("panic-in-create") => panic!("faulty provider: create panics on purpose"),
+            Some(other) => {
+                return Err(ProviderError::new(
+                    "faulty",
+                    ErrorKind::Config,
+                    format!("`provider.mode`: unknown mode {other:?} (expected ok, panic, hang, panic-in-create)"),
+                ));
+            }
+        };
+        s.finish()?;
+        Ok(Faulty { mode })
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            name: "faulty".into(),
+            limits: Limits { bootstrap_limit_ms: 60_000, credential_ttl_ms: 60_000, max_nodes: 16 },
+            capabilities: Capabilities::default(),
+            schemes: vec!["file".into()],
+        }
+    }
+
+    async fn launch(&self, _request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        self.misbehave("launch").await;
+        Ok(Vec::new())
+    }
+
+    async fn list(&self, _request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        self.misbehave("list").await;
+        Ok(Vec::new())
+    }
+
+    async fn terminate(&self, _request: TerminateRequest) -> Result<(), ProviderError> {
+        self.misbehave("terminate").await;
+        Ok(())
+    }
+
+    async fn identify(&self) -> Result<Option<NodeInfo>, ProviderError> {
+        self.misbehave("identify").await;
+        Ok(None)
+    }
+
+    async fn terminate_self(&self) -> Result<(), ProviderError> {
+        self.misbehave("terminate_self").await;
+        Ok(())
+    }
+
+    async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
+        self.misbehave("credentials").await;
+        let now = mayfly_provider_api::now_ms();
+        Ok(Credential {
+            node: request.node,
+            secret: "faulty".into(),
+            validity: Validity { issued_at: now, expires_at: now + 60_000 },
+        })
+    }
+
+    async fn object_store(&self, _url: String) -> Result<StoreConfig, ProviderError> {
+        self.misbehave("object_store").await;
+        Ok(StoreConfig { scheme: "file".into(), options: Default::default() })
+    }
+
+    async fn adapt_event(&self, _event: serde_json::Value) -> Result<BootstrapRequest, ProviderError> {
+        self.misbehave("adapt_event").await;
+        Err(ProviderError::new("faulty", ErrorKind::Unsupported, "no events"))
+    }
+}
+
+mayfly_provider_api::export_provider!(Faulty);

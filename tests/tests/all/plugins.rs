@@ -1,0 +1,304 @@
+//! Provider plugins: the conformance suite on the built-in local provider, on
+//! the same provider loaded through the C ABI, and on the template plugin
+//! built outside the workspace; a job end to end through a loaded plugin; and
+//! every way a library can be a bad plugin.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mayfly_core::conformance::Kit;
+use mayfly_core::provider::{ErrorKind, NodeInfo, Provider, ProviderHandle, Selection};
+use mayfly_provider_api::BootstrapRequest;
+use mayfly_provider_api::conformance::{Backend, Core, assert_conforms};
+use mayfly_tests::cluster::{TestJob, inputs};
+use mayfly_tests::{component, mayfly_bin, plugin, scratch};
+
+const WORDCOUNT: &str = "tasks/wordcount";
+
+/// The local provider's plugin library.
+fn local_plugin() -> PathBuf {
+    plugin("mayfly-provider-local-plugin", &[])
+}
+
+/// Where a provider keeps the record of a node, given the state root.
+type IdentityOf = Box<dyn Fn(&Path, &NodeInfo) -> PathBuf + Send + Sync>;
+
+/// A provider under test, selected as a job's `[provider]` section would.
+struct Selected {
+    section: serde_json::Map<String, serde_json::Value>,
+    root: PathBuf,
+    /// The settings key that tells a provider which node it is on, and that
+    /// node's record under the job's state or the provider's registry.
+    identity: IdentityOf,
+}
+
+impl Selected {
+    fn selection(&self, extra: Option<(&str, String)>) -> Selection {
+        let mut s = Selection { name: None, ..Default::default() };
+        for (key, value) in &self.section {
+            match (key.as_str(), value.as_str()) {
+                ("name", Some(v)) => s.name = Some(v.to_owned()),
+                ("path", Some(v)) => s.path = Some(PathBuf::from(v)),
+                _ => {
+                    s.settings.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if let Some((key, value)) = extra {
+            s.settings.insert(key.into(), value.into());
+        }
+        s
+    }
+}
+
+impl Backend for Selected {
+    fn provider(&self) -> Arc<dyn Provider> {
+        ProviderHandle::select(&self.selection(None)).unwrap().provider()
+    }
+
+    fn on_node(&self, node: &NodeInfo) -> Arc<dyn Provider> {
+        let identity = (self.identity)(&self.root, node).to_string_lossy().into_owned();
+        ProviderHandle::select(&self.selection(Some(("identity", identity)))).unwrap().provider()
+    }
+
+    fn section(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.section.clone()
+    }
+
+    fn state_root(&self) -> String {
+        self.root.to_string_lossy().into_owned()
+    }
+
+    fn idle_node_args(&self) -> Vec<String> {
+        vec!["idle".into(), "--for".into(), "5m".into()]
+    }
+
+    fn event(&self, request: &BootstrapRequest) -> serde_json::Value {
+        serde_json::json!({ "job": request.job, "base_dir": request.base_dir, "overrides": request.overrides })
+    }
+}
+
+fn local(name: &str, how: serde_json::Value) -> (Selected, Kit) {
+    let dir = scratch(name);
+    let mut section = serde_json::json!({
+        "binary": mayfly_bin(),
+        "credential_ttl": "4s",
+        "bootstrap_limit": "30s",
+    });
+    section.as_object_mut().unwrap().extend(how.as_object().unwrap().clone());
+    let backend = Selected {
+        section: section.as_object().unwrap().clone(),
+        root: dir.join("state"),
+        identity: Box::new(|root, n| root.join(&n.job).join("nodes").join(format!("{}.json", n.node))),
+    };
+    (backend, Kit::new(&dir.join("jobs"), &component(WORDCOUNT)))
+}
+
+#[test]
+fn the_built_in_local_provider_conforms() {
+    let (backend, kit) = local("conform-local", serde_json::json!({ "name": "local" }));
+    assert!(!ProviderHandle::select(&backend.selection(None)).unwrap().is_plugin());
+    assert_conforms(&backend, &kit);
+}
+
+#[test]
+fn the_local_provider_loaded_as_a_plugin_conforms() {
+    let (backend, kit) = local("conform-local-plugin", serde_json::json!({ "path": local_plugin() }));
+    assert!(ProviderHandle::select(&backend.selection(None)).unwrap().is_plugin());
+    assert_conforms(&backend, &kit);
+}
+
+/// Builds the template as its author would: on its own, outside the workspace.
+fn template_plugin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = mayfly_tests::target_dir().join("template");
+            let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.args(["build", "--locked", "--manifest-path"])
+                .arg(mayfly_tests::root().join("providers/template/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target);
+            assert!(cmd.status().unwrap().success(), "building providers/template failed");
+            target.join("debug").join("libmayfly_provider_template.so")
+        })
+        .clone()
+}
+
+#[test]
+fn the_template_plugin_built_outside_the_workspace_conforms() {
+    let dir = scratch("conform-template");
+    let registry = dir.join("registry");
+    let section = serde_json::json!({
+        "path": template_plugin(),
+        "binary": mayfly_bin(),
+        "registry": registry,
+        "credential_ttl": "4s",
+    });
+    let backend = Selected {
+        section: section.as_object().unwrap().clone(),
+        root: dir.join("state"),
+        identity: Box::new(move |_, n| registry.join(&n.job).join(format!("{}.json", n.node))),
+    };
+    assert_conforms(&backend, &Kit::new(&dir.join("jobs"), &component(WORDCOUNT)));
+}
+
+#[test]
+fn a_job_runs_end_to_end_on_a_plugin_loaded_by_path() {
+    let files = inputs(8, 3000);
+    let job = TestJob::new("plugin-e2e", &files);
+    let extra = format!(
+        "[provider]\npath = {:?}\ncredential_ttl = \"3s\"\n\n[cluster]\nworkers = 2\n",
+        local_plugin().to_string_lossy()
+    );
+    job.write_job(WORDCOUNT, "{ mode = \"map\" }", &extra);
+    let out = job.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("8 shards committed, 0 failed") || stdout.contains("shards committed, 0 failed"),
+        "{stdout}"
+    );
+    // Every node made the provider from the manifest: the plugin, by path.
+    let manifest: mayfly_core::job::Manifest = mayfly_core::job::read_json(&job.state().join("manifest.json")).unwrap();
+    assert_eq!(manifest.provider.path.as_deref(), Some(local_plugin().as_path()));
+    for node in ["master", "worker-1", "worker-2"] {
+        assert!(job.log(node).contains("ended") || job.log(node).contains("ending"), "{node}: {}", job.log(node));
+    }
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn an_event_bootstraps_through_the_plugins_call_back_into_core() {
+    let (backend, kit) = local("plugin-invoke", serde_json::json!({ "path": local_plugin() }));
+    let handle = ProviderHandle::select(&backend.selection(None)).unwrap();
+    let request = kit.job_request("invoked", &backend.state_root(), &backend.section()).unwrap();
+    // The plugin adapts the event, then calls core's bootstrap through the host table.
+    let reply = handle.invoke(backend.event(&request)).unwrap();
+    assert_eq!(reply.job, "invoked");
+    assert!(reply.nodes.len() == 3 && reply.shards > 0, "{reply:?}");
+    kit.wait(&reply, Duration::from_secs(120)).unwrap();
+    // A bad event is refused by the plugin, not by a crash.
+    let e = handle.invoke(serde_json::json!({ "nothing": 1 })).unwrap_err();
+    assert!(e.message.contains("expected a JSON object with `job` or `job_file`"), "{e}");
+    // A job file the host refuses comes back as the host's error.
+    let bad = serde_json::json!({ "job": "[job]\nname = 7\n", "base_dir": "/tmp" });
+    let e = handle.invoke(bad).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    assert!(e.message.contains("job.toml"), "{e}");
+}
+
+fn select_path(path: &Path, settings: serde_json::Value, timeout_ms: Option<u64>) -> Result<ProviderHandle, String> {
+    let settings = settings.as_object().cloned().unwrap_or_default();
+    ProviderHandle::select(&Selection { name: None, path: Some(path.to_owned()), timeout_ms, settings })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn libraries_that_are_not_good_plugins_are_refused_by_name() {
+    let dir = scratch("bad-plugins");
+    let text = dir.join("libmayfly_provider_text.so");
+    std::fs::write(&text, "not a library").unwrap();
+    let e = select_path(&text, serde_json::json!({}), None).unwrap_err();
+    assert!(e.starts_with(&format!("plugin {}: not a loadable library", text.display())), "{e}");
+
+    let cases: [(&str, &str); 5] = [
+        ("no-header", "not a mayfly provider plugin: it has no `mayfly_provider_header` symbol"),
+        ("wrong-magic", "its header has the wrong magic value (0x0bad0bad0bad0bad"),
+        ("major-next", "it was built for plugin ABI 2.0, and this mayfly speaks ABI 1.0"),
+        ("minor-next", "it was built for plugin ABI 1.7, newer than this mayfly's 1.0: upgrade mayfly"),
+        ("small-table", "its function table is 16 bytes, smaller than the 32 this mayfly needs"),
+    ];
+    for (feature, expected) in cases {
+        let lib = plugin("mayfly-test-plugin-raw", &[feature]);
+        let e = select_path(&lib, serde_json::json!({}), None).unwrap_err();
+        assert!(e.contains(&lib.display().to_string()) && e.contains(expected), "{feature}: {e}");
+    }
+}
+
+#[test]
+fn a_plugin_that_answers_malformed_json_or_never_is_an_error_not_a_hang() {
+    let lib = plugin("mayfly-test-plugin-raw", &[]);
+    let p = select_path(&lib, serde_json::json!({}), Some(1000)).unwrap();
+    assert_eq!(p.name(), "raw");
+    let e = p.list("j", Path::new("/tmp")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert!(e.message.contains("malformed JSON from `list`") && e.message.contains(&lib.display().to_string()), "{e}");
+    let e = p.terminate(&[], Duration::ZERO).unwrap_err();
+    assert!(e.message.contains("`terminate` failed with a malformed error") && e.message.contains("<html>"), "{e}");
+    let started = std::time::Instant::now();
+    let e = p.identify().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("`identify` did not answer within 1s"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The host goes on: the next call is answered.
+    assert_eq!(p.list("j", Path::new("/tmp")).unwrap_err().kind, ErrorKind::Protocol);
+}
+
+#[test]
+fn a_plugin_that_panics_or_hangs_is_reported_and_the_host_goes_on() {
+    let lib = plugin("mayfly-test-plugin-faulty", &[]);
+    let panicky = select_path(&lib, serde_json::json!({ "mode": "panic" }), None).unwrap();
+    let e = panicky.list("j", Path::new("/tmp")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Panic, "{e}");
+    assert!(e.message.contains("it panicked in `list`: faulty provider: list panics on purpose"), "{e}");
+    for result in [
+        panicky.identify().map(|_| ()),
+        panicky.terminate(&[], Duration::ZERO),
+        panicky.credentials("j", Path::new("/tmp"), "worker-1").map(|_| ()),
+        panicky.terminate_self(),
+    ] {
+        assert_eq!(result.unwrap_err().kind, ErrorKind::Panic);
+    }
+    let e = select_path(&lib, serde_json::json!({ "mode": "panic-in-create" }), None).unwrap_err();
+    assert!(e.contains("it panicked in `create`: faulty provider: create panics on purpose"), "{e}");
+    let e = select_path(&lib, serde_json::json!({ "mode": "sideways" }), None).unwrap_err();
+    assert!(e.contains("`provider.mode`: unknown mode \"sideways\""), "{e}");
+
+    let hanging = select_path(&lib, serde_json::json!({ "mode": "hang" }), Some(300)).unwrap();
+    let e = hanging.launch(mayfly_core::provider::LaunchRequest {
+        job: "j".into(),
+        state: "/tmp".into(),
+        expires_at: 0,
+        nodes: vec![],
+    });
+    assert_eq!(e.unwrap_err().kind, ErrorKind::Timeout);
+    // Still the same process, still answering.
+    let fine = select_path(&lib, serde_json::json!({ "mode": "ok" }), None).unwrap();
+    assert_eq!(fine.identify().unwrap(), None);
+}
+
+#[test]
+fn a_provider_asked_for_by_name_must_be_that_provider_or_found() {
+    let e = ProviderHandle::select(&Selection {
+        name: Some("aws".into()),
+        path: Some(local_plugin()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("it is the \"local\" provider, but the job asks for \"aws\""), "{e}");
+    let e = ProviderHandle::select(&Selection { name: Some("nosuch".into()), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("provider \"nosuch\" not found") && e.contains("libmayfly_provider_nosuch.so"), "{e}");
+}
+
+#[test]
+fn a_job_file_naming_a_bad_plugin_fails_before_anything_runs() {
+    let files = inputs(2, 100);
+    let job = TestJob::new("bad-plugin-job", &files);
+    let lib = plugin("mayfly-test-plugin-raw", &["wrong-magic"]);
+    job.write_job(WORDCOUNT, "{}", &format!("[provider]\npath = {:?}\n", lib.to_string_lossy()));
+    let out = job.run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("job.toml") && stderr.contains("wrong magic value"), "{stderr}");
+    assert!(!job.state().exists(), "nothing was bootstrapped");
+    let job2 = TestJob::new("bad-plugin-setting", &files);
+    job2.write_job(WORDCOUNT, "{}", "[provider]\nname = \"local\"\ncredential_tll = \"5s\"\n");
+    let out = job2.run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("job.toml:20: ") && stderr.contains("unknown key `provider.credential_tll`"), "{stderr}");
+}

@@ -163,10 +163,11 @@ fn a_job_runs_end_to_end_on_a_plugin_loaded_by_path() {
     // Every node made the provider from the manifest: the plugin, by path.
     let manifest: mayfly_core::job::Manifest = mayfly_core::job::read_json(&job.state().join("manifest.json")).unwrap();
     assert_eq!(manifest.provider.path.as_deref(), Some(local_plugin().as_path()));
-    for node in ["master", "worker-1", "worker-2"] {
-        assert!(job.log(node).contains("ended") || job.log(node).contains("ending"), "{node}: {}", job.log(node));
-    }
     job.assert_nothing_left(Duration::from_secs(10));
+    assert!(job.log("master").contains("ended (done)"), "{}", job.log("master"));
+    for node in ["worker-1", "worker-2"] {
+        assert!(job.log(node).contains("ending: the job is done"), "{node}: {}", job.log(node));
+    }
 }
 
 #[test]
@@ -301,4 +302,18 @@ fn a_job_file_naming_a_bad_plugin_fails_before_anything_runs() {
     let out = job2.run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("job.toml:20: ") && stderr.contains("unknown key `provider.credential_tll`"), "{stderr}");
+}
+
+#[test]
+fn the_mayfly_binary_links_no_cloud_sdk() {
+    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["tree", "-p", "mayfly", "-e", "normal", "--prefix", "none"])
+        .current_dir(mayfly_tests::root())
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && tree.contains("mayfly-provider-local"), "{tree}");
+    let cloud: Vec<&str> =
+        tree.lines().filter(|l| ["aws-", "azure", "object_store"].iter().any(|p| l.starts_with(p))).collect();
+    assert!(cloud.is_empty(), "the mayfly binary links cloud crates: {cloud:?}");
 }

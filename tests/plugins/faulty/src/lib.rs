@@ -1,6 +1,7 @@
 //! A provider that misbehaves on purpose, as `[provider] mode` says:
 //! `panic` (every call panics), `hang` (every call waits forever), `ok`
-//! (every call answers at once: the ABI benchmark's no-op provider), or
+//! (every call answers at once: the ABI benchmark's no-op provider), `yield`
+//! (every call waits once on its runtime before answering), or
 //! `panic-in-create`.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use mayfly_provider_api::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Ok,
+    Yield,
     Panic,
     Hang,
 }
@@ -27,6 +29,7 @@ impl Faulty {
     async fn misbehave(&self, method: &str) {
         match self.mode {
             Mode::Ok => {}
+            Mode::Yield => tokio::task::yield_now().await,
             Mode::Panic => panic!("faulty provider: {method} panics on purpose"),
             Mode::Hang => std::future::pending::<()>().await,
         }
@@ -39,6 +42,7 @@ impl Provider for Faulty {
         let mut s = settings.named("faulty");
         let mode = match s.string("mode")?.as_deref() {
             None | Some("ok") => Mode::Ok,
+            Some("yield") => Mode::Yield,
             Some("panic") => Mode::Panic,
             Some("hang") => Mode::Hang,
             Some("panic-in-create") => panic!("faulty provider: create panics on purpose"),
@@ -46,7 +50,9 @@ impl Provider for Faulty {
                 return Err(ProviderError::new(
                     "faulty",
                     ErrorKind::Config,
-                    format!("`provider.mode`: unknown mode {other:?} (expected ok, panic, hang, panic-in-create)"),
+                    format!(
+                        "`provider.mode`: unknown mode {other:?} (expected ok, yield, panic, hang, panic-in-create)"
+                    ),
                 ));
             }
         };

@@ -330,10 +330,21 @@ pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
         }
     }
     let mut reaped = 0;
+    let mut failures = 0;
     for selection in selections {
-        let provider = ProviderHandle::select(&selection)
-            .with_context(|| format!("making provider {} to reap its nodes", selection.label()))?;
-        let expired: Vec<_> = provider.list_all(state)?.into_iter().filter(|n| n.expires_at <= now).collect();
+        // One provider that cannot be made or asked does not stop the others' reaping.
+        let listed = ProviderHandle::select(&selection)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok((p.list_all(state)?, p)));
+        let (nodes, provider) = match listed {
+            Ok(found) => found,
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: cannot list the nodes of provider {}: {e:#}", selection.label());
+                continue;
+            }
+        };
+        let expired: Vec<_> = nodes.into_iter().filter(|n| n.expires_at <= now).collect();
         if expired.is_empty() {
             continue;
         }
@@ -347,10 +358,17 @@ pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
                 (now - n.expires_at) / 1000
             );
         }
-        provider.terminate(&expired, Duration::from_secs(2))?;
+        if let Err(e) = provider.terminate(&expired, Duration::from_secs(2)) {
+            failures += 1;
+            eprintln!("error: ending nodes of provider {}: {e}", provider.name());
+            continue;
+        }
         reaped += expired.len();
     }
     println!("{reaped} node(s) reaped");
+    if failures > 0 {
+        bail!("{failures} provider(s) could not be reaped; see above");
+    }
     Ok(())
 }
 

@@ -47,26 +47,38 @@ fn main() {
     let loaded_waits = load(waiting);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let request = CredentialRequest { job: "bench".into(), state: "/tmp/bench".into(), node: "worker-1".into() };
-    for (method, d, p) in [
-        ("identify (no-op)", per_call(&rt, calls, || direct.identify()), per_call(&rt, calls, || loaded.identify())),
+    for (method, d, p, judged) in [
+        (
+            "identify (no-op)",
+            per_call(&rt, calls, || direct.identify()),
+            per_call(&rt, calls, || loaded.identify()),
+            true,
+        ),
         (
             "credentials (JSON both ways)",
             per_call(&rt, calls, || direct.credentials(request.clone())),
             per_call(&rt, calls, || loaded.credentials(request.clone())),
+            true,
         ),
         (
             "identify, waiting once",
             per_call(&rt, calls, || direct_waits.identify()),
             per_call(&rt, calls, || loaded_waits.identify()),
+            false,
         ),
     ] {
         let abi_us = p.as_secs_f64() * 1e6;
+        let verdict = match (judged, abi_us < 20.0) {
+            (true, true) => "target < 20 µs: ok",
+            (true, false) => "target < 20 µs: MISSED",
+            // The target is for an answer that is ready; this line shows the hop's price.
+            (false, _) => "(a thread hop each way; informative)",
+        };
         println!(
-            "{method:<30} direct {:>7.3} µs   through the ABI {:>7.3} µs   ratio {:>6.1}x   target < 20 µs: {}",
+            "{method:<30} direct {:>7.3} µs   through the ABI {:>7.3} µs   ratio {:>6.1}x   {verdict}",
             d.as_secs_f64() * 1e6,
             abi_us,
             p.as_secs_f64() / d.as_secs_f64().max(1e-12),
-            if abi_us < 20.0 { "ok" } else { "MISSED" }
         );
     }
 }

@@ -317,3 +317,33 @@ fn the_mayfly_binary_links_no_cloud_sdk() {
         tree.lines().filter(|l| ["aws-", "azure", "object_store"].iter().any(|p| l.starts_with(p))).collect();
     assert!(cloud.is_empty(), "the mayfly binary links cloud crates: {cloud:?}");
 }
+
+#[test]
+fn a_plugin_is_found_by_name_in_the_plugin_path_unless_others_can_write_there() {
+    let files = inputs(2, 100);
+    let job = TestJob::new("plugin-by-name", &files);
+    job.write_job(WORDCOUNT, "{}", "[provider]\nname = \"faulty\"\nmode = \"ok\"\n");
+    let dir = job.dir.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(plugin("mayfly-test-plugin-faulty", &[]), dir.join("libmayfly_provider_faulty.so")).unwrap();
+    let plan = |path: Option<&Path>| {
+        let mut cmd = job.command(&["plan", "job.toml"]);
+        match path {
+            Some(p) => cmd.env("MAYFLY_PLUGIN_PATH", p),
+            None => cmd.env_remove("MAYFLY_PLUGIN_PATH"),
+        };
+        let out = cmd.output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, text) = plan(Some(&dir));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("2 objects"), "{text}");
+    let (code, text) = plan(None);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("provider \"faulty\" not found") && text.contains("MAYFLY_PLUGIN_PATH"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, text) = plan(Some(&dir));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("refused: the directory") && text.contains("writable by other users"), "{text}");
+}

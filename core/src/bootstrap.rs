@@ -164,16 +164,20 @@ pub fn from_request_on(
     clock: &dyn Clock,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<BootstrapReply, ProviderError> {
+    // The budget starts now: readying the tasks counts against the limit of
+    // the serverless invocation this runs in.
+    let started = clock.now();
     let fail = |kind, m: String| ProviderError::new("host", kind, m);
     let base = request.base_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let file = base.join("job.toml");
     let spec = JobSpec::parse(&file, &request.job, &|k| request.overrides.get(k).cloned())
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
-    let boot = bootstrap(&spec, &task, reduce.as_ref(), provider, clock, on_step).map_err(|e| match e {
-        BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
-        BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
-    })?;
+    let boot =
+        bootstrap(&spec, &task, reduce.as_ref(), provider, clock, Some(started), on_step).map_err(|e| match e {
+            BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
+            BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
+        })?;
     Ok(BootstrapReply {
         job: boot.job,
         state: boot.layout.dir.to_string_lossy().into_owned(),
@@ -213,18 +217,20 @@ pub fn launch_request(layout: &Layout, job: &str, expires_at: u64, nodes: &[(Str
     }
 }
 
-/// Bootstraps `spec` with `provider`. `on_step` is called as each step starts
-/// (the CLI prints it; tests use it to move an injected clock).
+/// Bootstraps `spec` with `provider`, on a budget that started at `started`
+/// (default: now). `on_step` is called as each step starts (the CLI prints it;
+/// tests use it to move an injected clock).
 pub fn bootstrap(
     spec: &JobSpec,
     task: &ReadyTask,
     reduce: Option<&ReadyTask>,
     provider: &ProviderHandle,
     clock: &dyn Clock,
+    started: Option<crate::policy::Millis>,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<Bootstrapped, BootstrapError> {
     let limits = provider.limits();
-    let started = clock.now();
+    let started = started.unwrap_or_else(|| clock.now());
     let margin = (limits.bootstrap_limit() / 10).min(Duration::from_secs(10));
     let budget = Budget::new(started, limits.bootstrap_limit(), margin);
     let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {

@@ -39,6 +39,14 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// The provider a request's job file selects.
+fn provider_of(request: &BootstrapRequest) -> Result<crate::provider::ProviderHandle, String> {
+    let base = request.base_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let spec = JobSpec::parse(&base.join("job.toml"), &request.job, &|k| request.overrides.get(k).cloned())
+        .map_err(|e| e.to_string())?;
+    spec.provider_handle().map_err(|e| e.to_string())
+}
+
 impl Core for Kit {
     fn refresh_at(&self, validity: Validity) -> Millis {
         CredentialPolicy::default().refresh_at(validity)
@@ -81,15 +89,24 @@ impl Core for Kit {
         })
     }
 
-    fn bootstrap(&self, request: &BootstrapRequest, step_delay: Duration) -> Result<BootstrapReply, String> {
-        let base = request.base_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        let spec = JobSpec::parse(&base.join("job.toml"), &request.job, &|k| request.overrides.get(k).cloned())
-            .map_err(|e| e.to_string())?;
-        let provider = spec.provider_handle().map_err(|e| e.to_string())?;
+    fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapReply, String> {
+        let provider = provider_of(request)?;
+        crate::bootstrap::from_request(request, &provider).map_err(|e| e.to_string())
+    }
+
+    fn bootstrap_overrunning(&self, request: &BootstrapRequest) -> Result<BootstrapReply, String> {
+        let provider = provider_of(request)?;
+        let limit = provider.limits().bootstrap_limit();
         let clock = ManualClock::new(SystemClock.now());
         let ticking = clock.clone();
-        crate::bootstrap::from_request_on(request, &provider, &clock, &mut |_| ticking.advance(step_delay))
-            .map_err(|e| e.to_string())
+        // After the master's launch the clock jumps past the limit: the next
+        // step must be refused and the master ended.
+        crate::bootstrap::from_request_on(request, &provider, &clock, &mut |step| {
+            if step == "wait for the master" {
+                ticking.advance(limit);
+            }
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn wait(&self, reply: &BootstrapReply, timeout: Duration) -> Result<(), String> {

@@ -35,7 +35,8 @@ fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
     let (task, reduce) = ready_tasks(spec, &mut say).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
-    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, &mut |step| {
+    // Locally, building the tasks is not the bootstrap's time: its budget starts after.
+    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, None, &mut |step| {
         if verbose {
             say(&format!("bootstrap: {step}"));
         }
@@ -320,22 +321,32 @@ pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
 pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
     let now = SystemClock.now();
     // Each job's own provider, as its manifest recorded it; jobs on the same
-    // provider are listed once.
+    // provider are listed once. A job whose manifest cannot be read is
+    // reaped with the built-in provider, and said so.
     let mut selections: Vec<Selection> = Vec::new();
     for entry in std::fs::read_dir(state).with_context(|| format!("reading {}", state.display()))?.flatten() {
-        if let Ok(m) = read_json::<Manifest>(&entry.path().join("manifest.json"))
-            && !selections.contains(&m.provider)
-        {
-            selections.push(m.provider);
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let selection = match read_json::<Manifest>(&entry.path().join("manifest.json")) {
+            Ok(m) => m.provider,
+            Err(e) => {
+                eprintln!("warning: {}: {e}; reaping it with the built-in provider", entry.path().display());
+                Selection::default()
+            }
+        };
+        if !selections.contains(&selection) {
+            selections.push(selection);
         }
     }
+    // Two selections of one provider list the same nodes: each node is ended once.
+    let mut seen = std::collections::HashSet::new();
     let mut reaped = 0;
     let mut failures = 0;
     for selection in selections {
         // One provider that cannot be made or asked does not stop the others' reaping.
-        let listed = ProviderHandle::select(&selection)
-            .map_err(anyhow::Error::from)
-            .and_then(|p| Ok((p.list_all(state)?, p)));
+        let listed =
+            ProviderHandle::select(&selection).map_err(anyhow::Error::from).and_then(|p| Ok((p.list_all(state)?, p)));
         let (nodes, provider) = match listed {
             Ok(found) => found,
             Err(e) => {
@@ -344,7 +355,10 @@ pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
                 continue;
             }
         };
-        let expired: Vec<_> = nodes.into_iter().filter(|n| n.expires_at <= now).collect();
+        let expired: Vec<_> = nodes
+            .into_iter()
+            .filter(|n| n.expires_at <= now && seen.insert((n.job.clone(), n.node.clone(), n.id.clone())))
+            .collect();
         if expired.is_empty() {
             continue;
         }
@@ -385,14 +399,19 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<
         bail!("{} holds job {}, not {job}", dir.display(), manifest.job);
     }
     let provider = node_provider(&manifest)?;
-    // The dead-man switch: whatever happens, this process does not outlive the
-    // job's deadline by more than a second.
+    // The dead-man switch: whatever happens, this node does not outlive the
+    // job's deadline by more than a second or so: it asks its provider to
+    // delete it (bounded), then exits.
     let expires_at = manifest.expires_at;
     let who = node.to_owned();
+    let ender = provider.clone();
     std::thread::spawn(move || {
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
         eprintln!("{who}: the job's deadline passed; ending now");
+        if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
+            eprintln!("{who}: ending this node failed: {e}");
+        }
         std::process::exit(4);
     });
     let result = match role {
@@ -405,7 +424,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<
     }
     // Last: the node deletes itself (its logs are already in the state
     // location); this process exits right after.
-    if let Err(e) = provider.terminate_self() {
+    if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
         eprintln!("{node}: ending this node failed: {e}");
     }
     result.map_err(anyhow::Error::msg)

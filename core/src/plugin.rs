@@ -59,6 +59,17 @@ struct RawHeader {
     table: *const FnTable,
 }
 
+/// The table as this host reads it: a broken plugin may leave a function
+/// null, and a null `fn` pointer may not exist in Rust, so each is an `Option`
+/// (the same layout as a nullable C function pointer).
+#[repr(C)]
+struct RawTable {
+    size: usize,
+    create: Option<unsafe extern "C" fn(Buf, *const HostTable, Done, *mut c_void) -> *mut c_void>,
+    call: Option<unsafe extern "C" fn(*mut c_void, Buf, Buf, Done, *mut c_void)>,
+    destroy: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
 /// A loaded library's checked function table.
 #[derive(Debug, Clone, Copy)]
 struct Library {
@@ -117,6 +128,9 @@ fn open(path: &Path) -> Result<Library, PluginError> {
     // code there; running it is what loading a provider means.
     let lib =
         unsafe { libloading::Library::new(&canonical) }.map_err(|e| err(format!("not a loadable library ({e})")))?;
+    // Never unloaded, even when refused below: its initialisers may have
+    // started threads whose code must stay mapped.
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     // SAFETY: the symbol is only read as an address here; its contents are
     // read below as a `RawHeader`, whose every bit pattern is valid.
     let header: *const RawHeader = unsafe { lib.get::<*const RawHeader>(HEADER_SYMBOL) }
@@ -127,8 +141,9 @@ fn open(path: &Path) -> Result<Library, PluginError> {
     }
     // SAFETY: a non-null exported data symbol of at least a header's size,
     // as any library exporting this symbol name promises; all fields are
-    // plain integers or a raw pointer, so any bytes are a valid value.
-    let h = unsafe { std::ptr::read(header) };
+    // plain integers or a raw pointer, so any bytes are a valid value; read
+    // unaligned, as a foreign library need not align it.
+    let h = unsafe { std::ptr::read_unaligned(header) };
     if h.magic != MAGIC {
         return Err(err(format!(
             "its header has the wrong magic value ({:#018x}, expected {MAGIC:#018x}): not a mayfly provider plugin",
@@ -150,21 +165,27 @@ fn open(path: &Path) -> Result<Library, PluginError> {
     if h.table.is_null() {
         return Err(err("its function table is null".into()));
     }
+    let raw_table = h.table.cast::<RawTable>();
     // SAFETY: the table starts with its size, a usize, whatever its version;
     // only that field is read before the size is checked.
-    let size = unsafe { std::ptr::read(std::ptr::addr_of!((*h.table).size)) };
+    let size = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*raw_table).size)) };
     if size < std::mem::size_of::<FnTable>() {
         return Err(err(format!(
             "its function table is {size} bytes, smaller than the {} this mayfly needs: the plugin is broken or from an unreleased ABI",
             std::mem::size_of::<FnTable>()
         )));
     }
-    // SAFETY: the table is at least as large as this host's `FnTable`, and
-    // the ABI says its prefix has that layout.
-    let table = unsafe { std::ptr::read(h.table) };
-    // Libraries are never unloaded: plugin threads and callbacks may outlive
-    // any handle to them.
-    std::mem::forget(lib);
+    // SAFETY: the table is at least as large as this host's, and the ABI says
+    // its prefix has this layout; every field is an integer or a nullable
+    // function pointer, so any bytes are a valid value.
+    let raw = unsafe { std::ptr::read_unaligned(raw_table) };
+    let missing = |name: &str| err(format!("its function table has no `{name}` function (null)"));
+    let table = FnTable {
+        size: raw.size,
+        create: raw.create.ok_or_else(|| missing("create"))?,
+        call: raw.call.ok_or_else(|| missing("call"))?,
+        destroy: raw.destroy.ok_or_else(|| missing("destroy"))?,
+    };
     let library = Library { table };
     map.insert(canonical, library);
     Ok(library)
@@ -233,6 +254,13 @@ fn host_table(host: Arc<CoreHost>) -> &'static HostTable {
     }))
 }
 
+/// A pointer handed across threads: the ABI lets instances and call
+/// contexts be used from any thread.
+#[derive(Debug, Clone, Copy)]
+struct SendPtr(*mut c_void);
+// SAFETY: see above; the pointee is owned by the plugin or by `call_done`.
+unsafe impl Send for SendPtr {}
+
 /// An instance pointer the plugin made; the ABI lets it be used from any thread.
 #[derive(Debug)]
 struct Instance(*mut c_void);
@@ -269,18 +297,43 @@ impl PluginProvider {
         let lib = open(path)?;
         let err = |m: String| PluginError::new(path, m);
         let json = serde_json::to_vec(settings).map_err(|e| err(e.to_string()))?;
-        let table = host_table(host);
+        // As an address: the table is `'static` and only the plugin reads it.
+        let table = std::ptr::from_ref(host_table(host)) as usize;
         let (tx, mut rx) = tokio::sync::oneshot::channel::<Answer>();
-        let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
-        // SAFETY: `create` is the checked table's; the settings are lent for the
-        // call; the host table lives forever; `ctx` is completed once by
-        // `call_done` (the ABI says before `create` returns; later is harmless).
-        let instance = unsafe { (lib.table.create)(Buf::of(&json), table, call_done, ctx) };
-        let (status, body) = rx.try_recv().map_err(|_| err("its `create` returned without answering".into()))?;
+        let ctx = SendPtr(Box::into_raw(Box::new(tx)).cast());
+        let create = lib.table.create;
+        // `create` runs on a thread of its own, so a plugin that blocks in it
+        // cannot hang the host past the timeout (the thread is then left behind).
+        let (made_tx, made_rx) = std::sync::mpsc::sync_channel::<SendPtr>(1);
+        std::thread::Builder::new()
+            .name("mayfly-plugin-create".into())
+            .spawn(move || {
+                let ctx = ctx;
+                // SAFETY: `create` is the checked table's; the settings are lent
+                // for the call (owned by this thread until it returns); the
+                // host table lives forever; `ctx` is completed once by
+                // `call_done` (the ABI says before `create` returns).
+                let instance = unsafe { create(Buf::of(&json), table as *const HostTable, call_done, ctx.0) };
+                let _ = made_tx.send(SendPtr(instance));
+            })
+            .map_err(|e| err(format!("starting a thread for its `create`: {e}")))?;
+        let instance = made_rx
+            .recv_timeout(timeout)
+            .map_err(|_| err(format!("its `create` did not return within {}", crate::units::HumanDuration(timeout))))?;
+        let instance = instance.0;
+        // An instance made but refused is destroyed.
+        let refuse = |m: String| {
+            if !instance.is_null() {
+                // SAFETY: the instance came from this table's `create` and is not used again.
+                unsafe { (lib.table.destroy)(instance) }
+            }
+            err(m)
+        };
+        let (status, body) = rx.try_recv().map_err(|_| refuse("its `create` returned without answering".into()))?;
         match status {
             STATUS_OK if !instance.is_null() => {
                 let info: ProviderInfo = serde_json::from_slice(&body)
-                    .map_err(|e| err(format!("malformed JSON from its `create` ({e}): {}", preview(&body))))?;
+                    .map_err(|e| refuse(format!("malformed JSON from its `create` ({e}): {}", preview(&body))))?;
                 Ok(PluginProvider {
                     path: path.to_owned(),
                     table: lib.table,
@@ -290,11 +343,11 @@ impl PluginProvider {
                 })
             }
             STATUS_OK => Err(err("its `create` answered but returned no instance".into())),
-            STATUS_ERROR => Err(err(match serde_json::from_slice::<ProviderError>(&body) {
+            STATUS_ERROR => Err(refuse(match serde_json::from_slice::<ProviderError>(&body) {
                 Ok(e) => e.to_string(),
                 Err(e) => format!("its `create` failed with a malformed error ({e}): {}", preview(&body)),
             })),
-            _ => Err(err(format!("it panicked in `create`: {}", String::from_utf8_lossy(&body)))),
+            _ => Err(refuse(format!("it panicked in `create`: {}", String::from_utf8_lossy(&body)))),
         }
     }
 

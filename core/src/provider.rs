@@ -25,6 +25,9 @@ use crate::plugin::{PluginError, PluginProvider};
 /// The name of the built-in provider.
 pub const BUILT_IN: &str = "local";
 
+/// How long a provider call may take unless `[provider] timeout` says otherwise.
+pub const DEFAULT_TIMEOUT_MS: u64 = 120_000;
+
 /// Which provider a job uses and how it is configured: a job file's
 /// `[provider]` section, recorded in the manifest so that every node of the
 /// job makes the same provider.
@@ -228,8 +231,12 @@ impl ProviderHandle {
         if let Some(name) = &selection.name
             && handle.info.name != *name
         {
+            let file = match &handle.kind {
+                Kind::Plugin(p) => p.path().to_owned(),
+                Kind::BuiltIn => PathBuf::from(BUILT_IN),
+            };
             return Err(SelectError::Plugin(PluginError::new(
-                selection.path.as_deref().unwrap_or(Path::new(name)),
+                &file,
                 format!("it is the {:?} provider, but the job asks for {name:?}", handle.info.name),
             )));
         }
@@ -238,7 +245,7 @@ impl ProviderHandle {
     }
 
     fn from_plugin(path: &Path, selection: &Selection, host: Arc<CoreHost>) -> Result<ProviderHandle, SelectError> {
-        let timeout = Duration::from_millis(selection.timeout_ms.unwrap_or(120_000));
+        let timeout = Duration::from_millis(selection.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
         let plugin = Arc::new(PluginProvider::load(path, &selection.settings, host, timeout)?);
         let info = plugin.info();
         Ok(ProviderHandle { inner: plugin.clone(), kind: Kind::Plugin(plugin), info, selection: selection.clone() })
@@ -281,7 +288,21 @@ impl ProviderHandle {
         &self.selection
     }
 
-    fn block<T, Fut>(&self, call: impl FnOnce(Arc<dyn Provider>) -> Fut) -> Result<T, ProviderError>
+    /// How long a call may take (the selection's `timeout`, default 120 s).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.selection.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+    }
+
+    /// Runs one call on the provider runtime and waits for it, at most
+    /// `limit` (`None`: as long as it takes). The wait is bounded here, on
+    /// the caller's side, so even a provider that blocks its thread instead
+    /// of awaiting cannot hang core's threads.
+    fn block<T, Fut>(
+        &self,
+        method: &str,
+        limit: Option<Duration>,
+        call: impl FnOnce(Arc<dyn Provider>) -> Fut,
+    ) -> Result<T, ProviderError>
     where
         T: Send + 'static,
         Fut: Future<Output = Result<T, ProviderError>> + Send + 'static,
@@ -291,42 +312,61 @@ impl ProviderHandle {
         runtime().spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().unwrap_or_else(|_| {
-            Err(ProviderError::new(self.name(), ErrorKind::Panic, "the provider's call ended without an answer"))
-        })
+        let answer = match limit {
+            // A little more than the plugin's own timeout, which reports better when it fires.
+            Some(limit) => rx.recv_timeout(limit + Duration::from_secs(1)).map_err(|e| match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => ProviderError::new(
+                    self.name(),
+                    ErrorKind::Timeout,
+                    format!("`{method}` did not answer within {}", crate::units::HumanDuration(limit)),
+                ),
+                std::sync::mpsc::RecvTimeoutError::Disconnected => self.no_answer(method),
+            }),
+            None => rx.recv().map_err(|_| self.no_answer(method)),
+        };
+        answer?
+    }
+
+    fn no_answer(&self, method: &str) -> ProviderError {
+        ProviderError::new(
+            self.name(),
+            ErrorKind::Panic,
+            format!("`{method}` ended without an answer (the provider's task panicked; see the log)"),
+        )
     }
 
     /// Launches nodes.
     pub fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
-        self.block(|p| async move { p.launch(request).await })
+        self.block("launch", Some(self.timeout()), |p| async move { p.launch(request).await })
     }
 
     /// A job's running nodes.
     pub fn list(&self, job: &str, state: &Path) -> Result<Vec<NodeInfo>, ProviderError> {
         let request = ListRequest { job: Some(job.to_owned()), state: state.to_string_lossy().into_owned() };
-        self.block(|p| async move { p.list(request).await })
+        self.block("list", Some(self.timeout()), |p| async move { p.list(request).await })
     }
 
     /// Every running node of every job under `state_root`.
     pub fn list_all(&self, state_root: &Path) -> Result<Vec<NodeInfo>, ProviderError> {
         let request = ListRequest { job: None, state: state_root.to_string_lossy().into_owned() };
-        self.block(|p| async move { p.list(request).await })
+        self.block("list", Some(self.timeout()), |p| async move { p.list(request).await })
     }
 
     /// Ends nodes, forcing them after `grace`.
     pub fn terminate(&self, nodes: &[NodeInfo], grace: Duration) -> Result<(), ProviderError> {
         let request = TerminateRequest { nodes: nodes.to_vec(), grace_ms: grace.as_millis() as u64 };
-        self.block(|p| async move { p.terminate(request).await })
+        self.block("terminate", Some(self.timeout() + grace), |p| async move { p.terminate(request).await })
     }
 
     /// The node this process runs on.
     pub fn identify(&self) -> Result<Option<NodeInfo>, ProviderError> {
-        self.block(|p| async move { p.identify().await })
+        self.block("identify", Some(self.timeout()), |p| async move { p.identify().await })
     }
 
-    /// Ends the node this process runs on (the caller exits right after).
-    pub fn terminate_self(&self) -> Result<(), ProviderError> {
-        self.block(|p| async move { p.terminate_self().await })
+    /// Ends the node this process runs on (the caller exits right after),
+    /// waiting at most `limit`.
+    pub fn terminate_self(&self, limit: Duration) -> Result<(), ProviderError> {
+        self.block("terminate_self", Some(limit.min(self.timeout())), |p| async move { p.terminate_self().await })
     }
 
     /// Fresh credentials for `node` of `job`.
@@ -336,7 +376,7 @@ impl ProviderHandle {
             state: state.to_string_lossy().into_owned(),
             node: node.to_owned(),
         };
-        self.block(|p| async move { p.credentials(request).await })
+        self.block("credentials", Some(self.timeout()), |p| async move { p.credentials(request).await })
     }
 
     /// Handles one event of the provider's serverless entrypoint: adapts it
@@ -345,10 +385,12 @@ impl ProviderHandle {
         match &self.kind {
             Kind::Plugin(plugin) => {
                 let plugin = plugin.clone();
-                self.block(|_| async move { plugin.invoke(event).await })
+                let limit = self.limits().bootstrap_limit() + self.timeout();
+                self.block("invoke", Some(limit), |_| async move { plugin.invoke(event).await })
             }
             Kind::BuiltIn => {
-                let request = self.block(|p| async move { p.adapt_event(event).await })?;
+                let request =
+                    self.block("adapt_event", Some(self.timeout()), |p| async move { p.adapt_event(event).await })?;
                 crate::bootstrap::from_request(&request, self)
             }
         }
@@ -356,6 +398,6 @@ impl ProviderHandle {
 
     /// Runs the provider's serverless entrypoint until the platform ends it.
     pub fn serve(&self) -> Result<(), ProviderError> {
-        self.block(|p| async move { p.serve().await })
+        self.block("serve", None, |p| async move { p.serve().await })
     }
 }

@@ -15,6 +15,11 @@
 //! Every exported function catches panics and reports them as
 //! [`STATUS_PANIC`]. Libraries are never unloaded.
 //!
+//! The glue polls each call once on the caller's thread (a ready answer
+//! then costs no thread hop), so a provider must not block before its first
+//! `.await`: blocking work belongs in `tokio::task::spawn_blocking`. The host
+//! bounds its own wait on every call anyway.
+//!
 //! Methods of [`FnTable::call`]: `launch`, `list`, `terminate`, `identify`,
 //! `terminate_self`, `credentials`, `object_store`, `adapt_event`, `invoke`
 //! (adapt an event and bootstrap it through the host), `serve`; each takes
@@ -230,19 +235,24 @@ pub mod plugin {
         let ctx = SendPtr(ctx);
         let made = catch_unwind(AssertUnwindSafe(|| -> Result<(Box<Instance<P>>, Vec<u8>), ProviderError> {
             let protocol = |m: String| ProviderError::new("plugin", ErrorKind::Protocol, m);
-            runtime().map_err(|e| ProviderError::new("plugin", ErrorKind::Other, e))?;
+            let rt = runtime().map_err(|e| ProviderError::new("plugin", ErrorKind::Other, e))?;
+            // The provider may spawn tasks while it is created.
+            let _entered = rt.enter();
             if host.is_null() {
                 return Err(protocol("no host callback table".into()));
             }
-            // SAFETY: the host passes a table that lives as long as the process.
-            let table = unsafe { *host };
-            if table.size < std::mem::size_of::<HostTable>() {
+            // SAFETY: the host passes a table that lives as long as the process;
+            // its size comes first whatever its version, and only the size is
+            // read before it is checked.
+            let size = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*host).size)) };
+            if size < std::mem::size_of::<HostTable>() {
                 return Err(protocol(format!(
-                    "the host's callback table is {} bytes, smaller than the {} this plugin needs",
-                    table.size,
+                    "the host's callback table is {size} bytes, smaller than the {} this plugin needs",
                     std::mem::size_of::<HostTable>()
                 )));
             }
+            // SAFETY: at least as large as this plugin's `HostTable`, whose layout its prefix has.
+            let table = unsafe { std::ptr::read_unaligned(host) };
             // SAFETY: the host borrows the settings for this call.
             let bytes = unsafe { settings.as_slice() };
             let values: serde_json::Map<String, serde_json::Value> =
@@ -421,8 +431,9 @@ pub mod plugin {
             let json = serde_json::to_vec(&request).map_err(|e| host_err(ErrorKind::Protocol, e.to_string()))?;
             let (tx, rx) = tokio::sync::oneshot::channel::<(u32, Vec<u8>)>();
             let table = self.table;
+            let rt = runtime().map_err(|e| host_err(ErrorKind::Other, e))?;
             // The host's bootstrap blocks for as long as it runs: not on a runtime worker.
-            tokio::task::spawn_blocking(move || {
+            rt.spawn_blocking(move || {
                 let t = table.get();
                 let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
                 // SAFETY: table and context live as long as the process; the

@@ -50,9 +50,12 @@ pub trait Core: Send + Sync {
         state_root: &str,
         section: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<BootstrapRequest, String>;
-    /// Bootstraps a job with core's bootstrap, on a clock that moves `step_delay`
-    /// ahead at every step (zero for a normal bootstrap).
-    fn bootstrap(&self, request: &BootstrapRequest, step_delay: Duration) -> Result<BootstrapReply, String>;
+    /// Bootstraps a job with core's bootstrap.
+    fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapReply, String>;
+    /// Bootstraps a job on a clock that jumps past the provider's bootstrap
+    /// limit once the master is launched: core must refuse it and end what it
+    /// launched.
+    fn bootstrap_overrunning(&self, request: &BootstrapRequest) -> Result<BootstrapReply, String>;
     /// Waits for a bootstrapped job to end and checks its outputs.
     fn wait(&self, reply: &BootstrapReply, timeout: Duration) -> Result<(), String>;
 }
@@ -82,8 +85,14 @@ pub fn run(backend: &dyn Backend, core: &dyn Core) -> Vec<(&'static str, Result<
     CHECKS
         .iter()
         .map(|(name, check)| {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&suite)))
-                .unwrap_or_else(|_| Err("the check panicked".into()));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&suite))).unwrap_or_else(|p| {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("the check panicked: {message}"))
+            });
             (*name, result)
         })
         .collect()
@@ -356,7 +365,7 @@ impl Suite<'_> {
         self.cleanup(&job, &state, || {
             let req = self.core.job_request(&job, &root, &self.backend.section())?;
             let limit = Duration::from_millis(self.provider.info().limits.bootstrap_limit_ms);
-            match self.core.bootstrap(&req, limit / 3) {
+            match self.core.bootstrap_overrunning(&req) {
                 Ok(reply) => Err(format!("a bootstrap taking over {limit:?} was accepted: {reply:?}")),
                 Err(e) => {
                     ensure(e.contains("budget"), || format!("refused, but not for its budget: {e}"))?;
@@ -383,7 +392,7 @@ impl Suite<'_> {
         let state = format!("{root}/{job}");
         self.cleanup(&job, &state, || {
             let req = self.core.job_request(&job, &root, &self.backend.section())?;
-            let reply = self.core.bootstrap(&req, Duration::ZERO)?;
+            let reply = self.core.bootstrap(&req)?;
             ensure(reply.job == job, || format!("bootstrap answered job {}, expected {job}", reply.job))?;
             self.core.wait(&reply, Duration::from_secs(120))?;
             // Nodes end themselves after the job; give them a moment.

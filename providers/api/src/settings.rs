@@ -32,7 +32,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
             "" => return Err("missing unit (use ms, s, m, h or d)"),
             _ => return Err("unknown unit (use ms, s, m, h or d)"),
         };
-        total += Duration::try_from_secs_f64(secs).map_err(|_| "out of range")?;
+        let part = Duration::try_from_secs_f64(secs).map_err(|_| "out of range")?;
+        total = total.checked_add(part).ok_or("out of range")?;
         rest = tail;
     }
     Ok(total)
@@ -141,6 +142,7 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("5x"), Err("unknown unit (use ms, s, m, h or d)"));
         assert_eq!(parse_duration(""), Err("expected a duration such as 90s or 10m"));
+        assert_eq!(parse_duration("10000000000000000000s10000000000000000000s"), Err("out of range"));
     }
 
     #[test]

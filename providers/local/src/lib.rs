@@ -81,17 +81,18 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
-/// A process's start time (clock ticks since boot) and whether it is alive
-/// (neither a zombie nor gone).
-fn process_start(pid: u32) -> Option<u64> {
+/// A process's state letter and start time (clock ticks since boot).
+fn process_stat(pid: u32) -> Option<(String, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the parenthesised command name: state is the 1st, starttime the 20th.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    Some(((*fields.first()?).to_owned(), fields.get(19)?.parse().ok()?))
+}
+
+/// A live process's start time (`None` when it is a zombie or gone).
+fn process_start(pid: u32) -> Option<u64> {
+    process_stat(pid).filter(|(state, _)| state != "Z" && state != "X").map(|(_, start)| start)
 }
 
 fn node_id(pid: u32, start: u64) -> String {
@@ -258,10 +259,9 @@ impl LocalProvider {
             .spawn()
             .map_err(io(format!("starting {} ({})", spec.node, self.binary.display())))?;
         let pid = child.id();
-        // Reap the child when it exits, so that it does not linger as a zombie
-        // while the launching process lives; once that process exits, init does.
-        std::thread::spawn(move || child.wait());
-        let start = process_start(pid).unwrap_or(0);
+        // Read while the child is not yet reaped: until then its pid cannot be
+        // reused, so this is its start time even if it has already exited.
+        let start = process_stat(pid).map(|(_, start)| start).unwrap_or(0);
         let info = NodeInfo {
             node: spec.node.clone(),
             role: spec.role,
@@ -270,7 +270,15 @@ impl LocalProvider {
             expires_at,
             launched_at: now_ms(),
         };
-        write_record(&record, &info).map_err(io(format!("recording node {}", spec.node)))?;
+        if let Err(e) = write_record(&record, &info) {
+            // A node nobody can find must not run.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io(format!("recording node {}", spec.node))(e));
+        }
+        // Reap the child when it exits, so that it does not linger as a zombie
+        // while the launching process lives; once that process exits, init does.
+        std::thread::spawn(move || child.wait());
         self.host.log(Level::Debug, &format!("local: launched {} of job {job} (pid {pid})", spec.node));
         Ok(info)
     }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, Validity,
-    async_trait, now_ms,
+    ListRequest, NodeInfo, NodeSpec, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
+    Validity, async_trait, now_ms,
 };
 
 const NAME: &str = "template";
@@ -72,6 +72,43 @@ impl Template {
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         nodes
+    }
+
+    /// Starts one node and records it; a node it cannot record is ended.
+    fn start(&self, request: &LaunchRequest, spec: &NodeSpec) -> Result<NodeInfo, ProviderError> {
+        let unavailable = |e: std::io::Error| fail(ErrorKind::Unavailable, format!("{}: {e}", spec.node));
+        let entry = self.entry(&request.job, &spec.node);
+        let out = std::fs::File::create(self.registry.join(&request.job).join(format!("{}.log", spec.node)))
+            .map_err(unavailable)?;
+        let err = out.try_clone().map_err(unavailable)?;
+        let mut command = Command::new(&self.binary);
+        command.args(&spec.args).env(NODE_ENV, &entry).stdin(Stdio::null()).stdout(out).stderr(err);
+        // Its own process group, so that ending the node ends what it started.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(unavailable)?;
+        let pid = child.id();
+        // Read before the child is reaped, while its pid cannot be reused.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let start = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(19)).unwrap_or("0");
+        let node = NodeInfo {
+            node: spec.node.clone(),
+            role: spec.role,
+            job: request.job.clone(),
+            id: format!("{pid}@{start}"),
+            expires_at: request.expires_at,
+            launched_at: now_ms(),
+        };
+        let recorded = serde_json::to_vec(&node)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&entry, json))
+            .map_err(unavailable);
+        if let Err(e) = recorded {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        std::thread::spawn(move || child.wait());
+        Ok(node)
     }
 
     /// Sends `signal` to a node's process group with the `kill` command.
@@ -150,44 +187,14 @@ impl Provider for Template {
         std::fs::create_dir_all(&dir).map_err(|e| fail(ErrorKind::Unavailable, format!("{}: {e}", dir.display())))?;
         let mut launched: Vec<NodeInfo> = Vec::new();
         for spec in &request.nodes {
-            let entry = self.entry(&request.job, &spec.node);
-            let log = std::fs::File::create(dir.join(format!("{}.log", spec.node)))
-                .and_then(|f| Ok((f.try_clone()?, f)))
-                .map_err(|e| fail(ErrorKind::Unavailable, e.to_string()));
-            let started = log.and_then(|(out, err)| {
-                std::os::unix::process::CommandExt::process_group(
-                    Command::new(&self.binary).args(&spec.args).env(NODE_ENV, &entry),
-                    0,
-                )
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|e| fail(ErrorKind::Unavailable, format!("starting {}: {e}", spec.node)))
-            });
-            let mut child = match started {
-                Ok(child) => child,
+            match self.start(&request, spec) {
+                Ok(node) => launched.push(node),
                 Err(e) => {
                     // Never leave half a launch behind.
                     Self::end(&launched.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), Duration::ZERO).await;
                     return Err(e);
                 }
-            };
-            let pid = child.id();
-            std::thread::spawn(move || child.wait());
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let start = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(19)).unwrap_or("0");
-            let node = NodeInfo {
-                node: spec.node.clone(),
-                role: spec.role,
-                job: request.job.clone(),
-                id: format!("{pid}@{start}"),
-                expires_at: request.expires_at,
-                launched_at: now_ms(),
-            };
-            let json = serde_json::to_vec(&node).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
-            std::fs::write(&entry, json).map_err(|e| fail(ErrorKind::Unavailable, e.to_string()))?;
-            launched.push(node);
+            }
         }
         self.host.log(Level::Info, &format!("template: launched {} node(s) of {}", launched.len(), request.job));
         Ok(launched)
@@ -225,12 +232,16 @@ impl Provider for Template {
     /// delete-on-shutdown set).
     async fn terminate_self(&self) -> Result<(), ProviderError> {
         let me = self.identify().await?.ok_or_else(|| fail(ErrorKind::Unsupported, "not on a node"))?;
-        let _ = std::fs::remove_file(self.entry(&me.job, &me.node));
         if me.id.split_once('@').is_some_and(|(pid, _)| pid == std::process::id().to_string()) {
-            // mayfly exits right after this returns.
+            // mayfly exits right after this returns, which ends the node; its
+            // entry is no longer listed once its process is gone.
             return Ok(());
         }
-        Self::end(&[me.id], Duration::from_secs(2)).await;
+        Self::end(std::slice::from_ref(&me.id), Duration::from_secs(2)).await;
+        if Self::running(&me.id) {
+            return Err(fail(ErrorKind::Unavailable, format!("node {} did not end", me.node)));
+        }
+        let _ = std::fs::remove_file(self.entry(&me.job, &me.node));
         Ok(())
     }
 

@@ -262,7 +262,8 @@ fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     let provider = ProviderHandle::select(&selection).unwrap();
     let clock = ManualClock::new(mayfly_core::policy::SystemClock.now());
     let moving = clock.clone();
-    let result = bootstrap(&spec, &ReadyTask { component: wasm, sha256: sha }, None, &provider, &clock, &mut |step| {
+    let ready = ReadyTask { component: wasm, sha256: sha };
+    let result = bootstrap(&spec, &ready, None, &provider, &clock, None, &mut |step| {
         // The master is launched, then the clock jumps past the budget.
         if step == "wait for the master" {
             moving.advance(Duration::from_secs(120));

@@ -204,12 +204,13 @@ fn libraries_that_are_not_good_plugins_are_refused_by_name() {
     let e = select_path(&text, serde_json::json!({}), None).unwrap_err();
     assert!(e.starts_with(&format!("plugin {}: not a loadable library", text.display())), "{e}");
 
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
         ("no-header", "not a mayfly provider plugin: it has no `mayfly_provider_header` symbol"),
         ("wrong-magic", "its header has the wrong magic value (0x0bad0bad0bad0bad"),
         ("major-next", "it was built for plugin ABI 2.0, and this mayfly speaks ABI 1.0"),
         ("minor-next", "it was built for plugin ABI 1.7, newer than this mayfly's 1.0: upgrade mayfly"),
         ("small-table", "its function table is 16 bytes, smaller than the 32 this mayfly needs"),
+        ("null-call", "its function table has no `call` function (null)"),
     ];
     for (feature, expected) in cases {
         let lib = plugin("mayfly-test-plugin-raw", &[feature]);
@@ -248,7 +249,7 @@ fn a_plugin_that_panics_or_hangs_is_reported_and_the_host_goes_on() {
         panicky.identify().map(|_| ()),
         panicky.terminate(&[], Duration::ZERO),
         panicky.credentials("j", Path::new("/tmp"), "worker-1").map(|_| ()),
-        panicky.terminate_self(),
+        panicky.terminate_self(Duration::from_secs(5)),
     ] {
         assert_eq!(result.unwrap_err().kind, ErrorKind::Panic);
     }
@@ -265,6 +266,13 @@ fn a_plugin_that_panics_or_hangs_is_reported_and_the_host_goes_on() {
         nodes: vec![],
     });
     assert_eq!(e.unwrap_err().kind, ErrorKind::Timeout);
+    // A provider that blocks its thread instead of awaiting is bounded too.
+    let blocking = select_path(&lib, serde_json::json!({ "mode": "block" }), Some(300)).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(blocking.identify().unwrap_err().kind, ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let e = select_path(&lib, serde_json::json!({ "mode": "block-in-create" }), Some(300)).unwrap_err();
+    assert!(e.contains("its `create` did not return within 300ms"), "{e}");
     // Still the same process, still answering.
     let fine = select_path(&lib, serde_json::json!({ "mode": "ok" }), None).unwrap();
     assert_eq!(fine.identify().unwrap(), None);

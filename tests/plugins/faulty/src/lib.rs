@@ -1,7 +1,8 @@
 //! A provider that misbehaves on purpose, as `[provider] mode` says:
 //! `panic` (every call panics), `hang` (every call waits forever), `ok`
 //! (every call answers at once: the ABI benchmark's no-op provider), `yield`
-//! (every call waits once on its runtime before answering), or
+//! (every call waits once on its runtime before answering), `block` (every
+//! call blocks its thread, as a provider must not), `block-in-create`, or
 //! `panic-in-create`.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use mayfly_provider_api::{
 enum Mode {
     Ok,
     Yield,
+    Block,
     Panic,
     Hang,
 }
@@ -30,6 +32,7 @@ impl Faulty {
         match self.mode {
             Mode::Ok => {}
             Mode::Yield => tokio::task::yield_now().await,
+            Mode::Block => std::thread::sleep(std::time::Duration::from_secs(3600)),
             Mode::Panic => panic!("faulty provider: {method} panics on purpose"),
             Mode::Hang => std::future::pending::<()>().await,
         }
@@ -43,6 +46,11 @@ impl Provider for Faulty {
         let mode = match s.string("mode")?.as_deref() {
             None | Some("ok") => Mode::Ok,
             Some("yield") => Mode::Yield,
+            Some("block") => Mode::Block,
+            Some("block-in-create") => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Mode::Block
+            }
             Some("panic") => Mode::Panic,
             Some("hang") => Mode::Hang,
             Some("panic-in-create") => panic!("faulty provider: create panics on purpose"),
@@ -51,7 +59,7 @@ impl Provider for Faulty {
                     "faulty",
                     ErrorKind::Config,
                     format!(
-                        "`provider.mode`: unknown mode {other:?} (expected ok, yield, panic, hang, panic-in-create)"
+                        "`provider.mode`: unknown mode {other:?} (expected ok, yield, block, panic, hang, block-in-create, panic-in-create)"
                     ),
                 ));
             }

@@ -22,7 +22,7 @@ type Done = unsafe extern "C" fn(ctx: *mut c_void, status: u32, body: Buf);
 pub struct FnTable {
     size: usize,
     create: unsafe extern "C" fn(Buf, *const c_void, Done, *mut c_void) -> *mut c_void,
-    call: unsafe extern "C" fn(*mut c_void, Buf, Buf, Done, *mut c_void),
+    call: Option<unsafe extern "C" fn(*mut c_void, Buf, Buf, Done, *mut c_void)>,
     destroy: unsafe extern "C" fn(*mut c_void),
 }
 
@@ -65,7 +65,8 @@ unsafe extern "C" fn destroy(_instance: *mut c_void) {}
 
 const SIZE: usize = if cfg!(feature = "small-table") { 2 * size_of::<usize>() } else { size_of::<FnTable>() };
 
-static TABLE: FnTable = FnTable { size: SIZE, create, call, destroy };
+static TABLE: FnTable =
+    FnTable { size: SIZE, create, call: if cfg!(feature = "null-call") { None } else { Some(call) }, destroy };
 
 const MAGIC: u64 = if cfg!(feature = "wrong-magic") { 0x0BAD_0BAD_0BAD_0BAD } else { u64::from_le_bytes(*b"MAYFLYPV") };
 

@@ -394,7 +394,7 @@ fn local_path(text: &str, base: &Path) -> Result<PathBuf, String> {
     }
     if let Some((scheme, _)) = text.split_once("://") {
         return Err(format!(
-            "{scheme}:// locations need the {} provider, which this build does not have yet; use a path or a file:// URL",
+            "{scheme}:// locations need the {} provider's object store, which mayfly's data path does not read or write yet; use a path or a file:// URL",
             match scheme {
                 "s3" => "aws",
                 "az" | "abfs" => "azure",

@@ -318,8 +318,73 @@ pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
     follow(&provider, &layout, &manifest, started)
 }
 
-pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
+/// The provider `--provider` names (a name, or a path when it has a `/`),
+/// with `--set key=value` settings.
+fn provider_arg(provider: &str, settings: &[String]) -> Result<Selection> {
+    let mut selection = Selection { name: None, ..Default::default() };
+    if provider.contains('/') {
+        selection.path = Some(absolute(Path::new(provider)));
+    } else {
+        selection.name = Some(provider.to_owned());
+    }
+    for kv in settings {
+        let (key, value) =
+            kv.split_once('=').with_context(|| format!("--set {kv:?}: expected KEY=VALUE (e.g. region=eu-west-1)"))?;
+        // Numbers and booleans as in a job file; anything else is a string.
+        let value = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| serde_json::Value::String(value.to_owned()));
+        if key == "timeout" {
+            let d: mayfly_core::units::HumanDuration =
+                value.as_str().unwrap_or_default().parse().map_err(|e| anyhow::anyhow!("--set timeout: {e}"))?;
+            selection.timeout_ms = Some(d.0.as_millis() as u64);
+        } else {
+            selection.settings.insert(key.to_owned(), value);
+        }
+    }
+    Ok(selection)
+}
+
+/// Ends `provider`'s nodes under `state` that are past their deadline (each
+/// once across calls, by `seen`); returns how many.
+fn reap_with(
+    provider: &ProviderHandle,
+    state: &Path,
+    now: u64,
+    seen: &mut std::collections::HashSet<(String, String, String)>,
+) -> Result<usize> {
+    let expired: Vec<_> = provider
+        .list_all(state)?
+        .into_iter()
+        .filter(|n| n.expires_at <= now && seen.insert((n.job.clone(), n.node.clone(), n.id.clone())))
+        .collect();
+    for n in &expired {
+        println!(
+            "reaping {} of job {} ({} {}, expired {}s ago)",
+            n.node,
+            n.job,
+            provider.name(),
+            n.id,
+            (now - n.expires_at) / 1000
+        );
+    }
+    if !expired.is_empty() {
+        provider.terminate(&expired, Duration::from_secs(2))?;
+    }
+    Ok(expired.len())
+}
+
+pub(crate) fn cmd_reap(state: &Path, provider: Option<&str>, settings: &[String]) -> Result<()> {
     let now = SystemClock.now();
+    // Two selections of one provider list the same nodes: each node is ended once.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(provider) = provider {
+        let handle = ProviderHandle::select(&provider_arg(provider, settings)?)?;
+        let reaped = reap_with(&handle, state, now, &mut seen)?;
+        println!("{reaped} node(s) reaped");
+        return Ok(());
+    }
     // Each job's own provider, as its manifest recorded it; jobs on the same
     // provider are listed once. A job whose manifest cannot be read is
     // reaped with the built-in provider, and said so.
@@ -339,45 +404,19 @@ pub(crate) fn cmd_reap(state: &Path) -> Result<()> {
             selections.push(selection);
         }
     }
-    // Two selections of one provider list the same nodes: each node is ended once.
-    let mut seen = std::collections::HashSet::new();
-    let mut reaped = 0;
-    let mut failures = 0;
+    let (mut reaped, mut failures) = (0, 0);
     for selection in selections {
         // One provider that cannot be made or asked does not stop the others' reaping.
-        let listed =
-            ProviderHandle::select(&selection).map_err(anyhow::Error::from).and_then(|p| Ok((p.list_all(state)?, p)));
-        let (nodes, provider) = match listed {
-            Ok(found) => found,
+        let done = ProviderHandle::select(&selection)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| reap_with(&p, state, now, &mut seen));
+        match done {
+            Ok(n) => reaped += n,
             Err(e) => {
                 failures += 1;
-                eprintln!("error: cannot list the nodes of provider {}: {e:#}", selection.label());
-                continue;
+                eprintln!("error: reaping the nodes of provider {}: {e:#}", selection.label());
             }
-        };
-        let expired: Vec<_> = nodes
-            .into_iter()
-            .filter(|n| n.expires_at <= now && seen.insert((n.job.clone(), n.node.clone(), n.id.clone())))
-            .collect();
-        if expired.is_empty() {
-            continue;
         }
-        for n in &expired {
-            println!(
-                "reaping {} of job {} ({} {}, expired {}s ago)",
-                n.node,
-                n.job,
-                provider.name(),
-                n.id,
-                (now - n.expires_at) / 1000
-            );
-        }
-        if let Err(e) = provider.terminate(&expired, Duration::from_secs(2)) {
-            failures += 1;
-            eprintln!("error: ending nodes of provider {}: {e}", provider.name());
-            continue;
-        }
-        reaped += expired.len();
     }
     println!("{reaped} node(s) reaped");
     if failures > 0 {

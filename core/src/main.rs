@@ -96,12 +96,21 @@ enum Command {
         #[arg(long, default_value = ".mayfly/jobs")]
         state: PathBuf,
     },
-    /// End every local node whose job's deadline has passed.
-    #[command(after_help = "Example:\n  mayfly reap --state .mayfly/jobs")]
+    /// End every node whose job's deadline has passed: those of the jobs under
+    /// a state location (each through its own provider), or with --provider,
+    /// every node that provider can see (e.g. every tagged EC2 instance).
+    #[command(after_help = "Examples:\n  mayfly reap --state .mayfly/jobs\n  \
+                            mayfly reap --provider aws --set region=eu-west-1")]
     Reap {
         /// The state location to scan.
         #[arg(long, default_value = ".mayfly/jobs")]
         state: PathBuf,
+        /// A provider to ask directly: a name (`aws`) or a plugin's path.
+        #[arg(long)]
+        provider: Option<String>,
+        /// A setting of that provider (repeatable), as in a job's `[provider]` section.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "provider")]
+        settings: Vec<String>,
     },
     /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
     Demo {
@@ -179,7 +188,9 @@ fn main() -> ExitCode {
         Command::Status { job, state, json } => jobs::cmd_status(&job, &state, json),
         Command::Logs { job, node, state } => jobs::cmd_logs(&job, node.as_deref(), &state).map(|()| ExitCode::SUCCESS),
         Command::Resume { job, state } => jobs::cmd_resume(&job, &state),
-        Command::Reap { state } => jobs::cmd_reap(&state).map(|()| ExitCode::SUCCESS),
+        Command::Reap { state, provider, settings } => {
+            jobs::cmd_reap(&state, provider.as_deref(), &settings).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
         Command::Node { role, job, node, dir } => jobs::cmd_node(&role, &job, &node, &dir),
         Command::Idle { for_ } => jobs::cmd_idle(for_.0),

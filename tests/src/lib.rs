@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod aws;
 pub mod cluster;
 
 use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};
@@ -66,7 +67,7 @@ pub fn mayfly_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let profile_dir = target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" });
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut cmd = cargo();
         cmd.args(["build", "-p", "mayfly", "--bin", "mayfly"]).current_dir(root());
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
@@ -76,6 +77,25 @@ pub fn mayfly_bin() -> PathBuf {
         profile_dir.join("mayfly")
     })
     .clone()
+}
+
+/// A `cargo` command for the harness's own builds, without the variables
+/// cargo sets for the running test (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`,
+/// ...): build scripts that watch them (ring's does) would otherwise see a
+/// change and rebuild everything above them, twice per run.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_the_test =
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR"]
+                .iter()
+                .any(|p| key.starts_with(p));
+        if set_for_the_test || key == "OUT_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Builds the plugin package `package` (with `features`) as the tests are
@@ -91,10 +111,14 @@ pub fn plugin(package: &str, features: &[&str]) -> PathBuf {
         return path.clone();
     }
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "-p", package]).current_dir(root());
+    let mut cmd = cargo();
+    // The whole workspace, as the tests were built: the same features for
+    // every dependency, so nothing is built twice (aws-sdk-ec2 alone takes
+    // minutes and 8 GiB).
+    cmd.args(["build", "--workspace"]).current_dir(root());
     if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
+        let qualified: Vec<String> = features.iter().map(|f| format!("{package}/{f}")).collect();
+        cmd.args(["--features", &qualified.join(",")]);
     }
     if !cfg!(debug_assertions) {
         cmd.arg("--release");

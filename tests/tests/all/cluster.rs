@@ -9,19 +9,19 @@ use mayfly_tests::cluster::{TestJob, inputs, wait_until};
 
 const SLOW: &str = "tests/guests/misbehave";
 
-fn cluster(workers: u32, extra: &str) -> String {
+pub(crate) fn cluster(workers: u32, extra: &str) -> String {
     format!(
         "[cluster]\nworkers = {workers}\ndeadline = \"3m\"\nlease_time = \"1s\"\nidle_timeout = \"60s\"\nmaster_lost_timeout = \"60s\"\n{extra}\n\
          [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n"
     )
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// Every input appears once under map/, byte for byte, and nothing else does.
-fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
+pub(crate) fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
     let outputs = job.map_outputs();
     let expected: Vec<String> = files.iter().map(|(n, _)| format!("{n}/copy.bin")).collect();
     assert_eq!(outputs, expected, "map outputs");

@@ -2,10 +2,11 @@
 //! the `mayfly_tests` library.
 #![allow(clippy::unwrap_used)]
 
+mod aws;
 mod cache;
 mod cli;
-mod cluster;
+pub(crate) mod cluster;
 mod load;
-mod plugins;
+pub(crate) mod plugins;
 mod sandbox;
 mod tasks;

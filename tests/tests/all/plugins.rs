@@ -21,20 +21,19 @@ fn local_plugin() -> PathBuf {
     plugin("mayfly-provider-local-plugin", &[])
 }
 
-/// Where a provider keeps the record of a node, given the state root.
-type IdentityOf = Box<dyn Fn(&Path, &NodeInfo) -> PathBuf + Send + Sync>;
+/// The setting (key, value) that makes a provider see itself on a node,
+/// given the state root.
+pub(crate) type IdentityOf = Box<dyn Fn(&Path, &NodeInfo) -> (String, String) + Send + Sync>;
 
 /// A provider under test, selected as a job's `[provider]` section would.
-struct Selected {
-    section: serde_json::Map<String, serde_json::Value>,
-    root: PathBuf,
-    /// The settings key that tells a provider which node it is on, and that
-    /// node's record under the job's state or the provider's registry.
-    identity: IdentityOf,
+pub(crate) struct Selected {
+    pub(crate) section: serde_json::Map<String, serde_json::Value>,
+    pub(crate) root: PathBuf,
+    pub(crate) identity: IdentityOf,
 }
 
 impl Selected {
-    fn selection(&self, extra: Option<(&str, String)>) -> Selection {
+    pub(crate) fn selection(&self, extra: Option<(String, String)>) -> Selection {
         let mut s = Selection { name: None, ..Default::default() };
         for (key, value) in &self.section {
             match (key.as_str(), value.as_str()) {
@@ -46,7 +45,7 @@ impl Selected {
             }
         }
         if let Some((key, value)) = extra {
-            s.settings.insert(key.into(), value.into());
+            s.settings.insert(key, value.into());
         }
         s
     }
@@ -58,8 +57,7 @@ impl Backend for Selected {
     }
 
     fn on_node(&self, node: &NodeInfo) -> Arc<dyn Provider> {
-        let identity = (self.identity)(&self.root, node).to_string_lossy().into_owned();
-        ProviderHandle::select(&self.selection(Some(("identity", identity)))).unwrap().provider()
+        ProviderHandle::select(&self.selection(Some((self.identity)(&self.root, node)))).unwrap().provider()
     }
 
     fn section(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -90,7 +88,10 @@ fn local(name: &str, how: serde_json::Value) -> (Selected, Kit) {
     let backend = Selected {
         section: section.as_object().unwrap().clone(),
         root: dir.join("state"),
-        identity: Box::new(|root, n| root.join(&n.job).join("nodes").join(format!("{}.json", n.node))),
+        identity: Box::new(|root, n| {
+            let record = root.join(&n.job).join("nodes").join(format!("{}.json", n.node));
+            ("identity".into(), record.to_string_lossy().into_owned())
+        }),
     };
     (backend, Kit::new(&dir.join("jobs"), &component(WORDCOUNT)))
 }
@@ -115,7 +116,7 @@ fn template_plugin() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let target = mayfly_tests::target_dir().join("template");
-            let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            let mut cmd = mayfly_tests::cargo();
             cmd.args(["build", "--locked", "--manifest-path"])
                 .arg(mayfly_tests::root().join("providers/template/Cargo.toml"))
                 .arg("--target-dir")
@@ -139,7 +140,9 @@ fn the_template_plugin_built_outside_the_workspace_conforms() {
     let backend = Selected {
         section: section.as_object().unwrap().clone(),
         root: dir.join("state"),
-        identity: Box::new(move |_, n| registry.join(&n.job).join(format!("{}.json", n.node))),
+        identity: Box::new(move |_, n| {
+            ("identity".into(), registry.join(&n.job).join(format!("{}.json", n.node)).to_string_lossy().into_owned())
+        }),
     };
     assert_conforms(&backend, &Kit::new(&dir.join("jobs"), &component(WORDCOUNT)));
 }
@@ -314,7 +317,7 @@ fn a_job_file_naming_a_bad_plugin_fails_before_anything_runs() {
 
 #[test]
 fn the_mayfly_binary_links_no_cloud_sdk() {
-    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let out = mayfly_tests::cargo()
         .args(["tree", "-p", "mayfly", "-e", "normal", "--prefix", "none"])
         .current_dir(mayfly_tests::root())
         .output()

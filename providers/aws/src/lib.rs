@@ -1,0 +1,763 @@
+//! # The AWS provider
+//!
+//! A mayfly provider plugin for AWS: nodes are EC2 instances, credentials
+//! come from STS (a job role, assumed for a bounded duration) or from the
+//! instance profile, data lives on S3.
+//!
+//! Each launch is one `RunInstances` call per run of nodes of the same role
+//! with consecutive names (`worker-1..worker-N`): the instances share their
+//! user data, and each learns its name from its launch index. Instances are
+//! tagged `mayfly:job`, `mayfly:role`, `mayfly:expires-at` (and their name or
+//! name run), set to terminate (not stop) when their OS shuts down, and their
+//! user data arms an OS-level dead-man switch at the deadline.
+//!
+//! Settings (`[provider]` keys): `region` (default us-east-1), `endpoint_url`
+//! (an EC2/STS/S3 endpoint, e.g. an emulator), `credentials_file` (an AWS
+//! shared credentials file for the provider's own calls; default: the SDK's
+//! chain, i.e. the function's role on Lambda and the instance profile on a
+//! node), `image_id`, `instance_type` and `master_instance_type`, `subnet_id`,
+//! `security_group_ids` (comma-separated), `instance_profile`, `role_arn`
+//! (the job role), `credential_ttl` (its session length: 15m to 1h, as role
+//! chaining allows), `bootstrap_limit` (at most Lambda's 900 s), `max_nodes`,
+//! `node_binary` (where `mayfly` is on the image), `instance_id` (the instance
+//! this process is, for tests; a node asks IMDSv2), `imds_endpoint`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    Filter, IamInstanceProfileSpecification, Instance, InstanceType, ResourceType, ShutdownBehavior, Tag,
+    TagSpecification,
+};
+use base64::Engine;
+use mayfly_provider_api::{
+    BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
+    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
+    Validity, async_trait, now_ms,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+const NAME: &str = "aws";
+/// EC2's limit on user data, before base64.
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+/// Lambda's limit on an invocation.
+pub const LAMBDA_LIMIT: Duration = Duration::from_secs(900);
+/// The shortest session STS grants.
+pub const MIN_SESSION: Duration = Duration::from_secs(900);
+/// The longest session of a chained role (a role assumed with a role's credentials,
+/// as the function's role and the instance profile are).
+pub const CHAINED_SESSION_CAP: Duration = Duration::from_secs(3600);
+/// The line of the user data that carries the node's launch, as JSON.
+pub const NODE_LINE: &str = "# mayfly-node: ";
+/// A file the user data writes on a real node: its presence allows the OS
+/// shutdown fallback of `terminate_self`.
+pub const NODE_MARKER: &str = "/etc/mayfly-node";
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
+    ProviderError::new(NAME, kind, message)
+}
+
+fn api_err(what: &str, e: impl std::fmt::Display) -> ProviderError {
+    fail(ErrorKind::Unavailable, format!("{what}: {e}"))
+}
+
+/// What the user data of a launch carries (the line after [`NODE_LINE`]):
+/// enough for a node, or a test's hypervisor, to start `mayfly`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLaunch {
+    /// The job.
+    pub job: String,
+    /// The nodes' role.
+    pub role: Role,
+    /// The name of a single node, or (`None`) `prefix` + (`first` + launch index).
+    pub node: Option<String>,
+    /// A run's name prefix.
+    pub prefix: String,
+    /// A run's first number.
+    pub first: u64,
+    /// `mayfly`'s arguments, with `{node}` for the node's name.
+    pub args: Vec<String>,
+    /// The job's deadline.
+    pub expires_at: u64,
+}
+
+impl NodeLaunch {
+    /// The name of the instance at `launch_index`.
+    pub fn name(&self, launch_index: u64) -> String {
+        match &self.node {
+            Some(n) => n.clone(),
+            None => format!("{}{}", self.prefix, self.first + launch_index),
+        }
+    }
+
+    /// The arguments of the instance at `launch_index`.
+    pub fn args_for(&self, launch_index: u64) -> Vec<String> {
+        let name = self.name(launch_index);
+        self.args.iter().map(|a| if a == "{node}" { name.clone() } else { a.clone() }).collect()
+    }
+
+    /// Reads it back from user data.
+    pub fn from_user_data(user_data: &str) -> Option<NodeLaunch> {
+        let line = user_data.lines().find_map(|l| l.strip_prefix(NODE_LINE))?;
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// Splits `worker-12` into (`worker-`, 12).
+fn split_number(name: &str) -> Option<(&str, u64)> {
+    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let (prefix, number) = name.split_at(digits);
+    if number.is_empty() || number.starts_with('0') && number.len() > 1 {
+        return None;
+    }
+    Some((prefix, number.parse().ok()?))
+}
+
+/// Groups the nodes of a launch into runs that one `RunInstances` call can
+/// start: same role, consecutive numbers after the same prefix, and the same
+/// arguments but for the name.
+pub fn plan_launch(request: &LaunchRequest) -> Vec<(NodeLaunch, u32)> {
+    let mut runs: Vec<(NodeLaunch, u32)> = Vec::new();
+    for spec in &request.nodes {
+        let args: Vec<String> =
+            spec.args.iter().map(|a| if *a == spec.node { "{node}".to_owned() } else { a.clone() }).collect();
+        if let Some((last, count)) = runs.last_mut()
+            && last.node.is_none()
+            && last.role == spec.role
+            && last.args == args
+            && split_number(&spec.node) == Some((last.prefix.as_str(), last.first + u64::from(*count)))
+        {
+            *count += 1;
+            continue;
+        }
+        let (prefix, first, node) = match split_number(&spec.node) {
+            Some((prefix, first)) => (prefix.to_owned(), first, None),
+            None => (String::new(), 0, Some(spec.node.clone())),
+        };
+        runs.push((
+            NodeLaunch {
+                job: request.job.clone(),
+                role: spec.role,
+                node,
+                prefix,
+                first,
+                args,
+                expires_at: request.expires_at,
+            },
+            1,
+        ));
+    }
+    runs
+}
+
+/// The user data of a launch: a shell script that marks the machine as a
+/// mayfly node, arms the OS dead-man switch (shutdown, which terminates the
+/// instance, `grace` after the deadline), finds the node's name from its
+/// launch index (IMDSv2), and starts `mayfly` in the background with its
+/// output in a log file.
+pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration) -> Result<String, ProviderError> {
+    let json = serde_json::to_string(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
+    let minutes = (launch.expires_at.saturating_sub(now_ms()) + grace.as_millis() as u64).div_ceil(60_000).max(1);
+    let quoted: Vec<String> = launch.args.iter().map(|a| shell_quote(a)).collect();
+    let names: Vec<String> = (0..u64::from(names)).map(|i| launch.name(i)).collect();
+    let script = format!(
+        "#!/bin/sh\n\
+         # A mayfly node of job {job}, written by mayfly-provider-aws.\n\
+         {NODE_LINE}{json}\n\
+         set -u\n\
+         echo {job} > {NODE_MARKER}\n\
+         # The dead-man switch: whatever happens, the OS shuts down (and the instance is\n\
+         # terminated) after the job's deadline.\n\
+         shutdown -h +{minutes} >/dev/null 2>&1 &\n\
+         T=$(curl -s -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 600')\n\
+         I=$(curl -s -H \"X-aws-ec2-metadata-token: $T\" http://169.254.169.254/latest/meta-data/ami-launch-index)\n\
+         set -- {names}\n\
+         shift \"$I\"\n\
+         NODE=$1\n\
+         nohup {binary} {args} >/var/log/mayfly-node.log 2>&1 &\n",
+        job = launch.job,
+        names = names.join(" "),
+        binary = shell_quote(binary),
+        args = quoted.join(" ").replace("'{node}'", "\"$NODE\""),
+    );
+    if script.len() > USER_DATA_LIMIT {
+        return Err(fail(
+            ErrorKind::Config,
+            format!(
+                "the user data of {} node(s) is {} bytes, over EC2's {USER_DATA_LIMIT}-byte limit; launch fewer nodes per call or shorten the paths",
+                names.len(),
+                script.len()
+            ),
+        ));
+    }
+    Ok(script)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+struct Clients {
+    ec2: aws_sdk_ec2::Client,
+    sts: aws_sdk_sts::Client,
+    config: aws_config::SdkConfig,
+}
+
+/// The AWS provider.
+pub struct Aws {
+    region: String,
+    endpoint_url: Option<String>,
+    credentials_file: Option<PathBuf>,
+    image_id: Option<String>,
+    master_type: String,
+    worker_type: String,
+    subnet_id: Option<String>,
+    security_groups: Vec<String>,
+    instance_profile: Option<String>,
+    role_arn: Option<String>,
+    credential_ttl: Duration,
+    bootstrap_limit: Duration,
+    max_nodes: u32,
+    node_binary: String,
+    instance_id: Option<String>,
+    imds_endpoint: Option<String>,
+    clients: OnceCell<Clients>,
+    host: Arc<dyn Host>,
+}
+
+impl std::fmt::Debug for Aws {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aws")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("role_arn", &self.role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tag(key: &str, value: impl Into<String>) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn tag_of<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
+    i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+/// The node an instance is, from its tags and launch index.
+fn node_of(i: &Instance) -> Option<NodeInfo> {
+    let job = tag_of(i, "mayfly:job")?.to_owned();
+    let role = match tag_of(i, "mayfly:role")? {
+        "master" => Role::Master,
+        _ => Role::Worker,
+    };
+    let node = match tag_of(i, "mayfly:node") {
+        Some(n) => n.to_owned(),
+        None => {
+            let prefix = tag_of(i, "mayfly:node-prefix")?;
+            let first: u64 = tag_of(i, "mayfly:node-first")?.parse().ok()?;
+            format!("{prefix}{}", first + i.ami_launch_index().unwrap_or(0) as u64)
+        }
+    };
+    Some(NodeInfo {
+        node,
+        role,
+        job,
+        id: i.instance_id()?.to_owned(),
+        expires_at: tag_of(i, "mayfly:expires-at").and_then(|t| t.parse().ok()).unwrap_or(0),
+        launched_at: i.launch_time().map(|t| t.secs().max(0) as u64 * 1000).unwrap_or(0),
+    })
+}
+
+/// States of an instance that still exists and may bill (shutting-down and
+/// terminated do not).
+const ALIVE: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+impl Aws {
+    async fn clients(&self) -> Result<&Clients, ProviderError> {
+        self.clients
+            .get_or_try_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(self.region.clone()))
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+                if let Some(url) = &self.endpoint_url {
+                    loader = loader.endpoint_url(url);
+                }
+                if let Some(file) = &self.credentials_file {
+                    use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+                    let files = EnvConfigFiles::builder().with_file(EnvConfigFileKind::Credentials, file).build();
+                    loader = loader.credentials_provider(
+                        aws_config::profile::ProfileFileCredentialsProvider::builder().profile_files(files).build(),
+                    );
+                }
+                let config = loader.load().await;
+                Ok(Clients { ec2: aws_sdk_ec2::Client::new(&config), sts: aws_sdk_sts::Client::new(&config), config })
+            })
+            .await
+    }
+
+    fn imds(&self) -> Result<aws_config::imds::Client, ProviderError> {
+        let mut b = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(2))
+            .max_attempts(2);
+        if let Some(e) = &self.imds_endpoint {
+            b = b.endpoint(e).map_err(|e| fail(ErrorKind::Config, format!("`provider.imds_endpoint`: {e}")))?;
+        }
+        Ok(b.build())
+    }
+
+    /// This process's instance id: the setting, or IMDSv2 (`None` off EC2).
+    async fn my_instance(&self) -> Option<String> {
+        if let Some(id) = &self.instance_id {
+            return Some(id.clone());
+        }
+        let imds = self.imds().ok()?;
+        imds.get("/latest/meta-data/instance-id").await.ok().map(|s| s.as_ref().to_owned())
+    }
+
+    async fn describe(&self, filters: Vec<Filter>, ids: Vec<String>) -> Result<Vec<Instance>, ProviderError> {
+        let c = self.clients().await?;
+        let mut pages = c
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters))
+            .set_instance_ids(if ids.is_empty() { None } else { Some(ids) })
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_err("DescribeInstances", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+            out.extend(page.reservations().iter().flat_map(|r| r.instances().iter().cloned()));
+        }
+        Ok(out)
+    }
+
+    async fn run(&self, launch: &NodeLaunch, count: u32) -> Result<Vec<NodeInfo>, ProviderError> {
+        let c = self.clients().await?;
+        let image = self.image_id.as_deref().ok_or_else(|| {
+            fail(ErrorKind::Config, "`provider.image_id` is not set: the AMI the nodes boot (with mayfly installed)")
+        })?;
+        let script = user_data(launch, count, &self.node_binary, Duration::from_secs(60))?;
+        let kind = if launch.role == Role::Master { &self.master_type } else { &self.worker_type };
+        let mut tags = vec![
+            tag("mayfly:job", &launch.job),
+            tag("mayfly:role", launch.role.to_string()),
+            tag("mayfly:expires-at", launch.expires_at.to_string()),
+            tag("Name", format!("mayfly {} {}", launch.job, launch.name(0))),
+        ];
+        match &launch.node {
+            Some(n) => tags.push(tag("mayfly:node", n)),
+            None => {
+                tags.push(tag("mayfly:node-prefix", &launch.prefix));
+                tags.push(tag("mayfly:node-first", launch.first.to_string()));
+            }
+        }
+        let spec = TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build();
+        let mut attempt = 0;
+        loop {
+            let mut call = c
+                .ec2
+                .run_instances()
+                .image_id(image)
+                .instance_type(InstanceType::from(kind.as_str()))
+                .min_count(count as i32)
+                .max_count(count as i32)
+                .user_data(base64::engine::general_purpose::STANDARD.encode(&script))
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .tag_specifications(spec.clone())
+                .set_subnet_id(self.subnet_id.clone())
+                .set_security_group_ids(if self.security_groups.is_empty() {
+                    None
+                } else {
+                    Some(self.security_groups.clone())
+                });
+            if let Some(profile) = &self.instance_profile {
+                call = call.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            }
+            match call.send().await {
+                Ok(out) => return Ok(out.instances().iter().filter_map(node_of).collect()),
+                Err(e) => {
+                    let capacity = e.as_service_error().and_then(|s| s.meta().code()).is_some_and(|code| {
+                        matches!(code, "InsufficientInstanceCapacity" | "InsufficientCapacity" | "RequestLimitExceeded")
+                    });
+                    attempt += 1;
+                    if !capacity || attempt >= 4 {
+                        return Err(api_err(
+                            &format!("RunInstances ({count} {kind} for {})", launch.name(0)),
+                            aws_sdk_ec2::error::DisplayErrorContext(e),
+                        ));
+                    }
+                    self.host
+                        .log(Level::Warn, &format!("aws: no capacity yet for {kind}; retrying (attempt {attempt})"));
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn terminate_ids(&self, ids: Vec<String>, patience: Duration) -> Result<(), ProviderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let c = self.clients().await?;
+        c.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.clone()))
+            .send()
+            .await
+            .map_err(|e| api_err("TerminateInstances", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        let start = std::time::Instant::now();
+        loop {
+            let alive = self.describe(vec![state_filter()], ids.clone()).await?;
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > patience {
+                return Err(fail(
+                    ErrorKind::Unavailable,
+                    format!("{} instance(s) still not terminated after {patience:?}", alive.len()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn state_filter() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(ALIVE.iter().map(|s| s.to_string()).collect()))
+        .build()
+}
+
+#[async_trait]
+impl Provider for Aws {
+    fn create(settings: Settings, host: Arc<dyn Host>) -> Result<Self, ProviderError> {
+        let mut s = settings.named(NAME);
+        let region = s.string("region")?.unwrap_or_else(|| "us-east-1".into());
+        let endpoint_url = s.string("endpoint_url")?;
+        let credentials_file = s.string("credentials_file")?.map(PathBuf::from);
+        let image_id = s.string("image_id")?;
+        let worker_type = s.string("instance_type")?.unwrap_or_else(|| "t3.medium".into());
+        let master_type = s.string("master_instance_type")?.unwrap_or_else(|| worker_type.clone());
+        let subnet_id = s.string("subnet_id")?;
+        let security_groups = s
+            .string("security_group_ids")?
+            .map(|g| g.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default();
+        let instance_profile = s.string("instance_profile")?;
+        let role_arn = s.string("role_arn")?;
+        let credential_ttl = s.duration("credential_ttl", CHAINED_SESSION_CAP)?;
+        let bootstrap_limit = s.duration("bootstrap_limit", LAMBDA_LIMIT)?;
+        let max_nodes = s.u64("max_nodes", 100)?;
+        let node_binary = s.string("node_binary")?.unwrap_or_else(|| "/usr/local/bin/mayfly".into());
+        let instance_id = s.string("instance_id")?;
+        let imds_endpoint = s.string("imds_endpoint")?;
+        s.finish()?;
+        if role_arn.is_some() && !(MIN_SESSION..=CHAINED_SESSION_CAP).contains(&credential_ttl) {
+            return Err(fail(
+                ErrorKind::Config,
+                format!(
+                    "`provider.credential_ttl` is {}s: a job role's session must be 900s to 3600s (STS allows 15 min at least, and 1 h at most when a role assumes a role, as the function's role and the instance profile do)",
+                    credential_ttl.as_secs()
+                ),
+            ));
+        }
+        if credential_ttl < MIN_SESSION && role_arn.is_none() {
+            return Err(fail(ErrorKind::Config, "`provider.credential_ttl` must be at least 15m"));
+        }
+        if bootstrap_limit > LAMBDA_LIMIT || bootstrap_limit < Duration::from_secs(10) {
+            return Err(fail(
+                ErrorKind::Config,
+                format!("`provider.bootstrap_limit` is {}s: Lambda allows 10s to 900s", bootstrap_limit.as_secs()),
+            ));
+        }
+        let max_nodes = u32::try_from(max_nodes)
+            .ok()
+            .filter(|n| (2..=10_000).contains(n))
+            .ok_or_else(|| fail(ErrorKind::Config, "`provider.max_nodes` must be between 2 and 10000"))?;
+        if endpoint_url.as_deref().is_some_and(|u| !u.starts_with("http://") && !u.starts_with("https://")) {
+            return Err(fail(ErrorKind::Config, "`provider.endpoint_url` must be an http:// or https:// URL"));
+        }
+        Ok(Aws {
+            region,
+            endpoint_url,
+            credentials_file,
+            image_id,
+            master_type,
+            worker_type,
+            subnet_id,
+            security_groups,
+            instance_profile,
+            role_arn,
+            credential_ttl,
+            bootstrap_limit,
+            max_nodes,
+            node_binary,
+            instance_id,
+            imds_endpoint,
+            clients: OnceCell::new(),
+            host,
+        })
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            name: NAME.into(),
+            limits: Limits {
+                bootstrap_limit_ms: self.bootstrap_limit.as_millis() as u64,
+                credential_ttl_ms: self.credential_ttl.as_millis() as u64,
+                max_nodes: self.max_nodes,
+            },
+            capabilities: Capabilities { entrypoint: None },
+            schemes: vec!["s3".into()],
+        }
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        if request.nodes.len() > self.max_nodes as usize {
+            return Err(fail(
+                ErrorKind::Config,
+                format!("a launch of {} nodes exceeds max_nodes = {}", request.nodes.len(), self.max_nodes),
+            ));
+        }
+        let mut launched: Vec<NodeInfo> = Vec::new();
+        for (launch, count) in plan_launch(&request) {
+            match self.run(&launch, count).await {
+                Ok(nodes) => launched.extend(nodes),
+                Err(e) => {
+                    // Nothing half-launched may stay.
+                    let ids = launched.iter().map(|n| n.id.clone()).collect();
+                    if let Err(t) = self.terminate_ids(ids, Duration::from_secs(60)).await {
+                        self.host.log(Level::Error, &format!("aws: ending a failed launch: {t}"));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.host.log(Level::Info, &format!("aws: launched {} instance(s) for job {}", launched.len(), request.job));
+        Ok(launched)
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+        let by_job = match &request.job {
+            Some(job) => Filter::builder().name("tag:mayfly:job").values(job).build(),
+            None => Filter::builder().name("tag-key").values("mayfly:job").build(),
+        };
+        let mut nodes: Vec<NodeInfo> =
+            self.describe(vec![by_job, state_filter()], vec![]).await?.iter().filter_map(node_of).collect();
+        nodes.sort_by(|a, b| (&a.job, &a.node).cmp(&(&b.job, &b.node)));
+        Ok(nodes)
+    }
+
+    async fn terminate(&self, request: TerminateRequest) -> Result<(), ProviderError> {
+        let ids = request.nodes.iter().map(|n| n.id.clone()).collect();
+        // EC2 has no gentle stop that mayfly uses: terminating is the end. The
+        // grace only bounds how long to wait for it.
+        self.terminate_ids(ids, Duration::from_millis(request.grace_ms).max(Duration::from_secs(30))).await
+    }
+
+    async fn identify(&self) -> Result<Option<NodeInfo>, ProviderError> {
+        let Some(id) = self.my_instance().await else { return Ok(None) };
+        Ok(self.describe(vec![], vec![id]).await?.iter().find_map(node_of))
+    }
+
+    async fn terminate_self(&self) -> Result<(), ProviderError> {
+        let id = self
+            .my_instance()
+            .await
+            .ok_or_else(|| fail(ErrorKind::Unsupported, "this process is not on an EC2 instance (no instance id)"))?;
+        let c = self.clients().await?;
+        let result = c.ec2.terminate_instances().instance_ids(&id).send().await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = api_err(&format!("TerminateInstances({id})"), aws_sdk_ec2::error::DisplayErrorContext(e));
+                // On a real node the OS shutdown terminates the instance instead.
+                if std::path::Path::new(NODE_MARKER).exists() {
+                    self.host.log(Level::Error, &format!("{e}; shutting the OS down instead"));
+                    let _ = std::process::Command::new("shutdown").args(["-h", "now"]).status();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
+        let c = self.clients().await?;
+        let now = now_ms();
+        let (secret, expires_at) = match &self.role_arn {
+            Some(role) => {
+                let session: String = format!("mayfly-{}-{}", request.job, request.node)
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
+                    .take(64)
+                    .collect();
+                let out = c
+                    .sts
+                    .assume_role()
+                    .role_arn(role)
+                    .role_session_name(session)
+                    .duration_seconds(self.credential_ttl.as_secs() as i32)
+                    .send()
+                    .await
+                    .map_err(|e| api_err(&format!("AssumeRole({role})"), aws_sdk_sts::error::DisplayErrorContext(e)))?;
+                let cred =
+                    out.credentials().ok_or_else(|| fail(ErrorKind::Unavailable, "AssumeRole gave no credentials"))?;
+                let expires = cred.expiration().secs().max(0) as u64 * 1000;
+                (format!("{}:{}:{}", cred.access_key_id(), cred.secret_access_key(), cred.session_token()), expires)
+            }
+            None => {
+                use aws_credential_types::provider::ProvideCredentials;
+                let provider = c
+                    .config
+                    .credentials_provider()
+                    .ok_or_else(|| fail(ErrorKind::Config, "no AWS credentials are configured"))?;
+                let cred = provider.provide_credentials().await.map_err(|e| api_err("the credential chain", e))?;
+                let expires = cred
+                    .expiry()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .ok_or_else(|| {
+                        fail(
+                            ErrorKind::Config,
+                            "these AWS credentials never expire: mayfly's credential rule needs expiring ones (an instance profile or `role_arn`)",
+                        )
+                    })?;
+                (
+                    format!(
+                        "{}:{}:{}",
+                        cred.access_key_id(),
+                        cred.secret_access_key(),
+                        cred.session_token().unwrap_or("")
+                    ),
+                    expires,
+                )
+            }
+        };
+        Ok(Credential { node: request.node, secret, validity: Validity { issued_at: now, expires_at } })
+    }
+
+    async fn object_store(&self, url: String) -> Result<StoreConfig, ProviderError> {
+        if !url.starts_with("s3://") {
+            return Err(fail(ErrorKind::Unsupported, format!("{url}: the aws provider serves s3:// URLs")));
+        }
+        let mut options = BTreeMap::from([("aws_region".to_owned(), self.region.clone())]);
+        if let Some(e) = &self.endpoint_url {
+            options.insert("aws_endpoint".into(), e.clone());
+            if e.starts_with("http://") {
+                options.insert("aws_allow_http".into(), "true".into());
+            }
+        }
+        Ok(StoreConfig { scheme: "s3".into(), options })
+    }
+
+    async fn adapt_event(&self, event: serde_json::Value) -> Result<BootstrapRequest, ProviderError> {
+        // A direct invocation: {"job": "<job file>", "base_dir": ..., "overrides": {...}}.
+        let bad = |m: &str| fail(ErrorKind::Config, format!("event: {m}"));
+        let obj = event.as_object().ok_or_else(|| bad("expected a JSON object with `job`"))?;
+        if obj.contains_key("Records") || obj.contains_key("job_url") {
+            return Err(fail(
+                ErrorKind::Unsupported,
+                "events that point at S3 (object-created events, `job_url`) need the S3 data path, not built yet; invoke with the job inline (`job`)",
+            ));
+        }
+        let job = obj.get("job").and_then(|j| j.as_str()).ok_or_else(|| bad("expected a JSON object with `job`"))?;
+        let base_dir = obj.get("base_dir").and_then(|b| b.as_str()).map(str::to_owned);
+        let overrides = match obj.get("overrides") {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(o) => serde_json::from_value(o.clone()).map_err(|e| bad(&format!("`overrides`: {e}")))?,
+        };
+        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides })
+    }
+}
+
+mayfly_provider_api::export_provider!(Aws);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mayfly_provider_api::NodeSpec;
+
+    fn spec(node: &str, role: Role) -> NodeSpec {
+        NodeSpec {
+            node: node.into(),
+            role,
+            args: ["node", "--role", &role.to_string(), "--node", node, "--dir", "/s/j"].map(String::from).to_vec(),
+        }
+    }
+
+    fn request(nodes: Vec<NodeSpec>) -> LaunchRequest {
+        LaunchRequest { job: "j".into(), state: "/s/j".into(), expires_at: now_ms() + 600_000, nodes }
+    }
+
+    #[test]
+    fn consecutive_workers_are_one_call_and_each_learns_its_name() {
+        let runs = plan_launch(&request(vec![
+            spec("master", Role::Master),
+            spec("worker-1", Role::Worker),
+            spec("worker-2", Role::Worker),
+            spec("worker-3", Role::Worker),
+            spec("worker-7", Role::Worker),
+        ]));
+        let shape: Vec<(Option<String>, String, u64, u32)> =
+            runs.iter().map(|(l, n)| (l.node.clone(), l.prefix.clone(), l.first, *n)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Some("master".into()), String::new(), 0, 1),
+                (None, "worker-".into(), 1, 3),
+                (None, "worker-".into(), 7, 1)
+            ]
+        );
+        let (workers, _) = &runs[1];
+        assert_eq!(workers.name(2), "worker-3");
+        assert_eq!(workers.args_for(1), spec("worker-2", Role::Worker).args);
+    }
+
+    #[test]
+    fn user_data_carries_the_launch_and_stays_under_ec2s_limit() {
+        let runs = plan_launch(&request(vec![spec("worker-1", Role::Worker), spec("worker-2", Role::Worker)]));
+        let (launch, count) = &runs[0];
+        let script = user_data(launch, *count, "/usr/local/bin/mayfly", Duration::from_secs(60)).unwrap();
+        assert_eq!(NodeLaunch::from_user_data(&script).as_ref(), Some(launch));
+        assert!(script.contains("shutdown -h +11") && script.contains("set -- worker-1 worker-2"), "{script}");
+        assert!(script.contains("'--node' \"$NODE\""), "{script}");
+        let mut big = launch.clone();
+        big.args.push("x".repeat(USER_DATA_LIMIT));
+        let e = user_data(&big, 1, "/usr/local/bin/mayfly", Duration::ZERO).unwrap_err();
+        assert!(e.message.contains("over EC2's 16384-byte limit"), "{e}");
+    }
+
+    #[test]
+    fn sessions_outside_what_sts_allows_are_refused_before_any_call() {
+        struct Quiet;
+        #[async_trait]
+        impl Host for Quiet {
+            fn log(&self, _: Level, _: &str) {}
+            async fn bootstrap(
+                &self,
+                _: BootstrapRequest,
+            ) -> Result<mayfly_provider_api::BootstrapReply, ProviderError> {
+                Err(fail(ErrorKind::Unsupported, "no host"))
+            }
+        }
+        let make = |v: serde_json::Value| {
+            let serde_json::Value::Object(map) = v else { unreachable!() };
+            Aws::create(Settings::new("?", map), Arc::new(Quiet))
+        };
+        let role = "arn:aws:iam::123456789012:role/job";
+        let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "2h" })).unwrap_err();
+        assert!(e.message.contains("is 7200s: a job role's session must be 900s to 3600s"), "{e}");
+        let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "5m" })).unwrap_err();
+        assert!(e.message.contains("is 300s"), "{e}");
+        assert!(make(serde_json::json!({ "role_arn": role, "credential_ttl": "1h" })).is_ok());
+        let e = make(serde_json::json!({ "bootstrap_limit": "20m" })).unwrap_err();
+        assert!(e.message.contains("Lambda allows 10s to 900s"), "{e}");
+        let e = make(serde_json::json!({ "endpoint_url": "localhost:5000" })).unwrap_err();
+        assert!(e.message.contains("http:// or https://"), "{e}");
+    }
+}

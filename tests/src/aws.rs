@@ -1,0 +1,295 @@
+//! The AWS the tests run against: moto in server mode on 127.0.0.1 (installed
+//! into a virtual environment under the target directory when missing, or
+//! taken from `MAYFLY_MOTO_PYTHON`), and a hypervisor that does what moto
+//! does not: for each instance of a job that moto reports pending or
+//! running, it starts a local `mayfly` process from the instance's user data
+//! with an IMDSv2 endpoint of its own; when moto reports the instance
+//! terminated, it kills the process; when the process ends on its own (the
+//! node shut its OS down), it terminates the instance in moto.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use base64::Engine;
+use mayfly_provider_aws::NodeLaunch;
+
+use crate::{cache_dir, mayfly_bin, root, scratch, target_dir};
+
+/// The moto server of this test process, and what reaches it.
+#[derive(Debug)]
+pub struct Moto {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// An AWS shared credentials file with moto's test keys.
+    pub credentials: PathBuf,
+    _server: Mutex<Child>,
+}
+
+/// A Python with moto installed: `MAYFLY_MOTO_PYTHON`, or a virtual
+/// environment under the target directory, made (with `pip install
+/// 'moto[server]'`) on first use.
+fn moto_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MAYFLY_MOTO_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = target_dir().join("moto-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".installed");
+    if !ready.exists() {
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "moto[server]"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "installing moto into {} failed (needs python3 and PyPI)", venv.display());
+        std::fs::write(&ready, b"").unwrap();
+    }
+    python
+}
+
+/// The moto server, started once per test process. It ends when this process
+/// does: it watches its standard input, which only this process holds.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = scratch("moto");
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let watch = "import os, sys, threading\n\
+                     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()\n\
+                     from moto.server import main\n\
+                     main(['-H', '127.0.0.1', '-p', sys.argv[1]])\n";
+        let server = Command::new(moto_python())
+            .args(["-c", watch, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start moto");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let up = crate::cluster::wait_until(Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "moto did not start on port {port} (see target/test-scratch/*/moto/moto.log)");
+        let credentials = dir.join("credentials");
+        std::fs::write(&credentials, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+            .unwrap();
+        let moto = Moto { endpoint, credentials, _server: Mutex::new(server) };
+        Hypervisor::start(&moto);
+        moto
+    })
+}
+
+impl Moto {
+    /// The `[provider]` settings that point the aws plugin at this moto.
+    pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v = serde_json::json!({
+            "endpoint_url": self.endpoint,
+            "credentials_file": self.credentials,
+            "image_id": "ami-12c6146b",
+            "instance_type": "t3.micro",
+            "role_arn": "arn:aws:iam::123456789012:role/mayfly-job",
+            "credential_ttl": "15m",
+            "max_nodes": 8,
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// An EC2 client on this moto, for tests that look at instances themselves.
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        let creds = aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "mayfly-tests");
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+}
+
+/// Where the hypervisor keeps each instance's console (made once per process).
+fn consoles() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| scratch("aws-nodes"))
+}
+
+/// What a node of `job` has written so far (its instance's console).
+pub fn node_log(job: &str, node: &str) -> String {
+    std::fs::read_to_string(consoles().join(job).join(format!("{node}.log"))).unwrap_or_default()
+}
+
+/// The aws plugin's library (built for the tests' profile).
+pub fn aws_plugin() -> PathBuf {
+    crate::plugin("mayfly-provider-aws", &[])
+}
+
+struct Node {
+    child: Child,
+    ended: bool,
+}
+
+/// Plays EC2's hypervisor for moto's instances.
+struct Hypervisor;
+
+impl Hypervisor {
+    fn start(moto: &Moto) {
+        let ec2 = moto.ec2();
+        let logs = consoles().to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::Builder::new()
+            .name("moto-hypervisor".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let mut nodes: HashMap<String, Node> = HashMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = rt.block_on(Self::tick(&ec2, &logs, &mut nodes)) {
+                        eprintln!("moto hypervisor: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .unwrap();
+    }
+
+    async fn tick(ec2: &aws_sdk_ec2::Client, logs: &Path, nodes: &mut HashMap<String, Node>) -> Result<(), String> {
+        let out = ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag-key").values("mayfly:job").build())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeInstances: {}", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        for i in out.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) else { continue };
+            let alive = matches!(state.as_str(), "pending" | "running");
+            match nodes.get_mut(id) {
+                None if alive => {
+                    let node = Self::boot(ec2, id, i.ami_launch_index().unwrap_or(0) as u64, logs).await?;
+                    nodes.insert(id.to_owned(), node);
+                }
+                Some(node) if !alive && !node.ended => {
+                    // Terminated in EC2: the machine is gone, and its process with it.
+                    let _ = node.child.kill();
+                    let _ = node.child.wait();
+                    node.ended = true;
+                }
+                Some(node) if alive && !node.ended => {
+                    if let Ok(Some(_)) = node.child.try_wait() {
+                        // The node's OS shut down: with shutdown behaviour "terminate",
+                        // EC2 terminates the instance.
+                        node.ended = true;
+                        let _ = ec2.terminate_instances().instance_ids(id).send().await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn boot(ec2: &aws_sdk_ec2::Client, id: &str, index: u64, logs: &Path) -> Result<Node, String> {
+        let attr = ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeInstanceAttribute: {}", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        let encoded = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
+        let script = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let launch =
+            NodeLaunch::from_user_data(&script).ok_or_else(|| format!("{id}: no mayfly node in its user data"))?;
+        let imds = Imds::serve(id, index);
+        // The instance's console, as a test reads it: <scratch>/aws-nodes/<job>/<node>.log.
+        let dir = logs.join(&launch.job);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join(format!("{}.log", launch.name(index)))).map_err(|e| e.to_string())?;
+        let mut err = log.try_clone().map_err(|e| e.to_string())?;
+        let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
+        let child = Command::new(mayfly_bin())
+            .args(launch.args_for(index))
+            .current_dir(root())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
+            .env("MAYFLY_CACHE_DIR", cache_dir())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting the node of {id}: {e}"))?;
+        Ok(Node { child, ended: false })
+    }
+}
+
+/// A minimal IMDSv2 for one instance: a session token, then its instance id,
+/// launch index and region.
+struct Imds;
+
+impl Imds {
+    /// Serves the instance's metadata; returns its endpoint.
+    fn serve(id: &str, index: u64) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let token = format!("token-{id}");
+        let answers: HashMap<&'static str, String> = HashMap::from([
+            ("/latest/meta-data/instance-id", id.to_owned()),
+            ("/latest/meta-data/ami-launch-index", index.to_string()),
+            ("/latest/meta-data/placement/region", "us-east-1".to_owned()),
+        ]);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                Self::answer(stream, &token, &answers);
+            }
+        });
+        endpoint
+    }
+
+    fn answer(mut stream: std::net::TcpStream, token: &str, answers: &HashMap<&'static str, String>) {
+        use std::io::{BufRead, BufReader};
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        let mut headers = Vec::new();
+        if reader.read_line(&mut head).is_err() {
+            return;
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                break;
+            }
+            headers.push(line.trim().to_ascii_lowercase());
+        }
+        let mut parts = head.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let has = |name: &str| headers.iter().find_map(|h| h.strip_prefix(name).map(|v| v.trim().to_owned()));
+        let (status, body) = match method {
+            "PUT" if path == "/latest/api/token" && has("x-aws-ec2-metadata-token-ttl-seconds:").is_some() => {
+                ("200 OK", token.to_owned())
+            }
+            "PUT" => ("400 Bad Request", String::new()),
+            _ if has("x-aws-ec2-metadata-token:").as_deref() != Some(&token.to_ascii_lowercase()) => {
+                ("401 Unauthorized", String::new())
+            }
+            _ => match answers.get(path) {
+                Some(v) => ("200 OK", v.clone()),
+                None => ("404 Not Found", String::new()),
+            },
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub mod aws;
 pub mod cluster;
+pub mod conformance;
 
 use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};
 
@@ -112,16 +112,19 @@ pub fn plugin(package: &str, features: &[&str]) -> PathBuf {
     }
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let mut cmd = cargo();
-    // The whole workspace, as the tests were built: the same features for
-    // every dependency, so nothing is built twice (aws-sdk-ec2 alone takes
-    // minutes and 8 GiB).
-    cmd.args(["build", "--workspace"]).current_dir(root());
+    cmd.current_dir(root());
+    if cfg!(debug_assertions) {
+        // The whole workspace, as `cargo test --workspace` built it: the same
+        // features for every dependency, so nothing is built twice (aws-sdk-ec2
+        // alone takes minutes and 8 GiB).
+        cmd.args(["build", "--workspace"]);
+    } else {
+        // The benchmarks: this package only, never the AWS SDK in release.
+        cmd.args(["build", "--release", "-p", package]);
+    }
     if !features.is_empty() {
         let qualified: Vec<String> = features.iter().map(|f| format!("{package}/{f}")).collect();
         cmd.args(["--features", &qualified.join(",")]);
-    }
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
     }
     let status = cmd.status().expect("run cargo build");
     assert!(status.success(), "building plugin {key} failed");

@@ -5,36 +5,9 @@
 
 use std::time::Duration;
 
-use mayfly_tests::cluster::{TestJob, inputs, wait_until};
+use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
 
 const SLOW: &str = "tests/guests/misbehave";
-
-pub(crate) fn cluster(workers: u32, extra: &str) -> String {
-    format!(
-        "[cluster]\nworkers = {workers}\ndeadline = \"3m\"\nlease_time = \"1s\"\nidle_timeout = \"60s\"\nmaster_lost_timeout = \"60s\"\n{extra}\n\
-         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n"
-    )
-}
-
-pub(crate) fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// Every input appears once under map/, byte for byte, and nothing else does.
-pub(crate) fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
-    let outputs = job.map_outputs();
-    let expected: Vec<String> = files.iter().map(|(n, _)| format!("{n}/copy.bin")).collect();
-    assert_eq!(outputs, expected, "map outputs");
-    for (name, data) in files {
-        assert_eq!(&std::fs::read(job.out().join("map").join(name).join("copy.bin")).unwrap(), data, "{name}");
-    }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(job.out().join("_manifest.json")).unwrap()).unwrap();
-    let listed: Vec<&str> =
-        manifest["outputs"].as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
-    assert_eq!(listed.len(), files.len(), "the manifest lists each output once");
-    assert!(!job.out().join("_mayfly/staging").exists(), "staging is cleaned up");
-}
 
 fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut all = Vec::new();

@@ -2,11 +2,10 @@
 //! the `mayfly_tests` library.
 #![allow(clippy::unwrap_used)]
 
-mod aws;
 mod cache;
 mod cli;
-pub(crate) mod cluster;
+mod cluster;
 mod load;
-pub(crate) mod plugins;
+mod plugins;
 mod sandbox;
 mod tasks;

@@ -4,14 +4,13 @@
 //! every way a library can be a bad plugin.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::conformance::Kit;
-use mayfly_core::provider::{ErrorKind, NodeInfo, Provider, ProviderHandle, Selection};
-use mayfly_provider_api::BootstrapRequest;
+use mayfly_core::provider::{ErrorKind, ProviderHandle, Selection};
 use mayfly_provider_api::conformance::{Backend, Core, assert_conforms};
 use mayfly_tests::cluster::{TestJob, inputs};
+use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, mayfly_bin, plugin, scratch};
 
 const WORDCOUNT: &str = "tasks/wordcount";
@@ -19,62 +18,6 @@ const WORDCOUNT: &str = "tasks/wordcount";
 /// The local provider's plugin library.
 fn local_plugin() -> PathBuf {
     plugin("mayfly-provider-local-plugin", &[])
-}
-
-/// The setting (key, value) that makes a provider see itself on a node,
-/// given the state root.
-pub(crate) type IdentityOf = Box<dyn Fn(&Path, &NodeInfo) -> (String, String) + Send + Sync>;
-
-/// A provider under test, selected as a job's `[provider]` section would.
-pub(crate) struct Selected {
-    pub(crate) section: serde_json::Map<String, serde_json::Value>,
-    pub(crate) root: PathBuf,
-    pub(crate) identity: IdentityOf,
-}
-
-impl Selected {
-    pub(crate) fn selection(&self, extra: Option<(String, String)>) -> Selection {
-        let mut s = Selection { name: None, ..Default::default() };
-        for (key, value) in &self.section {
-            match (key.as_str(), value.as_str()) {
-                ("name", Some(v)) => s.name = Some(v.to_owned()),
-                ("path", Some(v)) => s.path = Some(PathBuf::from(v)),
-                _ => {
-                    s.settings.insert(key.clone(), value.clone());
-                }
-            }
-        }
-        if let Some((key, value)) = extra {
-            s.settings.insert(key, value.into());
-        }
-        s
-    }
-}
-
-impl Backend for Selected {
-    fn provider(&self) -> Arc<dyn Provider> {
-        ProviderHandle::select(&self.selection(None)).unwrap().provider()
-    }
-
-    fn on_node(&self, node: &NodeInfo) -> Arc<dyn Provider> {
-        ProviderHandle::select(&self.selection(Some((self.identity)(&self.root, node)))).unwrap().provider()
-    }
-
-    fn section(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.section.clone()
-    }
-
-    fn state_root(&self) -> String {
-        self.root.to_string_lossy().into_owned()
-    }
-
-    fn idle_node_args(&self) -> Vec<String> {
-        vec!["idle".into(), "--for".into(), "5m".into()]
-    }
-
-    fn event(&self, request: &BootstrapRequest) -> serde_json::Value {
-        serde_json::json!({ "job": request.job, "base_dir": request.base_dir, "overrides": request.overrides })
-    }
 }
 
 fn local(name: &str, how: serde_json::Value) -> (Selected, Kit) {

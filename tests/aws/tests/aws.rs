@@ -1,16 +1,16 @@
 //! The AWS provider against moto: the conformance suite (instances launched,
 //! listed, terminated in moto; nodes booted from their user data by the test
 //! hypervisor), and a job run end to end with `mayfly run`.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use mayfly_core::conformance::Kit;
 use mayfly_provider_api::conformance::assert_conforms;
-use mayfly_tests::aws::{aws_plugin, moto};
-use mayfly_tests::cluster::{TestJob, inputs, wait_until};
+use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
+use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, scratch};
-
-use crate::plugins::Selected;
+use mayfly_tests_aws::{aws_plugin, moto};
 
 fn section() -> serde_json::Map<String, serde_json::Value> {
     let mut s = moto().settings();
@@ -97,18 +97,18 @@ fn a_worker_instance_terminated_mid_job_still_gives_exactly_once() {
         &files,
         "tests/guests/misbehave",
         "{ mode = \"slow\", delay_ms = 800 }",
-        &crate::cluster::cluster(2, ""),
+        &cluster(2, ""),
     );
     let run = job.spawn();
-    let log = || mayfly_tests::aws::node_log("aws-kill", "worker-1");
+    let log = || mayfly_tests_aws::node_log("aws-kill", "worker-1");
     assert!(wait_until(Duration::from_secs(120), || log().contains("attempt 1")), "{}", log());
     let p = provider();
     let worker = p.list("aws-kill", &job.state()).unwrap().into_iter().find(|n| n.node == "worker-1").unwrap();
     // EC2 takes the machine away mid-attempt.
     p.terminate(&[worker], Duration::ZERO).unwrap();
     let out = run.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}: {}", out.status, crate::cluster::text(&out));
-    crate::cluster::assert_exactly_once(&job, &files);
+    assert!(out.status.success(), "{:?}: {}", out.status, text(&out));
+    assert_exactly_once(&job, &files);
     assert!(wait_until(Duration::from_secs(30), || billing("aws-kill").is_empty()), "{:?}", billing("aws-kill"));
 }
 
@@ -126,7 +126,7 @@ fn at_the_deadline_every_instance_ends_itself() {
     );
     let started = std::time::Instant::now();
     let out = job.run();
-    assert_eq!(out.status.code(), Some(1), "{}", crate::cluster::text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     // Each node's dead-man switch ends its own instance a second after the deadline.
     assert!(
         wait_until(Duration::from_secs(30), || billing("aws-deadline").is_empty()),
@@ -162,7 +162,7 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
         cmd.args(["--set", &format!("{k}={v}")]);
     }
     let out = cmd.output().unwrap();
-    let text = crate::cluster::text(&out);
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("reaping worker-1 of job aws-reap-crashed") && text.contains("worker-2 of job aws-reap-crashed"),

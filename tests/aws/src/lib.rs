@@ -1,3 +1,6 @@
+//! mayfly's AWS tests and their harness (a package of their own, so that the
+//! other tests and the benchmarks never build the AWS SDK).
+//!
 //! The AWS the tests run against: moto in server mode on 127.0.0.1 (installed
 //! into a virtual environment under the target directory when missing, or
 //! taken from `MAYFLY_MOTO_PYTHON`), and a hypervisor that does what moto
@@ -6,6 +9,9 @@
 //! with an IMDSv2 endpoint of its own; when moto reports the instance
 //! terminated, it kills the process; when the process ends on its own (the
 //! node shut its OS down), it terminates the instance in moto.
+
+// Test support: a panic is how a harness step reports failure.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,7 +25,7 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use mayfly_provider_aws::NodeLaunch;
 
-use crate::{cache_dir, mayfly_bin, root, scratch, target_dir};
+use mayfly_tests::{cache_dir, mayfly_bin, root, scratch, target_dir};
 
 /// The moto server of this test process, and what reaches it.
 #[derive(Debug)]
@@ -73,7 +79,7 @@ pub fn moto() -> &'static Moto {
             .spawn()
             .expect("start moto");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let up = crate::cluster::wait_until(Duration::from_secs(60), || {
+        let up = mayfly_tests::cluster::wait_until(Duration::from_secs(60), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "moto did not start on port {port} (see target/test-scratch/*/moto/moto.log)");
@@ -127,7 +133,7 @@ pub fn node_log(job: &str, node: &str) -> String {
 
 /// The aws plugin's library (built for the tests' profile).
 pub fn aws_plugin() -> PathBuf {
-    crate::plugin("mayfly-provider-aws", &[])
+    mayfly_tests::plugin("mayfly-provider-aws", &[])
 }
 
 struct Node {

@@ -173,11 +173,19 @@ pub fn from_request_on(
     let spec = JobSpec::parse(&file, &request.job, &|k| request.overrides.get(k).cloned())
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
-    let boot =
-        bootstrap(&spec, &task, reduce.as_ref(), provider, clock, Some(started), on_step).map_err(|e| match e {
-            BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
-            BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
-        })?;
+    let boot = bootstrap(
+        &spec,
+        &task,
+        reduce.as_ref(),
+        provider,
+        clock,
+        Window { started: Some(started), until: request.deadline },
+        on_step,
+    )
+    .map_err(|e| match e {
+        BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
+        BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
+    })?;
     Ok(BootstrapReply {
         job: boot.job,
         state: boot.layout.dir.to_string_lossy().into_owned(),
@@ -217,22 +225,36 @@ pub fn launch_request(layout: &Layout, job: &str, expires_at: u64, nodes: &[(Str
     }
 }
 
-/// Bootstraps `spec` with `provider`, on a budget that started at `started`
-/// (default: now). `on_step` is called as each step starts (the CLI prints it;
-/// tests use it to move an injected clock).
+/// When a bootstrap's budget starts (default: when it is called) and, at the
+/// latest, ends (an invocation's own deadline; the provider's limit applies too).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    /// The start.
+    pub started: Option<crate::policy::Millis>,
+    /// The latest end.
+    pub until: Option<crate::policy::Millis>,
+}
+
+/// Bootstraps `spec` with `provider`, on a budget that starts and ends as
+/// `window` says, and ends at the provider's limit at the latest. `on_step` is called as
+/// each step starts (the CLI prints it; tests use it to move an injected clock).
 pub fn bootstrap(
     spec: &JobSpec,
     task: &ReadyTask,
     reduce: Option<&ReadyTask>,
     provider: &ProviderHandle,
     clock: &dyn Clock,
-    started: Option<crate::policy::Millis>,
+    window: Window,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<Bootstrapped, BootstrapError> {
     let limits = provider.limits();
-    let started = started.unwrap_or_else(|| clock.now());
-    let margin = (limits.bootstrap_limit() / 10).min(Duration::from_secs(10));
-    let budget = Budget::new(started, limits.bootstrap_limit(), margin);
+    let started = window.started.unwrap_or_else(|| clock.now());
+    let limit = match window.until {
+        Some(until) => limits.bootstrap_limit().min(Duration::from_millis(until.saturating_sub(started))),
+        None => limits.bootstrap_limit(),
+    };
+    let margin = (limit / 10).min(Duration::from_secs(10));
+    let budget = Budget::new(started, limit, margin);
     let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {
         budget.check(clock.now(), name, needs)?;
         on_step(name);

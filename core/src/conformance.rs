@@ -82,11 +82,7 @@ impl Core for Kit {
             output = toml_string(&dir.join("out").to_string_lossy()),
             state = toml_string(state_root),
         );
-        Ok(BootstrapRequest {
-            job: text,
-            base_dir: Some(dir.to_string_lossy().into_owned()),
-            overrides: Default::default(),
-        })
+        Ok(BootstrapRequest { job: text, base_dir: Some(dir.to_string_lossy().into_owned()), ..Default::default() })
     }
 
     fn bootstrap(&self, request: &BootstrapRequest) -> Result<BootstrapReply, String> {

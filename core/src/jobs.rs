@@ -36,7 +36,7 @@ fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
     let started = Instant::now();
     let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
     // Locally, building the tasks is not the bootstrap's time: its budget starts after.
-    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, None, &mut |step| {
+    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, Default::default(), &mut |step| {
         if verbose {
             say(&format!("bootstrap: {step}"));
         }
@@ -344,6 +344,15 @@ fn provider_arg(provider: &str, settings: &[String]) -> Result<Selection> {
         }
     }
     Ok(selection)
+}
+
+pub(crate) fn cmd_serve(provider: &str, settings: &[String]) -> Result<ExitCode> {
+    let handle = ProviderHandle::select(&provider_arg(provider, settings)?)?;
+    if handle.info().capabilities.entrypoint.is_none() {
+        bail!("provider {} has no serverless entrypoint to serve", handle.name());
+    }
+    handle.serve()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ends `provider`'s nodes under `state` that are past their deadline (each

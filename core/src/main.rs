@@ -112,6 +112,18 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE", requires = "provider")]
         settings: Vec<String>,
     },
+    /// Serve a provider's serverless entrypoint: each event bootstraps a job
+    /// (e.g. the bootstrap of a Lambda function: `mayfly serve --provider aws`).
+    #[command(after_help = "Example (a Lambda function's bootstrap script):\n  \
+                            exec mayfly serve --provider /opt/libmayfly_provider_aws.so --set region=eu-west-1")]
+    Serve {
+        /// The provider: a name (`aws`) or a plugin's path.
+        #[arg(long)]
+        provider: String,
+        /// A setting of that provider (repeatable), as in a job's `[provider]` section.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
     /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
     Demo {
         /// Where the dataset, outputs and state go.
@@ -191,6 +203,7 @@ fn main() -> ExitCode {
         Command::Reap { state, provider, settings } => {
             jobs::cmd_reap(&state, provider.as_deref(), &settings).map(|()| ExitCode::SUCCESS)
         }
+        Command::Serve { provider, settings } => jobs::cmd_serve(&provider, &settings),
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
         Command::Node { role, job, node, dir } => jobs::cmd_node(&role, &job, &node, &dir),
         Command::Idle { for_ } => jobs::cmd_idle(for_.0),

@@ -230,6 +230,11 @@ pub struct BootstrapRequest {
     /// Overrides, as the `MAYFLY_*` environment variables name them
     /// (`MAYFLY_JOB_ID`, `MAYFLY_INPUT`, `MAYFLY_WORKERS`, ...).
     pub overrides: BTreeMap<String, String>,
+    /// When the invocation carrying it ends (a Lambda invocation's deadline):
+    /// the bootstrap's budget ends then, if that is sooner than the
+    /// provider's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Millis>,
 }
 
 /// What a bootstrap did.

@@ -40,6 +40,8 @@ use mayfly_provider_api::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+mod lambda;
+
 const NAME: &str = "aws";
 /// EC2's limit on user data, before base64.
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
@@ -512,7 +514,7 @@ impl Provider for Aws {
                 credential_ttl_ms: self.credential_ttl.as_millis() as u64,
                 max_nodes: self.max_nodes,
             },
-            capabilities: Capabilities { entrypoint: None },
+            capabilities: Capabilities { entrypoint: Some("aws-lambda".into()) },
             schemes: vec!["s3".into()],
         }
     }
@@ -671,7 +673,11 @@ impl Provider for Aws {
             None | Some(serde_json::Value::Null) => BTreeMap::new(),
             Some(o) => serde_json::from_value(o.clone()).map_err(|e| bad(&format!("`overrides`: {e}")))?,
         };
-        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides })
+        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides, ..Default::default() })
+    }
+
+    async fn serve(&self) -> Result<(), ProviderError> {
+        lambda::serve(self).await
     }
 }
 

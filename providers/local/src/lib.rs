@@ -455,10 +455,10 @@ impl Provider for LocalProvider {
             let path = PathBuf::from(&file);
             let job = fs::read_to_string(&path).map_err(|e| bad(format!("reading {file}: {e}")))?;
             let base_dir = path.parent().map(|p| p.to_string_lossy().into_owned());
-            return Ok(BootstrapRequest { job, base_dir, overrides });
+            return Ok(BootstrapRequest { job, base_dir, overrides, ..Default::default() });
         }
         match text("job")? {
-            Some(job) => Ok(BootstrapRequest { job, base_dir: text("base_dir")?, overrides }),
+            Some(job) => Ok(BootstrapRequest { job, base_dir: text("base_dir")?, overrides, ..Default::default() }),
             None => Err(bad("expected a JSON object with `job` or `job_file`".into())),
         }
     }

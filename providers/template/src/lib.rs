@@ -279,7 +279,7 @@ impl Provider for Template {
             Some(o) => serde_json::from_value(o.clone()).map_err(|e| fail(ErrorKind::Config, e.to_string()))?,
             None => BTreeMap::new(),
         };
-        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides })
+        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides, ..Default::default() })
     }
 }
 

@@ -212,3 +212,145 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
     assert!(e.message.contains("`provider.image_id` is not set"), "{e}");
     assert!(billing("no-image").is_empty());
 }
+
+/// A Lambda Runtime API with one queue of events; what the function answers
+/// comes back on `answers` as (request id, "response" or "error", body).
+struct RuntimeApi {
+    addr: String,
+    events: std::sync::mpsc::Sender<(String, u64, String)>,
+    answers: std::sync::mpsc::Receiver<(String, String, String)>,
+}
+
+impl RuntimeApi {
+    fn start() -> RuntimeApi {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (events_tx, events_rx) = std::sync::mpsc::channel::<(String, u64, String)>();
+        let (answers_tx, answers_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                reader.read_line(&mut head).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut out = stream;
+                if path.ends_with("/invocation/next") {
+                    // Long poll: wait for the next event.
+                    let Ok((id, deadline, event)) = events_rx.recv() else { return };
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{event}",
+                        event.len()
+                    );
+                } else {
+                    let parts: Vec<&str> = path.split('/').collect();
+                    let (id, kind) = (parts.get(4).unwrap_or(&"").to_string(), parts.get(5).unwrap_or(&"").to_string());
+                    let _ = answers_tx.send((id, kind, String::from_utf8_lossy(&body).into_owned()));
+                    let _ = write!(out, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            }
+        });
+        RuntimeApi { addr, events: events_tx, answers: answers_rx }
+    }
+}
+
+#[test]
+fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
+    let api = RuntimeApi::start();
+    let mut serve = std::process::Command::new(mayfly_tests::mayfly_bin());
+    serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
+    for (k, v) in moto().settings() {
+        let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+        serve.args(["--set", &format!("{k}={v}")]);
+    }
+    let mut function = serve.env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir()).spawn().unwrap();
+
+    // An invocation with time enough: the job is launched, the function answers with it.
+    let files = inputs(4, 500);
+    let job = TestJob::new("aws-lambda", &files);
+    job.write_job("tasks/wordcount", "{ mode = \"map\" }", "[cluster]\nworkers = 2\n");
+    let event = serde_json::json!({
+        "job": std::fs::read_to_string(job.dir.join("job.toml")).unwrap(),
+        "base_dir": job.dir,
+    });
+    let now = mayfly_provider_api::now_ms();
+    api.events.send(("req-1".into(), now + 120_000, event.to_string())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-1", "response"), "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["job"], "aws-lambda");
+    assert!(wait_until(Duration::from_secs(120), || job.state().join("final.json").exists()));
+    let fin: serde_json::Value = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    assert_eq!(fin["reason"], "done", "{fin}");
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-lambda").is_empty()), "{:?}", billing("aws-lambda"));
+
+    // An invocation whose deadline is too near: refused on its budget, nothing launched stays.
+    let late = TestJob::new("aws-lambda-late", &files);
+    late.write_job("tasks/wordcount", "{ mode = \"map\" }", "[cluster]\nworkers = 2\n");
+    let event = serde_json::json!({
+        "job": std::fs::read_to_string(late.dir.join("job.toml")).unwrap(),
+        "base_dir": late.dir,
+    });
+    api.events.send(("req-2".into(), mayfly_provider_api::now_ms() + 150, event.to_string())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-2", "error"), "{body}");
+    assert!(body.contains("budget") && body.contains("mayfly.OverBudget"), "{body}");
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-lambda-late").is_empty()));
+
+    // A malformed event is an error answer, and the function goes on serving.
+    api.events.send(("req-3".into(), mayfly_provider_api::now_ms() + 60_000, "{\"nothing\": 1}".into())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-3", "error"), "{body}");
+    assert!(body.contains("expected a JSON object with `job`"), "{body}");
+    assert!(function.try_wait().unwrap().is_none(), "the function keeps serving");
+    let _ = function.kill();
+    let _ = function.wait();
+}
+
+#[test]
+fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
+    // No job role and no credentials file: nodes use their instance profile
+    // (the hypervisor's IMDS hands out 20 s credentials); `mayfly run` uses
+    // the keys in its environment, as an operator's shell would.
+    let mut settings = moto().settings();
+    settings.remove("role_arn");
+    settings.remove("credentials_file");
+    settings.insert("path".into(), aws_plugin().to_string_lossy().into_owned().into());
+    let files = inputs(8, 200);
+    let job = TestJob::new("aws-imds", &files);
+    let mut provider = String::from("[provider]\n");
+    for (k, v) in settings {
+        provider.push_str(&format!("{k} = {v}\n"));
+    }
+    let extra = format!("{provider}\n{}", cluster(2, "").replace("lease_time = \"1s\"", "lease_time = \"3s\""));
+    job.write_job("tests/guests/misbehave", "{ mode = \"slow\", delay_ms = 6000 }", &extra);
+    let out = job
+        .command(&["run", "job.toml"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    for worker in ["worker-1", "worker-2"] {
+        let log = mayfly_tests_aws::node_log("aws-imds", worker);
+        assert!(log.matches("credentials refreshed").count() >= 2, "{worker} renews 20 s credentials: {log}");
+        assert!(log.contains(", 0 failed operations"), "{log}");
+    }
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-imds").is_empty()), "{:?}", billing("aws-imds"));
+}

@@ -324,15 +324,23 @@ pub fn bootstrap(
         let master = launch_request(&layout, &job, manifest.expires_at, &[("master".into(), Role::Master)]);
         launched.extend(provider.launch(master).map_err(|e| step_err("launch the master")(e.to_string()))?);
         step("wait for the master", Duration::from_millis(50))?;
+        // The provider is asked about every 250 ms, and the master counts as
+        // gone only after three answers in a row without it (a cloud's listing
+        // may lag a launch, or a call may be throttled; errors count as alive).
+        let (mut misses, mut asked) = (0, std::time::Instant::now() - Duration::from_secs(1));
         loop {
             if let Ok(info) = crate::job::read_json::<MasterInfo>(&layout.master())
                 && !info.addr.is_empty()
             {
                 break;
             }
-            let alive =
-                provider.list(&job, &layout.dir).map(|n| n.iter().any(|n| n.role == Role::Master)).unwrap_or(false);
-            if !alive {
+            if asked.elapsed() >= Duration::from_millis(250) {
+                asked = std::time::Instant::now();
+                let listed =
+                    provider.list(&job, &layout.dir).map(|n| n.iter().any(|n| n.role == Role::Master)).unwrap_or(true);
+                misses = if listed { 0 } else { misses + 1 };
+            }
+            if misses >= 3 {
                 let log = std::fs::read_to_string(layout.logs().join("master.log")).unwrap_or_default();
                 let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").to_owned();
                 return Err(step_err("wait for the master")(format!("the master exited while starting: {last}")));

@@ -329,6 +329,22 @@ pub trait Host: Send + Sync {
     async fn bootstrap(&self, request: BootstrapRequest) -> Result<BootstrapReply, ProviderError>;
 }
 
+/// A [`Host`] for a provider made outside mayfly (a plugin's own unit
+/// tests): log lines go to stderr, and bootstrap is refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHost;
+
+#[async_trait]
+impl Host for NoHost {
+    fn log(&self, level: Level, message: &str) {
+        eprintln!("{level:?}: {message}");
+    }
+
+    async fn bootstrap(&self, _request: BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
+        Err(ProviderError::new("host", ErrorKind::Unsupported, "no mayfly host to bootstrap with (NoHost)"))
+    }
+}
+
 /// What a platform must do for mayfly.
 ///
 /// Every method is called from core's async runtime (built in) or from the

@@ -17,11 +17,12 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// One HTTP/1.1 request to the Runtime API (a plain, local endpoint).
+/// One HTTP/1.0 request to the Runtime API (a plain, local endpoint): an
+/// HTTP/1.0 client gets the whole body until the connection closes, never
+/// chunked (Lambda's Runtime API sends events without a Content-Length).
 async fn http(api: &str, method: &str, path: &str, body: &[u8], extra: &[(&str, &str)]) -> Result<Answer, String> {
     let mut stream = tokio::net::TcpStream::connect(api).await.map_err(|e| format!("connecting to {api}: {e}"))?;
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {api}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -60,8 +61,16 @@ pub(crate) async fn serve(aws: &Aws) -> Result<(), ProviderError> {
         if next.status != 200 {
             return Err(fail(ErrorKind::Unavailable, format!("the Lambda Runtime API answered {}", next.status)));
         }
-        let id = next.headers.get("lambda-runtime-aws-request-id").cloned().unwrap_or_default();
+        let Some(id) = next.headers.get("lambda-runtime-aws-request-id").cloned().filter(|i| !i.is_empty()) else {
+            return Err(fail(ErrorKind::Protocol, "the Lambda Runtime API sent an invocation without a request id"));
+        };
         let deadline = next.headers.get("lambda-runtime-deadline-ms").and_then(|d| d.parse().ok());
+        if deadline.is_none() {
+            aws.host.log(
+                mayfly_provider_api::Level::Warn,
+                &format!("aws: invocation {id} has no deadline header; the bootstrap limit alone bounds it"),
+            );
+        }
         let outcome = async {
             let event: serde_json::Value = serde_json::from_slice(&next.body)
                 .map_err(|e| fail(ErrorKind::Config, format!("the event is not JSON: {e}")))?;
@@ -72,7 +81,7 @@ pub(crate) async fn serve(aws: &Aws) -> Result<(), ProviderError> {
         .await;
         let posted = match outcome {
             Ok(reply) => {
-                let body = serde_json::to_vec(&reply).unwrap_or_default();
+                let body = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{}".to_vec());
                 http(&api, "POST", &format!("/2018-06-01/runtime/invocation/{id}/response"), &body, &[]).await
             }
             Err(e) => {
@@ -89,8 +98,16 @@ pub(crate) async fn serve(aws: &Aws) -> Result<(), ProviderError> {
                 .await
             }
         };
-        if let Err(e) = posted {
-            return Err(fail(ErrorKind::Unavailable, format!("answering invocation {id}: {e}")));
+        match posted {
+            Ok(a) if (200..300).contains(&a.status) => {}
+            Ok(a) => {
+                let said = String::from_utf8_lossy(&a.body).into_owned();
+                return Err(fail(
+                    ErrorKind::Unavailable,
+                    format!("answering invocation {id}: the Runtime API answered {}: {said}", a.status),
+                ));
+            }
+            Err(e) => return Err(fail(ErrorKind::Unavailable, format!("answering invocation {id}: {e}"))),
         }
     }
 }

@@ -20,7 +20,8 @@
 //! (the job role), `credential_ttl` (its session length: 15m to 1h, as role
 //! chaining allows), `bootstrap_limit` (at most Lambda's 900 s), `max_nodes`,
 //! `node_binary` (where `mayfly` is on the image), `instance_id` (the instance
-//! this process is, for tests; a node asks IMDSv2), `imds_endpoint`.
+//! this process is, for tests; a node asks IMDSv2), `imds_endpoint`,
+//! `api_timeout` (each AWS call, retries included; default 30s).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -157,31 +158,37 @@ pub fn plan_launch(request: &LaunchRequest) -> Vec<(NodeLaunch, u32)> {
 
 /// The user data of a launch: a shell script that marks the machine as a
 /// mayfly node, arms the OS dead-man switch (shutdown, which terminates the
-/// instance, `grace` after the deadline), finds the node's name from its
-/// launch index (IMDSv2), and starts `mayfly` in the background with its
-/// output in a log file.
+/// instance, `grace` after the deadline, counted from boot), finds the node's
+/// name from its launch index (IMDSv2, retried; no index: power off), and
+/// runs `mayfly` in the background with its output in a log file, powering
+/// the machine off when it ends, whatever `terminate_self` managed.
 pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration) -> Result<String, ProviderError> {
     let json = serde_json::to_string(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
-    let minutes = (launch.expires_at.saturating_sub(now_ms()) + grace.as_millis() as u64).div_ceil(60_000).max(1);
     let quoted: Vec<String> = launch.args.iter().map(|a| shell_quote(a)).collect();
-    let names: Vec<String> = (0..u64::from(names)).map(|i| launch.name(i)).collect();
+    let name = match &launch.node {
+        Some(n) => shell_quote(n),
+        None => format!("{}\"$(({} + I))\"", shell_quote(&launch.prefix), launch.first),
+    };
     let script = format!(
         "#!/bin/sh\n\
-         # A mayfly node of job {job}, written by mayfly-provider-aws.\n\
+         # A mayfly node of job {job}, written by mayfly-provider-aws ({names} instance(s)).\n\
          {NODE_LINE}{json}\n\
          set -u\n\
-         echo {job} > {NODE_MARKER}\n\
+         echo {job_q} > {NODE_MARKER}\n\
          # The dead-man switch: whatever happens, the OS shuts down (and the instance is\n\
-         # terminated) after the job's deadline.\n\
-         shutdown -h +{minutes} >/dev/null 2>&1 &\n\
-         T=$(curl -s -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 600')\n\
-         I=$(curl -s -H \"X-aws-ec2-metadata-token: $T\" http://169.254.169.254/latest/meta-data/ami-launch-index)\n\
-         set -- {names}\n\
-         shift \"$I\"\n\
-         NODE=$1\n\
-         nohup {binary} {args} >/var/log/mayfly-node.log 2>&1 &\n",
+         # terminated) {grace_s}s after the job's deadline.\n\
+         M=$(( ({expires_s} + {grace_s} - $(date +%s) + 59) / 60 )); [ \"$M\" -lt 1 ] && M=1\n\
+         shutdown -h +\"$M\" >/dev/null 2>&1 &\n\
+         md() {{ curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -H \"X-aws-ec2-metadata-token: $T\" \"http://169.254.169.254/latest/meta-data/$1\"; }}\n\
+         T=$(curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 600')\n\
+         I=$(md ami-launch-index)\n\
+         case \"$I\" in ''|*[!0-9]*) echo 'mayfly: no launch index from IMDSv2; powering off' >&2; poweroff; exit 1;; esac\n\
+         NODE={name}\n\
+         nohup sh -c '\"$0\" \"$@\" >/var/log/mayfly-node.log 2>&1; poweroff' {binary} {args} >/dev/null 2>&1 &\n",
         job = launch.job,
-        names = names.join(" "),
+        job_q = shell_quote(&launch.job),
+        expires_s = launch.expires_at / 1000,
+        grace_s = grace.as_secs(),
         binary = shell_quote(binary),
         args = quoted.join(" ").replace("'{node}'", "\"$NODE\""),
     );
@@ -189,8 +196,7 @@ pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration)
         return Err(fail(
             ErrorKind::Config,
             format!(
-                "the user data of {} node(s) is {} bytes, over EC2's {USER_DATA_LIMIT}-byte limit; launch fewer nodes per call or shorten the paths",
-                names.len(),
+                "the user data of {names} node(s) is {} bytes, over EC2's {USER_DATA_LIMIT}-byte limit; shorten the paths",
                 script.len()
             ),
         ));
@@ -226,6 +232,7 @@ pub struct Aws {
     node_binary: String,
     instance_id: Option<String>,
     imds_endpoint: Option<String>,
+    api_timeout: Duration,
     clients: OnceCell<Clients>,
     host: Arc<dyn Host>,
 }
@@ -283,7 +290,14 @@ impl Aws {
             .get_or_try_init(|| async {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(self.region.clone()))
-                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(3))
+                            .operation_attempt_timeout(self.api_timeout / 3)
+                            .operation_timeout(self.api_timeout)
+                            .build(),
+                    );
                 if let Some(url) = &self.endpoint_url {
                     loader = loader.endpoint_url(url);
                 }
@@ -380,7 +394,32 @@ impl Aws {
                 call = call.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
             }
             match call.send().await {
-                Ok(out) => return Ok(out.instances().iter().filter_map(node_of).collect()),
+                Ok(out) => {
+                    // Known from the launch itself, not from tags the answer may lack.
+                    let nodes: Vec<NodeInfo> = out
+                        .instances()
+                        .iter()
+                        .filter_map(|i| {
+                            Some(NodeInfo {
+                                node: launch.name(i.ami_launch_index().unwrap_or(0).max(0) as u64),
+                                role: launch.role,
+                                job: launch.job.clone(),
+                                id: i.instance_id()?.to_owned(),
+                                expires_at: launch.expires_at,
+                                launched_at: now_ms(),
+                            })
+                        })
+                        .collect();
+                    if nodes.len() != count as usize {
+                        let ids = nodes.iter().map(|n| n.id.clone()).collect();
+                        let _ = self.terminate_ids(ids, Duration::from_secs(60)).await;
+                        return Err(fail(
+                            ErrorKind::Unavailable,
+                            format!("RunInstances started {} of the {count} instances asked for", nodes.len()),
+                        ));
+                    }
+                    return Ok(nodes);
+                }
                 Err(e) => {
                     let capacity = e.as_service_error().and_then(|s| s.meta().code()).is_some_and(|code| {
                         matches!(code, "InsufficientInstanceCapacity" | "InsufficientCapacity" | "RequestLimitExceeded")
@@ -405,12 +444,28 @@ impl Aws {
             return Ok(());
         }
         let c = self.clients().await?;
-        c.ec2
-            .terminate_instances()
-            .set_instance_ids(Some(ids.clone()))
-            .send()
-            .await
-            .map_err(|e| api_err("TerminateInstances", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        let not_found = |e: &aws_sdk_ec2::error::SdkError<_, _>| {
+            e.as_service_error()
+                .and_then(|s: &aws_sdk_ec2::operation::terminate_instances::TerminateInstancesError| s.meta().code())
+                .is_some_and(|code| code == "InvalidInstanceID.NotFound")
+        };
+        let all = c.ec2.terminate_instances().set_instance_ids(Some(ids.clone())).send().await;
+        match all {
+            Ok(_) => {}
+            // One unknown id fails the whole call: end the others one by one.
+            Err(e) if not_found(&e) => {
+                for id in &ids {
+                    match c.ec2.terminate_instances().instance_ids(id).send().await {
+                        Ok(_) => {}
+                        Err(e) if not_found(&e) => {}
+                        Err(e) => {
+                            return Err(api_err("TerminateInstances", aws_sdk_ec2::error::DisplayErrorContext(e)));
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(api_err("TerminateInstances", aws_sdk_ec2::error::DisplayErrorContext(e))),
+        }
         let start = std::time::Instant::now();
         loop {
             let alive = self.describe(vec![state_filter()], ids.clone()).await?;
@@ -458,6 +513,7 @@ impl Provider for Aws {
         let node_binary = s.string("node_binary")?.unwrap_or_else(|| "/usr/local/bin/mayfly".into());
         let instance_id = s.string("instance_id")?;
         let imds_endpoint = s.string("imds_endpoint")?;
+        let api_timeout = s.duration("api_timeout", Duration::from_secs(30))?;
         s.finish()?;
         if role_arn.is_some() && !(MIN_SESSION..=CHAINED_SESSION_CAP).contains(&credential_ttl) {
             return Err(fail(
@@ -501,6 +557,7 @@ impl Provider for Aws {
             node_binary,
             instance_id,
             imds_endpoint,
+            api_timeout,
             clients: OnceCell::new(),
             host,
         })
@@ -730,8 +787,15 @@ mod tests {
         let (launch, count) = &runs[0];
         let script = user_data(launch, *count, "/usr/local/bin/mayfly", Duration::from_secs(60)).unwrap();
         assert_eq!(NodeLaunch::from_user_data(&script).as_ref(), Some(launch));
-        assert!(script.contains("shutdown -h +11") && script.contains("set -- worker-1 worker-2"), "{script}");
-        assert!(script.contains("'--node' \"$NODE\""), "{script}");
+        assert!(script.contains(&format!("(( ({} + 60 - $(date +%s)", launch.expires_at / 1000)), "{script}");
+        assert!(script.contains("NODE='worker-'\"$((1 + I))\""), "{script}");
+        assert!(script.contains("'--node' \"$NODE\"") && script.contains("; poweroff'"), "{script}");
+        // The script is valid sh.
+        let file = std::env::temp_dir().join(format!("mayfly-user-data-{}.sh", std::process::id()));
+        std::fs::write(&file, &script).unwrap();
+        let syntax = std::process::Command::new("sh").arg("-n").arg(&file).output().unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(syntax.status.success(), "{}\n{script}", String::from_utf8_lossy(&syntax.stderr));
         let mut big = launch.clone();
         big.args.push("x".repeat(USER_DATA_LIMIT));
         let e = user_data(&big, 1, "/usr/local/bin/mayfly", Duration::ZERO).unwrap_err();
@@ -740,20 +804,9 @@ mod tests {
 
     #[test]
     fn sessions_outside_what_sts_allows_are_refused_before_any_call() {
-        struct Quiet;
-        #[async_trait]
-        impl Host for Quiet {
-            fn log(&self, _: Level, _: &str) {}
-            async fn bootstrap(
-                &self,
-                _: BootstrapRequest,
-            ) -> Result<mayfly_provider_api::BootstrapReply, ProviderError> {
-                Err(fail(ErrorKind::Unsupported, "no host"))
-            }
-        }
         let make = |v: serde_json::Value| {
             let serde_json::Value::Object(map) = v else { unreachable!() };
-            Aws::create(Settings::new("?", map), Arc::new(Quiet))
+            Aws::create(Settings::new("?", map), Arc::new(mayfly_provider_api::NoHost))
         };
         let role = "arn:aws:iam::123456789012:role/job";
         let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "2h" })).unwrap_err();

@@ -468,19 +468,9 @@ impl Provider for LocalProvider {
 mod tests {
     use super::*;
 
-    struct Quiet;
-
-    #[async_trait]
-    impl Host for Quiet {
-        fn log(&self, _: Level, _: &str) {}
-        async fn bootstrap(&self, _: BootstrapRequest) -> Result<mayfly_provider_api::BootstrapReply, ProviderError> {
-            Err(err(ErrorKind::Unsupported, "no host"))
-        }
-    }
-
     fn provider(settings: serde_json::Value) -> Result<LocalProvider, ProviderError> {
         let serde_json::Value::Object(map) = settings else { panic!("settings must be an object") };
-        LocalProvider::create(Settings::new("?", map), Arc::new(Quiet))
+        LocalProvider::create(Settings::new("?", map), Arc::new(mayfly_provider_api::NoHost))
     }
 
     fn block<T>(f: impl std::future::Future<Output = T>) -> T {

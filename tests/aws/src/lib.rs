@@ -59,13 +59,23 @@ fn moto_python() -> PathBuf {
     python
 }
 
+/// A moto server of its own, without the hypervisor: for a test whose
+/// assertions must not see other tests' instances.
+pub fn private_moto() -> Moto {
+    start_moto(false)
+}
+
 /// The moto server, started once per test process. It ends when this process
 /// does: it watches its standard input, which only this process holds.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| {
+    MOTO.get_or_init(|| start_moto(true))
+}
+
+fn start_moto(hypervisor: bool) -> Moto {
+    {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = scratch("moto");
+        let dir = scratch(&format!("moto-{port}"));
         let log = std::fs::File::create(dir.join("moto.log")).unwrap();
         let watch = "import os, sys, threading\n\
                      threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()\n\
@@ -87,9 +97,11 @@ pub fn moto() -> &'static Moto {
         std::fs::write(&credentials, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
             .unwrap();
         let moto = Moto { endpoint, credentials, _server: Mutex::new(server) };
-        Hypervisor::start(&moto);
+        if hypervisor {
+            Hypervisor::start(&moto);
+        }
         moto
-    })
+    }
 }
 
 impl Moto {
@@ -175,13 +187,17 @@ impl Hypervisor {
             let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) else { continue };
             let alive = matches!(state.as_str(), "pending" | "running");
             match nodes.get_mut(id) {
-                None if alive => {
-                    let node = Self::boot(ec2, id, i.ami_launch_index().unwrap_or(0) as u64, logs).await?;
-                    nodes.insert(id.to_owned(), node);
-                }
+                None if alive => match Self::boot(ec2, id, i.ami_launch_index().unwrap_or(0) as u64, logs).await {
+                    Ok(node) => {
+                        nodes.insert(id.to_owned(), node);
+                    }
+                    // A machine that cannot boot stays off; the others boot on.
+                    Err(e) => eprintln!("moto hypervisor: {e}"),
+                },
                 Some(node) if !alive && !node.ended => {
-                    // Terminated in EC2: the machine is gone, and its process with it.
-                    let _ = node.child.kill();
+                    // Terminated in EC2: the machine is gone, and its process with it
+                    // (closing the watcher's input kills the node).
+                    drop(node.child.stdin.take());
                     let _ = node.child.wait();
                     node.ended = true;
                 }
@@ -221,15 +237,38 @@ impl Hypervisor {
         let log = std::fs::File::create(dir.join(format!("{}.log", launch.name(index)))).map_err(|e| e.to_string())?;
         let mut err = log.try_clone().map_err(|e| e.to_string())?;
         let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
-        let child = Command::new(mayfly_bin())
+        // The node runs under a watcher that kills it when its standard input
+        // closes, which happens when the hypervisor ends it or when this test
+        // process exits: no node outlives the tests.
+        // (A background job's input is /dev/null unless redirected: hence fd 3.)
+        let watch =
+            "exec 3<&0; \"$0\" \"$@\" </dev/null & n=$!; (cat <&3 >/dev/null; kill -9 $n 2>/dev/null) & wait $n";
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", watch])
+            .arg(mayfly_bin())
             .args(launch.args_for(index))
             .current_dir(root())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
             .env("MAYFLY_CACHE_DIR", cache_dir())
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_SESSION_TOKEN")
-            .stdin(Stdio::null())
+            // Only the instance's own metadata service may give it credentials.
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/mayfly-tests/credentials")
+            .env("AWS_CONFIG_FILE", "/nonexistent/mayfly-tests/config");
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        ] {
+            command.env_remove(var);
+        }
+        let child = command
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(err)
             .spawn()

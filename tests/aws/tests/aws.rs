@@ -138,7 +138,14 @@ fn at_the_deadline_every_instance_ends_itself() {
 
 #[test]
 fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
-    let p = provider();
+    // A moto of its own: reaping sees every expired instance, other tests' too.
+    let moto = mayfly_tests_aws::private_moto();
+    let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
+    selection.path = Some(aws_plugin());
+    selection.settings = moto.settings();
+    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+    let billing =
+        |job: &str| p.list(job, std::path::Path::new("/")).unwrap().into_iter().map(|n| n.id).collect::<Vec<String>>();
     let dir = scratch("aws-reap");
     let launch = |job: &str, expires_at: u64, n: u32| {
         let nodes = (1..=n)
@@ -157,7 +164,7 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
     let live = launch("aws-reap-live", now + 600_000, 1);
     let mut cmd = std::process::Command::new(mayfly_tests::mayfly_bin());
     cmd.args(["reap", "--state"]).arg(&dir).arg("--provider").arg(aws_plugin());
-    for (k, v) in moto().settings() {
+    for (k, v) in moto.settings() {
         let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
         cmd.args(["--set", &format!("{k}={v}")]);
     }
@@ -179,12 +186,16 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
     let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
     selection.path = Some(aws_plugin());
     selection.settings = moto().settings();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    selection.settings.insert("endpoint_url".into(), format!("http://127.0.0.1:{dead}").into());
+    // An endpoint that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    selection.settings.insert("endpoint_url".into(), format!("http://127.0.0.1:{port}").into());
+    selection.settings.insert("api_timeout".into(), "3s".into());
     let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
     let started = std::time::Instant::now();
     let e = p.list("nothing", std::path::Path::new("/tmp")).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    drop(silent);
     assert!(e.message.contains("DescribeInstances"), "{e}");
     // And a launch without an image says which setting is missing, launching nothing.
     let mut settings = moto().settings();
@@ -249,14 +260,21 @@ impl RuntimeApi {
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 let mut out = stream;
                 if path.ends_with("/invocation/next") {
-                    // Long poll: wait for the next event.
+                    // Long poll: wait for the next event. As Lambda's own server does, the
+                    // event goes without a Content-Length: chunked to an HTTP/1.1 client,
+                    // until the connection closes to an HTTP/1.0 one.
                     let Ok((id, deadline, event)) = events_rx.recv() else { return };
-                    let _ = write!(
-                        out,
-                        "HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{event}",
-                        event.len()
-                    );
+                    let fields =
+                        format!("Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n");
+                    let _ = if head.contains("HTTP/1.1") {
+                        write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\n{fields}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n0\r\n\r\n",
+                            event.len()
+                        )
+                    } else {
+                        write!(out, "HTTP/1.0 200 OK\r\n{fields}\r\n{event}")
+                    };
                 } else {
                     let parts: Vec<&str> = path.split('/').collect();
                     let (id, kind) = (parts.get(4).unwrap_or(&"").to_string(), parts.get(5).unwrap_or(&"").to_string());
@@ -348,9 +366,11 @@ fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
     assert!(out.status.success(), "{}", text(&out));
     assert_exactly_once(&job, &files);
     for worker in ["worker-1", "worker-2"] {
-        let log = mayfly_tests_aws::node_log("aws-imds", worker);
-        assert!(log.matches("credentials refreshed").count() >= 2, "{worker} renews 20 s credentials: {log}");
-        assert!(log.contains(", 0 failed operations"), "{log}");
+        let log = || mayfly_tests_aws::node_log("aws-imds", worker);
+        // A worker's last line comes a moment after the job's end.
+        assert!(wait_until(Duration::from_secs(20), || log().contains("ending: ")), "{}", log());
+        assert!(log().matches("credentials refreshed").count() >= 2, "{worker} renews 20 s credentials: {}", log());
+        assert!(log().contains(", 0 failed operations"), "{}", log());
     }
     assert!(wait_until(Duration::from_secs(30), || billing("aws-imds").is_empty()), "{:?}", billing("aws-imds"));
 }

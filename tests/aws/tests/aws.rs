@@ -374,3 +374,21 @@ fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
     }
     assert!(wait_until(Duration::from_secs(30), || billing("aws-imds").is_empty()), "{:?}", billing("aws-imds"));
 }
+
+#[test]
+fn the_readme_aws_section_is_a_valid_provider_configuration() {
+    use mayfly_provider_api::Provider;
+    let readme = std::fs::read_to_string(mayfly_tests::root().join("README.md")).unwrap();
+    let section = readme.split("### AWS").nth(1).expect("an AWS section in the README");
+    let block = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("its toml block");
+    let table: toml::Table = toml::from_str(block).unwrap();
+    let mut provider = table["provider"].as_table().unwrap().clone();
+    assert_eq!(provider.remove("name").and_then(|n| n.as_str().map(str::to_owned)).as_deref(), Some("aws"));
+    let settings = serde_json::to_value(&provider).unwrap().as_object().cloned().unwrap();
+    let aws = mayfly_provider_aws::Aws::create(
+        mayfly_provider_api::Settings::new("aws", settings),
+        std::sync::Arc::new(mayfly_provider_api::NoHost),
+    )
+    .unwrap_or_else(|e| panic!("the README's [provider] section: {e}"));
+    assert_eq!(aws.info().limits.credential_ttl_ms, 3_600_000);
+}

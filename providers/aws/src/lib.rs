@@ -204,6 +204,15 @@ pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration)
     Ok(script)
 }
 
+/// An STS role session name for a node: `[\w+=,.@-]`, 2 to 64 characters.
+fn session_name(job: &str, node: &str) -> String {
+    format!("mayfly-{job}-{node}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(*c))
+        .take(64)
+        .collect()
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -650,11 +659,7 @@ impl Provider for Aws {
         let now = now_ms();
         let (secret, expires_at) = match &self.role_arn {
             Some(role) => {
-                let session: String = format!("mayfly-{}-{}", request.job, request.node)
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
-                    .take(64)
-                    .collect();
+                let session = session_name(&request.job, &request.node);
                 let out = c
                     .sts
                     .assume_role()
@@ -779,6 +784,14 @@ mod tests {
         let (workers, _) = &runs[1];
         assert_eq!(workers.name(2), "worker-3");
         assert_eq!(workers.args_for(1), spec("worker-2", Role::Worker).args);
+    }
+
+    #[test]
+    fn session_names_keep_what_sts_allows_and_fit() {
+        assert_eq!(session_name("a_b", "worker-1"), "mayfly-a_b-worker-1");
+        assert_ne!(session_name("a_b", "worker-1"), session_name("ab", "worker-1"));
+        assert_eq!(session_name("j/ob", "w 1"), "mayfly-job-w1");
+        assert_eq!(session_name(&"x".repeat(100), "worker-1").len(), 64);
     }
 
     #[test]

@@ -744,8 +744,9 @@ pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
             .filter(|n| n.role == Role::Worker)
             .collect::<Vec<_>>()
     };
+    // Each look is a provider call (an EC2 DescribeInstances on AWS): a few a second, not twenty.
     while std::time::Instant::now() < deadline && !workers(provider).is_empty() {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(250));
     }
     let left = workers(provider);
     if !left.is_empty() {

@@ -475,7 +475,7 @@ fn plan_status_and_logs_show_an_operator_what_happened() {
     let out = job.command(&["logs", "operator", "--state", "state", "--node", "worker-2"]).output().unwrap();
     let one = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!one.is_empty() && one.lines().all(|l| l.starts_with("worker-2: ")), "{one}");
-    // Node processes said who they were on their command lines while they ran.
+    // The provider recorded each node with its role and job.
     let node = job.node("worker-1");
     assert_eq!((node.role, node.job.as_str()), (mayfly_core::provider::Role::Worker, "operator"));
 }

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use crate::config::{JobSpec, TaskSpec, glob_regex};
 use crate::host::{Runtime, RuntimeConfig};
-use crate::job::{Layout, Manifest, create_token, new_job_id, write_json_atomic};
+use crate::job::{Layout, Manifest, create_token, keys, new_job_id};
 use crate::master::MasterInfo;
 use crate::plan::{Object, Plan, PlanOptions, plan};
 use crate::policy::{Budget, Clock, SystemClock, ms};
 use crate::provider::{
-    BootstrapReply, BootstrapRequest, ErrorKind, LaunchRequest, NodeInfo, NodeSpec, ProviderError, ProviderHandle, Role,
+    BootstrapReply, BootstrapRequest, ErrorKind, LaunchRequest, NodeInfo, NodeSpec, ProviderError, ProviderHandle,
+    Role, Selection,
 };
+use crate::store::{Location, Store};
 
 /// A task ready to run: its component and sha256 (built and checked by the caller).
 #[derive(Debug, Clone)]
@@ -59,75 +61,81 @@ pub struct Bootstrapped {
     pub nodes: Vec<NodeInfo>,
 }
 
-/// Lists the input directory (recursively, in name order), applying `glob`.
-pub fn list_inputs(dir: &Path, glob: Option<&str>) -> Result<Vec<Object>, String> {
+/// Lists the input location (recursively, in name order), applying `glob`.
+pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, String> {
     let re = glob.map(glob_regex).transpose()?;
-    let meta = std::fs::metadata(dir).map_err(|e| format!("input {}: {e}", dir.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("input {} is not a directory", dir.display()));
-    }
-    let mut objects = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("cannot list input directory {}: {e}", d.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list input directory {}: {e}", d.display()))?;
-            let path = entry.path();
-            let ft = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
-            if ft.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix(dir) else { continue };
-            let name = rel.to_string_lossy().into_owned();
-            if re.as_ref().is_some_and(|r| !r.is_match(&name)) {
-                continue;
-            }
-            let size =
-                std::fs::metadata(&path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?.len();
-            // Open it now: an unreadable input fails the job before anything runs.
-            std::fs::File::open(&path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
-            objects.push(Object { name, size });
+    if let Some(dir) = input.local_dir() {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("input {}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("input {} is not a directory", dir.display()));
         }
+    }
+    let listed = input.list("").map_err(|e| match input.local_dir() {
+        // The error names the file.
+        Some(_) => format!("cannot read input {e}"),
+        None => format!("cannot list input {}: {e}", input.location()),
+    })?;
+    let mut objects = Vec::new();
+    for (name, size) in listed {
+        if re.as_ref().is_some_and(|r| !r.is_match(&name)) {
+            continue;
+        }
+        if let Some(dir) = input.local_dir() {
+            // Open it now: an unreadable input fails the job before anything runs.
+            let path = dir.join(&name);
+            std::fs::File::open(&path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
+        }
+        objects.push(Object { name, size });
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(objects)
 }
 
-/// Plans `objects` of the input directory `input` as `spec` says (reading
+/// Plans `objects` of the input location `input` as `spec` says (reading
 /// near cut points to align split ranges on lines).
-pub fn plan_objects(spec: &JobSpec, input: &Path, objects: &[Object]) -> std::io::Result<Plan> {
+pub fn plan_objects(spec: &JobSpec, input: &Store, objects: &[Object]) -> std::io::Result<Plan> {
     let opts = PlanOptions {
         workers: spec.workers,
         target_shard_bytes: spec.target_shard_bytes,
         shards_per_worker: spec.shards_per_worker,
         split_text: spec.split_text,
     };
-    plan(objects, opts, &mut |name, offset, len| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(input.join(name))?;
-        let mut buf = vec![0u8; len];
-        let n = f.read_at(&mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
-    })
+    plan(objects, opts, &mut |name, offset, len| input.get_range(name, offset..offset + len as u64))
 }
 
 /// Checks that the output location is writable and holds no other job's outputs.
-pub fn check_output(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("output location {} is not writable: {e}", dir.display()))?;
+pub fn check_output(output: &Store) -> Result<(), String> {
+    let at = output.location();
+    if let Some(dir) = output.local_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("output location {at} is not writable: {e}"))?;
+    }
     for reserved in ["_mayfly", "_manifest.json", "map", "reduce"] {
-        if dir.join(reserved).exists() {
+        let held = output.exists(reserved)
+            || !output.list(reserved).map_err(|e| format!("output location {at}: {e}"))?.is_empty();
+        if held {
             return Err(format!(
-                "output location {} already holds a job's outputs ({reserved}); choose another or remove them",
-                dir.display()
+                "output location {at} already holds a job's outputs ({reserved}); choose another or remove them"
             ));
         }
     }
-    let probe = dir.join(format!(".mayfly-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| format!("output location {} is not writable: {e}", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    let probe = format!(".mayfly-probe-{}", std::process::id());
+    output.put(&probe, Vec::new()).map_err(|e| format!("output location {at} is not writable: {e}"))?;
+    let _ = output.delete(&probe);
     Ok(())
+}
+
+/// Checks that `provider` (or core, for paths and `file://`) serves the
+/// location `key` names.
+pub fn check_scheme(key: &str, location: &Location, provider: &ProviderHandle) -> Result<(), String> {
+    match location.scheme() {
+        None | Some("file") => Ok(()),
+        Some(scheme) if provider.info().schemes.iter().any(|s| s == scheme) => Ok(()),
+        Some(scheme) => Err(format!(
+            "`{key}` {location}: the {} provider does not serve {scheme}:// locations (it serves: {}; paths and file:// always work)",
+            provider.name(),
+            if provider.info().schemes.is_empty() { "none".to_owned() } else { provider.info().schemes.join(", ") }
+        )),
+    }
 }
 
 /// Builds (if a crate directory) and loads a task, so that a bad task fails
@@ -188,7 +196,7 @@ pub fn from_request_on(
     })?;
     Ok(BootstrapReply {
         job: boot.job,
-        state: boot.layout.dir.to_string_lossy().into_owned(),
+        state: boot.layout.state_location(),
         shards: boot.manifest.plan.shards.len() as u64,
         nodes: boot.nodes,
         expires_at: boot.manifest.expires_at,
@@ -200,26 +208,40 @@ pub fn from_request(request: &BootstrapRequest, provider: &ProviderHandle) -> Re
     from_request_on(request, provider, &SystemClock, &mut |_| {})
 }
 
-/// The arguments a node runs `mayfly` with.
-pub fn node_args(role: Role, job: &str, node: &str, dir: &Path) -> Vec<String> {
-    ["node", "--role", &role.to_string(), "--job", job, "--node", node, "--dir", &dir.to_string_lossy()]
+/// The arguments a node runs `mayfly` with. A remote state also carries the
+/// provider's selection (no secrets: settings only), which the node needs to
+/// read the state at all.
+pub fn node_args(role: Role, job: &str, node: &str, state: &str, provider: Option<&Selection>) -> Vec<String> {
+    let mut args: Vec<String> = ["node", "--role", &role.to_string(), "--job", job, "--node", node, "--dir", state]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect();
+    if let Some(selection) = provider {
+        args.push("--provider".into());
+        args.push(serde_json::to_string(selection).unwrap_or_default());
+    }
+    args
 }
 
 /// The launch of `nodes` (name, role) of the job laid out at `layout`.
-pub fn launch_request(layout: &Layout, job: &str, expires_at: u64, nodes: &[(String, Role)]) -> LaunchRequest {
+pub fn launch_request(
+    layout: &Layout,
+    selection: &Selection,
+    job: &str,
+    expires_at: u64,
+    nodes: &[(String, Role)],
+) -> LaunchRequest {
+    let remote = layout.state.local_dir().is_none().then_some(selection);
     LaunchRequest {
         job: job.to_owned(),
-        state: layout.dir.to_string_lossy().into_owned(),
+        state: layout.state_location(),
         expires_at,
         nodes: nodes
             .iter()
             .map(|(node, role)| NodeSpec {
                 node: node.clone(),
                 role: *role,
-                args: node_args(*role, job, node, &layout.dir),
+                args: node_args(*role, job, node, &layout.state_location(), remote),
             })
             .collect(),
     }
@@ -262,13 +284,17 @@ pub fn bootstrap(
     };
 
     step("check the output location", Duration::ZERO)?;
-    let output = absolute(&spec.output);
-    check_output(&output).map_err(step_err("check the output location"))?;
+    let (input, output, state) =
+        (absolute_location(&spec.input), absolute_location(&spec.output), absolute_location(&spec.state));
+    for (key, l) in [("input.url", &input), ("output.url", &output), ("state.url", &state)] {
+        check_scheme(key, l, provider).map_err(step_err("check the locations"))?;
+    }
     let job = spec.id.clone().unwrap_or_else(|| new_job_id(&spec.name, started));
-    let state = absolute(&spec.state);
-    let layout = Layout::new(&state, &job, &output);
-    if layout.dir.exists() {
-        let alive = provider.list(&job, &layout.dir).map(|n| !n.is_empty()).unwrap_or(false);
+    let layout = Layout::open(&state.join(&job), &job, &output, provider, "bootstrap")
+        .map_err(step_err("open the locations"))?;
+    check_output(&layout.output).map_err(step_err("check the output location"))?;
+    if layout.state.exists(keys::MANIFEST) || layout.state.local_dir().is_some_and(Path::exists) {
+        let alive = provider.list(&job, &layout.dir()).map(|n| !n.is_empty()).unwrap_or(false);
         let message = if alive {
             format!("job {job} is still running (see `mayfly status {job}`)")
         } else {
@@ -278,11 +304,12 @@ pub fn bootstrap(
     }
 
     step("list the inputs", Duration::ZERO)?;
-    let input = absolute(&spec.input);
-    let objects = list_inputs(&input, spec.glob.as_deref()).map_err(step_err("list the inputs"))?;
+    let who = crate::store::Principal { job: job.clone(), state: layout.state_location(), node: "bootstrap".into() };
+    let input_store = Store::open(&input, provider, &who).map_err(step_err("list the inputs"))?;
+    let objects = list_inputs(&input_store, spec.glob.as_deref()).map_err(step_err("list the inputs"))?;
 
     step("plan", Duration::ZERO)?;
-    let plan = plan_objects(spec, &input, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
+    let plan = plan_objects(spec, &input_store, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
 
     step("write the manifest", Duration::ZERO)?;
     let manifest = Manifest {
@@ -297,7 +324,7 @@ pub fn bootstrap(
             .map(|(r, s)| (absolute(&r.component), r.sha256.clone(), s.params.clone())),
         input,
         output,
-        state: layout.dir.clone(),
+        state: layout.state.location().clone(),
         plan,
         workers: spec.workers,
         limits: spec.limits,
@@ -311,17 +338,27 @@ pub fn bootstrap(
         expires_at: started + ms(spec.deadline),
     };
     let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&layout.dir)?;
+        if let Some(dir) = layout.state.local_dir() {
+            std::fs::create_dir_all(dir)?;
+        } else {
+            // Nodes elsewhere fetch the task components from the state.
+            for (component, sha) in std::iter::once((&manifest.task, &manifest.task_sha256))
+                .chain(manifest.reduce.as_ref().map(|(c, s, _)| (c, s)))
+            {
+                layout.state.upload(component, &Layout::task_key(sha))?;
+            }
+        }
         create_token(&layout)?;
-        write_json_atomic(&layout.manifest(), &manifest)
+        layout.state.write_json(keys::MANIFEST, &manifest)
     };
-    write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.dir.display())))?;
+    write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
 
     // From here on, a failure must end what was launched.
     let mut launched: Vec<NodeInfo> = Vec::new();
     let result = (|| -> Result<(), BootstrapError> {
         step("launch the master", Duration::from_millis(100))?;
-        let master = launch_request(&layout, &job, manifest.expires_at, &[("master".into(), Role::Master)]);
+        let selection = provider.selection();
+        let master = launch_request(&layout, selection, &job, manifest.expires_at, &[("master".into(), Role::Master)]);
         launched.extend(provider.launch(master).map_err(|e| step_err("launch the master")(e.to_string()))?);
         step("wait for the master", Duration::from_millis(50))?;
         // The provider is asked about every 250 ms, and the master counts as
@@ -329,19 +366,22 @@ pub fn bootstrap(
         // may lag a launch, or a call may be throttled; errors count as alive).
         let (mut misses, mut asked) = (0, std::time::Instant::now() - Duration::from_secs(1));
         loop {
-            if let Ok(info) = crate::job::read_json::<MasterInfo>(&layout.master())
+            if let Ok(Some(info)) = layout.state.read_json::<MasterInfo>(keys::MASTER)
                 && !info.addr.is_empty()
             {
                 break;
             }
             if asked.elapsed() >= Duration::from_millis(250) {
                 asked = std::time::Instant::now();
-                let listed =
-                    provider.list(&job, &layout.dir).map(|n| n.iter().any(|n| n.role == Role::Master)).unwrap_or(true);
+                let listed = provider
+                    .list(&job, &layout.dir())
+                    .map(|n| n.iter().any(|n| n.role == Role::Master))
+                    .unwrap_or(true);
                 misses = if listed { 0 } else { misses + 1 };
             }
             if misses >= 3 {
-                let log = std::fs::read_to_string(layout.logs().join("master.log")).unwrap_or_default();
+                let log = layout.state.get(&Layout::logs_key("master")).ok().flatten().unwrap_or_default();
+                let log = String::from_utf8_lossy(&log);
                 let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").to_owned();
                 return Err(step_err("wait for the master")(format!("the master exited while starting: {last}")));
             }
@@ -350,7 +390,7 @@ pub fn bootstrap(
         }
         step("launch the workers", Duration::from_millis(100))?;
         let workers: Vec<(String, Role)> = (1..=spec.workers).map(|i| (format!("worker-{i}"), Role::Worker)).collect();
-        let workers = launch_request(&layout, &job, manifest.expires_at, &workers);
+        let workers = launch_request(&layout, selection, &job, manifest.expires_at, &workers);
         launched.extend(provider.launch(workers).map_err(|e| step_err("launch the workers")(e.to_string()))?);
         Ok(())
     })();
@@ -359,6 +399,14 @@ pub fn bootstrap(
         return Err(e);
     }
     Ok(Bootstrapped { job, layout, manifest, nodes: launched })
+}
+
+/// A local path made absolute (nodes run elsewhere); a URL as it is.
+pub fn absolute_location(l: &Location) -> Location {
+    match l.as_path() {
+        Some(p) => Location::path(&absolute(p)),
+        None => l.clone(),
+    }
 }
 
 /// `p` made absolute against the current directory (nodes run elsewhere).

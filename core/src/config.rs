@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::host::Limits;
+use crate::store::Location;
 use crate::units::{ByteSize, HumanDuration};
 
 /// A job file error: where, which key, what was expected.
@@ -135,15 +136,15 @@ pub struct JobSpec {
     pub task: TaskSpec,
     /// The optional reduce task.
     pub reduce: Option<TaskSpec>,
-    /// The input directory.
-    pub input: PathBuf,
+    /// The input location (a path, or a URL such as `s3://bucket/prefix`).
+    pub input: Location,
     /// Only objects whose name matches this glob (`*`, `?`, `**`).
     pub glob: Option<String>,
     /// Where outputs go.
-    pub output: PathBuf,
+    pub output: Location,
     /// Where the job's state (manifest, journal, logs) goes; the job's own
     /// directory is `<state>/<job id>`.
-    pub state: PathBuf,
+    pub state: Location,
     /// The provider (`[provider]`: `name`, default `local`; `path`; `timeout`;
     /// the provider's own keys).
     pub provider: crate::provider::Selection,
@@ -244,19 +245,19 @@ impl JobSpec {
         let task = task_spec(&raw.task, "task", base, &err)?;
         let reduce = raw.reduce.as_ref().map(|r| task_spec(r, "reduce", base, &err)).transpose()?;
 
-        let location = |key: &str, value: &Spanned<String>, over: Option<String>| -> Result<PathBuf, ConfigError> {
+        let location = |key: &str, value: &Spanned<String>, over: Option<String>| -> Result<Location, ConfigError> {
             let (text, span) = match over {
                 Some(v) => (v, None),
                 None => (value.get_ref().clone(), Some(value.span())),
             };
-            local_path(&text, base).map_err(|m| err(span, format!("`{key}` {text:?}: {m}")))
+            Location::parse(&text, base).map_err(|m| err(span, format!("`{key}` {text:?}: {m}")))
         };
         let input = location("input.url", &raw.input.url, env("MAYFLY_INPUT"))?;
         let output = location("output.url", &raw.output.url, env("MAYFLY_OUTPUT"))?;
         let state = match (&raw.state, env("MAYFLY_STATE")) {
-            (_, Some(over)) => local_path(&over, base).map_err(|m| env_err("MAYFLY_STATE", m))?,
+            (_, Some(over)) => Location::parse(&over, base).map_err(|m| env_err("MAYFLY_STATE", m))?,
             (Some(s), None) => location("state.url", &s.url, None)?,
-            (None, None) => base.join(".mayfly").join("jobs"),
+            (None, None) => Location::path(&base.join(".mayfly").join("jobs")),
         };
         let glob = raw.input.glob.as_ref().map(|g| g.get_ref().clone());
         if let Some(g) = &raw.input.glob {
@@ -385,29 +386,6 @@ fn task_spec(
 }
 
 /// A `file://` URL or a path, as a local path resolved against `base`.
-fn local_path(text: &str, base: &Path) -> Result<PathBuf, String> {
-    if let Some(rest) = text.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            return Err("a file:// URL needs an absolute path (file:///data/in)".into());
-        }
-        return Ok(PathBuf::from(rest));
-    }
-    if let Some((scheme, _)) = text.split_once("://") {
-        return Err(format!(
-            "{scheme}:// locations need the {} provider's object store, which mayfly's data path does not read or write yet; use a path or a file:// URL",
-            match scheme {
-                "s3" => "aws",
-                "az" | "abfs" => "azure",
-                _ => "matching",
-            }
-        ));
-    }
-    if text.is_empty() {
-        return Err("expected a path or a file:// URL".into());
-    }
-    Ok(base.join(text))
-}
-
 /// Compiles a glob (`*` within a part, `?` one character, `**` any parts) into a regex.
 pub fn glob_regex(glob: &str) -> Result<regex::Regex, String> {
     let mut re = String::from("^");
@@ -477,8 +455,8 @@ memory = "256MiB"
         assert_eq!(spec.limits.memory, ByteSize(256 << 20));
         assert_eq!(spec.limits.attempt_time, Limits::default().attempt_time);
         assert_eq!(spec.task.params, serde_json::json!({"mode": "map", "n": 3}));
-        assert_eq!(spec.input, Path::new("./data"));
-        assert_eq!(spec.state, Path::new("./.mayfly/jobs"));
+        assert_eq!(spec.input.as_path(), Some(Path::new("./data")));
+        assert_eq!(spec.state.as_path(), Some(Path::new("./.mayfly/jobs")));
         assert_eq!(spec.provider.name.as_deref(), Some("local"));
         assert_eq!((spec.shards_per_worker, spec.split_text, spec.max_attempts), (4, true, 3));
     }
@@ -502,8 +480,8 @@ memory = "256MiB"
         assert!(msg.contains(":3: `job.name` \"my job!\""), "{msg}");
         let msg = fails(&GOOD.replace("path = \".\"", "path = \"nope\""));
         assert!(msg.contains(":6: `task.path` \"nope\": no such file or directory"), "{msg}");
-        let msg = fails(&GOOD.replace("url = \"data\"", "url = \"s3://bucket/in\""));
-        assert!(msg.contains("`input.url` \"s3://bucket/in\": s3:// locations need the aws provider"), "{msg}");
+        let msg = fails(&GOOD.replace("url = \"data\"", "url = \"s3://\""));
+        assert!(msg.contains("`input.url` \"s3://\": `s3://`: expected s3://<bucket"), "{msg}");
         let msg = fails(&GOOD.replace("[output]\nurl = \"out\"\n", ""));
         assert!(msg.contains("missing field `output`"), "{msg}");
         let msg = fails("this is not toml");
@@ -520,7 +498,7 @@ memory = "256MiB"
         };
         let spec = JobSpec::parse(Path::new("job.toml"), GOOD, &env).unwrap();
         assert_eq!(spec.workers, 7);
-        assert_eq!(spec.output, Path::new("/tmp/elsewhere"));
+        assert_eq!(spec.output.as_str(), "file:///tmp/elsewhere");
         assert_eq!(spec.deadline, Duration::from_secs(7200));
         let bad = |k: &str| (k == "MAYFLY_WORKERS").then(|| "many".to_owned());
         let msg = JobSpec::parse(Path::new("job.toml"), GOOD, &bad).unwrap_err().to_string();

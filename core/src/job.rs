@@ -1,12 +1,16 @@
 //! A job's identity, its state directory layout, and its manifest.
 //!
 //! ```text
+//! Each location is a local path or a URL (`s3://...`, `file://...`), read and
+//! written through [`crate::store::Store`]:
+//!
 //! <state>/<job id>/
 //!   manifest.json     spec + plan + task hashes + expires_at (written at bootstrap)
 //!   journal.jsonl     the master's decisions, fsynced at commit points
 //!   master.json       the master's address and pid, once it listens
 //!   final.json        the job's end: counts, reason (written by the master)
-//!   secret/           the job token (0600), and the local provider's issuer key
+//!   secret/           the job token (0600 when local), and the local provider's issuer key
+//!   tasks/<sha>.wasm  the task components, when the state is remote
 //!   nodes/<node>.json the local provider's record of each node process
 //!   logs/<node>.log   each node's output, readable after the node is gone
 //! <output>/
@@ -25,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::host::Limits;
 use crate::plan::Plan;
 use crate::policy::Millis;
+use crate::provider::ProviderHandle;
+use crate::store::{Location, Principal, Store};
 
 /// Everything a node needs to know about its job, written once at bootstrap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,12 +50,12 @@ pub struct Manifest {
     pub params: serde_json::Value,
     /// The reduce task, if any: component, sha256, parameters.
     pub reduce: Option<(PathBuf, String, serde_json::Value)>,
-    /// The input directory.
-    pub input: PathBuf,
-    /// The output directory.
-    pub output: PathBuf,
-    /// The job's own state directory.
-    pub state: PathBuf,
+    /// The input location.
+    pub input: Location,
+    /// The output location.
+    pub output: Location,
+    /// The job's own state location (`<state>/<job id>`).
+    pub state: Location,
     /// The plan.
     pub plan: Plan,
     /// Worker count.
@@ -74,75 +80,150 @@ pub struct Manifest {
     pub expires_at: Millis,
 }
 
-/// Where the job's files are.
+/// Where the job's files are: its own state (`<state>/<job id>`), its output
+/// location, and this process's local working directory for it.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// `<state>/<job id>`.
-    pub dir: PathBuf,
-    /// The output directory.
-    pub output: PathBuf,
+    /// The job's own state, `<state>/<job id>`.
+    pub state: Store,
+    /// The output location.
+    pub output: Store,
+    /// This process's local directory for the job: the state directory itself
+    /// when that is local, else `$TMPDIR/mayfly-work/<job id>` (owner only).
+    pub work: PathBuf,
+}
+
+/// Keys in the job's state.
+pub mod keys {
+    /// The manifest.
+    pub const MANIFEST: &str = "manifest.json";
+    /// Where the master listens.
+    pub const MASTER: &str = "master.json";
+    /// How the job ended.
+    pub const FINAL: &str = "final.json";
+    /// The job token.
+    pub const TOKEN: &str = "secret/token";
+    /// The master's journal (a copy, when the state is remote).
+    pub const JOURNAL: &str = "journal.jsonl";
+    /// The nodes' logs.
+    pub const LOGS: &str = "logs";
 }
 
 impl Layout {
-    /// The layout of job `id` under `state`, writing to `output`.
-    pub fn new(state: &Path, id: &str, output: &Path) -> Self {
-        Layout { dir: state.join(id), output: output.to_owned() }
+    /// Local directories: the job `id` under `state`, writing to `output`.
+    pub fn local(state: &Path, id: &str, output: &Path) -> Self {
+        let dir = state.join(id);
+        Layout { state: Store::local(&dir), output: Store::local(output), work: dir }
     }
-    /// manifest.json
-    pub fn manifest(&self) -> PathBuf {
-        self.dir.join("manifest.json")
+
+    /// Opens the locations of job `id` whose own state is `job_state`
+    /// (`<state>/<job id>`), remote ones through `provider` with credentials
+    /// for `node`.
+    pub fn open(
+        job_state: &Location,
+        id: &str,
+        output: &Location,
+        provider: &ProviderHandle,
+        node: &str,
+    ) -> Result<Self, String> {
+        let who = Principal { job: id.to_owned(), state: job_state.to_string(), node: node.to_owned() };
+        let state_store = Store::open(job_state, provider, &who)?;
+        let output = Store::open(output, provider, &who)?;
+        let work = match state_store.local_dir() {
+            Some(dir) => dir.to_owned(),
+            None => {
+                let work = std::env::temp_dir().join("mayfly-work").join(id);
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&work)
+                    .map_err(|e| format!("creating the work directory {}: {e}", work.display()))?;
+                work
+            }
+        };
+        Ok(Layout { state: state_store, output, work })
     }
-    /// journal.jsonl
-    pub fn journal(&self) -> PathBuf {
-        self.dir.join("journal.jsonl")
+
+    /// The job's state location, as providers are told it.
+    pub fn state_location(&self) -> String {
+        self.state.location().to_string()
     }
-    /// master.json
-    pub fn master(&self) -> PathBuf {
-        self.dir.join("master.json")
+
+    /// The job's state location as a path, for the provider calls that take one
+    /// (a URL stays a URL).
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(self.state.location().as_str())
     }
-    /// final.json
-    pub fn final_state(&self) -> PathBuf {
-        self.dir.join("final.json")
+
+    /// The master's journal of the job created at `created_at`: `journal.jsonl`
+    /// in a local state; with a remote one, a file in the work directory named
+    /// after that run (the master copies it to the state), so that a run that
+    /// reuses a job id never reads another run's journal left on this machine.
+    pub fn journal(&self, created_at: Millis) -> PathBuf {
+        match self.state.local_dir() {
+            Some(dir) => dir.join(keys::JOURNAL),
+            None => self.work.join(format!("journal-{created_at}.jsonl")),
+        }
     }
-    /// secret/
-    pub fn secret(&self) -> PathBuf {
-        self.dir.join("secret")
+    /// The key of a node's log in the state.
+    pub fn logs_key(node: &str) -> String {
+        format!("{}/{node}.log", keys::LOGS)
     }
-    /// nodes/
-    pub fn nodes(&self) -> PathBuf {
-        self.dir.join("nodes")
-    }
-    /// logs/
-    pub fn logs(&self) -> PathBuf {
-        self.dir.join("logs")
-    }
-    /// `_mayfly/markers/`
-    pub fn markers(&self) -> PathBuf {
-        self.output.join("_mayfly").join("markers")
+    /// `_mayfly/markers`
+    pub fn markers(&self) -> &'static str {
+        "_mayfly/markers"
     }
     /// The marker of `shard`.
-    pub fn marker(&self, shard: u32) -> PathBuf {
-        self.markers().join(format!("shard-{shard:06}.json"))
+    pub fn marker(&self, shard: u32) -> String {
+        format!("_mayfly/markers/shard-{shard:06}.json")
     }
-    /// `_mayfly/staging/`
-    pub fn staging(&self) -> PathBuf {
-        self.output.join("_mayfly").join("staging")
+    /// `_mayfly/staging`
+    pub fn staging(&self) -> &'static str {
+        "_mayfly/staging"
     }
-    /// The staging directory of one attempt.
-    pub fn attempt_staging(&self, shard: u32, token: u64) -> PathBuf {
-        self.staging().join(format!("shard-{shard:06}-token-{token}"))
+    /// The staging prefix of one attempt, in the output.
+    pub fn attempt_staging(&self, shard: u32, token: u64) -> String {
+        format!("_mayfly/staging/shard-{shard:06}-token-{token}")
+    }
+    /// Where this process stages an attempt's outputs: in place when the
+    /// output is local, else in the work directory (uploaded at the end).
+    pub fn local_staging(&self, key: &str) -> PathBuf {
+        match self.output.local_dir() {
+            Some(dir) => dir.join(key),
+            None => self.work.join(key),
+        }
     }
     /// Where a committed map output goes.
-    pub fn map_output(&self, key: &str, name: &str) -> PathBuf {
-        self.output.join("map").join(key).join(name)
+    pub fn map_output(&self, key: &str, name: &str) -> String {
+        format!("map/{key}/{name}")
     }
     /// Where a reduce output goes.
-    pub fn reduce_output(&self, name: &str) -> PathBuf {
-        self.output.join("reduce").join(name)
+    pub fn reduce_output(&self, name: &str) -> String {
+        format!("reduce/{name}")
     }
     /// `_manifest.json`
-    pub fn output_manifest(&self) -> PathBuf {
-        self.output.join("_manifest.json")
+    pub fn output_manifest(&self) -> &'static str {
+        "_manifest.json"
+    }
+    /// The key a task component is kept under in the state.
+    pub fn task_key(sha256: &str) -> String {
+        format!("tasks/{sha256}.wasm")
+    }
+    /// The task component `path` (sha256 `sha`) as this process can load it:
+    /// the path itself when the state is local, else a copy fetched from the
+    /// state into the work directory.
+    pub fn task_file(&self, path: &Path, sha: &str) -> Result<PathBuf, String> {
+        if self.state.local_dir().is_some() {
+            return Ok(path.to_owned());
+        }
+        let local = self.work.join(Self::task_key(sha));
+        if !local.exists() {
+            self.state
+                .download(&Self::task_key(sha), &local)
+                .map_err(|e| format!("fetching the task {}: {e}", self.state.display(&Self::task_key(sha))))?;
+        }
+        Ok(local)
     }
 }
 
@@ -200,13 +281,20 @@ pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
 /// Creates the job's secret: the token every node shows the master.
 pub fn create_token(layout: &Layout) -> std::io::Result<String> {
     let token = hex::encode(random_bytes(32)?);
-    write_secret(&layout.secret().join("token"), token.as_bytes())?;
+    match layout.state.local_dir() {
+        Some(dir) => write_secret(&dir.join(keys::TOKEN), token.as_bytes())?,
+        // A remote state is private to the job's roles; the token is an object there.
+        None => layout.state.put(keys::TOKEN, token.as_bytes().to_vec())?,
+    }
     Ok(token)
 }
 
 /// Reads the job's token.
 pub fn read_token(layout: &Layout) -> std::io::Result<String> {
-    std::fs::read_to_string(layout.secret().join("token")).map(|t| t.trim().to_owned())
+    let bytes = layout.state.get(keys::TOKEN)?.ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is missing", layout.state.display(keys::TOKEN)))
+    })?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
 }
 
 /// Writes a secret file readable only by its owner.

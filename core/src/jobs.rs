@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mayfly_core::api::Client;
-use mayfly_core::bootstrap::{absolute, bootstrap, launch_request, list_inputs, ready_tasks};
+use mayfly_core::bootstrap::{absolute, absolute_location, bootstrap, launch_request, list_inputs, ready_tasks};
 use mayfly_core::config::JobSpec;
-use mayfly_core::job::{Layout, Manifest, read_json};
+use mayfly_core::job::{Layout, Manifest, keys, read_json};
 use mayfly_core::master::{FinalState, MasterInfo};
 use mayfly_core::policy::{Clock, SystemClock};
 use mayfly_core::provider::{ProviderHandle, Role, Selection};
+use mayfly_core::store::{Location, Principal, Store};
 use mayfly_core::units::ByteSize;
 
 use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
@@ -57,7 +58,7 @@ fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
     if plan.shards.is_empty() {
         println!("the input is empty: nothing to process (the job succeeds with no outputs)");
     }
-    println!("state: {}", boot.layout.dir.display());
+    println!("state: {}", boot.layout.state_location());
     follow(&provider, &boot.layout, &boot.manifest, started)
 }
 
@@ -68,7 +69,7 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
     let token = mayfly_core::job::read_token(layout).context("reading the job token")?;
     let mut lost_since: Option<Instant> = None;
     loop {
-        if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
+        if let Ok(Some(fin)) = layout.state.read_json::<FinalState>(keys::FINAL) {
             if tty {
                 eprintln!();
             }
@@ -79,7 +80,7 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
             if tty {
                 eprintln!();
             }
-            let state = layout.dir.parent().unwrap_or(Path::new(".")).display().to_string();
+            let state = state_root(manifest);
             eprintln!(
                 "error: job {} passed its deadline without ending cleanly (no final state); \
                  `mayfly reap --state {state}` ends whatever is left, `mayfly logs {} --state {state}` tells what happened",
@@ -87,14 +88,17 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
             );
             return Ok(ExitCode::from(EXIT_TASK_FAILED));
         }
-        let status = read_json::<MasterInfo>(&layout.master())
+        let status = layout
+            .state
+            .read_json::<MasterInfo>(keys::MASTER)
             .ok()
+            .flatten()
             .and_then(|info| Client::new(&info.addr, &token, Duration::from_secs(2)).status().ok());
         // No answer: ask the provider whether a master still runs (a provider
         // error counts as yes, so a hiccup does not end the follow).
         let alive = status.is_some()
             || provider
-                .list(&manifest.job, &layout.dir)
+                .list(&manifest.job, &layout.dir())
                 .map(|n| n.iter().any(|n| n.role == Role::Master))
                 .unwrap_or(true);
         if alive {
@@ -150,13 +154,13 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
         println!("  failed shard {shard} ({}): {error}", items.join(", "));
     }
     for o in fin.outputs.iter().filter(|o| o.starts_with("reduce/")) {
-        println!("  reduce output: {}", layout.output.join(o).display());
+        println!("  reduce output: {}", layout.output.display(o));
     }
     if let Some(e) = &fin.reduce_error {
         println!("  the reduce task failed: {e}");
     }
-    println!("outputs: {} (listed in _manifest.json)", layout.output.display());
-    println!("logs: mayfly logs {} --state {}", manifest.job, layout.dir.parent().unwrap_or(Path::new(".")).display());
+    println!("outputs: {} (listed in _manifest.json)", layout.output.location());
+    println!("logs: mayfly logs {} --state {}", manifest.job, state_root(manifest));
     if fin.reason == "done" && c.failed == 0 && fin.reduce_error.is_none() {
         ExitCode::SUCCESS
     } else {
@@ -167,7 +171,8 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
 pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
     let spec = JobSpec::load(job)?;
     let provider = provider_for(&spec)?;
-    let input = absolute(&spec.input);
+    let who = Principal { job: "plan".into(), state: spec.state.to_string(), node: "cli".into() };
+    let input = Store::open(&absolute_location(&spec.input), &provider, &who).map_err(anyhow::Error::msg)?;
     let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
     let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
     let mut warnings = Vec::new();
@@ -183,7 +188,8 @@ pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
         warnings
             .push("credential_ttl is shorter than lease_time: leases will be cut to the credential's expiry".into());
     }
-    if let Err(e) = mayfly_core::bootstrap::check_output(&absolute(&spec.output)) {
+    let output = Store::open(&absolute_location(&spec.output), &provider, &who);
+    if let Err(e) = output.and_then(|o| mayfly_core::bootstrap::check_output(&o)) {
         warnings.push(e);
     }
     if json {
@@ -215,16 +221,38 @@ pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn find_job(job: &str, state: &Path) -> Result<(Layout, Manifest)> {
-    let dir = state.join(job);
-    let manifest: Manifest = read_json(&dir.join("manifest.json"))
-        .with_context(|| format!("no job {job} under {} (use --state to say where its state is)", state.display()))?;
-    Ok((Layout { dir, output: manifest.output.clone() }, manifest))
+/// Where the jobs' states are, as `--state` names it: the root of a job's
+/// own state location.
+fn state_root(manifest: &Manifest) -> String {
+    let own = manifest.state.as_str();
+    own.strip_suffix(&format!("/{}", manifest.job)).unwrap_or(own).to_owned()
 }
 
-pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode> {
-    let (layout, manifest) = find_job(job, state)?;
-    if let Ok(fin) = read_json::<FinalState>(&layout.final_state()) {
+/// Finds job `job` under the state location `state` (a path or a URL; a
+/// remote one is read with `--provider`/`--set`, else the built-in
+/// provider serves paths and file:// URLs).
+fn find_job(job: &str, state: &str, provider: Option<&str>, settings: &[String]) -> Result<(Layout, Manifest)> {
+    let root = Location::parse(state, Path::new(".")).map_err(|e| anyhow::anyhow!("--state {state:?}: {e}"))?;
+    let root = absolute_location(&root);
+    let handle = match provider {
+        Some(p) => ProviderHandle::select(&provider_arg(p, settings)?)?,
+        None => ProviderHandle::select(&Selection::default())?,
+    };
+    let job_state = root.join(job);
+    let who = Principal { job: job.to_owned(), state: job_state.to_string(), node: "cli".into() };
+    let store = Store::open(&job_state, &handle, &who)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--state {state}: pass --provider (and --set) for the provider that serves it"))?;
+    let manifest: Manifest = store
+        .read_json(keys::MANIFEST)?
+        .with_context(|| format!("no job {job} under {state} (use --state to say where its state is)"))?;
+    let layout = Layout::open(&job_state, job, &manifest.output, &handle, "cli").map_err(anyhow::Error::msg)?;
+    Ok((layout, manifest))
+}
+
+pub(crate) fn cmd_status(job: &str, at: &StateArgs, json: bool) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    if let Some(fin) = layout.state.read_json::<FinalState>(keys::FINAL)? {
         if json {
             println!("{}", serde_json::to_string_pretty(&fin)?);
         } else {
@@ -237,9 +265,9 @@ pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let token = mayfly_core::job::read_token(&layout)?;
-    let info: MasterInfo = read_json(&layout.master()).context("the master has not started")?;
+    let info: MasterInfo = layout.state.read_json(keys::MASTER)?.context("the master has not started")?;
     let provider = node_provider(&manifest)?;
-    let masters = provider.list(job, &layout.dir)?.into_iter().filter(|n| n.role == Role::Master).count();
+    let masters = provider.list(job, &layout.dir())?.into_iter().filter(|n| n.role == Role::Master).count();
     if masters == 0 {
         bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
     }
@@ -262,25 +290,24 @@ pub(crate) fn cmd_status(job: &str, state: &Path, json: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn cmd_logs(job: &str, node: Option<&str>, state: &Path) -> Result<()> {
-    let (layout, _) = find_job(job, state)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(layout.logs())
-        .with_context(|| format!("no logs for job {job}"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .filter(|p| node.is_none_or(|n| p.file_stem().is_some_and(|s| s == n)))
+pub(crate) fn cmd_logs(job: &str, node: Option<&str>, at: &StateArgs) -> Result<()> {
+    let (layout, _) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    let listed = layout.state.list(keys::LOGS).with_context(|| format!("no logs for job {job}"))?;
+    let files: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|(key, _)| {
+            let name = key.strip_prefix(&format!("{}/", keys::LOGS))?.strip_suffix(".log")?.to_owned();
+            (!name.contains('/') && node.is_none_or(|n| n == name)).then_some((name, key))
+        })
         .collect();
-    files.sort();
     if files.is_empty() {
         bail!("no logs for node {:?} of job {job}", node.unwrap_or("*"));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for f in files {
-        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        for line in text.lines() {
+    for (name, key) in files {
+        let bytes = layout.state.get(&key)?.unwrap_or_default();
+        for line in String::from_utf8_lossy(&bytes).lines() {
             // A closed pipe (`| head`) ends the listing quietly.
             if writeln!(out, "{name}: {line}").is_err() {
                 return Ok(());
@@ -290,30 +317,37 @@ pub(crate) fn cmd_logs(job: &str, node: Option<&str>, state: &Path) -> Result<()
     Ok(())
 }
 
-pub(crate) fn cmd_resume(job: &str, state: &Path) -> Result<ExitCode> {
-    let (layout, manifest) = find_job(job, state)?;
-    if layout.final_state().exists() {
+pub(crate) fn cmd_resume(job: &str, at: &StateArgs) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    if layout.state.exists(keys::FINAL) {
         println!("job {job} already ended; nothing to resume");
         return Ok(ExitCode::SUCCESS);
     }
     let provider = node_provider(&manifest)?;
-    let nodes = provider.list(job, &layout.dir)?;
+    let nodes = provider.list(job, &layout.dir())?;
     if nodes.iter().any(|n| n.role == Role::Master) {
         bail!("job {job} still has a running master; follow it with `mayfly status {job}`");
     }
     if SystemClock.now() >= manifest.expires_at {
         bail!("job {job} is past its deadline; it cannot be resumed");
     }
-    let _ = std::fs::remove_file(layout.master());
+    let _ = layout.state.delete(keys::MASTER);
     let started = Instant::now();
-    provider.launch(launch_request(&layout, job, manifest.expires_at, &[("master".into(), Role::Master)]))?;
+    let selection = &manifest.provider;
+    provider.launch(launch_request(
+        &layout,
+        selection,
+        job,
+        manifest.expires_at,
+        &[("master".into(), Role::Master)],
+    ))?;
     let running: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
     let workers: Vec<(String, Role)> = (1..=manifest.workers)
         .map(|i| format!("worker-{i}"))
         .filter(|n| !running.contains(n))
         .map(|node| (node, Role::Worker))
         .collect();
-    provider.launch(launch_request(&layout, job, manifest.expires_at, &workers))?;
+    provider.launch(launch_request(&layout, selection, job, manifest.expires_at, &workers))?;
     println!("job {job} resumed with a new master and {} new workers", workers.len());
     follow(&provider, &layout, &manifest, started)
 }
@@ -441,37 +475,106 @@ fn node_provider(manifest: &Manifest) -> Result<ProviderHandle> {
         .with_context(|| format!("making provider {} for job {}", manifest.provider.label(), manifest.job))
 }
 
-pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &Path) -> Result<ExitCode> {
-    let manifest: Manifest = read_json(&dir.join("manifest.json")).context("reading the manifest")?;
-    if manifest.job != job {
-        bail!("{} holds job {}, not {job}", dir.display(), manifest.job);
+/// Where a job's state is, as the status, logs and resume commands take it.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StateArgs {
+    /// The state location the job was run with (a path, or a URL such as s3://bucket/state).
+    #[arg(long, default_value = ".mayfly/jobs")]
+    pub state: String,
+    /// The provider that serves a remote state: a name (`aws`) or a plugin's path.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// A setting of that provider (repeatable), as in a job's `[provider]` section.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "provider")]
+    pub settings: Vec<String>,
+}
+
+/// How often a node copies its log to a remote state.
+const LOG_SHIP_EVERY: Duration = Duration::from_secs(5);
+
+/// Copies this node's log file (`MAYFLY_NODE_LOG`, where the provider's
+/// launch captures the node's output) to `logs/<node>.log` in a remote state,
+/// so that the log outlives the machine. A local state needs none: providers
+/// write logs there directly.
+fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'static> {
+    let file = std::env::var_os("MAYFLY_NODE_LOG").map(PathBuf::from)?;
+    if layout.state.local_dir().is_some() {
+        return None;
     }
-    let provider = node_provider(&manifest)?;
+    let (state, key) = (layout.state.clone(), Layout::logs_key(node));
+    Some(move || {
+        if let Ok(bytes) = std::fs::read(&file)
+            && let Err(e) = state.put(&key, bytes)
+        {
+            eprintln!("copying the log to {}: {e}", state.display(&key));
+        }
+    })
+}
+
+pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<&str>) -> Result<ExitCode> {
+    let location = Location::parse(dir, Path::new("/")).map_err(|e| anyhow::anyhow!("--dir {dir:?}: {e}"))?;
+    // A remote state comes with the provider that serves it; a local one
+    // holds the manifest that names the provider.
+    let given = match provider_json {
+        Some(json) => Some(ProviderHandle::select(&serde_json::from_str(json).context("--provider")?)?),
+        None => None,
+    };
+    let reader = match &given {
+        Some(p) => p.clone(),
+        None => ProviderHandle::select(&Selection::default())?,
+    };
+    let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
+    let store = Store::open(&location, &reader, &who).map_err(anyhow::Error::msg)?;
+    let manifest: Manifest = store.read_json(keys::MANIFEST)?.with_context(|| format!("no manifest in {location}"))?;
+    if manifest.job != job {
+        bail!("{location} holds job {}, not {job}", manifest.job);
+    }
+    let provider = match given {
+        Some(p) => p,
+        None => node_provider(&manifest)?,
+    };
+    let layout = Layout::open(&location, job, &manifest.output, &provider, node).map_err(anyhow::Error::msg)?;
+    let ship = ship_log(&layout, node).map(std::sync::Arc::new);
+    if let Some(ship) = ship.clone() {
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(LOG_SHIP_EVERY);
+                ship();
+            }
+        });
+    }
     // The dead-man switch: whatever happens, this node does not outlive the
     // job's deadline by more than a second or so: it asks its provider to
     // delete it (bounded), then exits.
     let expires_at = manifest.expires_at;
     let who = node.to_owned();
     let ender = provider.clone();
+    let last_ship = ship.clone();
     std::thread::spawn(move || {
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
         eprintln!("{who}: the job's deadline passed; ending now");
+        if let Some(ship) = &last_ship {
+            ship();
+        }
         if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
             eprintln!("{who}: ending this node failed: {e}");
         }
         std::process::exit(4);
     });
     let result = match role {
-        "master" => mayfly_core::master::run(dir, &provider).map(|code| ExitCode::from(code as u8)),
-        "worker" => mayfly_core::worker::run(dir, node, provider.clone()).map(|_| ExitCode::SUCCESS),
+        "master" => mayfly_core::master::run(layout, manifest, &provider).map(|code| ExitCode::from(code as u8)),
+        "worker" => mayfly_core::worker::run(layout, manifest, node, provider.clone()).map(|_| ExitCode::SUCCESS),
         other => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {
         eprintln!("{node}: {e}");
     }
-    // Last: the node deletes itself (its logs are already in the state
-    // location); this process exits right after.
+    // Last: the logs go to the state location, then the node deletes itself;
+    // this process exits right after.
+    if let Some(ship) = &ship {
+        ship();
+    }
     if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
         eprintln!("{node}: ending this node failed: {e}");
     }

@@ -44,5 +44,6 @@ pub mod plugin;
 pub mod policy;
 pub mod provider;
 pub mod reduce;
+pub mod store;
 pub mod units;
 pub mod worker;

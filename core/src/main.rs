@@ -68,9 +68,8 @@ enum Command {
     Status {
         /// The job id.
         job: String,
-        /// The state location the job was run with.
-        #[arg(long, default_value = ".mayfly/jobs")]
-        state: PathBuf,
+        #[command(flatten)]
+        at: jobs::StateArgs,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -83,18 +82,16 @@ enum Command {
         /// Only this node (`master`, `worker-1`, ...).
         #[arg(long)]
         node: Option<String>,
-        /// The state location the job was run with.
-        #[arg(long, default_value = ".mayfly/jobs")]
-        state: PathBuf,
+        #[command(flatten)]
+        at: jobs::StateArgs,
     },
     /// Continue a job whose master was lost: committed shards are not redone.
     #[command(after_help = "Example:\n  mayfly resume <job>")]
     Resume {
         /// The job id.
         job: String,
-        /// The state location the job was run with.
-        #[arg(long, default_value = ".mayfly/jobs")]
-        state: PathBuf,
+        #[command(flatten)]
+        at: jobs::StateArgs,
     },
     /// End every node whose job's deadline has passed: those of the jobs under
     /// a state location (each through its own provider), or with --provider,
@@ -143,7 +140,10 @@ enum Command {
         #[arg(long)]
         node: String,
         #[arg(long)]
-        dir: PathBuf,
+        dir: String,
+        /// The provider's selection (JSON), for a remote state.
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// Hold a node that does nothing until it is ended (provider conformance tests).
     #[command(hide = true)]
@@ -197,15 +197,17 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd_exec(args),
         Command::Run { job } => jobs::cmd_run(&job),
         Command::Plan { job, json } => jobs::cmd_plan(&job, json).map(|()| ExitCode::SUCCESS),
-        Command::Status { job, state, json } => jobs::cmd_status(&job, &state, json),
-        Command::Logs { job, node, state } => jobs::cmd_logs(&job, node.as_deref(), &state).map(|()| ExitCode::SUCCESS),
-        Command::Resume { job, state } => jobs::cmd_resume(&job, &state),
+        Command::Status { job, at, json } => jobs::cmd_status(&job, &at, json),
+        Command::Logs { job, node, at } => jobs::cmd_logs(&job, node.as_deref(), &at).map(|()| ExitCode::SUCCESS),
+        Command::Resume { job, at } => jobs::cmd_resume(&job, &at),
         Command::Reap { state, provider, settings } => {
             jobs::cmd_reap(&state, provider.as_deref(), &settings).map(|()| ExitCode::SUCCESS)
         }
         Command::Serve { provider, settings } => jobs::cmd_serve(&provider, &settings),
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
-        Command::Node { role, job, node, dir } => jobs::cmd_node(&role, &job, &node, &dir),
+        Command::Node { role, job, node, dir, provider } => {
+            jobs::cmd_node(&role, &job, &node, &dir, provider.as_deref())
+        }
         Command::Idle { for_ } => jobs::cmd_idle(for_.0),
     };
     match result {

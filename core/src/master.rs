@@ -8,7 +8,7 @@
 //! journal) rebuilds the ledger from the markers and the journal, finishes any
 //! publication a crash interrupted, and voids the leases it finds.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use crate::api::{
     CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest, Status,
     constant_time_eq,
 };
-use crate::job::{Layout, Manifest, read_json, write_json_atomic};
+use crate::job::{Layout, Manifest, keys};
 use crate::ledger::{CommittedOutput, Event, Ledger, ShardState};
 use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock, Validity};
 use crate::provider::{ProviderHandle, Role};
@@ -138,10 +138,9 @@ impl Master {
             return Err((StatusCode::CONFLICT, "the job has ended".into()));
         }
         if let Err(e) = self.ledger.check(req.shard, req.token) {
-            let _ = fs::remove_dir_all(self.layout.attempt_staging(req.shard, req.token));
+            self.drop_local_staging(req.shard, req.token);
             return Err((StatusCode::CONFLICT, e.to_string()));
         }
-        let staging = self.layout.attempt_staging(req.shard, req.token);
         let shard = &self.manifest.plan.shards[req.shard as usize];
         let keys: Vec<String> = shard.items.iter().map(|i| i.key()).collect();
         for out in &req.outputs {
@@ -149,13 +148,6 @@ impl Master {
                 return Err((
                     StatusCode::BAD_REQUEST,
                     format!("output {}/{} is not part of shard {}", out.key, out.name, req.shard),
-                ));
-            }
-            let size = fs::metadata(staging.join(&out.key).join(&out.name)).map(|m| m.len());
-            if size.ok() != Some(out.bytes) {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    format!("staged output {}/{} is missing or has the wrong size", out.key, out.name),
                 ));
             }
         }
@@ -168,6 +160,14 @@ impl Master {
         Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs })
     }
 
+    /// Removes an attempt's staging when it is a local directory (cheap);
+    /// remote staging goes with the whole staging prefix at the job's end.
+    fn drop_local_staging(&self, shard: u32, token: u64) {
+        if let Some(dir) = self.layout.output.local_dir() {
+            let _ = std::fs::remove_dir_all(dir.join(self.layout.attempt_staging(shard, token)));
+        }
+    }
+
     /// The last half, under the lock again, once the committer decided. It
     /// runs in the committer, not in the request, so that a client that hangs
     /// up cannot leave a marked shard uncommitted in the ledger.
@@ -176,7 +176,9 @@ impl Master {
         let adopt = match decided {
             Ok(()) => Some(marker.clone()),
             // Someone's marker exists: that one is the truth, make the ledger agree.
-            Err((StatusCode::CONFLICT, _)) => read_json::<Marker>(&self.layout.marker(marker.shard)).ok(),
+            Err((StatusCode::CONFLICT, _)) => {
+                self.layout.output.read_json::<Marker>(&self.layout.marker(marker.shard)).ok().flatten()
+            }
             Err(_) => None,
         };
         if let Some(m) = adopt {
@@ -248,81 +250,76 @@ fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receiver<CommitJob
 
 fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (StatusCode, String)>> {
     let unavailable = |e: std::io::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"));
-    if let Err(e) = fs::create_dir_all(layout.markers()) {
-        let message = unavailable(e).1;
-        return markers.iter().map(|_| Err((StatusCode::SERVICE_UNAVAILABLE, message.clone()))).collect();
-    }
-    // 1. Every marker's content, in a temporary file of its own.
-    let mut results: Vec<Result<std::path::PathBuf, (StatusCode, String)>> = markers
+    // 1. Every staged output is there, with the size its worker reported (one
+    //    listing per shard, outside the master's lock).
+    let mut decided: Vec<Result<(), (StatusCode, String)>> = markers
         .iter()
         .map(|m| {
-            let tmp = layout.markers().join(format!(".shard-{:06}-{}.tmp", m.shard, m.token));
-            let bytes = serde_json::to_vec_pretty(m).map_err(|e| unavailable(std::io::Error::other(e)))?;
-            fs::write(&tmp, bytes).map_err(unavailable)?;
-            Ok(tmp)
+            let staging = layout.attempt_staging(m.shard, m.token);
+            let listed: std::collections::BTreeMap<String, u64> = layout
+                .output
+                .list(&staging)
+                .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("listing the staged outputs: {e}")))?
+                .into_iter()
+                .collect();
+            for out in &m.outputs {
+                if listed.get(&format!("{staging}/{}/{}", out.key, out.name)) != Some(&out.bytes) {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        format!("staged output {}/{} is missing or has the wrong size", out.key, out.name),
+                    ));
+                }
+            }
+            Ok(())
         })
         .collect();
-    // 2. One sync makes all of them durable.
-    let synced = File::open(layout.markers()).and_then(|dir| nix::unistd::syncfs(&dir).map_err(std::io::Error::from));
-    if let Err(e) = synced {
-        let message = unavailable(e).1;
-        for r in &mut results {
-            if let Ok(tmp) = r {
-                let _ = fs::remove_file(tmp);
+    // 2. Create-if-absent, each marker with its content: exactly one winner per
+    //    shard (locally: contents durable with one sync, then hard links;
+    //    remotely: conditional puts).
+    let mut items = Vec::new();
+    let mut which = Vec::new();
+    for (i, m) in markers.iter().enumerate() {
+        if decided[i].is_ok() {
+            match serde_json::to_vec_pretty(m) {
+                Ok(bytes) => {
+                    items.push((layout.marker(m.shard), bytes));
+                    which.push(i);
+                }
+                Err(e) => decided[i] = Err(unavailable(std::io::Error::other(e))),
             }
-            *r = Err((StatusCode::SERVICE_UNAVAILABLE, message.clone()));
         }
     }
-    // 3. Create-if-absent, atomically, with the content already durable.
-    let decided: Vec<Result<(), (StatusCode, String)>> = markers
-        .iter()
-        .zip(results)
-        .map(|(m, r)| {
-            let tmp = r?;
-            let linked = fs::hard_link(&tmp, layout.marker(m.shard));
-            let _ = fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let _ = fs::remove_dir_all(layout.attempt_staging(m.shard, m.token));
-                    Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
-                }
-                Err(e) => Err(unavailable(e)),
+    for (i, created) in which.into_iter().zip(layout.output.create_all(items)) {
+        let m = markers[i];
+        decided[i] = match created {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
             }
-        })
-        .collect();
-    // 4. The links themselves, durable with one directory sync.
-    if let Ok(dir) = File::open(layout.markers()) {
-        let _ = dir.sync_all();
+            Err(e) => Err(unavailable(e)),
+        };
     }
-    // 5. Only now do the winners' outputs become visible.
+    // 3. Only now do the winners' outputs become visible.
     for (m, r) in markers.iter().zip(&decided) {
         if r.is_ok() {
-            let staging = layout.attempt_staging(m.shard, m.token);
-            if let Err(e) = publish(layout, m, &staging) {
+            if let Err(e) = publish(layout, m) {
                 // The marker is written: the commit stands, and publication is
                 // finished on resume.
                 eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", m.shard);
             }
-            let _ = fs::remove_dir_all(&staging);
+            let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
         }
     }
     decided
 }
 
 /// Moves a committed shard's staged outputs into place (idempotent).
-fn publish(layout: &Layout, marker: &Marker, staging: &Path) -> std::io::Result<()> {
+fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
+    let staging = layout.attempt_staging(marker.shard, marker.token);
     for out in &marker.outputs {
-        let from = staging.join(&out.key).join(&out.name);
-        let to = layout.map_output(&out.key, &out.name);
-        if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        match fs::rename(&from, &to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
-            Err(e) => return Err(e),
-        }
+        let from = format!("{staging}/{}/{}", out.key, out.name);
+        layout.output.rename(&from, &layout.map_output(&out.key, &out.name))?;
     }
     Ok(())
 }
@@ -376,7 +373,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
         Some((lease, event)) => {
             m.record(&event, false);
             let items = m.manifest.plan.shards[lease.shard as usize].items.clone();
-            let staging = m.layout.attempt_staging(lease.shard, lease.token).to_string_lossy().into_owned();
+            let staging = m.layout.attempt_staging(lease.shard, lease.token);
             eprintln!("master: shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
             json(&LeaseReply::Lease {
                 shard: lease.shard,
@@ -461,7 +458,7 @@ async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
                 }
             }
             m.record(&event, true);
-            let _ = fs::remove_dir_all(m.layout.attempt_staging(req.shard, req.token));
+            m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
         }
         Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
@@ -477,7 +474,7 @@ async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
     match m.ledger.release(req.shard, req.token) {
         Ok(event) => {
             m.record(&event, true);
-            let _ = fs::remove_dir_all(m.layout.attempt_staging(req.shard, req.token));
+            m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
         }
         Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
@@ -509,12 +506,14 @@ pub fn read_journal(path: &Path) -> Vec<Event> {
 
 /// Reads every commit marker of the job.
 pub fn read_markers(layout: &Layout) -> Vec<Marker> {
-    let mut markers: Vec<Marker> = fs::read_dir(layout.markers())
+    let listed = layout.output.list(layout.markers()).unwrap_or_else(|e| {
+        eprintln!("master: listing the commit markers: {e}");
+        Vec::new()
+    });
+    let mut markers: Vec<Marker> = listed
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| read_json::<Marker>(&e.path()).ok())
+        .filter(|(key, _)| key.ends_with(".json"))
+        .filter_map(|(key, _)| layout.output.read_json::<Marker>(&key).ok().flatten())
         .collect();
     markers.sort_by_key(|m| m.shard);
     markers
@@ -528,9 +527,9 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
     let mut markers = read_markers(layout);
     markers.retain(|marker| {
         let staging = layout.attempt_staging(marker.shard, marker.token);
-        match publish(layout, marker, &staging) {
+        match publish(layout, marker) {
             Ok(()) => {
-                let _ = fs::remove_dir_all(&staging);
+                let _ = layout.output.delete_prefix(&staging);
                 true
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -547,9 +546,9 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
                     "master: shard {} was marked committed but its outputs are gone ({e}); it will run again",
                     marker.shard
                 );
-                let _ = fs::remove_file(layout.marker(marker.shard));
+                let _ = layout.output.delete(&layout.marker(marker.shard));
                 for out in &marker.outputs {
-                    let _ = fs::remove_file(layout.map_output(&out.key, &out.name));
+                    let _ = layout.output.delete(&layout.map_output(&out.key, &out.name));
                 }
                 false
             }
@@ -558,17 +557,29 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
     markers
 }
 
-/// Runs the master of the job in `layout.dir` until the job ends. Returns the
-/// process exit code.
-pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
-    let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
-    let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
+/// Copies the journal into a remote state (a local one already holds it), so
+/// that a master restarted elsewhere finds it.
+fn save_journal(layout: &Layout, manifest: &Manifest) {
+    if layout.state.local_dir().is_none()
+        && let Err(e) = layout.state.upload(&layout.journal(manifest.created_at), keys::JOURNAL)
+    {
+        eprintln!("master: copying the journal to {}: {e}", layout.state.display(keys::JOURNAL));
+    }
+}
+
+/// Runs the master of the job laid out at `layout` until the job ends.
+/// Returns the process exit code.
+pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Result<i32, String> {
     let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
 
     // Rebuild from the markers (the truth) and the journal, finishing any
     // publication a crash interrupted.
     let markers = recover_markers(&layout);
-    let journal_events = read_journal(&layout.journal());
+    if layout.state.local_dir().is_none() && !layout.journal(manifest.created_at).exists() {
+        // A master restarted on another machine: the last copy of the journal.
+        let _ = layout.state.download(keys::JOURNAL, &layout.journal(manifest.created_at));
+    }
+    let journal_events = read_journal(&layout.journal(manifest.created_at));
     let marker_list: Vec<(u32, Vec<CommittedOutput>)> = markers.iter().map(|m| (m.shard, m.outputs.clone())).collect();
     let mut ledger =
         Ledger::replay(manifest.plan.shards.len() as u32, manifest.max_attempts, &journal_events, &marker_list);
@@ -582,7 +593,7 @@ pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
     let journal = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(layout.journal())
+        .open(layout.journal(manifest.created_at))
         .map_err(|e| format!("opening the journal: {e}"))?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
@@ -633,7 +644,9 @@ pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
             .with_state(shared.clone());
         {
             let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
-            write_json_atomic(&m.layout.master(), &MasterInfo { addr: addr.to_string(), pid: std::process::id() })
+            m.layout
+                .state
+                .write_json(keys::MASTER, &MasterInfo { addr: addr.to_string(), pid: std::process::id() })
                 .map_err(|e| format!("writing master.json: {e}"))?;
         }
         eprintln!("master: listening on {addr}");
@@ -726,11 +739,12 @@ pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
             "error": e,
         })).collect::<Vec<_>>(),
     });
-    if let Err(e) = write_json_atomic(&layout.output_manifest(), &manifest_out) {
+    if let Err(e) = layout.output.write_json(layout.output_manifest(), &manifest_out) {
         eprintln!("master: writing _manifest.json: {e}");
     }
-    let _ = fs::remove_dir_all(layout.staging());
-    if let Err(e) = write_json_atomic(&layout.final_state(), &final_state) {
+    let _ = layout.output.delete_prefix(layout.staging());
+    save_journal(&layout, &manifest);
+    if let Err(e) = layout.state.write_json(keys::FINAL, &final_state) {
         eprintln!("master: writing final.json: {e}");
     }
     // Workers learn of the end at their next lease and end themselves; give
@@ -738,7 +752,7 @@ pub fn run(dir: &Path, provider: &ProviderHandle) -> Result<i32, String> {
     let grace = if reason == "done" { Duration::from_secs(3) } else { Duration::ZERO };
     let deadline = std::time::Instant::now() + grace;
     let workers = |p: &ProviderHandle| {
-        p.list(&manifest.job, &layout.dir)
+        p.list(&manifest.job, &layout.dir())
             .unwrap_or_default()
             .into_iter()
             .filter(|n| n.role == Role::Worker)
@@ -773,51 +787,70 @@ mod tests {
     }
 
     fn stage(layout: &Layout, m: &Marker, content: &[u8]) {
-        let dir = layout.attempt_staging(m.shard, m.token).join(&m.outputs[0].key);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("c.tsv"), content).unwrap();
+        let key = format!("{}/{}/c.tsv", layout.attempt_staging(m.shard, m.token), m.outputs[0].key);
+        layout.output.put(&key, content.to_vec()).unwrap();
+    }
+
+    /// The same job laid out on local directories and on `file://` URLs
+    /// (the object-store client every remote location goes through).
+    fn layouts(dir: &Path) -> Vec<Layout> {
+        let local = Layout::local(&dir.join("state"), "j", &dir.join("out"));
+        let url = |d: &str| crate::store::Location::parse(&format!("file://{}", dir.join(d).display()), dir).unwrap();
+        let provider = ProviderHandle::select(&Default::default()).unwrap();
+        let remote = Layout::open(&url("rstate/j"), "j", &url("rout"), &provider, "master").unwrap();
+        vec![local, remote]
+    }
+
+    fn read(layout: &Layout, key: &str) -> Vec<u8> {
+        layout.output.get(key).unwrap().unwrap_or_default()
     }
 
     #[test]
     fn a_batch_commits_one_winner_per_shard_and_publishes_only_winners() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(&dir.path().join("state"), "j", &dir.path().join("out"));
-        let (a, b, c) = (marker(0, 7, "a.txt"), marker(0, 8, "a.txt"), marker(1, 9, "b.txt"));
-        stage(&layout, &a, b"aa");
-        stage(&layout, &b, b"bb");
-        stage(&layout, &c, b"cc");
-        let results = decide_batch(&layout, vec![&a, &b, &c]);
-        assert!(results[0].is_ok());
-        assert_eq!(results[1].as_ref().unwrap_err().0, StatusCode::CONFLICT);
-        assert!(results[2].is_ok());
-        assert_eq!(fs::read(layout.map_output("a.txt", "c.tsv")).unwrap(), b"aa", "the first, only");
-        assert_eq!(fs::read(layout.map_output("b.txt", "c.tsv")).unwrap(), b"cc");
-        assert!(!layout.attempt_staging(0, 8).exists(), "the loser's staging is removed");
-        let on_disk: Marker = read_json(&layout.marker(0)).unwrap();
-        assert_eq!(on_disk.token, 7);
-        // A later commit of a committed shard is refused too.
-        let late = marker(1, 10, "b.txt");
-        stage(&layout, &late, b"zz");
-        assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
-        assert_eq!(fs::read(layout.map_output("b.txt", "c.tsv")).unwrap(), b"cc");
+        for layout in layouts(dir.path()) {
+            let (a, b, c) = (marker(0, 7, "a.txt"), marker(0, 8, "a.txt"), marker(1, 9, "b.txt"));
+            stage(&layout, &a, b"aa");
+            stage(&layout, &b, b"bb");
+            stage(&layout, &c, b"cc");
+            let results = decide_batch(&layout, vec![&a, &b, &c]);
+            assert!(results[0].is_ok());
+            assert_eq!(results[1].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert!(results[2].is_ok());
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa", "the first, only");
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
+            assert!(layout.output.list(&layout.attempt_staging(0, 8)).unwrap().is_empty(), "the loser's staging goes");
+            let stored: Marker = layout.output.read_json(&layout.marker(0)).unwrap().unwrap();
+            assert_eq!(stored.token, 7);
+            // A later commit of a committed shard is refused too.
+            let late = marker(1, 10, "b.txt");
+            stage(&layout, &late, b"zz");
+            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
+            // A commit whose staged output is missing or of another size is refused.
+            let short = marker(2, 11, "c.txt");
+            stage(&layout, &short, b"z");
+            assert_eq!(decide_batch(&layout, vec![&short])[0].as_ref().unwrap_err().0, StatusCode::BAD_REQUEST);
+            assert!(!layout.output.exists(&layout.marker(2)));
+        }
     }
 
     #[test]
     fn recovery_publishes_staged_outputs_and_reopens_lost_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(&dir.path().join("state"), "j", &dir.path().join("out"));
-        fs::create_dir_all(layout.markers()).unwrap();
-        // Shard 0: marker written, outputs still staged (the master died before publishing).
-        let staged = marker(0, 7, "a.txt");
-        stage(&layout, &staged, b"ok");
-        write_json_atomic(&layout.marker(0), &staged).unwrap();
-        // Shard 1: marker written, outputs gone everywhere.
-        write_json_atomic(&layout.marker(1), &marker(1, 8, "b.txt")).unwrap();
+        for layout in layouts(dir.path()) {
+            // Shard 0: marker written, outputs still staged (the master died before publishing).
+            let staged = marker(0, 7, "a.txt");
+            stage(&layout, &staged, b"ok");
+            layout.output.write_json(&layout.marker(0), &staged).unwrap();
+            // Shard 1: marker written, outputs gone everywhere.
+            layout.output.write_json(&layout.marker(1), &marker(1, 8, "b.txt")).unwrap();
 
-        let kept = recover_markers(&layout);
-        assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(fs::read(layout.map_output("a.txt", "c.tsv")).unwrap(), b"ok");
-        assert!(!layout.attempt_staging(0, 7).exists());
-        assert!(!layout.marker(1).exists(), "the lost shard is reopened");
+            let kept = recover_markers(&layout);
+            assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"ok");
+            assert!(layout.output.list(&layout.attempt_staging(0, 7)).unwrap().is_empty());
+            assert!(!layout.output.exists(&layout.marker(1)), "the lost shard is reopened");
+        }
     }
 }

@@ -87,7 +87,7 @@ pub enum SelectError {
 
 /// The async runtime core drives providers on (built-in ones run their
 /// futures here; plugins' futures run on their own runtime).
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

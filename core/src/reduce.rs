@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::host::{Attempt, ConcatInput, FileInput, InputSource, Runtime, RuntimeConfig};
+use crate::host::{Attempt, ConcatInput, InputSource, Runtime, RuntimeConfig};
 use crate::job::{Layout, Manifest};
 use crate::ledger::CommittedOutput;
 
@@ -21,13 +21,16 @@ pub fn run(
     let task = runtime.load(component).map_err(|e| e.to_string())?;
     let mut parts: Vec<Arc<dyn InputSource>> = Vec::new();
     for out in committed {
-        let path = layout.map_output(&out.key, &out.name);
-        let input = FileInput::open(&path, format!("{}/{}", out.key, out.name))
-            .map_err(|e| format!("reading map output {}: {e}", path.display()))?;
-        parts.push(Arc::new(input));
+        let key = layout.map_output(&out.key, &out.name);
+        let input = layout
+            .output
+            .input(&key, &format!("{}/{}", out.key, out.name), None)
+            .map_err(|e| format!("reading map output {}: {e}", layout.output.display(&key)))?;
+        parts.push(input);
     }
     let input = Arc::new(ConcatInput::new("map outputs", parts));
-    let staging = layout.staging().join("reduce");
+    let staging_key = format!("{}/reduce", layout.staging());
+    let staging = layout.local_staging(&staging_key);
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| e.to_string())?;
     let outcome = rt.block_on(runtime.run(
         &task,
@@ -40,10 +43,12 @@ pub fn run(
     let mut names = Vec::new();
     for out in &outcome.outputs {
         let dest = layout.reduce_output(&out.name);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-        }
-        std::fs::rename(&out.path, &dest).map_err(|e| format!("publishing {}: {e}", dest.display()))?;
+        let published = match layout.output.local_dir() {
+            // Staged in place: a rename.
+            Some(_) => layout.output.rename(&format!("{staging_key}/{}", out.name), &dest),
+            None => layout.output.upload(&out.path, &dest),
+        };
+        published.map_err(|e| format!("publishing {}: {e}", layout.output.display(&dest)))?;
         names.push(format!("reduce/{}", out.name));
     }
     let _ = std::fs::remove_dir_all(&staging);

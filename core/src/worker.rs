@@ -8,7 +8,6 @@
 //! log (this process's stdout and stderr, a file in the state location) is
 //! written as it goes, and the process exits last.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,12 +16,13 @@ use crate::api::{
     CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     StagedFile,
 };
-use crate::host::{Attempt, FileInput, Runtime, RuntimeConfig, Task};
-use crate::job::{Layout, Manifest, read_json};
+use crate::host::{Attempt, Runtime, RuntimeConfig, Task};
+use crate::job::{Layout, Manifest, keys};
 use crate::master::MasterInfo;
 use crate::plan::Item;
 use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, SystemClock, Watchdog};
 use crate::provider::{Credential, ProviderHandle};
+use crate::store::{Principal, Store};
 
 fn now() -> u64 {
     SystemClock.now()
@@ -67,7 +67,7 @@ impl Keeper {
         let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
         let t = now();
         if self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
-            match self.provider.credentials(&self.job, &self.layout.dir, &self.node) {
+            match self.provider.credentials(&self.job, &self.layout.dir(), &self.node) {
                 Ok(fresh) => {
                     c.current = fresh;
                     c.failures = 0;
@@ -115,6 +115,8 @@ struct Worker {
     /// Drives the task host's attempts: one per worker, not one per shard.
     rt: tokio::runtime::Runtime,
     manifest: Manifest,
+    /// The input location.
+    input: Store,
     keeper: Keeper,
     runtime: Runtime,
     task: Task,
@@ -161,7 +163,8 @@ impl Worker {
             })
         };
 
-        let staging = Path::new(&staging).to_owned();
+        let staging_key = staging;
+        let staging = self.keeper.layout.local_staging(&staging_key);
         let mut staged = Vec::new();
         let mut failure: Option<Failure> = None;
         for item in &items {
@@ -176,8 +179,7 @@ impl Worker {
                 failure = Some(Failure::Release(e));
                 break;
             }
-            let path = self.manifest.input.join(&item.object);
-            let input = match FileInput::range(&path, item.object.clone(), item.start, item.len) {
+            let input = match self.input.input(&item.object, &item.object, Some((item.start, item.len))) {
                 Ok(i) => i,
                 Err(e) => {
                     // The item vanished or shrank since it was listed: that item
@@ -190,7 +192,7 @@ impl Worker {
             let outcome = self.rt.block_on(self.runtime.run(
                 &self.task,
                 Attempt {
-                    input: Arc::new(input),
+                    input,
                     params: Arc::from(self.manifest.params.to_string()),
                     limits: self.manifest.limits,
                     staging: staging.join(&key),
@@ -236,6 +238,13 @@ impl Worker {
                     log(&self.node, &format!("shard {shard} released: {e}"));
                     let _ = std::fs::remove_dir_all(&staging);
                     self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
+                } else if let Err(e) = self.upload(&staging, &staging_key) {
+                    // Nothing is committed from a partial upload: the shard runs again.
+                    let _ = std::fs::remove_dir_all(&staging);
+                    let error =
+                        format!("uploading the outputs to {}: {e}", self.keeper.layout.output.display(&staging_key));
+                    log(&self.node, &format!("shard {shard} failed: {error}"));
+                    self.client.fail(&FailRequest { shard, token, error, retryable: true }).map(|_| ())
                 } else {
                     let n = staged.len();
                     match self.client.commit(&CommitRequest { shard, token, outputs: staged }) {
@@ -273,21 +282,38 @@ impl Worker {
     }
 }
 
-/// Runs worker `node` of the job in `dir` until it must end. Returns why.
-pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason, String> {
-    let manifest: Manifest = read_json(&dir.join("manifest.json")).map_err(|e| format!("reading the manifest: {e}"))?;
-    let layout = Layout { dir: dir.to_owned(), output: manifest.output.clone() };
+impl Worker {
+    /// Copies an attempt's outputs from the local staging into the output
+    /// location's staging, when that is remote (a local one is written in
+    /// place). The local copy goes once it is uploaded.
+    fn upload(&self, local: &std::path::Path, key: &str) -> std::io::Result<()> {
+        let output = &self.keeper.layout.output;
+        if output.local_dir().is_some() || !local.exists() {
+            return Ok(());
+        }
+        output.upload_dir(local, key)?;
+        let _ = std::fs::remove_dir_all(local);
+        Ok(())
+    }
+}
+
+/// Runs worker `node` of the job laid out at `layout` until it must end.
+/// Returns why.
+pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHandle) -> Result<EndReason, String> {
+    let who = Principal { job: manifest.job.clone(), state: layout.state_location(), node: node.to_owned() };
+    let input = Store::open(&manifest.input, &provider, &who)?;
     let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let current = provider.credentials(&manifest.job, &layout.dir, node).map_err(|e| e.to_string())?;
+    let current = provider.credentials(&manifest.job, &layout.dir(), node).map_err(|e| e.to_string())?;
 
     // Compile once per worker (or load from the cache), and check that the
     // component is the one the job was planned with.
     let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() })?;
-    let task = runtime.load(&manifest.task).map_err(|e| e.to_string())?;
+    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256)?;
+    let task = runtime.load(&task_file).map_err(|e| e.to_string())?;
     if task.sha256() != manifest.task_sha256 {
         return Err(format!(
             "the task at {} changed since the job was planned (sha256 {} != {})",
@@ -308,13 +334,13 @@ pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason
     let addr = loop {
         // A stale address (a master that died) fails at the first lease and
         // is read again; the master-lost timeout decides when to give up.
-        if let Ok(info) = read_json::<MasterInfo>(&layout.master())
+        if let Ok(Some(info)) = layout.state.read_json::<MasterInfo>(keys::MASTER)
             && !info.addr.is_empty()
         {
             break info.addr;
         }
         // The job may have ended before this worker started (an empty job).
-        if layout.final_state().exists() {
+        if layout.state.exists(keys::FINAL) {
             log(node, "ending before any work: the job already ended");
             return Ok(EndReason::JobDone);
         }
@@ -323,7 +349,8 @@ pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason
             log(node, &format!("ending before any work: {reason}"));
             return Ok(reason);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Each look at a remote state is a request: a few a second.
+        std::thread::sleep(Duration::from_millis(if layout.state.local_dir().is_some() { 50 } else { 250 }));
     };
     let client = Client::new(&addr, &token, Duration::from_secs(10));
     let keeper = Keeper {
@@ -338,7 +365,7 @@ pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason
         .enable_time()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    let mut worker = Worker { node: node.to_owned(), rt, manifest, keeper, runtime, task, client, watchdog };
+    let mut worker = Worker { node: node.to_owned(), rt, manifest, input, keeper, runtime, task, client, watchdog };
     log(
         node,
         &format!(
@@ -370,11 +397,11 @@ pub fn run(dir: &Path, node: &str, provider: ProviderHandle) -> Result<EndReason
             Err(CallError::Refused { status: 401, message }) => {
                 return Err(format!("the master refused this worker's token: {message}"));
             }
-            Err(_) if worker.keeper.layout.final_state().exists() => break EndReason::JobDone,
+            Err(_) if worker.keeper.layout.state.exists(keys::FINAL) => break EndReason::JobDone,
             Err(e) => {
                 // Unreachable, or restarting: try again; the master-lost timeout
                 // decides when to give up. A new master may have a new address.
-                if let Ok(info) = read_json::<MasterInfo>(&worker.keeper.layout.master())
+                if let Ok(Some(info)) = worker.keeper.layout.state.read_json::<MasterInfo>(keys::MASTER)
                     && !info.addr.is_empty()
                 {
                     worker.client = Client::new(&info.addr, &token, Duration::from_secs(10));

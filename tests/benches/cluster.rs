@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mayfly_core::api::{Client, CommitRequest, LeaseReply, LeaseRequest};
-use mayfly_core::job::{Layout, Manifest, read_json, write_json_atomic};
+use mayfly_core::job::{Layout, Manifest, keys};
 use mayfly_core::master::MasterInfo;
 use mayfly_core::plan::{Item, Object, Plan, PlanOptions, Shard, plan};
 use mayfly_core::provider::{ProviderHandle, Role};
+use mayfly_core::store::Location;
 use mayfly_tests::cluster::{TestJob, wait_until};
 
 fn main() {
@@ -106,9 +107,9 @@ fn overhead(files: usize) {
 
 fn master(workers: usize, shards: usize) {
     let dir = mayfly_tests::scratch("bench-master");
-    let layout = Layout::new(&dir.join("state"), "bench-master", &dir.join("out"));
-    std::fs::create_dir_all(&layout.dir).expect("state");
-    std::fs::create_dir_all(&layout.output).expect("out");
+    let layout = Layout::local(&dir.join("state"), "bench-master", &dir.join("out"));
+    std::fs::create_dir_all(&layout.work).expect("state");
+    std::fs::create_dir_all(dir.join("out")).expect("out");
     let token = mayfly_core::job::create_token(&layout).expect("secrets");
     let item = |i: usize| Item { object: format!("o{i}"), start: 0, len: 0, whole: true };
     let plan = Plan {
@@ -126,9 +127,9 @@ fn master(workers: usize, shards: usize) {
         task_sha256: String::new(),
         params: serde_json::json!({}),
         reduce: None,
-        input: dir.join("in"),
-        output: layout.output.clone(),
-        state: layout.dir.clone(),
+        input: Location::path(&dir.join("in")),
+        output: layout.output.location().clone(),
+        state: layout.state.location().clone(),
         plan,
         workers: workers as u32,
         limits: Default::default(),
@@ -141,17 +142,19 @@ fn master(workers: usize, shards: usize) {
         created_at: now,
         expires_at: now + 600_000,
     };
-    write_json_atomic(&layout.manifest(), &manifest).expect("manifest");
+    layout.state.write_json(keys::MANIFEST, &manifest).expect("manifest");
     let provider = ProviderHandle::select(&manifest.provider).expect("provider");
     let master = mayfly_core::bootstrap::launch_request(
         &layout,
+        &manifest.provider,
         "bench-master",
         manifest.expires_at,
         &[("master".into(), Role::Master)],
     );
     let nodes = provider.launch(master).expect("launch");
-    assert!(wait_until(Duration::from_secs(30), || read_json::<MasterInfo>(&layout.master()).is_ok()));
-    let info: MasterInfo = read_json(&layout.master()).expect("master.json");
+    let master_info = || layout.state.read_json::<MasterInfo>(keys::MASTER).ok().flatten();
+    assert!(wait_until(Duration::from_secs(30), || master_info().is_some()));
+    let info: MasterInfo = master_info().expect("master.json");
     let pid = mayfly_tests::pid_of(&nodes[0]).to_string();
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(shards * 2)));
     let peak = Arc::new(Mutex::new(0u64));

@@ -68,7 +68,8 @@ pub fn mayfly_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let profile_dir = target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" });
         let mut cmd = cargo();
-        cmd.args(["build", "-p", "mayfly", "--bin", "mayfly"]).current_dir(root());
+        // With S3 support (as the AWS node artifact has it): the tests run jobs on s3:// too.
+        cmd.args(["build", "-p", "mayfly", "--bin", "mayfly", "--features", "s3"]).current_dir(root());
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }

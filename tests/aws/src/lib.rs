@@ -132,6 +132,19 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// Creates an S3 bucket in this moto (moto takes unsigned requests).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect to moto");
+        write!(stream, "PUT /{bucket} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n").expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "CreateBucket: {answer}");
+    }
+}
+
 /// Where the hypervisor keeps each instance's console (made once per process).
 fn consoles() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -234,7 +247,8 @@ impl Hypervisor {
         // The instance's console, as a test reads it: <scratch>/aws-nodes/<job>/<node>.log.
         let dir = logs.join(&launch.job);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join(format!("{}.log", launch.name(index)))).map_err(|e| e.to_string())?;
+        let console = dir.join(format!("{}.log", launch.name(index)));
+        let log = std::fs::File::create(&console).map_err(|e| e.to_string())?;
         let mut err = log.try_clone().map_err(|e| e.to_string())?;
         let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
         // The node runs under a watcher that kills it when its standard input
@@ -251,6 +265,8 @@ impl Hypervisor {
             .current_dir(root())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
             .env("MAYFLY_CACHE_DIR", cache_dir())
+            // As the user data sets it: the node copies its console to a remote state.
+            .env("MAYFLY_NODE_LOG", &console)
             // Only the instance's own metadata service may give it credentials.
             .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/mayfly-tests/credentials")
             .env("AWS_CONFIG_FILE", "/nonexistent/mayfly-tests/config");

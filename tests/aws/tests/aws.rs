@@ -72,6 +72,75 @@ fn a_job_runs_on_ec2_instances_and_every_instance_is_terminated() {
     assert!(wait_until(Duration::from_secs(30), || billing("aws-e2e").is_empty()), "{:?}", billing("aws-e2e"));
 }
 
+/// The aws provider on this moto, as a `[provider]` selection of the tests' binary.
+fn s3_store(url: &str) -> mayfly_core::store::Store {
+    let location = mayfly_core::store::Location::parse(url, std::path::Path::new("/")).unwrap();
+    let who = mayfly_core::store::Principal { job: "tests".into(), state: url.into(), node: "tests".into() };
+    mayfly_core::store::Store::open(&location, &provider(), &who).unwrap()
+}
+
+#[test]
+fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
+    // Inputs, outputs and the job's state all in moto's S3: nodes share no disk
+    // with the bootstrap or with each other (each fetches the task from the state).
+    moto().create_bucket("mayfly-e2e");
+    let files = inputs(6, 3000);
+    let input = s3_store("s3://mayfly-e2e/in");
+    for (name, data) in &files {
+        input.put(name, data.clone()).unwrap();
+    }
+    let job = job_with_provider(
+        "aws-s3",
+        &[],
+        "tests/guests/misbehave",
+        "{ mode = \"slow\", delay_ms = 5 }",
+        &cluster(3, ""),
+    );
+    let out = job
+        .command(&["run", "job.toml"])
+        .env("MAYFLY_INPUT", "s3://mayfly-e2e/in")
+        .env("MAYFLY_OUTPUT", "s3://mayfly-e2e/out")
+        .env("MAYFLY_STATE", "s3://mayfly-e2e/state")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("outputs: s3://mayfly-e2e/out"), "{stdout}");
+
+    // Exactly once, in S3: each input's copy, once, listed once; no staging left.
+    let output = s3_store("s3://mayfly-e2e/out");
+    let mut expected: Vec<String> = files.iter().map(|(n, _)| format!("map/{n}/copy.bin")).collect();
+    expected.sort();
+    let map: Vec<String> = output.list("map").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(map, expected, "{stdout}");
+    for (name, data) in &files {
+        assert_eq!(&output.get(&format!("map/{name}/copy.bin")).unwrap().unwrap(), data, "{name}");
+    }
+    let manifest: serde_json::Value = output.read_json("_manifest.json").unwrap().unwrap();
+    assert_eq!(manifest["complete"], true);
+    assert_eq!(manifest["outputs"].as_array().unwrap().len(), files.len());
+    assert!(output.list("_mayfly/staging").unwrap().is_empty(), "staging is cleaned up");
+    let state = s3_store("s3://mayfly-e2e/state/aws-s3");
+    let fin: serde_json::Value = state.read_json("final.json").unwrap().unwrap();
+    assert_eq!(fin["reason"], "done");
+
+    // Every instance ends; each node's log is in the state, read back through the CLI.
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-s3").is_empty()), "{:?}", billing("aws-s3"));
+    let mut args = vec!["logs".to_owned(), "aws-s3".into(), "--state".into(), "s3://mayfly-e2e/state".into()];
+    args.extend(["--provider".into(), aws_plugin().to_string_lossy().into_owned()]);
+    for (k, v) in moto().settings() {
+        args.extend(["--set".into(), format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let logs = job.command(&args).output().unwrap();
+    let text_out = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success(), "{}", text(&logs));
+    assert!(text_out.contains("master: master: job aws-s3 ended (done)"), "{text_out}");
+    for w in 1..=3 {
+        assert!(text_out.contains(&format!("worker-{w}: ")), "worker-{w}'s log: {text_out}");
+    }
+}
+
 fn job_with_provider(id: &str, files: &[(String, Vec<u8>)], task: &str, params: &str, cluster: &str) -> TestJob {
     let job = TestJob::new(id, files);
     let mut provider = String::from("[provider]\n");

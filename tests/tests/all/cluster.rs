@@ -3,6 +3,7 @@
 //! rollback, and bad input. Every test ends by checking that no process of its
 //! job is left.
 
+use mayfly_core::store::Location;
 use std::time::Duration;
 
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
@@ -124,11 +125,14 @@ fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains(&format!("mayfly resume {}", job.id)), "{}", text(&out));
-    let before: Vec<u32> =
-        mayfly_core::master::read_markers(&mayfly_core::job::Layout::new(&job.dir.join("state"), &job.id, &job.out()))
-            .iter()
-            .map(|m| m.shard)
-            .collect();
+    let before: Vec<u32> = mayfly_core::master::read_markers(&mayfly_core::job::Layout::local(
+        &job.dir.join("state"),
+        &job.id,
+        &job.out(),
+    ))
+    .iter()
+    .map(|m| m.shard)
+    .collect();
     let journal_len = mayfly_core::master::read_journal(&job.state().join("journal.jsonl")).len();
     let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -223,9 +227,9 @@ fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     let path = job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 10 }", "");
     let spec = mayfly_core::config::JobSpec::load(&path).unwrap();
     let spec = mayfly_core::config::JobSpec {
-        input: job.dir.join("data"),
-        output: job.out(),
-        state: job.dir.join("state"),
+        input: Location::path(&job.dir.join("data")),
+        output: Location::path(&job.out()),
+        state: Location::path(&job.dir.join("state")),
         ..spec
     };
     let wasm = mayfly_tests::component(SLOW);

@@ -177,8 +177,17 @@ pub fn from_request_on(
     let started = clock.now();
     let fail = |kind, m: String| ProviderError::new("host", kind, m);
     let base = request.base_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    let file = base.join("job.toml");
-    let spec = JobSpec::parse(&file, &request.job, &|k| request.overrides.get(k).cloned())
+    let (file, text) = match (&request.job_url, request.job.is_empty()) {
+        (None, _) => (base.join("job.toml"), request.job.clone()),
+        (Some(url), true) => {
+            // Messages name the URL, as they would name a local job file.
+            (PathBuf::from(url), fetch_job_file(url, provider).map_err(|e| fail(ErrorKind::Config, e))?)
+        }
+        (Some(_), false) => {
+            return Err(fail(ErrorKind::Config, "the request has both a job file and a `job_url`; give one".into()));
+        }
+    };
+    let spec = JobSpec::parse(&file, &text, &|k| request.overrides.get(k).cloned())
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
     let boot = bootstrap(
@@ -201,6 +210,25 @@ pub fn from_request_on(
         nodes: boot.nodes,
         expires_at: boot.manifest.expires_at,
     })
+}
+
+/// Reads a job file from a URL (`s3://bucket/jobs/job.toml`) through the data
+/// path, signed with `provider`'s credentials.
+pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, String> {
+    let location = Location::parse(url, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
+    let (dir, name) = match location.as_str().rsplit_once('/') {
+        Some((dir, name)) if !name.is_empty() && dir.contains("://") && !dir.ends_with(':') && !dir.ends_with('/') => {
+            (dir.to_owned(), name.to_owned())
+        }
+        _ => return Err(format!("`job_url` {url:?}: expected <scheme>://<bucket>/<key of the job file>")),
+    };
+    let dir = Location::parse(&dir, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
+    check_scheme("job_url", &dir, provider)?;
+    let who = crate::store::Principal { job: "bootstrap".into(), state: String::new(), node: "bootstrap".into() };
+    let store = Store::open(&dir, provider, &who)?;
+    let bytes = store.get(&name).map_err(|e| format!("reading the job file {url}: {e}"))?;
+    let bytes = bytes.ok_or_else(|| format!("the job file {url} does not exist"))?;
+    String::from_utf8(bytes).map_err(|_| format!("the job file {url} is not UTF-8 text"))
 }
 
 /// [`from_request_on`] with the system clock.
@@ -284,15 +312,15 @@ pub fn bootstrap(
     };
 
     step("check the output location", Duration::ZERO)?;
+    let job = spec.id.clone().unwrap_or_else(|| new_job_id(&spec.name, started));
+    // `{job}` in the output location: one output location per run of a job file.
     let (input, output, state) =
-        (absolute_location(&spec.input), absolute_location(&spec.output), absolute_location(&spec.state));
+        (absolute_location(&spec.input), absolute_location(&spec.output.for_job(&job)), absolute_location(&spec.state));
     for (key, l) in [("input.url", &input), ("output.url", &output), ("state.url", &state)] {
         check_scheme(key, l, provider).map_err(step_err("check the locations"))?;
     }
-    let job = spec.id.clone().unwrap_or_else(|| new_job_id(&spec.name, started));
     let layout = Layout::open(&state.join(&job), &job, &output, provider, "bootstrap")
         .map_err(step_err("open the locations"))?;
-    check_output(&layout.output).map_err(step_err("check the output location"))?;
     if layout.state.exists(keys::MANIFEST) || layout.state.local_dir().is_some_and(Path::exists) {
         let alive = provider.list(&job, &layout.dir()).map(|n| !n.is_empty()).unwrap_or(false);
         let message = if alive {
@@ -302,6 +330,8 @@ pub fn bootstrap(
         };
         return Err(BootstrapError::Step { step: "check the job id", message });
     }
+    // After the job id: a second delivery of one event says "already used".
+    check_output(&layout.output).map_err(step_err("check the output location"))?;
 
     step("list the inputs", Duration::ZERO)?;
     let who = crate::store::Principal { job: job.clone(), state: layout.state_location(), node: "bootstrap".into() };

@@ -80,6 +80,11 @@ impl Location {
         }
     }
 
+    /// The location with `{job}` replaced by the job's id.
+    pub fn for_job(&self, job: &str) -> Location {
+        Location(self.0.replace("{job}", job))
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -591,10 +596,14 @@ fn join(prefix: &ObjPath, key: &str) -> ObjPath {
     out
 }
 
+/// A listed object's key relative to `root`, as core named it: object_store
+/// percent-encodes characters such as `#` (split items are `name#start-end`) in
+/// each part when a key is made ([`join`]), so each part is decoded back.
 fn relative(root: &ObjPath, path: &ObjPath) -> String {
+    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
     match path.prefix_match(root) {
-        Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"),
-        None => path.to_string(),
+        Some(parts) => parts.map(|p| decode(p.as_ref())).collect::<Vec<_>>().join("/"),
+        None => decode(path.as_ref()),
     }
 }
 
@@ -790,6 +799,8 @@ mod tests {
         assert!(Location::parse("file://rel", base).unwrap_err().contains("absolute"));
         assert!(Location::parse("S 3://x/y", base).is_err());
         assert!(Location::parse("", base).is_err());
+        let per_run = Location::parse("s3://b/out/{job}", base).unwrap();
+        assert_eq!(per_run.for_job("wc-1").as_str(), "s3://b/out/wc-1");
     }
 
     #[cfg(feature = "s3")]
@@ -826,6 +837,10 @@ mod tests {
             s.put("a/b.txt", b"hello world".to_vec()).unwrap();
             s.put("c.txt", b"c".to_vec()).unwrap();
             assert_eq!(s.list("").unwrap(), vec![("a/b.txt".into(), 11), ("c.txt".into(), 1)], "{what}");
+            // Keys come back from a listing as they were named (a split item's key has a `#`).
+            s.put("x/f.txt#0-756/copy.bin", b"12".to_vec()).unwrap();
+            assert_eq!(s.list("x").unwrap(), vec![("x/f.txt#0-756/copy.bin".into(), 2)], "{what}");
+            s.delete_prefix("x").unwrap();
             assert_eq!(s.list("a").unwrap(), vec![("a/b.txt".into(), 11)], "{what}");
             assert_eq!(s.get_range("a/b.txt", 6..11).unwrap(), b"world", "{what}");
             assert_eq!(s.get("nope").unwrap(), None, "{what}");

@@ -223,8 +223,12 @@ pub struct StoreConfig {
 /// provider has adapted it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootstrapRequest {
-    /// The job file's text (TOML).
+    /// The job file's text (TOML), or empty when `job_url` says where it is.
     pub job: String,
+    /// Where the job file is (`s3://bucket/jobs/job.toml`): core reads it
+    /// through its data path, with the provider's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_url: Option<String>,
     /// The directory relative paths in the job file are resolved against.
     pub base_dir: Option<String>,
     /// Overrides, as the `MAYFLY_*` environment variables name them

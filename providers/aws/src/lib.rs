@@ -244,6 +244,8 @@ pub struct Aws {
     instance_id: Option<String>,
     imds_endpoint: Option<String>,
     api_timeout: Duration,
+    event_job_url: Option<String>,
+    event_prefix: Option<String>,
     clients: OnceCell<Clients>,
     host: Arc<dyn Host>,
 }
@@ -525,7 +527,14 @@ impl Provider for Aws {
         let instance_id = s.string("instance_id")?;
         let imds_endpoint = s.string("imds_endpoint")?;
         let api_timeout = s.duration("api_timeout", Duration::from_secs(30))?;
+        let event_job_url = s.string("event_job_url")?;
+        let event_prefix = s.string("event_prefix")?;
         s.finish()?;
+        if let Some(url) = &event_job_url
+            && !url.starts_with("s3://")
+        {
+            return Err(fail(ErrorKind::Config, format!("`provider.event_job_url` {url:?}: expected s3://bucket/key")));
+        }
         if role_arn.is_some() && !(MIN_SESSION..=CHAINED_SESSION_CAP).contains(&credential_ttl) {
             return Err(fail(
                 ErrorKind::Config,
@@ -569,6 +578,8 @@ impl Provider for Aws {
             instance_id,
             imds_endpoint,
             api_timeout,
+            event_job_url,
+            event_prefix,
             clients: OnceCell::new(),
             host,
         })
@@ -722,22 +733,7 @@ impl Provider for Aws {
     }
 
     async fn adapt_event(&self, event: serde_json::Value) -> Result<BootstrapRequest, ProviderError> {
-        // A direct invocation: {"job": "<job file>", "base_dir": ..., "overrides": {...}}.
-        let bad = |m: &str| fail(ErrorKind::Config, format!("event: {m}"));
-        let obj = event.as_object().ok_or_else(|| bad("expected a JSON object with `job`"))?;
-        if obj.contains_key("Records") || obj.contains_key("job_url") {
-            return Err(fail(
-                ErrorKind::Unsupported,
-                "events that point at S3 (object-created events, `job_url`) need the S3 data path, not built yet; invoke with the job inline (`job`)",
-            ));
-        }
-        let job = obj.get("job").and_then(|j| j.as_str()).ok_or_else(|| bad("expected a JSON object with `job`"))?;
-        let base_dir = obj.get("base_dir").and_then(|b| b.as_str()).map(str::to_owned);
-        let overrides = match obj.get("overrides") {
-            None | Some(serde_json::Value::Null) => BTreeMap::new(),
-            Some(o) => serde_json::from_value(o.clone()).map_err(|e| bad(&format!("`overrides`: {e}")))?,
-        };
-        Ok(BootstrapRequest { job: job.to_owned(), base_dir, overrides, ..Default::default() })
+        adapt_event(&event, self.event_job_url.as_deref(), self.event_prefix.as_deref())
     }
 
     async fn serve(&self) -> Result<(), ProviderError> {
@@ -745,11 +741,148 @@ impl Provider for Aws {
     }
 }
 
+/// Turns a Lambda event into a bootstrap request:
+///
+/// - a direct invocation: `{"job": "<job file>"}` or `{"job_url": "s3://bucket/job.toml"}`,
+///   with optional `base_dir` and `overrides` (`MAYFLY_*` names);
+/// - an S3 object-created event: the job at `event_job_url` (the function's
+///   setting), on the "directory" of the object that arrived (`s3://bucket/<its
+///   prefix>`, which must lie under `event_prefix` if that is set), with a job id made
+///   from that prefix and the event's sequencer, so that a duplicate delivery of
+///   the event is refused as a job id already used instead of running twice.
+pub fn adapt_event(
+    event: &serde_json::Value,
+    event_job_url: Option<&str>,
+    event_prefix: Option<&str>,
+) -> Result<BootstrapRequest, ProviderError> {
+    let bad = |m: &str| fail(ErrorKind::Config, format!("event: {m}"));
+    let obj = event.as_object().ok_or_else(|| bad("expected a JSON object with `job`, `job_url` or `Records`"))?;
+    if let Some(records) = obj.get("Records") {
+        return s3_event(records, event_job_url, event_prefix);
+    }
+    let job = obj.get("job").and_then(|j| j.as_str()).map(str::to_owned);
+    let job_url = obj.get("job_url").and_then(|j| j.as_str()).map(str::to_owned);
+    if job.is_some() == job_url.is_some() {
+        return Err(bad("expected a JSON object with `job` (the job file) or `job_url` (s3://...), one of them"));
+    }
+    let base_dir = obj.get("base_dir").and_then(|b| b.as_str()).map(str::to_owned);
+    let overrides = match obj.get("overrides") {
+        None | Some(serde_json::Value::Null) => BTreeMap::new(),
+        Some(o) => serde_json::from_value(o.clone()).map_err(|e| bad(&format!("`overrides`: {e}")))?,
+    };
+    Ok(BootstrapRequest { job: job.unwrap_or_default(), job_url, base_dir, overrides, ..Default::default() })
+}
+
+fn s3_event(
+    records: &serde_json::Value,
+    event_job_url: Option<&str>,
+    event_prefix: Option<&str>,
+) -> Result<BootstrapRequest, ProviderError> {
+    let bad = |m: String| fail(ErrorKind::Config, format!("S3 event: {m}"));
+    let job_url = event_job_url.ok_or_else(|| {
+        bad("this function has no `event_job_url` setting: which job runs for an object-created event".into())
+    })?;
+    let records = records.as_array().filter(|r| !r.is_empty()).ok_or_else(|| bad("`Records` is empty".into()))?;
+    let mut found: Option<(String, String, String)> = None;
+    for r in records {
+        let name = r.pointer("/eventName").and_then(|v| v.as_str()).unwrap_or_default();
+        if r.pointer("/eventSource").and_then(|v| v.as_str()) != Some("aws:s3") || !name.starts_with("ObjectCreated:") {
+            return Err(bad(format!("expected S3 object-created records, got {name:?}")));
+        }
+        let bucket = r.pointer("/s3/bucket/name").and_then(|v| v.as_str()).unwrap_or_default();
+        let key = r.pointer("/s3/object/key").and_then(|v| v.as_str()).unwrap_or_default();
+        let sequencer = r.pointer("/s3/object/sequencer").and_then(|v| v.as_str()).unwrap_or_default();
+        if bucket.is_empty() || key.is_empty() {
+            return Err(bad("a record without `s3.bucket.name` or `s3.object.key`".into()));
+        }
+        // Keys arrive URL-encoded ('+' for spaces).
+        let key = url_decode(key).ok_or_else(|| bad(format!("key {key:?} is not valid URL encoding")))?;
+        let dir = key.rsplit_once('/').map(|(d, _)| d.to_owned()).unwrap_or_default();
+        if dir.is_empty() {
+            return Err(bad(format!("s3://{bucket}/{key} has no prefix to run a job on (put it under a folder)")));
+        }
+        if let Some(p) = event_prefix
+            && !format!("{dir}/").starts_with(p)
+        {
+            return Err(bad(format!("s3://{bucket}/{key} is not under the configured prefix {p:?}")));
+        }
+        match &found {
+            Some((b, d, _)) if (b.as_str(), d.as_str()) != (bucket, dir.as_str()) => {
+                return Err(bad("records for different prefixes in one event".into()));
+            }
+            Some(_) => {}
+            None => found = Some((bucket.to_owned(), dir, sequencer.to_owned())),
+        }
+    }
+    let (bucket, dir, sequencer) = found.ok_or_else(|| bad("no record".into()))?;
+    let mut id: String =
+        dir.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    if !sequencer.is_empty() {
+        id.push('-');
+        id.extend(sequencer.chars().filter(char::is_ascii_alphanumeric));
+    }
+    let overrides = BTreeMap::from([
+        ("MAYFLY_INPUT".to_owned(), format!("s3://{bucket}/{dir}")),
+        ("MAYFLY_JOB_ID".to_owned(), id.chars().take(100).collect()),
+    ]);
+    Ok(BootstrapRequest { job_url: Some(job_url.to_owned()), overrides, ..Default::default() })
+}
+
+/// Decodes an S3 event's key (`%XX` escapes, `+` for a space).
+fn url_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 mayfly_provider_api::export_provider!(Aws);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn s3_record(key: &str, sequencer: &str) -> serde_json::Value {
+        serde_json::json!({
+            "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "data"}, "object": {"key": key, "sequencer": sequencer}}
+        })
+    }
+
+    #[test]
+    fn events_become_bootstrap_requests_or_clear_errors() {
+        let job = "s3://conf/jobs/wc.toml";
+        let direct = adapt_event(&serde_json::json!({"job_url": job}), None, None).unwrap();
+        assert_eq!((direct.job.as_str(), direct.job_url.as_deref()), ("", Some(job)));
+        let both = adapt_event(&serde_json::json!({"job": "x", "job_url": job}), None, None).unwrap_err();
+        assert!(both.message.contains("one of them"), "{both}");
+
+        let event = serde_json::json!({"Records": [s3_record("incoming/batch+7/_READY", "0055AED6DC")]});
+        let r = adapt_event(&event, Some(job), Some("incoming/")).unwrap();
+        assert_eq!(r.job_url.as_deref(), Some(job));
+        assert_eq!(r.overrides["MAYFLY_INPUT"], "s3://data/incoming/batch 7");
+        assert_eq!(r.overrides["MAYFLY_JOB_ID"], "incoming-batch-7-0055AED6DC", "the same event, the same id");
+
+        let e = adapt_event(&event, None, None).unwrap_err();
+        assert!(e.message.contains("no `event_job_url` setting"), "{e}");
+        let e = adapt_event(&event, Some(job), Some("other/")).unwrap_err();
+        assert!(e.message.contains("not under the configured prefix"), "{e}");
+        let top = serde_json::json!({"Records": [s3_record("_READY", "01")]});
+        assert!(adapt_event(&top, Some(job), None).unwrap_err().message.contains("no prefix"));
+        let mixed = serde_json::json!({"Records": [s3_record("a/x", "01"), s3_record("b/y", "02")]});
+        assert!(adapt_event(&mixed, Some(job), None).unwrap_err().message.contains("different prefixes"));
+        let removed = serde_json::json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]});
+        assert!(adapt_event(&removed, Some(job), None).unwrap_err().message.contains("object-created"));
+    }
     use mayfly_provider_api::NodeSpec;
 
     fn spec(node: &str, role: Role) -> NodeSpec {

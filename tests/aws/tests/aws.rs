@@ -356,16 +356,105 @@ impl RuntimeApi {
     }
 }
 
-#[test]
-fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
-    let api = RuntimeApi::start();
+/// `mayfly serve --provider aws` (the Lambda function's bootstrap) on `api`,
+/// with moto's settings and `extra` ones.
+fn lambda_function(api: &RuntimeApi, extra: &[(&str, &str)]) -> std::process::Child {
     let mut serve = std::process::Command::new(mayfly_tests::mayfly_bin());
     serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
     for (k, v) in moto().settings() {
         let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
         serve.args(["--set", &format!("{k}={v}")]);
     }
-    let mut function = serve.env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir()).spawn().unwrap();
+    for (k, v) in extra {
+        serve.args(["--set", &format!("{k}={v}")]);
+    }
+    serve.env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir()).spawn().unwrap()
+}
+
+#[test]
+fn an_s3_object_created_event_runs_the_configured_job_once() {
+    // A batch arrives under incoming/, then its _READY object; S3 tells the
+    // function, which runs the job configured for that prefix on that batch.
+    moto().create_bucket("mayfly-events");
+    let files = inputs(4, 1500);
+    let batch = s3_store("s3://mayfly-events/incoming/batch-1");
+    for (name, data) in &files {
+        batch.put(name, data.clone()).unwrap();
+    }
+    batch.put("_READY", Vec::new()).unwrap();
+    let mut provider = String::new();
+    for (k, v) in section() {
+        provider.push_str(&format!("{k} = {v}\n"));
+    }
+    let job_file = format!(
+        "[job]\nname = \"ev\"\n\n[task]\npath = {:?}\nparams = {{ mode = \"slow\", delay_ms = 5 }}\n\n\
+         [input]\nurl = \"s3://mayfly-events/placeholder\"\nglob = \"*.txt\"\n\n\
+         [output]\nurl = \"s3://mayfly-events/out/{{job}}\"\n\n[state]\nurl = \"s3://mayfly-events/state\"\n\n\
+         [provider]\n{provider}\n[cluster]\nworkers = 2\n",
+        mayfly_tests::component("tests/guests/misbehave")
+    );
+    s3_store("s3://mayfly-events/jobs").put("ev.toml", job_file.into_bytes()).unwrap();
+
+    let api = RuntimeApi::start();
+    let mut function =
+        lambda_function(&api, &[("event_job_url", "s3://mayfly-events/jobs/ev.toml"), ("event_prefix", "incoming/")]);
+    let record = serde_json::json!({
+        "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "mayfly-events"}, "object": {"key": "incoming/batch-1/_READY", "sequencer": "0A1B2C"}}
+    });
+    let event = serde_json::json!({ "Records": [record] }).to_string();
+    api.events.send(("ev-1".into(), mayfly_provider_api::now_ms() + 120_000, event.clone())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("ev-1", "response"), "{body}");
+    let job = "incoming-batch-1-0A1B2C";
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"], job, "{body}");
+
+    // The job runs to its end; its outputs are each input's, exactly once.
+    let state = s3_store(&format!("s3://mayfly-events/state/{job}"));
+    let ended = || state.read_json::<serde_json::Value>("final.json").unwrap();
+    assert!(wait_until(Duration::from_secs(120), || ended().is_some()));
+    assert_eq!(ended().unwrap()["reason"], "done");
+    // Each input was split into line-aligned ranges (read from S3 in ranged
+    // requests): each range's copy once, and together they are the input.
+    let output = s3_store(&format!("s3://mayfly-events/out/{job}"));
+    let mut copies: std::collections::BTreeMap<String, Vec<(u64, Vec<u8>)>> = Default::default();
+    for (key, _) in output.list("map").unwrap() {
+        let item = key.strip_prefix("map/").and_then(|k| k.strip_suffix("/copy.bin")).unwrap();
+        let (name, start) = match item.split_once('#') {
+            Some((name, range)) => (name, range.split('-').next().unwrap().parse().unwrap()),
+            None => (item, 0),
+        };
+        copies.entry(name.to_owned()).or_default().push((start, output.get(&key).unwrap().unwrap()));
+    }
+    assert_eq!(copies.len(), files.len(), "every input, and not the _READY object: {:?}", copies.keys());
+    for (name, data) in &files {
+        let mut parts = copies.remove(name).unwrap();
+        parts.sort_by_key(|(start, _)| *start);
+        assert_eq!(&parts.into_iter().flat_map(|(_, b)| b).collect::<Vec<u8>>(), data, "{name}");
+    }
+    assert!(wait_until(Duration::from_secs(30), || billing(job).is_empty()), "{:?}", billing(job));
+
+    // S3 delivers events at least once: the same event again runs nothing.
+    api.events.send(("ev-2".into(), mayfly_provider_api::now_ms() + 60_000, event)).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("ev-2", "error"), "{body}");
+    assert!(body.contains("already used"), "{body}");
+    assert!(billing(job).is_empty());
+
+    // A job file that is not there is a clear error.
+    let missing = serde_json::json!({ "job_url": "s3://mayfly-events/jobs/nope.toml" }).to_string();
+    api.events.send(("ev-3".into(), mayfly_provider_api::now_ms() + 60_000, missing)).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("ev-3", "error"), "{body}");
+    assert!(body.contains("the job file s3://mayfly-events/jobs/nope.toml does not exist"), "{body}");
+    let _ = function.kill();
+    let _ = function.wait();
+}
+
+#[test]
+fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
+    let api = RuntimeApi::start();
+    let mut function = lambda_function(&api, &[]);
 
     // An invocation with time enough: the job is launched, the function answers with it.
     let files = inputs(4, 500);

@@ -1,6 +1,7 @@
 //! The worker API between workers (and the CLI) and the master: JSON over
-//! HTTP on loopback (private addresses in the cloud), every request carrying
-//! the job's token as `Authorization: Bearer <token>`.
+//! HTTPS (the `tls` feature: a per-job CA that clients pin, see [`crate::tls`]),
+//! or plain HTTP on loopback only, every request carrying the job's token as
+//! `Authorization: Bearer <token>`.
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -178,10 +179,31 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the master at `addr` (host:port) with the job token.
+    /// A client for a master serving plain HTTP at `addr` (host:port, on
+    /// loopback) with the job token.
     pub fn new(addr: &str, token: &str, timeout: Duration) -> Self {
         let config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build();
         Client { base: format!("http://{addr}"), token: token.to_owned(), agent: config.new_agent() }
+    }
+
+    /// A client for the master `master.json` describes: over TLS, trusting
+    /// only the job's CA, when the master published one; else plain HTTP.
+    pub fn connect(info: &crate::master::MasterInfo, token: &str, timeout: Duration) -> Result<Self, String> {
+        let Some(ca) = &info.ca else { return Ok(Self::new(&info.addr, token, timeout)) };
+        #[cfg(feature = "tls")]
+        {
+            let config = ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .tls_config(crate::tls::client_config(ca)?)
+                .build();
+            Ok(Client { base: format!("https://{}", info.addr), token: token.to_owned(), agent: config.new_agent() })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = ca;
+            Err("the master serves TLS, and this mayfly was built without it (build with `--features tls`)".into())
+        }
     }
 
     fn call<T: for<'de> Deserialize<'de>>(&self, path: &str, body: Option<&impl Serialize>) -> Result<T, CallError> {

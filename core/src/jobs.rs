@@ -93,7 +93,7 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
             .read_json::<MasterInfo>(keys::MASTER)
             .ok()
             .flatten()
-            .and_then(|info| Client::new(&info.addr, &token, Duration::from_secs(2)).status().ok());
+            .and_then(|info| Client::connect(&info, &token, Duration::from_secs(2)).ok()?.status().ok());
         // No answer: ask the provider whether a master still runs (a provider
         // error counts as yes, so a hiccup does not end the follow).
         let alive = status.is_some()
@@ -271,7 +271,7 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, json: bool) -> Result<ExitCo
     if masters == 0 {
         bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
     }
-    let st = Client::new(&info.addr, &token, Duration::from_secs(5)).status()?;
+    let st = Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {

@@ -45,5 +45,7 @@ pub mod policy;
 pub mod provider;
 pub mod reduce;
 pub mod store;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod units;
 pub mod worker;

@@ -496,6 +496,28 @@ pub struct MasterInfo {
     pub addr: String,
     /// Its process id.
     pub pid: u32,
+    /// The job's CA certificate (PEM) when the master serves TLS: clients
+    /// trust it and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+/// The address the master serves on: `MAYFLY_LISTEN` (an IP address the
+/// provider's launch sets, e.g. the instance's private address from IMDS on
+/// EC2), else loopback. Off loopback, only with TLS.
+fn listen_address() -> Result<std::net::IpAddr, String> {
+    let ip = match std::env::var("MAYFLY_LISTEN") {
+        Ok(v) if !v.is_empty() => {
+            v.parse::<std::net::IpAddr>().map_err(|e| format!("MAYFLY_LISTEN {v:?}: not an IP address: {e}"))?
+        }
+        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    if !cfg!(feature = "tls") && !ip.is_loopback() {
+        return Err(format!(
+            "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {ip} in clear"
+        ));
+    }
+    Ok(ip)
 }
 
 /// Reads the journal, skipping a torn last line.
@@ -629,10 +651,19 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     let reason = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+        let ip = listen_address()?;
+        let listener =
+            tokio::net::TcpListener::bind((ip, 0)).await.map_err(|e| format!("cannot listen on {ip}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        #[cfg(feature = "tls")]
+        let tls = {
+            let job = shared.lock().map_err(|_| "master state poisoned".to_owned())?.manifest.job.clone();
+            crate::tls::master_tls(&job, ip)?
+        };
+        #[cfg(feature = "tls")]
+        let ca = Some(tls.ca_pem.clone());
+        #[cfg(not(feature = "tls"))]
+        let ca: Option<String> = None;
         let app = Router::new()
             .route("/v1/lease", post(lease))
             .route("/v1/heartbeat", post(heartbeat))
@@ -646,13 +677,24 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
             let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
             m.layout
                 .state
-                .write_json(keys::MASTER, &MasterInfo { addr: addr.to_string(), pid: std::process::id() })
+                .write_json(
+                    keys::MASTER,
+                    &MasterInfo { addr: addr.to_string(), pid: std::process::id(), ca: ca.clone() },
+                )
                 .map_err(|e| format!("writing master.json: {e}"))?;
         }
-        eprintln!("master: listening on {addr}");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        #[cfg(feature = "tls")]
+        {
+            eprintln!("master: listening on {addr} (TLS, the job's own CA)");
+            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app));
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            eprintln!("master: listening on {addr}");
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
         // Watch the deadline and the ledger.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {

@@ -337,7 +337,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         if let Ok(Some(info)) = layout.state.read_json::<MasterInfo>(keys::MASTER)
             && !info.addr.is_empty()
         {
-            break info.addr;
+            break info;
         }
         // The job may have ended before this worker started (an empty job).
         if layout.state.exists(keys::FINAL) {
@@ -352,7 +352,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         // Each look at a remote state is a request: a few a second.
         std::thread::sleep(Duration::from_millis(if layout.state.local_dir().is_some() { 50 } else { 250 }));
     };
-    let client = Client::new(&addr, &token, Duration::from_secs(10));
+    let client = Client::connect(&addr, &token, Duration::from_secs(10))?;
     let keeper = Keeper {
         inner: Arc::new(Mutex::new(Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 })),
         provider,
@@ -403,8 +403,9 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
                 // decides when to give up. A new master may have a new address.
                 if let Ok(Some(info)) = worker.keeper.layout.state.read_json::<MasterInfo>(keys::MASTER)
                     && !info.addr.is_empty()
+                    && let Ok(client) = Client::connect(&info, &token, Duration::from_secs(10))
                 {
-                    worker.client = Client::new(&info.addr, &token, Duration::from_secs(10));
+                    worker.client = client;
                 }
                 log(node, &format!("lease request failed: {e}"));
                 std::thread::sleep(Duration::from_millis(200));

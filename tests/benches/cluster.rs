@@ -161,7 +161,8 @@ fn master(workers: usize, shards: usize) {
     let started = Instant::now();
     let handles: Vec<_> = (0..workers)
         .map(|w| {
-            let (client, latencies) = (Client::new(&info.addr, &token, Duration::from_secs(30)), latencies.clone());
+            let (client, latencies) =
+                (Client::connect(&info, &token, Duration::from_secs(30)).expect("client"), latencies.clone());
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 loop {

@@ -184,6 +184,8 @@ pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration)
          I=$(md ami-launch-index)\n\
          case \"$I\" in ''|*[!0-9]*) echo 'mayfly: no launch index from IMDSv2; powering off' >&2; poweroff; exit 1;; esac\n\
          NODE={name}\n\
+         # The master serves the job's nodes on the instance's private address (over TLS).\n\
+         MAYFLY_LISTEN=$(md local-ipv4); export MAYFLY_LISTEN\n\
          # The node copies this log to the job's state location as it goes and at its end.\n\
          export MAYFLY_NODE_LOG=/var/log/mayfly-node.log\n\
          nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; poweroff' {binary} {args} >/dev/null 2>&1 &\n",

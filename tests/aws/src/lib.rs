@@ -267,6 +267,8 @@ impl Hypervisor {
             .env("MAYFLY_CACHE_DIR", cache_dir())
             // As the user data sets it: the node copies its console to a remote state.
             .env("MAYFLY_NODE_LOG", &console)
+            // As the user data sets it from IMDS's local-ipv4: these "instances" share this machine.
+            .env("MAYFLY_LISTEN", "127.0.0.1")
             // Only the instance's own metadata service may give it credentials.
             .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/mayfly-tests/credentials")
             .env("AWS_CONFIG_FILE", "/nonexistent/mayfly-tests/config");

@@ -378,10 +378,25 @@ fn the_worker_api_refuses_requests_without_the_job_token() {
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
     let info: mayfly_core::master::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
     let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap();
-    let good = Client::new(&info.addr, token.trim(), Duration::from_secs(5));
+    let good = Client::connect(&info, token.trim(), Duration::from_secs(5)).unwrap();
     let before = good.status().unwrap();
+    // The master serves TLS with the job's own CA: plain HTTP gets nowhere, and
+    // a client that trusts another job's CA does not talk to this master at all.
+    let ca = info.ca.clone().expect("the master publishes its CA");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let plain = Client::new(&info.addr, token.trim(), Duration::from_secs(5));
+    assert!(matches!(plain.status(), Err(CallError::Unreachable(_))), "plain HTTP to a TLS master");
+    let ip = info.addr.rsplit_once(':').unwrap().0.parse().unwrap();
+    let other = mayfly_core::tls::master_tls("another-job", ip).unwrap();
+    let foreign = mayfly_core::master::MasterInfo { ca: Some(other.ca_pem.clone()), ..info.clone() };
+    let wrong_ca = Client::connect(&foreign, token.trim(), Duration::from_secs(5)).unwrap();
+    let refused = wrong_ca.status();
+    assert!(
+        matches!(&refused, Err(CallError::Unreachable(e)) if e.to_lowercase().contains("certificate")),
+        "{refused:?}"
+    );
     for bad_token in ["", "wrong", &"0".repeat(64)] {
-        let bad = Client::new(&info.addr, bad_token, Duration::from_secs(5));
+        let bad = Client::connect(&info, bad_token, Duration::from_secs(5)).unwrap();
         for result in [
             bad.lease(&LeaseRequest { worker: "intruder".into(), credential_expires_at: u64::MAX }).map(|_| ()),
             bad.commit(&CommitRequest { shard: 0, token: 1, outputs: vec![] }).map(|_| ()),

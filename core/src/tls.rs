@@ -1,0 +1,84 @@
+//! TLS for the worker API (the `tls` feature). The master makes a certificate
+//! authority of its own when it starts (its key never leaves the process and is
+//! dropped once it has signed), and a server certificate for the address it
+//! listens on. The CA's certificate goes into `master.json` in the job's state,
+//! which only the job's principals can read; workers and the CLI trust that CA
+//! and nothing else (no system roots), so a worker talks only to its own job's
+//! master, and the job token never crosses the network in clear.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+/// The master's side: the CA to publish and the acceptor for connections.
+pub struct MasterTls {
+    /// The job's CA certificate (PEM), for `master.json`.
+    pub ca_pem: String,
+    /// Accepts TLS connections with the server certificate.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for MasterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterTls").finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A fresh CA for job `job`, and a server certificate for `ip` signed by it.
+pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, String> {
+    let e = |what: &'static str| move |e: rcgen::Error| format!("making the job's TLS certificate ({what}): {e}");
+    let ca_key = KeyPair::generate().map_err(e("CA key"))?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e("CA"))?;
+    ca.distinguished_name.push(DnType::CommonName, format!("mayfly job {job} CA"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e("CA"))?;
+
+    let key = KeyPair::generate().map_err(e("server key"))?;
+    let mut server = CertificateParams::new(Vec::<String>::new()).map_err(e("server"))?;
+    server.distinguished_name.push(DnType::CommonName, format!("mayfly job {job} master"));
+    server.subject_alt_names = vec![SanType::IpAddress(ip)];
+    let server_cert = server.signed_by(&key, &ca_cert, &ca_key).map_err(e("server"))?;
+    // The CA's key goes out of scope here: nothing else can ever be signed.
+
+    let chain = vec![server_cert.der().clone()];
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("the job's TLS certificate: {e}"))?;
+    Ok(MasterTls { ca_pem: ca_cert.pem(), acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
+}
+
+/// Serves `app` over TLS on `listener` until the runtime ends.
+pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: axum::Router) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A failed handshake (a client without the job's CA, plain HTTP) ends that connection only.
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// The client's TLS settings: trust the job's CA (PEM) and nothing else.
+pub fn client_config(ca_pem: &str) -> Result<ureq::tls::TlsConfig, String> {
+    let ca = ureq::tls::Certificate::from_pem(ca_pem.as_bytes())
+        .map_err(|e| format!("the job's CA certificate in master.json: {e}"))?;
+    Ok(ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
+        .build())
+}

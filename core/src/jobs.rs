@@ -389,6 +389,27 @@ pub(crate) fn cmd_serve(provider: &str, settings: &[String]) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) fn cmd_permissions(
+    provider: Option<&str>,
+    settings: &[String],
+    locations: &[String],
+    job: Option<&Path>,
+) -> Result<ExitCode> {
+    let (handle, mut all) = match (job, provider) {
+        (Some(job), _) => {
+            let spec = JobSpec::load(job)?;
+            let urls = [&spec.input, &spec.output, &spec.state].map(|l| l.as_str().replace("/{job}", ""));
+            (provider_for(&spec)?, urls.to_vec())
+        }
+        (None, Some(p)) => (ProviderHandle::select(&provider_arg(p, settings)?)?, Vec::new()),
+        (None, None) => bail!("name a provider (`mayfly iam-policy aws`) or a job file (`--job job.toml`)"),
+    };
+    all.extend(locations.iter().cloned());
+    let policies = handle.permissions(all)?;
+    println!("{}", serde_json::to_string_pretty(&policies)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Ends `provider`'s nodes under `state` that are past their deadline (each
 /// once across calls, by `seen`); returns how many.
 fn reap_with(

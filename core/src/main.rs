@@ -121,6 +121,25 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Print the least privilege a provider's principals need (on AWS: the IAM
+    /// policies of the Lambda function's role and of the nodes' role).
+    #[command(after_help = "Examples:\n  \
+                            mayfly iam-policy aws --location s3://data/in --location s3://work/out --location s3://work/state\n  \
+                            mayfly iam-policy --job job.toml")]
+    IamPolicy {
+        /// The provider: a name (`aws`) or a plugin's path.
+        #[arg(required_unless_present = "job")]
+        provider: Option<String>,
+        /// A setting of that provider (repeatable), as in a job's `[provider]` section.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// A location the jobs read or write (repeatable).
+        #[arg(long = "location", value_name = "URL")]
+        locations: Vec<String>,
+        /// Take the provider and the locations (input, output, state) from this job file.
+        #[arg(long, conflicts_with = "provider")]
+        job: Option<PathBuf>,
+    },
     /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
     Demo {
         /// Where the dataset, outputs and state go.
@@ -204,6 +223,9 @@ fn main() -> ExitCode {
             jobs::cmd_reap(&state, provider.as_deref(), &settings).map(|()| ExitCode::SUCCESS)
         }
         Command::Serve { provider, settings } => jobs::cmd_serve(&provider, &settings),
+        Command::IamPolicy { provider, settings, locations, job } => {
+            jobs::cmd_permissions(provider.as_deref(), &settings, &locations, job.as_deref())
+        }
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
         Command::Node { role, job, node, dir, provider } => {
             jobs::cmd_node(&role, &job, &node, &dir, provider.as_deref())

@@ -465,6 +465,13 @@ impl Provider for PluginProvider {
         self.call("adapt_event", &event, Some(self.timeout)).await
     }
 
+    async fn permissions(
+        &self,
+        request: mayfly_provider_api::PermissionsRequest,
+    ) -> Result<serde_json::Value, ProviderError> {
+        self.call("permissions", &request, Some(self.timeout)).await
+    }
+
     async fn serve(&self) -> Result<(), ProviderError> {
         self.call("serve", &(), None).await
     }

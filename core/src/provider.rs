@@ -396,6 +396,12 @@ impl ProviderHandle {
         }
     }
 
+    /// What the provider's principals need for jobs on `locations`.
+    pub fn permissions(&self, locations: Vec<String>) -> Result<serde_json::Value, ProviderError> {
+        let request = mayfly_provider_api::PermissionsRequest { locations };
+        self.block("permissions", Some(self.timeout()), |p| async move { p.permissions(request).await })
+    }
+
     /// Runs the provider's serverless entrypoint until the platform ends it.
     pub fn serve(&self) -> Result<(), ProviderError> {
         self.block("serve", None, |p| async move { p.serve().await })

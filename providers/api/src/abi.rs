@@ -375,6 +375,7 @@ pub mod plugin {
                 "credentials" => answer(n, &p.credentials(parse(n, &method, &body)?).await?),
                 "object_store" => answer(n, &p.object_store(parse(n, &method, &body)?).await?),
                 "adapt_event" => answer(n, &p.adapt_event(parse(n, &method, &body)?).await?),
+                "permissions" => answer(n, &p.permissions(parse(n, &method, &body)?).await?),
                 "invoke" => {
                     let request = p.adapt_event(parse(n, &method, &body)?).await?;
                     answer(n, &host.bootstrap(request).await?)

@@ -219,6 +219,14 @@ pub struct StoreConfig {
     pub options: BTreeMap<String, String>,
 }
 
+/// What permissions are asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionsRequest {
+    /// The locations jobs read and write (`s3://bucket/prefix`, ...): input,
+    /// output, state.
+    pub locations: Vec<String>,
+}
+
 /// A request to bootstrap a job: what a serverless event carries once a
 /// provider has adapted it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +401,18 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Turns an event of its serverless entrypoint into a bootstrap request.
     async fn adapt_event(&self, event: serde_json::Value) -> Result<BootstrapRequest, ProviderError>;
+
+    /// The least privilege its principals need (the bootstrap function's, the
+    /// nodes'), for jobs on `request.locations`: the platform's own policy
+    /// documents (IAM policies on AWS), as JSON. `mayfly iam-policy` prints it.
+    async fn permissions(&self, request: PermissionsRequest) -> Result<serde_json::Value, ProviderError> {
+        let _ = request;
+        Err(ProviderError::new(
+            self.info().name,
+            ErrorKind::Unsupported,
+            "this provider does not describe its permissions",
+        ))
+    }
 
     /// Runs its serverless entrypoint's loop (the Lambda Runtime API, a
     /// Functions custom handler), calling [`Host::bootstrap`] for each event.

@@ -738,6 +738,18 @@ impl Provider for Aws {
         adapt_event(&event, self.event_job_url.as_deref(), self.event_prefix.as_deref())
     }
 
+    async fn permissions(
+        &self,
+        request: mayfly_provider_api::PermissionsRequest,
+    ) -> Result<serde_json::Value, ProviderError> {
+        policies(
+            &request.locations,
+            self.role_arn.as_deref(),
+            self.instance_profile.as_deref(),
+            self.event_job_url.as_deref(),
+        )
+    }
+
     async fn serve(&self) -> Result<(), ProviderError> {
         lambda::serve(self).await
     }
@@ -847,6 +859,111 @@ fn url_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The tag every instance of a job carries: what the EC2 statements are bound to.
+const JOB_TAG: &str = "mayfly:job";
+
+/// The least-privilege IAM policies of the bootstrap function's role and of the
+/// nodes' instance profile role, for jobs on `locations` (`s3://bucket/prefix`).
+/// Every AWS call this provider and core's data path make is covered, and no
+/// other: `RunInstances` only with the job tag, `TerminateInstances` only on
+/// tagged instances, `iam:PassRole` only for the instance profile's role (to EC2),
+/// `sts:AssumeRole` only for the job role, S3 only under the given prefixes.
+pub fn policies(
+    locations: &[String],
+    role_arn: Option<&str>,
+    instance_profile: Option<&str>,
+    event_job_url: Option<&str>,
+) -> Result<serde_json::Value, ProviderError> {
+    use serde_json::json;
+    let mut s3 = Vec::new();
+    let mut urls: Vec<&str> = locations.iter().map(String::as_str).collect();
+    urls.extend(event_job_url);
+    if urls.is_empty() {
+        return Err(fail(
+            ErrorKind::Config,
+            "no locations: name the job's input, output and state (s3://bucket/prefix), or give a job file",
+        ));
+    }
+    for url in urls {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            fail(ErrorKind::Config, format!("{url}: the aws provider's jobs read and write s3:// locations"))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(fail(ErrorKind::Config, format!("{url}: expected s3://bucket/prefix")));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let objects = if prefix.is_empty() {
+            format!("arn:aws:s3:::{bucket}/*")
+        } else {
+            format!("arn:aws:s3:::{bucket}/{prefix}*")
+        };
+        s3.push(json!({
+            "Sid": format!("List{}", s3.len() / 2),
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": format!("arn:aws:s3:::{bucket}"),
+            "Condition": {"StringLike": {"s3:prefix": [if prefix.is_empty() { "*".to_owned() } else { format!("{prefix}*") }]}}
+        }));
+        s3.push(json!({
+            "Sid": format!("Objects{}", s3.len() / 2),
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": objects
+        }));
+    }
+    let tagged = json!({"Null": {format!("aws:ResourceTag/{JOB_TAG}"): "false"}});
+    let mut nodes = vec![
+        json!({"Sid": "SeeInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}),
+        json!({"Sid": "EndJobInstances", "Effect": "Allow", "Action": "ec2:TerminateInstances",
+               "Resource": "arn:aws:ec2:*:*:instance/*", "Condition": tagged}),
+    ];
+    let mut function = vec![
+        json!({"Sid": "LaunchTaggedInstances", "Effect": "Allow", "Action": "ec2:RunInstances",
+               "Resource": "arn:aws:ec2:*:*:instance/*",
+               "Condition": {"Null": {format!("aws:RequestTag/{JOB_TAG}"): "false"}}}),
+        json!({"Sid": "LaunchWith", "Effect": "Allow", "Action": "ec2:RunInstances",
+               "Resource": ["arn:aws:ec2:*::image/*", "arn:aws:ec2:*:*:subnet/*", "arn:aws:ec2:*:*:network-interface/*",
+                            "arn:aws:ec2:*:*:security-group/*", "arn:aws:ec2:*:*:volume/*"]}),
+        json!({"Sid": "TagAtLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
+               "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+               "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}),
+        json!({"Sid": "Logs", "Effect": "Allow",
+               "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}),
+    ];
+    function.extend(nodes.iter().cloned());
+    let mut notes = vec![
+        "function_role: the Lambda function's execution role; node_role: the role of the nodes' instance profile"
+            .to_owned(),
+    ];
+    match instance_profile {
+        Some(profile) => {
+            function.push(json!({"Sid": "PassNodeRole", "Effect": "Allow", "Action": "iam:PassRole",
+                "Resource": "arn:aws:iam::*:role/*",
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}));
+            notes.push(format!(
+                "narrow PassNodeRole's Resource to the role of instance profile {profile:?} once you know its ARN"
+            ));
+        }
+        None => notes.push("no instance_profile is set: nodes would have no credentials of their own".into()),
+    }
+    if let Some(role) = role_arn {
+        let assume = json!({"Sid": "JobRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role});
+        function.push(assume.clone());
+        nodes.push(assume);
+        notes.push(format!("with role_arn, the S3 statements belong to {role}; the roles above only assume it"));
+    } else {
+        function.extend(s3.iter().cloned());
+        nodes.extend(s3.iter().cloned());
+    }
+    let doc = |statements: Vec<serde_json::Value>| json!({"Version": "2012-10-17", "Statement": statements});
+    let mut out = json!({"function_role": doc(function), "node_role": doc(nodes), "notes": notes});
+    if role_arn.is_some() {
+        out["job_role"] = doc(s3);
+    }
+    Ok(out)
+}
+
 mayfly_provider_api::export_provider!(Aws);
 
 #[cfg(test)]
@@ -858,6 +975,89 @@ mod tests {
             "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
             "s3": {"bucket": {"name": "data"}, "object": {"key": key, "sequencer": sequencer}}
         })
+    }
+
+    /// Every `name()` call on an EC2 or STS client in this file.
+    fn calls_in_this_file() -> Vec<String> {
+        let source = include_str!("lib.rs");
+        let mut calls: Vec<String> = source
+            .split(".ec2")
+            .skip(1)
+            .chain(source.split(".sts").skip(1))
+            .filter_map(|rest| {
+                let rest = rest.trim_start().strip_prefix('.')?;
+                let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                rest[name.len()..].starts_with("()").then_some(name)
+            })
+            .collect();
+        calls.sort();
+        calls.dedup();
+        calls
+    }
+
+    #[test]
+    fn the_policies_cover_every_call_and_no_more() {
+        let locations = vec!["s3://data/in".to_owned(), "s3://work/out/".to_owned(), "s3://work/state".to_owned()];
+        let p = policies(&locations, None, Some("mayfly-node"), None).unwrap();
+        let actions = |doc: &serde_json::Value| -> Vec<String> {
+            let mut all: Vec<String> = doc["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| match &s["Action"] {
+                    serde_json::Value::String(a) => vec![a.clone()],
+                    v => v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+                })
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        // The SDK calls this provider makes, by IAM action name.
+        let iam_name = |call: &str| -> String {
+            let (service, op) = match call {
+                "assume_role" => ("sts", call),
+                _ => ("ec2", call),
+            };
+            let op: String = op.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            format!("{service}:{op}")
+        };
+        let calls = calls_in_this_file();
+        assert_eq!(
+            calls,
+            vec!["assume_role", "describe_instances", "run_instances", "terminate_instances"],
+            "a new AWS call needs its permission in `policies`"
+        );
+        let function = actions(&p["function_role"]);
+        for call in &calls {
+            if call != "assume_role" {
+                assert!(function.contains(&iam_name(call)), "{call} missing from {function:?}");
+            }
+        }
+        let nodes = actions(&p["node_role"]);
+        assert!(
+            !nodes.iter().any(|a| a == "ec2:RunInstances" || a == "iam:PassRole"),
+            "nodes launch nothing: {nodes:?}"
+        );
+        // S3: the data path's calls, bound to the prefixes.
+        for a in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"] {
+            assert!(nodes.contains(&a.to_owned()) && function.contains(&a.to_owned()), "{a}");
+        }
+        let text = p.to_string();
+        assert!(text.contains("arn:aws:s3:::data/in*") && text.contains("arn:aws:s3:::work/out*"), "{text}");
+        assert!(!text.contains("arn:aws:s3:::*"), "no bucket is open to all: {text}");
+        // Terminating is bound to the job tag.
+        assert!(text.contains("aws:ResourceTag/mayfly:job"), "{text}");
+
+        // With a job role, S3 is that role's; the others only assume it.
+        let p = policies(&locations, Some("arn:aws:iam::1:role/job"), Some("mayfly-node"), None).unwrap();
+        assert!(actions(&p["node_role"]).contains(&"sts:AssumeRole".to_owned()));
+        assert!(!actions(&p["node_role"]).iter().any(|a| a.starts_with("s3:")));
+        assert!(actions(&p["job_role"]).contains(&"s3:PutObject".to_owned()));
+
+        let e = policies(&["/local/dir".to_owned()], None, None, None).unwrap_err();
+        assert!(e.message.contains("s3:// locations"), "{e}");
+        assert!(policies(&[], None, None, None).unwrap_err().message.contains("no locations"));
     }
 
     #[test]

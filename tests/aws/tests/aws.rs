@@ -534,6 +534,41 @@ fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
 }
 
 #[test]
+fn iam_policy_prints_the_roles_policies_for_a_job() {
+    let job = job_with_provider("aws-iam", &[], "tests/guests/empty", "{}", "");
+    let file = std::fs::read_to_string(job.dir.join("job.toml")).unwrap();
+    let file = file
+        .replace("url = \"data\"", "url = \"s3://in-bucket/batches\"")
+        .replace("url = \"out\"", "url = \"s3://out-bucket/results/{job}\"")
+        .replace("url = \"state\"", "url = \"s3://out-bucket/state\"");
+    std::fs::write(job.dir.join("job.toml"), file).unwrap();
+    let out = job.command(&["iam-policy", "--job", "job.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = p.to_string();
+    for needle in
+        ["arn:aws:s3:::in-bucket/batches*", "arn:aws:s3:::out-bucket/results*", "arn:aws:s3:::out-bucket/state*"]
+    {
+        assert!(all.contains(needle), "{needle} in {all}");
+    }
+    // The tests' provider settings have a job role: S3 is that role's.
+    assert!(p["job_role"]["Statement"].as_array().is_some_and(|s| !s.is_empty()), "{all}");
+    assert!(p["function_role"]["Statement"].to_string().contains("ec2:RunInstances"), "{all}");
+
+    // By name with --location; a location of another cloud is a clear error.
+    let mut args = vec!["iam-policy".to_owned(), aws_plugin().to_string_lossy().into_owned()];
+    args.extend(["--location".into(), "az://container/x".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = job.command(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("az://container/x: the aws provider's jobs read and write s3:// locations"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn the_readme_aws_section_is_a_valid_provider_configuration() {
     use mayfly_provider_api::Provider;
     let readme = std::fs::read_to_string(mayfly_tests::root().join("README.md")).unwrap();

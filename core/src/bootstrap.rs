@@ -425,7 +425,16 @@ pub fn bootstrap(
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = provider.terminate(&launched, Duration::from_secs(2));
+        // What this bootstrap knows it launched, and whatever else the provider
+        // lists for the job: a launch call can fail after the cloud acted (a
+        // timeout, a lost answer), and its nodes must not be left running.
+        let mut ending = launched;
+        for n in provider.list(&job, &layout.dir()).unwrap_or_default() {
+            if !ending.iter().any(|m| m.id == n.id) {
+                ending.push(n);
+            }
+        }
+        let _ = provider.terminate(&ending, Duration::from_secs(2));
         return Err(e);
     }
     Ok(Bootstrapped { job, layout, manifest, nodes: launched })

@@ -259,6 +259,23 @@ fn a_job_file_naming_a_bad_plugin_fails_before_anything_runs() {
 }
 
 #[test]
+fn a_launch_that_fails_after_starting_nodes_leaves_none_running() {
+    // The provider starts the master, then its answer is lost (a cloud call that
+    // timed out after the cloud acted): bootstrap fails, and ends what the
+    // provider lists for the job, not only what it was told it launched.
+    let files = inputs(2, 100);
+    let job = TestJob::new("lossy-launch", &files);
+    let lib = plugin("mayfly-test-plugin-faulty", &[]);
+    job.write_job(WORDCOUNT, "{}", &format!("[provider]\npath = {:?}\nmode = \"lossy-launch\"\n", lib));
+    let out = job.run();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("the answer to launching 1 node(s) was lost"), "{said}");
+    assert_eq!(job.nodes().len(), 1, "the master was started: {:?}", job.nodes());
+    job.assert_nothing_left(Duration::from_secs(5));
+}
+
+#[test]
 fn the_mayfly_binary_links_no_cloud_sdk() {
     let out = mayfly_tests::cargo()
         .args(["tree", "-p", "mayfly", "-e", "normal", "--prefix", "none"])

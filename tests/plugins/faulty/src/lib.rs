@@ -2,8 +2,10 @@
 //! `panic` (every call panics), `hang` (every call waits forever), `ok`
 //! (every call answers at once: the ABI benchmark's no-op provider), `yield`
 //! (every call waits once on its runtime before answering), `block` (every
-//! call blocks its thread, as a provider must not), `block-in-create`, or
-//! `panic-in-create`.
+//! call blocks its thread, as a provider must not), `block-in-create`,
+//! `panic-in-create`, or `lossy-launch`: the local provider, except that every
+//! launch starts its nodes and then answers with an error, as a cloud call that
+//! timed out after the cloud acted (the caller must find and end them by listing).
 
 use std::sync::Arc;
 
@@ -19,12 +21,15 @@ enum Mode {
     Block,
     Panic,
     Hang,
+    LossyLaunch,
 }
 
 /// The misbehaving provider.
 #[derive(Debug)]
 pub struct Faulty {
     mode: Mode,
+    /// The provider `lossy-launch` delegates to.
+    local: Option<mayfly_provider_local::LocalProvider>,
 }
 
 impl Faulty {
@@ -35,13 +40,14 @@ impl Faulty {
             Mode::Block => std::thread::sleep(std::time::Duration::from_secs(3600)),
             Mode::Panic => panic!("faulty provider: {method} panics on purpose"),
             Mode::Hang => std::future::pending::<()>().await,
+            Mode::LossyLaunch => {}
         }
     }
 }
 
 #[async_trait]
 impl Provider for Faulty {
-    fn create(settings: Settings, _host: Arc<dyn Host>) -> Result<Self, ProviderError> {
+    fn create(settings: Settings, host: Arc<dyn Host>) -> Result<Self, ProviderError> {
         let mut s = settings.named("faulty");
         let mode = match s.string("mode")?.as_deref() {
             None | Some("ok") => Mode::Ok,
@@ -54,18 +60,25 @@ impl Provider for Faulty {
             Some("panic") => Mode::Panic,
             Some("hang") => Mode::Hang,
             Some("panic-in-create") => panic!("faulty provider: create panics on purpose"),
+            Some("lossy-launch") => Mode::LossyLaunch,
             Some(other) => {
                 return Err(ProviderError::new(
                     "faulty",
                     ErrorKind::Config,
                     format!(
-                        "`provider.mode`: unknown mode {other:?} (expected ok, yield, block, panic, hang, block-in-create, panic-in-create)"
+                        "`provider.mode`: unknown mode {other:?} (expected ok, yield, block, panic, hang, block-in-create, panic-in-create, lossy-launch)"
                     ),
                 ));
             }
         };
         s.finish()?;
-        Ok(Faulty { mode })
+        let local = match mode {
+            Mode::LossyLaunch => {
+                Some(mayfly_provider_local::LocalProvider::create(Settings::new("local", Default::default()), host)?)
+            }
+            _ => None,
+        };
+        Ok(Faulty { mode, local })
     }
 
     fn info(&self) -> ProviderInfo {
@@ -77,33 +90,56 @@ impl Provider for Faulty {
         }
     }
 
-    async fn launch(&self, _request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+    async fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
         self.misbehave("launch").await;
+        if let Some(local) = &self.local {
+            let started = local.launch(request).await?;
+            return Err(ProviderError::new(
+                "faulty",
+                ErrorKind::Unavailable,
+                format!("the answer to launching {} node(s) was lost (they run)", started.len()),
+            ));
+        }
         Ok(Vec::new())
     }
 
-    async fn list(&self, _request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
+    async fn list(&self, request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
         self.misbehave("list").await;
-        Ok(Vec::new())
+        match &self.local {
+            Some(local) => local.list(request).await,
+            None => Ok(Vec::new()),
+        }
     }
 
-    async fn terminate(&self, _request: TerminateRequest) -> Result<(), ProviderError> {
+    async fn terminate(&self, request: TerminateRequest) -> Result<(), ProviderError> {
         self.misbehave("terminate").await;
-        Ok(())
+        match &self.local {
+            Some(local) => local.terminate(request).await,
+            None => Ok(()),
+        }
     }
 
     async fn identify(&self) -> Result<Option<NodeInfo>, ProviderError> {
         self.misbehave("identify").await;
-        Ok(None)
+        match &self.local {
+            Some(local) => local.identify().await,
+            None => Ok(None),
+        }
     }
 
     async fn terminate_self(&self) -> Result<(), ProviderError> {
         self.misbehave("terminate_self").await;
-        Ok(())
+        match &self.local {
+            Some(local) => local.terminate_self().await,
+            None => Ok(()),
+        }
     }
 
     async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
         self.misbehave("credentials").await;
+        if let Some(local) = &self.local {
+            return local.credentials(request).await;
+        }
         let now = mayfly_provider_api::now_ms();
         Ok(Credential {
             node: request.node,

@@ -189,7 +189,20 @@ impl Client {
     /// A client for the master `master.json` describes: over TLS, trusting
     /// only the job's CA, when the master published one; else plain HTTP.
     pub fn connect(info: &crate::master::MasterInfo, token: &str, timeout: Duration) -> Result<Self, String> {
-        let Some(ca) = &info.ca else { return Ok(Self::new(&info.addr, token, timeout)) };
+        let Some(ca) = &info.ca else {
+            // In clear only on loopback: the token never crosses a network unencrypted.
+            let ip = info
+                .addr
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok());
+            if !ip.is_some_and(|ip| ip.is_loopback()) {
+                return Err(format!(
+                    "the master at {} publishes no TLS certificate; refusing to send the job token in clear",
+                    info.addr
+                ));
+            }
+            return Ok(Self::new(&info.addr, token, timeout));
+        };
         #[cfg(feature = "tls")]
         {
             let config = ureq::Agent::config_builder()

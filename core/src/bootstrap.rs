@@ -378,8 +378,21 @@ pub fn bootstrap(
                 layout.state.upload(component, &Layout::task_key(sha))?;
             }
         }
-        create_token(&layout)?;
-        layout.state.write_json(keys::MANIFEST, &manifest)
+        // The manifest first, create-if-absent: of two bootstraps of one job id
+        // (an event delivered twice at once), exactly one goes on.
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+        match layout.state.create_all(vec![(keys::MANIFEST.to_owned(), bytes)]).pop() {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("job id {job} was already used (its manifest appeared meanwhile)"),
+                ));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(std::io::Error::other("no answer")),
+        }
+        create_token(&layout).map(|_| ())
     };
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
 

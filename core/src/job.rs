@@ -284,7 +284,14 @@ pub fn create_token(layout: &Layout) -> std::io::Result<String> {
     match layout.state.local_dir() {
         Some(dir) => write_secret(&dir.join(keys::TOKEN), token.as_bytes())?,
         // A remote state is private to the job's roles; the token is an object there.
-        None => layout.state.put(keys::TOKEN, token.as_bytes().to_vec())?,
+        None => match layout.state.create_all(vec![(keys::TOKEN.to_owned(), token.as_bytes().to_vec())]).pop() {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the job already has a token"));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(std::io::Error::other("no answer")),
+        },
     }
     Ok(token)
 }

@@ -523,7 +523,10 @@ fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'st
         return None;
     }
     let (state, key) = (layout.state.clone(), Layout::logs_key(node));
+    // One copy at a time: a slow periodic copy must not land after the last one.
+    let one_at_a_time = std::sync::Mutex::new(());
     Some(move || {
+        let _turn = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(bytes) = std::fs::read(&file)
             && let Err(e) = state.put(&key, bytes)
         {

@@ -293,22 +293,38 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
         let m = markers[i];
         decided[i] = match created {
             Ok(true) => Ok(()),
-            Ok(false) => {
-                let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
-                Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
-            }
+            Ok(false) => match layout.output.read_json::<Marker>(&layout.marker(m.shard)) {
+                // Our own marker: a retried conditional put whose first try
+                // landed (its answer was lost). The commit is ours.
+                Ok(Some(existing)) if existing.token == m.token => Ok(()),
+                Ok(Some(winner)) => {
+                    // Another attempt's marker: make sure its outputs are in
+                    // place (idempotent) before this attempt's staging goes.
+                    if let Err(e) = publish(layout, &winner) {
+                        eprintln!("master: shard {}: publishing the committed attempt: {e}", winner.shard);
+                    }
+                    let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                    Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
+                }
+                // Not readable now: keep everything, the worker retries.
+                Ok(None) => Err(unavailable(std::io::Error::other("the marker exists but cannot be read yet"))),
+                Err(e) => Err(unavailable(e)),
+            },
             Err(e) => Err(unavailable(e)),
         };
     }
-    // 3. Only now do the winners' outputs become visible.
+    // 3. Only now do the winners' outputs become visible; a staging goes only
+    //    once its outputs are in place.
     for (m, r) in markers.iter().zip(&decided) {
         if r.is_ok() {
-            if let Err(e) = publish(layout, m) {
-                // The marker is written: the commit stands, and publication is
-                // finished on resume.
-                eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", m.shard);
+            match publish(layout, m) {
+                Ok(()) => {
+                    let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                }
+                // The marker is written: the commit stands, the staging stays,
+                // and publication is tried again at the job's end and on resume.
+                Err(e) => eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", m.shard),
             }
-            let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
         }
     }
     decided
@@ -718,7 +734,9 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     // workers, then this process.
     // No new commit is accepted now (`ended` is set); those already in the
     // committer finish first, so that the snapshot below and the outputs agree.
-    let drain_until = std::time::Instant::now() + Duration::from_secs(30);
+    // A remote commit (listing, conditional put, copies) can take a while: wait
+    // for it (at the deadline the dead-man switch bounds this anyway).
+    let drain_until = std::time::Instant::now() + Duration::from_secs(300);
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -751,7 +769,9 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     if reason == "done"
         && let Some((component, _, params)) = &manifest.reduce
     {
-        match crate::reduce::run(&layout, &manifest, component, params, &committed) {
+        // The component as this machine can load it (fetched from a remote state).
+        let loaded = layout.task_file(component, &manifest.reduce.as_ref().map(|r| r.1.clone()).unwrap_or_default());
+        match loaded.and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed)) {
             Ok(names) => outputs.extend(names),
             Err(e) => {
                 eprintln!("master: the reduce task failed: {e}");
@@ -784,7 +804,24 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     if let Err(e) = layout.output.write_json(layout.output_manifest(), &manifest_out) {
         eprintln!("master: writing _manifest.json: {e}");
     }
-    let _ = layout.output.delete_prefix(layout.staging());
+    // Committed shards whose outputs are still staged (a publication failed)
+    // are published now; the staging goes only if nothing committed is left in it.
+    let staged = layout.output.list(layout.staging()).unwrap_or_default();
+    let mut keep_staging = false;
+    if !staged.is_empty() {
+        for m in read_markers(&layout) {
+            let prefix = format!("{}/", layout.attempt_staging(m.shard, m.token));
+            if staged.iter().any(|(k, _)| k.starts_with(&prefix))
+                && let Err(e) = publish(&layout, &m)
+            {
+                eprintln!("master: shard {}: its outputs are still staged and cannot be moved: {e}", m.shard);
+                keep_staging = true;
+            }
+        }
+    }
+    if !keep_staging {
+        let _ = layout.output.delete_prefix(layout.staging());
+    }
     save_journal(&layout, &manifest);
     if let Err(e) = layout.state.write_json(keys::FINAL, &final_state) {
         eprintln!("master: writing final.json: {e}");
@@ -856,14 +893,25 @@ mod tests {
             stage(&layout, &b, b"bb");
             stage(&layout, &c, b"cc");
             let results = decide_batch(&layout, vec![&a, &b, &c]);
-            assert!(results[0].is_ok());
-            assert_eq!(results[1].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            // Two claims on shard 0 in one batch (decided concurrently on an
+            // object store): exactly one wins, and only its outputs are visible.
+            let codes: Vec<Option<StatusCode>> = results.iter().map(|r| r.as_ref().err().map(|e| e.0)).collect();
+            let (winner, loser, content): (u64, u64, &[u8]) = match (&codes[0], &codes[1]) {
+                (None, Some(StatusCode::CONFLICT)) => (7, 8, b"aa"),
+                (Some(StatusCode::CONFLICT), None) => (8, 7, b"bb"),
+                other => {
+                    panic!("{}: one winner and one conflict, not {other:?} ({results:?})", layout.output.location())
+                }
+            };
             assert!(results[2].is_ok());
-            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa", "the first, only");
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), content, "the winner's, only");
             assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
-            assert!(layout.output.list(&layout.attempt_staging(0, 8)).unwrap().is_empty(), "the loser's staging goes");
+            assert!(
+                layout.output.list(&layout.attempt_staging(0, loser)).unwrap().is_empty(),
+                "the loser's staging goes"
+            );
             let stored: Marker = layout.output.read_json(&layout.marker(0)).unwrap().unwrap();
-            assert_eq!(stored.token, 7);
+            assert_eq!(stored.token, winner);
             // A later commit of a committed shard is refused too.
             let late = marker(1, 10, "b.txt");
             stage(&layout, &late, b"zz");
@@ -874,6 +922,28 @@ mod tests {
             stage(&layout, &short, b"z");
             assert_eq!(decide_batch(&layout, vec![&short])[0].as_ref().unwrap_err().0, StatusCode::BAD_REQUEST);
             assert!(!layout.output.exists(&layout.marker(2)));
+        }
+    }
+
+    #[test]
+    fn a_marker_already_there_is_adopted_if_ours_and_published_if_another_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        for layout in layouts(dir.path()) {
+            // A retried conditional put whose first try landed: the marker is ours.
+            let ours = marker(0, 7, "a.txt");
+            stage(&layout, &ours, b"aa");
+            layout.output.write_json(&layout.marker(0), &ours).unwrap();
+            assert!(decide_batch(&layout, vec![&ours])[0].is_ok(), "our own marker is our commit");
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa");
+            // Another attempt's marker whose outputs are still staged: a later
+            // attempt loses, and the winner's outputs are put in place.
+            let (winner, late) = (marker(1, 8, "b.txt"), marker(1, 9, "b.txt"));
+            stage(&layout, &winner, b"bb");
+            layout.output.write_json(&layout.marker(1), &winner).unwrap();
+            stage(&layout, &late, b"zz");
+            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb");
+            assert!(layout.output.list(&layout.attempt_staging(1, 9)).unwrap().is_empty());
         }
     }
 

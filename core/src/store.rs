@@ -189,7 +189,10 @@ impl Store {
         };
         let os = client(&config.scheme, &bucket_and_prefix, &config.options, provider, who)
             .map_err(|e| format!("{url}: {e}"))?;
-        Ok(Store { location: location.clone(), backend: Backend::Object { os, prefix: ObjPath::from(prefix) } })
+        Ok(Store {
+            location: location.clone(),
+            backend: Backend::Object { os, prefix: join(&ObjPath::default(), &prefix) },
+        })
     }
 
     /// Where this store is.
@@ -588,22 +591,31 @@ fn create_all_local(root: &Path, items: Vec<(String, Vec<u8>)>) -> Vec<io::Resul
     decided
 }
 
+/// `prefix/key` as the object's key, byte for byte (S3 keys may hold `#`, `%`,
+/// spaces: listings give them raw, and so must every other call). Only a key
+/// object_store cannot take raw (`.` or `..` parts, control characters) is
+/// percent-encoded part by part instead.
 fn join(prefix: &ObjPath, key: &str) -> ObjPath {
-    let mut out = prefix.clone();
-    for part in key.split('/').filter(|p| !p.is_empty()) {
-        out = out.clone().join(part);
-    }
-    out
+    let key = key.trim_matches('/');
+    let raw = match (prefix.as_ref().is_empty(), key.is_empty()) {
+        (_, true) => return prefix.clone(),
+        (true, false) => key.to_owned(),
+        (false, false) => format!("{}/{key}", prefix.as_ref()),
+    };
+    ObjPath::parse(&raw).unwrap_or_else(|_| {
+        let mut out = prefix.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            out = out.clone().join(part);
+        }
+        out
+    })
 }
 
-/// A listed object's key relative to `root`, as core named it: object_store
-/// percent-encodes characters such as `#` (split items are `name#start-end`) in
-/// each part when a key is made ([`join`]), so each part is decoded back.
+/// A listed object's key relative to `root`, raw, as [`join`] made it.
 fn relative(root: &ObjPath, path: &ObjPath) -> String {
-    let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
     match path.prefix_match(root) {
-        Some(parts) => parts.map(|p| decode(p.as_ref())).collect::<Vec<_>>().join("/"),
-        None => decode(path.as_ref()),
+        Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"),
+        None => path.as_ref().to_owned(),
     }
 }
 
@@ -839,7 +851,12 @@ mod tests {
             assert_eq!(s.list("").unwrap(), vec![("a/b.txt".into(), 11), ("c.txt".into(), 1)], "{what}");
             // Keys come back from a listing as they were named (a split item's key has a `#`).
             s.put("x/f.txt#0-756/copy.bin", b"12".to_vec()).unwrap();
-            assert_eq!(s.list("x").unwrap(), vec![("x/f.txt#0-756/copy.bin".into(), 2)], "{what}");
+            s.put("x/100% a.txt", b"3".to_vec()).unwrap();
+            let listed = s.list("x").unwrap();
+            assert_eq!(listed, vec![("x/100% a.txt".into(), 1), ("x/f.txt#0-756/copy.bin".into(), 2)], "{what}");
+            for (key, _) in listed {
+                assert!(s.get(&key).unwrap().is_some(), "{what}: {key} reads back by its listed name");
+            }
             s.delete_prefix("x").unwrap();
             assert_eq!(s.list("a").unwrap(), vec![("a/b.txt".into(), 11)], "{what}");
             assert_eq!(s.get_range("a/b.txt", 6..11).unwrap(), b"world", "{what}");

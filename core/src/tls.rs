@@ -60,11 +60,21 @@ pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, String> {
 /// Serves `app` over TLS on `listener` until the runtime ends.
 pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: axum::Router) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, say: wait, do not spin.
+                eprintln!("master: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            // A failed handshake (a client without the job's CA, plain HTTP) ends that connection only.
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            // A failed or stalled handshake (a client without the job's CA, plain
+            // HTTP, a silent peer) ends that connection only.
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let Ok(Ok(tls)) = handshake.await else { return };
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)

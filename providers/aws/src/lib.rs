@@ -696,16 +696,15 @@ impl Provider for Aws {
                     .credentials_provider()
                     .ok_or_else(|| fail(ErrorKind::Config, "no AWS credentials are configured"))?;
                 let cred = provider.provide_credentials().await.map_err(|e| api_err("the credential chain", e))?;
+                // Credentials that do not say when they expire (environment
+                // variables, as Lambda gives its function's role; a profile's
+                // keys) are read again from the chain every UNKNOWN_EXPIRY, so
+                // that rotated ones are picked up by core's refresh rule.
                 let expires = cred
                     .expiry()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64)
-                    .ok_or_else(|| {
-                        fail(
-                            ErrorKind::Config,
-                            "these AWS credentials never expire: mayfly's credential rule needs expiring ones (an instance profile or `role_arn`)",
-                        )
-                    })?;
+                    .unwrap_or(now + UNKNOWN_EXPIRY.as_millis() as u64);
                 (
                     format!(
                         "{}:{}:{}",
@@ -829,16 +828,20 @@ fn s3_event(
         }
     }
     let (bucket, dir, sequencer) = found.ok_or_else(|| bad("no record".into()))?;
-    let mut id: String =
-        dir.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    // The prefix part is shortened, never the sequencer: two batches under one
+    // long prefix must not share an id.
+    let sequencer: String = sequencer.chars().filter(char::is_ascii_alphanumeric).take(40).collect();
+    let mut id: String = dir
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(100 - sequencer.len() - 1)
+        .collect();
     if !sequencer.is_empty() {
         id.push('-');
-        id.extend(sequencer.chars().filter(char::is_ascii_alphanumeric));
+        id.push_str(&sequencer);
     }
-    let overrides = BTreeMap::from([
-        ("MAYFLY_INPUT".to_owned(), format!("s3://{bucket}/{dir}")),
-        ("MAYFLY_JOB_ID".to_owned(), id.chars().take(100).collect()),
-    ]);
+    let overrides =
+        BTreeMap::from([("MAYFLY_INPUT".to_owned(), format!("s3://{bucket}/{dir}")), ("MAYFLY_JOB_ID".to_owned(), id)]);
     Ok(BootstrapRequest { job_url: Some(job_url.to_owned()), overrides, ..Default::default() })
 }
 
@@ -858,6 +861,10 @@ fn url_decode(s: &str) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+/// How long credentials that carry no expiry are taken to be good for before
+/// the chain is read again.
+const UNKNOWN_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
 /// The tag every instance of a job carries: what the EC2 statements are bound to.
 const JOB_TAG: &str = "mayfly:job";
@@ -1078,6 +1085,11 @@ mod tests {
         assert!(e.message.contains("no `event_job_url` setting"), "{e}");
         let e = adapt_event(&event, Some(job), Some("other/")).unwrap_err();
         assert!(e.message.contains("not under the configured prefix"), "{e}");
+        let long = format!("{}/_READY", "p".repeat(150));
+        let a = adapt_event(&serde_json::json!({"Records": [s3_record(&long, "0A")]}), Some(job), None).unwrap();
+        let b = adapt_event(&serde_json::json!({"Records": [s3_record(&long, "0B")]}), Some(job), None).unwrap();
+        assert!(a.overrides["MAYFLY_JOB_ID"].len() <= 100 && a.overrides["MAYFLY_JOB_ID"].ends_with("-0A"));
+        assert_ne!(a.overrides["MAYFLY_JOB_ID"], b.overrides["MAYFLY_JOB_ID"], "long prefixes keep their sequencer");
         let top = serde_json::json!({"Records": [s3_record("_READY", "01")]});
         assert!(adapt_event(&top, Some(job), None).unwrap_err().message.contains("no prefix"));
         let mixed = serde_json::json!({"Records": [s3_record("a/x", "01"), s3_record("b/y", "02")]});

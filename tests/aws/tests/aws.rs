@@ -80,6 +80,50 @@ fn s3_store(url: &str) -> mayfly_core::store::Store {
 }
 
 #[test]
+fn nodes_take_the_tasks_from_the_state_and_reduce_over_s3() {
+    // The task component exists only where the bootstrap ran: once the job is
+    // launched it is deleted there, and the workers and the master's reduce
+    // must take it from the job's state in S3.
+    moto().create_bucket("mayfly-reduce");
+    let files = inputs(4, 2000);
+    let input = s3_store("s3://mayfly-reduce/in");
+    for (name, data) in &files {
+        input.put(name, data.clone()).unwrap();
+    }
+    let job = TestJob::new("aws-reduce", &[]);
+    let own = scratch("aws-reduce-task").join("wordcount.wasm");
+    std::fs::copy(component("tasks/wordcount"), &own).unwrap();
+    let mut provider = String::from("[provider]\n");
+    for (k, v) in section() {
+        provider.push_str(&format!("{k} = {v}\n"));
+    }
+    std::fs::write(
+        job.dir.join("job.toml"),
+        format!(
+            "[job]\nname = \"wc\"\nid = \"aws-reduce\"\n\n[task]\npath = {own:?}\nparams = {{ mode = \"map\" }}\n\n\
+             [reduce]\npath = {own:?}\nparams = {{ mode = \"reduce\" }}\n\n\
+             [input]\nurl = \"s3://mayfly-reduce/in\"\n\n[output]\nurl = \"s3://mayfly-reduce/out\"\n\n\
+             [state]\nurl = \"s3://mayfly-reduce/state\"\n\n{provider}\n[cluster]\nworkers = 2\n"
+        ),
+    )
+    .unwrap();
+    let run = job.spawn();
+    let state = s3_store("s3://mayfly-reduce/state/aws-reduce");
+    assert!(wait_until(Duration::from_secs(120), || state.exists("manifest.json")));
+    std::fs::remove_file(&own).unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The reduce output: every word of every input, counted once.
+    let output = s3_store("s3://mayfly-reduce/out");
+    let counts = String::from_utf8(output.get("reduce/counts.tsv").unwrap().unwrap()).unwrap();
+    let total: u64 = counts.lines().map(|l| l.rsplit('\t').next().unwrap().parse::<u64>().unwrap()).sum();
+    let words: u64 = files.iter().map(|(_, d)| String::from_utf8_lossy(d).split_whitespace().count() as u64).sum();
+    assert_eq!(total, words, "{counts}");
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-reduce").is_empty()), "{:?}", billing("aws-reduce"));
+}
+
+#[test]
 fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
     // Inputs, outputs and the job's state all in moto's S3: nodes share no disk
     // with the bootstrap or with each other (each fetches the task from the state).

@@ -322,7 +322,7 @@ pub fn bootstrap(
     let layout = Layout::open(&state.join(&job), &job, &output, provider, "bootstrap")
         .map_err(step_err("open the locations"))?;
     if layout.state.exists(keys::MANIFEST) || layout.state.local_dir().is_some_and(Path::exists) {
-        let alive = provider.list(&job, &layout.dir()).map(|n| !n.is_empty()).unwrap_or(false);
+        let alive = provider.list(&job, &layout.state_location()).map(|n| !n.is_empty()).unwrap_or(false);
         let message = if alive {
             format!("job {job} is still running (see `mayfly status {job}`)")
         } else {
@@ -417,7 +417,7 @@ pub fn bootstrap(
             if asked.elapsed() >= Duration::from_millis(250) {
                 asked = std::time::Instant::now();
                 let listed = provider
-                    .list(&job, &layout.dir())
+                    .list(&job, &layout.state_location())
                     .map(|n| n.iter().any(|n| n.role == Role::Master))
                     .unwrap_or(true);
                 misses = if listed { 0 } else { misses + 1 };
@@ -442,7 +442,7 @@ pub fn bootstrap(
         // lists for the job: a launch call can fail after the cloud acted (a
         // timeout, a lost answer), and its nodes must not be left running.
         let mut ending = launched;
-        for n in provider.list(&job, &layout.dir()).unwrap_or_default() {
+        for n in provider.list(&job, &layout.state_location()).unwrap_or_default() {
             if !ending.iter().any(|m| m.id == n.id) {
                 ending.push(n);
             }

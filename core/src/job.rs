@@ -150,12 +150,6 @@ impl Layout {
         self.state.location().to_string()
     }
 
-    /// The job's state location as a path, for the provider calls that take one
-    /// (a URL stays a URL).
-    pub fn dir(&self) -> PathBuf {
-        PathBuf::from(self.state.location().as_str())
-    }
-
     /// The master's journal of the job created at `created_at`: `journal.jsonl`
     /// in a local state; with a remote one, a file in the work directory named
     /// after that run (the master copies it to the state), so that a run that

@@ -98,7 +98,7 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
         // error counts as yes, so a hiccup does not end the follow).
         let alive = status.is_some()
             || provider
-                .list(&manifest.job, &layout.dir())
+                .list(&manifest.job, &layout.state_location())
                 .map(|n| n.iter().any(|n| n.role == Role::Master))
                 .unwrap_or(true);
         if alive {
@@ -267,7 +267,7 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, json: bool) -> Result<ExitCo
     let token = mayfly_core::job::read_token(&layout)?;
     let info: MasterInfo = layout.state.read_json(keys::MASTER)?.context("the master has not started")?;
     let provider = node_provider(&manifest)?;
-    let masters = provider.list(job, &layout.dir())?.into_iter().filter(|n| n.role == Role::Master).count();
+    let masters = provider.list(job, &layout.state_location())?.into_iter().filter(|n| n.role == Role::Master).count();
     if masters == 0 {
         bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
     }
@@ -324,7 +324,7 @@ pub(crate) fn cmd_resume(job: &str, at: &StateArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let provider = node_provider(&manifest)?;
-    let nodes = provider.list(job, &layout.dir())?;
+    let nodes = provider.list(job, &layout.state_location())?;
     if nodes.iter().any(|n| n.role == Role::Master) {
         bail!("job {job} still has a running master; follow it with `mayfly status {job}`");
     }
@@ -543,12 +543,12 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         Some(json) => Some(ProviderHandle::select(&serde_json::from_str(json).context("--provider")?)?),
         None => None,
     };
-    let reader = match &given {
-        Some(p) => p.clone(),
-        None => ProviderHandle::select(&Selection::default())?,
-    };
     let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
-    let store = Store::open(&location, &reader, &who).map_err(anyhow::Error::msg)?;
+    let store = match (&given, location.as_path()) {
+        (Some(p), _) => Store::open(&location, p, &who).map_err(anyhow::Error::msg)?,
+        (None, Some(path)) => Store::local(path),
+        (None, None) => bail!("--dir {location}: a remote state needs --provider (bootstrap passes it)"),
+    };
     let manifest: Manifest = store.read_json(keys::MANIFEST)?.with_context(|| format!("no manifest in {location}"))?;
     if manifest.job != job {
         bail!("{location} holds job {}, not {job}", manifest.job);

@@ -831,7 +831,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     let grace = if reason == "done" { Duration::from_secs(3) } else { Duration::ZERO };
     let deadline = std::time::Instant::now() + grace;
     let workers = |p: &ProviderHandle| {
-        p.list(&manifest.job, &layout.dir())
+        p.list(&manifest.job, &layout.state_location())
             .unwrap_or_default()
             .into_iter()
             .filter(|n| n.role == Role::Worker)

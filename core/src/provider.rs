@@ -341,8 +341,9 @@ impl ProviderHandle {
     }
 
     /// A job's running nodes.
-    pub fn list(&self, job: &str, state: &Path) -> Result<Vec<NodeInfo>, ProviderError> {
-        let request = ListRequest { job: Some(job.to_owned()), state: state.to_string_lossy().into_owned() };
+    /// `state` is the job's state location (a path or a URL), as launched.
+    pub fn list(&self, job: &str, state: &str) -> Result<Vec<NodeInfo>, ProviderError> {
+        let request = ListRequest { job: Some(job.to_owned()), state: state.to_owned() };
         self.block("list", Some(self.timeout()), |p| async move { p.list(request).await })
     }
 
@@ -370,12 +371,8 @@ impl ProviderHandle {
     }
 
     /// Fresh credentials for `node` of `job`.
-    pub fn credentials(&self, job: &str, state: &Path, node: &str) -> Result<Credential, ProviderError> {
-        let request = CredentialRequest {
-            job: job.to_owned(),
-            state: state.to_string_lossy().into_owned(),
-            node: node.to_owned(),
-        };
+    pub fn credentials(&self, job: &str, state: &str, node: &str) -> Result<Credential, ProviderError> {
+        let request = CredentialRequest { job: job.to_owned(), state: state.to_owned(), node: node.to_owned() };
         self.block("credentials", Some(self.timeout()), |p| async move { p.credentials(request).await })
     }
 

@@ -67,7 +67,7 @@ impl Keeper {
         let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
         let t = now();
         if self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
-            match self.provider.credentials(&self.job, &self.layout.dir(), &self.node) {
+            match self.provider.credentials(&self.job, &self.layout.state_location(), &self.node) {
                 Ok(fresh) => {
                     c.current = fresh;
                     c.failures = 0;
@@ -307,7 +307,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let current = provider.credentials(&manifest.job, &layout.dir(), node).map_err(|e| e.to_string())?;
+    let current = provider.credentials(&manifest.job, &layout.state_location(), node).map_err(|e| e.to_string())?;
 
     // Compile once per worker (or load from the cache), and check that the
     // component is the one the job was planned with.

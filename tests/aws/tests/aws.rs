@@ -18,6 +18,31 @@ fn section() -> serde_json::Map<String, serde_json::Value> {
     s
 }
 
+/// `section()` as a job file's `[provider]` table.
+fn provider_section() -> String {
+    provider_table(section())
+}
+
+/// Provider settings as a job file's `[provider]` table.
+fn provider_table(settings: serde_json::Map<String, serde_json::Value>) -> String {
+    let mut provider = String::from("[provider]\n");
+    for (k, v) in settings {
+        provider.push_str(&format!("{k} = {v}\n"));
+    }
+    provider
+}
+
+/// moto's settings as `--set key=value` arguments.
+fn set_args() -> Vec<String> {
+    moto()
+        .settings()
+        .into_iter()
+        .flat_map(|(k, v)| {
+            ["--set".to_owned(), format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]
+        })
+        .collect()
+}
+
 #[test]
 fn the_aws_provider_conforms_against_moto() {
     let dir = scratch("conform-aws");
@@ -57,10 +82,7 @@ fn billing(job: &str) -> Vec<String> {
 fn a_job_runs_on_ec2_instances_and_every_instance_is_terminated() {
     let files = inputs(6, 2000);
     let job = TestJob::new("aws-e2e", &files);
-    let mut provider = String::from("[provider]\n");
-    for (k, v) in section() {
-        provider.push_str(&format!("{k} = {v}\n"));
-    }
+    let provider = provider_section();
     job.write_job("tasks/wordcount", "{ mode = \"map\" }", &format!("{provider}\n[cluster]\nworkers = 3\n"));
     let out = job.run();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -93,10 +115,7 @@ fn nodes_take_the_tasks_from_the_state_and_reduce_over_s3() {
     let job = TestJob::new("aws-reduce", &[]);
     let own = scratch("aws-reduce-task").join("wordcount.wasm");
     std::fs::copy(component("tasks/wordcount"), &own).unwrap();
-    let mut provider = String::from("[provider]\n");
-    for (k, v) in section() {
-        provider.push_str(&format!("{k} = {v}\n"));
-    }
+    let provider = provider_section();
     std::fs::write(
         job.dir.join("job.toml"),
         format!(
@@ -172,9 +191,7 @@ fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
     assert!(wait_until(Duration::from_secs(30), || billing("aws-s3").is_empty()), "{:?}", billing("aws-s3"));
     let mut args = vec!["logs".to_owned(), "aws-s3".into(), "--state".into(), "s3://mayfly-e2e/state".into()];
     args.extend(["--provider".into(), aws_plugin().to_string_lossy().into_owned()]);
-    for (k, v) in moto().settings() {
-        args.extend(["--set".into(), format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]);
-    }
+    args.extend(set_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let logs = job.command(&args).output().unwrap();
     let text_out = String::from_utf8_lossy(&logs.stdout);
@@ -187,10 +204,7 @@ fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
 
 fn job_with_provider(id: &str, files: &[(String, Vec<u8>)], task: &str, params: &str, cluster: &str) -> TestJob {
     let job = TestJob::new(id, files);
-    let mut provider = String::from("[provider]\n");
-    for (k, v) in section() {
-        provider.push_str(&format!("{k} = {v}\n"));
-    }
+    let provider = provider_section();
     job.write_job(task, params, &format!("{provider}\n{cluster}"));
     job
 }
@@ -216,7 +230,8 @@ fn a_worker_instance_terminated_mid_job_still_gives_exactly_once() {
     let log = || mayfly_tests_aws::node_log("aws-kill", "worker-1");
     assert!(wait_until(Duration::from_secs(120), || log().contains("attempt 1")), "{}", log());
     let p = provider();
-    let worker = p.list("aws-kill", &job.state()).unwrap().into_iter().find(|n| n.node == "worker-1").unwrap();
+    let worker =
+        p.list("aws-kill", &job.state().to_string_lossy()).unwrap().into_iter().find(|n| n.node == "worker-1").unwrap();
     // EC2 takes the machine away mid-attempt.
     p.terminate(&[worker], Duration::ZERO).unwrap();
     let out = run.wait_with_output().unwrap();
@@ -257,8 +272,7 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
     selection.path = Some(aws_plugin());
     selection.settings = moto.settings();
     let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
-    let billing =
-        |job: &str| p.list(job, std::path::Path::new("/")).unwrap().into_iter().map(|n| n.id).collect::<Vec<String>>();
+    let billing = |job: &str| p.list(job, "/").unwrap().into_iter().map(|n| n.id).collect::<Vec<String>>();
     let dir = scratch("aws-reap");
     let launch = |job: &str, expires_at: u64, n: u32| {
         let nodes = (1..=n)
@@ -306,7 +320,7 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
     selection.settings.insert("api_timeout".into(), "3s".into());
     let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
     let started = std::time::Instant::now();
-    let e = p.list("nothing", std::path::Path::new("/tmp")).unwrap_err();
+    let e = p.list("nothing", "/tmp").unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     drop(silent);
     assert!(e.message.contains("DescribeInstances"), "{e}");
@@ -405,10 +419,7 @@ impl RuntimeApi {
 fn lambda_function(api: &RuntimeApi, extra: &[(&str, &str)]) -> std::process::Child {
     let mut serve = std::process::Command::new(mayfly_tests::mayfly_bin());
     serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
-    for (k, v) in moto().settings() {
-        let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-        serve.args(["--set", &format!("{k}={v}")]);
-    }
+    serve.args(set_args());
     for (k, v) in extra {
         serve.args(["--set", &format!("{k}={v}")]);
     }
@@ -426,15 +437,12 @@ fn an_s3_object_created_event_runs_the_configured_job_once() {
         batch.put(name, data.clone()).unwrap();
     }
     batch.put("_READY", Vec::new()).unwrap();
-    let mut provider = String::new();
-    for (k, v) in section() {
-        provider.push_str(&format!("{k} = {v}\n"));
-    }
+    let provider = provider_section();
     let job_file = format!(
         "[job]\nname = \"ev\"\n\n[task]\npath = {:?}\nparams = {{ mode = \"slow\", delay_ms = 5 }}\n\n\
          [input]\nurl = \"s3://mayfly-events/placeholder\"\nglob = \"*.txt\"\n\n\
          [output]\nurl = \"s3://mayfly-events/out/{{job}}\"\n\n[state]\nurl = \"s3://mayfly-events/state\"\n\n\
-         [provider]\n{provider}\n[cluster]\nworkers = 2\n",
+         {provider}\n[cluster]\nworkers = 2\n",
         mayfly_tests::component("tests/guests/misbehave")
     );
     s3_store("s3://mayfly-events/jobs").put("ev.toml", job_file.into_bytes()).unwrap();
@@ -553,10 +561,7 @@ fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
     settings.insert("path".into(), aws_plugin().to_string_lossy().into_owned().into());
     let files = inputs(8, 200);
     let job = TestJob::new("aws-imds", &files);
-    let mut provider = String::from("[provider]\n");
-    for (k, v) in settings {
-        provider.push_str(&format!("{k} = {v}\n"));
-    }
+    let provider = provider_table(settings);
     let extra = format!("{provider}\n{}", cluster(2, "").replace("lease_time = \"1s\"", "lease_time = \"3s\""));
     job.write_job("tests/guests/misbehave", "{ mode = \"slow\", delay_ms = 6000 }", &extra);
     let out = job

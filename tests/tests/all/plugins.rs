@@ -170,7 +170,7 @@ fn a_plugin_that_answers_malformed_json_or_never_is_an_error_not_a_hang() {
     let lib = plugin("mayfly-test-plugin-raw", &[]);
     let p = select_path(&lib, serde_json::json!({}), Some(1000)).unwrap();
     assert_eq!(p.name(), "raw");
-    let e = p.list("j", Path::new("/tmp")).unwrap_err();
+    let e = p.list("j", "/tmp").unwrap_err();
     assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
     assert!(e.message.contains("malformed JSON from `list`") && e.message.contains(&lib.display().to_string()), "{e}");
     let e = p.terminate(&[], Duration::ZERO).unwrap_err();
@@ -181,20 +181,20 @@ fn a_plugin_that_answers_malformed_json_or_never_is_an_error_not_a_hang() {
     assert!(e.message.contains("`identify` did not answer within 1s"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // The host goes on: the next call is answered.
-    assert_eq!(p.list("j", Path::new("/tmp")).unwrap_err().kind, ErrorKind::Protocol);
+    assert_eq!(p.list("j", "/tmp").unwrap_err().kind, ErrorKind::Protocol);
 }
 
 #[test]
 fn a_plugin_that_panics_or_hangs_is_reported_and_the_host_goes_on() {
     let lib = plugin("mayfly-test-plugin-faulty", &[]);
     let panicky = select_path(&lib, serde_json::json!({ "mode": "panic" }), None).unwrap();
-    let e = panicky.list("j", Path::new("/tmp")).unwrap_err();
+    let e = panicky.list("j", "/tmp").unwrap_err();
     assert_eq!(e.kind, ErrorKind::Panic, "{e}");
     assert!(e.message.contains("it panicked in `list`: faulty provider: list panics on purpose"), "{e}");
     for result in [
         panicky.identify().map(|_| ()),
         panicky.terminate(&[], Duration::ZERO),
-        panicky.credentials("j", Path::new("/tmp"), "worker-1").map(|_| ()),
+        panicky.credentials("j", "/tmp", "worker-1").map(|_| ()),
         panicky.terminate_self(Duration::from_secs(5)),
     ] {
         assert_eq!(result.unwrap_err().kind, ErrorKind::Panic);

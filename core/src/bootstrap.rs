@@ -189,6 +189,8 @@ pub fn from_request_on(
     };
     let spec = JobSpec::parse(&file, &text, &|k| request.overrides.get(k).cloned())
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
+    let merged = job_provider(&spec, provider).map_err(|e| fail(ErrorKind::Config, e))?;
+    let provider = merged.as_ref().unwrap_or(provider);
     let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
     let boot = bootstrap(
         &spec,
@@ -232,6 +234,32 @@ pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, St
 }
 
 /// [`from_request_on`] with the system clock.
+/// The provider a serverless entrypoint bootstraps `spec` with: its own,
+/// with the job's `[provider]` settings over its own (the job names its
+/// image, instance types, node artifact; the function its region and events).
+/// `None`: the job has no `[provider]` section, and runs on the function's
+/// provider as it is. A job for another provider is refused.
+fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<ProviderHandle>, String> {
+    if spec.provider_lines.is_empty() {
+        return Ok(None);
+    }
+    let job = &spec.provider;
+    if let Some(name) = &job.name
+        && name != serving.name()
+    {
+        return Err(format!(
+            "the job's [provider] is {name:?}, but this entrypoint serves {:?}: send the job to a {name} entrypoint, or change its [provider] section",
+            serving.name()
+        ));
+    }
+    let mut selection = serving.selection().clone();
+    selection.settings.extend(job.settings.clone());
+    if job.timeout_ms.is_some() {
+        selection.timeout_ms = job.timeout_ms;
+    }
+    ProviderHandle::select(&selection).map(Some).map_err(|e| format!("the job's [provider] section: {e}"))
+}
+
 pub fn from_request(request: &BootstrapRequest, provider: &ProviderHandle) -> Result<BootstrapReply, ProviderError> {
     from_request_on(request, provider, &SystemClock, &mut |_| {})
 }
@@ -395,6 +423,13 @@ pub fn bootstrap(
         create_token(&layout).map(|_| ())
     };
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
+
+    // What ended jobs left besides nodes (a cloud's network rules) goes
+    // first; a failure here does not stop this job.
+    match provider.sweep() {
+        Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
+        Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
+    }
 
     // From here on, a failure must end what was launched.
     let mut launched: Vec<NodeInfo> = Vec::new();

@@ -381,11 +381,88 @@ fn provider_arg(provider: &str, settings: &[String]) -> Result<Selection> {
 }
 
 pub(crate) fn cmd_serve(provider: &str, settings: &[String]) -> Result<ExitCode> {
-    let handle = ProviderHandle::select(&provider_arg(provider, settings)?)?;
+    let mut selection = provider_arg(provider, settings)?;
+    if let Ok(text) = std::env::var(mayfly_provider_api::SETTINGS_ENV) {
+        let from_env: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+            format!("{}: expected a JSON object of settings, got {text:?}", mayfly_provider_api::SETTINGS_ENV)
+        })?;
+        for (k, v) in from_env {
+            selection.settings.entry(k).or_insert(v);
+        }
+    }
+    let handle = ProviderHandle::select(&selection)?;
     if handle.info().capabilities.entrypoint.is_none() {
         bail!("provider {} has no serverless entrypoint to serve", handle.name());
     }
     handle.serve()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn cmd_package(provider: &str, out: &Path, workspace: &Path) -> Result<ExitCode> {
+    let options = mayfly_core::package::Options::for_provider(provider, absolute(workspace), absolute(out));
+    let manifest = mayfly_core::package::package(&options, &mut crate::say)?;
+    for file in [&manifest.function, &manifest.node] {
+        let path = options.out.join(file);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("{} ({})", path.display(), mayfly_core::units::ByteSize(size));
+    }
+    println!(
+        "built for {} Linux with glibc {} or newer; next: mayfly deploy {provider} --from {}",
+        manifest.architecture,
+        manifest.glibc,
+        options.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `mayfly deploy` is told besides the provider and the package.
+pub(crate) struct DeployArgs {
+    pub function: String,
+    pub role: String,
+    pub artifacts: String,
+    pub timeout_s: u64,
+    pub memory_mb: u64,
+}
+
+pub(crate) fn cmd_deploy(provider: &str, settings: &[String], from: &Path, args: DeployArgs) -> Result<ExitCode> {
+    let manifest = mayfly_core::package::read_manifest(from)?;
+    let selection = provider_arg(provider, settings)?;
+    let handle = ProviderHandle::select(&selection)?;
+    if manifest.provider != handle.name() {
+        bail!("{} is a package for {}, not for {}", from.display(), manifest.provider, handle.name());
+    }
+    let location = mayfly_core::store::Location::parse(&args.artifacts, Path::new("/"))
+        .map_err(|e| anyhow::anyhow!("--artifacts {}: {e}", args.artifacts))?;
+    if location.scheme().is_none() {
+        bail!(
+            "--artifacts {}: expected an object store URL (s3://bucket/prefix) the platform can read",
+            args.artifacts
+        );
+    }
+    let who =
+        mayfly_core::store::Principal { job: "deploy".into(), state: args.artifacts.clone(), node: "deploy".into() };
+    let store = mayfly_core::store::Store::open(&location, &handle, &who).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for file in [&manifest.function, &manifest.node] {
+        store
+            .upload(&from.join(file), file)
+            .with_context(|| format!("uploading {} to {}", from.join(file).display(), location.join(file)))?;
+        crate::say(&format!("uploaded {}", location.join(file)));
+    }
+    let request = mayfly_provider_api::DeployRequest {
+        function: args.function,
+        role: args.role,
+        code_url: location.join(&manifest.function).as_str().to_owned(),
+        architecture: manifest.architecture.clone(),
+        settings: selection.settings.clone(),
+        timeout_s: args.timeout_s,
+        memory_mb: args.memory_mb,
+    };
+    let answer = handle.deploy(request)?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    println!(
+        "jobs on this function: set `node_artifact = \"{}\"` in their [provider] section",
+        location.join(&manifest.node)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -447,6 +524,9 @@ pub(crate) fn cmd_reap(state: &Path, provider: Option<&str>, settings: &[String]
         let handle = ProviderHandle::select(&provider_arg(provider, settings)?)?;
         let reaped = reap_with(&handle, state, now, &mut seen)?;
         println!("{reaped} node(s) reaped");
+        for removed in handle.sweep()? {
+            println!("removed {removed}");
+        }
         return Ok(());
     }
     // Each job's own provider, as its manifest recorded it; jobs on the same

@@ -140,6 +140,53 @@ enum Command {
         #[arg(long, conflicts_with = "provider")]
         job: Option<PathBuf>,
     },
+    /// Build what a provider's cloud runs: the serverless function's package
+    /// (function.zip) and the nodes' artifact (node.tar.gz), from this checkout.
+    #[command(after_help = "Example (from mayfly's checkout):\n  mayfly package aws --out dist/aws\n\n\
+        For aws the build links glibc 2.34 (Amazon Linux 2023, Lambda's provided.al2023) with cargo-zigbuild:\n  \
+        cargo install --locked cargo-zigbuild && pip install ziglang")]
+    Package {
+        /// The provider (`aws`).
+        provider: String,
+        /// Where the package goes.
+        #[arg(long, default_value = "dist")]
+        out: PathBuf,
+        /// The mayfly checkout to build (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+    },
+    /// Create or update a provider's serverless function from a package, and
+    /// upload the nodes' artifact (then set `node_artifact` in jobs' [provider]).
+    #[command(after_help = "Example:\n  mayfly deploy aws --from dist/aws --function mayfly \\\n    \
+        --role arn:aws:iam::123456789012:role/mayfly-function --artifacts s3://my-bucket/mayfly \\\n    \
+        --set region=eu-west-1 --set event_job_url=s3://my-bucket/jobs/nightly.toml --set event_prefix=incoming/\n\n\
+        The --set settings are the function's (kept in its MAYFLY_PROVIDER_SETTINGS environment variable)\n\
+        and this command's; the job files name the rest (image_id, instance_profile, node_artifact, ...).")]
+    Deploy {
+        /// The provider (`aws`), a name or a plugin's path.
+        provider: String,
+        /// The package's directory (from `mayfly package`).
+        #[arg(long, default_value = "dist")]
+        from: PathBuf,
+        /// The function's name.
+        #[arg(long)]
+        function: String,
+        /// The identity the function runs as (on AWS, its execution role's ARN).
+        #[arg(long)]
+        role: String,
+        /// Where the artifacts are uploaded (`s3://bucket/prefix`): function.zip and node.tar.gz.
+        #[arg(long, value_name = "URL")]
+        artifacts: String,
+        /// The function's time limit.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<HumanDuration>,
+        /// The function's memory, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        memory: u64,
+        /// A setting of the provider (repeatable), as in a job's `[provider]` section.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
     /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
     Demo {
         /// Where the dataset, outputs and state go.
@@ -227,6 +274,19 @@ fn main() -> ExitCode {
             jobs::cmd_permissions(provider.as_deref(), &settings, &locations, job.as_deref())
         }
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
+        Command::Package { provider, out, workspace } => jobs::cmd_package(&provider, &out, &workspace),
+        Command::Deploy { provider, from, function, role, artifacts, timeout, memory, settings } => jobs::cmd_deploy(
+            &provider,
+            &settings,
+            &from,
+            jobs::DeployArgs {
+                function,
+                role,
+                artifacts,
+                timeout_s: timeout.map_or(0, |t| t.0.as_secs()),
+                memory_mb: memory,
+            },
+        ),
         Command::Node { role, job, node, dir, provider } => {
             jobs::cmd_node(&role, &job, &node, &dir, provider.as_deref())
         }

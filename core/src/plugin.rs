@@ -472,6 +472,18 @@ impl Provider for PluginProvider {
         self.call("permissions", &request, Some(self.timeout)).await
     }
 
+    async fn sweep(&self) -> Result<Vec<String>, ProviderError> {
+        match self.call("sweep", &(), Some(self.timeout)).await {
+            // A plugin older than `sweep` makes nothing to sweep.
+            Err(e) if e.message.contains("unknown method `sweep`") => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
+        self.call("deploy", &request, None).await
+    }
+
     async fn serve(&self) -> Result<(), ProviderError> {
         self.call("serve", &(), None).await
     }

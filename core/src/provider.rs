@@ -399,6 +399,16 @@ impl ProviderHandle {
         self.block("permissions", Some(self.timeout()), |p| async move { p.permissions(request).await })
     }
 
+    /// Removes what the provider made for ended jobs besides their nodes.
+    pub fn sweep(&self) -> Result<Vec<String>, ProviderError> {
+        self.block("sweep", Some(self.timeout()), |p| async move { p.sweep().await })
+    }
+
+    /// Creates or updates the provider's serverless entrypoint.
+    pub fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
+        self.block("deploy", Some(Duration::from_secs(600)), |p| async move { p.deploy(request).await })
+    }
+
     /// Runs the provider's serverless entrypoint until the platform ends it.
     pub fn serve(&self) -> Result<(), ProviderError> {
         self.block("serve", None, |p| async move { p.serve().await })

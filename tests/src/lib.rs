@@ -86,6 +86,13 @@ pub fn mayfly_bin() -> PathBuf {
 /// change and rebuild everything above them, twice per run.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_test_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd` what cargo sets for the running test only (for a
+/// command that runs cargo itself, such as `mayfly package`).
+pub fn without_test_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let set_for_the_test =
@@ -96,7 +103,6 @@ pub fn cargo() -> Command {
             cmd.env_remove(key.as_ref());
         }
     }
-    cmd
 }
 
 /// Builds the plugin package `package` (with `features`) as the tests are

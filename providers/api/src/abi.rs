@@ -376,6 +376,8 @@ pub mod plugin {
                 "object_store" => answer(n, &p.object_store(parse(n, &method, &body)?).await?),
                 "adapt_event" => answer(n, &p.adapt_event(parse(n, &method, &body)?).await?),
                 "permissions" => answer(n, &p.permissions(parse(n, &method, &body)?).await?),
+                "deploy" => answer(n, &p.deploy(parse(n, &method, &body)?).await?),
+                "sweep" => answer(n, &p.sweep().await?),
                 "invoke" => {
                     let request = p.adapt_event(parse(n, &method, &body)?).await?;
                     answer(n, &host.bootstrap(request).await?)

@@ -227,6 +227,33 @@ pub struct PermissionsRequest {
     pub locations: Vec<String>,
 }
 
+/// The environment variable a serverless function's provider settings are
+/// kept in (a JSON object): `mayfly deploy` sets it, `mayfly serve` reads it
+/// (its `--set` settings win).
+pub const SETTINGS_ENV: &str = "MAYFLY_PROVIDER_SETTINGS";
+
+/// A request to deploy a provider's serverless entrypoint (`mayfly deploy`):
+/// create or update the function that bootstraps jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The function's name.
+    pub function: String,
+    /// The identity the function runs as (on AWS: its execution role's ARN).
+    pub role: String,
+    /// Where the function's code package is (already uploaded): an object
+    /// store URL (`s3://bucket/mayfly/function.zip`).
+    pub code_url: String,
+    /// The CPU architecture the package was built for (`x86_64`, `aarch64`).
+    pub architecture: String,
+    /// The function's provider settings (`mayfly serve` reads them from
+    /// [`SETTINGS_ENV`]).
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The function's time limit, in seconds (0: the provider's default).
+    pub timeout_s: u64,
+    /// The function's memory, in MiB (0: the provider's default).
+    pub memory_mb: u64,
+}
+
 /// A request to bootstrap a job: what a serverless event carries once a
 /// provider has adapted it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +439,20 @@ pub trait Provider: Send + Sync + 'static {
             ErrorKind::Unsupported,
             "this provider does not describe its permissions",
         ))
+    }
+
+    /// Removes what it made for jobs besides their nodes (network rules,
+    /// say) once those jobs have ended or their deadline has passed; answers
+    /// what it removed, a line each. `mayfly reap` and each bootstrap call it.
+    async fn sweep(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Creates or updates its serverless entrypoint (`mayfly deploy`); answers
+    /// what it did, as JSON.
+    async fn deploy(&self, request: DeployRequest) -> Result<serde_json::Value, ProviderError> {
+        let _ = request;
+        Err(ProviderError::new(self.info().name, ErrorKind::Unsupported, "this provider has nothing to deploy"))
     }
 
     /// Runs its serverless entrypoint's loop (the Lambda Runtime API, a

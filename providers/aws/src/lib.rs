@@ -11,17 +11,23 @@
 //! name run), set to terminate (not stop) when their OS shuts down, and their
 //! user data arms an OS-level dead-man switch at the deadline.
 //!
-//! Settings (`[provider]` keys): `region` (default us-east-1), `endpoint_url`
-//! (an EC2/STS/S3 endpoint, e.g. an emulator), `credentials_file` (an AWS
-//! shared credentials file for the provider's own calls; default: the SDK's
-//! chain, i.e. the function's role on Lambda and the instance profile on a
-//! node), `image_id`, `instance_type` and `master_instance_type`, `subnet_id`,
-//! `security_group_ids` (comma-separated), `instance_profile`, `role_arn`
-//! (the job role), `credential_ttl` (its session length: 15m to 1h, as role
-//! chaining allows), `bootstrap_limit` (at most Lambda's 900 s), `max_nodes`,
-//! `node_binary` (where `mayfly` is on the image), `instance_id` (the instance
-//! this process is, for tests; a node asks IMDSv2), `imds_endpoint`,
-//! `api_timeout` (each AWS call, retries included; default 30s).
+//! Settings (`[provider]` keys): `region` (default: `AWS_REGION`, else
+//! us-east-1), `endpoint_url` (an EC2/STS/S3/Lambda endpoint, e.g. an
+//! emulator), `credentials_file` (an AWS shared credentials file for the
+//! provider's own calls; default: the SDK's chain, i.e. the function's role
+//! on Lambda and the instance profile on a node), `image_id`, `instance_type`
+//! and `master_instance_type`, `subnet_id`, `security_group_ids`
+//! (comma-separated; without it each job gets a group of its own that admits
+//! only its nodes, deleted by `sweep` `sweep_after` its deadline, default
+//! 5m), `instance_profile`, `role_arn` (the job role), `credential_ttl` (its
+//! session length: 15m to 12h, and 1h at most when temporary credentials
+//! assume it, as role chaining allows), `bootstrap_limit` (at most Lambda's
+//! 900 s), `max_nodes`, `node_artifact` (the `s3://` URL of the node artifact
+//! `mayfly deploy aws` uploaded; else `node_binary`, where `mayfly` is on the
+//! image), `instance_id` (the instance this process is, for tests; a node
+//! asks IMDSv2), `imds_endpoint`, `api_timeout` (each AWS call, retries
+//! included; default 30s), `event_job_url` and `event_prefix` (the job an S3
+//! event runs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceType, ResourceType, ShutdownBehavior, Tag,
-    TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceType, IpPermission, ResourceType, ShutdownBehavior, Tag,
+    TagSpecification, UserIdGroupPair,
 };
 use base64::Engine;
 use mayfly_provider_api::{
@@ -41,6 +47,7 @@ use mayfly_provider_api::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+mod deploy;
 mod lambda;
 
 const NAME: &str = "aws";
@@ -53,6 +60,8 @@ pub const MIN_SESSION: Duration = Duration::from_secs(900);
 /// The longest session of a chained role (a role assumed with a role's credentials,
 /// as the function's role and the instance profile are).
 pub const CHAINED_SESSION_CAP: Duration = Duration::from_secs(3600);
+/// The longest session STS gives (a role's maximum session duration at most).
+pub const MAX_SESSION: Duration = Duration::from_secs(43_200);
 /// The line of the user data that carries the node's launch, as JSON.
 pub const NODE_LINE: &str = "# mayfly-node: ";
 /// A file the user data writes on a real node: its presence allows the OS
@@ -156,44 +165,83 @@ pub fn plan_launch(request: &LaunchRequest) -> Vec<(NodeLaunch, u32)> {
     runs
 }
 
+/// How a node gets `mayfly`: on the image already (`binary`), or from the
+/// node artifact `mayfly package` made and `mayfly deploy` uploaded
+/// (`artifact`, an `s3://` URL read with the instance profile by the image's
+/// AWS CLI, as on Amazon Linux 2023).
+#[derive(Debug, Clone, Copy)]
+pub struct Boot<'a> {
+    /// `mayfly`'s path on the image, when there is no artifact.
+    pub binary: &'a str,
+    /// The node artifact (a gzipped tar of `mayfly` and the plugin).
+    pub artifact: Option<&'a str>,
+    /// The region of the artifact's bucket.
+    pub region: &'a str,
+    /// An S3 endpoint other than AWS's (an emulator).
+    pub endpoint_url: Option<&'a str>,
+}
+
 /// The user data of a launch: a shell script that marks the machine as a
 /// mayfly node, arms the OS dead-man switch (shutdown, which terminates the
 /// instance, `grace` after the deadline, counted from boot), finds the node's
-/// name from its launch index (IMDSv2, retried; no index: power off), and
-/// runs `mayfly` in the background with its output in a log file, powering
-/// the machine off when it ends, whatever `terminate_self` managed.
-pub fn user_data(launch: &NodeLaunch, names: u32, binary: &str, grace: Duration) -> Result<String, ProviderError> {
+/// name from its launch index (IMDSv2, retried; no index: power off), fetches
+/// the node artifact (if any; retried, else power off), and runs `mayfly` in
+/// the background with its output in a log file, powering the machine off
+/// when it ends, whatever `terminate_self` managed.
+///
+/// On EC2, `MAYFLY_ROOT` and `MAYFLY_IMDS` are unset: the files are under `/`
+/// and the metadata service is EC2's. A test's hypervisor sets them to run
+/// the same script in a directory of its own against its own IMDS.
+pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duration) -> Result<String, ProviderError> {
     let json = serde_json::to_string(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
     let quoted: Vec<String> = launch.args.iter().map(|a| shell_quote(a)).collect();
     let name = match &launch.node {
         Some(n) => shell_quote(n),
         None => format!("{}\"$(({} + I))\"", shell_quote(&launch.prefix), launch.first),
     };
+    let fetch = match boot.artifact {
+        None => format!("B={}\n", shell_quote(boot.binary)),
+        Some(url) => {
+            let endpoint = boot.endpoint_url.map(|e| format!(" --endpoint-url {}", shell_quote(e))).unwrap_or_default();
+            format!(
+                "# mayfly itself: the node artifact, read with the instance profile.\n\
+                 D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
+                 until aws s3 cp --only-show-errors --region {region}{endpoint} {url} \"$D/node.tar.gz\" && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
+                 \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch the node artifact '{url}'; powering off' >&2; poweroff; exit 1; fi; sleep 3\n\
+                 done\n\
+                 B=\"$D/mayfly\"\n",
+                region = shell_quote(boot.region),
+                url = shell_quote(url),
+            )
+        }
+    };
     let script = format!(
         "#!/bin/sh\n\
          # A mayfly node of job {job}, written by mayfly-provider-aws ({names} instance(s)).\n\
          {NODE_LINE}{json}\n\
          set -u\n\
-         echo {job_q} > {NODE_MARKER}\n\
+         R=\"${{MAYFLY_ROOT:-}}\"; IMDS=\"${{MAYFLY_IMDS:-http://169.254.169.254}}\"\n\
+         : \"${{HOME:=$R/root}}\"; export HOME\n\
+         mkdir -p \"$R/etc\" \"$R/var/log\"; echo {job_q} > \"$R{NODE_MARKER}\"\n\
          # The dead-man switch: whatever happens, the OS shuts down (and the instance is\n\
          # terminated) {grace_s}s after the job's deadline.\n\
          M=$(( ({expires_s} + {grace_s} - $(date +%s) + 59) / 60 )); [ \"$M\" -lt 1 ] && M=1\n\
          shutdown -h +\"$M\" >/dev/null 2>&1 &\n\
-         md() {{ curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -H \"X-aws-ec2-metadata-token: $T\" \"http://169.254.169.254/latest/meta-data/$1\"; }}\n\
-         T=$(curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 600')\n\
+         md() {{ curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -H \"X-aws-ec2-metadata-token: $T\" \"$IMDS/latest/meta-data/$1\"; }}\n\
+         T=$(curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -X PUT \"$IMDS/latest/api/token\" -H 'X-aws-ec2-metadata-token-ttl-seconds: 600')\n\
          I=$(md ami-launch-index)\n\
          case \"$I\" in ''|*[!0-9]*) echo 'mayfly: no launch index from IMDSv2; powering off' >&2; poweroff; exit 1;; esac\n\
          NODE={name}\n\
          # The master serves the job's nodes on the instance's private address (over TLS).\n\
          MAYFLY_LISTEN=$(md local-ipv4); export MAYFLY_LISTEN\n\
          # The node copies this log to the job's state location as it goes and at its end.\n\
-         export MAYFLY_NODE_LOG=/var/log/mayfly-node.log\n\
-         nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; poweroff' {binary} {args} >/dev/null 2>&1 &\n",
+         MAYFLY_NODE_LOG=\"$R/var/log/mayfly-node.log\"; export MAYFLY_NODE_LOG\n\
+         {fetch}\
+         nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; poweroff' \"$B\" {args} >/dev/null 2>&1 &\n",
         job = launch.job,
         job_q = shell_quote(&launch.job),
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
-        binary = shell_quote(binary),
         args = quoted.join(" ").replace("'{node}'", "\"$NODE\""),
     );
     if script.len() > USER_DATA_LIMIT {
@@ -223,6 +271,7 @@ fn shell_quote(s: &str) -> String {
 
 struct Clients {
     ec2: aws_sdk_ec2::Client,
+    lambda: aws_sdk_lambda::Client,
     sts: aws_sdk_sts::Client,
     config: aws_config::SdkConfig,
 }
@@ -243,12 +292,16 @@ pub struct Aws {
     bootstrap_limit: Duration,
     max_nodes: u32,
     node_binary: String,
+    node_artifact: Option<String>,
     instance_id: Option<String>,
     imds_endpoint: Option<String>,
     api_timeout: Duration,
     event_job_url: Option<String>,
     event_prefix: Option<String>,
     clients: OnceCell<Clients>,
+    /// The jobs' security groups made or found so far.
+    groups: tokio::sync::Mutex<BTreeMap<String, String>>,
+    sweep_after: Duration,
     host: Arc<dyn Host>,
 }
 
@@ -324,7 +377,12 @@ impl Aws {
                     );
                 }
                 let config = loader.load().await;
-                Ok(Clients { ec2: aws_sdk_ec2::Client::new(&config), sts: aws_sdk_sts::Client::new(&config), config })
+                Ok(Clients {
+                    ec2: aws_sdk_ec2::Client::new(&config),
+                    lambda: aws_sdk_lambda::Client::new(&config),
+                    sts: aws_sdk_sts::Client::new(&config),
+                    config,
+                })
             })
             .await
     }
@@ -366,12 +424,18 @@ impl Aws {
         Ok(out)
     }
 
-    async fn run(&self, launch: &NodeLaunch, count: u32) -> Result<Vec<NodeInfo>, ProviderError> {
+    async fn run(&self, launch: &NodeLaunch, count: u32, groups: &[String]) -> Result<Vec<NodeInfo>, ProviderError> {
         let c = self.clients().await?;
         let image = self.image_id.as_deref().ok_or_else(|| {
             fail(ErrorKind::Config, "`provider.image_id` is not set: the AMI the nodes boot (with mayfly installed)")
         })?;
-        let script = user_data(launch, count, &self.node_binary, Duration::from_secs(60))?;
+        let boot = Boot {
+            binary: &self.node_binary,
+            artifact: self.node_artifact.as_deref(),
+            region: &self.region,
+            endpoint_url: self.endpoint_url.as_deref(),
+        };
+        let script = user_data(launch, count, boot, Duration::from_secs(60))?;
         let kind = if launch.role == Role::Master { &self.master_type } else { &self.worker_type };
         let mut tags = vec![
             tag("mayfly:job", &launch.job),
@@ -400,11 +464,7 @@ impl Aws {
                 .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
                 .tag_specifications(spec.clone())
                 .set_subnet_id(self.subnet_id.clone())
-                .set_security_group_ids(if self.security_groups.is_empty() {
-                    None
-                } else {
-                    Some(self.security_groups.clone())
-                });
+                .set_security_group_ids(Some(groups.to_vec()));
             if let Some(profile) = &self.instance_profile {
                 call = call.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
             }
@@ -452,6 +512,139 @@ impl Aws {
                 }
             }
         }
+    }
+
+    /// The security group of a job's nodes (`mayfly-<job>`, in the subnet's
+    /// VPC or the default one): TCP from its own members only, so the master's
+    /// port is open to the job's workers and to nothing else; all egress (S3,
+    /// STS, EC2). Made at the job's first launch, found again at the next (the
+    /// workers', a resumed job's master).
+    async fn job_group(&self, job: &str, expires_at: u64) -> Result<String, ProviderError> {
+        let mut known = self.groups.lock().await;
+        if let Some(id) = known.get(job) {
+            return Ok(id.clone());
+        }
+        let c = self.clients().await?;
+        let name = format!("mayfly-{job}");
+        let vpc = match &self.subnet_id {
+            Some(subnet) => {
+                let out = c.ec2.describe_subnets().subnet_ids(subnet).send().await.map_err(|e| {
+                    api_err(&format!("DescribeSubnets({subnet})"), aws_sdk_ec2::error::DisplayErrorContext(e))
+                })?;
+                out.subnets().first().and_then(|s| s.vpc_id()).map(str::to_owned)
+            }
+            None => None,
+        };
+        let find = || async {
+            let mut filters = vec![Filter::builder().name("group-name").values(&name).build()];
+            if let Some(vpc) = &vpc {
+                filters.push(Filter::builder().name("vpc-id").values(vpc).build());
+            }
+            let out = c
+                .ec2
+                .describe_security_groups()
+                .set_filters(Some(filters))
+                .send()
+                .await
+                .map_err(|e| api_err("DescribeSecurityGroups", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+            Ok::<_, ProviderError>(out.security_groups().first().and_then(|g| g.group_id()).map(str::to_owned))
+        };
+        let id = match find().await? {
+            Some(id) => id,
+            None => {
+                let tags =
+                    vec![tag(JOB_TAG, job), tag("mayfly:expires-at", expires_at.to_string()), tag("Name", &name)];
+                let spec =
+                    TagSpecification::builder().resource_type(ResourceType::SecurityGroup).set_tags(Some(tags)).build();
+                let made = c
+                    .ec2
+                    .create_security_group()
+                    .group_name(&name)
+                    .description(format!("mayfly job {job}: its nodes reach each other, nothing else reaches them"))
+                    .set_vpc_id(vpc.clone())
+                    .tag_specifications(spec)
+                    .send()
+                    .await;
+                let id = match made {
+                    Ok(out) => out
+                        .group_id()
+                        .map(str::to_owned)
+                        .ok_or_else(|| fail(ErrorKind::Unavailable, "CreateSecurityGroup answered no group id"))?,
+                    // Another launch of the job made it meanwhile.
+                    Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidGroup.Duplicate") => {
+                        find()
+                            .await?
+                            .ok_or_else(|| fail(ErrorKind::Unavailable, format!("{name} exists and cannot be found")))?
+                    }
+                    Err(e) => {
+                        return Err(api_err(
+                            &format!("CreateSecurityGroup({name})"),
+                            aws_sdk_ec2::error::DisplayErrorContext(e),
+                        ));
+                    }
+                };
+                let own = IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(0)
+                    .to_port(65_535)
+                    .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
+                    .build();
+                let admitted = c.ec2.authorize_security_group_ingress().group_id(&id).ip_permissions(own).send().await;
+                if let Err(e) = admitted {
+                    let duplicate =
+                        e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate");
+                    if !duplicate {
+                        return Err(api_err(
+                            &format!("AuthorizeSecurityGroupIngress({id})"),
+                            aws_sdk_ec2::error::DisplayErrorContext(e),
+                        ));
+                    }
+                }
+                id
+            }
+        };
+        known.insert(job.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// Deletes the groups of jobs whose deadline (and the dead-man switch's
+    /// grace) has passed: by then their instances are gone or going. A group
+    /// still in use (an instance shutting down) is left to the next sweep.
+    async fn sweep_groups(&self) -> Result<Vec<String>, ProviderError> {
+        let c = self.clients().await?;
+        let out = c
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("tag-key").values(JOB_TAG).build())
+            .send()
+            .await
+            .map_err(|e| api_err("DescribeSecurityGroups", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        let now = now_ms();
+        let mut removed = Vec::new();
+        for g in out.security_groups() {
+            let tag = |key: &str| g.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+            let ended = tag("mayfly:expires-at")
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| t + self.sweep_after.as_millis() as u64 <= now);
+            let (Some(id), Some(job)) = (g.group_id(), tag(JOB_TAG)) else { continue };
+            if !ended {
+                continue;
+            }
+            match c.ec2.delete_security_group().group_id(id).send().await {
+                Ok(_) => {
+                    self.groups.lock().await.remove(job);
+                    removed.push(format!("security group {id} of job {job}"));
+                }
+                Err(e) => self.host.log(
+                    Level::Info,
+                    &format!(
+                        "aws: security group {id} of job {job} stays for now: {}",
+                        aws_sdk_ec2::error::DisplayErrorContext(e)
+                    ),
+                ),
+            }
+        }
+        Ok(removed)
     }
 
     async fn terminate_ids(&self, ids: Vec<String>, patience: Duration) -> Result<(), ProviderError> {
@@ -509,7 +702,13 @@ fn state_filter() -> Filter {
 impl Provider for Aws {
     fn create(settings: Settings, host: Arc<dyn Host>) -> Result<Self, ProviderError> {
         let mut s = settings.named(NAME);
-        let region = s.string("region")?.unwrap_or_else(|| "us-east-1".into());
+        // As the AWS tools do: the setting, else the environment's (Lambda sets AWS_REGION).
+        let region = match s.string("region")? {
+            Some(r) => r,
+            None => std::env::var("AWS_REGION")
+                .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|_| "us-east-1".into()),
+        };
         let endpoint_url = s.string("endpoint_url")?;
         let credentials_file = s.string("credentials_file")?.map(PathBuf::from);
         let image_id = s.string("image_id")?;
@@ -526,22 +725,34 @@ impl Provider for Aws {
         let bootstrap_limit = s.duration("bootstrap_limit", LAMBDA_LIMIT)?;
         let max_nodes = s.u64("max_nodes", 100)?;
         let node_binary = s.string("node_binary")?.unwrap_or_else(|| "/usr/local/bin/mayfly".into());
+        let node_artifact = s.string("node_artifact")?;
         let instance_id = s.string("instance_id")?;
         let imds_endpoint = s.string("imds_endpoint")?;
         let api_timeout = s.duration("api_timeout", Duration::from_secs(30))?;
         let event_job_url = s.string("event_job_url")?;
         let event_prefix = s.string("event_prefix")?;
+        let sweep_after = s.duration("sweep_after", SWEEP_AFTER)?;
         s.finish()?;
+        if let Some(url) = &node_artifact
+            && (!url.starts_with("s3://") || url.len() <= 5)
+        {
+            return Err(fail(
+                ErrorKind::Config,
+                format!(
+                    "`provider.node_artifact` {url:?}: expected s3://bucket/key (what `mayfly deploy aws` printed)"
+                ),
+            ));
+        }
         if let Some(url) = &event_job_url
             && !url.starts_with("s3://")
         {
             return Err(fail(ErrorKind::Config, format!("`provider.event_job_url` {url:?}: expected s3://bucket/key")));
         }
-        if role_arn.is_some() && !(MIN_SESSION..=CHAINED_SESSION_CAP).contains(&credential_ttl) {
+        if role_arn.is_some() && !(MIN_SESSION..=MAX_SESSION).contains(&credential_ttl) {
             return Err(fail(
                 ErrorKind::Config,
                 format!(
-                    "`provider.credential_ttl` is {}s: a job role's session must be 900s to 3600s (STS allows 15 min at least, and 1 h at most when a role assumes a role, as the function's role and the instance profile do)",
+                    "`provider.credential_ttl` is {}s: a job role's session must be 900s to 43200s (STS's range; and at most 3600s when a role assumes it, as the function's role and the instance profile do)",
                     credential_ttl.as_secs()
                 ),
             ));
@@ -577,12 +788,15 @@ impl Provider for Aws {
             bootstrap_limit,
             max_nodes,
             node_binary,
+            node_artifact,
             instance_id,
             imds_endpoint,
             api_timeout,
             event_job_url,
             event_prefix,
             clients: OnceCell::new(),
+            groups: Default::default(),
+            sweep_after,
             host,
         })
     }
@@ -607,9 +821,13 @@ impl Provider for Aws {
                 format!("a launch of {} nodes exceeds max_nodes = {}", request.nodes.len(), self.max_nodes),
             ));
         }
+        let groups = match self.security_groups.is_empty() {
+            true => vec![self.job_group(&request.job, request.expires_at).await?],
+            false => self.security_groups.clone(),
+        };
         let mut launched: Vec<NodeInfo> = Vec::new();
         for (launch, count) in plan_launch(&request) {
-            match self.run(&launch, count).await {
+            match self.run(&launch, count, &groups).await {
                 Ok(nodes) => launched.extend(nodes),
                 Err(e) => {
                     // Nothing half-launched may stay.
@@ -660,7 +878,8 @@ impl Provider for Aws {
             Err(e) => {
                 let e = api_err(&format!("TerminateInstances({id})"), aws_sdk_ec2::error::DisplayErrorContext(e));
                 // On a real node the OS shutdown terminates the instance instead.
-                if std::path::Path::new(NODE_MARKER).exists() {
+                let root = std::env::var("MAYFLY_ROOT").unwrap_or_default();
+                if std::path::Path::new(&format!("{root}{NODE_MARKER}")).exists() {
                     self.host.log(Level::Error, &format!("{e}; shutting the OS down instead"));
                     let _ = std::process::Command::new("shutdown").args(["-h", "now"]).status();
                 }
@@ -674,6 +893,24 @@ impl Provider for Aws {
         let now = now_ms();
         let (secret, expires_at) = match &self.role_arn {
             Some(role) => {
+                if self.credential_ttl > CHAINED_SESSION_CAP {
+                    // Role chaining: a role session assuming a role gets 1 h at most,
+                    // and STS refuses more. Said before the call, with what to change.
+                    use aws_credential_types::provider::ProvideCredentials;
+                    let base = match c.config.credentials_provider() {
+                        Some(p) => p.provide_credentials().await.map_err(|e| api_err("the credential chain", e))?,
+                        None => return Err(fail(ErrorKind::Config, "no AWS credentials are configured")),
+                    };
+                    if base.session_token().is_some() {
+                        return Err(fail(
+                            ErrorKind::Config,
+                            format!(
+                                "`provider.credential_ttl` is {}s, over the 3600s STS allows when temporary credentials (a role session: the function's role, the instance profile) assume {role}; set it to 1h at most",
+                                self.credential_ttl.as_secs()
+                            ),
+                        ));
+                    }
+                }
                 let session = session_name(&request.job, &request.node);
                 let out = c
                     .sts
@@ -746,7 +983,16 @@ impl Provider for Aws {
             self.role_arn.as_deref(),
             self.instance_profile.as_deref(),
             self.event_job_url.as_deref(),
+            self.node_artifact.as_deref(),
         )
+    }
+
+    async fn sweep(&self) -> Result<Vec<String>, ProviderError> {
+        self.sweep_groups().await
+    }
+
+    async fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
+        deploy::deploy(self, request).await
     }
 
     async fn serve(&self) -> Result<(), ProviderError> {
@@ -866,6 +1112,11 @@ fn url_decode(s: &str) -> Option<String> {
 /// the chain is read again.
 const UNKNOWN_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
+/// How long after a job's deadline its security group is deleted (the
+/// `sweep_after` setting's default): the dead-man switch's grace and the
+/// instances' shutdown are over by then.
+const SWEEP_AFTER: Duration = Duration::from_secs(5 * 60);
+
 /// The tag every instance of a job carries: what the EC2 statements are bound to.
 const JOB_TAG: &str = "mayfly:job";
 
@@ -880,6 +1131,7 @@ pub fn policies(
     role_arn: Option<&str>,
     instance_profile: Option<&str>,
     event_job_url: Option<&str>,
+    node_artifact: Option<&str>,
 ) -> Result<serde_json::Value, ProviderError> {
     use serde_json::json;
     let mut s3 = Vec::new();
@@ -935,6 +1187,20 @@ pub fn policies(
         json!({"Sid": "TagAtLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
                "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
                "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}),
+        json!({"Sid": "JobGroups", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup",
+               "Resource": "arn:aws:ec2:*:*:security-group/*",
+               "Condition": {"Null": {format!("aws:RequestTag/{JOB_TAG}"): "false"}}}),
+        json!({"Sid": "JobGroupsInVpc", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup",
+               "Resource": "arn:aws:ec2:*:*:vpc/*"}),
+        json!({"Sid": "TagGroupsAtCreation", "Effect": "Allow", "Action": "ec2:CreateTags",
+               "Resource": "arn:aws:ec2:*:*:security-group/*",
+               "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}}}),
+        json!({"Sid": "JobGroupRules", "Effect": "Allow",
+               "Action": ["ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
+               "Resource": "arn:aws:ec2:*:*:security-group/*",
+               "Condition": {"Null": {format!("aws:ResourceTag/{JOB_TAG}"): "false"}}}),
+        json!({"Sid": "SeeNetwork", "Effect": "Allow",
+               "Action": ["ec2:DescribeSecurityGroups", "ec2:DescribeSubnets"], "Resource": "*"}),
         json!({"Sid": "Logs", "Effect": "Allow",
                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}),
     ];
@@ -963,8 +1229,35 @@ pub fn policies(
         function.extend(s3.iter().cloned());
         nodes.extend(s3.iter().cloned());
     }
+    // `mayfly deploy aws`: the operator's (or a CI's) role.
+    let mut deployer = vec![
+        json!({"Sid": "Function", "Effect": "Allow",
+               "Action": ["lambda:GetFunction", "lambda:GetFunctionConfiguration", "lambda:CreateFunction",
+                          "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration", "lambda:TagResource"],
+               "Resource": "arn:aws:lambda:*:*:function:*"}),
+        json!({"Sid": "PassFunctionRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::*:role/*",
+               "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}}),
+    ];
+    notes.push("deployer: who runs `mayfly deploy aws`; narrow its Resources to the function's name and role".into());
+    match node_artifact {
+        Some(url) => {
+            let (bucket, key) = url
+                .strip_prefix("s3://")
+                .and_then(|r| r.split_once('/'))
+                .ok_or_else(|| fail(ErrorKind::Config, format!("`node_artifact` {url:?}: expected s3://bucket/key")))?;
+            nodes.push(json!({"Sid": "NodeArtifact", "Effect": "Allow", "Action": "s3:GetObject",
+                              "Resource": format!("arn:aws:s3:::{bucket}/{key}")}));
+            let dir = key.rsplit_once('/').map_or("", |(d, _)| d);
+            let objects = if dir.is_empty() { format!("arn:aws:s3:::{bucket}/*") } else { format!("arn:aws:s3:::{bucket}/{dir}/*") };
+            deployer.push(json!({"Sid": "Artifacts", "Effect": "Allow", "Action": "s3:PutObject", "Resource": objects}));
+        }
+        None => notes.push(
+            "no node_artifact is set: the nodes' image must have mayfly at node_binary, and the deployer's upload is not covered".into(),
+        ),
+    }
     let doc = |statements: Vec<serde_json::Value>| json!({"Version": "2012-10-17", "Statement": statements});
-    let mut out = json!({"function_role": doc(function), "node_role": doc(nodes), "notes": notes});
+    let mut out =
+        json!({"function_role": doc(function), "node_role": doc(nodes), "deployer": doc(deployer), "notes": notes});
     if role_arn.is_some() {
         out["job_role"] = doc(s3);
     }
@@ -1005,7 +1298,7 @@ mod tests {
     #[test]
     fn the_policies_cover_every_call_and_no_more() {
         let locations = vec!["s3://data/in".to_owned(), "s3://work/out/".to_owned(), "s3://work/state".to_owned()];
-        let p = policies(&locations, None, Some("mayfly-node"), None).unwrap();
+        let p = policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz")).unwrap();
         let actions = |doc: &serde_json::Value| -> Vec<String> {
             let mut all: Vec<String> = doc["Statement"]
                 .as_array()
@@ -1032,7 +1325,17 @@ mod tests {
         let calls = calls_in_this_file();
         assert_eq!(
             calls,
-            vec!["assume_role", "describe_instances", "run_instances", "terminate_instances"],
+            vec![
+                "assume_role",
+                "authorize_security_group_ingress",
+                "create_security_group",
+                "delete_security_group",
+                "describe_instances",
+                "describe_security_groups",
+                "describe_subnets",
+                "run_instances",
+                "terminate_instances"
+            ],
             "a new AWS call needs its permission in `policies`"
         );
         let function = actions(&p["function_role"]);
@@ -1043,8 +1346,8 @@ mod tests {
         }
         let nodes = actions(&p["node_role"]);
         assert!(
-            !nodes.iter().any(|a| a == "ec2:RunInstances" || a == "iam:PassRole"),
-            "nodes launch nothing: {nodes:?}"
+            !nodes.iter().any(|a| a == "ec2:RunInstances" || a == "iam:PassRole" || a.contains("SecurityGroup")),
+            "nodes launch nothing and open nothing: {nodes:?}"
         );
         // S3: the data path's calls, bound to the prefixes.
         for a in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"] {
@@ -1057,14 +1360,40 @@ mod tests {
         assert!(text.contains("aws:ResourceTag/mayfly:job"), "{text}");
 
         // With a job role, S3 is that role's; the others only assume it.
-        let p = policies(&locations, Some("arn:aws:iam::1:role/job"), Some("mayfly-node"), None).unwrap();
+        let p = policies(&locations, Some("arn:aws:iam::1:role/job"), Some("mayfly-node"), None, None).unwrap();
         assert!(actions(&p["node_role"]).contains(&"sts:AssumeRole".to_owned()));
         assert!(!actions(&p["node_role"]).iter().any(|a| a.starts_with("s3:")));
         assert!(actions(&p["job_role"]).contains(&"s3:PutObject".to_owned()));
 
-        let e = policies(&["/local/dir".to_owned()], None, None, None).unwrap_err();
+        // `mayfly deploy`'s Lambda calls are the deployer's.
+        let deploy = include_str!("deploy.rs");
+        let mut lambda_calls: Vec<String> = deploy
+            .split("lambda")
+            .skip(1)
+            .filter_map(|rest| {
+                let rest = rest.trim_start().strip_prefix('.')?;
+                let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                rest[name.len()..].starts_with("()").then_some(name)
+            })
+            .collect();
+        lambda_calls.sort();
+        lambda_calls.dedup();
+        assert_eq!(lambda_calls.len(), 5, "{lambda_calls:?}");
+        let p = policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz")).unwrap();
+        let deployer = actions(&p["deployer"]);
+        for call in &lambda_calls {
+            let op: String = call.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            assert!(deployer.contains(&format!("lambda:{op}")), "{call} missing from {deployer:?}");
+        }
+        assert!(deployer.contains(&"lambda:TagResource".to_owned()), "CreateFunction with tags needs TagResource");
+        let text = p.to_string();
+        assert!(text.contains("arn:aws:s3:::dist/mayfly/*"), "{text}");
+        assert!(actions(&p["node_role"]).contains(&"s3:GetObject".to_owned()));
+        assert!(text.contains("\"arn:aws:s3:::dist/mayfly/node.tar.gz\""), "the nodes read the artifact only: {text}");
+
+        let e = policies(&["/local/dir".to_owned()], None, None, None, None).unwrap_err();
         assert!(e.message.contains("s3:// locations"), "{e}");
-        assert!(policies(&[], None, None, None).unwrap_err().message.contains("no locations"));
+        assert!(policies(&[], None, None, None, None).unwrap_err().message.contains("no locations"));
     }
 
     #[test]
@@ -1147,7 +1476,17 @@ mod tests {
     fn user_data_carries_the_launch_and_stays_under_ec2s_limit() {
         let runs = plan_launch(&request(vec![spec("worker-1", Role::Worker), spec("worker-2", Role::Worker)]));
         let (launch, count) = &runs[0];
-        let script = user_data(launch, *count, "/usr/local/bin/mayfly", Duration::from_secs(60)).unwrap();
+        let on_image =
+            Boot { binary: "/usr/local/bin/mayfly", artifact: None, region: "eu-west-1", endpoint_url: None };
+        let fetched = Boot { artifact: Some("s3://b/mayfly/node.tar.gz"), ..on_image };
+        let script = user_data(launch, *count, fetched, Duration::from_secs(60)).unwrap();
+        assert!(
+            script.contains("aws s3 cp --only-show-errors --region 'eu-west-1' 's3://b/mayfly/node.tar.gz'"),
+            "{script}"
+        );
+        assert!(script.contains("B=\"$D/mayfly\""), "{script}");
+        let plain = user_data(launch, *count, on_image, Duration::from_secs(60)).unwrap();
+        assert!(!plain.contains("aws s3 cp") && plain.contains("B='/usr/local/bin/mayfly'"), "{plain}");
         assert_eq!(NodeLaunch::from_user_data(&script).as_ref(), Some(launch));
         assert!(script.contains(&format!("(( ({} + 60 - $(date +%s)", launch.expires_at / 1000)), "{script}");
         assert!(script.contains("NODE='worker-'\"$((1 + I))\""), "{script}");
@@ -1155,12 +1494,15 @@ mod tests {
         // The script is valid sh.
         let file = std::env::temp_dir().join(format!("mayfly-user-data-{}.sh", std::process::id()));
         std::fs::write(&file, &script).unwrap();
-        let syntax = std::process::Command::new("sh").arg("-n").arg(&file).output().unwrap();
+        for script in [&script, &plain] {
+            std::fs::write(&file, script).unwrap();
+            let syntax = std::process::Command::new("sh").arg("-n").arg(&file).output().unwrap();
+            assert!(syntax.status.success(), "{}\n{script}", String::from_utf8_lossy(&syntax.stderr));
+        }
         let _ = std::fs::remove_file(&file);
-        assert!(syntax.status.success(), "{}\n{script}", String::from_utf8_lossy(&syntax.stderr));
         let mut big = launch.clone();
         big.args.push("x".repeat(USER_DATA_LIMIT));
-        let e = user_data(&big, 1, "/usr/local/bin/mayfly", Duration::ZERO).unwrap_err();
+        let e = user_data(&big, 1, on_image, Duration::ZERO).unwrap_err();
         assert!(e.message.contains("over EC2's 16384-byte limit"), "{e}");
     }
 
@@ -1171,8 +1513,10 @@ mod tests {
             Aws::create(Settings::new("?", map), Arc::new(mayfly_provider_api::NoHost))
         };
         let role = "arn:aws:iam::123456789012:role/job";
-        let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "2h" })).unwrap_err();
-        assert!(e.message.contains("is 7200s: a job role's session must be 900s to 3600s"), "{e}");
+        let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "13h" })).unwrap_err();
+        assert!(e.message.contains("is 46800s: a job role's session must be 900s to 43200s"), "{e}");
+        // Up to 12 h from long-term keys; a role session's cap is checked at the call (tests/aws).
+        assert!(make(serde_json::json!({ "role_arn": role, "credential_ttl": "12h" })).is_ok());
         let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "5m" })).unwrap_err();
         assert!(e.message.contains("is 300s"), "{e}");
         assert!(make(serde_json::json!({ "role_arn": role, "credential_ttl": "1h" })).is_ok());

@@ -5,10 +5,12 @@
 //! into a virtual environment under the target directory when missing, or
 //! taken from `MAYFLY_MOTO_PYTHON`), and a hypervisor that does what moto
 //! does not: for each instance of a job that moto reports pending or
-//! running, it starts a local `mayfly` process from the instance's user data
-//! with an IMDSv2 endpoint of its own; when moto reports the instance
-//! terminated, it kills the process; when the process ends on its own (the
-//! node shut its OS down), it terminates the instance in moto.
+//! running, it runs the instance's user data (the real script, as cloud-init
+//! would) on a directory of its own, with an IMDSv2 endpoint of its own and
+//! `shutdown`/`poweroff` commands that tell the hypervisor; when moto reports
+//! the instance terminated, it kills every process of the instance; when the
+//! instance's OS powers off (or its dead-man switch's time comes), it
+//! terminates the instance in moto.
 
 // Test support: a panic is how a harness step reports failure.
 #![allow(clippy::unwrap_used)]
@@ -25,7 +27,7 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use mayfly_provider_aws::NodeLaunch;
 
-use mayfly_tests::{cache_dir, mayfly_bin, root, scratch, target_dir};
+use mayfly_tests::{cache_dir, mayfly_bin, scratch, target_dir};
 
 /// The moto server of this test process, and what reaches it.
 #[derive(Debug)]
@@ -37,9 +39,9 @@ pub struct Moto {
     _server: Mutex<Child>,
 }
 
-/// A Python with moto installed: `MAYFLY_MOTO_PYTHON`, or a virtual
-/// environment under the target directory, made (with `pip install
-/// 'moto[server]'`) on first use.
+/// A Python with moto (and the AWS CLI the instances' user data runs)
+/// installed: `MAYFLY_MOTO_PYTHON`, or a virtual environment under the target
+/// directory, made (with `pip install 'moto[server]' awscli`) on first use.
 fn moto_python() -> PathBuf {
     if let Some(p) = std::env::var_os("MAYFLY_MOTO_PYTHON") {
         return PathBuf::from(p);
@@ -50,7 +52,7 @@ fn moto_python() -> PathBuf {
     if !ready.exists() {
         let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
             && Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "moto[server]"])
+                .args(["install", "--quiet", "moto[server]", "awscli"])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(ok, "installing moto into {} failed (needs python3 and PyPI)", venv.display());
@@ -115,6 +117,9 @@ impl Moto {
             "role_arn": "arn:aws:iam::123456789012:role/mayfly-job",
             "credential_ttl": "15m",
             "max_nodes": 8,
+            // The image's mayfly: the tests' own build (a test that fetches
+            // the packaged node artifact sets `node_artifact` instead).
+            "node_binary": mayfly_bin(),
         });
         v.as_object().cloned().unwrap_or_default()
     }
@@ -145,15 +150,78 @@ impl Moto {
     }
 }
 
-/// Where the hypervisor keeps each instance's console (made once per process).
-fn consoles() -> &'static Path {
+/// Where the hypervisor keeps each instance's disk (made once per process):
+/// `<scratch>/aws-nodes/<job>/<node>@<instance id>/`, the `/` its user data
+/// writes under (`MAYFLY_ROOT`): `console.log` (the user data's output),
+/// `var/log/mayfly-node.log` (the node's), `opt/mayfly/` (a fetched artifact).
+fn disks() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| scratch("aws-nodes"))
+    DIR.get_or_init(|| {
+        let dir = scratch("aws-nodes");
+        // The machine's `shutdown` and `poweroff`, as the hypervisor sees them:
+        // files under the instance's disk that it acts on.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let shims = [
+            (
+                "shutdown",
+                "#!/bin/sh\n# `shutdown -h +M` arms the OS dead-man switch; `shutdown -h now` powers off.\n\
+                 for a in \"$@\"; do case \"$a\" in\n\
+                 \x20 +*) echo $(( $(date +%s) + ${a#+} * 60 )) > \"$MAYFLY_ROOT/shutdown-at\";;\n\
+                 \x20 now) exec poweroff;;\n\
+                 esac; done\n",
+            ),
+            ("poweroff", "#!/bin/sh\necho \"$(date +%s)\" > \"$MAYFLY_ROOT/powered-off\"\n"),
+        ];
+        for (name, text) in shims {
+            use std::os::unix::fs::PermissionsExt;
+            let path = bin.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    })
 }
 
-/// What a node of `job` has written so far (its instance's console).
+/// What a node of `job` has written so far: its instance's console (the
+/// user data's output) and the node's log, for every instance that has been
+/// that node (a relaunched master is a new instance).
 pub fn node_log(job: &str, node: &str) -> String {
-    std::fs::read_to_string(consoles().join(job).join(format!("{node}.log"))).unwrap_or_default()
+    let mut out = String::new();
+    for root in node_disks(job, node) {
+        for file in ["console.log", "var/log/mayfly-node.log"] {
+            out.push_str(&std::fs::read_to_string(root.join(file)).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// The directory of the Python that runs moto: its virtual environment's
+/// `bin`, with the AWS CLI the instances' user data uses.
+fn python_bin() -> PathBuf {
+    let python = moto_python();
+    python.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The AWS CLI of moto's virtual environment, pointed at `moto` with its
+/// test keys.
+pub fn aws_cli(moto: &Moto) -> Command {
+    let mut cli = Command::new(python_bin().join("aws"));
+    cli.args(["--endpoint-url", &moto.endpoint, "--region", "us-east-1", "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent/mayfly-tests/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/mayfly-tests/credentials");
+    cli
+}
+
+/// The disks of the instances that have been `node` of `job`.
+pub fn node_disks(job: &str, node: &str) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> =
+        std::fs::read_dir(disks().join(job)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    roots.retain(|r| r.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{node}@"))));
+    roots.sort_by_key(|r| r.metadata().and_then(|m| m.modified()).ok());
+    roots
 }
 
 /// The aws plugin's library (built for the tests' profile).
@@ -163,6 +231,7 @@ pub fn aws_plugin() -> PathBuf {
 
 struct Node {
     child: Child,
+    root: PathBuf,
     ended: bool,
 }
 
@@ -172,7 +241,7 @@ struct Hypervisor;
 impl Hypervisor {
     fn start(moto: &Moto) {
         let ec2 = moto.ec2();
-        let logs = consoles().to_owned();
+        let disks = disks().to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
             .name("moto-hypervisor".into())
@@ -180,7 +249,7 @@ impl Hypervisor {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 let mut nodes: HashMap<String, Node> = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = rt.block_on(Self::tick(&ec2, &logs, &mut nodes)) {
+                    if let Err(e) = rt.block_on(Self::tick(&ec2, &disks, &mut nodes)) {
                         eprintln!("moto hypervisor: {e}");
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -189,7 +258,7 @@ impl Hypervisor {
             .unwrap();
     }
 
-    async fn tick(ec2: &aws_sdk_ec2::Client, logs: &Path, nodes: &mut HashMap<String, Node>) -> Result<(), String> {
+    async fn tick(ec2: &aws_sdk_ec2::Client, disks: &Path, nodes: &mut HashMap<String, Node>) -> Result<(), String> {
         let out = ec2
             .describe_instances()
             .filters(Filter::builder().name("tag-key").values("mayfly:job").build())
@@ -200,7 +269,7 @@ impl Hypervisor {
             let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) else { continue };
             let alive = matches!(state.as_str(), "pending" | "running");
             match nodes.get_mut(id) {
-                None if alive => match Self::boot(ec2, id, i.ami_launch_index().unwrap_or(0) as u64, logs).await {
+                None if alive => match Self::boot(ec2, id, i.ami_launch_index().unwrap_or(0) as u64, disks).await {
                     Ok(node) => {
                         nodes.insert(id.to_owned(), node);
                     }
@@ -208,17 +277,23 @@ impl Hypervisor {
                     Err(e) => eprintln!("moto hypervisor: {e}"),
                 },
                 Some(node) if !alive && !node.ended => {
-                    // Terminated in EC2: the machine is gone, and its process with it
-                    // (closing the watcher's input kills the node).
+                    // Terminated in EC2: the machine is gone, and every process on it
+                    // (closing the watcher's input kills its process group).
                     drop(node.child.stdin.take());
                     let _ = node.child.wait();
                     node.ended = true;
                 }
                 Some(node) if alive && !node.ended => {
-                    if let Ok(Some(_)) = node.child.try_wait() {
-                        // The node's OS shut down: with shutdown behaviour "terminate",
-                        // EC2 terminates the instance.
-                        node.ended = true;
+                    let now = mayfly_provider_api::now_ms() / 1000;
+                    let shutdown_at = std::fs::read_to_string(node.root.join("shutdown-at"))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u64>().ok());
+                    let off = node.root.join("powered-off").exists()
+                        || shutdown_at.is_some_and(|t| t <= now)
+                        || matches!(node.child.try_wait(), Ok(Some(_)));
+                    if off {
+                        // The OS shut down: with shutdown behaviour "terminate", EC2
+                        // terminates the instance (and the next tick ends its processes).
                         let _ = ec2.terminate_instances().instance_ids(id).send().await;
                     }
                 }
@@ -228,7 +303,10 @@ impl Hypervisor {
         Ok(())
     }
 
-    async fn boot(ec2: &aws_sdk_ec2::Client, id: &str, index: u64, logs: &Path) -> Result<Node, String> {
+    /// Boots an instance: runs its user data, as cloud-init does (as root, with
+    /// no environment to speak of), on a disk of its own, against an IMDSv2 of
+    /// its own.
+    async fn boot(ec2: &aws_sdk_ec2::Client, id: &str, index: u64, disks: &Path) -> Result<Node, String> {
         let attr = ec2
             .describe_instance_attribute()
             .instance_id(id)
@@ -241,57 +319,115 @@ impl Hypervisor {
             .decode(encoded)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        // The launch line names the instance's disk (and what a test reads).
         let launch =
             NodeLaunch::from_user_data(&script).ok_or_else(|| format!("{id}: no mayfly node in its user data"))?;
         let imds = Imds::serve(id, index);
-        // The instance's console, as a test reads it: <scratch>/aws-nodes/<job>/<node>.log.
-        let dir = logs.join(&launch.job);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let console = dir.join(format!("{}.log", launch.name(index)));
-        let log = std::fs::File::create(&console).map_err(|e| e.to_string())?;
-        let mut err = log.try_clone().map_err(|e| e.to_string())?;
+        let root = disks.join(&launch.job).join(format!("{}@{id}", launch.name(index)));
+        std::fs::create_dir_all(root.join("tmp")).map_err(|e| e.to_string())?;
+        std::fs::write(root.join("user-data"), &script).map_err(|e| e.to_string())?;
+        let console = std::fs::File::create(root.join("console.log")).map_err(|e| e.to_string())?;
+        let mut err = console.try_clone().map_err(|e| e.to_string())?;
         let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
-        // The node runs under a watcher that kills it when its standard input
-        // closes, which happens when the hypervisor ends it or when this test
-        // process exits: no node outlives the tests.
-        // (A background job's input is /dev/null unless redirected: hence fd 3.)
-        let watch =
-            "exec 3<&0; \"$0\" \"$@\" </dev/null & n=$!; (cat <&3 >/dev/null; kill -9 $n 2>/dev/null) & wait $n";
+        // The user data runs under a watcher that kills the whole process group
+        // (the node that the user data starts in the background included) when
+        // its standard input closes, which happens when the hypervisor ends the
+        // instance or when this test process exits: no node outlives the tests.
+        let watch = "exec 3<&0; sh \"$0\" </dev/null; cat <&3 >/dev/null; kill -9 0";
+        let path = format!("{}:{}:/usr/local/bin:/usr/bin:/bin", disks.join("bin").display(), python_bin().display());
         let mut command = Command::new("sh");
         command
             .args(["-c", watch])
-            .arg(mayfly_bin())
-            .args(launch.args_for(index))
-            .current_dir(root())
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
-            .env("MAYFLY_CACHE_DIR", cache_dir())
-            // As the user data sets it: the node copies its console to a remote state.
-            .env("MAYFLY_NODE_LOG", &console)
-            // As the user data sets it from IMDS's local-ipv4: these "instances" share this machine.
-            .env("MAYFLY_LISTEN", "127.0.0.1")
-            // Only the instance's own metadata service may give it credentials.
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/mayfly-tests/credentials")
-            .env("AWS_CONFIG_FILE", "/nonexistent/mayfly-tests/config");
-        for var in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ROLE_ARN",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        ] {
-            command.env_remove(var);
+            .arg(root.join("user-data"))
+            .current_dir(&root)
+            .env_clear()
+            .env("PATH", path)
+            .env("MAYFLY_ROOT", &root)
+            .env("MAYFLY_IMDS", &imds)
+            // The AWS SDK's and the AWS CLI's metadata endpoint (EC2's by default).
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
+            .env("TMPDIR", root.join("tmp"))
+            // Compiled components shared across the tests' nodes (for speed only).
+            .env("MAYFLY_CACHE_DIR", cache_dir());
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
         }
         let child = command
             .stdin(Stdio::piped())
-            .stdout(log)
+            .stdout(console)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("starting the node of {id}: {e}"))?;
-        Ok(Node { child, ended: false })
+            .map_err(|e| format!("booting {id}: {e}"))?;
+        Ok(Node { child, root, ended: false })
+    }
+}
+
+/// A Lambda Runtime API with one queue of events; what the function answers
+/// comes back on `answers` as (request id, "response" or "error", body).
+#[derive(Debug)]
+pub struct RuntimeApi {
+    /// `127.0.0.1:<port>`, for `AWS_LAMBDA_RUNTIME_API`.
+    pub addr: String,
+    /// (request id, deadline in ms since the epoch, event).
+    pub events: std::sync::mpsc::Sender<(String, u64, String)>,
+    /// (request id, `response` or `error`, body).
+    pub answers: std::sync::mpsc::Receiver<(String, String, String)>,
+}
+
+impl RuntimeApi {
+    /// Serves on a port of its own.
+    pub fn start() -> RuntimeApi {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (events_tx, events_rx) = std::sync::mpsc::channel::<(String, u64, String)>();
+        let (answers_tx, answers_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                reader.read_line(&mut head).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut out = stream;
+                if path.ends_with("/invocation/next") {
+                    // Long poll: wait for the next event. As Lambda's own server does, the
+                    // event goes without a Content-Length: chunked to an HTTP/1.1 client,
+                    // until the connection closes to an HTTP/1.0 one.
+                    let Ok((id, deadline, event)) = events_rx.recv() else { return };
+                    let fields =
+                        format!("Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n");
+                    let _ = if head.contains("HTTP/1.1") {
+                        write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\n{fields}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n0\r\n\r\n",
+                            event.len()
+                        )
+                    } else {
+                        write!(out, "HTTP/1.0 200 OK\r\n{fields}\r\n{event}")
+                    };
+                } else {
+                    let parts: Vec<&str> = path.split('/').collect();
+                    let (id, kind) = (parts.get(4).unwrap_or(&"").to_string(), parts.get(5).unwrap_or(&"").to_string());
+                    let _ = answers_tx.send((id, kind, String::from_utf8_lossy(&body).into_owned()));
+                    let _ = write!(out, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            }
+        });
+        RuntimeApi { addr, events: events_tx, answers: answers_rx }
     }
 }
 
@@ -350,6 +486,8 @@ impl Imds {
             ("/latest/meta-data/instance-id", id.to_owned()),
             ("/latest/meta-data/ami-launch-index", index.to_string()),
             ("/latest/meta-data/placement/region", "us-east-1".to_owned()),
+            // These "instances" share this machine's loopback.
+            ("/latest/meta-data/local-ipv4", "127.0.0.1".to_owned()),
         ]);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {

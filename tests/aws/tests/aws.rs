@@ -10,7 +10,7 @@ use mayfly_provider_api::conformance::assert_conforms;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
 use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, scratch};
-use mayfly_tests_aws::{aws_plugin, moto};
+use mayfly_tests_aws::{RuntimeApi, aws_plugin, moto};
 
 fn section() -> serde_json::Map<String, serde_json::Value> {
     let mut s = moto().settings();
@@ -92,6 +92,28 @@ fn a_job_runs_on_ec2_instances_and_every_instance_is_terminated() {
     assert_eq!(fin["reason"], "done");
     // Every instance of the job ends: the workers and the master terminate themselves.
     assert!(wait_until(Duration::from_secs(30), || billing("aws-e2e").is_empty()), "{:?}", billing("aws-e2e"));
+
+    // The job's nodes were in a security group of their own that admits its members only.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ec2 = moto().ec2();
+        let by_name = aws_sdk_ec2::types::Filter::builder().name("group-name").values("mayfly-aws-e2e").build();
+        let groups = ec2.describe_security_groups().filters(by_name).send().await.unwrap();
+        let [group] = groups.security_groups() else { panic!("one group: {groups:?}") };
+        let id = group.group_id().unwrap();
+        let [rule] = group.ip_permissions() else { panic!("one rule: {group:?}") };
+        assert!(rule.ip_ranges().is_empty() && rule.ipv6_ranges().is_empty(), "no address is admitted: {rule:?}");
+        let pairs: Vec<_> = rule.user_id_group_pairs().iter().map(|p| p.group_id()).collect();
+        assert_eq!(pairs, vec![Some(id)], "only the group's own members: {rule:?}");
+        let by_job = aws_sdk_ec2::types::Filter::builder().name("tag:mayfly:job").values("aws-e2e").build();
+        let out = ec2.describe_instances().filters(by_job).send().await.unwrap();
+        let instances: Vec<_> = out.reservations().iter().flat_map(|r| r.instances()).collect();
+        assert_eq!(instances.len(), 4, "a master and 3 workers");
+        for i in instances {
+            let groups: Vec<_> = i.security_groups().iter().map(|g| g.group_id()).collect();
+            assert_eq!(groups, vec![Some(id)], "{:?}", i.instance_id());
+        }
+    });
 }
 
 /// The aws provider on this moto, as a `[provider]` selection of the tests' binary.
@@ -295,6 +317,8 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
         let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
         cmd.args(["--set", &format!("{k}={v}")]);
     }
+    // The groups of jobs 30 s past their deadline go too.
+    cmd.args(["--set", "sweep_after=30s"]);
     let out = cmd.output().unwrap();
     let text = text(&out);
     assert!(out.status.success(), "{text}");
@@ -305,6 +329,14 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
     assert!(!text.contains("aws-reap-live"), "{text}");
     assert!(billing("aws-reap-crashed").is_empty());
     assert_eq!(billing("aws-reap-live"), vec![live[0].id.clone()]);
+    assert!(text.contains("removed security group sg-") && text.contains("of job aws-reap-crashed"), "{text}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let groups = rt.block_on(async {
+        let out = moto.ec2().describe_security_groups().send().await.unwrap();
+        out.security_groups().iter().filter_map(|g| g.group_name().map(str::to_owned)).collect::<Vec<_>>()
+    });
+    assert!(groups.contains(&"mayfly-aws-reap-live".to_owned()), "{groups:?}");
+    assert!(!groups.contains(&"mayfly-aws-reap-crashed".to_owned()), "{groups:?}");
     p.terminate(&live, Duration::ZERO).unwrap();
 }
 
@@ -349,69 +381,6 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
         .unwrap_err();
     assert!(e.message.contains("`provider.image_id` is not set"), "{e}");
     assert!(billing("no-image").is_empty());
-}
-
-/// A Lambda Runtime API with one queue of events; what the function answers
-/// comes back on `answers` as (request id, "response" or "error", body).
-struct RuntimeApi {
-    addr: String,
-    events: std::sync::mpsc::Sender<(String, u64, String)>,
-    answers: std::sync::mpsc::Receiver<(String, String, String)>,
-}
-
-impl RuntimeApi {
-    fn start() -> RuntimeApi {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (events_tx, events_rx) = std::sync::mpsc::channel::<(String, u64, String)>();
-        let (answers_tx, answers_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut head = String::new();
-                reader.read_line(&mut head).unwrap();
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut out = stream;
-                if path.ends_with("/invocation/next") {
-                    // Long poll: wait for the next event. As Lambda's own server does, the
-                    // event goes without a Content-Length: chunked to an HTTP/1.1 client,
-                    // until the connection closes to an HTTP/1.0 one.
-                    let Ok((id, deadline, event)) = events_rx.recv() else { return };
-                    let fields =
-                        format!("Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n");
-                    let _ = if head.contains("HTTP/1.1") {
-                        write!(
-                            out,
-                            "HTTP/1.1 200 OK\r\n{fields}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n0\r\n\r\n",
-                            event.len()
-                        )
-                    } else {
-                        write!(out, "HTTP/1.0 200 OK\r\n{fields}\r\n{event}")
-                    };
-                } else {
-                    let parts: Vec<&str> = path.split('/').collect();
-                    let (id, kind) = (parts.get(4).unwrap_or(&"").to_string(), parts.get(5).unwrap_or(&"").to_string());
-                    let _ = answers_tx.send((id, kind, String::from_utf8_lossy(&body).into_owned()));
-                    let _ = write!(out, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                }
-            }
-        });
-        RuntimeApi { addr, events: events_tx, answers: answers_rx }
-    }
 }
 
 /// `mayfly serve --provider aws` (the Lambda function's bootstrap) on `api`,
@@ -545,6 +514,18 @@ fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
     let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((id.as_str(), kind.as_str()), ("req-3", "error"), "{body}");
     assert!(body.contains("expected a JSON object with `job`"), "{body}");
+
+    // A job for another provider is refused, naming both.
+    let local = TestJob::new("aws-lambda-local", &files);
+    local.write_job("tasks/wordcount", "{ mode = \"map\" }", "[provider]\nname = \"local\"\n");
+    let event = serde_json::json!({
+        "job": std::fs::read_to_string(local.dir.join("job.toml")).unwrap(),
+        "base_dir": local.dir,
+    });
+    api.events.send(("req-4".into(), mayfly_provider_api::now_ms() + 60_000, event.to_string())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-4", "error"), "{body}");
+    assert!(body.contains("the job's [provider] is \\\"local\\\", but this entrypoint serves \\\"aws\\\""), "{body}");
     assert!(function.try_wait().unwrap().is_none(), "the function keeps serving");
     let _ = function.kill();
     let _ = function.wait();
@@ -633,4 +614,31 @@ fn the_readme_aws_section_is_a_valid_provider_configuration() {
     )
     .unwrap_or_else(|e| panic!("the README's [provider] section: {e}"));
     assert_eq!(aws.info().limits.credential_ttl_ms, 3_600_000);
+}
+
+#[test]
+fn a_job_role_session_over_the_chaining_cap_is_refused_before_sts_is_asked() {
+    // Long-term keys may assume the job role for up to 12 h; a role session
+    // (the function's role, an instance profile) for 1 h at most.
+    let select = |credentials: &str| {
+        let file = scratch("aws-chaining").join(format!("credentials-{}", credentials.len()));
+        std::fs::write(&file, credentials).unwrap();
+        let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
+        selection.path = Some(aws_plugin());
+        selection.settings = moto().settings();
+        selection.settings.insert("credential_ttl".into(), "2h".into());
+        selection.settings.insert("credentials_file".into(), file.to_string_lossy().into_owned().into());
+        mayfly_core::provider::ProviderHandle::select(&selection).unwrap()
+    };
+    let long_term = select("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n");
+    let c = long_term.credentials("chain", "/tmp", "master").unwrap();
+    let lasts = c.validity.expires_at - c.validity.issued_at;
+    assert!(lasts > 3_600_000 && lasts <= 7_200_000 + 60_000, "a 2 h session: {lasts} ms");
+
+    let session = select(
+        "[default]\naws_access_key_id = ASIATESTING\naws_secret_access_key = testing\naws_session_token = role-session\n",
+    );
+    let e = session.credentials("chain", "/tmp", "master").unwrap_err();
+    assert!(e.message.contains("is 7200s, over the 3600s STS allows when temporary credentials"), "{e}");
+    assert!(e.message.contains("arn:aws:iam::123456789012:role/mayfly-job"), "{e}");
 }

@@ -1,0 +1,381 @@
+//! `mayfly package`: builds what a provider's cloud runs, from this
+//! workspace: the serverless function's package (`function.zip`: a
+//! `bootstrap` that runs `mayfly serve`, `mayfly` and the provider's plugin)
+//! and the nodes' artifact (`node.tar.gz`: `mayfly` and the plugin), with a
+//! `package.json` that says what they are, and the same two files in `bin/`
+//! for the operator's own commands (`deploy`, `status`, `logs`, `reap`).
+//!
+//! A cloud's machine images may have an older C library than this machine
+//! (Amazon Linux 2023, which both Lambda's `provided.al2023` and the usual EC2
+//! images run, has glibc 2.34): then the build links against that version with
+//! `cargo zigbuild` (the nodes load the plugin with `dlopen`, so a static musl
+//! build is not an option), and every file is checked for the versions it
+//! needs before it is packaged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The package's description, `package.json` in its directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The provider it is for.
+    pub provider: String,
+    /// The CPU architecture (`x86_64`, `aarch64`).
+    pub architecture: String,
+    /// The newest glibc version its files need (`2.34`).
+    pub glibc: String,
+    /// The function's package, relative to the directory.
+    pub function: String,
+    /// The nodes' artifact, relative to the directory.
+    pub node: String,
+    /// `mayfly`'s version.
+    pub version: String,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The provider (`aws`): its plugin is `providers/<name>`, package `mayfly-provider-<name>`.
+    pub provider: String,
+    /// The mayfly workspace to build from.
+    pub workspace: PathBuf,
+    /// Where the package goes.
+    pub out: PathBuf,
+    /// The newest glibc the files may need (`None`: this machine's).
+    pub glibc: Option<String>,
+    /// `mayfly`'s features.
+    pub features: Vec<String>,
+}
+
+impl Options {
+    /// What a provider's cloud needs: for `aws`, S3 support and glibc 2.34
+    /// (Amazon Linux 2023).
+    pub fn for_provider(provider: &str, workspace: PathBuf, out: PathBuf) -> Options {
+        let (glibc, features) = match provider {
+            "aws" => (Some("2.34".to_owned()), vec!["s3".to_owned()]),
+            _ => (None, Vec::new()),
+        };
+        Options { provider: provider.to_owned(), workspace, out, glibc, features }
+    }
+}
+
+/// The cargo profile packages are built with (release, no debug info, stripped).
+const PROFILE: &str = "ship";
+
+/// The plugin's file name for `provider`.
+fn plugin_file(provider: &str) -> String {
+    format!("libmayfly_provider_{}.so", provider.replace('-', "_"))
+}
+
+/// The function's `bootstrap`: Lambda's custom runtimes (and the like) run it
+/// from the package's directory.
+fn bootstrap_script(provider: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         # The function's entrypoint, written by `mayfly package {provider}`: mayfly serves\n\
+         # the platform's events with the plugin beside it (found by name, as the nodes\n\
+         # find theirs); its settings come from the MAYFLY_PROVIDER_SETTINGS environment\n\
+         # variable (set by `mayfly deploy`).\n\
+         unset MAYFLY_PLUGIN_PATH\n\
+         cd \"$(dirname \"$0\")\" || exit 1\n\
+         exec ./mayfly serve --provider {provider}\n"
+    )
+}
+
+/// Builds the package; returns its manifest.
+pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
+    let Options { provider, workspace, out, glibc, features } = options;
+    let crate_dir = workspace.join("providers").join(provider);
+    if !crate_dir.join("Cargo.toml").is_file() || !workspace.join("core/Cargo.toml").is_file() {
+        bail!(
+            "{} is not a mayfly workspace with a `{provider}` provider (no providers/{provider}/Cargo.toml): \
+             run `mayfly package` from mayfly's checkout, or pass --workspace",
+            workspace.display()
+        );
+    }
+    let arch = std::env::consts::ARCH;
+    let triple = format!("{arch}-unknown-linux-gnu");
+    let mut cargo = Command::new("cargo");
+    match glibc {
+        Some(version) => {
+            check_zigbuild()?;
+            cargo.args(["zigbuild", "--target", &format!("{triple}.{version}")]);
+        }
+        None => {
+            cargo.args(["build", "--target", &triple]);
+        }
+    }
+    cargo.args(["--profile", PROFILE, "-p", "mayfly", "-p", &format!("mayfly-provider-{provider}")]);
+    if !features.is_empty() {
+        let list: Vec<String> = features.iter().map(|f| format!("mayfly/{f}")).collect();
+        cargo.args(["--features", &list.join(",")]);
+    }
+    cargo.current_dir(workspace);
+    say(&format!("building: {cargo:?}"));
+    let status = cargo.status().context("running cargo")?;
+    if !status.success() {
+        bail!("the build failed ({status}); its errors are above");
+    }
+    let built = target_dir(workspace)?.join(&triple).join(PROFILE);
+    let plugin = plugin_file(provider);
+    let files = [built.join("mayfly"), built.join(&plugin)];
+    let mut newest = (0, 0);
+    for file in &files {
+        let needs = glibc_needed(file)?;
+        if let Some(limit) = glibc {
+            let limit =
+                parse_version(limit).with_context(|| format!("--glibc {limit:?}: expected a version like 2.34"))?;
+            if needs > limit {
+                bail!(
+                    "{} needs glibc {}.{}, newer than the {}.{} the platform has",
+                    file.display(),
+                    needs.0,
+                    needs.1,
+                    limit.0,
+                    limit.1
+                );
+            }
+        }
+        newest = newest.max(needs);
+    }
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let function = "function.zip";
+    let node = "node.tar.gz";
+    let bootstrap = bootstrap_script(provider);
+    let binary = std::fs::read(&files[0]).with_context(|| format!("reading {}", files[0].display()))?;
+    let library = std::fs::read(&files[1]).with_context(|| format!("reading {}", files[1].display()))?;
+    write_atomically(&out.join(function), |f| {
+        zip(f, &[("bootstrap", 0o755, bootstrap.as_bytes()), ("mayfly", 0o755, &binary), (&plugin, 0o644, &library)])
+    })?;
+    write_node_artifact(&out.join(node), &files[0], &files[1], &plugin)?;
+    // The same two files, ready to run here (for `deploy`, `status`, `logs`, `reap`).
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for (from, name, mode) in [(&files[0], "mayfly", 0o755), (&files[1], plugin.as_str(), 0o644)] {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = bin.join(format!(".{name}.partial"));
+        std::fs::copy(from, &tmp).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, bin.join(name))?;
+    }
+    let manifest = Manifest {
+        provider: provider.clone(),
+        architecture: arch.to_owned(),
+        glibc: format!("{}.{}", newest.0, newest.1),
+        function: function.into(),
+        node: node.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    write_atomically(&out.join("package.json"), |f| {
+        serde_json::to_writer_pretty(&mut *f, &manifest)?;
+        Ok(f.write_all(b"\n")?)
+    })?;
+    Ok(manifest)
+}
+
+/// Reads a package's manifest.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("package.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: not a package (make one with `mayfly package <provider>`)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a package manifest", path.display()))
+}
+
+fn check_zigbuild() -> Result<()> {
+    let ok = Command::new("cargo").args(["zigbuild", "--help"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        bail!(
+            "`cargo zigbuild` is not installed: packages for an older glibc are linked with zig. \
+             Install both with `cargo install --locked cargo-zigbuild` and `pip install ziglang` \
+             (or zig from your package manager), then run this again"
+        );
+    }
+    Ok(())
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` or its `target/`).
+fn target_dir(workspace: &Path) -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace)
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
+    meta["target_directory"].as_str().map(PathBuf::from).context("cargo metadata gave no target directory")
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (major, minor) = v.split_once('.')?;
+    let minor = minor.split('.').next()?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The newest `GLIBC_x.y` version an ELF file asks the dynamic linker for
+/// (`(0, 0)` when it asks for none).
+pub fn glibc_needed(file: &Path) -> Result<(u32, u32)> {
+    use object::{Object, ObjectSection};
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let elf =
+        object::File::parse(&*data).with_context(|| format!("{}: not an executable (ELF) file", file.display()))?;
+    let Some(strings) = elf.section_by_name(".dynstr") else { return Ok((0, 0)) };
+    let strings = strings.data().with_context(|| format!("{}: a broken .dynstr section", file.display()))?;
+    Ok(strings
+        .split(|b| *b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok()?.strip_prefix("GLIBC_"))
+        .filter_map(parse_version)
+        .max()
+        .unwrap_or((0, 0)))
+}
+
+/// Writes `path` through a temporary file renamed into place: never half a file.
+fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}
+
+/// The nodes' artifact: a gzipped tar of `mayfly` and the plugin, as `tar`
+/// makes it (the nodes unpack it with `tar -xzf`).
+fn write_node_artifact(to: &Path, binary: &Path, plugin: &Path, plugin_name: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = to.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    for (from, name, mode) in [(binary, "mayfly", 0o755), (plugin, plugin_name, 0o644)] {
+        let at = staging.join(name);
+        std::fs::copy(from, &at).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
+    }
+    let tmp = to.with_extension("partial");
+    let status = Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "-czf"])
+        .arg(&tmp)
+        .arg("-C")
+        .arg(&staging)
+        .args(["mayfly", plugin_name])
+        .status()
+        .context("running tar")?;
+    let _ = std::fs::remove_dir_all(&staging);
+    if !status.success() {
+        bail!("tar failed ({status}) making {}", to.display());
+    }
+    std::fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+/// Writes a zip archive of `files` (name, Unix mode, bytes), stored without
+/// compression (the platform unpacks it once per cold start).
+pub fn zip(out: &mut dyn Write, files: &[(&str, u32, &[u8])]) -> Result<()> {
+    let mut central = Vec::new();
+    let mut offset: u64 = 0;
+    for (name, mode, bytes) in files {
+        let crc = crc32fast::hash(bytes);
+        let size = u32::try_from(bytes.len()).context("a file over 4 GiB cannot go in a zip without zip64")?;
+        let name_len = u16::try_from(name.len()).context("a file name too long for a zip")?;
+        let at = u32::try_from(offset).context("a zip over 4 GiB")?;
+        // Local file header: version 2.0, no flags, stored, no time (1980-01-01).
+        let mut local = Vec::with_capacity(30 + name.len());
+        local.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        local.extend_from_slice(&20u16.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes());
+        local.extend_from_slice(&0x0021u16.to_le_bytes());
+        local.extend_from_slice(&crc.to_le_bytes());
+        local.extend_from_slice(&size.to_le_bytes());
+        local.extend_from_slice(&size.to_le_bytes());
+        local.extend_from_slice(&name_len.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes());
+        local.extend_from_slice(name.as_bytes());
+        out.write_all(&local)?;
+        out.write_all(bytes)?;
+        // Its central directory entry: made by Unix (3), with its mode.
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&((3u16 << 8) | 20).to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&0x0021u16.to_le_bytes());
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&name_len.to_le_bytes());
+        central.extend_from_slice(&[0; 8]);
+        central.extend_from_slice(&((0o100_000 | mode) << 16).to_le_bytes());
+        central.extend_from_slice(&at.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+        offset += local.len() as u64 + bytes.len() as u64;
+    }
+    let count = u16::try_from(files.len()).context("too many files for a zip")?;
+    let at = u32::try_from(offset).context("a zip over 4 GiB")?;
+    out.write_all(&central)?;
+    let mut end = Vec::with_capacity(22);
+    end.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    end.extend_from_slice(&[0; 4]);
+    end.extend_from_slice(&count.to_le_bytes());
+    end.extend_from_slice(&count.to_le_bytes());
+    end.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    end.extend_from_slice(&at.to_le_bytes());
+    end.extend_from_slice(&0u16.to_le_bytes());
+    out.write_all(&end)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zips_unpack_with_unzip_tools_and_keep_modes() {
+        // Python's zipfile is the reader here (on every machine with python3).
+        let dir = std::env::temp_dir().join(format!("mayfly-zip-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.zip");
+        let mut f = std::fs::File::create(&path).unwrap();
+        zip(&mut f, &[("bootstrap", 0o755, b"#!/bin/sh\necho hi\n"), ("lib.so", 0o644, &[0u8, 1, 2, 255][..])])
+            .unwrap();
+        drop(f);
+        let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\n\
+                      for i in z.infolist(): print(i.filename, oct(i.external_attr >> 16), z.read(i).hex())";
+        let out = Command::new("python3").args(["-c", script]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            vec![
+                format!("bootstrap 0o100755 {}", hex::encode(b"#!/bin/sh\necho hi\n")),
+                "lib.so 0o100644 000102ff".to_owned()
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_glibc_a_binary_needs_is_read_from_its_dynamic_strings() {
+        // This test's own executable links glibc dynamically: it needs some 2.x.
+        let me = std::env::current_exe().unwrap();
+        let (major, minor) = glibc_needed(&me).unwrap();
+        assert_eq!(major, 2);
+        assert!(minor >= 2, "{minor}");
+        let text = std::env::temp_dir().join(format!("mayfly-not-elf-{}", std::process::id()));
+        std::fs::write(&text, "not a program").unwrap();
+        let e = glibc_needed(&text).unwrap_err();
+        assert!(format!("{e:#}").contains("not an executable"), "{e:#}");
+        let _ = std::fs::remove_file(&text);
+        assert_eq!(parse_version("2.34"), Some((2, 34)));
+        assert_eq!(parse_version("2.3.4"), Some((2, 3)));
+        assert_eq!(parse_version("x"), None);
+    }
+}

@@ -75,6 +75,14 @@ pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, Str
         Some(_) => format!("cannot read input {e}"),
         None => format!("cannot list input {}: {e}", input.location()),
     })?;
+    // An object store has no directories: no object under the prefix is what a
+    // missing input directory is on a disk (a typo, a batch not uploaded yet).
+    if listed.is_empty() && input.local_dir().is_none() {
+        return Err(format!(
+            "input {}: there is no object under this prefix (is the URL right, and is the data uploaded?)",
+            input.location()
+        ));
+    }
     let mut objects = Vec::new();
     for (name, size) in listed {
         if re.as_ref().is_some_and(|r| !r.is_match(&name)) {
@@ -233,13 +241,15 @@ pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, St
     String::from_utf8(bytes).map_err(|_| format!("the job file {url} is not UTF-8 text"))
 }
 
-/// [`from_request_on`] with the system clock.
-/// The provider a serverless entrypoint bootstraps `spec` with: its own,
-/// with the job's `[provider]` settings over its own (the job names its
-/// image, instance types, node artifact; the function its region and events).
-/// `None`: the job has no `[provider]` section, and runs on the function's
-/// provider as it is. A job for another provider is refused.
+/// The provider a serverless entrypoint bootstraps `spec` with: its own
+/// plugin, with the function's settings under the job's `[provider]` ones
+/// (the job's win: it names its image, instance types, node artifact, and
+/// may name its own region or endpoint). `None`: the job has no `[provider]`
+/// section, and runs on the function's provider as it is. A job for another
+/// provider is refused. Handles are kept per selection (a few), so that a
+/// warm function does not make a provider per invocation.
 fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<ProviderHandle>, String> {
+    static MADE: std::sync::Mutex<Vec<(Selection, ProviderHandle)>> = std::sync::Mutex::new(Vec::new());
     if spec.provider_lines.is_empty() {
         return Ok(None);
     }
@@ -257,9 +267,19 @@ fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<Provi
     if job.timeout_ms.is_some() {
         selection.timeout_ms = job.timeout_ms;
     }
-    ProviderHandle::select(&selection).map(Some).map_err(|e| format!("the job's [provider] section: {e}"))
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, handle)) = made.iter().find(|(s, _)| *s == selection) {
+        return Ok(Some(handle.clone()));
+    }
+    let handle = ProviderHandle::select(&selection).map_err(|e| format!("the job's [provider] section: {e}"))?;
+    if made.len() >= 8 {
+        made.remove(0);
+    }
+    made.push((selection, handle.clone()));
+    Ok(Some(handle))
 }
 
+/// [`from_request_on`] with the system clock.
 pub fn from_request(request: &BootstrapRequest, provider: &ProviderHandle) -> Result<BootstrapReply, ProviderError> {
     from_request_on(request, provider, &SystemClock, &mut |_| {})
 }
@@ -424,13 +444,6 @@ pub fn bootstrap(
     };
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
 
-    // What ended jobs left besides nodes (a cloud's network rules) goes
-    // first; a failure here does not stop this job.
-    match provider.sweep() {
-        Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
-        Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
-    }
-
     // From here on, a failure must end what was launched.
     let mut launched: Vec<NodeInfo> = Vec::new();
     let result = (|| -> Result<(), BootstrapError> {
@@ -484,6 +497,15 @@ pub fn bootstrap(
         }
         let _ = provider.terminate(&ending, Duration::from_secs(2));
         return Err(e);
+    }
+    // What ended jobs left besides nodes (a cloud's network rules) goes once
+    // this job is launched, if its budget has time left; a failure here is
+    // only said.
+    if budget.check(clock.now(), "sweep", Duration::from_secs(10)).is_ok() {
+        match provider.sweep() {
+            Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
+            Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
+        }
     }
     Ok(Bootstrapped { job, layout, manifest, nodes: launched })
 }

@@ -442,11 +442,15 @@ pub(crate) fn cmd_deploy(provider: &str, settings: &[String], from: &Path, args:
     let who =
         mayfly_core::store::Principal { job: "deploy".into(), state: args.artifacts.clone(), node: "deploy".into() };
     let store = mayfly_core::store::Store::open(&location, &handle, &who).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for file in [&manifest.function, &manifest.node] {
+    // The nodes' artifact under its content's hash: a job's nodes all run the
+    // mayfly it was launched with, whatever is deployed later (the user data
+    // checks the hash too).
+    let node_key = mayfly_core::package::node_key(&from.join(&manifest.node))?;
+    for (file, key) in [(&manifest.function, manifest.function.as_str()), (&manifest.node, node_key.as_str())] {
         store
-            .upload(&from.join(file), file)
-            .with_context(|| format!("uploading {} to {}", from.join(file).display(), location.join(file)))?;
-        crate::say(&format!("uploaded {}", location.join(file)));
+            .upload(&from.join(file), key)
+            .with_context(|| format!("uploading {} to {}", from.join(file).display(), location.join(key)))?;
+        crate::say(&format!("uploaded {}", location.join(key)));
     }
     let request = mayfly_provider_api::DeployRequest {
         function: args.function,
@@ -461,7 +465,7 @@ pub(crate) fn cmd_deploy(provider: &str, settings: &[String], from: &Path, args:
     println!("{}", serde_json::to_string_pretty(&answer)?);
     println!(
         "jobs on this function: set `node_artifact = \"{}\"` in their [provider] section",
-        location.join(&manifest.node)
+        location.join(&node_key)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -178,6 +178,24 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
     Ok(manifest)
 }
 
+/// The key the nodes' artifact at `path` is uploaded under:
+/// `node-<sha256 of its bytes>.tar.gz`.
+pub fn node_key(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        use std::io::Read;
+        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("node-{}.tar.gz", hex::encode(hasher.finalize())))
+}
+
 /// Reads a package's manifest.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("package.json");
@@ -230,7 +248,8 @@ pub fn glibc_needed(file: &Path) -> Result<(u32, u32)> {
     Ok(strings
         .split(|b| *b == 0)
         .filter_map(|s| std::str::from_utf8(s).ok()?.strip_prefix("GLIBC_"))
-        .filter_map(parse_version)
+        // Packed relative relocations (a newer linker's default) need glibc 2.36.
+        .filter_map(|v| if v == "ABI_DT_RELR" { Some((2, 36)) } else { parse_version(v) })
         .max()
         .unwrap_or((0, 0)))
 }

@@ -68,6 +68,8 @@ pub(crate) async fn deploy(aws: &Aws, request: DeployRequest) -> Result<serde_js
         Err(e) => return Err(api_err(&format!("GetFunction({name})"), aws_sdk_lambda::error::DisplayErrorContext(e))),
     };
     let action = if existing {
+        // Lambda refuses a change while an earlier one is still in progress.
+        settled(aws, name).await?;
         lambda
             .update_function_code()
             .function_name(name)

@@ -27,7 +27,8 @@
 //! image), `instance_id` (the instance this process is, for tests; a node
 //! asks IMDSv2), `imds_endpoint`, `api_timeout` (each AWS call, retries
 //! included; default 30s), `event_job_url` and `event_prefix` (the job an S3
-//! event runs).
+//! event runs), `spot` (workers on spot capacity, on demand when EC2 has none;
+//! the master is always on demand).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceType, IpPermission, ResourceType, ShutdownBehavior, Tag,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceType, IpPermission, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
     TagSpecification, UserIdGroupPair,
 };
 use base64::Engine;
@@ -203,10 +205,14 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
         None => format!("B={}\n", shell_quote(boot.binary)),
         Some(url) => {
             let endpoint = boot.endpoint_url.map(|e| format!(" --endpoint-url {}", shell_quote(e))).unwrap_or_default();
+            // `mayfly deploy` names the artifact by its content's hash: check it.
+            let check = artifact_hash(url)
+                .map(|h| format!(" && [ \"$(sha256sum \"$D/node.tar.gz\" | cut -c1-64)\" = {h} ]"))
+                .unwrap_or_default();
             format!(
                 "# mayfly itself: the node artifact, read with the instance profile.\n\
                  D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
-                 until aws s3 cp --only-show-errors --region {region}{endpoint} {url} \"$D/node.tar.gz\" && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
+                 until aws s3 cp --only-show-errors --region {region}{endpoint} {url} \"$D/node.tar.gz\"{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
                  \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch the node artifact '{url}'; powering off' >&2; poweroff; exit 1; fi; sleep 3\n\
                  done\n\
                  B=\"$D/mayfly\"\n",
@@ -238,7 +244,7 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
          MAYFLY_NODE_LOG=\"$R/var/log/mayfly-node.log\"; export MAYFLY_NODE_LOG\n\
          {fetch}\
          nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; poweroff' \"$B\" {args} >/dev/null 2>&1 &\n",
-        job = launch.job,
+        job = launch.job.replace(['\n', '\r'], " "),
         job_q = shell_quote(&launch.job),
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
@@ -254,6 +260,13 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
         ));
     }
     Ok(script)
+}
+
+/// The sha256 an artifact's name carries (`.../node-<64 hex digits>.tar.gz`).
+fn artifact_hash(url: &str) -> Option<&str> {
+    let name = url.rsplit('/').next()?;
+    let hash = name.strip_prefix("node-")?.strip_suffix(".tar.gz")?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
 /// An STS role session name for a node: `[\w+=,.@-]`, 2 to 64 characters.
@@ -302,6 +315,7 @@ pub struct Aws {
     /// The jobs' security groups made or found so far.
     groups: tokio::sync::Mutex<BTreeMap<String, String>>,
     sweep_after: Duration,
+    spot: bool,
     host: Arc<dyn Host>,
 }
 
@@ -452,6 +466,9 @@ impl Aws {
         }
         let spec = TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build();
         let mut attempt = 0;
+        // Workers on spot capacity when asked (the master, which the job cannot
+        // lose cheaply, always on demand); no spot capacity: on demand.
+        let mut spot = self.spot && launch.role == Role::Worker;
         loop {
             let mut call = c
                 .ec2
@@ -467,6 +484,17 @@ impl Aws {
                 .set_security_group_ids(Some(groups.to_vec()));
             if let Some(profile) = &self.instance_profile {
                 call = call.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            }
+            if spot {
+                // A one-time request: an interrupted instance is terminated (a lost
+                // worker, whose leases expire), never stopped or hibernated.
+                let options = SpotMarketOptions::builder()
+                    .spot_instance_type(SpotInstanceType::OneTime)
+                    .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                    .build();
+                call = call.instance_market_options(
+                    InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(options).build(),
+                );
             }
             match call.send().await {
                 Ok(out) => {
@@ -496,9 +524,19 @@ impl Aws {
                     return Ok(nodes);
                 }
                 Err(e) => {
-                    let capacity = e.as_service_error().and_then(|s| s.meta().code()).is_some_and(|code| {
-                        matches!(code, "InsufficientInstanceCapacity" | "InsufficientCapacity" | "RequestLimitExceeded")
-                    });
+                    let code = e.as_service_error().and_then(|s| s.meta().code()).unwrap_or_default().to_owned();
+                    if spot && SPOT_UNAVAILABLE.contains(&code.as_str()) {
+                        self.host.log(
+                            Level::Warn,
+                            &format!("aws: no spot capacity for {count} {kind} ({code}); launching them on demand"),
+                        );
+                        spot = false;
+                        continue;
+                    }
+                    let capacity = matches!(
+                        code.as_str(),
+                        "InsufficientInstanceCapacity" | "InsufficientCapacity" | "RequestLimitExceeded"
+                    );
                     attempt += 1;
                     if !capacity || attempt >= 4 {
                         return Err(api_err(
@@ -565,7 +603,7 @@ impl Aws {
                     .tag_specifications(spec)
                     .send()
                     .await;
-                let id = match made {
+                match made {
                     Ok(out) => out
                         .group_id()
                         .map(str::to_owned)
@@ -582,27 +620,27 @@ impl Aws {
                             aws_sdk_ec2::error::DisplayErrorContext(e),
                         ));
                     }
-                };
-                let own = IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(0)
-                    .to_port(65_535)
-                    .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
-                    .build();
-                let admitted = c.ec2.authorize_security_group_ingress().group_id(&id).ip_permissions(own).send().await;
-                if let Err(e) = admitted {
-                    let duplicate =
-                        e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate");
-                    if !duplicate {
-                        return Err(api_err(
-                            &format!("AuthorizeSecurityGroupIngress({id})"),
-                            aws_sdk_ec2::error::DisplayErrorContext(e),
-                        ));
-                    }
                 }
-                id
             }
         };
+        // Always (a launch may have died between making the group and this):
+        // a rule already there is fine.
+        let own = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(0)
+            .to_port(65_535)
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
+            .build();
+        let admitted = c.ec2.authorize_security_group_ingress().group_id(&id).ip_permissions(own).send().await;
+        if let Err(e) = admitted {
+            let duplicate = e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate");
+            if !duplicate {
+                return Err(api_err(
+                    &format!("AuthorizeSecurityGroupIngress({id})"),
+                    aws_sdk_ec2::error::DisplayErrorContext(e),
+                ));
+            }
+        }
         known.insert(job.to_owned(), id.clone());
         Ok(id)
     }
@@ -732,6 +770,7 @@ impl Provider for Aws {
         let event_job_url = s.string("event_job_url")?;
         let event_prefix = s.string("event_prefix")?;
         let sweep_after = s.duration("sweep_after", SWEEP_AFTER)?;
+        let spot = s.bool("spot", false)?;
         s.finish()?;
         if let Some(url) = &node_artifact
             && (!url.starts_with("s3://") || url.len() <= 5)
@@ -752,7 +791,19 @@ impl Provider for Aws {
             return Err(fail(
                 ErrorKind::Config,
                 format!(
-                    "`provider.credential_ttl` is {}s: a job role's session must be 900s to 43200s (STS's range; and at most 3600s when a role assumes it, as the function's role and the instance profile do)",
+                    "`provider.credential_ttl` is {}s: a job role's session must be 900s to 43200s (STS's range)",
+                    credential_ttl.as_secs()
+                ),
+            ));
+        }
+        if role_arn.is_some() && credential_ttl > CHAINED_SESSION_CAP {
+            // The nodes assume the job role with their instance profile's
+            // credentials (a role session), and the function with its role's:
+            // role chaining, which STS caps at 1 h.
+            return Err(fail(
+                ErrorKind::Config,
+                format!(
+                    "`provider.credential_ttl` is {}s, over the 3600s STS allows when a role session assumes the job role (role chaining: the nodes' instance profile and the function's role are role sessions); set it to 1h at most (core renews it before it expires)",
                     credential_ttl.as_secs()
                 ),
             ));
@@ -797,6 +848,7 @@ impl Provider for Aws {
             clients: OnceCell::new(),
             groups: Default::default(),
             sweep_after,
+            spot,
             host,
         })
     }
@@ -893,24 +945,6 @@ impl Provider for Aws {
         let now = now_ms();
         let (secret, expires_at) = match &self.role_arn {
             Some(role) => {
-                if self.credential_ttl > CHAINED_SESSION_CAP {
-                    // Role chaining: a role session assuming a role gets 1 h at most,
-                    // and STS refuses more. Said before the call, with what to change.
-                    use aws_credential_types::provider::ProvideCredentials;
-                    let base = match c.config.credentials_provider() {
-                        Some(p) => p.provide_credentials().await.map_err(|e| api_err("the credential chain", e))?,
-                        None => return Err(fail(ErrorKind::Config, "no AWS credentials are configured")),
-                    };
-                    if base.session_token().is_some() {
-                        return Err(fail(
-                            ErrorKind::Config,
-                            format!(
-                                "`provider.credential_ttl` is {}s, over the 3600s STS allows when temporary credentials (a role session: the function's role, the instance profile) assume {role}; set it to 1h at most",
-                                self.credential_ttl.as_secs()
-                            ),
-                        ));
-                    }
-                }
                 let session = session_name(&request.job, &request.node);
                 let out = c
                     .sts
@@ -984,6 +1018,7 @@ impl Provider for Aws {
             self.instance_profile.as_deref(),
             self.event_job_url.as_deref(),
             self.node_artifact.as_deref(),
+            self.spot,
         )
     }
 
@@ -1112,6 +1147,15 @@ fn url_decode(s: &str) -> Option<String> {
 /// the chain is read again.
 const UNKNOWN_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
+/// What EC2 answers when a spot request cannot be met: then on demand.
+const SPOT_UNAVAILABLE: [&str; 5] = [
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "UnfulfillableCapacity",
+];
+
 /// How long after a job's deadline its security group is deleted (the
 /// `sweep_after` setting's default): the dead-man switch's grace and the
 /// instances' shutdown are over by then.
@@ -1132,6 +1176,7 @@ pub fn policies(
     instance_profile: Option<&str>,
     event_job_url: Option<&str>,
     node_artifact: Option<&str>,
+    spot: bool,
 ) -> Result<serde_json::Value, ProviderError> {
     use serde_json::json;
     let mut s3 = Vec::new();
@@ -1172,18 +1217,28 @@ pub fn policies(
         }));
     }
     let tagged = json!({"Null": {format!("aws:ResourceTag/{JOB_TAG}"): "false"}});
+    let mut launch_with = vec![
+        "arn:aws:ec2:*::image/*",
+        "arn:aws:ec2:*:*:subnet/*",
+        "arn:aws:ec2:*:*:network-interface/*",
+        "arn:aws:ec2:*:*:security-group/*",
+        "arn:aws:ec2:*:*:volume/*",
+    ];
+    if spot {
+        // A spot launch also creates a spot instance request.
+        launch_with.push("arn:aws:ec2:*:*:spot-instances-request/*");
+    }
     let mut nodes = vec![
         json!({"Sid": "SeeInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}),
         json!({"Sid": "EndJobInstances", "Effect": "Allow", "Action": "ec2:TerminateInstances",
-               "Resource": "arn:aws:ec2:*:*:instance/*", "Condition": tagged}),
+               "Resource": "arn:aws:ec2:*:*:instance/*", "Condition": tagged.clone()}),
     ];
     let mut function = vec![
         json!({"Sid": "LaunchTaggedInstances", "Effect": "Allow", "Action": "ec2:RunInstances",
                "Resource": "arn:aws:ec2:*:*:instance/*",
                "Condition": {"Null": {format!("aws:RequestTag/{JOB_TAG}"): "false"}}}),
         json!({"Sid": "LaunchWith", "Effect": "Allow", "Action": "ec2:RunInstances",
-               "Resource": ["arn:aws:ec2:*::image/*", "arn:aws:ec2:*:*:subnet/*", "arn:aws:ec2:*:*:network-interface/*",
-                            "arn:aws:ec2:*:*:security-group/*", "arn:aws:ec2:*:*:volume/*"]}),
+               "Resource": launch_with}),
         json!({"Sid": "TagAtLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
                "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
                "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}),
@@ -1239,25 +1294,43 @@ pub fn policies(
                "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}}),
     ];
     notes.push("deployer: who runs `mayfly deploy aws`; narrow its Resources to the function's name and role".into());
+    if spot {
+        notes.push(
+            "spot: the account needs EC2's Spot service-linked role once (aws iam create-service-linked-role --aws-service-name spot.amazonaws.com)"
+                .into(),
+        );
+    }
     match node_artifact {
         Some(url) => {
             let (bucket, key) = url
                 .strip_prefix("s3://")
                 .and_then(|r| r.split_once('/'))
                 .ok_or_else(|| fail(ErrorKind::Config, format!("`node_artifact` {url:?}: expected s3://bucket/key")))?;
+            // The artifacts' "folder": `mayfly deploy` puts each node artifact
+            // there under its content's hash (node-<sha256>.tar.gz).
+            let dir = key.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
             nodes.push(json!({"Sid": "NodeArtifact", "Effect": "Allow", "Action": "s3:GetObject",
-                              "Resource": format!("arn:aws:s3:::{bucket}/{key}")}));
-            let dir = key.rsplit_once('/').map_or("", |(d, _)| d);
-            let objects = if dir.is_empty() { format!("arn:aws:s3:::{bucket}/*") } else { format!("arn:aws:s3:::{bucket}/{dir}/*") };
-            deployer.push(json!({"Sid": "Artifacts", "Effect": "Allow", "Action": "s3:PutObject", "Resource": objects}));
+                              "Resource": format!("arn:aws:s3:::{bucket}/{dir}node-*")}));
+            let objects = format!("arn:aws:s3:::{bucket}/{dir}*");
+            // Lambda reads the function's code from S3 with the deployer's rights.
+            deployer.push(json!({"Sid": "Artifacts", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],
+                                 "Resource": objects}));
         }
         None => notes.push(
             "no node_artifact is set: the nodes' image must have mayfly at node_binary, and the deployer's upload is not covered".into(),
         ),
     }
+    // `mayfly reap --provider aws`, on a schedule.
+    let reaper = vec![
+        json!({"Sid": "See", "Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeSecurityGroups"],
+               "Resource": "*"}),
+        json!({"Sid": "EndExpired", "Effect": "Allow", "Action": ["ec2:TerminateInstances", "ec2:DeleteSecurityGroup"],
+               "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:security-group/*"], "Condition": tagged.clone()}),
+    ];
+    notes.push("reaper: who runs `mayfly reap --provider aws` on a schedule".into());
     let doc = |statements: Vec<serde_json::Value>| json!({"Version": "2012-10-17", "Statement": statements});
-    let mut out =
-        json!({"function_role": doc(function), "node_role": doc(nodes), "deployer": doc(deployer), "notes": notes});
+    let mut out = json!({"function_role": doc(function), "node_role": doc(nodes), "deployer": doc(deployer),
+                         "reaper": doc(reaper), "notes": notes});
     if role_arn.is_some() {
         out["job_role"] = doc(s3);
     }
@@ -1298,7 +1371,8 @@ mod tests {
     #[test]
     fn the_policies_cover_every_call_and_no_more() {
         let locations = vec!["s3://data/in".to_owned(), "s3://work/out/".to_owned(), "s3://work/state".to_owned()];
-        let p = policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz")).unwrap();
+        let p =
+            policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz"), false).unwrap();
         let actions = |doc: &serde_json::Value| -> Vec<String> {
             let mut all: Vec<String> = doc["Statement"]
                 .as_array()
@@ -1360,7 +1434,7 @@ mod tests {
         assert!(text.contains("aws:ResourceTag/mayfly:job"), "{text}");
 
         // With a job role, S3 is that role's; the others only assume it.
-        let p = policies(&locations, Some("arn:aws:iam::1:role/job"), Some("mayfly-node"), None, None).unwrap();
+        let p = policies(&locations, Some("arn:aws:iam::1:role/job"), Some("mayfly-node"), None, None, false).unwrap();
         assert!(actions(&p["node_role"]).contains(&"sts:AssumeRole".to_owned()));
         assert!(!actions(&p["node_role"]).iter().any(|a| a.starts_with("s3:")));
         assert!(actions(&p["job_role"]).contains(&"s3:PutObject".to_owned()));
@@ -1379,7 +1453,8 @@ mod tests {
         lambda_calls.sort();
         lambda_calls.dedup();
         assert_eq!(lambda_calls.len(), 5, "{lambda_calls:?}");
-        let p = policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz")).unwrap();
+        let p =
+            policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz"), false).unwrap();
         let deployer = actions(&p["deployer"]);
         for call in &lambda_calls {
             let op: String = call.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
@@ -1389,11 +1464,11 @@ mod tests {
         let text = p.to_string();
         assert!(text.contains("arn:aws:s3:::dist/mayfly/*"), "{text}");
         assert!(actions(&p["node_role"]).contains(&"s3:GetObject".to_owned()));
-        assert!(text.contains("\"arn:aws:s3:::dist/mayfly/node.tar.gz\""), "the nodes read the artifact only: {text}");
+        assert!(text.contains("\"arn:aws:s3:::dist/mayfly/node-*\""), "the nodes read the artifacts only: {text}");
 
-        let e = policies(&["/local/dir".to_owned()], None, None, None, None).unwrap_err();
+        let e = policies(&["/local/dir".to_owned()], None, None, None, None, false).unwrap_err();
         assert!(e.message.contains("s3:// locations"), "{e}");
-        assert!(policies(&[], None, None, None, None).unwrap_err().message.contains("no locations"));
+        assert!(policies(&[], None, None, None, None, false).unwrap_err().message.contains("no locations"));
     }
 
     #[test]
@@ -1478,12 +1553,13 @@ mod tests {
         let (launch, count) = &runs[0];
         let on_image =
             Boot { binary: "/usr/local/bin/mayfly", artifact: None, region: "eu-west-1", endpoint_url: None };
-        let fetched = Boot { artifact: Some("s3://b/mayfly/node.tar.gz"), ..on_image };
+        let hash = "ab".repeat(32);
+        let url = format!("s3://b/mayfly/node-{hash}.tar.gz");
+        let fetched = Boot { artifact: Some(&url), ..on_image };
         let script = user_data(launch, *count, fetched, Duration::from_secs(60)).unwrap();
-        assert!(
-            script.contains("aws s3 cp --only-show-errors --region 'eu-west-1' 's3://b/mayfly/node.tar.gz'"),
-            "{script}"
-        );
+        assert!(script.contains(&format!("aws s3 cp --only-show-errors --region 'eu-west-1' '{url}'")), "{script}");
+        assert!(script.contains(&format!("| cut -c1-64)\" = {hash} ]")), "the hash is checked: {script}");
+        assert_eq!(artifact_hash("s3://b/node.tar.gz"), None);
         assert!(script.contains("B=\"$D/mayfly\""), "{script}");
         let plain = user_data(launch, *count, on_image, Duration::from_secs(60)).unwrap();
         assert!(!plain.contains("aws s3 cp") && plain.contains("B='/usr/local/bin/mayfly'"), "{plain}");
@@ -1515,8 +1591,9 @@ mod tests {
         let role = "arn:aws:iam::123456789012:role/job";
         let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "13h" })).unwrap_err();
         assert!(e.message.contains("is 46800s: a job role's session must be 900s to 43200s"), "{e}");
-        // Up to 12 h from long-term keys; a role session's cap is checked at the call (tests/aws).
-        assert!(make(serde_json::json!({ "role_arn": role, "credential_ttl": "12h" })).is_ok());
+        // In STS's range, but over role chaining's cap, which the nodes' assumption always is.
+        let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "2h" })).unwrap_err();
+        assert!(e.message.contains("is 7200s, over the 3600s STS allows when a role session assumes"), "{e}");
         let e = make(serde_json::json!({ "role_arn": role, "credential_ttl": "5m" })).unwrap_err();
         assert!(e.message.contains("is 300s"), "{e}");
         assert!(make(serde_json::json!({ "role_arn": role, "credential_ttl": "1h" })).is_ok());

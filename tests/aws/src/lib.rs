@@ -85,6 +85,9 @@ fn start_moto(hypervisor: bool) -> Moto {
                      main(['-H', '127.0.0.1', '-p', sys.argv[1]])\n";
         let server = Command::new(moto_python())
             .args(["-c", watch, &port.to_string()])
+            // Refuse what EC2 refuses: unknown instance types and images.
+            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -329,11 +332,12 @@ impl Hypervisor {
         let console = std::fs::File::create(root.join("console.log")).map_err(|e| e.to_string())?;
         let mut err = console.try_clone().map_err(|e| e.to_string())?;
         let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
-        // The user data runs under a watcher that kills the whole process group
-        // (the node that the user data starts in the background included) when
-        // its standard input closes, which happens when the hypervisor ends the
+        // The user data runs (in the background, as it may still be fetching)
+        // under a watcher that kills the whole process group (the node that the
+        // user data starts in the background included) when its standard input
+        // closes, which happens when the hypervisor ends the
         // instance or when this test process exits: no node outlives the tests.
-        let watch = "exec 3<&0; sh \"$0\" </dev/null; cat <&3 >/dev/null; kill -9 0";
+        let watch = "exec 3<&0; sh \"$0\" </dev/null & cat <&3 >/dev/null; kill -9 0";
         let path = format!("{}:{}:/usr/local/bin:/usr/bin:/bin", disks.join("bin").display(), python_bin().display());
         let mut command = Command::new("sh");
         command
@@ -538,5 +542,87 @@ impl Imds {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
+    }
+}
+
+/// A proxy in front of a moto that refuses, with EC2's error `code`, every
+/// request whose body contains `needle`, and forwards the others: EC2
+/// refusing what moto would grant (spot capacity, say).
+#[derive(Debug)]
+pub struct RefusingProxy {
+    /// `http://127.0.0.1:<port>`: an `endpoint_url`.
+    pub endpoint: String,
+    /// How many requests it refused.
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RefusingProxy {
+    /// Starts one in front of `moto`.
+    pub fn start(moto: &Moto, needle: &'static str, code: &'static str) -> RefusingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = moto.endpoint.trim_start_matches("http://").to_owned();
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = refused.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (upstream, count) = (upstream.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(stream, &upstream, needle, code, &count);
+                });
+            }
+        });
+        RefusingProxy { endpoint, refused }
+    }
+
+    /// One request per connection (answered with `Connection: close`).
+    fn serve(
+        mut client: std::net::TcpStream,
+        upstream: &str,
+        needle: &str,
+        code: &str,
+        refused: &std::sync::atomic::AtomicUsize,
+    ) -> std::io::Result<()> {
+        use std::io::{BufRead, BufReader, Read};
+        let mut reader = BufReader::new(client.try_clone()?);
+        let mut head = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if line.trim().is_empty() {
+                break;
+            }
+            if !lower.starts_with("connection:") {
+                head.push(line);
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        if String::from_utf8_lossy(&body).contains(needle) {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = format!(
+                "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
+                 <RequestID>proxy</RequestID></Response>"
+            );
+            return write!(
+                client,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+        let mut server = std::net::TcpStream::connect(upstream)?;
+        server.write_all(head.concat().as_bytes())?;
+        server.write_all(b"Connection: close\r\n\r\n")?;
+        server.write_all(&body)?;
+        let mut answer = Vec::new();
+        server.read_to_end(&mut answer)?;
+        client.write_all(&answer)
     }
 }

@@ -616,29 +616,150 @@ fn the_readme_aws_section_is_a_valid_provider_configuration() {
     assert_eq!(aws.info().limits.credential_ttl_ms, 3_600_000);
 }
 
-#[test]
-fn a_job_role_session_over_the_chaining_cap_is_refused_before_sts_is_asked() {
-    // Long-term keys may assume the job role for up to 12 h; a role session
-    // (the function's role, an instance profile) for 1 h at most.
-    let select = |credentials: &str| {
-        let file = scratch("aws-chaining").join(format!("credentials-{}", credentials.len()));
-        std::fs::write(&file, credentials).unwrap();
-        let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
-        selection.path = Some(aws_plugin());
-        selection.settings = moto().settings();
-        selection.settings.insert("credential_ttl".into(), "2h".into());
-        selection.settings.insert("credentials_file".into(), file.to_string_lossy().into_owned().into());
-        mayfly_core::provider::ProviderHandle::select(&selection).unwrap()
-    };
-    let long_term = select("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n");
-    let c = long_term.credentials("chain", "/tmp", "master").unwrap();
-    let lasts = c.validity.expires_at - c.validity.issued_at;
-    assert!(lasts > 3_600_000 && lasts <= 7_200_000 + 60_000, "a 2 h session: {lasts} ms");
+/// A launch of one master of `job` with moto's settings changed by `set`.
+fn launch_one(job: &str, set: &[(&str, &str)]) -> Result<Vec<mayfly_core::provider::NodeInfo>, String> {
+    let mut settings = moto().settings();
+    for (k, v) in set {
+        settings.insert((*k).into(), (*v).into());
+    }
+    let selection =
+        mayfly_core::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
+    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+    let nodes = vec![mayfly_core::provider::NodeSpec {
+        node: "master".into(),
+        role: mayfly_core::provider::Role::Master,
+        args: vec!["idle".into(), "--for".into(), "1m".into()],
+    }];
+    let expires_at = mayfly_provider_api::now_ms() + 60_000;
+    p.launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+        .map_err(|e| e.message)
+}
 
-    let session = select(
-        "[default]\naws_access_key_id = ASIATESTING\naws_secret_access_key = testing\naws_session_token = role-session\n",
+#[test]
+fn an_instance_type_or_image_the_api_refuses_is_a_clear_error_and_nothing_runs() {
+    // moto checks instance types and images here (the harness turns its validation on).
+    let e = launch_one("bad-type", &[("instance_type", "t3.enormous")]).unwrap_err();
+    assert!(e.contains("RunInstances (1 t3.enormous for master)") && e.contains("InvalidInstanceType"), "{e}");
+    assert!(billing("bad-type").is_empty());
+    let e = launch_one("bad-image", &[("image_id", "ami-00000000")]).unwrap_err();
+    assert!(e.contains("RunInstances") && e.contains("ami-00000000"), "{e}");
+    assert!(billing("bad-image").is_empty());
+}
+
+#[test]
+fn throttling_that_outlasts_the_retries_is_a_bounded_clear_error() {
+    // An EC2 endpoint that answers every request "slow down".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 65536];
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = stream.read(&mut buf);
+            let body = "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
+                        <Message>Request limit exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let started = std::time::Instant::now();
+    // A group of the operator's: straight to RunInstances, which the SDK and then the
+    // provider retry with backoff, and then give up on.
+    let set = [("endpoint_url", endpoint.as_str()), ("api_timeout", "120s"), ("security_group_ids", "sg-12345678")];
+    let e = launch_one("throttled", &set).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(150), "{:?}", started.elapsed());
+    assert!(e.contains("RunInstances") && e.contains("RequestLimitExceeded"), "{e}");
+    let asked = asked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(asked >= 8, "the SDK's retries, and the provider's: {asked} requests");
+    assert!(billing("throttled").is_empty());
+}
+
+#[test]
+fn a_missing_bucket_or_an_empty_prefix_is_a_clear_error_before_any_launch() {
+    for (job, input, says) in [
+        ("aws-no-bucket", "s3://mayfly-no-such-bucket/in", "mayfly-no-such-bucket"),
+        ("aws-no-prefix", "s3://mayfly-e2e/no-such-prefix", "there is no object under this prefix"),
+    ] {
+        moto().create_bucket("mayfly-e2e");
+        let job_dir = TestJob::new(job, &[]);
+        let provider = provider_section();
+        std::fs::write(
+            job_dir.dir.join("job.toml"),
+            format!(
+                "[job]\nname = \"x\"\nid = \"{job}\"\n\n[task]\npath = {:?}\n\n[input]\nurl = \"{input}\"\n\n\
+                 [output]\nurl = \"s3://mayfly-e2e/out/{job}\"\n\n[state]\nurl = \"s3://mayfly-e2e/state\"\n\n{provider}",
+                mayfly_tests::component("tasks/wordcount")
+            ),
+        )
+        .unwrap();
+        let out = job_dir.run();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(says), "{}", text(&out));
+        assert!(billing(job).is_empty());
+    }
+}
+
+#[test]
+fn spot_workers_fall_back_to_on_demand_when_ec2_has_no_spot_capacity() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let lifecycles = |job: &str| -> Vec<Option<String>> {
+        rt.block_on(async {
+            let by_job = aws_sdk_ec2::types::Filter::builder().name("tag:mayfly:job").values(job).build();
+            let out = moto().ec2().describe_instances().filters(by_job).send().await.unwrap();
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(|i| i.instance_lifecycle().map(|l| l.as_str().to_owned()))
+                .collect()
+        })
+    };
+    let launch = |job: &str, endpoint: &str| {
+        let mut settings = moto().settings();
+        settings.insert("spot".into(), true.into());
+        settings.insert("endpoint_url".into(), endpoint.into());
+        let selection =
+            mayfly_core::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
+        let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+        let spec = |node: &str, role| mayfly_core::provider::NodeSpec {
+            node: node.into(),
+            role,
+            args: vec!["idle".into(), "--for".into(), "1m".into()],
+        };
+        let nodes = vec![
+            spec("master", mayfly_core::provider::Role::Master),
+            spec("worker-1", mayfly_core::provider::Role::Worker),
+            spec("worker-2", mayfly_core::provider::Role::Worker),
+        ];
+        let expires_at = mayfly_provider_api::now_ms() + 60_000;
+        let launched = p
+            .launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+            .unwrap();
+        (p, launched)
+    };
+    // With spot capacity: the workers are spot instances, the master is not.
+    let (p, launched) = launch("aws-spot", &moto().endpoint);
+    let mut got = lifecycles("aws-spot");
+    got.sort();
+    assert_eq!(got, vec![None, Some("spot".to_owned()), Some("spot".to_owned())]);
+    p.terminate(&launched, Duration::from_secs(30)).unwrap();
+
+    // Without (EC2 refuses every spot request): the workers run on demand.
+    let proxy = mayfly_tests_aws::RefusingProxy::start(
+        moto(),
+        "InstanceMarketOptions.MarketType=spot",
+        "InsufficientInstanceCapacity",
     );
-    let e = session.credentials("chain", "/tmp", "master").unwrap_err();
-    assert!(e.message.contains("is 7200s, over the 3600s STS allows when temporary credentials"), "{e}");
-    assert!(e.message.contains("arn:aws:iam::123456789012:role/mayfly-job"), "{e}");
+    let (p, launched) = launch("aws-no-spot", &proxy.endpoint);
+    assert_eq!(launched.len(), 3);
+    assert_eq!(lifecycles("aws-no-spot"), vec![None, None, None]);
+    assert_eq!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed), 1, "one spot request, refused");
+    p.terminate(&launched, Duration::from_secs(30)).unwrap();
+    assert!(billing("aws-spot").is_empty() && billing("aws-no-spot").is_empty());
 }

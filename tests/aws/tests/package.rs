@@ -194,7 +194,8 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
     deploy.extend(
         ["--function", "mayfly-jobs", "--role", role, "--artifacts", "s3://mayfly-dist/mayfly"].map(str::to_owned),
     );
-    deploy.extend(set_args(&["node_binary"]));
+    // The function's settings: moto's, but no job role and no image's mayfly.
+    deploy.extend(set_args(&["node_binary", "role_arn", "credential_ttl"]));
     deploy.extend(
         ["--set", "event_job_url=s3://mayfly-pkg/jobs/nightly.toml", "--set", "event_prefix=incoming/"]
             .map(str::to_owned),
@@ -207,7 +208,15 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"action\": \"created\""), "{stdout}");
-    assert!(stdout.contains("node_artifact = \"s3://mayfly-dist/mayfly/node.tar.gz\""), "{stdout}");
+    // The nodes' artifact goes under its content's hash.
+    let artifact = stdout
+        .split("node_artifact = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_owned();
+    let hash = mayfly_core::package::node_key(&dir.join("node.tar.gz")).unwrap();
+    assert_eq!(artifact, format!("s3://mayfly-dist/mayfly/{hash}"), "{stdout}");
     let out = packaged(&deploy);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"action\": \"updated\""), "{}", text(&out));
@@ -220,6 +229,7 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
     let settings = config["Environment"]["Variables"][mayfly_provider_api::SETTINGS_ENV].as_str().unwrap().to_owned();
     assert!(settings.contains("s3://mayfly-pkg/jobs/nightly.toml"), "{settings}");
     assert!(!settings.contains("credentials_file"), "the deploying machine's files stay there: {settings}");
+    assert!(!settings.contains("role_arn"), "{settings}");
     let code_size = std::fs::metadata(dir.join("function.zip")).unwrap().len();
     assert_eq!(config["CodeSize"].as_u64(), Some(code_size), "{config}");
 
@@ -232,7 +242,7 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
             provider.push_str(&format!("{k} = {v}\n"));
         }
     }
-    provider.push_str("instance_profile = \"mayfly-node\"\nnode_artifact = \"s3://mayfly-dist/mayfly/node.tar.gz\"\n");
+    provider.push_str(&format!("instance_profile = \"mayfly-node\"\nnode_artifact = \"{artifact}\"\n"));
     let job_file = format!(
         "[job]\nname = \"nightly\"\n\n[task]\npath = {:?}\nparams = {{ mode = \"slow\", delay_ms = 5 }}\n\n\
          [input]\nurl = \"s3://mayfly-pkg/placeholder\"\nglob = \"*.txt\"\n\n\

@@ -174,6 +174,27 @@ pub struct JobSpec {
     pub credential_refresh_margin: Duration,
 }
 
+/// The dotted key (`cluster.workers`) set on `line` (1-based) of `source`,
+/// if that line is a `key = value` line.
+fn key_at(source: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, text) in source.lines().enumerate() {
+        let text = text.trim();
+        if let Some(name) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            table = name.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+        if i + 1 == line {
+            let (key, _) = text.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            if key.is_empty() || key.starts_with('#') {
+                return None;
+            }
+            return Some(if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") });
+        }
+    }
+    None
+}
+
 fn line_of(source: &str, span: std::ops::Range<usize>) -> usize {
     source[..span.start.min(source.len())].matches('\n').count() + 1
 }
@@ -208,7 +229,13 @@ impl JobSpec {
         let file = path.to_owned();
         let raw: RawJob = toml::from_str(source).map_err(|e| {
             let line = e.span().map(|s| line_of(source, s));
-            ConfigError { file: file.clone(), line, message: e.message().trim_end().to_owned() }
+            let message = e.message().trim_end();
+            // A value of the wrong type: name its key, as the other errors do.
+            let message = match line.and_then(|l| key_at(source, l)) {
+                Some(key) if !message.contains('`') => format!("`{key}`: {message}"),
+                _ => message.to_owned(),
+            };
+            ConfigError { file: file.clone(), line, message }
         })?;
         let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
             file: file.clone(),
@@ -484,6 +511,8 @@ memory = "256MiB"
         assert!(msg.contains("`input.url` \"s3://\": `s3://`: expected s3://<bucket"), "{msg}");
         let msg = fails(&GOOD.replace("[output]\nurl = \"out\"\n", ""));
         assert!(msg.contains("missing field `output`"), "{msg}");
+        let msg = fails(&GOOD.replace("workers = 4", "workers = \"many\""));
+        assert!(msg.contains(":17: `cluster.workers`: invalid type: string \"many\""), "{msg}");
         let msg = fails("this is not toml");
         assert!(msg.starts_with("job.toml:1:"), "{msg}");
     }

@@ -1352,11 +1352,14 @@ mod tests {
 
     /// Every `name()` call on an EC2 or STS client in this file.
     fn calls_in_this_file() -> Vec<String> {
-        let source = include_str!("lib.rs");
-        let mut calls: Vec<String> = source
-            .split(".ec2")
-            .skip(1)
-            .chain(source.split(".sts").skip(1))
+        calls_on(include_str!("lib.rs"), &[".ec2", ".sts"])
+    }
+
+    /// Every `name()` call in `source` on one of the `clients` (`.ec2`, `lambda`).
+    fn calls_on(source: &str, clients: &[&str]) -> Vec<String> {
+        let mut calls: Vec<String> = clients
+            .iter()
+            .flat_map(|client| source.split(client).skip(1))
             .filter_map(|rest| {
                 let rest = rest.trim_start().strip_prefix('.')?;
                 let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
@@ -1440,18 +1443,7 @@ mod tests {
         assert!(actions(&p["job_role"]).contains(&"s3:PutObject".to_owned()));
 
         // `mayfly deploy`'s Lambda calls are the deployer's.
-        let deploy = include_str!("deploy.rs");
-        let mut lambda_calls: Vec<String> = deploy
-            .split("lambda")
-            .skip(1)
-            .filter_map(|rest| {
-                let rest = rest.trim_start().strip_prefix('.')?;
-                let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                rest[name.len()..].starts_with("()").then_some(name)
-            })
-            .collect();
-        lambda_calls.sort();
-        lambda_calls.dedup();
+        let lambda_calls = calls_on(include_str!("deploy.rs"), &["lambda"]);
         assert_eq!(lambda_calls.len(), 5, "{lambda_calls:?}");
         let p =
             policies(&locations, None, Some("mayfly-node"), None, Some("s3://dist/mayfly/node.tar.gz"), false).unwrap();

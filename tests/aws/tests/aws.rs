@@ -515,6 +515,15 @@ fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
     assert_eq!((id.as_str(), kind.as_str()), ("req-3", "error"), "{body}");
     assert!(body.contains("expected a JSON object with `job`"), "{body}");
 
+    // A job file that is not valid is a clear error naming what is wrong, and launches nothing.
+    let bad = "[job]\nname = \"aws-lambda-bad\"\n\n[task]\npath = \"x.wasm\"\n\n[cluster]\nworkers = \"many\"\n";
+    let event = serde_json::json!({ "job": bad, "base_dir": job.dir });
+    api.events.send(("req-5".into(), mayfly_provider_api::now_ms() + 60_000, event.to_string())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-5", "error"), "{body}");
+    assert!(body.contains("mayfly.Config") && body.contains("`cluster.workers`: invalid type"), "{body}");
+    assert!(billing("aws-lambda-bad").is_empty());
+
     // A job for another provider is refused, naming both.
     let local = TestJob::new("aws-lambda-local", &files);
     local.write_job("tasks/wordcount", "{ mode = \"map\" }", "[provider]\nname = \"local\"\n");

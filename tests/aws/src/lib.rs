@@ -43,13 +43,19 @@ pub struct Moto {
 /// installed: `MAYFLY_MOTO_PYTHON`, or a virtual environment under the target
 /// directory, made (with `pip install 'moto[server]' awscli`) on first use.
 fn moto_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    // Once per process: tests start motos and boot instances concurrently.
+    PYTHON.get_or_init(find_or_install_moto).clone()
+}
+
+fn find_or_install_moto() -> PathBuf {
     if let Some(p) = std::env::var_os("MAYFLY_MOTO_PYTHON") {
         return PathBuf::from(p);
     }
     let venv = target_dir().join("moto-venv");
     let python = venv.join("bin/python");
     let ready = venv.join(".installed");
-    if !ready.exists() {
+    if !ready.exists() || !venv.join("bin/aws").exists() {
         let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
             && Command::new(venv.join("bin/pip"))
                 .args(["install", "--quiet", "moto[server]", "awscli"])

@@ -55,12 +55,55 @@ fn unzip(zip: &Path, into: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
+/// A `PATH` with `cargo zigbuild` and zig on it: this one if it has them (as
+/// `.ci/run` sets up), else one with both installed under the target
+/// directory on first use (`cargo install cargo-zigbuild`, `pip install
+/// ziglang`), so that `cargo test --workspace` works on a fresh machine.
+fn zig_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let works = |path: &str| {
+        let zigbuild = mayfly_tests::cargo().args(["zigbuild", "--help"]).env("PATH", path).output();
+        let zig = Command::new("python3").args(["-m", "ziglang", "version"]).env("PATH", path).output();
+        let zig_bin = Command::new("zig").arg("version").env("PATH", path).output();
+        zigbuild.is_ok_and(|o| o.status.success())
+            && (zig.is_ok_and(|o| o.status.success()) || zig_bin.is_ok_and(|o| o.status.success()))
+    };
+    if works(&path) {
+        return path;
+    }
+    let tools = mayfly_tests::target_dir().join("tools");
+    let venv = tools.join("zig-venv");
+    let ours = format!("{}:{}:{path}", venv.join("bin").display(), tools.join("bin").display());
+    if !works(&ours) {
+        let installed = mayfly_tests::cargo()
+            .args(["install", "--locked", "cargo-zigbuild", "--root"])
+            .arg(&tools)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "ziglang"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(installed && works(&ours), "installing cargo-zigbuild and zig under {} failed", tools.display());
+    }
+    ours
+}
+
 /// Packages once per test process.
 fn package() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("aws-package");
-        let out = mayfly(&["package", "aws", "--out", dir.to_str().unwrap(), "--workspace", root().to_str().unwrap()]);
+        let mut cmd = Command::new(mayfly_bin());
+        // `mayfly package` runs cargo: without the variables cargo set for this test.
+        mayfly_tests::without_test_env(&mut cmd);
+        let out = cmd
+            .args(["package", "aws", "--out", dir.to_str().unwrap(), "--workspace", root().to_str().unwrap()])
+            .current_dir(root())
+            .env("PATH", zig_path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("with glibc 2.3") && stdout.contains("next: mayfly deploy aws"), "{stdout}");

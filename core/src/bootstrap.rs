@@ -501,8 +501,9 @@ pub fn bootstrap(
     // What ended jobs left besides nodes (a cloud's network rules) goes once
     // this job is launched, if its budget has time left; a failure here is
     // only said.
-    if budget.check(clock.now(), "sweep", Duration::from_secs(10)).is_ok() {
-        match provider.sweep() {
+    let left = Duration::from_millis(budget.ends.saturating_sub(clock.now()));
+    if left > Duration::from_secs(10) {
+        match provider.sweep(left - Duration::from_secs(5)) {
             Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
             Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
         }

@@ -179,7 +179,8 @@ pub struct JobSpec {
 fn key_at(source: &str, line: usize) -> Option<String> {
     let mut table = String::new();
     for (i, text) in source.lines().enumerate() {
-        let text = text.trim();
+        // Without a trailing comment (`[limits]  # per attempt`).
+        let text = text.split(" #").next().unwrap_or(text).trim();
         if let Some(name) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             table = name.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
         }
@@ -231,8 +232,9 @@ impl JobSpec {
             let line = e.span().map(|s| line_of(source, s));
             let message = e.message().trim_end();
             // A value of the wrong type: name its key, as the other errors do.
+            let names_a_field = message.starts_with("unknown field") || message.starts_with("missing field");
             let message = match line.and_then(|l| key_at(source, l)) {
-                Some(key) if !message.contains('`') => format!("`{key}`: {message}"),
+                Some(key) if !names_a_field && !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
                 _ => message.to_owned(),
             };
             ConfigError { file: file.clone(), line, message }
@@ -513,6 +515,8 @@ memory = "256MiB"
         assert!(msg.contains("missing field `output`"), "{msg}");
         let msg = fails(&GOOD.replace("workers = 4", "workers = \"many\""));
         assert!(msg.contains(":17: `cluster.workers`: invalid type: string \"many\""), "{msg}");
+        let msg = fails(&GOOD.replace("workers = 4", "workers = true").replace("[cluster]", "[cluster]  # the nodes"));
+        assert!(msg.contains(":17: `cluster.workers`: invalid type: boolean `true`"), "{msg}");
         let msg = fails("this is not toml");
         assert!(msg.starts_with("job.toml:1:"), "{msg}");
     }

@@ -528,7 +528,7 @@ pub(crate) fn cmd_reap(state: &Path, provider: Option<&str>, settings: &[String]
         let handle = ProviderHandle::select(&provider_arg(provider, settings)?)?;
         let reaped = reap_with(&handle, state, now, &mut seen)?;
         println!("{reaped} node(s) reaped");
-        for removed in handle.sweep()? {
+        for removed in handle.sweep(handle.timeout())? {
             println!("removed {removed}");
         }
         return Ok(());

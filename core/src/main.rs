@@ -174,7 +174,8 @@ enum Command {
         /// The identity the function runs as (on AWS, its execution role's ARN).
         #[arg(long)]
         role: String,
-        /// Where the artifacts are uploaded (`s3://bucket/prefix`): function.zip and node.tar.gz.
+        /// Where the artifacts are uploaded (`s3://bucket/prefix`): function.zip, and
+        /// node.tar.gz as node-<its sha256>.tar.gz.
         #[arg(long, value_name = "URL")]
         artifacts: String,
         /// The function's time limit.

@@ -399,9 +399,10 @@ impl ProviderHandle {
         self.block("permissions", Some(self.timeout()), |p| async move { p.permissions(request).await })
     }
 
-    /// Removes what the provider made for ended jobs besides their nodes.
-    pub fn sweep(&self) -> Result<Vec<String>, ProviderError> {
-        self.block("sweep", Some(self.timeout()), |p| async move { p.sweep().await })
+    /// Removes what the provider made for ended jobs besides their nodes,
+    /// waiting at most `limit` (and the provider's timeout).
+    pub fn sweep(&self, limit: Duration) -> Result<Vec<String>, ProviderError> {
+        self.block("sweep", Some(limit.min(self.timeout())), |p| async move { p.sweep().await })
     }
 
     /// Creates or updates the provider's serverless entrypoint.

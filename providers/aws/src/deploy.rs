@@ -68,8 +68,9 @@ pub(crate) async fn deploy(aws: &Aws, request: DeployRequest) -> Result<serde_js
         Err(e) => return Err(api_err(&format!("GetFunction({name})"), aws_sdk_lambda::error::DisplayErrorContext(e))),
     };
     let action = if existing {
-        // Lambda refuses a change while an earlier one is still in progress.
-        settled(aws, name).await?;
+        // Lambda refuses a change while an earlier one is still in progress (an
+        // earlier one that failed is what this deploy may be fixing).
+        settled(aws, name, false).await?;
         lambda
             .update_function_code()
             .function_name(name)
@@ -82,7 +83,7 @@ pub(crate) async fn deploy(aws: &Aws, request: DeployRequest) -> Result<serde_js
                 api_err(&format!("UpdateFunctionCode({name})"), aws_sdk_lambda::error::DisplayErrorContext(e))
             })?;
         // Lambda refuses a configuration change while the code update is in progress.
-        settled(aws, name).await?;
+        settled(aws, name, true).await?;
         lambda
             .update_function_configuration()
             .function_name(name)
@@ -117,7 +118,7 @@ pub(crate) async fn deploy(aws: &Aws, request: DeployRequest) -> Result<serde_js
             .map_err(|e| api_err(&format!("CreateFunction({name})"), aws_sdk_lambda::error::DisplayErrorContext(e)))?;
         "created"
     };
-    let config = settled(aws, name).await?;
+    let config = settled(aws, name, true).await?;
     Ok(serde_json::json!({
         "function": name,
         "action": action,
@@ -131,10 +132,11 @@ pub(crate) async fn deploy(aws: &Aws, request: DeployRequest) -> Result<serde_js
 }
 
 /// Waits (at most 5 min) until the function is neither pending nor updating;
-/// a failed update is an error.
+/// a failed update is an error if `failed_is_error`.
 async fn settled(
     aws: &Aws,
     name: &str,
+    failed_is_error: bool,
 ) -> Result<aws_sdk_lambda::operation::get_function_configuration::GetFunctionConfigurationOutput, ProviderError> {
     let lambda = &aws.clients().await?.lambda;
     let until = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -144,7 +146,9 @@ async fn settled(
         })?;
         let busy = config.state() == Some(&State::Pending)
             || config.last_update_status() == Some(&LastUpdateStatus::InProgress);
-        if config.last_update_status() == Some(&LastUpdateStatus::Failed) || config.state() == Some(&State::Failed) {
+        let failed =
+            config.last_update_status() == Some(&LastUpdateStatus::Failed) || config.state() == Some(&State::Failed);
+        if failed && failed_is_error {
             return Err(fail(
                 ErrorKind::Unavailable,
                 format!(

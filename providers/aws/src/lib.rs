@@ -20,8 +20,8 @@
 //! (comma-separated; without it each job gets a group of its own that admits
 //! only its nodes, deleted by `sweep` `sweep_after` its deadline, default
 //! 5m), `instance_profile`, `role_arn` (the job role), `credential_ttl` (its
-//! session length: 15m to 12h, and 1h at most when temporary credentials
-//! assume it, as role chaining allows), `bootstrap_limit` (at most Lambda's
+//! session length: 15m to 1h: nodes assume it with their instance profile's
+//! role session, and STS caps role chaining at 1h), `bootstrap_limit` (at most Lambda's
 //! 900 s), `max_nodes`, `node_artifact` (the `s3://` URL of the node artifact
 //! `mayfly deploy aws` uploaded; else `node_binary`, where `mayfly` is on the
 //! image), `instance_id` (the instance this process is, for tests; a node
@@ -213,7 +213,7 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
                 "# mayfly itself: the node artifact, read with the instance profile.\n\
                  D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
                  until aws s3 cp --only-show-errors --region {region}{endpoint} {url} \"$D/node.tar.gz\"{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
-                 \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch the node artifact '{url}'; powering off' >&2; poweroff; exit 1; fi; sleep 3\n\
+                 \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch or verify the node artifact '{url}'; powering off' >&2; poweroff; exit 1; fi; sleep 3\n\
                  done\n\
                  B=\"$D/mayfly\"\n",
                 region = shell_quote(boot.region),
@@ -266,7 +266,8 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
 fn artifact_hash(url: &str) -> Option<&str> {
     let name = url.rsplit('/').next()?;
     let hash = name.strip_prefix("node-")?.strip_suffix(".tar.gz")?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+    // Lowercase, as `sha256sum` prints it (and `mayfly deploy` names it).
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hash)
 }
 
 /// An STS role session name for a node: `[\w+=,.@-]`, 2 to 64 characters.
@@ -1310,7 +1311,8 @@ pub fn policies(
             // there under its content's hash (node-<sha256>.tar.gz).
             let dir = key.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
             nodes.push(json!({"Sid": "NodeArtifact", "Effect": "Allow", "Action": "s3:GetObject",
-                              "Resource": format!("arn:aws:s3:::{bucket}/{dir}node-*")}));
+                              "Resource": [format!("arn:aws:s3:::{bucket}/{dir}node-*"),
+                                           format!("arn:aws:s3:::{bucket}/{key}")]}));
             let objects = format!("arn:aws:s3:::{bucket}/{dir}*");
             // Lambda reads the function's code from S3 with the deployer's rights.
             deployer.push(json!({"Sid": "Artifacts", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],

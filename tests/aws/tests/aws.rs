@@ -693,7 +693,7 @@ fn throttling_that_outlasts_the_retries_is_a_bounded_clear_error() {
 #[test]
 fn a_missing_bucket_or_an_empty_prefix_is_a_clear_error_before_any_launch() {
     for (job, input, says) in [
-        ("aws-no-bucket", "s3://mayfly-no-such-bucket/in", "mayfly-no-such-bucket"),
+        ("aws-no-bucket", "s3://mayfly-no-such-bucket/in", "cannot list input s3://mayfly-no-such-bucket/in"),
         ("aws-no-prefix", "s3://mayfly-e2e/no-such-prefix", "there is no object under this prefix"),
     ] {
         moto().create_bucket("mayfly-e2e");

@@ -384,3 +384,41 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
     let _ = function.kill();
     let _ = function.wait();
 }
+
+#[test]
+fn a_node_artifact_whose_hash_does_not_match_its_name_is_refused() {
+    // The packaged artifact, under the name of another content: the user data
+    // fetches it, finds another hash, and powers the machine off.
+    let dir = package();
+    let moto = moto();
+    moto.create_bucket("mayfly-dist-bad");
+    let wrong = format!("s3://mayfly-dist-bad/mayfly/node-{}.tar.gz", "0".repeat(64));
+    cli(&["s3", "cp", dir.join("node.tar.gz").to_str().unwrap(), &wrong]);
+    let mut settings = moto.settings();
+    settings.remove("node_binary");
+    settings.insert("node_artifact".into(), wrong.clone().into());
+    let selection = mayfly_core::provider::Selection {
+        name: None,
+        path: Some(mayfly_tests_aws::aws_plugin()),
+        timeout_ms: None,
+        settings,
+    };
+    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+    let nodes = vec![mayfly_core::provider::NodeSpec {
+        node: "worker-1".into(),
+        role: mayfly_core::provider::Role::Worker,
+        args: vec!["idle".into(), "--for".into(), "5m".into()],
+    }];
+    let expires_at = mayfly_provider_api::now_ms() + 300_000;
+    let job = "aws-bad-artifact";
+    p.launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+        .unwrap();
+    let refused = || node_log(job, "worker-1").contains("cannot fetch or verify the node artifact");
+    assert!(wait_until(Duration::from_secs(90), refused), "{}", node_log(job, "worker-1"));
+    // Powered off: terminated, and no mayfly ran from the artifact.
+    assert!(wait_until(Duration::from_secs(30), || p.list(job, "/tmp").unwrap().is_empty()));
+    let disks = node_disks(job, "worker-1");
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    assert!(disks[0].join("opt/mayfly/node.tar.gz").exists(), "it was fetched");
+    assert!(!disks[0].join("opt/mayfly/mayfly").exists(), "but never unpacked, let alone run");
+}

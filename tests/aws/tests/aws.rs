@@ -123,17 +123,23 @@ fn s3_store(url: &str) -> mayfly_core::store::Store {
     mayfly_core::store::Store::open(&location, &provider(), &who).unwrap()
 }
 
+/// Makes `url`'s bucket in moto and puts `files` under it.
+fn upload(url: &str, files: &[(String, Vec<u8>)]) {
+    let bucket = url.trim_start_matches("s3://").split('/').next().unwrap();
+    moto().create_bucket(bucket);
+    let store = s3_store(url);
+    for (name, data) in files {
+        store.put(name, data.clone()).unwrap();
+    }
+}
+
 #[test]
 fn nodes_take_the_tasks_from_the_state_and_reduce_over_s3() {
     // The task component exists only where the bootstrap ran: once the job is
     // launched it is deleted there, and the workers and the master's reduce
     // must take it from the job's state in S3.
-    moto().create_bucket("mayfly-reduce");
     let files = inputs(4, 2000);
-    let input = s3_store("s3://mayfly-reduce/in");
-    for (name, data) in &files {
-        input.put(name, data.clone()).unwrap();
-    }
+    upload("s3://mayfly-reduce/in", &files);
     let job = TestJob::new("aws-reduce", &[]);
     let own = scratch("aws-reduce-task").join("wordcount.wasm");
     std::fs::copy(component("tasks/wordcount"), &own).unwrap();
@@ -168,12 +174,8 @@ fn nodes_take_the_tasks_from_the_state_and_reduce_over_s3() {
 fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
     // Inputs, outputs and the job's state all in moto's S3: nodes share no disk
     // with the bootstrap or with each other (each fetches the task from the state).
-    moto().create_bucket("mayfly-e2e");
     let files = inputs(6, 3000);
-    let input = s3_store("s3://mayfly-e2e/in");
-    for (name, data) in &files {
-        input.put(name, data.clone()).unwrap();
-    }
+    upload("s3://mayfly-e2e/in", &files);
     let job = job_with_provider(
         "aws-s3",
         &[],
@@ -284,6 +286,31 @@ fn at_the_deadline_every_instance_ends_itself() {
         billing("aws-deadline")
     );
     assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+
+    // The next bootstrap (here with a one-second `sweep_after`) deletes this job's
+    // security group, now past its deadline.
+    let group = || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let by_name =
+                aws_sdk_ec2::types::Filter::builder().name("group-name").values("mayfly-aws-deadline").build();
+            let out = moto().ec2().describe_security_groups().filters(by_name).send().await.unwrap();
+            out.security_groups().len()
+        })
+    };
+    assert_eq!(group(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let next = job_with_provider(
+        "aws-deadline-next",
+        &inputs(1, 100),
+        "tasks/wordcount",
+        "{ mode = \"map\" }",
+        "sweep_after = \"1s\"\n[cluster]\nworkers = 1\n",
+    );
+    let out = next.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed security group sg-"), "{}", text(&out));
+    assert_eq!(group(), 0, "the ended job's group is gone");
 }
 
 #[test]
@@ -399,13 +426,9 @@ fn lambda_function(api: &RuntimeApi, extra: &[(&str, &str)]) -> std::process::Ch
 fn an_s3_object_created_event_runs_the_configured_job_once() {
     // A batch arrives under incoming/, then its _READY object; S3 tells the
     // function, which runs the job configured for that prefix on that batch.
-    moto().create_bucket("mayfly-events");
     let files = inputs(4, 1500);
-    let batch = s3_store("s3://mayfly-events/incoming/batch-1");
-    for (name, data) in &files {
-        batch.put(name, data.clone()).unwrap();
-    }
-    batch.put("_READY", Vec::new()).unwrap();
+    upload("s3://mayfly-events/incoming/batch-1", &files);
+    s3_store("s3://mayfly-events/incoming/batch-1").put("_READY", Vec::new()).unwrap();
     let provider = provider_section();
     let job_file = format!(
         "[job]\nname = \"ev\"\n\n[task]\npath = {:?}\nparams = {{ mode = \"slow\", delay_ms = 5 }}\n\n\

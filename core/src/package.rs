@@ -47,19 +47,25 @@ pub struct Options {
     pub out: PathBuf,
     /// The newest glibc the files may need (`None`: this machine's).
     pub glibc: Option<String>,
+    /// Whether to link against `glibc` with `cargo zigbuild` (else the
+    /// machine's own toolchain builds, and `glibc` is only checked).
+    pub zig: bool,
     /// `mayfly`'s features.
     pub features: Vec<String>,
 }
 
 impl Options {
     /// What a provider's cloud needs: for `aws`, S3 support and glibc 2.34
-    /// (Amazon Linux 2023).
+    /// (Amazon Linux 2023, linked with zig); for `azure`, Blob support and
+    /// glibc 2.36 (the Functions host image is Debian 12; the nodes' Ubuntu
+    /// 24.04 has 2.39), which a Debian 12 build machine links as it is.
     pub fn for_provider(provider: &str, workspace: PathBuf, out: PathBuf) -> Options {
-        let (glibc, features) = match provider {
-            "aws" => (Some("2.34".to_owned()), vec!["s3".to_owned()]),
-            _ => (None, Vec::new()),
+        let (glibc, zig, features) = match provider {
+            "aws" => (Some("2.34".to_owned()), true, vec!["s3".to_owned()]),
+            "azure" => (Some("2.36".to_owned()), false, vec!["azure".to_owned()]),
+            _ => (None, false, Vec::new()),
         };
-        Options { provider: provider.to_owned(), workspace, out, glibc, features }
+        Options { provider: provider.to_owned(), workspace, out, glibc, zig, features }
     }
 }
 
@@ -86,9 +92,45 @@ fn bootstrap_script(provider: &str) -> String {
     )
 }
 
+/// The files a platform's function needs besides the bootstrap, `mayfly` and
+/// the plugin: for `azure`, the function app's `host.json` (a custom handler:
+/// the `bootstrap`, answering the host's payloads itself; `functionTimeout` at
+/// Consumption's 10 minutes) and a `function.json` per function: `run`, an
+/// HTTP trigger (POST, function key) answered through `res`, and `blob`, a
+/// Blob trigger on the path in the app setting `MAYFLY_TRIGGER_PATH` (e.g.
+/// `data/incoming/{batch}/_READY`) of the storage the `MayflyStorage__*`
+/// settings name (identity-based: `MayflyStorage__blobServiceUri`,
+/// `MayflyStorage__credential = managedidentity`, `MayflyStorage__clientId`).
+pub fn function_app(provider: &str) -> Vec<(&'static str, String)> {
+    use serde_json::json;
+    if provider != "azure" {
+        return Vec::new();
+    }
+    let host = json!({
+        "version": "2.0",
+        "functionTimeout": "00:10:00",
+        "customHandler": {
+            "description": {"defaultExecutablePath": "bootstrap", "workingDirectory": "", "arguments": []},
+            "enableForwardingHttpRequest": false
+        },
+        "extensionBundle": {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"},
+        "logging": {"logLevel": {"default": "Information"}}
+    });
+    let run = json!({"bindings": [
+        {"type": "httpTrigger", "direction": "in", "name": "req", "methods": ["post"], "authLevel": "function"},
+        {"type": "http", "direction": "out", "name": "res"}
+    ]});
+    let blob = json!({"bindings": [
+        {"type": "blobTrigger", "direction": "in", "name": "blob", "path": "%MAYFLY_TRIGGER_PATH%",
+         "connection": "MayflyStorage", "dataType": "string"}
+    ]});
+    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    vec![("host.json", pretty(host)), ("run/function.json", pretty(run)), ("blob/function.json", pretty(blob))]
+}
+
 /// Builds the package; returns its manifest.
 pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
-    let Options { provider, workspace, out, glibc, features } = options;
+    let Options { provider, workspace, out, glibc, zig, features } = options;
     let crate_dir = workspace.join("providers").join(provider);
     if !crate_dir.join("Cargo.toml").is_file() || !workspace.join("core/Cargo.toml").is_file() {
         bail!(
@@ -101,11 +143,11 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
     let triple = format!("{arch}-unknown-linux-gnu");
     let mut cargo = Command::new("cargo");
     match glibc {
-        Some(version) => {
+        Some(version) if *zig => {
             check_zigbuild()?;
             cargo.args(["zigbuild", "--target", &format!("{triple}.{version}")]);
         }
-        None => {
+        _ => {
             cargo.args(["build", "--target", &triple]);
         }
     }
@@ -149,9 +191,18 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
     let bootstrap = bootstrap_script(provider);
     let binary = std::fs::read(&files[0]).with_context(|| format!("reading {}", files[0].display()))?;
     let library = std::fs::read(&files[1]).with_context(|| format!("reading {}", files[1].display()))?;
-    write_atomically(&out.join(function), |f| {
-        zip(f, &[("bootstrap", 0o755, bootstrap.as_bytes()), ("mayfly", 0o755, &binary), (&plugin, 0o644, &library)])
-    })?;
+    let mut files_in_function: Vec<(String, u32, Vec<u8>)> =
+        function_app(provider).into_iter().map(|(name, text)| (name.to_owned(), 0o644, text.into_bytes())).collect();
+    files_in_function.push(("bootstrap".into(), 0o755, bootstrap.into_bytes()));
+    files_in_function.push(("mayfly".into(), 0o755, binary));
+    files_in_function.push((plugin.clone(), 0o644, library));
+    let entries: Vec<(&str, u32, &[u8])> =
+        files_in_function.iter().map(|(n, m, b)| (n.as_str(), *m, b.as_slice())).collect();
+    write_atomically(&out.join(function), |f| zip(f, &entries))?;
+    if !function_app(provider).is_empty() {
+        // The same function app as a folder (what `func azure functionapp publish` takes).
+        write_folder(&out.join("function-app"), &entries)?;
+    }
     write_node_artifact(&out.join(node), &files[0], &files[1], &plugin)?;
     // The same two files, ready to run here (for `deploy`, `status`, `logs`, `reap`).
     let bin = out.join("bin");
@@ -252,6 +303,25 @@ pub fn glibc_needed(file: &Path) -> Result<(u32, u32)> {
         .filter_map(|v| if v == "ABI_DT_RELR" { Some((2, 36)) } else { parse_version(v) })
         .max()
         .unwrap_or((0, 0)))
+}
+
+/// Writes `files` (name, Unix mode, bytes) under `dir`, made anew beside it
+/// and renamed into place.
+fn write_folder(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    for (name, mode, bytes) in files {
+        let at = staging.join(name);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&at, bytes).with_context(|| format!("writing {}", at.display()))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode))?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staging, dir).with_context(|| format!("renaming {} into place", staging.display()))?;
+    Ok(())
 }
 
 /// Writes `path` through a temporary file renamed into place: never half a file.

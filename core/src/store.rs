@@ -22,7 +22,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::host::InputSource;
-#[cfg(feature = "s3")]
+#[cfg(any(feature = "s3", feature = "azure"))]
 use crate::policy::{CredentialAction, CredentialPolicy, Millis, Validity};
 use crate::provider::ProviderHandle;
 
@@ -688,6 +688,15 @@ fn client(
                  (as the AWS node artifact is)"
                 .into())
         }
+        #[cfg(feature = "azure")]
+        "az" => Ok(Arc::new(azure(bucket, options, provider, who)?)),
+        #[cfg(not(feature = "azure"))]
+        "az" => {
+            let _ = (bucket, options, who);
+            Err("this mayfly was built without Azure Blob support; build it with `--features azure` \
+                 (as the Azure node artifact is)"
+                .into())
+        }
         other => {
             let _ = (bucket, options, who);
             Err(format!(
@@ -712,33 +721,94 @@ fn s3(
             k.parse().map_err(|e| format!("the {} provider gave an unknown S3 option `{k}`: {e}", provider.name()))?;
         b = b.with_config(key, v);
     }
-    let creds = ProviderCredentials {
-        provider: provider.clone(),
-        who: who.clone(),
-        policy: CredentialPolicy::default(),
-        current: tokio::sync::Mutex::new(None),
-    };
-    b = b.with_credentials(Arc::new(creds)).with_retry(object_store::RetryConfig {
-        max_retries: 4,
-        retry_timeout: std::time::Duration::from_secs(30),
-        ..Default::default()
-    });
+    let creds = ProviderCredentials::new(provider, who, "S3", parse_s3_secret, "`key_id:secret_key[:session_token]`");
+    b = b.with_credentials(Arc::new(creds)).with_retry(retries());
     b.build().map_err(|e| format!("s3://{bucket}: {e}"))
 }
 
-#[cfg(feature = "s3")]
+/// How a remote store retries a request (throttling, a dropped connection).
+#[cfg(any(feature = "s3", feature = "azure"))]
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+/// An Azure Blob container (`az://container/prefix`): the provider gives the
+/// account (`azure_storage_account_name`) and, off Azure's public cloud, the
+/// account's endpoint (`azure_storage_endpoint`, e.g. an emulator's
+/// `https://127.0.0.1:10000/devstoreaccount1`); requests carry the bearer
+/// token (Entra ID, scope `https://storage.azure.com/.default`) it issues.
+#[cfg(feature = "azure")]
+fn azure(
+    container: &str,
+    options: &std::collections::BTreeMap<String, String>,
+    provider: &ProviderHandle,
+    who: &Principal,
+) -> Result<object_store::azure::MicrosoftAzure, String> {
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    let mut b = MicrosoftAzureBuilder::new().with_container_name(container);
+    for (k, v) in options {
+        let key: AzureConfigKey = k
+            .parse()
+            .map_err(|e| format!("the {} provider gave an unknown Azure option `{k}`: {e}", provider.name()))?;
+        b = b.with_config(key, v);
+    }
+    let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", parse_azure_secret, "a bearer token");
+    b = b.with_credentials(Arc::new(creds)).with_retry(retries());
+    b.build().map_err(|e| format!("az://{container}: {e}"))
+}
+
+#[cfg(feature = "azure")]
+/// Parses an Azure Blob credential as providers issue it: an Entra ID access
+/// token for storage (a JWT), sent as `Authorization: Bearer`.
+pub fn parse_azure_secret(secret: &str) -> Option<object_store::azure::AzureCredential> {
+    let token = secret.trim();
+    (!token.is_empty() && !token.contains(char::is_whitespace))
+        .then(|| object_store::azure::AzureCredential::BearerToken(token.to_owned()))
+}
+
+#[cfg(any(feature = "s3", feature = "azure"))]
 /// Signs a store's requests with credentials the provider issues, refreshed
 /// by core's rule; a refresh that fails while the current ones are still
 /// valid keeps them.
-struct ProviderCredentials {
+struct ProviderCredentials<C> {
     provider: ProviderHandle,
     who: Principal,
     policy: CredentialPolicy,
-    current: tokio::sync::Mutex<Option<(Arc<object_store::aws::AwsCredential>, Validity)>>,
+    /// object_store's name of the store, for errors.
+    store: &'static str,
+    parse: fn(&str) -> Option<C>,
+    /// The form `parse` expects, for errors.
+    form: &'static str,
+    current: tokio::sync::Mutex<Option<(Arc<C>, Validity)>>,
 }
 
-#[cfg(feature = "s3")]
-impl std::fmt::Debug for ProviderCredentials {
+#[cfg(any(feature = "s3", feature = "azure"))]
+impl<C> ProviderCredentials<C> {
+    fn new(
+        provider: &ProviderHandle,
+        who: &Principal,
+        store: &'static str,
+        parse: fn(&str) -> Option<C>,
+        form: &'static str,
+    ) -> Self {
+        ProviderCredentials {
+            provider: provider.clone(),
+            who: who.clone(),
+            policy: CredentialPolicy::default(),
+            store,
+            parse,
+            form,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[cfg(any(feature = "s3", feature = "azure"))]
+impl<C> std::fmt::Debug for ProviderCredentials<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProviderCredentials").field("who", &self.who).finish()
     }
@@ -755,10 +825,10 @@ pub fn parse_s3_secret(secret: &str) -> Option<object_store::aws::AwsCredential>
     Some(object_store::aws::AwsCredential { key_id, secret_key, token })
 }
 
-#[cfg(feature = "s3")]
+#[cfg(any(feature = "s3", feature = "azure"))]
 #[async_trait::async_trait]
-impl object_store::CredentialProvider for ProviderCredentials {
-    type Credential = object_store::aws::AwsCredential;
+impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvider for ProviderCredentials<C> {
+    type Credential = C;
 
     async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
         let mut current = self.current.lock().await;
@@ -774,14 +844,11 @@ impl object_store::CredentialProvider for ProviderCredentials {
             node: self.who.node.clone(),
         };
         let fresh = self.provider.provider().credentials(request).await;
-        let generic = |message: String| object_store::Error::Generic { store: "S3", source: message.into() };
+        let generic = |message: String| object_store::Error::Generic { store: self.store, source: message.into() };
         match fresh {
             Ok(cred) => {
-                let parsed = parse_s3_secret(&cred.secret).ok_or_else(|| {
-                    generic(format!(
-                        "the {} provider's credentials are not `key_id:secret_key[:session_token]`",
-                        self.provider.name()
-                    ))
+                let parsed = (self.parse)(&cred.secret).ok_or_else(|| {
+                    generic(format!("the {} provider's credentials are not {}", self.provider.name(), self.form))
                 })?;
                 let parsed = Arc::new(parsed);
                 *current = Some((parsed.clone(), cred.validity));

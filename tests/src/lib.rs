@@ -68,8 +68,9 @@ pub fn mayfly_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let profile_dir = target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" });
         let mut cmd = cargo();
-        // With S3 support (as the AWS node artifact has it): the tests run jobs on s3:// too.
-        cmd.args(["build", "-p", "mayfly", "--bin", "mayfly", "--features", "s3"]).current_dir(root());
+        // With S3 and Azure Blob support (as the node artifacts have them): the
+        // tests run jobs on s3:// and az:// too.
+        cmd.args(["build", "-p", "mayfly", "--bin", "mayfly", "--features", "s3,azure"]).current_dir(root());
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
@@ -269,4 +270,31 @@ pub fn local_selection(settings: serde_json::Value) -> mayfly_core::provider::Se
         map.extend(extra);
     }
     mayfly_core::provider::Selection { settings: map, ..Default::default() }
+}
+
+/// `secs` since the Unix epoch as ISO 8601 UTC (`2026-11-27T20:00:00Z`).
+pub fn iso8601(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (proleptic Gregorian), after Howard Hinnant.
+    let z = days as i64 + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Unpacks a zip as Lambda and the Functions host do, keeping each file's mode.
+pub fn unzip(zip: &Path, into: &Path) -> Vec<String> {
+    let script = "import os, sys, zipfile\n\
+                  z = zipfile.ZipFile(sys.argv[1])\n\
+                  for i in z.infolist():\n\
+                  \x20   p = z.extract(i, sys.argv[2]); os.chmod(p, (i.external_attr >> 16) & 0o7777)\n\
+                  \x20   print(i.filename, oct((i.external_attr >> 16) & 0o777))\n";
+    let out = Command::new("python3").args(["-c", script]).arg(zip).arg(into).output().unwrap();
+    assert!(out.status.success(), "{}", cluster::text(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }

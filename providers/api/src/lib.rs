@@ -276,6 +276,31 @@ pub struct BootstrapRequest {
     pub deadline: Option<Millis>,
 }
 
+impl BootstrapRequest {
+    /// A request as a serverless entrypoint takes it directly:
+    /// `{"job": "<job file>"}` or `{"job_url": "<scheme>://bucket/job.toml"}`,
+    /// one of them, with optional `base_dir` and `overrides` (`MAYFLY_*`
+    /// names). The error says what was wrong, for the provider to wrap.
+    pub fn from_direct(event: &serde_json::Value, scheme: &str) -> Result<BootstrapRequest, String> {
+        let obj = event
+            .as_object()
+            .ok_or_else(|| format!("expected a JSON object with `job` or `job_url` ({scheme}://...)"))?;
+        let job = obj.get("job").and_then(|j| j.as_str()).map(str::to_owned);
+        let job_url = obj.get("job_url").and_then(|j| j.as_str()).map(str::to_owned);
+        if job.is_some() == job_url.is_some() {
+            return Err(format!(
+                "expected a JSON object with `job` (the job file) or `job_url` ({scheme}://...), one of them"
+            ));
+        }
+        let base_dir = obj.get("base_dir").and_then(|b| b.as_str()).map(str::to_owned);
+        let overrides = match obj.get("overrides") {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(o) => serde_json::from_value(o.clone()).map_err(|e| format!("`overrides`: {e}"))?,
+        };
+        Ok(BootstrapRequest { job: job.unwrap_or_default(), job_url, base_dir, overrides, deadline: None })
+    }
+}
+
 /// What a bootstrap did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootstrapReply {

@@ -1055,17 +1055,7 @@ pub fn adapt_event(
     if let Some(records) = obj.get("Records") {
         return s3_event(records, event_job_url, event_prefix);
     }
-    let job = obj.get("job").and_then(|j| j.as_str()).map(str::to_owned);
-    let job_url = obj.get("job_url").and_then(|j| j.as_str()).map(str::to_owned);
-    if job.is_some() == job_url.is_some() {
-        return Err(bad("expected a JSON object with `job` (the job file) or `job_url` (s3://...), one of them"));
-    }
-    let base_dir = obj.get("base_dir").and_then(|b| b.as_str()).map(str::to_owned);
-    let overrides = match obj.get("overrides") {
-        None | Some(serde_json::Value::Null) => BTreeMap::new(),
-        Some(o) => serde_json::from_value(o.clone()).map_err(|e| bad(&format!("`overrides`: {e}")))?,
-    };
-    Ok(BootstrapRequest { job: job.unwrap_or_default(), job_url, base_dir, overrides, ..Default::default() })
+    BootstrapRequest::from_direct(event, "s3").map_err(|m| bad(&m))
 }
 
 fn s3_event(

@@ -450,21 +450,6 @@ fn imds_ttl() -> u64 {
     std::env::var("MAYFLY_TEST_IMDS_TTL").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
 }
 
-/// `secs` since the Unix epoch as ISO 8601 UTC (`2026-11-27T20:00:00Z`).
-fn iso8601(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days to a civil date (proleptic Gregorian), after Howard Hinnant.
-    let z = days as i64 + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
 /// Fresh instance profile credentials, valid for [`imds_ttl`].
 fn instance_profile_credentials() -> String {
     static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -472,12 +457,12 @@ fn instance_profile_credentials() -> String {
     let now = mayfly_provider_api::now_ms() / 1000;
     serde_json::json!({
         "Code": "Success",
-        "LastUpdated": iso8601(now),
+        "LastUpdated": mayfly_tests::iso8601(now),
         "Type": "AWS-HMAC",
         "AccessKeyId": format!("ASIATESTING{n:08}"),
         "SecretAccessKey": format!("secret-{n}"),
         "Token": format!("token-{n}"),
-        "Expiration": iso8601(now + imds_ttl()),
+        "Expiration": mayfly_tests::iso8601(now + imds_ttl()),
     })
     .to_string()
 }

@@ -10,7 +10,7 @@
 //! `ship` profile (minutes); later runs reuse the build.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,18 +41,6 @@ fn set_args(skip: &[&str]) -> Vec<String> {
             ["--set".to_owned(), format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]
         })
         .collect()
-}
-
-/// Unpacks a zip as Lambda does, keeping each file's mode (Python's zipfile reads it).
-fn unzip(zip: &Path, into: &Path) -> Vec<String> {
-    let script = "import os, sys, zipfile\n\
-                  z = zipfile.ZipFile(sys.argv[1])\n\
-                  for i in z.infolist():\n\
-                  \x20   p = z.extract(i, sys.argv[2]); os.chmod(p, (i.external_attr >> 16) & 0o7777)\n\
-                  \x20   print(i.filename, oct((i.external_attr >> 16) & 0o777))\n";
-    let out = Command::new("python3").args(["-c", script]).arg(zip).arg(into).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 /// A `PATH` with `cargo zigbuild` and zig on it: this one if it has them (as
@@ -124,7 +112,7 @@ fn the_package_runs_on_amazon_linux_2023s_glibc() {
 
     // The function's zip: what provided.al2023 runs, with the modes it needs.
     let function = scratch("aws-package-function");
-    let listing = unzip(&dir.join("function.zip"), &function);
+    let listing = mayfly_tests::unzip(&dir.join("function.zip"), &function);
     assert_eq!(
         listing,
         vec!["bootstrap 0o755", "mayfly 0o755", "libmayfly_provider_aws.so 0o644"],
@@ -308,7 +296,7 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
     // Lambda starts the function's bootstrap in its unpacked code, with the
     // function's environment (as moto keeps it) and its role's keys.
     let task_root = scratch("aws-package-task-root");
-    unzip(&dir.join("function.zip"), &task_root);
+    mayfly_tests::unzip(&dir.join("function.zip"), &task_root);
     let api = RuntimeApi::start();
     let mut function = Command::new(task_root.join("bootstrap"))
         .current_dir("/")

@@ -213,9 +213,9 @@ pub fn from_request_on(
         BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
         // The request's own fault (a used job id, a location that cannot be
         // one): no retry of the same request can succeed.
-        BootstrapError::Step {
-            step: "check the job id" | "check the locations" | "check the output location", ..
-        } => fail(ErrorKind::Config, format!("bootstrap refused: {e}")),
+        BootstrapError::Step { step: "check the job id" | "check the locations", .. } => {
+            fail(ErrorKind::Config, format!("bootstrap refused: {e}"))
+        }
         BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
     })?;
     Ok(BootstrapReply {

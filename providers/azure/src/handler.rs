@@ -50,10 +50,12 @@ pub(crate) async fn get(url: &str, headers: &[(&str, &str)], timeout: Duration) 
 ///
 /// - the custom handler's payload of the HTTP trigger: `Data.req.Body` is a
 ///   direct request;
-/// - the payload of the Blob trigger (`Metadata.BlobTrigger` is
-///   `container/path/name`): the job at `event_job_url` on the blob's
-///   directory (`az://container/<its prefix>`, under `event_prefix` if set),
-///   with a job id made from that prefix and the blob's ETag, so that a
+/// - the payload of the Blob trigger: the blob is `Metadata.Uri` (the host
+///   leaves out `BlobTrigger`, as it does every key ending in "trigger", and
+///   sends other values JSON-encoded: strings arrive quoted); the job at
+///   `event_job_url` runs on the blob's directory (`az://container/<its
+///   prefix>`, under `event_prefix` if set), with a job id made from that
+///   prefix and the blob's ETag (else its last-modified time), so that a
 ///   duplicate delivery (the host retries a failed invocation) is refused as
 ///   a job id already used instead of running twice;
 /// - a direct request: `{"job": "<job file>"}` or `{"job_url": "az://..."}`,
@@ -62,16 +64,20 @@ pub fn adapt_event(
     event: &serde_json::Value,
     event_job_url: Option<&str>,
     event_prefix: Option<&str>,
+    storage_url: Option<&str>,
 ) -> Result<BootstrapRequest, ProviderError> {
     let bad = |m: &str| fail(ErrorKind::Config, format!("event: {m}"));
     let obj = event.as_object().ok_or_else(|| bad("expected a JSON object"))?;
-    if let Some(path) = event.pointer("/Metadata/BlobTrigger").and_then(|v| v.as_str()) {
-        let etag = event
-            .pointer("/Metadata/Properties/ETag")
-            .or_else(|| event.pointer("/Metadata/Properties/Etag"))
-            .and_then(|v| v.as_str())
+    let text = |pointer: &str| event.pointer(pointer).and_then(unquote);
+    if let Some(uri) = text("/Metadata/Uri") {
+        let path = blob_path(&uri, storage_url).ok_or_else(|| {
+            bad(&format!("`Metadata.Uri` {uri:?} is not a blob's URL (https://account.../container/path)"))
+        })?;
+        let tag = text("/Metadata/Properties/ETag")
+            .or_else(|| text("/Metadata/Properties/Etag"))
+            .or_else(|| text("/Metadata/Properties/LastModified"))
             .unwrap_or_default();
-        return blob_event(path, etag, event_job_url, event_prefix);
+        return blob_event(&path, &tag, event_job_url, event_prefix);
     }
     if let Some(data) = obj.get("Data") {
         let req = data.get("req").ok_or_else(|| {
@@ -87,6 +93,40 @@ pub fn adapt_event(
         return direct(&body);
     }
     direct(event)
+}
+
+/// A metadata value as text: the host sends strings JSON-encoded (`"\"x\""`).
+fn unquote(v: &serde_json::Value) -> Option<String> {
+    let s = v.as_str()?;
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(serde_json::Value::String(inner)) => Some(inner),
+        _ => Some(s.to_owned()),
+    }
+}
+
+/// `container/key` of a blob's URL: after the account's endpoint when it is
+/// the provider's (an emulator's has the account in its path), else after
+/// the host; percent-escapes decoded.
+fn blob_path(uri: &str, storage_url: Option<&str>) -> Option<String> {
+    let rest = match storage_url.and_then(|base| uri.strip_prefix(base.trim_end_matches('/'))) {
+        Some(rest) => rest.trim_start_matches('/').to_owned(),
+        None => uri.split_once("://")?.1.split_once('/')?.1.to_owned(),
+    };
+    let rest = rest.split(['?', '#']).next()?;
+    let mut out = Vec::with_capacity(rest.len());
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let path = String::from_utf8(out).ok()?;
+    path.contains('/').then_some(path)
 }
 
 fn direct(event: &serde_json::Value) -> Result<BootstrapRequest, ProviderError> {
@@ -106,7 +146,7 @@ fn blob_event(
     let (container, key) = path
         .split_once('/')
         .filter(|(c, k)| !c.is_empty() && !k.is_empty())
-        .ok_or_else(|| bad(format!("`Metadata.BlobTrigger` {path:?}: expected container/path/name")))?;
+        .ok_or_else(|| bad(format!("blob {path:?}: expected container/path/name")))?;
     let dir = key.rsplit_once('/').map(|(d, _)| d.to_owned()).unwrap_or_default();
     if dir.is_empty() {
         return Err(bad(format!("az://{container}/{key} has no prefix to run a job on (put it under a folder)")));
@@ -145,7 +185,7 @@ async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
     let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
-    let (mut length, mut close) = (0usize, http10);
+    let (mut length, mut close, mut chunked) = (0usize, http10, false);
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).await.map_err(|e| e.to_string())? == 0 {
@@ -160,6 +200,36 @@ async fn read_request<R: tokio::io::AsyncRead + Unpin>(
             length = v.trim().parse().map_err(|_| format!("a bad Content-Length: {header}"))?;
         } else if let Some(v) = lower.strip_prefix("connection:") {
             close = v.trim() == "close";
+        } else if let Some(v) = lower.strip_prefix("transfer-encoding:") {
+            chunked = v.trim() == "chunked";
+        }
+    }
+    if chunked {
+        // The host may send its payload chunked (no Content-Length).
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await.map_err(|e| e.to_string())?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| format!("a bad chunk size: {size:?}"))?;
+            if body.len() + size > 16 << 20 {
+                return Err("a request over 16 MiB".into());
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..]).await.map_err(|e| e.to_string())?;
+            let mut end = String::new();
+            reader.read_line(&mut end).await.map_err(|e| e.to_string())?;
+            if size == 0 {
+                // Trailers, if any, end with an empty line (read above when there are none).
+                while !end.trim().is_empty() {
+                    end.clear();
+                    if reader.read_line(&mut end).await.map_err(|e| e.to_string())? == 0 {
+                        break;
+                    }
+                }
+                return Ok(Some((method, path, body, close)));
+            }
         }
     }
     if length > 16 << 20 {
@@ -303,14 +373,18 @@ mod tests {
         let job = "az://conf/jobs/wc.toml";
         let http = serde_json::json!({"Data": {"req": {"Url": "http://x/api/run", "Method": "POST",
             "Body": "{\"job_url\": \"az://conf/jobs/wc.toml\"}"}}, "Metadata": {}});
-        let r = adapt_event(&http, None, None).unwrap();
+        let r = adapt_event(&http, None, None, None).unwrap();
         assert_eq!(r.job_url.as_deref(), Some(job));
         let empty = serde_json::json!({"Data": {"req": {"Method": "POST"}}, "Metadata": {}});
-        assert!(adapt_event(&empty, None, None).unwrap_err().message.contains("has no body"));
+        assert!(adapt_event(&empty, None, None, None).unwrap_err().message.contains("has no body"));
+        // As the host sends it: no BlobTrigger, strings JSON-encoded.
         let blob = |path: &str, etag: &str| {
-            serde_json::json!({"Data": {"blob": "..."}, "Metadata": {"BlobTrigger": path,
+            let uri = format!("https://acct.blob.core.windows.net/{}", path.replace(' ', "%20"));
+            serde_json::json!({"Data": {"blob": "..."}, "Metadata": {"Uri": serde_json::to_string(&uri).unwrap(),
                 "Properties": {"ETag": etag}}})
         };
+        let adapt_event =
+            |e: &serde_json::Value, job: Option<&str>, prefix: Option<&str>| adapt_event(e, job, prefix, None);
         let r = adapt_event(&blob("data/incoming/batch 7/_READY", "\"0x8DC1\""), Some(job), Some("incoming/")).unwrap();
         assert_eq!(r.overrides["MAYFLY_INPUT"], "az://data/incoming/batch 7");
         assert_eq!(r.overrides["MAYFLY_JOB_ID"], "incoming-batch-7-0x8DC1", "the same blob, the same id");
@@ -322,5 +396,10 @@ mod tests {
         assert!(e.message.contains("no prefix"), "{e}");
         let both = adapt_event(&serde_json::json!({"job": "x", "job_url": job}), None, None).unwrap_err();
         assert!(both.message.contains("one of them"), "{both}");
+        // An emulator's endpoint has the account in its path.
+        let azurite = "https://127.0.0.1:10000/devstoreaccount1";
+        assert_eq!(blob_path(&format!("{azurite}/data/in/x"), Some(azurite)).as_deref(), Some("data/in/x"));
+        assert_eq!(blob_path("https://a.blob.core.windows.net/data/in%2Bx/y", None).as_deref(), Some("data/in+x/y"));
+        assert_eq!(blob_path("https://a.blob.core.windows.net/data", None), None);
     }
 }

@@ -167,7 +167,7 @@ pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Resu
             format!(
                 "# mayfly itself: the node artifact, read with the VM's identity.\n\
                  D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
-                 until curl -sf --retry 3 -H \"Authorization: Bearer $(tok https://storage.azure.com/)\" -H 'x-ms-version: 2021-08-06' -o \"$D/node.tar.gz\" {url}{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
+                 until printf 'Authorization: Bearer %s\\n' \"$(tok https://storage.azure.com/)\" | curl -sf --retry 3 -H @- -H 'x-ms-version: 2021-08-06' -o \"$D/node.tar.gz\" {url}{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
                  \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch or verify the node artifact '{url}'; ending this VM' >&2; \"$E\"; exit 1; fi; sleep 3\n\
                  done\n\
                  B=\"$D/mayfly\"\n",
@@ -188,12 +188,12 @@ pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Resu
          ID=$(md 'instance/compute/resourceId?api-version=2021-02-01&format=text')\n\
          case \"$ID\" in /subscriptions/*) ;; *) echo 'mayfly: no resource id from the metadata service; powering off' >&2; poweroff; exit 1;; esac\n\
          # Ends this VM: deletes it through ARM (a stopped VM still bills); power off is the last resort.\n\
-         E=\"$R/usr/local/sbin/mayfly-end-vm\"; export ID\n\
+         E=\"$R/usr/local/sbin/mayfly-end-vm\"; export ID E\n\
          cat > \"$E\" <<'EOF'\n\
          #!/bin/sh\n\
          tok() {{ curl -sf --retry 3 --connect-timeout 2 -H Metadata:true \"$IMDS/metadata/identity/oauth2/token?api-version=2018-02-01&resource={arm_res}{client}\" | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p'; }}\n\
          n=0\n\
-         until curl -sf -o /dev/null -X DELETE -H \"Authorization: Bearer $(tok)\" \"{arm_url}$ID?api-version={API_VERSION}\"; do\n\
+         until printf 'Authorization: Bearer %s\\n' \"$(tok)\" | curl -sf -o /dev/null -X DELETE -H @- \"{arm_url}$ID?api-version={API_VERSION}\"; do\n\
          \x20 n=$((n + 1)); [ \"$n\" -ge 10 ] && break; sleep 5\n\
          done\n\
          poweroff\n\
@@ -486,12 +486,22 @@ impl Azure {
             .unwrap_or_else(|| "http://169.254.169.254".into())
     }
 
-    /// This VM's resource id, from the instance metadata service (`None` off Azure).
+    /// This VM's resource id, from the instance metadata service (`None` off
+    /// Azure, where nothing answers; a busy service is asked three times).
     async fn my_vm(&self) -> Option<String> {
         let url = format!("{}/metadata/instance/compute/resourceId?api-version=2021-02-01&format=text", self.imds());
-        let text = handler::get(&url, &[("Metadata", "true")], Duration::from_secs(2)).await.ok()?;
-        let id = text.trim().to_owned();
-        id.starts_with("/subscriptions/").then_some(id)
+        for _ in 0..3 {
+            match handler::get(&url, &[("Metadata", "true")], Duration::from_secs(2)).await {
+                Ok(text) => {
+                    let id = text.trim().to_owned();
+                    return id.starts_with("/subscriptions/").then_some(id);
+                }
+                // Nothing there at all (not on a VM): no point in asking again.
+                Err(e) if e.contains("no answer") || e.contains("refused") => return None,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        None
     }
 
     async fn get_vm(&self, group: &str, name: &str) -> Result<Option<compute::models::VirtualMachine>, ProviderError> {
@@ -639,21 +649,31 @@ impl Azure {
         }
         let arm = self.arm().await?;
         let sub = self.subscription()?.to_owned();
+        // Every VM is asked to go, whatever another's deletion answers.
         let mut targets = Vec::new();
+        let mut first_error = None;
         for id in ids {
-            let (group, name) =
-                parse_vm_id(id).ok_or_else(|| fail(ErrorKind::Config, format!("{id}: not a VM's resource id")))?;
+            let Some((group, name)) = parse_vm_id(id) else {
+                first_error.get_or_insert(fail(ErrorKind::Config, format!("{id}: not a VM's resource id")));
+                continue;
+            };
             match arm.virtual_machines_client().delete(&group, &name, &sub).send().await {
                 Ok(_) => targets.push((group, name)),
                 Err(e) if status_of(&e) == Some(404) => {}
-                Err(e) => return Err(arm_err(&format!("VirtualMachines_Delete({name})"), &e)),
+                Err(e) => {
+                    first_error.get_or_insert(arm_err(&format!("VirtualMachines_Delete({name})"), &e));
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         let start = std::time::Instant::now();
         loop {
             let mut left = Vec::new();
             for (group, name) in targets {
-                if self.get_vm(&group, &name).await?.is_some() {
+                // Being deleted counts as gone: ARM finishes it, and list no longer shows it.
+                if self.get_vm(&group, &name).await?.as_ref().is_some_and(alive) {
                     left.push((group, name));
                 }
             }
@@ -946,7 +966,8 @@ impl Provider for Azure {
     }
 
     async fn adapt_event(&self, event: serde_json::Value) -> Result<BootstrapRequest, ProviderError> {
-        handler::adapt_event(&event, self.event_job_url.as_deref(), self.event_prefix.as_deref())
+        let storage = self.storage_url().ok();
+        handler::adapt_event(&event, self.event_job_url.as_deref(), self.event_prefix.as_deref(), storage.as_deref())
     }
 
     async fn permissions(
@@ -1001,6 +1022,8 @@ pub fn deploy_plan(
         mayfly_provider_api::SETTINGS_ENV: serde_json::Value::Object(settings).to_string(),
         "FUNCTIONS_WORKER_RUNTIME": "custom",
         "MayflyStorage__blobServiceUri": storage_url,
+        // The Blob trigger's identity-based connection also uses the account's queues.
+        "MayflyStorage__queueServiceUri": storage_url.replacen(".blob.", ".queue.", 1),
         "MayflyStorage__credential": "managedidentity",
     });
     if let Some(t) = &trigger {
@@ -1091,7 +1114,7 @@ pub fn role_definitions(
             "AssignableScopes": [scope.clone()],
         })
     };
-    let function = role(
+    let mut function = role(
         "mayfly function",
         "The bootstrap function's identity: makes, watches and deletes the job's VMs in the resource group; reads and writes the job's containers.",
         vec![
@@ -1109,6 +1132,17 @@ pub fn role_definitions(
         ],
         true,
     );
+    // The Blob trigger (an identity-based connection) keeps its receipts in queues.
+    if let Some(data) = function["DataActions"].as_array_mut() {
+        for a in [
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/write",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/delete",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action",
+        ] {
+            data.push(a.into());
+        }
+    }
     let nodes = role(
         "mayfly node",
         "The nodes' user-assigned identity: sees the job's VMs and deletes them (itself, the master's leftover workers); reads and writes the job's containers.",

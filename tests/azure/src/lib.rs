@@ -446,7 +446,8 @@ impl Arm {
             "name": name, "type": "Microsoft.Compute/virtualMachines", "location": "westeurope",
             "tags": {"mayfly:job": job, "mayfly:role": if node == "master" { "master" } else { "worker" },
                      "mayfly:node": node, "mayfly:expires-at": expires_at.to_string()},
-            "properties": {"provisioningState": "Succeeded", "hardwareProfile": {"vmSize": "Standard_B2s"}},
+            "properties": {"provisioningState": "Succeeded", "hardwareProfile": {"vmSize": "Standard_B2s"},
+                           "vmId": format!("inserted-{name}")},
         });
         let vm = Vm {
             body,
@@ -610,15 +611,16 @@ impl Arm {
         }
     }
 
-    /// `VirtualMachines_List`, three to a page.
+    /// `VirtualMachines_List`, three to a page; the skip token is the last
+    /// name given (VMs made or deleted meanwhile do not shift the pages).
     fn list(&self, r: &Request) -> Answer {
         let s = self.state.lock().unwrap();
-        let skip: usize = r.query.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
-        let all: Vec<&Vm> = s.vms.values().collect();
-        let page: Vec<serde_json::Value> = all.iter().skip(skip).take(3).map(|v| v.body.clone()).collect();
-        let mut body = serde_json::json!({"value": page});
-        if skip + 3 < all.len() {
-            body["nextLink"] = format!("{}{}?api-version={API}&$skiptoken={}", self.endpoint, r.path, skip + 3).into();
+        let after = r.query.get("$skiptoken").cloned();
+        let mut rest = s.vms.iter().filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_str() > a.as_str()));
+        let page: Vec<(&String, &Vm)> = rest.by_ref().take(3).collect();
+        let mut body = serde_json::json!({"value": page.iter().map(|(_, v)| v.body.clone()).collect::<Vec<_>>()});
+        if let (Some((last, _)), Some(_)) = (page.last(), rest.next()) {
+            body["nextLink"] = format!("{}{}?api-version={API}&$skiptoken={last}", self.endpoint, r.path).into();
         }
         Answer::json(200, body)
     }
@@ -990,8 +992,9 @@ impl Hypervisor {
 
     fn tick(arm: &Arm, tokens: &Arc<Tokens>, env: &[(&'static str, String)], nodes: &mut HashMap<String, Node>) {
         let vms: Vec<Vm> = arm.state.lock().unwrap().vms.values().cloned().collect();
+        // Keyed by vmId: a VM made again under the same name is a new machine.
         for vm in &vms {
-            let id = vm.body["id"].as_str().unwrap_or_default().to_owned();
+            let id = vm.body.pointer("/properties/vmId").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             match nodes.get_mut(&id) {
                 None if vm.state == "Succeeded" && vm.power == "running" => match Self::boot(vm, tokens, env) {
                     Ok(node) => {
@@ -1014,7 +1017,9 @@ impl Hypervisor {
             }
         }
         for (id, node) in nodes.iter_mut() {
-            if !node.ended && !vms.iter().any(|v| v.body["id"] == *id) {
+            if !node.ended
+                && !vms.iter().any(|v| v.body.pointer("/properties/vmId").and_then(|v| v.as_str()) == Some(id))
+            {
                 Self::kill(node);
             }
         }
@@ -1145,11 +1150,14 @@ impl FunctionApp {
     pub fn invoke(&self, function: &str, payload: &serde_json::Value) -> (u16, serde_json::Value) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        // Chunked, as the host may send its payload (no Content-Length), in two chunks.
         let body = payload.to_string();
+        let (a, b) = body.split_at(body.len() / 2);
         write!(
             stream,
-            "POST /{function} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+            "POST /{function} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
         )
         .unwrap();
         let mut answer = String::new();
@@ -1166,11 +1174,15 @@ impl FunctionApp {
             "Metadata": {"sys": {"MethodName": "run", "UtcNow": mayfly_tests::iso8601(now_s())}}})
     }
 
-    /// The Blob trigger's payload for a blob that arrived.
-    pub fn blob_payload(path: &str, etag: &str) -> serde_json::Value {
-        serde_json::json!({"Data": {"blob": ""}, "Metadata": {"BlobTrigger": path,
-            "Uri": format!("https://app.blob.core.windows.net/{path}"), "Properties": {"ETag": etag, "Length": 0},
-            "sys": {"MethodName": "blob", "UtcNow": mayfly_tests::iso8601(now_s())}}})
+    /// The Blob trigger's payload for the blob `container/key` that arrived,
+    /// as the host makes it: no `BlobTrigger` (the host drops keys ending in
+    /// "trigger"), other values JSON-encoded (a string arrives quoted).
+    pub fn blob_payload(cloud: &Cloud, path: &str, etag: &str) -> serde_json::Value {
+        let uri = format!("{}/{}", cloud.azurite.endpoint, path.replace(' ', "%20"));
+        let quoted = |s: &str| serde_json::to_string(s).unwrap();
+        serde_json::json!({"Data": {"blob": ""}, "Metadata": {
+            "Uri": quoted(&uri), "Properties": {"ETag": quoted(etag), "Length": 0},
+            "name": quoted(path.rsplit('/').next().unwrap_or_default())}})
     }
 }
 

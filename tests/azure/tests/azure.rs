@@ -120,7 +120,7 @@ fn a_blob_trigger_runs_the_job_exactly_once_on_vms_that_all_go_with_20_second_to
         cloud,
         &[("event_job_url", "az://mayfly-events/jobs/ev.toml"), ("event_prefix", "mayfly-events/incoming/")],
     );
-    let event = FunctionApp::blob_payload("mayfly-events/incoming/batch-1/_READY", "\"0x8DC0FFEE\"");
+    let event = FunctionApp::blob_payload(cloud, "mayfly-events/incoming/batch-1/_READY", "0x8DC0FFEE");
     let started = std::time::Instant::now();
     let (status, answer) = app.invoke("blob", &event);
     assert_eq!(status, 200, "{answer}");

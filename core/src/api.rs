@@ -146,6 +146,11 @@ pub struct Status {
     pub ended: Option<String>,
 }
 
+/// Decodes a request body as the master does (after the token check).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+}
+
 /// Compares secrets in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -233,6 +238,21 @@ impl Client {
             return Err(CallError::Refused { status, message });
         }
         response.body_mut().read_json().map_err(|e| CallError::Unreachable(format!("bad answer: {e}")))
+    }
+
+    /// `POST path` with `body` as it is (no JSON encoding), for tools and
+    /// tests that probe the API: the answer's status and text.
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Result<(u16, String), CallError> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .post(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .send(body)
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.body_mut().read_to_string().unwrap_or_default()))
     }
 
     /// `POST /v1/lease`

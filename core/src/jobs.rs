@@ -620,6 +620,18 @@ fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'st
 }
 
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<&str>) -> Result<ExitCode> {
+    // A node ends by the rules, not by a hangup: when its launcher exits while
+    // the node is stopped (SIGSTOP, a debugger), the kernel sends its orphaned
+    // process group SIGHUP. Blocked before any thread starts, so every thread
+    // inherits it; it stays pending, never delivered.
+    if let Err(e) = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP).thread_block() {
+        eprintln!("{node}: blocking SIGHUP: {e}");
+    }
+    // The node's output goes through the log pump: a log that cannot be
+    // written for a while must not end the node (nor lose its lines).
+    if let Err(e) = mayfly_core::nodelog::start() {
+        eprintln!("{node}: the log pump did not start ({e}); logging directly");
+    }
     let location = Location::parse(dir, Path::new("/")).map_err(|e| anyhow::anyhow!("--dir {dir:?}: {e}"))?;
     // A remote state comes with the provider that serves it; a local one
     // holds the manifest that names the provider.
@@ -662,6 +674,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
         eprintln!("{who}: the job's deadline passed; ending now");
+        mayfly_core::nodelog::finish(Duration::from_secs(2));
         if let Some(ship) = &last_ship {
             ship();
         }
@@ -680,6 +693,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
     }
     // Last: the logs go to the state location, then the node deletes itself;
     // this process exits right after.
+    mayfly_core::nodelog::finish(Duration::from_secs(5));
     if let Some(ship) = &ship {
         ship();
     }

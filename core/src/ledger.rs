@@ -166,6 +166,9 @@ pub struct Ledger {
     max_attempts: u32,
     pending: std::collections::BTreeSet<u32>,
     earliest_expiry: Millis,
+    /// Pending shards that may not be leased before a time (their last
+    /// attempt could not be recorded: the job's storage failed).
+    not_before: std::collections::BTreeMap<u32, Millis>,
 }
 
 impl Ledger {
@@ -178,6 +181,7 @@ impl Ledger {
             max_attempts: max_attempts.max(1),
             pending: (0..shards).collect(),
             earliest_expiry: Millis::MAX,
+            not_before: Default::default(),
         }
     }
 
@@ -235,9 +239,16 @@ impl Ledger {
         self.shards.iter().all(|s| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. }))
     }
 
-    /// Leases the lowest pending shard to `worker` until `expires_at`.
-    pub fn lease(&mut self, worker: &str, expires_at: Millis) -> Option<(Lease, Event)> {
-        let shard = *self.pending.first()?;
+    /// Leases the lowest pending shard that may be leased at `now` to
+    /// `worker` until `expires_at`.
+    pub fn lease(&mut self, worker: &str, now: Millis, expires_at: Millis) -> Option<(Lease, Event)> {
+        let shard = if self.not_before.is_empty() {
+            *self.pending.first()?
+        } else {
+            self.not_before.retain(|_, at| *at > now);
+            *self.pending.iter().find(|s| !self.not_before.contains_key(s))?
+        };
+        self.not_before.remove(&shard);
         let token = self.next_token;
         self.next_token += 1;
         self.shards[shard as usize].attempts += 1;
@@ -297,6 +308,12 @@ impl Ledger {
         let state = if final_failure { ShardState::Failed { error: error.to_owned() } } else { ShardState::Pending };
         self.set_state(shard, state);
         Ok(Event::AttemptFailed { shard, token, error: error.to_owned(), final_failure })
+    }
+
+    /// Keeps `shard` from being leased again before `at` (its attempt's
+    /// commit could not be recorded; retrying at once would fail the same way).
+    pub fn delay(&mut self, shard: u32, at: Millis) {
+        self.not_before.insert(shard, at);
     }
 
     /// Hands a lease back without counting a failure.
@@ -431,7 +448,7 @@ mod tests {
             now += next() % 5;
             match next() % 6 {
                 0 | 1 => {
-                    if let Some((lease, _)) = l.lease("w", now + next() % 20) {
+                    if let Some((lease, _)) = l.lease("w", now, now + next() % 20) {
                         live.push(lease);
                     }
                 }
@@ -469,13 +486,27 @@ mod tests {
     }
 
     #[test]
+    fn a_delayed_shard_waits_and_the_others_go_first() {
+        let mut l = Ledger::new(2, 3);
+        let (a, _) = l.lease("w1", 0, 100).unwrap();
+        l.delay(a.shard, 50);
+        l.release(a.shard, a.token).unwrap();
+        assert_eq!(l.shards()[0].failures, 0, "a release uses no attempt");
+        let (b, _) = l.lease("w2", 10, 100).unwrap();
+        assert_eq!(b.shard, 1, "shard 0 waits until 50");
+        assert!(l.lease("w3", 49, 100).is_none(), "nothing may be leased before 50");
+        let (c, _) = l.lease("w3", 50, 100).unwrap();
+        assert_eq!((c.shard, c.attempt), (0, 2));
+    }
+
+    #[test]
     fn lease_commit_and_fencing() {
         let mut l = Ledger::new(2, 3);
-        let (a, _) = l.lease("w1", 100).unwrap();
-        let (b, _) = l.lease("w2", 100).unwrap();
+        let (a, _) = l.lease("w1", 0, 100).unwrap();
+        let (b, _) = l.lease("w2", 0, 100).unwrap();
         assert_eq!((a.shard, b.shard), (0, 1));
         assert_ne!(a.token, b.token);
-        assert!(l.lease("w3", 100).is_none(), "nothing pending");
+        assert!(l.lease("w3", 0, 100).is_none(), "nothing pending");
         assert_eq!(l.commit(0, b.token, out("x")), Err(Refused::Stale { shard: 0, token: b.token }));
         l.commit(0, a.token, out("a")).unwrap();
         // A replayed commit is refused and changes nothing.
@@ -490,12 +521,12 @@ mod tests {
     #[test]
     fn an_expired_lease_returns_the_shard_and_voids_the_token() {
         let mut l = Ledger::new(1, 3);
-        let (a, _) = l.lease("w1", 100).unwrap();
+        let (a, _) = l.lease("w1", 0, 100).unwrap();
         l.heartbeat(0, a.token, 200).unwrap();
         assert!(l.expire(199).is_empty());
         assert_eq!(l.expire(200).len(), 1);
         assert_eq!(l.shards()[0].state, ShardState::Pending);
-        let (b, _) = l.lease("w2", 300).unwrap();
+        let (b, _) = l.lease("w2", 0, 300).unwrap();
         assert_eq!(b.attempt, 2);
         // The zombie's heartbeat and commit are refused.
         assert!(l.heartbeat(0, a.token, 999).is_err());
@@ -506,16 +537,16 @@ mod tests {
     #[test]
     fn retries_until_max_attempts_then_failed_with_the_last_error() {
         let mut l = Ledger::new(1, 2);
-        let (a, _) = l.lease("w", 10).unwrap();
+        let (a, _) = l.lease("w", 0, 10).unwrap();
         l.fail(0, a.token, "first", true).unwrap();
-        let (b, _) = l.lease("w", 10).unwrap();
+        let (b, _) = l.lease("w", 0, 10).unwrap();
         let ev = l.fail(0, b.token, "second", true).unwrap();
         assert!(matches!(ev, Event::AttemptFailed { final_failure: true, .. }));
         assert_eq!(l.shards()[0].state, ShardState::Failed { error: "second".into() });
         assert!(l.is_done());
         // Not retryable: failed at once.
         let mut l = Ledger::new(1, 5);
-        let (a, _) = l.lease("w", 10).unwrap();
+        let (a, _) = l.lease("w", 0, 10).unwrap();
         l.fail(0, a.token, "bad data", false).unwrap();
         assert_eq!(l.counts().failed, 1);
     }
@@ -523,9 +554,9 @@ mod tests {
     #[test]
     fn release_does_not_count_as_a_failure() {
         let mut l = Ledger::new(1, 1);
-        let (a, _) = l.lease("w", 10).unwrap();
+        let (a, _) = l.lease("w", 0, 10).unwrap();
         l.release(0, a.token).unwrap();
-        let (b, _) = l.lease("w", 10).unwrap();
+        let (b, _) = l.lease("w", 0, 10).unwrap();
         assert_eq!(b.attempt, 2);
         assert_eq!(l.shards()[0].failures, 0);
     }
@@ -534,12 +565,12 @@ mod tests {
     fn replay_rebuilds_from_journal_and_markers_and_voids_live_leases() {
         let mut l = Ledger::new(3, 3);
         let mut journal = Vec::new();
-        let (a, e) = l.lease("w1", 10).unwrap();
+        let (a, e) = l.lease("w1", 0, 10).unwrap();
         journal.push(e);
-        let (b, e) = l.lease("w2", 10).unwrap();
+        let (b, e) = l.lease("w2", 0, 10).unwrap();
         journal.push(e);
         journal.push(l.fail(b.shard, b.token, "trap", true).unwrap());
-        let (c, e) = l.lease("w2", 10).unwrap();
+        let (c, e) = l.lease("w2", 0, 10).unwrap();
         journal.push(e);
         // Shard 0 committed per its marker, though its journal line was lost.
         let replayed = Ledger::replay(3, 3, &journal, &[(a.shard, out("a"))]);
@@ -549,7 +580,7 @@ mod tests {
         assert_eq!(replayed.shards()[2].state, ShardState::Pending);
         // New tokens never collide with old ones.
         let mut replayed = replayed;
-        let (d, _) = replayed.lease("w3", 10).unwrap();
+        let (d, _) = replayed.lease("w3", 0, 10).unwrap();
         assert!(d.token > c.token);
     }
 }

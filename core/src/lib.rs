@@ -39,6 +39,7 @@ pub mod host;
 pub mod job;
 pub mod ledger;
 pub mod master;
+pub mod nodelog;
 pub mod package;
 pub mod plan;
 pub mod plugin;

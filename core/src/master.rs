@@ -77,6 +77,10 @@ struct Master {
     committer: std::sync::mpsc::Sender<CommitJob>,
     /// Commits prepared and not yet finished by the committer.
     in_flight: usize,
+    /// Commits in a row the job's storage could not record.
+    storage_failures: u32,
+    /// Whether the last journal write failed.
+    journal_failing: bool,
 }
 
 type Shared = Arc<Mutex<Master>>;
@@ -88,9 +92,17 @@ fn now() -> Millis {
 impl Master {
     fn record(&mut self, event: &Event, sync: bool) {
         if let Ok(line) = serde_json::to_string(event) {
-            let _ = writeln!(self.journal, "{line}");
-            if sync {
-                let _ = self.journal.sync_data();
+            let written =
+                writeln!(self.journal, "{line}").and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
+            match written {
+                Ok(()) => self.journal_failing = false,
+                // Said once per streak: decisions go on (the commit markers
+                // are the truth on resume; the journal only adds history).
+                Err(e) if !self.journal_failing => {
+                    self.journal_failing = true;
+                    eprintln!("master: writing the journal: {e}; going on (commit markers remain the truth)");
+                }
+                Err(_) => {}
             }
         }
     }
@@ -179,8 +191,20 @@ impl Master {
             Err((StatusCode::CONFLICT, _)) => {
                 self.layout.output.read_json::<Marker>(&self.layout.marker(marker.shard)).ok().flatten()
             }
+            Err((StatusCode::SERVICE_UNAVAILABLE, _)) => {
+                // The job's storage failed: its worker hands the shard back
+                // (no attempt used), and it waits before it is leased again,
+                // longer while the failures go on (0.25 s doubling, at most 8 s).
+                self.storage_failures = self.storage_failures.saturating_add(1);
+                let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
+                self.ledger.delay(marker.shard, now() + wait);
+                None
+            }
             Err(_) => None,
         };
+        if decided.is_ok() {
+            self.storage_failures = 0;
+        }
         if let Some(m) = adopt {
             let already = matches!(
                 self.ledger.shards().get(m.shard as usize).map(|r| &r.state),
@@ -362,10 +386,10 @@ fn guard<T: for<'de> Deserialize<'de>>(
     body: &[u8],
 ) -> Result<T, (StatusCode, String)> {
     if !authorized(headers, &m.token) {
-        eprintln!("master: refused a request without a valid job token");
+        eprintln!("master: refused a request without a valid job token ({} bytes of body)", body.len());
         return Err((StatusCode::UNAUTHORIZED, "missing or wrong job token".into()));
     }
-    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+    crate::api::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
 async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -385,7 +409,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
         // Credentials about to expire: refresh first; no lease may outlive them.
         return json(&LeaseReply::Wait { retry_ms: 200 });
     }
-    match m.ledger.lease(&req.worker, expires_at) {
+    match m.ledger.lease(&req.worker, t, expires_at) {
         Some((lease, event)) => {
             m.record(&event, false);
             let items = m.manifest.plan.shards[lease.shard as usize].items.clone();
@@ -520,20 +544,48 @@ pub struct MasterInfo {
 
 /// The address the master serves on: `MAYFLY_LISTEN` (an IP address the
 /// provider's launch sets, e.g. the instance's private address from IMDS on
-/// EC2), else loopback. Off loopback, only with TLS.
-fn listen_address() -> Result<std::net::IpAddr, String> {
-    let ip = match std::env::var("MAYFLY_LISTEN") {
-        Ok(v) if !v.is_empty() => {
-            v.parse::<std::net::IpAddr>().map_err(|e| format!("MAYFLY_LISTEN {v:?}: not an IP address: {e}"))?
-        }
-        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+/// EC2, or `ip:port` for a fixed port), else loopback on a free port. Off
+/// loopback, only with TLS.
+fn listen_address() -> Result<std::net::SocketAddr, String> {
+    let addr = match std::env::var("MAYFLY_LISTEN") {
+        Ok(v) if !v.is_empty() => v
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))
+            .map_err(|e| format!("MAYFLY_LISTEN {v:?}: not an IP address or ip:port: {e}"))?,
+        _ => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
-    if !cfg!(feature = "tls") && !ip.is_loopback() {
+    if !cfg!(feature = "tls") && !addr.ip().is_loopback() {
         return Err(format!(
-            "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {ip} in clear"
+            "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {} in clear",
+            addr.ip()
         ));
     }
-    Ok(ip)
+    Ok(addr)
+}
+
+/// The address the master tells workers to use: `MAYFLY_ADVERTISE` (`ip:port`,
+/// when something between them forwards, such as a NAT or a proxy), else the
+/// one it listens on. Its IP must be the listening one's, the one its
+/// certificate names.
+fn advertised_address(listening: std::net::SocketAddr) -> Result<std::net::SocketAddr, String> {
+    match std::env::var("MAYFLY_ADVERTISE") {
+        Ok(v) if !v.is_empty() => {
+            let addr =
+                v.parse::<std::net::SocketAddr>().map_err(|e| format!("MAYFLY_ADVERTISE {v:?}: not ip:port: {e}"))?;
+            if addr.ip() != listening.ip() {
+                return Err(format!(
+                    "MAYFLY_ADVERTISE {v:?}: its IP must be the one the master listens on ({}), which its certificate names",
+                    listening.ip()
+                ));
+            }
+            Ok(addr)
+        }
+        _ => Ok(listening),
+    }
+}
+
+fn via(advertised: std::net::SocketAddr, listening: std::net::SocketAddr) -> String {
+    if advertised == listening { String::new() } else { format!("; workers are told {advertised}") }
 }
 
 /// Reads the journal, skipping a torn last line.
@@ -651,6 +703,8 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         policy,
         committer: committer_tx,
         in_flight: 0,
+        storage_failures: 0,
+        journal_failing: false,
     };
     let shared: Shared = Arc::new(Mutex::new(master));
     for i in 0..COMMITTERS {
@@ -667,14 +721,15 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     let reason = rt.block_on(async {
-        let ip = listen_address()?;
+        let wanted = listen_address()?;
         let listener =
-            tokio::net::TcpListener::bind((ip, 0)).await.map_err(|e| format!("cannot listen on {ip}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            tokio::net::TcpListener::bind(wanted).await.map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
+        let listening = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = advertised_address(listening)?;
         #[cfg(feature = "tls")]
         let tls = {
             let job = shared.lock().map_err(|_| "master state poisoned".to_owned())?.manifest.job.clone();
-            crate::tls::master_tls(&job, ip)?
+            crate::tls::master_tls(&job, listening.ip())?
         };
         #[cfg(feature = "tls")]
         let ca = Some(tls.ca_pem.clone());
@@ -701,12 +756,12 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         }
         #[cfg(feature = "tls")]
         {
-            eprintln!("master: listening on {addr} (TLS, the job's own CA)");
+            eprintln!("master: listening on {listening} (TLS, the job's own CA){}", via(addr, listening));
             tokio::spawn(crate::tls::serve(listener, tls.acceptor, app));
         }
         #[cfg(not(feature = "tls"))]
         {
-            eprintln!("master: listening on {addr}");
+            eprintln!("master: listening on {listening}{}", via(addr, listening));
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });

@@ -385,27 +385,34 @@ impl PluginProvider {
         };
         let (status, body) =
             answer.map_err(|_| self.fail(ErrorKind::Protocol, format!("`{method}` was dropped without an answer")))?;
-        match status {
-            STATUS_OK => serde_json::from_slice(&body).map_err(|e| {
-                self.fail(ErrorKind::Protocol, format!("malformed JSON from `{method}` ({e}): {}", preview(&body)))
-            }),
-            STATUS_ERROR => Err(serde_json::from_slice::<ProviderError>(&body).unwrap_or_else(|e| {
-                self.fail(
-                    ErrorKind::Protocol,
-                    format!("`{method}` failed with a malformed error ({e}): {}", preview(&body)),
-                )
-            })),
-            _ => {
-                Err(self
-                    .fail(ErrorKind::Panic, format!("it panicked in `{method}`: {}", String::from_utf8_lossy(&body))))
-            }
-        }
+        decode_answer(&self.info.name, &self.path, method, status, &body)
     }
 
     /// Adapts an entrypoint event and bootstraps it through the host callback.
     pub async fn invoke(&self, event: serde_json::Value) -> Result<BootstrapReply, ProviderError> {
         let limit = Duration::from_millis(self.info.limits.bootstrap_limit_ms) + self.timeout;
         self.call("invoke", &event, Some(limit)).await
+    }
+}
+
+/// Decodes a plugin's answer to `method` (status and body, as the ABI's
+/// completion callback delivers them): its value, its error, or an error that
+/// names the plugin and shows what it sent.
+pub fn decode_answer<T: DeserializeOwned>(
+    name: &str,
+    path: &Path,
+    method: &str,
+    status: u32,
+    body: &[u8],
+) -> Result<T, ProviderError> {
+    let fail = |kind, message: String| ProviderError::new(name, kind, format!("{message} (plugin {})", path.display()));
+    match status {
+        STATUS_OK => serde_json::from_slice(body)
+            .map_err(|e| fail(ErrorKind::Protocol, format!("malformed JSON from `{method}` ({e}): {}", preview(body)))),
+        STATUS_ERROR => Err(serde_json::from_slice::<ProviderError>(body).unwrap_or_else(|e| {
+            fail(ErrorKind::Protocol, format!("`{method}` failed with a malformed error ({e}): {}", preview(body)))
+        })),
+        _ => Err(fail(ErrorKind::Panic, format!("it panicked in `{method}`: {}", String::from_utf8_lossy(body)))),
     }
 }
 

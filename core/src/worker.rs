@@ -56,6 +56,8 @@ struct Keeper {
 struct Credentials {
     current: Credential,
     failures: u32,
+    /// When the last refresh failed: the next try waits the policy's `retry_after`.
+    failed_at: u64,
     refreshed: u32,
     failed_ops: u32,
 }
@@ -66,7 +68,8 @@ impl Keeper {
     fn refresh_if_due(&self) -> CredentialAction {
         let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
         let t = now();
-        if self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
+        let waiting = c.failures > 0 && t < c.failed_at + self.policy.retry_after(c.failures).as_millis() as u64;
+        if !waiting && self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
             match self.provider.credentials(&self.job, &self.layout.state_location(), &self.node) {
                 Ok(fresh) => {
                     c.current = fresh;
@@ -82,6 +85,7 @@ impl Keeper {
                 }
                 Err(e) => {
                     c.failures += 1;
+                    c.failed_at = now();
                     log(&self.node, &format!("credential refresh failed ({} in a row): {e}", c.failures));
                 }
             }
@@ -252,13 +256,27 @@ impl Worker {
                             log(&self.node, &format!("shard {shard} committed ({} items, {n} outputs)", items.len()));
                             Ok(())
                         }
+                        Err(CallError::Refused { status, message }) if status >= 500 => {
+                            // The master could not record the commit (its
+                            // storage failed): not the shard's fault, so no
+                            // attempt is used; the master waits before it
+                            // leases the shard again.
+                            log(
+                                &self.node,
+                                &format!(
+                                    "shard {shard} released: the master could not record the commit ({status}): {message}"
+                                ),
+                            );
+                            let _ = std::fs::remove_dir_all(&staging);
+                            self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
+                        }
                         Err(CallError::Refused { status, message }) if status != 409 => {
                             // Refused for a reason other than a stale lease (too
-                            // large, unavailable): say so, so the operator sees it.
+                            // large, malformed): say so, so the operator sees it.
                             let error = format!("the master refused the commit ({status}): {message}");
                             log(&self.node, &format!("shard {shard} failed: {error}"));
                             let _ = std::fs::remove_dir_all(&staging);
-                            self.client.fail(&FailRequest { shard, token, error, retryable: status >= 500 }).map(|_| ())
+                            self.client.fail(&FailRequest { shard, token, error, retryable: false }).map(|_| ())
                         }
                         Err(e) => Err(e),
                     }
@@ -354,7 +372,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
     };
     let client = Client::connect(&addr, &token, Duration::from_secs(10))?;
     let keeper = Keeper {
-        inner: Arc::new(Mutex::new(Credentials { current, failures: 0, refreshed: 0, failed_ops: 0 })),
+        inner: Arc::new(Mutex::new(Credentials { current, failures: 0, failed_at: 0, refreshed: 0, failed_ops: 0 })),
         provider,
         layout,
         job: manifest.job.clone(),

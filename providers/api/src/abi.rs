@@ -255,11 +255,10 @@ pub mod plugin {
             let table = unsafe { std::ptr::read_unaligned(host) };
             // SAFETY: the host borrows the settings for this call.
             let bytes = unsafe { settings.as_slice() };
-            let values: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(bytes).map_err(|e| protocol(format!("settings are not a JSON object: {e}")))?;
+            let settings = decode_settings(&name_hint::<P>(), bytes)?;
             let host: Arc<dyn Host> = Arc::new(AbiHost { table: HostPtr(table) });
             // The name is the provider's; settings errors name it themselves.
-            let provider = P::create(Settings::new(name_hint::<P>(), values), host.clone())?;
+            let provider = P::create(settings, host.clone())?;
             let info = provider.info();
             let json = serde_json::to_vec(&info).map_err(|e| protocol(e.to_string()))?;
             Ok((Box::new(Instance { provider: Arc::new(provider), host, name: info.name }), json))
@@ -350,6 +349,32 @@ pub mod plugin {
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(p) => Poll::Ready(Err(panic_message(p.as_ref()))),
             }
+        }
+    }
+
+    /// Decodes the settings the host passes to `create`.
+    pub fn decode_settings(provider: &str, bytes: &[u8]) -> Result<Settings, ProviderError> {
+        let values: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).map_err(|e| {
+            ProviderError::new("plugin", ErrorKind::Protocol, format!("settings are not a JSON object: {e}"))
+        })?;
+        Ok(Settings::new(provider, values))
+    }
+
+    /// Decodes a host's request for `method` into the type `dispatch` gives
+    /// the provider, without calling one (the fuzzer's way in).
+    pub fn decode_request(method: &str, body: &[u8]) -> Result<(), ProviderError> {
+        let n = "plugin";
+        match method {
+            "launch" => parse::<crate::LaunchRequest>(n, method, body).map(drop),
+            "list" => parse::<crate::ListRequest>(n, method, body).map(drop),
+            "terminate" => parse::<crate::TerminateRequest>(n, method, body).map(drop),
+            "credentials" => parse::<crate::CredentialRequest>(n, method, body).map(drop),
+            "object_store" => parse::<String>(n, method, body).map(drop),
+            "adapt_event" | "invoke" => parse::<serde_json::Value>(n, method, body).map(drop),
+            "permissions" => parse::<crate::PermissionsRequest>(n, method, body).map(drop),
+            "deploy" => parse::<crate::DeployRequest>(n, method, body).map(drop),
+            "identify" | "terminate_self" | "sweep" | "serve" => Ok(()),
+            other => Err(ProviderError::new(n, ErrorKind::Unsupported, format!("unknown method `{other}`"))),
         }
     }
 

@@ -216,6 +216,75 @@ fn credentials_shorter_than_the_job_are_refreshed_with_no_failed_operation() {
     job.assert_nothing_left(Duration::from_secs(10));
 }
 
+/// Whether `hay` holds something shaped like a local credential's secret
+/// (16 hex digits, a dot, 64 hex digits).
+fn holds_a_credential(hay: &[u8]) -> bool {
+    let hex = |b: &u8| b.is_ascii_hexdigit();
+    hay.iter().enumerate().any(|(i, b)| {
+        *b == b'.'
+            && i >= 16
+            && hay.len() >= i + 65
+            && hay[i - 16..i].iter().all(hex)
+            && hay[i + 1..i + 65].iter().all(hex)
+    })
+}
+
+#[test]
+fn no_secret_reaches_a_log_an_output_or_the_state() {
+    // Credentials renewed during the job, every node's log, every output and
+    // state file, the CLI's output: none holds the job token, the issuer's key
+    // or any credential.
+    let files = inputs(8, 200);
+    let job = TestJob::new("secrets", &files);
+    let extra = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n\n[cluster]\nworkers = 2\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", extra);
+    let run = job.run();
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        job.log("worker-1").contains("credentials refreshed") || job.log("worker-2").contains("credentials refreshed")
+    );
+    let status = job.command(&["status", &job.id, "--state", "state"]).output().unwrap();
+    let logs = job.command(&["logs", &job.id, "--state", "state"]).output().unwrap();
+    let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap().trim().to_owned();
+    let key = std::fs::read(job.state().join("secret/issuer.key")).unwrap();
+    assert!(token.len() >= 32 && key.len() == 32);
+    // A credential of this job's issuer, to prove the scanner sees one.
+    let provider =
+        mayfly_core::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
+    let sample = provider.credentials(&job.id, &job.state().to_string_lossy(), "probe").unwrap();
+    assert!(holds_a_credential(format!("x {} y", sample.secret).as_bytes()), "the scanner finds a credential");
+    let mut texts: Vec<(String, Vec<u8>)> = vec![
+        ("`mayfly run`".into(), [run.stdout.clone(), run.stderr.clone()].concat()),
+        ("`mayfly status`".into(), [status.stdout, status.stderr].concat()),
+        ("`mayfly logs`".into(), [logs.stdout, logs.stderr].concat()),
+    ];
+    let mut stack = vec![job.out(), job.state()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path == job.state().join("secret") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                texts.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    assert!(texts.len() > 20, "every log, output and state file: {}", texts.len());
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (what, bytes) in &texts {
+        assert!(!contains(bytes, token.as_bytes()), "the job token is in {what}");
+        assert!(
+            !contains(bytes, &key) && !contains(bytes, hex::encode(&key).as_bytes()),
+            "the issuer key is in {what}"
+        );
+        assert!(!holds_a_credential(bytes), "a credential is in {what}");
+    }
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
 #[test]
 fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     use mayfly_core::bootstrap::{BootstrapError, ReadyTask, bootstrap};
@@ -413,6 +482,97 @@ fn the_worker_api_refuses_requests_without_the_job_token() {
     assert!(!job.log("master").contains(token.trim()), "the token never reaches the log");
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn the_worker_api_refuses_other_jobs_tokens_replays_and_bad_bodies() {
+    use mayfly_core::api::{Client, CommitRequest, StagedFile};
+    use mayfly_core::ledger::Event;
+    // Another job, run to its end: its token is a real one, not this job's.
+    let other = TestJob::new("auth-other", &inputs(1, 10));
+    other.write_job(SLOW, "{ mode = \"slow\", delay_ms = 0 }", &cluster(1, ""));
+    let out = other.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let other_token = std::fs::read_to_string(other.state().join("secret/token")).unwrap().trim().to_owned();
+
+    let files = inputs(4, 100);
+    let job = TestJob::new("auth-replay", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 1500 }", &cluster(1, ""));
+    let run = job.spawn();
+    let journal = || mayfly_core::master::read_journal(&job.state().join("journal.jsonl"));
+    let first_commit = || {
+        journal().into_iter().find_map(|e| match e {
+            Event::Committed { shard, token, outputs } => Some((shard, token, outputs)),
+            _ => None,
+        })
+    };
+    assert!(wait_until(Duration::from_secs(60), || first_commit().is_some()), "no commit");
+    let (shard, committed_token, outputs) = first_commit().unwrap();
+    let info: mayfly_core::master::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
+    let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap().trim().to_owned();
+    assert_ne!(token, other_token);
+    let good = Client::connect(&info, &token, Duration::from_secs(30)).unwrap();
+    let before = good.status().unwrap();
+    let paths = ["/v1/lease", "/v1/heartbeat", "/v1/commit", "/v1/fail", "/v1/release"];
+
+    // Another job's token: 401 everywhere, even with a well-formed body.
+    let foreign = Client::connect(&info, &other_token, Duration::from_secs(5)).unwrap();
+    let body = format!(
+        "{{\"worker\":\"intruder\",\"credential_expires_at\":1,\"shard\":{shard},\"token\":{committed_token},\"outputs\":[],\"error\":\"x\",\"retryable\":true}}"
+    );
+    for path in paths {
+        let (status, _) = foreign.post_raw(path, body.as_bytes()).unwrap();
+        assert_eq!(status, 401, "{path} with another job's token");
+    }
+    // No token at all, with a malformed body: 401, so it learns nothing about the body.
+    let anonymous = Client::connect(&info, "", Duration::from_secs(5)).unwrap();
+    assert_eq!(anonymous.post_raw("/v1/commit", b"not json").unwrap().0, 401);
+
+    // A replayed commit of a committed shard: refused as stale; its output stays as it was.
+    let output = job.out().join("map").join(&outputs[0].key).join(&outputs[0].name);
+    let bytes = std::fs::read(&output).unwrap();
+    let staged: Vec<StagedFile> =
+        outputs.iter().map(|o| StagedFile { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes }).collect();
+    let replay = good.commit(&CommitRequest { shard, token: committed_token, outputs: staged.clone() });
+    assert!(matches!(replay, Err(mayfly_core::api::CallError::Refused { status: 409, .. })), "{replay:?}");
+    // A fail or release of it, replayed: refused too; the shard stays committed.
+    let (status, _) = good
+        .post_raw(
+            "/v1/fail",
+            format!("{{\"shard\":{shard},\"token\":{committed_token},\"error\":\"x\",\"retryable\":true}}").as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(status, 409);
+    let (status, _) =
+        good.post_raw("/v1/release", format!("{{\"shard\":{shard},\"token\":{committed_token}}}").as_bytes()).unwrap();
+    assert_eq!(status, 409);
+    // Malformed bodies with the right token: 400, naming what was wrong.
+    for path in paths {
+        for body in [&b"not json"[..], b"", b"[]", b"{\"shard\": \"zero\", \"token\": -1}"] {
+            let (status, message) = good.post_raw(path, body).unwrap();
+            assert_eq!(status, 400, "{path} {:?}: {message}", String::from_utf8_lossy(body));
+            assert!(message.contains("malformed request"), "{message}");
+        }
+    }
+    // An oversized body: 413, before anything reads it.
+    let (status, _) = good.post_raw("/v1/commit", &vec![b' '; 65 << 20]).unwrap();
+    assert_eq!(status, 413);
+
+    // Nothing changed: no attempt failed, the committed output is as it was.
+    let after = good.status().unwrap();
+    assert_eq!((after.retries, after.counts.failed), (before.retries, 0));
+    assert_eq!(std::fs::read(&output).unwrap(), bytes);
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    // Each refusal is logged, and no log holds either token.
+    let master = job.log("master");
+    assert!(master.matches("refused a request without a valid job token").count() >= 6, "{master}");
+    for node in job.nodes() {
+        let log = job.log(&node.node);
+        assert!(!log.contains(&token) && !log.contains(&other_token), "a token in {}'s log", node.node);
+    }
     job.assert_nothing_left(Duration::from_secs(10));
 }
 

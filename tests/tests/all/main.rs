@@ -5,6 +5,7 @@
 mod cache;
 mod cli;
 mod cluster;
+mod faults;
 mod load;
 mod plugins;
 mod sandbox;

@@ -152,11 +152,13 @@ fn files_environment_and_sockets_are_denied() {
         let (what, result) = line.split_once('\t').unwrap();
         assert!(result.starts_with("denied"), "{what} was not denied: {result}");
     }
-    for what in ["file", "dir", "cwd", "env", "home", "args", "tcp", "udp", "dns", "create"] {
+    for what in ["file", "climb", "proc", "append", "dir", "cwd", "env", "home", "args", "tcp", "udp", "dns", "create"]
+    {
         assert!(report.contains(&format!("{what}\t")), "the report misses {what}:\n{report}");
     }
     assert!(listener.accept().is_err(), "the guest reached the listening socket");
     assert!(!std::path::Path::new("/tmp/mayfly-escape").exists());
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret", "the host file is as it was");
 }
 
 #[test]

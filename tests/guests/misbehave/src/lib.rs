@@ -91,6 +91,14 @@ fn misbehave(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result
             let path = if params.path.is_empty() { "/etc/passwd".to_owned() } else { params.path.clone() };
             let file = std::fs::read(&path).map(|b| format!("READ {} bytes", b.len()));
             writeln!(report, "file\t{}", describe(file))?;
+            // The same file through relative climbs, and the host's view of this process.
+            let climb = format!("{}{}", "../".repeat(16), path.trim_start_matches('/'));
+            let climbed = std::fs::read(&climb).map(|b| format!("READ {} bytes", b.len()));
+            writeln!(report, "climb\t{}", describe(climbed))?;
+            let environ = std::fs::read("/proc/self/environ").map(|b| format!("READ {} bytes", b.len()));
+            writeln!(report, "proc\t{}", describe(environ))?;
+            let opened = std::fs::OpenOptions::new().append(true).open(&path).map(|_| "OPENED".to_owned());
+            writeln!(report, "append\t{}", describe(opened))?;
             let dir = std::fs::read_dir("/").map(|d| format!("LISTED {} entries", d.count()));
             writeln!(report, "dir\t{}", describe(dir))?;
             let cwd = std::fs::read_dir(".").map(|d| format!("LISTED {} entries", d.count()));

@@ -1,0 +1,125 @@
+//! Regression tests for what the chaos suite (`tests/tests/chaos.rs`) found,
+//! each a fault the suite injects at random, here at a fixed point:
+//! - commit markers unwritable for a while failed shards for good (each
+//!   refused commit used an attempt, retried at once);
+//! - a node whose log could not be written died (`eprintln!` panics), so a
+//!   brief outage of the state location ended the whole cluster;
+//! - a credential issuer down for a second or two drained every worker
+//!   (three refresh failures in a row came within a second);
+//! - a worker stopped (SIGSTOP) when `mayfly run` exited was killed by the
+//!   kernel's SIGHUP to its orphaned process group, not ended by the rules.
+
+use std::time::Duration;
+
+use mayfly_tests::chaos::{Immutable, IssuerDown};
+use mayfly_tests::cluster::{TestJob, assert_exactly_once, inputs, text, wait_until};
+
+const SLOW: &str = "tests/guests/misbehave";
+
+fn job_text(workers: u32, extra: &str) -> String {
+    format!(
+        "{extra}\n[cluster]\nworkers = {workers}\ndeadline = \"60s\"\nlease_time = \"1s\"\nidle_timeout = \"60s\"\nmaster_lost_timeout = \"60s\"\n\n\
+         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n"
+    )
+}
+
+/// Every worker's log ends by the rules (once every process is gone): it was not killed by its log, its
+/// credentials or anything else.
+fn every_worker_ended_with_the_job(job: &TestJob, workers: u32) {
+    for w in 1..=workers {
+        let log = job.log(&format!("worker-{w}"));
+        assert!(log.contains("ending: the job is done"), "worker-{w}: {log}");
+    }
+}
+
+#[test]
+fn commit_markers_unwritable_for_a_while_cost_time_not_shards() {
+    let files = inputs(16, 200);
+    let job = TestJob::new("markers-down", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, ""));
+    let run = job.spawn();
+    let markers = job.out().join("_mayfly/markers");
+    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 2)));
+    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
+    // Long enough for several commits to be refused (and, before, to use up three attempts).
+    assert!(wait_until(Duration::from_secs(30), || job.log("master").matches("writing the commit marker").count() >= 4));
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(lock);
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    let log = job.log("master");
+    assert!(!log.contains("attempt failed"), "a refused commit uses no attempt: {log}");
+    job.assert_nothing_left(Duration::from_secs(10));
+    every_worker_ended_with_the_job(&job, 2);
+}
+
+#[test]
+fn a_node_whose_log_cannot_be_written_for_a_while_goes_on_and_loses_no_line() {
+    let files = inputs(16, 200);
+    let job = TestJob::new("logs-down", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-2").contains("attempt 1")));
+    let logs: Vec<_> =
+        ["master", "worker-1", "worker-2"].iter().map(|n| job.state().join("logs").join(format!("{n}.log"))).collect();
+    let lock = Immutable::set(&logs).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(lock);
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("resume"), "no node died: {}", text(&out));
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+    every_worker_ended_with_the_job(&job, 2);
+    // The lines written while the log could not be are there: each shard's lease, in the master's log.
+    let master = job.log("master");
+    for shard in 0..16 {
+        assert!(master.contains(&format!("shard {shard} attempt 1 leased to")), "shard {shard}: {master}");
+    }
+}
+
+#[test]
+fn a_credential_issuer_down_for_seconds_drains_no_worker() {
+    let files = inputs(16, 200);
+    let job = TestJob::new("issuer-down", &files);
+    let provider = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300 }", &job_text(2, provider));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-2").contains("attempt 1")));
+    let down = IssuerDown::set(&job.state()).unwrap();
+    let failed = || (1..=2).map(|w| job.log(&format!("worker-{w}")).matches("credential refresh failed").count());
+    // Both workers meet the outage (their 2 s credentials are due every second).
+    assert!(wait_until(Duration::from_secs(10), || failed().all(|n| n >= 1)), "no refresh failed");
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(down);
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+    every_worker_ended_with_the_job(&job, 2);
+}
+
+#[test]
+fn a_worker_stopped_when_its_launcher_exits_is_not_hung_up_on() {
+    let files = inputs(8, 200);
+    let job = TestJob::new("stopped-orphan", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    job.signal("worker-1", "STOP");
+    // worker-2 finishes the job (worker-1's lease expires); `mayfly run` exits
+    // while worker-1 is stopped, which orphans its process group.
+    let out = run.wait_with_output().unwrap();
+    job.signal("worker-1", "CONT");
+    assert!(out.status.success(), "{}", text(&out));
+    job.assert_nothing_left(Duration::from_secs(10));
+    // Once it is gone: its abandoned attempt's staging went with it (the empty
+    // `_mayfly/staging` its wake-up re-created may stay).
+    let staging = job.out().join("_mayfly/staging");
+    assert!(std::fs::read_dir(&staging).map(|mut d| d.next().is_none()).unwrap_or(true), "an attempt left staging");
+    let _ = std::fs::remove_dir(&staging);
+    assert_exactly_once(&job, &files);
+    let log = job.log("worker-1");
+    assert!(log.contains("ending: the job is done"), "worker-1 ended by the rules: {log}");
+}

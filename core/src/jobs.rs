@@ -629,9 +629,13 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
     }
     // The node's output goes through the log pump: a log that cannot be
     // written for a while must not end the node (nor lose its lines).
-    if let Err(e) = mayfly_core::nodelog::start() {
-        eprintln!("{node}: the log pump did not start ({e}); logging directly");
-    }
+    let _pump = match mayfly_core::nodelog::start() {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("{node}: the log pump did not start ({e}); logging directly");
+            None
+        }
+    };
     let location = Location::parse(dir, Path::new("/")).map_err(|e| anyhow::anyhow!("--dir {dir:?}: {e}"))?;
     // A remote state comes with the provider that serves it; a local one
     // holds the manifest that names the provider.

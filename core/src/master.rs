@@ -898,7 +898,8 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     }
     let left = workers(provider);
     if !left.is_empty() {
-        eprintln!("master: ending {} worker(s) still running", left.len());
+        let names: Vec<&str> = left.iter().map(|n| n.node.as_str()).collect();
+        eprintln!("master: ending {} worker(s) still running: {}", left.len(), names.join(" "));
         // At the deadline there is no time to be gentle: the dead-man switch
         // ends this process a second after it.
         let patience = if reason == "done" { Duration::from_secs(2) } else { Duration::from_millis(300) };

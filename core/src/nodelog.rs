@@ -25,9 +25,22 @@ struct Pump {
 
 static PUMP: Mutex<Option<Pump>> = Mutex::new(None);
 
-/// Puts this process's stdout and stderr through the pump. Without a usable
-/// stderr, or if a pipe cannot be made, output stays as it is.
-pub fn start() -> std::io::Result<()> {
+/// Ends the pump when dropped (see [`finish`]): on every way out of a node,
+/// early errors and panics included, its last lines reach the log.
+#[derive(Debug)]
+#[must_use = "the pump ends when the guard is dropped"]
+pub struct Guard(());
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        finish(Duration::from_secs(5));
+    }
+}
+
+/// Puts this process's stdout and stderr through the pump, until the guard is
+/// dropped or [`finish`] is called. Without a usable stderr, or if a pipe
+/// cannot be made, output stays as it is.
+pub fn start() -> std::io::Result<Guard> {
     let log = File::from(nix::unistd::dup(std::io::stderr().as_fd())?);
     let target = log.try_clone()?;
     let (read, write) = nix::unistd::pipe()?;
@@ -56,7 +69,7 @@ pub fn start() -> std::io::Result<()> {
     if let Ok(mut pump) = PUMP.lock() {
         *pump = Some(Pump { log, done });
     }
-    Ok(())
+    Ok(Guard(()))
 }
 
 /// Ends the pump: stdout and stderr write to the log directly again, and the

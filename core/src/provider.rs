@@ -97,6 +97,7 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .unwrap_or_else(|e| {
                 eprintln!("mayfly: cannot start the provider runtime: {e}");
+                crate::nodelog::finish(std::time::Duration::from_secs(2));
                 std::process::exit(70)
             })
     })

@@ -151,6 +151,7 @@ fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T 
     });
     rx.recv().unwrap_or_else(|_| {
         eprintln!("mayfly: a store call panicked");
+        crate::nodelog::finish(std::time::Duration::from_secs(2));
         std::process::exit(70)
     })
 }

@@ -658,6 +658,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
             .unwrap()
     };
     let mut problems = Vec::new();
+    let submitted = Instant::now();
     let mut child = follower(&["run", "job.toml"], 0);
     let master_log = job.state().join("logs/master.log");
     let leased = wait_until(Duration::from_secs(60), || {
@@ -692,7 +693,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
             if job.state().join("final.json").exists() {
                 break;
             }
-            let before_deadline = schedule.deadline_ms.is_none_or(|d| t0.elapsed() < Duration::from_millis(d));
+            let before_deadline = schedule.deadline_ms.is_none_or(|d| submitted.elapsed() < Duration::from_millis(d));
             if !status.success() && resumes < 5 && before_deadline {
                 // The master is gone (`mayfly run` says to resume), or a resume
                 // failed (the state was unwritable): resume, as an operator would.
@@ -858,7 +859,13 @@ fn check(
     if nodes.len() < WORKERS + 1 {
         r.problems.push(format!("only {} nodes recorded", nodes.len()));
     }
-    let master_ended_workers = job.log("master").contains("worker(s) still running");
+    // The workers the master ended at its end (by the rules, not theirs to log).
+    let master_log = job.log("master");
+    let ended_by_master: HashSet<&str> = master_log
+        .lines()
+        .filter_map(|l| l.split_once("worker(s) still running: ").map(|(_, names)| names))
+        .flat_map(str::split_whitespace)
+        .collect();
     for node in &nodes {
         // Every process of the node that the faults did not kill ended by
         // the rules, and said so: none died of anything else.
@@ -870,8 +877,7 @@ fn check(
             (log.matches(": started; task").count(), ends)
         };
         let ends = ends + log.matches("the job's deadline passed; ending now").count();
-        // At its end the master ends the workers still running (by the rules, not theirs to log).
-        let ended_by_master = node.node != "master" && master_ended_workers;
+        let ended_by_master = ended_by_master.contains(node.node.as_str());
         let killed = r.killed.get(&node.node).copied().unwrap_or(0) + usize::from(ended_by_master);
         if ends + killed < starts {
             r.problems.push(format!(

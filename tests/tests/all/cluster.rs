@@ -555,9 +555,13 @@ fn the_worker_api_refuses_other_jobs_tokens_replays_and_bad_bodies() {
             assert!(message.contains("malformed request"), "{message}");
         }
     }
-    // An oversized body: 413, before anything reads it.
-    let (status, _) = good.post_raw("/v1/commit", &vec![b' '; 65 << 20]).unwrap();
-    assert_eq!(status, 413);
+    // An oversized body: 413 (or, if the master closes the connection before
+    // the client has sent it all, a reset), and the master still answers.
+    match good.post_raw("/v1/commit", &vec![b' '; 65 << 20]) {
+        Ok((status, _)) => assert_eq!(status, 413),
+        Err(e) => assert!(matches!(e, mayfly_core::api::CallError::Unreachable(_)), "{e:?}"),
+    }
+    good.status().expect("the master answers after an oversized request");
 
     // Nothing changed: no attempt failed, the committed output is as it was.
     let after = good.status().unwrap();

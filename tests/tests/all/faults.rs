@@ -123,3 +123,26 @@ fn a_worker_stopped_when_its_launcher_exits_is_not_hung_up_on() {
     let log = job.log("worker-1");
     assert!(log.contains("ending: the job is done"), "worker-1 ended by the rules: {log}");
 }
+
+#[test]
+fn a_node_that_fails_at_its_start_gets_its_error_into_its_log() {
+    // Its output goes through the log pump; the error that ends it early must
+    // still reach the log (found in review: it was printed after the pump
+    // started and before it was finished, and lost at exit).
+    let dir = mayfly_tests::scratch("early-node");
+    std::fs::create_dir_all(dir.join("state/early")).unwrap();
+    for attempt in 0..5 {
+        let log_path = dir.join(format!("node-{attempt}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let status = std::process::Command::new(mayfly_tests::mayfly_bin())
+            .args(["node", "--role", "worker", "--job", "early", "--node", "worker-1", "--dir"])
+            .arg(dir.join("state/early"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap();
+        assert!(!status.success());
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        assert!(text.contains("error: no manifest in"), "attempt {attempt}: {text:?}");
+    }
+}

@@ -192,6 +192,10 @@ impl Layout {
     pub fn map_output(&self, key: &str, name: &str) -> String {
         format!("map/{key}/{name}")
     }
+    /// The directory of an item's committed map outputs.
+    pub fn map_item_dir(&self, key: &str) -> String {
+        format!("map/{key}")
+    }
     /// Where a reduce output goes.
     pub fn reduce_output(&self, name: &str) -> String {
         format!("reduce/{name}")

@@ -354,12 +354,27 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
     decided
 }
 
-/// Moves a committed shard's staged outputs into place (idempotent).
+/// Moves a committed shard's staged outputs into place (idempotent). An
+/// item's outputs move with their directory in one rename where the store
+/// allows (a local one, the item's directory not yet there); file by file
+/// otherwise. Nothing may delete a committed attempt's staging while this
+/// runs (a walk that had opened the item's directory would follow it into
+/// place): stagings go after their publish, and the job's end drains the
+/// committers before it removes the staging area.
 fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
     let staging = layout.attempt_staging(marker.shard, marker.token);
+    let mut by_item: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
     for out in &marker.outputs {
-        let from = format!("{staging}/{}/{}", out.key, out.name);
-        layout.output.rename(&from, &layout.map_output(&out.key, &out.name))?;
+        by_item.entry(out.key.as_str()).or_default().push(out.name.as_str());
+    }
+    for (key, names) in by_item {
+        let whole = names.iter().all(|n| !n.contains('/'))
+            && layout.output.rename_dir_holding(&format!("{staging}/{key}"), &layout.map_item_dir(key), &names)?;
+        if !whole {
+            for name in names {
+                layout.output.rename(&format!("{staging}/{key}/{name}"), &layout.map_output(key, name))?;
+            }
+        }
     }
     Ok(())
 }
@@ -542,6 +557,16 @@ pub struct MasterInfo {
     pub ca: Option<String>,
 }
 
+/// Listens on `addr` with a backlog for thousands of workers connecting at
+/// once (tokio's default, 1024, drops the rest's SYNs, which then retry after
+/// 1, 3, 7, 15 s); the kernel caps it at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(16_384)
+}
+
 /// The address the master serves on: `MAYFLY_LISTEN` (an IP address the
 /// provider's launch sets, e.g. the instance's private address from IMDS on
 /// EC2, or `ip:port` for a fixed port), else loopback on a free port. Off
@@ -722,8 +747,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     let reason = rt.block_on(async {
         let wanted = listen_address()?;
-        let listener =
-            tokio::net::TcpListener::bind(wanted).await.map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
+        let listener = listen(wanted).map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
         let listening = listener.local_addr().map_err(|e| e.to_string())?;
         let addr = advertised_address(listening)?;
         #[cfg(feature = "tls")]

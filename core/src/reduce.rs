@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::host::{Attempt, ConcatInput, InputSource, Runtime, RuntimeConfig};
+use crate::host::{Attempt, ConcatInput, InputSource, OpenOnRead, Runtime, RuntimeConfig};
 use crate::job::{Layout, Manifest};
 use crate::ledger::CommittedOutput;
 
@@ -19,14 +19,36 @@ pub fn run(
 ) -> Result<Vec<String>, String> {
     let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
     let task = runtime.load(component).map_err(|e| e.to_string())?;
-    let mut parts: Vec<Arc<dyn InputSource>> = Vec::new();
+    // Every map output is there with its committed size (one listing), and is
+    // opened only when the task reads it: thousands of outputs must not hold
+    // thousands of descriptors at once.
+    let listed: std::collections::HashMap<String, u64> = layout
+        .output
+        .list("map")
+        .map_err(|e| format!("listing the map outputs in {}: {e}", layout.output.display("map")))?
+        .into_iter()
+        .collect();
+    let mut parts: Vec<Arc<dyn InputSource>> = Vec::with_capacity(committed.len());
     for out in committed {
         let key = layout.map_output(&out.key, &out.name);
-        let input = layout
-            .output
-            .input(&key, &format!("{}/{}", out.key, out.name), None)
-            .map_err(|e| format!("reading map output {}: {e}", layout.output.display(&key)))?;
-        parts.push(input);
+        match listed.get(&key) {
+            Some(&size) if size == out.bytes => {}
+            Some(&size) => {
+                return Err(format!(
+                    "map output {} is {size} bytes, {} were committed",
+                    layout.output.display(&key),
+                    out.bytes
+                ));
+            }
+            None => return Err(format!("map output {} is missing", layout.output.display(&key))),
+        }
+        let (store, name) = (layout.output.clone(), format!("{}/{}", out.key, out.name));
+        let display = layout.output.display(&key);
+        parts.push(Arc::new(OpenOnRead::new(name.clone(), out.bytes, move || {
+            store
+                .input(&key, &name, None)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("reading map output {display}: {e}")))
+        })));
     }
     let input = Arc::new(ConcatInput::new("map outputs", parts));
     let staging_key = format!("{}/reduce", layout.staging());

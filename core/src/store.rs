@@ -427,6 +427,53 @@ impl Store {
         }
     }
 
+    /// Locally, moves the directory `from` to `to` in one rename, when `to`
+    /// does not exist and `from` holds exactly the files `names` (nothing
+    /// else, nothing nested); answers whether it did. Elsewhere (object stores
+    /// have no directories), and when it cannot, `false`: the caller moves the
+    /// files one by one.
+    pub fn rename_dir_holding(&self, from: &str, to: &str, names: &[&str]) -> io::Result<bool> {
+        let Backend::Local(root) = &self.backend else { return Ok(false) };
+        let (from_path, to_path) = (Self::local_path(root, from), Self::local_path(root, to));
+        if std::fs::symlink_metadata(&to_path).is_ok()
+            || !std::fs::symlink_metadata(&from_path).is_ok_and(|m| m.file_type().is_dir())
+        {
+            return Ok(false);
+        }
+        let mut held = Vec::with_capacity(names.len());
+        let Ok(entries) = std::fs::read_dir(&from_path) else { return Ok(false) };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                return Ok(false);
+            }
+            held.push(entry.file_name());
+        }
+        let mut wanted: Vec<&std::ffi::OsStr> = names.iter().map(std::ffi::OsStr::new).collect();
+        let mut held: Vec<&std::ffi::OsStr> = held.iter().map(|n| n.as_os_str()).collect();
+        wanted.sort_unstable();
+        held.sort_unstable();
+        if wanted != held {
+            return Ok(false);
+        }
+        if let Some(parent) = to_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::rename(&from_path, &to_path) {
+            Ok(()) => Ok(true),
+            // Another publisher moved it first, or `to` appeared meanwhile.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes an object; one that is not there is no error.
     pub fn delete(&self, key: &str) -> io::Result<()> {
         let r = match &self.backend {
@@ -907,6 +954,33 @@ mod tests {
         )
         .unwrap();
         vec![local, remote]
+    }
+
+    #[test]
+    fn a_directory_moves_whole_only_when_it_holds_exactly_the_named_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::local(dir.path());
+        s.put("st/k/a.tsv", b"a".to_vec()).unwrap();
+        s.put("st/k/b.tsv", b"b".to_vec()).unwrap();
+        // An unnamed extra file, a missing name, a nested entry: not moved.
+        assert!(!s.rename_dir_holding("st/k", "map/k", &["a.tsv"]).unwrap());
+        assert!(!s.rename_dir_holding("st/k", "map/k", &["a.tsv", "b.tsv", "c.tsv"]).unwrap());
+        s.put("st/n/sub/x", b"x".to_vec()).unwrap();
+        assert!(!s.rename_dir_holding("st/n", "map/n", &["sub"]).unwrap());
+        // The destination already there: not moved, nothing overwritten.
+        s.put("map/j/a.tsv", b"old".to_vec()).unwrap();
+        s.put("st/j/a.tsv", b"new".to_vec()).unwrap();
+        assert!(!s.rename_dir_holding("st/j", "map/j", &["a.tsv"]).unwrap());
+        assert_eq!(s.get("map/j/a.tsv").unwrap().unwrap(), b"old");
+        // Exactly the files, destination absent (its parent too): moved whole.
+        assert!(s.rename_dir_holding("st/k", "map/deep/k", &["b.tsv", "a.tsv"]).unwrap());
+        assert_eq!(s.get("map/deep/k/a.tsv").unwrap().unwrap(), b"a");
+        assert_eq!(s.get("map/deep/k/b.tsv").unwrap().unwrap(), b"b");
+        assert!(!dir.path().join("st/k").exists());
+        // Again (already moved): `false`, so the caller's file-by-file move
+        // finds each file in place.
+        assert!(!s.rename_dir_holding("st/k", "map/deep/k", &["a.tsv", "b.tsv"]).unwrap());
+        s.rename("st/k/a.tsv", "map/deep/k/a.tsv").unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod conformance;

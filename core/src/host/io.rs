@@ -107,6 +107,77 @@ impl InputSource for BytesInput {
     }
 }
 
+/// An input opened only when it is first read, and closed once read to its
+/// end: a concatenation of thousands of files (a reduce over every map
+/// output) holds one open at a time, not thousands (the descriptor limit).
+pub struct OpenOnRead {
+    name: String,
+    size: u64,
+    open: Box<dyn Fn() -> io::Result<Arc<dyn InputSource>> + Send + Sync>,
+    current: std::sync::Mutex<Option<Arc<dyn InputSource>>>,
+}
+
+impl OpenOnRead {
+    /// `size` bytes named `name`, opened by `open` when needed (again after
+    /// a read to the end, if read again).
+    pub fn new(
+        name: impl Into<String>,
+        size: u64,
+        open: impl Fn() -> io::Result<Arc<dyn InputSource>> + Send + Sync + 'static,
+    ) -> Self {
+        OpenOnRead { name: name.into(), size, open: Box::new(open), current: std::sync::Mutex::new(None) }
+    }
+}
+
+impl std::fmt::Debug for OpenOnRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOnRead").field("name", &self.name).field("size", &self.size).finish()
+    }
+}
+
+impl InputSource for OpenOnRead {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let mut current = self.current.lock().map_err(|_| io::Error::other("input state poisoned"))?;
+        let source = match &*current {
+            Some(s) => s.clone(),
+            None => {
+                let s = (self.open)()?;
+                if s.size() != self.size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is {} bytes, {} were expected: it changed", self.name, s.size(), self.size),
+                    ));
+                }
+                *current = Some(s.clone());
+                s
+            }
+        };
+        let want = buf.len().min((self.size - offset) as usize);
+        let n = source.read_at(offset, &mut buf[..want])?;
+        if n == 0 {
+            // Shorter than committed: an error, never a silent end of the whole concatenation.
+            *current = None;
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ended at byte {offset} of {}: it changed", self.name, self.size),
+            ));
+        }
+        if offset + n as u64 >= self.size {
+            *current = None;
+        }
+        Ok(n)
+    }
+}
+
 /// Several inputs seen as one, one after the other: how a reduce task sees
 /// every committed map output.
 pub struct ConcatInput {
@@ -311,6 +382,49 @@ pub(crate) enum OpenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_opened_on_read_holds_its_source_only_while_reading_it() {
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = opened.clone();
+        let part = OpenOnRead::new("p", 5, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Arc::new(BytesInput::new("p", &b"hello"[..])) as Arc<dyn InputSource>)
+        });
+        let concat = ConcatInput::new("all", vec![Arc::new(part) as Arc<dyn InputSource>]);
+        let mut buf = [0u8; 3];
+        assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 0, "not opened before a read");
+        assert_eq!(concat.read_at(0, &mut buf).unwrap(), 3);
+        assert_eq!(concat.read_at(3, &mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"lo");
+        // Read to its end, it was let go; reading again opens it again.
+        assert_eq!(concat.read_at(1, &mut buf).unwrap(), 3);
+        assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A source whose size changed since it was committed is an error that says so.
+        let changed = OpenOnRead::new("map/x/counts.tsv", 9, || {
+            Ok(Arc::new(BytesInput::new("x", &b"short"[..])) as Arc<dyn InputSource>)
+        });
+        let e = changed.read_at(0, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("map/x/counts.tsv is 5 bytes, 9 were expected"), "{e}");
+        // One that ends early (it shrank after it was opened) is an error, not
+        // the end of the whole concatenation.
+        struct Short;
+        impl InputSource for Short {
+            fn name(&self) -> &str {
+                "short"
+            }
+            fn size(&self) -> u64 {
+                4
+            }
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                Ok(if offset < 2 { buf.len().min(2 - offset as usize) } else { 0 })
+            }
+        }
+        let short = OpenOnRead::new("map/s/counts.tsv", 4, || Ok(Arc::new(Short) as Arc<dyn InputSource>));
+        assert_eq!(short.read_at(0, &mut buf).unwrap(), 2);
+        let e = short.read_at(2, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    }
 
     #[test]
     fn output_names() {

@@ -37,7 +37,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 pub use cache::default_cache_dir;
 pub use failure::{Failure, LoadError};
-pub use io::{BytesInput, ConcatInput, FileInput, InputSource, StagedOutput, check_output_name};
+pub use io::{BytesInput, ConcatInput, FileInput, InputSource, OpenOnRead, StagedOutput, check_output_name};
 pub use limits::Limits;
 pub use log::{Level, LogLine, LogSource};
 

@@ -248,14 +248,27 @@ impl From<io::Error> for CountError {
 
 /// Counts the words read from `reader`. `base` is the offset of the reader's
 /// first byte in its object, used in the error for invalid UTF-8.
-pub fn count_words(mut reader: impl Read, base: u64) -> Result<Counts, CountError> {
+pub fn count_words(reader: impl Read, base: u64) -> Result<Counts, CountError> {
     let mut counts = Counts::default();
+    count_words_into(&mut counts, reader, base)?;
+    Ok(counts)
+}
+
+/// [`count_words`], adding to `counts` (a native program counting many files
+/// into one table).
+pub fn count_words_into(counts: &mut Counts, mut reader: impl Read, base: u64) -> Result<(), CountError> {
     // Bytes carried over between chunks: the start of a word, or of a character.
     let mut carry: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    // The buffer starts small and doubles while reads fill it, up to 256 KiB:
+    // a tiny input costs no large allocation (in the sandbox, every item's
+    // instance starts with fresh memory, and each page touched is a fault).
+    let mut buf = vec![0u8; 16 * 1024];
     let mut consumed: u64 = 0; // object bytes before `buf[0]`, minus what was carried
     loop {
         let n = read_full(&mut reader, &mut buf)?;
+        if n == buf.len() && buf.len() < 256 * 1024 {
+            buf.resize(buf.len() * 2, 0);
+        }
         let at_end = n == 0;
         let mut chunk = std::mem::take(&mut carry);
         let chunk_start = consumed - chunk.len() as u64;
@@ -269,10 +282,10 @@ pub fn count_words(mut reader: impl Read, base: u64) -> Result<Counts, CountErro
                 return Err(CountError::NotUtf8 { offset: base + chunk_start + e.valid_up_to() as u64 });
             }
         };
-        let word_start = count_valid(&chunk[..valid_len], &mut counts, at_end);
+        let word_start = count_valid(&chunk[..valid_len], counts, at_end);
         carry = chunk[word_start..].to_vec();
         if at_end {
-            return Ok(counts);
+            return Ok(());
         }
     }
 }
@@ -368,29 +381,66 @@ fn bump(counts: &mut Counts, word: &[u8]) {
 }
 
 /// Sums `word<TAB>count` lines (the concatenation of `counts.tsv` files).
-pub fn merge_counts(reader: impl BufRead) -> Result<Counts, CountError> {
+pub fn merge_counts(mut reader: impl BufRead) -> Result<Counts, CountError> {
+    // Lines are taken from the reader's own buffer, not copied one by one (a
+    // reduce reads hundreds of MB of tables); only a line cut by the buffer's
+    // end is put together in `carry`.
     let mut counts = Counts::default();
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let line = line?;
-        let number = index as u64 + 1;
-        if line.is_empty() {
-            continue;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut number = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
         }
-        let bad = |reason: &str| CountError::BadLine { line: number, reason: reason.to_owned() };
-        let tab = line.iter().rposition(|&b| b == b'\t').ok_or_else(|| bad("no tab"))?;
-        let (word, count) = (&line[..tab], &line[tab + 1..]);
-        if word.is_empty() {
-            return Err(bad("empty word"));
+        let len = buf.len();
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            number += 1;
+            if carry.is_empty() {
+                merge_line(&mut counts, &buf[start..end], number)?;
+            } else {
+                carry.extend_from_slice(&buf[start..end]);
+                merge_line(&mut counts, &carry, number)?;
+                carry.clear();
+            }
+            start = end + 1;
         }
-        let count: u64 = std::str::from_utf8(count)
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| bad("the count is not a whole number"))?;
-        if count > 0 {
-            counts.add(word, count).ok_or_else(|| bad("the total overflows"))?;
-        }
+        carry.extend_from_slice(&buf[start..]);
+        reader.consume(len);
+    }
+    if !carry.is_empty() {
+        merge_line(&mut counts, &carry, number + 1)?;
     }
     Ok(counts)
+}
+
+/// Adds one `word<TAB>count` line (line `number`) to `counts`; an empty line is skipped.
+fn merge_line(counts: &mut Counts, line: &[u8], number: u64) -> Result<(), CountError> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    let bad = |reason: &str| CountError::BadLine { line: number, reason: reason.to_owned() };
+    let tab = line.iter().rposition(|&b| b == b'\t').ok_or_else(|| bad("no tab"))?;
+    let (word, digits) = (&line[..tab], &line[tab + 1..]);
+    if word.is_empty() {
+        return Err(bad("empty word"));
+    }
+    // As `u64::from_str`: an optional `+`, then at least one ASCII digit.
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    let count = if digits.is_empty() {
+        None
+    } else {
+        digits.iter().try_fold(0u64, |n, &d| {
+            if d.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(d - b'0')) } else { None }
+        })
+    }
+    .ok_or_else(|| bad("the count is not a whole number"))?;
+    if count > 0 {
+        counts.add(word, count).ok_or_else(|| bad("the total overflows"))?;
+    }
+    Ok(())
 }
 
 /// Writes counts in the output format and returns how many lines it wrote.
@@ -488,6 +538,26 @@ mod tests {
             Err(CountError::BadLine { line: 1, reason }) => assert!(reason.contains("whole number")),
             other => panic!("expected BadLine 1, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn reduce_reads_lines_cut_by_its_buffer_and_a_last_line_without_newline() {
+        let tables = "été\t3\nb\t+2\n\na\t1\nété\t4\nlong-word-over-the-buffer\t18446744073709551615\nb\t1";
+        let whole = merge_counts(tables.as_bytes()).expect("valid");
+        for capacity in [1, 2, 3, 5, 7, 64] {
+            let cut = merge_counts(std::io::BufReader::with_capacity(capacity, tables.as_bytes())).expect("valid");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            write_counts(&whole, &mut a).unwrap();
+            write_counts(&cut, &mut b).unwrap();
+            assert_eq!(a, b, "buffer of {capacity} bytes");
+        }
+        assert_eq!((whole.get("été".as_bytes()), whole.get(b"b"), whole.get(b"a")), (7, 3, 1));
+        assert_eq!(whole.get(b"long-word-over-the-buffer"), u64::MAX);
+        // Past u64, and a bad line cut by the buffer, still say which line.
+        let over = "a\t18446744073709551616\n";
+        assert!(matches!(merge_counts(over.as_bytes()), Err(CountError::BadLine { line: 1, .. })));
+        let bad = std::io::BufReader::with_capacity(2, &b"a\t1\nb\t1\nno-tab-here\n"[..]);
+        assert!(matches!(merge_counts(bad), Err(CountError::BadLine { line: 3, .. })));
     }
 
     #[test]

@@ -52,6 +52,38 @@ fn wordcount_map_reduce_is_exactly_once_with_1_and_4_workers() {
     }
 }
 
+/// The reduce reads more map outputs than the nodes may hold open files: it
+/// opens each as it reads it (it opened all at once, and failed with "Too many
+/// open files" over 50,000 outputs in the comparison benchmark).
+#[test]
+fn a_reduce_over_more_map_outputs_than_open_files_allowed_succeeds() {
+    let files: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| (format!("d{}/t{i:03}.txt", i % 4), format!("w{} common x{i}\n", i % 7).into_bytes()))
+        .collect();
+    let job = TestJob::new("wc-many-outputs", &files);
+    job.write_job(
+        "tasks/wordcount",
+        "{ mode = \"map\" }",
+        &format!(
+            "[reduce]\npath = {:?}\nparams = {{ mode = \"reduce\" }}\n\n[cluster]\nworkers = 2\n\n[sharding]\nshards_per_worker = 2\n",
+            mayfly_tests::component("tasks/wordcount").to_string_lossy()
+        ),
+    );
+    // Every process of the job (the master included) inherits the limit.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\" run job.toml"])
+        .arg(mayfly_tests::mayfly_bin())
+        .current_dir(&job.dir)
+        .env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("600 map outputs"), "{}", text(&out));
+    let reduced = std::fs::read(job.out().join("reduce/counts.tsv")).unwrap();
+    assert_eq!(reduced, native_counts(&files), "the reduce output differs from a single-process count");
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
 fn kill_workers_mid_attempt(id: &str, workers: u32, kill: &[&str]) {
     let files = inputs(8, 3000);
     let job = TestJob::new(id, &files);

@@ -1,0 +1,675 @@
+//! The comparison benchmark's parts (`cargo bench -p mayfly-tests --bench
+//! compare`): a seeded corpus generator, a measurer of a process tree (wall
+//! time, CPU time, peak RSS), the contenders (the native limit, mayfly on the
+//! local provider, Lithops in localhost mode, a single `mayfly exec`), and the
+//! master under many simulated workers.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mayfly_core::api::{CallError, Client, CommitRequest, LeaseReply, LeaseRequest};
+use mayfly_core::demo::{Rng, vocabulary};
+use mayfly_core::job::{Layout, Manifest, keys};
+use mayfly_core::master::MasterInfo;
+use mayfly_core::plan::{Item, Plan, Shard};
+use mayfly_core::provider::{ProviderHandle, Role};
+use mayfly_core::store::Location;
+
+use crate::cluster::{text, wait_until};
+
+/// How a corpus's file sizes are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sizes {
+    /// Every file between `min` and `max` bytes (uniform): many tiny files.
+    Range {
+        /// Smallest file.
+        min: u64,
+        /// Largest file.
+        max: u64,
+    },
+    /// Log-uniform between 1 KiB and 256 times the mean, scaled to the total:
+    /// mostly small files and a few huge ones.
+    Mixed,
+    /// All files the same size: a few huge files.
+    Equal,
+}
+
+/// A corpus: `files` text files of `total` bytes or so (for [`Sizes::Range`],
+/// the total is what the sizes add up to), words drawn from a Zipf
+/// distribution over a vocabulary of `vocabulary` words (non-ASCII included).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Corpus {
+    /// The generator's seed.
+    pub seed: u64,
+    /// How many files.
+    pub files: usize,
+    /// Their total size (ignored for [`Sizes::Range`]).
+    pub total: u64,
+    /// How their sizes are drawn.
+    pub sizes: Sizes,
+    /// Distinct words.
+    pub vocabulary: usize,
+}
+
+/// A generated corpus on disk.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The input files (under `dir/files`) with their sizes, largest first.
+    pub files: Vec<(PathBuf, u64)>,
+    /// Every file's text back to back, in one file (for the single-process contender).
+    pub all: PathBuf,
+}
+
+impl Dataset {
+    /// The total size of the input files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.1).sum()
+    }
+
+    /// The input files in `n` batches of consecutive files (largest first, so a
+    /// pool that takes batches in order balances them as it goes).
+    pub fn batches(&self, n: usize) -> Vec<Vec<PathBuf>> {
+        let per = self.files.len().div_ceil(n.max(1)).max(1);
+        self.files.chunks(per).map(|c| c.iter().map(|f| f.0.clone()).collect()).collect()
+    }
+}
+
+impl Corpus {
+    /// The file sizes this corpus draws (deterministic).
+    pub fn sizes(&self) -> Vec<u64> {
+        let mut rng = Rng::new(self.seed ^ 0x5151);
+        match self.sizes {
+            Sizes::Range { min, max } => (0..self.files).map(|_| min + rng.next_u64() % (max - min + 1)).collect(),
+            Sizes::Equal => vec![self.total / self.files as u64; self.files],
+            Sizes::Mixed => {
+                let mean = self.total as f64 / self.files as f64;
+                let (lo, hi) = (1024f64.ln(), (mean * 256.0).max(2048.0).ln());
+                let raw: Vec<f64> = (0..self.files).map(|_| (lo + rng.unit() * (hi - lo)).exp()).collect();
+                let scale = self.total as f64 / raw.iter().sum::<f64>();
+                raw.iter().map(|r| ((r * scale) as u64).max(16)).collect()
+            }
+        }
+    }
+
+    /// Generates the corpus under `dir` unless it is there already (a stamp
+    /// file names the corpus it holds), and returns it.
+    pub fn generate(&self, dir: &Path) -> std::io::Result<Dataset> {
+        let stamp = dir.join("corpus");
+        let files_dir = dir.join("files");
+        let all = dir.join("all.txt");
+        let sizes = self.sizes();
+        let names: Vec<PathBuf> =
+            (0..self.files).map(|i| files_dir.join(format!("d{:02}/f{i:06}.txt", i % 64))).collect();
+        let done = std::fs::read_to_string(&stamp).ok() == Some(format!("v2 {self:?}"));
+        if !done {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(&files_dir)?;
+            let words = vocabulary(self.vocabulary);
+            let mut cumulative = Vec::with_capacity(words.len());
+            let mut acc = 0.0;
+            for k in 0..words.len() {
+                acc += 1.0 / (k as f64 + 1.0);
+                cumulative.push(acc);
+            }
+            let mut rng = Rng::new(self.seed);
+            let mut everything = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&all)?);
+            let mut text: Vec<u8> = Vec::new();
+            for (name, &size) in names.iter().zip(&sizes) {
+                text.clear();
+                let mut line = 0;
+                while (text.len() as u64) + 1 < size {
+                    let u = rng.unit() * acc;
+                    let k = cumulative.partition_point(|&c| c < u).min(words.len() - 1);
+                    text.extend_from_slice(words[k].as_bytes());
+                    line += words[k].len() + 1;
+                    if line > 70 {
+                        text.push(b'\n');
+                        line = 0;
+                    } else {
+                        text.push(b' ');
+                    }
+                }
+                text.push(b'\n');
+                std::fs::create_dir_all(name.parent().expect("a parent"))?;
+                std::fs::write(name, &text)?;
+                everything.write_all(&text)?;
+            }
+            everything.flush()?;
+            std::fs::write(&stamp, format!("v2 {self:?}"))?;
+        }
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let size = std::fs::metadata(&name)?.len();
+            files.push((name, size));
+        }
+        files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(Dataset { dir: dir.to_owned(), files, all })
+    }
+}
+
+/// What one run of a contender cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    /// Wall-clock time.
+    pub wall: Duration,
+    /// User + system CPU time of every process of the run.
+    pub cpu: Duration,
+    /// Peak memory of the whole process tree (the sum of the processes'
+    /// proportional set sizes, sampled every 20 ms, after the first half
+    /// second every 100 ms; at least the largest single process's own peak
+    /// RSS, which a process too short-lived to be sampled may miss).
+    pub peak_rss_kib: u64,
+}
+
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_CHILDREN) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec().max(0) as u64) + Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// The memory of every descendant of this process together (proportional set
+/// size), and the largest peak RSS (VmHWM) of any one of them, in KiB.
+fn descendants_rss_kib() -> (u64, u64) {
+    let me = std::process::id();
+    let mut parent_of: HashMap<u32, u32> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parent_of.insert(pid, ppid);
+        }
+    }
+    let (mut sum, mut largest) = (0, 0);
+    for &pid in parent_of.keys() {
+        let mut p = pid;
+        let mut inside = false;
+        for _ in 0..64 {
+            match parent_of.get(&p) {
+                Some(&q) if q == me => {
+                    inside = true;
+                    break;
+                }
+                Some(&q) if q != p && q > 1 => p = q,
+                _ => break,
+            }
+        }
+        if inside {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let field = |name: &str| -> u64 {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            // Proportional: pages shared between processes (the same binary
+            // mapped by a master and its workers) are counted once in all.
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            let pss = rollup
+                .lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+            sum += pss.unwrap_or_else(|| field("VmRSS:"));
+            largest = largest.max(field("VmHWM:"));
+        }
+    }
+    (sum, largest)
+}
+
+/// Runs `cmd` to its end and measures it. This process becomes a child
+/// subreaper, so that processes the command leaves behind (mayfly's nodes
+/// finishing their exit) stay its descendants: their memory is sampled and,
+/// once they are reaped here, their CPU time counted. Wall time ends when
+/// `cmd` does; CPU time includes its descendants to their ends (at most a
+/// minute after). The caller must not run other child processes meanwhile.
+pub fn measure(cmd: &mut Command) -> (Cost, Output) {
+    nix::sys::prctl::set_child_subreaper(true).expect("becoming a child subreaper");
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    // The pipes are drained beside: a descendant that keeps them open must not
+    // hold the clock, which stops when the command itself exits.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak) = (done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            // Every 20 ms for the first half second, then every 100 ms: a scan
+            // of /proc costs CPU the contenders share.
+            let begun = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                let (sum, largest) = descendants_rss_kib();
+                peak.fetch_max(sum.max(largest), Ordering::Relaxed);
+                let every = if begun.elapsed() < Duration::from_millis(500) { 20 } else { 100 };
+                std::thread::sleep(Duration::from_millis(every));
+            }
+        })
+    };
+    let status = child.wait().unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    let wall = started.elapsed();
+    // Reap what the command left behind.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < give_up => std::thread::sleep(Duration::from_millis(5)),
+            Ok(WaitStatus::StillAlive) => panic!("{cmd:?} left processes running for a minute"),
+            Ok(_) => {}
+            Err(_) => break, // ECHILD: none left
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let output =
+        Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() };
+    let cost =
+        Cost { wall, cpu: children_cpu().saturating_sub(cpu_before), peak_rss_kib: peak.load(Ordering::Relaxed) };
+    (cost, output)
+}
+
+/// Runs `cmd`, measured, and panics with its output unless it succeeds.
+pub fn measure_ok(what: &str, cmd: &mut Command) -> Cost {
+    let (cost, out) = measure(cmd);
+    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, text(&out));
+    cost
+}
+
+/// Moves a previous run's directory out of the way, into `trash` beside it,
+/// emptied by [`empty_trash`] once nothing is timed any more. Deleting tens of
+/// thousands of files just before a run would slow that run's file creation:
+/// for a while ext4 skips recently freed inodes one by one when it allocates.
+pub fn set_aside(work: &Path) {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    if work.exists() {
+        let trash = work.parent().unwrap_or(work).join("trash");
+        let _ = std::fs::create_dir_all(&trash);
+        let to = trash.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        if std::fs::rename(work, &to).is_err() {
+            let _ = std::fs::remove_dir_all(work);
+        }
+    }
+}
+
+/// Deletes what [`set_aside`] kept under `runs`.
+pub fn empty_trash(runs: &Path) {
+    let _ = std::fs::remove_dir_all(runs.join("trash"));
+}
+
+/// The native word-count program (the `wordcount` task's code compiled
+/// natively), built in release mode.
+pub fn native_wordcount() -> PathBuf {
+    let status = crate::cargo()
+        .args(["build", "--release", "-p", "mayfly-tests", "--bin", "native-wordcount"])
+        .current_dir(crate::root())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building native-wordcount failed");
+    crate::target_dir().join("release").join("native-wordcount")
+}
+
+/// The physical limit: `xargs -P<procs>` runs the native program over batches
+/// of files, then one native merge. Returns the result file.
+pub fn native(bin: &Path, data: &Dataset, procs: usize, work: &Path) -> (Cost, PathBuf) {
+    set_aside(work);
+    let parts = work.join("parts");
+    std::fs::create_dir_all(&parts).expect("work dir");
+    let list = work.join("files.txt");
+    let batches = data.batches(procs * 32);
+    let per = batches.first().map_or(1, Vec::len);
+    let names: Vec<String> = data.files.iter().map(|f| f.0.to_string_lossy().into_owned()).collect();
+    std::fs::write(&list, names.join("\n") + "\n").expect("file list");
+    let result = work.join("counts.tsv");
+    let script = format!(
+        "set -e; xargs -d '\\n' -P {procs} -n {per} -a {list:?} {bin:?} map {parts:?}; {bin:?} reduce {result:?} {parts:?}"
+    );
+    let cost = measure_ok("the native word count", Command::new("sh").args(["-c", &script]));
+    (cost, result)
+}
+
+/// mayfly on the local provider: `mayfly run` of a wordcount job (map and
+/// reduce) with `workers` workers. Returns the reduce's output.
+pub fn mayfly(data: &Dataset, workers: usize, work: &Path, cache: &Path) -> (Cost, PathBuf) {
+    set_aside(work);
+    std::fs::create_dir_all(work).expect("work dir");
+    let task = crate::component("tasks/wordcount");
+    let job = format!(
+        "[job]\nname = \"bench\"\n\n[task]\npath = {task:?}\nparams = {{ mode = \"map\" }}\n\n\
+         [reduce]\npath = {task:?}\nparams = {{ mode = \"reduce\" }}\n\n\
+         [input]\nurl = {:?}\n\n[output]\nurl = \"out\"\n\n[state]\nurl = \"state\"\n\n\
+         [provider]\nname = \"local\"\n\n[cluster]\nworkers = {workers}\ndeadline = \"30m\"\n\n\
+         [sharding]\nshards_per_worker = 4\nsplit_text = true\n",
+        data.dir.join("files")
+    );
+    std::fs::write(work.join("job.toml"), job).expect("job file");
+    let mut cmd = Command::new(crate::mayfly_bin());
+    cmd.args(["run", "job.toml"]).current_dir(work).env("MAYFLY_CACHE_DIR", cache);
+    let cost = measure_ok("mayfly run", &mut cmd);
+    (cost, work.join("out/reduce/counts.tsv"))
+}
+
+/// One `mayfly exec` of the wordcount task over one file holding all the data
+/// (the sandbox without the framework). Returns its output.
+pub fn exec(data: &Dataset, work: &Path, cache: &Path) -> (Cost, PathBuf) {
+    set_aside(work);
+    std::fs::create_dir_all(work).expect("work dir");
+    let task = crate::component("tasks/wordcount");
+    let mut cmd = Command::new(crate::mayfly_bin());
+    cmd.arg("exec").arg(&task).arg("--input").arg(&data.all).arg("--out").arg(work.join("out"));
+    cmd.env("MAYFLY_CACHE_DIR", cache);
+    let cost = measure_ok("mayfly exec", &mut cmd);
+    (cost, work.join("out/counts.tsv"))
+}
+
+/// A Python with Lithops: `$MAYFLY_LITHOPS_PYTHON`, else a virtual
+/// environment under the target directory, made (and Lithops installed from
+/// PyPI) on first use. `Err` says why there is none.
+pub fn lithops_python() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MAYFLY_LITHOPS_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = crate::target_dir().join("bench-lithops-venv");
+    let python = venv.join("bin/python");
+    let has = |p: &Path| Command::new(p).args(["-c", "import lithops"]).output().is_ok_and(|o| o.status.success());
+    if has(&python) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(format!("{cmd:?} failed:\n{}", text(&out))) }
+    };
+    eprintln!("installing Lithops {LITHOPS} from PyPI into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", &format!("lithops=={LITHOPS}")]))?;
+    Ok(python)
+}
+
+/// The Lithops version the benchmark installs.
+pub const LITHOPS: &str = "3.8.0";
+
+/// Lithops in localhost mode, `workers` worker processes, one map call per
+/// batch of files (the native baseline's batches). Returns its output.
+pub fn lithops(python: &Path, data: &Dataset, workers: usize, work: &Path) -> (Cost, PathBuf) {
+    set_aside(work);
+    std::fs::create_dir_all(work).expect("work dir");
+    let batches: Vec<String> = data
+        .batches(workers * 32)
+        .iter()
+        .map(|b| b.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join("\t"))
+        .collect();
+    std::fs::write(work.join("batches.txt"), batches.join("\n") + "\n").expect("batches");
+    let result = work.join("counts.tsv");
+    let mut cmd = Command::new(python);
+    cmd.arg(crate::root().join("tests/bench/lithops_wordcount.py"))
+        .arg("--batches")
+        .arg(work.join("batches.txt"))
+        .arg("--out")
+        .arg(&result)
+        .arg("--workers")
+        .arg(workers.to_string())
+        .current_dir(work);
+    let cost = measure_ok("Lithops", &mut cmd);
+    (cost, result)
+}
+
+/// A process's CPU time so far (user + system), from /proc.
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // After the command: state is field 0, utime 11, stime 12 (clock ticks).
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // /proc counts in USER_HZ, 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn rss_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The master alone under simulated workers.
+#[derive(Debug, Clone)]
+pub struct MasterLoad {
+    /// Simulated workers (each a thread with its own connection).
+    pub workers: usize,
+    /// Shards in the plan (each leased and committed once).
+    pub shards: usize,
+    /// How long each simulated worker "works" on a shard, between its lease
+    /// and its commit.
+    pub think: Duration,
+    /// Leases granted and commits answered.
+    pub ops: usize,
+    /// From the first request to the last answer.
+    pub took: Duration,
+    /// Median request latency.
+    pub p50: Duration,
+    /// 99th percentile request latency.
+    pub p99: Duration,
+    /// The master's peak resident memory.
+    pub peak_rss_kib: u64,
+    /// The master's CPU time (user + system) while the clock ran.
+    pub master_cpu: Duration,
+    /// The slowest first connection (TLS handshake and one request) when
+    /// every worker connects at once, before the clock starts.
+    pub slowest_connect: Duration,
+    /// Requests that got no answer (each sent again), with their errors.
+    pub failures: Vec<String>,
+}
+
+impl MasterLoad {
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// Starts a real master process (local provider) for a plan of `shards`
+/// one-object shards, and has `workers` threads lease, wait `think` (the
+/// shard's work), and commit (no task runs, no outputs) until it says done.
+/// The load offered is `2 * workers / think` requests per second (with
+/// `think` zero, as many as the master answers: its saturation).
+pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad {
+    let dir = crate::scratch(&format!("bench-master-{workers}"));
+    let layout = Layout::local(&dir.join("state"), "bench-master", &dir.join("out"));
+    std::fs::create_dir_all(&layout.work).expect("state");
+    std::fs::create_dir_all(dir.join("out")).expect("out");
+    let token = mayfly_core::job::create_token(&layout).expect("secrets");
+    let item = |i: usize| Item { object: format!("o{i}"), start: 0, len: 0, whole: true };
+    let plan = Plan {
+        shards: (0..shards).map(|i| Shard { id: i as u32, bytes: 0, items: vec![item(i)] }).collect(),
+        target_bytes: 1,
+        total_bytes: 0,
+        objects: shards as u64,
+    };
+    let now = mayfly_core::policy::Clock::now(&mayfly_core::policy::SystemClock);
+    let manifest = Manifest {
+        job: "bench-master".into(),
+        name: "bench".into(),
+        provider: crate::local_selection(serde_json::json!({ "credential_ttl": "1h" })),
+        task: dir.join("none.wasm"),
+        task_sha256: String::new(),
+        params: serde_json::json!({}),
+        reduce: None,
+        input: Location::path(&dir.join("in")),
+        output: layout.output.location().clone(),
+        state: layout.state.location().clone(),
+        plan,
+        workers: workers as u32,
+        limits: Default::default(),
+        max_attempts: 3,
+        lease_ms: 600_000,
+        idle_timeout_ms: 600_000,
+        master_lost_timeout_ms: 600_000,
+        refresh_margin_ms: 300_000,
+        credential_ttl_ms: 3_600_000,
+        created_at: now,
+        expires_at: now + 1_200_000,
+    };
+    layout.state.write_json(keys::MANIFEST, &manifest).expect("manifest");
+    let provider = ProviderHandle::select(&manifest.provider).expect("provider");
+    let request = mayfly_core::bootstrap::launch_request(
+        &layout,
+        &manifest.provider,
+        "bench-master",
+        manifest.expires_at,
+        &[("master".into(), Role::Master)],
+    );
+    let nodes = provider.launch(request).expect("launch");
+    let master_info = || layout.state.read_json::<MasterInfo>(keys::MASTER).ok().flatten();
+    assert!(wait_until(Duration::from_secs(30), || master_info().is_some()), "the master did not start");
+    let info: MasterInfo = master_info().expect("master.json");
+    let pid = crate::pid_of(&nodes[0]).to_string();
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(shards * 2 + workers)));
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let cpu_seen = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak, pid, done, cpu_seen) = (peak.clone(), pid.clone(), done.clone(), cpu_seen.clone());
+        std::thread::spawn(move || {
+            while let Some(rss) = rss_kib(&pid, "VmRSS") {
+                peak.fetch_max(rss, Ordering::Relaxed);
+                // The last reading while it lives (it exits once all is done).
+                cpu_seen.fetch_max(process_cpu(&pid).as_millis() as u64, Ordering::Relaxed);
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Every simulated worker connects first; the clock starts when all are in.
+    let connect = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(workers)));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ended = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::Barrier::new(workers + 1));
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (info, token, latencies, ready, connect, failures) =
+                (info.clone(), token.clone(), latencies.clone(), ready.clone(), connect.clone(), failures.clone());
+            let (ended, state) = (ended.clone(), layout.state.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    // Connected (one status request) before the clock starts:
+                    // the figures are the steady state, not the connection storm.
+                    let t = Instant::now();
+                    let client = Client::connect(&info, &token, Duration::from_secs(60))
+                        .and_then(|c| c.status().map(|_| c).map_err(|e| e.to_string()));
+                    connect.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
+                    ready.wait();
+                    let client = client.expect("client");
+                    let mut mine = Vec::new();
+                    // A request that fails (no answer) is counted and sent again,
+                    // as a worker does; one the master refuses ends the worker.
+                    let mut call = |f: &mut dyn FnMut() -> Result<Option<LeaseReply>, CallError>| {
+                        for _ in 0..5 {
+                            let t = Instant::now();
+                            match f() {
+                                Ok(reply) => {
+                                    // Timed: granted leases and commits ("wait" is not counted).
+                                    if matches!(reply, None | Some(LeaseReply::Lease { .. })) {
+                                        mine.push(t.elapsed());
+                                    }
+                                    return Some(reply);
+                                }
+                                Err(CallError::Refused { .. }) => return None,
+                                // The job is over (every shard committed; the master
+                                // stops answering as it ends): not a failure.
+                                Err(_) if ended.load(Ordering::Relaxed) || state.exists(keys::FINAL) => return None,
+                                Err(e) => {
+                                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+                                }
+                            }
+                        }
+                        None
+                    };
+                    let worker = format!("sim-{w}");
+                    loop {
+                        let lease = LeaseRequest { worker: worker.clone(), credential_expires_at: u64::MAX };
+                        match call(&mut || client.lease(&lease).map(Some)).flatten() {
+                            Some(LeaseReply::Lease { shard, token, .. }) => {
+                                if !think.is_zero() {
+                                    std::thread::sleep(think);
+                                }
+                                let commit = CommitRequest { shard, token, outputs: vec![] };
+                                if call(&mut || client.commit(&commit).map(|_| None)).is_none() {
+                                    break;
+                                }
+                            }
+                            Some(LeaseReply::Wait { .. }) => std::thread::sleep(Duration::from_millis(5)),
+                            Some(LeaseReply::Done) => {
+                                ended.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                    latencies.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+                })
+                .expect("a simulated worker's thread")
+        })
+        .collect();
+    ready.wait();
+    let cpu_before = process_cpu(&pid);
+    let started = Instant::now();
+    let lost = handles.into_iter().map(|h| h.join()).filter(Result::is_err).count();
+    let took = started.elapsed();
+    assert_eq!(lost, 0, "{lost} of {workers} simulated workers failed (see their panics above)");
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let master_cpu = Duration::from_millis(cpu_seen.load(Ordering::Relaxed)).saturating_sub(cpu_before);
+    let slowest_connect = connect.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().max().unwrap_or_default();
+    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    lat.sort();
+    let ops = lat.len();
+    let at = |q: usize| lat.get(ops * q / 100).copied().unwrap_or_default();
+    let load = MasterLoad {
+        workers,
+        shards,
+        think,
+        ops,
+        took,
+        p50: at(50),
+        p99: at(99),
+        peak_rss_kib: peak.load(Ordering::Relaxed),
+        master_cpu,
+        slowest_connect,
+        failures: failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    };
+    let _ = provider.terminate(&nodes, Duration::from_secs(2));
+    // The directory stays until the next run's scratch cleanup: deleting
+    // thousands of files now would slow the next measurement's file creation
+    // (ext4 skips recently freed inodes one by one when it allocates).
+    load
+}

@@ -51,9 +51,7 @@ def main():
         "localhost": {"runtime": sys.executable, "worker_processes": args.workers},
     }
     executor = lithops.FunctionExecutor(config=config)
-    # The reducer starts once every map call is done (spawn_reducer=100), so it
-    # never holds one of the two worker processes while maps wait.
-    futures = executor.map_reduce(count_batch, batches, merge, spawn_reducer=100)
+    futures = executor.map_reduce(count_batch, batches, merge)
     total = executor.get_result(futures)
     executor.clean()
 

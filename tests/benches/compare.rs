@@ -11,7 +11,8 @@
 //!
 //! Full: `cargo bench -p mayfly-tests --bench compare` (1 GiB in 2,000 files,
 //! and 50,000 files of 1-4 KiB; about ten minutes, the first time more to
-//! generate the data and install Lithops). CI: `... -- --smoke` (seconds).
+//! generate the data and install Lithops). CI: `... -- --smoke` (about three
+//! minutes, most of it Lithops' start-up and the simulated workers).
 //! `--runs N` timed runs per contender (the best is shown; default 3, smoke 1);
 //! `--only compare|scaling|master`; `--data 1|2` one corpus only; `--no-lithops`
 //! to leave Lithops out.

@@ -181,9 +181,8 @@ fn children_cpu() -> Duration {
     }
 }
 
-/// The memory of every descendant of this process together (proportional set
-/// size), and the largest peak RSS (VmHWM) of any one of them, in KiB.
-fn descendants_rss_kib() -> (u64, u64) {
+/// Every process descended from this one.
+fn descendants() -> Vec<u32> {
     let me = std::process::id();
     let mut parent_of: HashMap<u32, u32> = HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -195,7 +194,7 @@ fn descendants_rss_kib() -> (u64, u64) {
             parent_of.insert(pid, ppid);
         }
     }
-    let (mut sum, mut largest) = (0, 0);
+    let mut found = Vec::new();
     for &pid in parent_of.keys() {
         let mut p = pid;
         let mut inside = false;
@@ -210,27 +209,40 @@ fn descendants_rss_kib() -> (u64, u64) {
             }
         }
         if inside {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let field = |name: &str| -> u64 {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(name))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                    .unwrap_or(0)
-            };
-            // Proportional: pages shared between processes (the same binary
-            // mapped by a master and its workers) are counted once in all.
-            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-            let pss = rollup
-                .lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
-            sum += pss.unwrap_or_else(|| field("VmRSS:"));
-            largest = largest.max(field("VmHWM:"));
+            found.push(pid);
         }
+    }
+    found
+}
+
+/// The memory of every descendant of this process together (proportional set
+/// size), and the largest peak RSS (VmHWM) of any one of them, in KiB.
+fn descendants_rss_kib() -> (u64, u64) {
+    let (mut sum, mut largest) = (0, 0);
+    for pid in descendants() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        // Proportional: pages shared between processes (the same binary
+        // mapped by a master and its workers) are counted once in all.
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let pss = rollup
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+        sum += pss.unwrap_or_else(|| field("VmRSS:"));
+        largest = largest.max(field("VmHWM:"));
     }
     (sum, largest)
 }
+
+/// The longest one contender's run may take (the full runs take seconds).
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `cmd` to its end and measures it. This process becomes a child
 /// subreaper, so that processes the command leaves behind (mayfly's nodes
@@ -277,8 +289,33 @@ pub fn measure(cmd: &mut Command) -> (Cost, Output) {
             }
         })
     };
+    // A contender that hangs (Lithops once waited forever for its reducer)
+    // is killed with everything it started, and the run fails saying so.
+    let (finished, watch) = std::sync::mpsc::channel::<()>();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let timed_out = timed_out.clone();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(RUN_TIMEOUT) {
+                timed_out.store(true, Ordering::Relaxed);
+                for pid in descendants() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        })
+    };
     let status = child.wait().unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
     let wall = started.elapsed();
+    let _ = finished.send(());
+    let _ = watchdog.join();
+    assert!(
+        !timed_out.load(Ordering::Relaxed),
+        "{cmd:?} did not finish within {} s: it and what it started were killed",
+        RUN_TIMEOUT.as_secs()
+    );
     // Reap what the command left behind.
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {

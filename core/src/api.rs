@@ -144,6 +144,31 @@ pub struct Status {
     pub now: Millis,
     /// Set when the job has ended: why.
     pub ended: Option<String>,
+    /// Each worker the master has heard from, by name.
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+    /// When the first shard was leased (the work's start, for rates).
+    #[serde(default)]
+    pub first_lease_at: Option<Millis>,
+}
+
+/// What the master knows of one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    /// Its node name.
+    pub node: String,
+    /// The shards it holds now.
+    pub leased: Vec<u32>,
+    /// Shards it committed.
+    pub committed: u32,
+    /// Input bytes of the shards it committed.
+    pub committed_bytes: u64,
+    /// Its attempts that failed.
+    pub failed: u32,
+    /// Its leases that expired (it died, stalled or was cut off).
+    pub lost: u32,
+    /// When it last asked or reported anything.
+    pub last_seen: Millis,
 }
 
 /// Decodes a request body as the master does (after the token check).

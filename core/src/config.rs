@@ -50,6 +50,9 @@ struct RawJob {
     limits: RawLimits,
     #[serde(default)]
     credentials: RawCredentials,
+    /// USD per node-hour by node type, over the shipped table (`mayfly plan`).
+    #[serde(default)]
+    prices: BTreeMap<String, Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +175,8 @@ pub struct JobSpec {
     pub max_attempts: u32,
     /// Refresh credentials when less than this is left (or 20 % of the lifetime).
     pub credential_refresh_margin: Duration,
+    /// `[prices]`: USD per node-hour by node type, over `cost`'s shipped table.
+    pub prices: BTreeMap<String, f64>,
 }
 
 /// The dotted key (`cluster.workers`) set on `line` (1-based) of `source`,
@@ -366,7 +371,19 @@ impl JobSpec {
             output: raw.limits.output.unwrap_or(defaults.output),
             log: raw.limits.log.unwrap_or(defaults.log),
         };
+        let mut prices = BTreeMap::new();
+        for (node_type, price) in &raw.prices {
+            let usd = *price.get_ref();
+            if !usd.is_finite() || usd < 0.0 {
+                return Err(err(
+                    Some(price.span()),
+                    format!("`prices.{node_type}` = {usd}: expected USD per node-hour, a number of at least 0"),
+                ));
+            }
+            prices.insert(node_type.clone(), usd);
+        }
         Ok(JobSpec {
+            prices,
             file,
             name,
             id,

@@ -10,10 +10,12 @@ use anyhow::{Context, Result, bail};
 use mayfly_core::api::Client;
 use mayfly_core::bootstrap::{absolute, absolute_location, bootstrap, launch_request, list_inputs, ready_tasks};
 use mayfly_core::config::JobSpec;
+use mayfly_core::history::{self, LogFilter};
 use mayfly_core::job::{Layout, Manifest, keys, read_json};
 use mayfly_core::master::{FinalState, MasterInfo};
 use mayfly_core::policy::{Clock, SystemClock};
 use mayfly_core::provider::{ProviderHandle, Role, Selection};
+use mayfly_core::report::AttemptEnd;
 use mayfly_core::store::{Location, Principal, Store};
 use mayfly_core::units::ByteSize;
 
@@ -168,35 +170,136 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
     }
 }
 
-pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
+pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     let spec = JobSpec::load(job)?;
     let provider = provider_for(&spec)?;
     let who = Principal { job: "plan".into(), state: spec.state.to_string(), node: "cli".into() };
+    let started = Instant::now();
     let input = Store::open(&absolute_location(&spec.input), &provider, &who).map_err(anyhow::Error::msg)?;
     let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
     let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
+    let planned_in = started.elapsed();
+    let (max, mean) = p.balance();
+    let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
+    let largest_item = p.shards.iter().flat_map(|s| &s.items).map(|i| i.len).max().unwrap_or(0);
+    let limits = provider.limits();
+    let estimate = mayfly_core::cost::estimate(&mayfly_core::cost::EstimateInput {
+        provider: provider.name(),
+        settings: &spec.provider.settings,
+        prices: &spec.prices,
+        workers: spec.workers,
+        largest_shard: max,
+        total_bytes: p.total_bytes,
+        items,
+        worker_rate,
+        deadline: spec.deadline,
+    });
+    let bootstrap_limit = limits.bootstrap_limit();
+    let bootstrap_budget = bootstrap_limit.saturating_sub((bootstrap_limit / 10).min(Duration::from_secs(10)));
+    let credential_ttl = limits.credential_ttl();
+    let policy = mayfly_core::policy::CredentialPolicy {
+        min_margin: spec.credential_refresh_margin,
+        ..mayfly_core::policy::CredentialPolicy::default()
+    };
+    let margin =
+        policy.margin(mayfly_core::policy::Validity { issued_at: 0, expires_at: credential_ttl.as_millis() as u64 });
+    let renew_every = credential_ttl.saturating_sub(margin).max(Duration::from_secs(1));
+    let renewals = (estimate.expected_secs / renew_every.as_secs_f64()).floor() as u64;
+
+    // Each rule the plan would break, and what to change.
     let mut warnings = Vec::new();
+    let secs = |d: Duration| d.as_secs_f64();
+    if estimate.expected_secs + secs(planned_in) >= secs(spec.deadline) {
+        warnings.push(format!(
+            "time limit: the work is expected to take at least the whole deadline ({}) at {}/s per worker: \
+             shards still running then are cut and the job ends `deadline`; raise `cluster.deadline` or `cluster.workers`",
+            mayfly_core::units::HumanDuration(spec.deadline),
+            ByteSize(worker_rate)
+        ));
+    }
+    let largest_item_secs = largest_item as f64 / worker_rate.max(1) as f64;
+    if largest_item_secs > secs(spec.limits.attempt_time.0) {
+        warnings.push(format!(
+            "time limit: the largest item ({}) would take about {largest_item_secs:.0}s at {}/s, over `limits.attempt_time` ({}); \
+             raise it, or let text be split (`sharding.split_text`)",
+            ByteSize(largest_item),
+            ByteSize(worker_rate),
+            spec.limits.attempt_time
+        ));
+    }
+    if secs(planned_in) > secs(bootstrap_budget) / 2.0 {
+        warnings.push(format!(
+            "time limit: listing and planning took {:.1}s, over half the bootstrap's budget ({:.0}s of the provider's {:.0}s): \
+             a serverless bootstrap may run out of time; use a narrower `input.glob` or fewer objects",
+            secs(planned_in),
+            secs(bootstrap_budget),
+            secs(bootstrap_limit)
+        ));
+    }
+    if credential_ttl < spec.lease_time {
+        warnings.push(format!(
+            "credential expiry: credentials live {} but `cluster.lease_time` is {}: leases will be cut to the credentials' expiry",
+            mayfly_core::units::HumanDuration(credential_ttl),
+            mayfly_core::units::HumanDuration(spec.lease_time)
+        ));
+    }
+    if mean > 0.0 && max as f64 > 1.5 * mean && p.shards.len() > 1 {
+        let big = p.shards.iter().max_by_key(|s| s.bytes).map_or(0, |s| s.id);
+        warnings.push(format!(
+            "even sharding: shard {big} holds {} against a mean of {} ({:.1}x): an object that cannot be split sets the pace; \
+             enable `sharding.split_text` for text, or split the object",
+            ByteSize(max),
+            ByteSize(mean as u64),
+            max as f64 / mean
+        ));
+    }
     if p.shards.len() < spec.workers as usize && !p.shards.is_empty() {
         warnings.push(format!(
-            "{} shards for {} workers: some workers will have nothing to do",
+            "even sharding: {} shards for {} workers: some workers will have nothing to do (and end at once); \
+             lower `cluster.workers`",
             p.shards.len(),
             spec.workers
         ));
     }
-    let limits = provider.limits();
-    if limits.credential_ttl() < spec.lease_time {
-        warnings
-            .push("credential_ttl is shorter than lease_time: leases will be cut to the credential's expiry".into());
+    if spec.workers + 1 > limits.max_nodes {
+        warnings.push(format!(
+            "self-termination: {} nodes (a master and {} workers) exceed the provider's {} nodes per job: bootstrap will refuse it",
+            spec.workers + 1,
+            spec.workers,
+            limits.max_nodes
+        ));
+    }
+    for n in estimate.nodes.iter().filter(|n| n.usd_per_hour.is_none()) {
+        warnings.push(format!(
+            "cost: no price for node type {:?} of {}: add a line `\"{}\" = <USD per node-hour>` to the job's [prices] table",
+            n.node_type,
+            provider.name(),
+            n.node_type
+        ));
     }
     let output = Store::open(&absolute_location(&spec.output), &provider, &who);
     if let Err(e) = output.and_then(|o| mayfly_core::bootstrap::check_output(&o)) {
         warnings.push(e);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": p, "warnings": warnings }))?);
+        let doc = serde_json::json!({
+            "plan": p,
+            "estimate": estimate,
+            "bootstrap": {
+                "planned_in_secs": secs(planned_in),
+                "budget_secs": secs(bootstrap_budget),
+                "provider_limit_secs": secs(bootstrap_limit),
+            },
+            "credentials": {
+                "ttl_secs": secs(credential_ttl),
+                "renewed_every_secs": secs(renew_every),
+                "renewals_per_node": renewals,
+            },
+            "warnings": warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let (max, mean) = p.balance();
     println!(
         "{} objects, {} in {} shards (target {}); balance: largest {} / mean {} = {:.2}",
         p.objects,
@@ -214,6 +317,42 @@ pub(crate) fn cmd_plan(job: &Path, json: bool) -> Result<()> {
     }
     if p.shards.len() > 20 {
         println!("  ... {} more shards", p.shards.len() - 20);
+    }
+    println!(
+        "time: about {:.1}s of work at {}/s per worker (--rate) on {} workers; deadline {}",
+        estimate.expected_secs,
+        ByteSize(worker_rate),
+        spec.workers,
+        mayfly_core::units::HumanDuration(spec.deadline)
+    );
+    println!(
+        "bootstrap: listing and planning took {:.2}s here; budget {:.0}s ({} allows {:.0}s)",
+        secs(planned_in),
+        secs(bootstrap_budget),
+        provider.name(),
+        secs(bootstrap_limit)
+    );
+    println!(
+        "credentials: live {}, renewed every {} by the rule: about {renewals} renewal(s) per node",
+        mayfly_core::units::HumanDuration(credential_ttl),
+        mayfly_core::units::HumanDuration(renew_every)
+    );
+    println!("cost ({}):", provider.name());
+    for n in &estimate.nodes {
+        let price = match (n.usd_per_hour, &n.price_source) {
+            (Some(usd), Some(from)) => format!("${usd:.4}/h ({from})"),
+            _ => "no price".to_owned(),
+        };
+        println!(
+            "  {:<8} {:>3} x {:<16} {price:<32} {:>8.4} node-h expected, {:>8.2} at most",
+            n.role, n.count, n.node_type, n.expected_node_hours, n.ceiling_node_hours
+        );
+    }
+    match (estimate.expected_usd, estimate.ceiling_usd) {
+        (Some(e), Some(c)) => {
+            println!("  total    ${e:.4} expected; at most ${c:.2} (every node to the deadline: no node outlives it)")
+        }
+        _ => println!("  total    unknown: some node types have no price (see the warnings)"),
     }
     for w in &warnings {
         println!("warning: {w}");
@@ -250,71 +389,237 @@ fn find_job(job: &str, state: &str, provider: Option<&str>, settings: &[String])
     Ok((layout, manifest))
 }
 
-pub(crate) fn cmd_status(job: &str, at: &StateArgs, json: bool) -> Result<ExitCode> {
+/// How `mayfly status` shows a job.
+pub(crate) struct StatusArgs {
+    pub json: bool,
+    pub once: bool,
+    pub every: Duration,
+}
+
+pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result<ExitCode> {
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
-    if let Some(fin) = layout.state.read_json::<FinalState>(keys::FINAL)? {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&fin)?);
-        } else {
-            let c = fin.counts;
-            println!(
-                "job {job} ended ({}): {} shards committed, {} failed, {} retries",
-                fin.reason, c.committed, c.failed, fin.retries
-            );
+    let tty = std::io::stdout().is_terminal() && !args.json;
+    let mut last = String::new();
+    loop {
+        if layout.state.exists(keys::FINAL) {
+            return ended_status(&layout, &manifest, args.json);
         }
-        return Ok(ExitCode::SUCCESS);
+        let st = match live_status(&layout, &manifest) {
+            Ok(st) => st,
+            // It may have ended between the two reads.
+            Err(_) if layout.state.exists(keys::FINAL) => continue,
+            Err(e) => return Err(e),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&st)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let view = status_view(&st);
+        if tty {
+            // Redraw in place: home the cursor, clear the screen.
+            print!("\x1b[H\x1b[2J{view}");
+            let _ = std::io::stdout().flush();
+        } else if view != last {
+            println!("{view}");
+        }
+        if args.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        last = view;
+        std::thread::sleep(args.every);
     }
-    let token = mayfly_core::job::read_token(&layout)?;
-    let info: MasterInfo = layout.state.read_json(keys::MASTER)?.context("the master has not started")?;
-    let provider = node_provider(&manifest)?;
+}
+
+/// Asks a running job's master for its status.
+fn live_status(layout: &Layout, manifest: &Manifest) -> Result<mayfly_core::api::Status> {
+    let job = &manifest.job;
+    let token = mayfly_core::job::read_token(layout)?;
+    let info: MasterInfo = layout
+        .state
+        .read_json(keys::MASTER)?
+        .with_context(|| format!("the master of job {job} has not started yet; try again in a moment"))?;
+    let provider = node_provider(manifest)?;
     let masters = provider.list(job, &layout.state_location())?.into_iter().filter(|n| n.role == Role::Master).count();
     if masters == 0 {
         bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
     }
-    let st = Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+    Ok(Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?)
+}
+
+/// A running job's status as a few lines of text: shards, bytes and rate,
+/// ETA, the deadline, and a line per worker.
+fn status_view(st: &mayfly_core::api::Status) -> String {
+    use std::fmt::Write as _;
+    let c = st.counts;
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let mut out = String::new();
+    let elapsed = st.now.saturating_sub(st.started_at);
+    let _ = writeln!(
+        out,
+        "job {} running for {:.0}s; deadline in {:.0}s",
+        st.job,
+        secs(elapsed),
+        secs(st.expires_at.saturating_sub(st.now))
+    );
+    let pct = (st.committed_bytes * 100).checked_div(st.total_bytes).unwrap_or(100);
+    let _ = writeln!(
+        out,
+        "shards  {}/{} committed, {} running, {} pending, {} failed; {} retries",
+        c.committed, st.shards, c.leased, c.pending, c.failed, st.retries
+    );
+    let working = st.first_lease_at.map_or(0, |t| st.now.saturating_sub(t));
+    let rate = if working > 0 { st.committed_bytes as f64 / secs(working) } else { 0.0 };
+    let left = st.total_bytes.saturating_sub(st.committed_bytes);
+    let eta = if left == 0 {
+        "done".to_owned()
+    } else if rate > 0.0 {
+        let eta = left as f64 / rate;
+        let late = st.now as f64 + eta * 1000.0 > st.expires_at as f64;
+        format!("ETA {eta:.0}s{}", if late { " (after the deadline!)" } else { "" })
     } else {
-        let c = st.counts;
-        println!(
-            "job {job} running: {} pending, {} leased, {} committed, {} failed of {} shards; {} retries; deadline in {}s",
-            c.pending,
-            c.leased,
-            c.committed,
-            c.failed,
-            st.shards,
-            st.retries,
-            st.expires_at.saturating_sub(st.now) / 1000
+        "ETA unknown (nothing committed yet)".to_owned()
+    };
+    let _ = writeln!(
+        out,
+        "input   {} of {} ({pct}%) at {}/s; {eta}",
+        ByteSize(st.committed_bytes),
+        ByteSize(st.total_bytes),
+        ByteSize(rate as u64)
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>9} {:>10} {:>11} {:>6} {:>5} {:>10}  now",
+        "node", "committed", "bytes", "rate", "failed", "lost", "last seen"
+    );
+    for w in &st.workers {
+        let rate = if working > 0 { w.committed_bytes as f64 / secs(working) } else { 0.0 };
+        let now: Vec<String> = w.leased.iter().map(|s| format!("shard {s}")).collect();
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>10} {:>11} {:>6} {:>5} {:>9.1}s  {}",
+            w.node,
+            w.committed,
+            ByteSize(w.committed_bytes).to_string(),
+            format!("{}/s", ByteSize(rate as u64)),
+            w.failed,
+            w.lost,
+            secs(st.now.saturating_sub(w.last_seen)),
+            if now.is_empty() { "idle".to_owned() } else { now.join(", ") }
         );
+    }
+    out
+}
+
+/// An ended job's summary, from its final state and journal.
+fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<ExitCode> {
+    let fin: FinalState = layout.state.read_json(keys::FINAL)?.context("final.json vanished")?;
+    let report = mayfly_core::history::collect(layout, manifest, SystemClock.now());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "final": fin, "job": report }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = fin.counts;
+    let took = fin.ended_at.saturating_sub(manifest.created_at) as f64 / 1000.0;
+    println!(
+        "job {} ended ({}) after {took:.1}s: {} of {} shards committed, {} failed, {} retries; {} outputs",
+        manifest.job,
+        fin.reason,
+        c.committed,
+        manifest.plan.shards.len(),
+        c.failed,
+        fin.retries,
+        fin.outputs.len()
+    );
+    println!("input   {} of {} committed", ByteSize(report.committed_bytes), ByteSize(report.total_bytes));
+    println!("{:<12} {:>8} {:>9} {:>10} {:>6} {:>5}", "node", "attempts", "committed", "bytes", "failed", "lost");
+    for node in report.nodes.iter().filter(|n| n.as_str() != "master") {
+        let mine: Vec<_> = report.attempts.iter().filter(|a| &a.node == node).collect();
+        let done: Vec<_> = mine.iter().filter(|a| a.outcome == AttemptEnd::Committed).collect();
+        let bytes: u64 = done.iter().filter_map(|a| report.shards.get(a.shard as usize)).map(|s| s.bytes).sum();
+        let count = |o: AttemptEnd| mine.iter().filter(|a| a.outcome == o).count();
+        println!(
+            "{:<12} {:>8} {:>9} {:>10} {:>6} {:>5}",
+            node,
+            mine.len(),
+            done.len(),
+            ByteSize(bytes).to_string(),
+            count(AttemptEnd::Retried) + count(AttemptEnd::Failed),
+            count(AttemptEnd::Lost)
+        );
+    }
+    for (shard, error) in &fin.failed {
+        println!("failed shard {shard}: {error}");
+    }
+    if let Some(e) = &fin.reduce_error {
+        println!("the reduce task failed: {e}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn cmd_logs(job: &str, node: Option<&str>, at: &StateArgs) -> Result<()> {
-    let (layout, _) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
-    let listed = layout.state.list(keys::LOGS).with_context(|| format!("no logs for job {job}"))?;
-    let files: Vec<(String, String)> = listed
-        .into_iter()
-        .filter_map(|(key, _)| {
-            let name = key.strip_prefix(&format!("{}/", keys::LOGS))?.strip_suffix(".log")?.to_owned();
-            (!name.contains('/') && node.is_none_or(|n| n == name)).then_some((name, key))
-        })
-        .collect();
-    if files.is_empty() {
-        bail!("no logs for node {:?} of job {job}", node.unwrap_or("*"));
-    }
+/// What `mayfly logs` shows, and whether it follows.
+pub(crate) struct LogsArgs {
+    pub filter: LogFilter,
+    pub follow: bool,
+}
+
+pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for (name, key) in files {
-        let bytes = layout.state.get(&key)?.unwrap_or_default();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            // A closed pipe (`| head`) ends the listing quietly.
-            if writeln!(out, "{name}: {line}").is_err() {
-                return Ok(());
+    // How much of each node's log is printed (follow prints only what is new).
+    let mut printed: std::collections::HashMap<String, usize> = Default::default();
+    let mut ended_polls = 0;
+    loop {
+        // Read before listing: a job that ends meanwhile is read once more.
+        let ended = layout.state.exists(keys::FINAL);
+        let files = match history::log_keys(&layout) {
+            Ok(files) => files,
+            Err(_) if args.follow => Vec::new(),
+            Err(e) => bail!("no logs for job {job}: {e}"),
+        };
+        let files: Vec<_> =
+            files.into_iter().filter(|(name, _)| args.filter.node.as_deref().is_none_or(|n| n == name)).collect();
+        if files.is_empty() && !args.follow {
+            match &args.filter.node {
+                Some(n) => bail!("no log for node {n} of job {job}; `mayfly logs {job}` lists every node's"),
+                None => bail!("no logs for job {job} yet"),
             }
         }
+        for (name, key) in files {
+            let bytes = layout.state.get(&key)?.unwrap_or_default();
+            let from = printed.get(&name).copied().unwrap_or(0);
+            // Whole lines only: a line being written is printed when it ends.
+            let upto = if args.follow && !ended {
+                bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            } else {
+                bytes.len()
+            };
+            if upto <= from {
+                continue;
+            }
+            for line in String::from_utf8_lossy(&bytes[from..upto]).lines() {
+                let parsed = history::parse_line(&name, line);
+                // A closed pipe (`| head`) ends the listing quietly.
+                if args.filter.shows(&parsed) && writeln!(out, "{name}: {line}").is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            let _ = out.flush();
+            printed.insert(name, upto);
+        }
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Following: until the job has ended and its nodes had their last
+        // word (a worker writes after the master's end), or the deadline.
+        if ended || SystemClock.now() > manifest.expires_at + 5000 {
+            ended_polls += 1;
+            if ended_polls > 10 {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
-    Ok(())
 }
 
 pub(crate) fn cmd_resume(job: &str, at: &StateArgs) -> Result<ExitCode> {
@@ -619,20 +924,26 @@ fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'st
     })
 }
 
+/// A line of a node's log, as the master's and workers' read: when, how
+/// severe, who, what.
+fn node_say(level: &str, node: &str, message: &str) {
+    eprintln!("{} {level} {node}: {message}", SystemClock.now());
+}
+
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<&str>) -> Result<ExitCode> {
     // A node ends by the rules, not by a hangup: when its launcher exits while
     // the node is stopped (SIGSTOP, a debugger), the kernel sends its orphaned
     // process group SIGHUP. Blocked before any thread starts, so every thread
     // inherits it; it stays pending, never delivered.
     if let Err(e) = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP).thread_block() {
-        eprintln!("{node}: blocking SIGHUP: {e}");
+        node_say("WARN", node, &format!("blocking SIGHUP: {e}"));
     }
     // The node's output goes through the log pump: a log that cannot be
     // written for a while must not end the node (nor lose its lines).
     let _pump = match mayfly_core::nodelog::start() {
         Ok(guard) => Some(guard),
         Err(e) => {
-            eprintln!("{node}: the log pump did not start ({e}); logging directly");
+            node_say("WARN", node, &format!("the log pump did not start ({e}); logging directly"));
             None
         }
     };
@@ -677,13 +988,13 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
     std::thread::spawn(move || {
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
-        eprintln!("{who}: the job's deadline passed; ending now");
+        node_say("WARN", &who, "the job's deadline passed; ending now");
         mayfly_core::nodelog::finish(Duration::from_secs(2));
         if let Some(ship) = &last_ship {
             ship();
         }
         if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
-            eprintln!("{who}: ending this node failed: {e}");
+            node_say("ERROR", &who, &format!("ending this node failed: {e}"));
         }
         std::process::exit(4);
     });
@@ -693,7 +1004,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         other => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {
-        eprintln!("{node}: {e}");
+        node_say("ERROR", node, e);
     }
     // Last: the logs go to the state location, then the node deletes itself;
     // this process exits right after.
@@ -702,7 +1013,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         ship();
     }
     if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
-        eprintln!("{node}: ending this node failed: {e}");
+        node_say("ERROR", node, &format!("ending this node failed: {e}"));
     }
     result.map_err(anyhow::Error::msg)
 }
@@ -753,4 +1064,183 @@ pub(crate) fn cmd_demo(dir: &Path, workers: u32) -> Result<ExitCode> {
         println!("all counts: {}", counts.display());
     }
     Ok(code)
+}
+
+/// What `mayfly replay` is told besides the job.
+pub(crate) struct ReplayArgs {
+    pub shard: u32,
+    pub item: Option<String>,
+    pub out: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// Runs one shard of a job on this machine as a worker ran it: the same
+/// component (checked by its sha256), parameters, input ranges and limits,
+/// item by item; outputs go to a local directory, never to the job's output.
+pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result<ExitCode> {
+    use mayfly_core::host::{Attempt, Runtime, RuntimeConfig};
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    let Some(shard) = manifest.plan.shards.get(args.shard as usize) else {
+        bail!(
+            "job {job} has {} shards (0 to {}); there is no shard {}",
+            manifest.plan.shards.len(),
+            manifest.plan.shards.len().saturating_sub(1),
+            args.shard
+        );
+    };
+    let items: Vec<_> = shard.items.iter().filter(|i| args.item.as_ref().is_none_or(|k| &i.key() == k)).collect();
+    if items.is_empty() {
+        let keys: Vec<String> = shard.items.iter().map(|i| i.key()).collect();
+        bail!(
+            "shard {} has no item {:?}; its items: {}",
+            args.shard,
+            args.item.as_deref().unwrap_or(""),
+            keys.join(", ")
+        );
+    }
+    let provider = node_provider(&manifest)?;
+    let who = Principal { job: job.to_owned(), state: layout.state_location(), node: "replay".into() };
+    let input = Store::open(&manifest.input, &provider, &who)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("opening the job's input {}", manifest.input))?;
+    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256).map_err(anyhow::Error::msg)?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let task = runtime.load(&task_file).with_context(|| format!("loading the task {}", task_file.display()))?;
+    if task.sha256() != manifest.task_sha256 {
+        bail!(
+            "the task at {} changed since job {job} ran (sha256 {} != {}): replaying it would not be the same run",
+            task_file.display(),
+            task.sha256(),
+            manifest.task_sha256
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("replay-{job}-shard-{}", args.shard)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let staging = out.join(format!(".mayfly-staging-{}", std::process::id()));
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
+    if !args.json {
+        println!(
+            "replaying shard {} of job {job}: {} item(s), task {} (sha256 {}), params {}",
+            args.shard,
+            items.len(),
+            task.name(),
+            &manifest.task_sha256[..12.min(manifest.task_sha256.len())],
+            manifest.params
+        );
+        println!(
+            "limits: {} per attempt, {} memory, {} output, {} log",
+            manifest.limits.attempt_time, manifest.limits.memory, manifest.limits.output, manifest.limits.log
+        );
+    }
+    let mut failed = 0;
+    let mut results = Vec::new();
+    for item in items {
+        let key = item.key();
+        let source = input
+            .input(&item.object, &item.object, Some((item.start, item.len)))
+            .with_context(|| format!("reading input {key} from {}", manifest.input))?;
+        let outcome = rt.block_on(runtime.run(
+            &task,
+            Attempt {
+                input: source,
+                params: std::sync::Arc::from(manifest.params.to_string()),
+                limits: manifest.limits,
+                staging: staging.join(&key),
+            },
+        ));
+        let mut published = Vec::new();
+        if outcome.result.is_ok() {
+            for o in &outcome.outputs {
+                let dest = out.join(&key).join(&o.name);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::rename(&o.path, &dest).with_context(|| format!("publishing {}", dest.display()))?;
+                published.push(dest);
+            }
+        } else {
+            failed += 1;
+        }
+        if args.json {
+            results.push(serde_json::json!({
+                "item": key,
+                "ok": outcome.result.is_ok(),
+                "error": outcome.result.as_ref().err().map(|f| f.to_string()),
+                "retryable": outcome.result.as_ref().err().map(|f| f.is_retryable()),
+                "outputs": published,
+                "logs": outcome.logs.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
+            }));
+        } else {
+            match &outcome.result {
+                Ok(()) => println!("item {key}: ok in {:.1} ms", outcome.elapsed.as_secs_f64() * 1e3),
+                Err(f) => println!(
+                    "item {key}: FAILED: {f} [{}; {}]",
+                    f.kind(),
+                    if f.is_retryable() { "retryable" } else { "not retryable" }
+                ),
+            }
+            for line in &outcome.logs {
+                println!("  {line}");
+            }
+            for p in &published {
+                println!("  output {}", p.display());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "shard": args.shard, "items": results }))?);
+    } else if failed == 0 {
+        println!("shard {} replayed: every item succeeded; outputs in {}", args.shard, out.display());
+    } else {
+        println!("shard {} replayed: {failed} item(s) failed", args.shard);
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
+}
+
+/// Writes a job's HTML report from its state (atomically: a reader never
+/// sees half a page).
+pub(crate) fn cmd_report(job: &str, at: &StateArgs, out: &Path) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    let report = history::collect(&layout, &manifest, SystemClock.now());
+    let html = mayfly_core::report::render(&report);
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, html.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "report of job {job} ({}): {} attempts on {} nodes, {} of {} shards committed, {} failed -> {}",
+        report.outcome,
+        report.attempts.len(),
+        report.nodes.len(),
+        report.committed,
+        report.shards.len(),
+        report.failed,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scaffolds a task crate and says what to do next.
+pub(crate) fn cmd_init(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<ExitCode> {
+    let sdk = match sdk {
+        Some(p) => p.canonicalize().with_context(|| format!("--sdk {}", p.display()))?,
+        None => mayfly_core::scaffold::default_sdk().context(
+            "this mayfly was not built from a checkout that still has its sdk/ directory; \
+             pass --sdk <mayfly checkout>/sdk",
+        )?,
+    };
+    let made = mayfly_core::scaffold::scaffold(dir, name, &sdk).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("created task crate {} ({} files)", made.dir.display(), made.files.len());
+    for f in &made.files {
+        println!("  {}", f.strip_prefix(&made.dir).unwrap_or(f).display());
+    }
+    println!("next:");
+    println!("  cd {}", made.dir.display());
+    println!("  cargo test                         # the task's own tests, natively");
+    println!("  mayfly exec . --input data/sample.txt   # one input, in the sandbox");
+    println!("  mayfly run job.toml                # a job on this machine (the local provider)");
+    Ok(ExitCode::SUCCESS)
 }

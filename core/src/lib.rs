@@ -34,7 +34,9 @@ pub mod bootstrap;
 pub mod build;
 pub mod config;
 pub mod conformance;
+pub mod cost;
 pub mod demo;
+pub mod history;
 pub mod host;
 pub mod job;
 pub mod ledger;
@@ -46,6 +48,8 @@ pub mod plugin;
 pub mod policy;
 pub mod provider;
 pub mod reduce;
+pub mod report;
+pub mod scaffold;
 pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;

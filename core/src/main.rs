@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use mayfly_core::build;
+use mayfly_core::history::LogFilter;
 use mayfly_core::host::{Attempt, ConcatInput, FileInput, InputSource, Limits, Runtime, RuntimeConfig};
 use mayfly_core::units::{ByteSize, HumanDuration};
 
@@ -23,7 +24,14 @@ pub(crate) const EXIT_USAGE: u8 = 2;
     name = "mayfly",
     version,
     about = "Batch work over many files on clusters that live only as long as the work.",
-    after_help = "Exit codes: 0 success; 1 the task ran and failed; 2 bad input (arguments, files, a task that cannot load)."
+    after_help = "Exit codes:\n  \
+        0  success\n  \
+        1  the task ran and failed (exec, replay), or a job ended with failed shards or at its deadline (run, resume)\n  \
+        2  bad input: arguments, files, a job file, a task that cannot load, a job that cannot be found or reached\n  \
+        3  the master was lost before the job ended (run, resume): `mayfly resume <job>` continues it\n  \
+        4  (nodes) the job's deadline passed and the node ended itself\n  \
+        70 an internal error: an async runtime could not start, or a storage call panicked\n\n\
+        Start: `mayfly init <name>` for a new task, `mayfly demo` for a job on this machine."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,34 +62,76 @@ enum Command {
         /// The job file.
         job: PathBuf,
     },
-    /// Show what a job would do: shards, bytes per shard, balance, rule warnings.
-    #[command(after_help = "Example:\n  mayfly plan job.toml")]
+    /// Show what a job would do and cost: shards and their balance, time,
+    /// node-hours and price, the bootstrap and credential budgets, and a
+    /// warning for each rule it would break. Nothing is launched.
+    #[command(after_help = "Examples:\n  \
+        mayfly plan job.toml\n  \
+        mayfly plan job.toml --rate 40MiB     a slower task: 40 MiB/s per worker\n  \
+        mayfly plan job.toml --json | jq .estimate.ceiling_usd\n\n\
+        Prices: USD per node-hour from a shipped table (common AWS and Azure sizes, on demand,\n\
+        us-east-1 / East US, dated) or the job file's [prices] table, e.g.\n  \
+        [prices]\n  \
+        \"c5.large\" = 0.034   # a spot price\n\n\
+        The ceiling is every node billed to the deadline: no node outlives it.")]
     Plan {
         /// The job file.
         job: PathBuf,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// The rate one worker is assumed to process input at (per second).
+        #[arg(long, value_name = "SIZE", default_value = "100MiB")]
+        rate: ByteSize,
     },
-    /// Show a job's progress (live while it runs, its summary once ended).
-    #[command(after_help = "Example:\n  mayfly status wordcount-demo-20261127-162005-ab12")]
+    /// Show a job's progress: live while it runs (shards, rate, ETA, the
+    /// deadline, each worker), its summary once it has ended.
+    #[command(after_help = "Examples:\n  \
+        mayfly status wordcount-demo-20261127-162005-ab12 --state mayfly-demo/state\n  \
+        mayfly status <job> --once           one snapshot, then exit\n  \
+        mayfly status <job> --json | jq .counts\n\n\
+        While the job runs the view refreshes until it ends (Ctrl-C stops watching; the job goes on).\n\
+        Exit codes: 0 shown; 2 no such job, or no running master (the message says to `mayfly resume`).")]
     Status {
         /// The job id.
         job: String,
         #[command(flatten)]
         at: jobs::StateArgs,
-        /// Print as JSON.
+        /// Print as JSON (one snapshot).
         #[arg(long)]
         json: bool,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+        /// How often the live view refreshes.
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        every: HumanDuration,
     },
-    /// Print a job's node logs (they outlive the nodes).
-    #[command(after_help = "Examples:\n  mayfly logs <job>\n  mayfly logs <job> --node worker-1")]
+    /// Print a job's node and task logs (they outlive the nodes); follow them
+    /// while it runs.
+    #[command(after_help = "Examples:\n  \
+        mayfly logs <job>                       every node's log, master first\n  \
+        mayfly logs <job> --node worker-1\n  \
+        mayfly logs <job> --shard 12            what every node said about shard 12\n  \
+        mayfly logs <job> --level warn          warnings and errors only\n  \
+        mayfly logs <job> --follow              new lines as they come, until the job ends\n\n\
+        Each line is prefixed with its node. Node lines read `<ms since epoch> <LEVEL> <node>: ...`;\n\
+        task lines `[shard N item] <LEVEL> ...`.")]
     Logs {
         /// The job id.
         job: String,
         /// Only this node (`master`, `worker-1`, ...).
         #[arg(long)]
         node: Option<String>,
+        /// Only lines about this shard.
+        #[arg(long)]
+        shard: Option<u32>,
+        /// Only lines at least this severe: trace, debug, info, warn, error.
+        #[arg(long, value_parser = parse_level)]
+        level: Option<mayfly_core::host::Level>,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
         #[command(flatten)]
         at: jobs::StateArgs,
     },
@@ -92,6 +142,64 @@ enum Command {
         job: String,
         #[command(flatten)]
         at: jobs::StateArgs,
+    },
+    /// Run one shard of a job again on this machine, exactly as its workers
+    /// ran it: the same component (checked by sha256), parameters, input
+    /// ranges and limits. Outputs go to a local directory, never to the job's.
+    #[command(after_help = "Examples:\n  \
+        mayfly replay <job> 12                    every item of shard 12\n  \
+        mayfly replay <job> 12 --item logs/a.txt  one item\n  \
+        mayfly replay <job> 12 --out /tmp/r --json\n\n\
+        `mayfly logs <job> --shard 12` shows what the cluster said about it.\n\
+        Exit codes: 0 every item succeeded; 1 an item failed (its error and logs are printed); 2 bad input.")]
+    Replay {
+        /// The job id.
+        job: String,
+        /// The shard.
+        shard: u32,
+        /// Only this item (its key, as the logs name it).
+        #[arg(long)]
+        item: Option<String>,
+        /// Where the outputs go (default `replay-<job>-shard-<N>`).
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: jobs::StateArgs,
+    },
+    /// Write a job's report: one self-contained HTML file with a timeline of
+    /// every attempt per node, shard balance, throughput, failures and logs.
+    #[command(after_help = "Examples:\n  \
+        mayfly report <job> -o report.html\n  \
+        mayfly report <job> --state s3://bucket/state --provider aws --set region=eu-west-1\n\n\
+        It reads only the job's state (journal, logs, final state): it works after every node is gone,\n\
+        and on a running job (what has happened so far).")]
+    Report {
+        /// The job id.
+        job: String,
+        /// The HTML file to write.
+        #[arg(long, short = 'o', default_value = "report.html")]
+        out: PathBuf,
+        #[command(flatten)]
+        at: jobs::StateArgs,
+    },
+    /// Create a task crate that builds and passes its own test at once, with
+    /// a job file and sample data to run it.
+    #[command(after_help = "Examples:\n  \
+        mayfly init linecount\n  \
+        mayfly init linecount --dir ~/tasks\n\n\
+        Then: cd linecount && cargo test && mayfly run job.toml")]
+    Init {
+        /// The task's name (a Rust package name: letters, digits, `-`, `_`).
+        name: String,
+        /// Where the crate's directory is created.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// mayfly's sdk directory (default: the one this mayfly was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// End every node whose job's deadline has passed: those of the jobs under
     /// a state location (each through its own provider), or with --provider,
@@ -263,9 +371,18 @@ fn main() -> ExitCode {
         Command::Build { dir } => cmd_build(&dir).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => cmd_exec(args),
         Command::Run { job } => jobs::cmd_run(&job),
-        Command::Plan { job, json } => jobs::cmd_plan(&job, json).map(|()| ExitCode::SUCCESS),
-        Command::Status { job, at, json } => jobs::cmd_status(&job, &at, json),
-        Command::Logs { job, node, at } => jobs::cmd_logs(&job, node.as_deref(), &at).map(|()| ExitCode::SUCCESS),
+        Command::Plan { job, json, rate } => jobs::cmd_plan(&job, json, rate.0).map(|()| ExitCode::SUCCESS),
+        Command::Replay { job, shard, item, out, json, at } => {
+            jobs::cmd_replay(&job, &at, &jobs::ReplayArgs { shard, item, out, json })
+        }
+        Command::Report { job, out, at } => jobs::cmd_report(&job, &at, &out),
+        Command::Init { name, dir, sdk } => jobs::cmd_init(&name, &dir, sdk.as_deref()),
+        Command::Status { job, at, json, once, every } => {
+            jobs::cmd_status(&job, &at, &jobs::StatusArgs { json, once, every: every.0 })
+        }
+        Command::Logs { job, node, shard, level, follow, at } => {
+            jobs::cmd_logs(&job, &at, &jobs::LogsArgs { filter: LogFilter { node, shard, level }, follow })
+        }
         Command::Resume { job, at } => jobs::cmd_resume(&job, &at),
         Command::Reap { state, provider, settings } => {
             jobs::cmd_reap(&state, provider.as_deref(), &settings).map(|()| ExitCode::SUCCESS)
@@ -303,6 +420,11 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+fn parse_level(s: &str) -> Result<mayfly_core::host::Level, String> {
+    mayfly_core::history::parse_level(s)
+        .ok_or_else(|| format!("{s:?} is not a level; use trace, debug, info, warn or error"))
 }
 
 pub(crate) fn say(msg: &str) {

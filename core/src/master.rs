@@ -81,9 +81,33 @@ struct Master {
     storage_failures: u32,
     /// Whether the last journal write failed.
     journal_failing: bool,
+    /// What each worker did, for `status`.
+    nodes: std::collections::BTreeMap<String, NodeStats>,
+    /// The worker of each live lease, by token.
+    holders: std::collections::HashMap<u64, String>,
+    /// When the first shard was leased.
+    first_lease_at: Option<Millis>,
+}
+
+/// What the master counts of one worker.
+#[derive(Debug, Default)]
+struct NodeStats {
+    last_seen: Millis,
+    committed: u32,
+    committed_bytes: u64,
+    failed: u32,
+    lost: u32,
 }
 
 type Shared = Arc<Mutex<Master>>;
+
+/// A line of the master's log: when, how severe, what (`mayfly logs` reads
+/// the time and the level back).
+macro_rules! say {
+    ($level:ident, $($arg:tt)*) => {
+        eprintln!("{} {} master: {}", now(), stringify!($level), format_args!($($arg)*))
+    };
+}
 
 fn now() -> Millis {
     SystemClock.now()
@@ -91,7 +115,9 @@ fn now() -> Millis {
 
 impl Master {
     fn record(&mut self, event: &Event, sync: bool) {
-        if let Ok(line) = serde_json::to_string(event) {
+        // Each line says when it was decided (`at`, ms since the epoch): the
+        // history `status`, `report` and the timeline are drawn from.
+        if let Ok(line) = serde_json::to_string(&EntryRef { at: now(), event }) {
             let written =
                 writeln!(self.journal, "{line}").and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
             match written {
@@ -100,11 +126,24 @@ impl Master {
                 // are the truth on resume; the journal only adds history).
                 Err(e) if !self.journal_failing => {
                     self.journal_failing = true;
-                    eprintln!("master: writing the journal: {e}; going on (commit markers remain the truth)");
+                    say!(WARN, "writing the journal: {e}; going on (commit markers remain the truth)");
                 }
                 Err(_) => {}
             }
         }
+    }
+
+    /// The stats of worker `node`, seen at `at`.
+    fn seen(&mut self, node: &str, at: Millis) -> &mut NodeStats {
+        let stats = self.nodes.entry(node.to_owned()).or_default();
+        stats.last_seen = stats.last_seen.max(at);
+        stats
+    }
+
+    /// The stats of the worker that holds lease `token`, which ends now.
+    fn lease_ended(&mut self, token: u64) -> Option<&mut NodeStats> {
+        let node = self.holders.remove(&token)?;
+        self.nodes.get_mut(&node)
     }
 
     fn expire(&mut self, at: Millis) {
@@ -112,8 +151,11 @@ impl Master {
             if let Event::AttemptFailed { shard, token, error, .. } = &event {
                 // Its staging stays until the job's end: a commit of that token
                 // may be in the committer right now, and must find its files.
-                eprintln!("master: shard {shard} (token {token}): {error}; returned to pending");
+                say!(WARN, "shard {shard} (token {token}): {error}; returned to pending");
                 self.retries += 1;
+                if let Some(stats) = self.lease_ended(*token) {
+                    stats.lost += 1;
+                }
             }
             self.record(&event, true);
         }
@@ -129,7 +171,29 @@ impl Master {
             .filter(|(r, _)| matches!(r.state, ShardState::Committed { .. }))
             .map(|(_, s)| s.bytes)
             .sum();
+        let mut workers: Vec<crate::api::WorkerStatus> = self
+            .nodes
+            .iter()
+            .map(|(node, n)| crate::api::WorkerStatus {
+                node: node.clone(),
+                leased: Vec::new(),
+                committed: n.committed,
+                committed_bytes: n.committed_bytes,
+                failed: n.failed,
+                lost: n.lost,
+                last_seen: n.last_seen,
+            })
+            .collect();
+        for (shard, record) in self.ledger.shards().iter().enumerate() {
+            if let ShardState::Leased { worker, .. } = &record.state
+                && let Some(w) = workers.iter_mut().find(|w| &w.node == worker)
+            {
+                w.leased.push(shard as u32);
+            }
+        }
         Status {
+            workers,
+            first_lease_at: self.first_lease_at,
             job: self.manifest.job.clone(),
             counts,
             shards: self.manifest.plan.shards.len() as u32,
@@ -213,6 +277,12 @@ impl Master {
             if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs) {
                 // Not fsynced: the marker, already durable, is the truth on resume.
                 self.record(&event, false);
+                let bytes = self.manifest.plan.shards.get(m.shard as usize).map_or(0, |s| s.bytes);
+                if let Some(stats) = self.lease_ended(m.token) {
+                    stats.committed += 1;
+                    stats.committed_bytes += bytes;
+                    stats.last_seen = stats.last_seen.max(now());
+                }
             }
         }
     }
@@ -256,8 +326,9 @@ fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receiver<CommitJob
         commits += batch.len();
         batches += 1;
         if batches.is_multiple_of(500) {
-            eprintln!(
-                "master: committer: {commits} commits in {batches} batches, {:.1} ms each",
+            say!(
+                INFO,
+                "committer: {commits} commits in {batches} batches, {:.1} ms each",
                 busy.as_secs_f64() * 1e3 / batches as f64
             );
         }
@@ -325,7 +396,7 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
                     // Another attempt's marker: make sure its outputs are in
                     // place (idempotent) before this attempt's staging goes.
                     if let Err(e) = publish(layout, &winner) {
-                        eprintln!("master: shard {}: publishing the committed attempt: {e}", winner.shard);
+                        say!(WARN, "shard {}: publishing the committed attempt: {e}", winner.shard);
                     }
                     let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
                     Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
@@ -347,7 +418,7 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
                 }
                 // The marker is written: the commit stands, the staging stays,
                 // and publication is tried again at the job's end and on resume.
-                Err(e) => eprintln!("master: shard {}: committed, but moving its outputs failed: {e}", m.shard),
+                Err(e) => say!(ERROR, "shard {}: committed, but moving its outputs failed: {e}", m.shard),
             }
         }
     }
@@ -401,7 +472,7 @@ fn guard<T: for<'de> Deserialize<'de>>(
     body: &[u8],
 ) -> Result<T, (StatusCode, String)> {
     if !authorized(headers, &m.token) {
-        eprintln!("master: refused a request without a valid job token ({} bytes of body)", body.len());
+        say!(WARN, "refused a request without a valid job token ({} bytes of body)", body.len());
         return Err((StatusCode::UNAUTHORIZED, "missing or wrong job token".into()));
     }
     crate::api::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e))
@@ -418,6 +489,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     if m.ended.is_some() {
         return json(&LeaseReply::Done);
     }
+    m.seen(&req.worker, t);
     let worker_cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
     if expires_at < t + 1000 {
@@ -427,9 +499,12 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     match m.ledger.lease(&req.worker, t, expires_at) {
         Some((lease, event)) => {
             m.record(&event, false);
+            m.seen(&req.worker, t);
+            m.holders.insert(lease.token, req.worker.clone());
+            m.first_lease_at.get_or_insert(t);
             let items = m.manifest.plan.shards[lease.shard as usize].items.clone();
             let staging = m.layout.attempt_staging(lease.shard, lease.token);
-            eprintln!("master: shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
+            say!(INFO, "shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
             json(&LeaseReply::Lease {
                 shard: lease.shard,
                 token: lease.token,
@@ -455,7 +530,12 @@ async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), cred);
     match m.ledger.heartbeat(req.shard, req.token, expires_at) {
-        Ok(()) => json(&HeartbeatReply { expires_at }),
+        Ok(()) => {
+            if let Some(node) = m.holders.get(&req.token).cloned() {
+                m.seen(&node, t);
+            }
+            json(&HeartbeatReply { expires_at })
+        }
         Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
     }
 }
@@ -473,7 +553,7 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
     let (shard, marker) = match prepared {
         (shard, Ok(p)) => (shard, p),
         (shard, Err((status, message))) => {
-            eprintln!("master: commit of shard {shard} refused: {message}");
+            say!(WARN, "commit of shard {shard} refused: {message}");
             return refuse(status, message);
         }
     };
@@ -486,11 +566,11 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
     match answer.await.map(|r| r.map(|()| marker)) {
         Ok(Ok(marker)) => {
             let n = marker.outputs.len();
-            eprintln!("master: shard {shard} committed ({n} outputs)");
+            say!(INFO, "shard {shard} committed ({n} outputs)");
             json(&serde_json::json!({ "committed": shard }))
         }
         Ok(Err((status, message))) => {
-            eprintln!("master: commit of shard {shard} refused: {message}");
+            say!(WARN, "commit of shard {shard} refused: {message}");
             refuse(status, message)
         }
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the committer did not answer"),
@@ -507,12 +587,20 @@ async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(event) => {
             if let Event::AttemptFailed { final_failure, .. } = &event {
                 let what = if *final_failure { "failed for good" } else { "will be retried" };
-                eprintln!("master: shard {} attempt failed ({what}): {}", req.shard, req.error);
+                if *final_failure {
+                    say!(ERROR, "shard {} attempt failed ({what}): {}", req.shard, req.error);
+                } else {
+                    say!(WARN, "shard {} attempt failed ({what}): {}", req.shard, req.error);
+                }
                 if !final_failure {
                     m.retries += 1;
                 }
             }
             m.record(&event, true);
+            if let Some(stats) = m.lease_ended(req.token) {
+                stats.failed += 1;
+                stats.last_seen = stats.last_seen.max(now());
+            }
             m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
         }
@@ -529,6 +617,9 @@ async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
     match m.ledger.release(req.shard, req.token) {
         Ok(event) => {
             m.record(&event, true);
+            if let Some(stats) = m.lease_ended(req.token) {
+                stats.last_seen = stats.last_seen.max(now());
+            }
             m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
         }
@@ -613,16 +704,46 @@ fn via(advertised: std::net::SocketAddr, listening: std::net::SocketAddr) -> Str
     if advertised == listening { String::new() } else { format!("; workers are told {advertised}") }
 }
 
+/// One line of the journal: a decision and when it was made (`at` is
+/// missing in journals written before it was recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When, in ms since the epoch, by the master's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Millis>,
+    /// The decision.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// How [`Master::record`] writes an [`Entry`] without copying the event.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    at: Millis,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
 /// Reads the journal, skipping a torn last line.
 pub fn read_journal(path: &Path) -> Vec<Event> {
+    read_entries(path).into_iter().map(|e| e.event).collect()
+}
+
+/// Reads the journal with the time of each decision, skipping a torn last line.
+pub fn read_entries(path: &Path) -> Vec<Entry> {
     let Ok(f) = File::open(path) else { return Vec::new() };
-    std::io::BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    parse_entries(std::io::BufReader::new(f))
+}
+
+/// Parses journal lines (skipping any that do not parse: a torn last line).
+pub fn parse_entries(reader: impl BufRead) -> Vec<Entry> {
+    reader.lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
 }
 
 /// Reads every commit marker of the job.
 pub fn read_markers(layout: &Layout) -> Vec<Marker> {
     let listed = layout.output.list(layout.markers()).unwrap_or_else(|e| {
-        eprintln!("master: listing the commit markers: {e}");
+        say!(WARN, "listing the commit markers: {e}");
         Vec::new()
     });
     let mut markers: Vec<Marker> = listed
@@ -650,15 +771,16 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 // A transient failure (permissions, space): keep the commit and
                 // say so; publication is tried again at the next start.
-                eprintln!("master: finishing the publication of shard {}: {e}", marker.shard);
+                say!(WARN, "finishing the publication of shard {}: {e}", marker.shard);
                 true
             }
             Err(e) => {
                 // Committed, but its outputs are neither staged nor in place:
                 // nothing of it is visible, so it is safe, and necessary, to
                 // run it again rather than to lose it.
-                eprintln!(
-                    "master: shard {} was marked committed but its outputs are gone ({e}); it will run again",
+                say!(
+                    WARN,
+                    "shard {} was marked committed but its outputs are gone ({e}); it will run again",
                     marker.shard
                 );
                 let _ = layout.output.delete(&layout.marker(marker.shard));
@@ -678,7 +800,7 @@ fn save_journal(layout: &Layout, manifest: &Manifest) {
     if layout.state.local_dir().is_none()
         && let Err(e) = layout.state.upload(&layout.journal(manifest.created_at), keys::JOURNAL)
     {
-        eprintln!("master: copying the journal to {}: {e}", layout.state.display(keys::JOURNAL));
+        say!(WARN, "copying the journal to {}: {e}", layout.state.display(keys::JOURNAL));
     }
 }
 
@@ -703,7 +825,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     ledger.raise_token_floor(now().saturating_mul(1000));
     if !journal_events.is_empty() || !markers.is_empty() {
         let c = ledger.counts();
-        eprintln!("master: resumed: {} committed, {} failed, {} pending", c.committed, c.failed, c.pending);
+        say!(INFO, "resumed: {} committed, {} failed, {} pending", c.committed, c.failed, c.pending);
     }
     let journal = OpenOptions::new()
         .create(true)
@@ -730,6 +852,9 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         in_flight: 0,
         storage_failures: 0,
         journal_failing: false,
+        nodes: Default::default(),
+        holders: Default::default(),
+        first_lease_at: None,
     };
     let shared: Shared = Arc::new(Mutex::new(master));
     for i in 0..COMMITTERS {
@@ -780,12 +905,12 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         }
         #[cfg(feature = "tls")]
         {
-            eprintln!("master: listening on {listening} (TLS, the job's own CA){}", via(addr, listening));
+            say!(INFO, "listening on {listening} (TLS, the job's own CA){}", via(addr, listening));
             tokio::spawn(crate::tls::serve(listener, tls.acceptor, app));
         }
         #[cfg(not(feature = "tls"))]
         {
-            eprintln!("master: listening on {listening}{}", via(addr, listening));
+            say!(INFO, "listening on {listening}{}", via(addr, listening));
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
@@ -799,7 +924,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
             m.expire(t);
             if crate::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
-                eprintln!("master: the job's deadline passed");
+                say!(WARN, "the job's deadline passed");
                 return Ok::<String, String>("deadline".into());
             }
             if m.ledger.is_done() {
@@ -853,7 +978,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         match loaded.and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed)) {
             Ok(names) => outputs.extend(names),
             Err(e) => {
-                eprintln!("master: the reduce task failed: {e}");
+                say!(ERROR, "the reduce task failed: {e}");
                 reduce_error = Some(e);
             }
         }
@@ -881,7 +1006,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         })).collect::<Vec<_>>(),
     });
     if let Err(e) = layout.output.write_json(layout.output_manifest(), &manifest_out) {
-        eprintln!("master: writing _manifest.json: {e}");
+        say!(ERROR, "writing _manifest.json: {e}");
     }
     // Committed shards whose outputs are still staged (a publication failed)
     // are published now; the staging goes only if nothing committed is left in it.
@@ -893,7 +1018,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
             if staged.iter().any(|(k, _)| k.starts_with(&prefix))
                 && let Err(e) = publish(&layout, &m)
             {
-                eprintln!("master: shard {}: its outputs are still staged and cannot be moved: {e}", m.shard);
+                say!(ERROR, "shard {}: its outputs are still staged and cannot be moved: {e}", m.shard);
                 keep_staging = true;
             }
         }
@@ -903,7 +1028,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     }
     save_journal(&layout, &manifest);
     if let Err(e) = layout.state.write_json(keys::FINAL, &final_state) {
-        eprintln!("master: writing final.json: {e}");
+        say!(ERROR, "writing final.json: {e}");
     }
     // Workers learn of the end at their next lease and end themselves; give
     // them a moment, then end whatever is left.
@@ -923,16 +1048,13 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     let left = workers(provider);
     if !left.is_empty() {
         let names: Vec<&str> = left.iter().map(|n| n.node.as_str()).collect();
-        eprintln!("master: ending {} worker(s) still running: {}", left.len(), names.join(" "));
+        say!(INFO, "ending {} worker(s) still running: {}", left.len(), names.join(" "));
         // At the deadline there is no time to be gentle: the dead-man switch
         // ends this process a second after it.
         let patience = if reason == "done" { Duration::from_secs(2) } else { Duration::from_millis(300) };
         let _ = provider.terminate(&left, patience);
     }
-    eprintln!(
-        "master: job {} ended ({reason}); {} committed, {} failed",
-        manifest.job, counts.committed, counts.failed
-    );
+    say!(INFO, "job {} ended ({reason}); {} committed, {} failed", manifest.job, counts.committed, counts.failed);
     Ok(0)
 }
 

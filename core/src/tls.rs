@@ -64,7 +64,10 @@ pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::Tl
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of file descriptors, say: wait, do not spin.
-                eprintln!("master: accepting a connection: {e}");
+                eprintln!(
+                    "{} WARN master: accepting a connection: {e}",
+                    crate::policy::Clock::now(&crate::policy::SystemClock)
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

@@ -28,8 +28,15 @@ fn now() -> u64 {
     SystemClock.now()
 }
 
+/// A line of the worker's log: when, `INFO`, who, what (`mayfly logs` reads
+/// the time and the level back).
 fn log(node: &str, message: &str) {
-    eprintln!("{} {node}: {message}", now());
+    eprintln!("{} INFO {node}: {message}", now());
+}
+
+/// A line of the worker's log about something that went wrong.
+fn warn(node: &str, message: &str) {
+    eprintln!("{} WARN {node}: {message}", now());
 }
 
 /// How an attempt ended short of a commit.
@@ -86,7 +93,7 @@ impl Keeper {
                 Err(e) => {
                     c.failures += 1;
                     c.failed_at = now();
-                    log(&self.node, &format!("credential refresh failed ({} in a row): {e}", c.failures));
+                    warn(&self.node, &format!("credential refresh failed ({} in a row): {e}", c.failures));
                 }
             }
         }
@@ -148,13 +155,13 @@ impl Worker {
                     match client.heartbeat(&req) {
                         Ok(r) => expires = r.expires_at,
                         Err(CallError::Refused { status: 409, .. }) => {
-                            log(&node, &format!("shard {shard}: lease lost (token {token} is stale)"));
+                            warn(&node, &format!("shard {shard}: lease lost (token {token} is stale)"));
                             lost.store(true, Ordering::Relaxed);
                             break;
                         }
                         Err(e) => {
                             if now() >= expires {
-                                log(
+                                warn(
                                     &node,
                                     &format!("shard {shard}: lease expired while the master was unreachable: {e}"),
                                 );
@@ -228,18 +235,18 @@ impl Worker {
         let result = match failure {
             Some(Failure::Release(why)) => {
                 // Not the shard's fault: hand it back without using an attempt.
-                log(&self.node, &format!("shard {shard} released: {why}"));
+                warn(&self.node, &format!("shard {shard} released: {why}"));
                 let _ = std::fs::remove_dir_all(&staging);
                 self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
             }
             Some(Failure::Attempt(error, retryable)) => {
-                log(&self.node, &format!("shard {shard} failed: {error}"));
+                warn(&self.node, &format!("shard {shard} failed: {error}"));
                 self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
             }
             None => {
                 self.keeper.refresh_if_due();
                 if let Err(e) = self.keeper.authorize("committing") {
-                    log(&self.node, &format!("shard {shard} released: {e}"));
+                    warn(&self.node, &format!("shard {shard} released: {e}"));
                     let _ = std::fs::remove_dir_all(&staging);
                     self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
                 } else if let Err(e) = self.upload(&staging, &staging_key) {
@@ -247,7 +254,7 @@ impl Worker {
                     let _ = std::fs::remove_dir_all(&staging);
                     let error =
                         format!("uploading the outputs to {}: {e}", self.keeper.layout.output.display(&staging_key));
-                    log(&self.node, &format!("shard {shard} failed: {error}"));
+                    warn(&self.node, &format!("shard {shard} failed: {error}"));
                     self.client.fail(&FailRequest { shard, token, error, retryable: true }).map(|_| ())
                 } else {
                     let n = staged.len();
@@ -261,7 +268,7 @@ impl Worker {
                             // storage failed): not the shard's fault, so no
                             // attempt is used; the master waits before it
                             // leases the shard again.
-                            log(
+                            warn(
                                 &self.node,
                                 &format!(
                                     "shard {shard} released: the master could not record the commit ({status}): {message}"
@@ -274,7 +281,7 @@ impl Worker {
                             // Refused for a reason other than a stale lease (too
                             // large, malformed): say so, so the operator sees it.
                             let error = format!("the master refused the commit ({status}): {message}");
-                            log(&self.node, &format!("shard {shard} failed: {error}"));
+                            warn(&self.node, &format!("shard {shard} failed: {error}"));
                             let _ = std::fs::remove_dir_all(&staging);
                             self.client.fail(&FailRequest { shard, token, error, retryable: false }).map(|_| ())
                         }
@@ -286,7 +293,7 @@ impl Worker {
         match result {
             Ok(()) => {}
             Err(e @ CallError::Refused { .. }) => {
-                log(&self.node, &format!("shard {shard}: the master did not take the result: {e}"));
+                warn(&self.node, &format!("shard {shard}: the master did not take the result: {e}"));
                 let _ = std::fs::remove_dir_all(&staging);
             }
             Err(e) => {
@@ -294,7 +301,7 @@ impl Worker {
                 // and died before answering. The staging must stay, so that a
                 // restarted master can finish publishing it; the job's end
                 // removes it otherwise.
-                log(&self.node, &format!("shard {shard}: no answer from the master about the result: {e}"));
+                warn(&self.node, &format!("shard {shard}: no answer from the master about the result: {e}"));
             }
         }
     }
@@ -425,7 +432,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
                 {
                     worker.client = client;
                 }
-                log(node, &format!("lease request failed: {e}"));
+                warn(node, &format!("lease request failed: {e}"));
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

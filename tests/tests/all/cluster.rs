@@ -197,7 +197,7 @@ fn the_deadline_mid_job_ends_every_node_and_keeps_what_was_done() {
     assert!(committed > 0 && committed < 40, "{fin}");
     assert_eq!(job.map_outputs().len() as u64, committed, "the outputs are exactly the committed shards'");
     let logs = job.command(&["logs", &job.id, "--state", "state"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&logs.stdout).contains("master: master: the job's deadline passed"));
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("WARN master: the job's deadline passed"));
 }
 
 #[test]

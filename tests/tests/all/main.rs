@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod faults;
 mod load;
+mod operate;
 mod plugins;
 mod sandbox;
 mod tasks;

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use mayfly_sdk::{Error, Input, Outputs, Result, info, task};
+use mayfly_sdk::{Error, Input, Outputs, Result, error, info, task};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -15,9 +15,12 @@ struct Params {
     /// A host path for the file attempt.
     #[serde(default)]
     path: String,
-    /// How long `slow` sleeps before copying its input.
+    /// How long `slow` and `picky` sleep before copying their input.
     #[serde(default)]
     delay_ms: u64,
+    /// `picky` fails for good on inputs whose name contains this.
+    #[serde(default)]
+    fail_on: String,
 }
 
 #[task]
@@ -69,6 +72,19 @@ fn misbehave(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result
         "slow" => {
             // Sleeps, then copies the input: long enough for faults to land mid-attempt.
             std::thread::sleep(std::time::Duration::from_millis(params.delay_ms));
+            let mut out = outputs.create("copy.bin")?;
+            std::io::copy(input, &mut out)?;
+            Ok(())
+        }
+        "picky" => {
+            // Fails for good on the inputs named by `fail_on`, copies the others
+            // (after `delay_ms`): a job with some failed shards, and logs at levels.
+            if !params.fail_on.is_empty() && input.name().contains(&params.fail_on) {
+                error!("refusing {}", input.name());
+                return Err(Error::fatal(format!("{} is not acceptable", input.name())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(params.delay_ms));
+            info!("copying {}", input.name());
             let mut out = outputs.create("copy.bin")?;
             std::io::copy(input, &mut out)?;
             Ok(())

@@ -11,6 +11,7 @@
 //! | `POST /v1/fail` [`FailRequest`] | 200, 409 if stale |
 //! | `POST /v1/release` [`ReleaseRequest`] | 200, 409 if stale |
 //! | `GET /v1/status` | [`Status`] |
+//! | `POST /v1/holds` (empty body) | 200: the master reads the job's holds from its state again |
 //!
 //! A request without the token, or with a wrong one, gets 401 and changes nothing.
 
@@ -57,6 +58,12 @@ pub enum LeaseReply {
     },
     /// The job is over: end.
     Done,
+    /// An operator holds this worker until `until`: take no work, keep what
+    /// it has, and wait (`mayfly hold`).
+    Hold {
+        /// When the hold ends on its own.
+        until: Millis,
+    },
 }
 
 /// Extends a lease.
@@ -75,6 +82,10 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatReply {
     /// When the lease ends unless renewed again.
     pub expires_at: Millis,
+    /// Set when an operator holds the worker: it hands the shard back at the
+    /// next item and waits (until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_until: Option<Millis>,
 }
 
 /// One staged output of a commit.
@@ -169,6 +180,9 @@ pub struct WorkerStatus {
     pub lost: u32,
     /// When it last asked or reported anything.
     pub last_seen: Millis,
+    /// Until when an operator holds it, if one does.
+    #[serde(default)]
+    pub held_until: Option<Millis>,
 }
 
 /// Decodes a request body as the master does (after the token check).
@@ -299,6 +313,10 @@ impl Client {
     /// `POST /v1/release`
     pub fn release(&self, req: &ReleaseRequest) -> Result<serde_json::Value, CallError> {
         self.call("/v1/release", Some(req))
+    }
+    /// `POST /v1/holds`: the holds in the job's state changed.
+    pub fn holds_changed(&self) -> Result<serde_json::Value, CallError> {
+        self.call("/v1/holds", Some(&serde_json::json!({})))
     }
     /// `GET /v1/status`
     pub fn status(&self) -> Result<Status, CallError> {

@@ -504,7 +504,12 @@ fn status_view(st: &mayfly_core::api::Status) -> String {
             w.failed,
             w.lost,
             secs(st.now.saturating_sub(w.last_seen)),
-            if now.is_empty() { "idle".to_owned() } else { now.join(", ") }
+            match w.held_until {
+                Some(until) =>
+                    format!("HELD ({} left)", mayfly_core::report::fmt_duration(until.saturating_sub(st.now))),
+                None if now.is_empty() => "idle".to_owned(),
+                None => now.join(", "),
+            }
         );
     }
     out
@@ -549,6 +554,16 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Exit
     }
     for (shard, error) in &fin.failed {
         println!("failed shard {shard}: {error}");
+    }
+    let now = SystemClock.now();
+    for h in mayfly_core::hold::all(layout).unwrap_or_default().iter().filter(|h| h.until > now) {
+        println!(
+            "held: {} until {} ({} left; asked by {})",
+            h.node,
+            mayfly_core::report::fmt_time(h.until),
+            mayfly_core::report::fmt_duration(h.until - now),
+            h.asked_by
+        );
     }
     if let Some(e) = &fin.reduce_error {
         println!("the reduce task failed: {e}");
@@ -1068,6 +1083,7 @@ pub(crate) fn cmd_demo(dir: &Path, workers: u32) -> Result<ExitCode> {
 
 /// What `mayfly replay` is told besides the job.
 pub(crate) struct ReplayArgs {
+    pub node: Option<String>,
     pub shard: u32,
     pub item: Option<String>,
     pub out: Option<PathBuf>,
@@ -1098,6 +1114,30 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
             keys.join(", ")
         );
     }
+    // On a held node: the inputs it kept, where it runs (its work directory).
+    let kept = match &args.node {
+        Some(node) => {
+            let dir = mayfly_core::hold::kept_dir(&layout, node).join(format!("shard-{}", args.shard));
+            if !dir.is_dir() {
+                let root = mayfly_core::hold::kept_dir(&layout, node);
+                let has: Vec<String> = std::fs::read_dir(&root)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                bail!(
+                    "node {node} kept no inputs of shard {} in {} (a held node keeps the shard it handed back and its \
+                     last failed attempt's{}); run this on the node itself, or leave out --node to read the job's input",
+                    args.shard,
+                    root.display(),
+                    if has.is_empty() { String::new() } else { format!("; it kept: {}", has.join(", ")) }
+                );
+            }
+            Some(dir)
+        }
+        None => None,
+    };
     let provider = node_provider(&manifest)?;
     let who = Principal { job: job.to_owned(), state: layout.state_location(), node: "replay".into() };
     let input = Store::open(&manifest.input, &provider, &who)
@@ -1122,8 +1162,9 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
         tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
     if !args.json {
         println!(
-            "replaying shard {} of job {job}: {} item(s), task {} (sha256 {}), params {}",
+            "replaying shard {} of job {job}{}: {} item(s), task {} (sha256 {}), params {}",
             args.shard,
+            kept.as_ref().map_or_else(String::new, |d| format!(" from the inputs kept in {}", d.display())),
             items.len(),
             task.name(),
             &manifest.task_sha256[..12.min(manifest.task_sha256.len())],
@@ -1138,9 +1179,16 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
     let mut results = Vec::new();
     for item in items {
         let key = item.key();
-        let source = input
-            .input(&item.object, &item.object, Some((item.start, item.len)))
-            .with_context(|| format!("reading input {key} from {}", manifest.input))?;
+        let source: std::sync::Arc<dyn mayfly_core::host::InputSource> = match &kept {
+            // What the held node kept: the bytes it had.
+            Some(dir) => std::sync::Arc::new(
+                mayfly_core::host::FileInput::open(&dir.join(&key), item.object.clone())
+                    .with_context(|| format!("reading the kept input {}", dir.join(&key).display()))?,
+            ),
+            None => input
+                .input(&item.object, &item.object, Some((item.start, item.len)))
+                .with_context(|| format!("reading input {key} from {}", manifest.input))?,
+        };
         let outcome = rt.block_on(runtime.run(
             &task,
             Attempt {
@@ -1243,4 +1291,184 @@ pub(crate) fn cmd_init(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<Exi
     println!("  mayfly exec . --input data/sample.txt   # one input, in the sandbox");
     println!("  mayfly run job.toml                # a job on this machine (the local provider)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The worker `node` of `manifest`'s job, checked: the master is not held on
+/// its own (hold the whole job).
+fn worker_name(manifest: &Manifest, node: &str) -> Result<()> {
+    let n = node.strip_prefix("worker-").and_then(|n| n.parse::<u32>().ok());
+    if !n.is_some_and(|n| n >= 1 && n <= manifest.workers) {
+        bail!(
+            "job {} has no worker {node:?}: its workers are worker-1 to worker-{} (the master is not held on its own; \
+             leave out --node to hold the whole job)",
+            manifest.job,
+            manifest.workers
+        );
+    }
+    Ok(())
+}
+
+/// Tells a running master that the holds changed (it reads them from the
+/// state); says so when there is no master to tell.
+fn tell_master(layout: &Layout) {
+    let told = (|| -> Result<()> {
+        let token = mayfly_core::job::read_token(layout)?;
+        let info: MasterInfo = layout.state.read_json(keys::MASTER)?.context("no master.json")?;
+        Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.holds_changed()?;
+        Ok(())
+    })();
+    if let Err(e) = told {
+        say(&format!("the master was not told ({e:#}); held workers read the state themselves"));
+    }
+}
+
+pub(crate) fn cmd_hold(job: &str, at: &StateArgs, node: Option<&str>, for_: Duration) -> Result<ExitCode> {
+    use mayfly_core::hold::{Hold, WHOLE_JOB, hold_end};
+    use mayfly_core::report::{fmt_duration, fmt_time};
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    if let Some(n) = node {
+        worker_name(&manifest, n)?;
+    }
+    let now = SystemClock.now();
+    if now >= manifest.expires_at {
+        bail!("job {job} is past its deadline: its nodes have ended (or are ending); there is nothing to hold");
+    }
+    let provider = node_provider(&manifest)?;
+    let running = provider.list(job, &layout.state_location())?;
+    let alive = running.iter().any(|n| n.role == Role::Worker && node.is_none_or(|x| x == n.node));
+    if !alive {
+        bail!(
+            "job {job} has no running {}: there is nothing to hold{}",
+            node.map_or_else(|| "worker".to_owned(), |n| format!("node {n}")),
+            if layout.state.exists(keys::FINAL) { " (the job has ended)" } else { "" }
+        );
+    }
+    let asked_ms = for_.as_millis().min(u64::MAX as u128) as u64;
+    let (until, cut) = hold_end(now, asked_ms, manifest.expires_at);
+    let who = node.unwrap_or(WHOLE_JOB);
+    let hold = Hold {
+        node: who.to_owned(),
+        until,
+        asked_by: mayfly_core::hold::asker(),
+        asked_at: now,
+        asked_ms,
+        cut_to_deadline: cut,
+    };
+    mayfly_core::hold::put(&layout, &hold).map_err(anyhow::Error::msg)?;
+    tell_master(&layout);
+    let what = node.map_or_else(|| format!("every worker of job {job}"), |n| format!("{n} of job {job}"));
+    println!("held {what} until {} (in {})", fmt_time(until), fmt_duration(until - now));
+    if cut {
+        println!(
+            "asked for {}, cut to the job's deadline: a hold never outlives it (the deadline always wins)",
+            fmt_duration(asked_ms)
+        );
+    }
+    println!(
+        "a held worker hands its shard back at its next item (another worker takes it), takes no work, \
+         and keeps its log, its compiled task and the inputs of that shard and of its last failed attempt"
+    );
+    let target = node.map_or_else(String::new, |n| format!(" --node {n}"));
+    println!("  mayfly attach {job} --node {}   where it is, and its log", node.unwrap_or("worker-1"));
+    println!("  mayfly release {job}{target}   end the hold (it then resumes or ends by the normal rules)");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn cmd_release(job: &str, at: &StateArgs, node: Option<&str>) -> Result<ExitCode> {
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    if let Some(n) = node
+        && n != mayfly_core::hold::WHOLE_JOB
+    {
+        worker_name(&manifest, n)?;
+    }
+    let released = mayfly_core::hold::release(&layout, node, &mayfly_core::hold::asker(), SystemClock.now())
+        .map_err(anyhow::Error::msg)?;
+    if released.is_empty() {
+        println!("job {job} has no hold{}; nothing to release", node.map_or_else(String::new, |n| format!(" on {n}")));
+        return Ok(ExitCode::SUCCESS);
+    }
+    tell_master(&layout);
+    println!(
+        "released {}: held workers resume, or end by the normal rules (the job's end, idle, the deadline)",
+        released.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn cmd_attach(job: &str, at: &StateArgs, node: &str) -> Result<ExitCode> {
+    use mayfly_core::report::{fmt_duration, fmt_time};
+    let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    if node != "master" {
+        worker_name(&manifest, node)?;
+    }
+    let provider = node_provider(&manifest)?;
+    let nodes = provider.list(job, &layout.state_location())?;
+    let now = SystemClock.now();
+    let Some(info) = nodes.iter().find(|n| n.node == node) else {
+        bail!(
+            "node {node} of job {job} is not running (it ended, or never started); \
+             `mayfly logs {job} --node {node}` shows what it said"
+        );
+    };
+    println!("node {node} of job {job}: {} {}", provider.name(), info.id);
+    if provider.name() == "local" {
+        let pid = info.id.split(':').next().unwrap_or(&info.id);
+        println!("  pid        {pid}   (this machine)");
+        println!("  log        {}", layout.state.display(&Layout::logs_key(node)));
+        println!("  directory  {}", layout.work.display());
+        println!("  kept       {}   (what it keeps while held)", mayfly_core::hold::kept_dir(&layout, node).display());
+    } else {
+        println!(
+            "  instance   {}   (ask {} for its address; the node's own disk holds what it keeps)",
+            info.id,
+            provider.name()
+        );
+        println!("  log        {}   (copied every few seconds)", layout.state.display(&Layout::logs_key(node)));
+    }
+    println!(
+        "  ends       by {} at the latest (the deadline, in {})",
+        fmt_time(manifest.expires_at),
+        fmt_duration(manifest.expires_at.saturating_sub(now))
+    );
+    let holds = mayfly_core::hold::all(&layout).map_err(anyhow::Error::msg)?;
+    match mayfly_core::hold::held_until(&holds, node, now) {
+        Some(until) => println!("  held       until {} (in {})", fmt_time(until), fmt_duration(until - now)),
+        None => println!("  held       no (`mayfly hold {job} --node {node}` keeps it alive for you)"),
+    }
+    println!("its log, until it ends (Ctrl-C stops watching; the node goes on):");
+    let _ = std::io::stdout().flush();
+    follow_node_log(&layout, &provider, job, node)
+}
+
+/// Prints a node's log as it grows, until the node is gone.
+fn follow_node_log(layout: &Layout, provider: &ProviderHandle, job: &str, node: &str) -> Result<ExitCode> {
+    let key = Layout::logs_key(node);
+    let mut printed = 0usize;
+    let mut gone_polls = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    loop {
+        let alive =
+            provider.list(job, &layout.state_location()).map(|n| n.iter().any(|n| n.node == node)).unwrap_or(true);
+        let bytes = layout.state.get(&key)?.unwrap_or_default();
+        let upto = if alive { bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) } else { bytes.len() };
+        if upto > printed {
+            for line in String::from_utf8_lossy(&bytes[printed..upto]).lines() {
+                if writeln!(out, "{node}: {line}").is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            let _ = out.flush();
+            printed = upto;
+        }
+        if !alive {
+            // Its last lines may land a moment after it is gone (a remote copy).
+            gone_polls += 1;
+            if gone_polls > 3 {
+                let _ = writeln!(out, "({node} has ended)");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

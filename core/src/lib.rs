@@ -37,6 +37,7 @@ pub mod conformance;
 pub mod cost;
 pub mod demo;
 pub mod history;
+pub mod hold;
 pub mod host;
 pub mod job;
 pub mod ledger;

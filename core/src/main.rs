@@ -157,6 +157,9 @@ enum Command {
         job: String,
         /// The shard.
         shard: u32,
+        /// Use the inputs a held node kept (run this where that node runs; locally, here).
+        #[arg(long)]
+        node: Option<String>,
         /// Only this item (its key, as the logs name it).
         #[arg(long)]
         item: Option<String>,
@@ -166,6 +169,53 @@ enum Command {
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        at: jobs::StateArgs,
+    },
+    /// Hold a worker (or every worker) of a running job for debugging: it
+    /// hands its shard back, takes no work, keeps what it has, and does not end
+    /// itself until released, the hold expires, or the job's deadline.
+    #[command(after_help = "Examples:\n  \
+        mayfly hold <job> --node worker-3 --for 30m\n  \
+        mayfly hold <job>                       every worker, for 30 minutes\n\n\
+        A hold never outlives the job's deadline: asked for longer, it is cut to it (and says so).\n\
+        Every hold and release is recorded in the job's state (holds/log/) with who asked.\n\
+        Then: `mayfly attach <job> --node worker-3`, `mayfly replay <job> <shard> --node worker-3`,\n\
+        `mayfly release <job> --node worker-3`.")]
+    Hold {
+        /// The job id.
+        job: String,
+        /// Only this worker (default: every worker of the job).
+        #[arg(long)]
+        node: Option<String>,
+        /// How long (cut to the job's deadline).
+        #[arg(long = "for", value_name = "DURATION", default_value = "30m")]
+        for_: HumanDuration,
+        #[command(flatten)]
+        at: jobs::StateArgs,
+    },
+    /// End a hold: the worker resumes, or ends by the normal rules.
+    #[command(
+        after_help = "Examples:\n  mayfly release <job> --node worker-3\n  mayfly release <job>   every hold of the job"
+    )]
+    Release {
+        /// The job id.
+        job: String,
+        /// Only this worker's hold (default: every hold of the job).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        at: jobs::StateArgs,
+    },
+    /// Show how to reach a running node (locally: its pid, log and directory;
+    /// in a cloud: its instance), then stream its log until it ends.
+    #[command(after_help = "Example:\n  mayfly attach <job> --node worker-3")]
+    Attach {
+        /// The job id.
+        job: String,
+        /// The node (`master`, `worker-1`, ...).
+        #[arg(long)]
+        node: String,
         #[command(flatten)]
         at: jobs::StateArgs,
     },
@@ -372,9 +422,12 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd_exec(args),
         Command::Run { job } => jobs::cmd_run(&job),
         Command::Plan { job, json, rate } => jobs::cmd_plan(&job, json, rate.0).map(|()| ExitCode::SUCCESS),
-        Command::Replay { job, shard, item, out, json, at } => {
-            jobs::cmd_replay(&job, &at, &jobs::ReplayArgs { shard, item, out, json })
+        Command::Replay { job, shard, node, item, out, json, at } => {
+            jobs::cmd_replay(&job, &at, &jobs::ReplayArgs { node, shard, item, out, json })
         }
+        Command::Hold { job, node, for_, at } => jobs::cmd_hold(&job, &at, node.as_deref(), for_.0),
+        Command::Release { job, node, at } => jobs::cmd_release(&job, &at, node.as_deref()),
+        Command::Attach { job, node, at } => jobs::cmd_attach(&job, &at, &node),
         Command::Report { job, out, at } => jobs::cmd_report(&job, &at, &out),
         Command::Init { name, dir, sdk } => jobs::cmd_init(&name, &dir, sdk.as_deref()),
         Command::Status { job, at, json, once, every } => {

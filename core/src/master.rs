@@ -87,6 +87,8 @@ struct Master {
     holders: std::collections::HashMap<u64, String>,
     /// When the first shard was leased.
     first_lease_at: Option<Millis>,
+    /// The operators' holds, as the state last said.
+    holds: Vec<crate::hold::Hold>,
 }
 
 /// What the master counts of one worker.
@@ -182,6 +184,7 @@ impl Master {
                 failed: n.failed,
                 lost: n.lost,
                 last_seen: n.last_seen,
+                held_until: crate::hold::held_until(&self.holds, node, now()),
             })
             .collect();
         for (shard, record) in self.ledger.shards().iter().enumerate() {
@@ -490,6 +493,9 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
         return json(&LeaseReply::Done);
     }
     m.seen(&req.worker, t);
+    if let Some(until) = crate::hold::held_until(&m.holds, &req.worker, t) {
+        return json(&LeaseReply::Hold { until });
+    }
     let worker_cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
     if expires_at < t + 1000 {
@@ -531,10 +537,12 @@ async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), cred);
     match m.ledger.heartbeat(req.shard, req.token, expires_at) {
         Ok(()) => {
+            let mut hold_until = None;
             if let Some(node) = m.holders.get(&req.token).cloned() {
                 m.seen(&node, t);
+                hold_until = crate::hold::held_until(&m.holds, &node, t);
             }
-            json(&HeartbeatReply { expires_at })
+            json(&HeartbeatReply { expires_at, hold_until })
         }
         Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
     }
@@ -624,6 +632,34 @@ async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
             json(&serde_json::json!({}))
         }
         Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// The CLI changed the holds in the state: read them again (the state is the
+/// truth; this only makes them take effect at once).
+async fn holds_changed(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let layout = {
+        let Ok(m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+        if !authorized(&headers, &m.token) {
+            say!(WARN, "refused a request without a valid job token (holds)");
+            return refuse(StatusCode::UNAUTHORIZED, "missing or wrong job token");
+        }
+        m.layout.clone()
+    };
+    // Read outside the lock: a remote state is a listing and a few reads.
+    let read = tokio::task::spawn_blocking(move || crate::hold::all(&layout)).await;
+    match read {
+        Ok(Ok(holds)) => {
+            let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+            let t = now();
+            let names: Vec<String> =
+                holds.iter().filter(|h| h.until > t).map(|h| format!("{} until {}", h.node, h.until)).collect();
+            say!(INFO, "holds: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") });
+            m.holds = holds;
+            json(&serde_json::json!({ "holds": names.len() }))
+        }
+        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -839,6 +875,10 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     let (committer_tx, committer_rx) = std::sync::mpsc::channel();
     let committer_rx = Arc::new(Mutex::new(committer_rx));
     let committer_layout = layout.clone();
+    let holds = crate::hold::all(&layout).unwrap_or_else(|e| {
+        say!(WARN, "{e}");
+        Vec::new()
+    });
     let master = Master {
         manifest,
         layout,
@@ -855,6 +895,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         nodes: Default::default(),
         holders: Default::default(),
         first_lease_at: None,
+        holds,
     };
     let shared: Shared = Arc::new(Mutex::new(master));
     for i in 0..COMMITTERS {
@@ -891,6 +932,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
             .route("/v1/fail", post(fail))
             .route("/v1/release", post(release))
             .route("/v1/status", get(status))
+            .route("/v1/holds", post(holds_changed))
             .layer(DefaultBodyLimit::max(64 << 20))
             .with_state(shared.clone());
         {
@@ -1034,16 +1076,31 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     // them a moment, then end whatever is left.
     let grace = if reason == "done" { Duration::from_secs(3) } else { Duration::ZERO };
     let deadline = std::time::Instant::now() + grace;
+    // A worker an operator holds is theirs until its hold ends (or the
+    // deadline: its own rules and dead-man switch end it then).
+    let holds = match crate::hold::all(&layout) {
+        Ok(h) => h,
+        Err(e) => {
+            say!(WARN, "{e}; using the holds known before");
+            shared.lock().map(|m| m.holds.clone()).unwrap_or_default()
+        }
+    };
+    let held = |n: &crate::provider::NodeInfo| crate::hold::held_until(&holds, &n.node, now()).is_some();
     let workers = |p: &ProviderHandle| {
         p.list(&manifest.job, &layout.state_location())
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| n.role == Role::Worker)
+            .filter(|n| n.role == Role::Worker && !held(n))
             .collect::<Vec<_>>()
     };
     // Each look is a provider call (an EC2 DescribeInstances on AWS): a few a second, not twenty.
     while std::time::Instant::now() < deadline && !workers(provider).is_empty() {
         std::thread::sleep(Duration::from_millis(250));
+    }
+    let kept: Vec<String> =
+        holds.iter().filter(|h| h.until > now()).map(|h| format!("{} until {}", h.node, h.until)).collect();
+    if !kept.is_empty() {
+        say!(INFO, "leaving held workers to their holds: {}", kept.join(", "));
     }
     let left = workers(provider);
     if !left.is_empty() {

@@ -217,6 +217,8 @@ pub enum EndReason {
     MasterLost,
     /// Credentials could not be renewed.
     CredentialsLost,
+    /// An operator's hold on this node expired.
+    HoldExpired,
 }
 
 impl std::fmt::Display for EndReason {
@@ -227,6 +229,7 @@ impl std::fmt::Display for EndReason {
             EndReason::Idle => "no work to lease for the idle timeout",
             EndReason::MasterLost => "the master was unreachable for the master-lost timeout",
             EndReason::CredentialsLost => "credentials could not be renewed",
+            EndReason::HoldExpired => "the operator's hold expired",
         })
     }
 }
@@ -254,6 +257,22 @@ impl Watchdog {
 
     /// Why the node must end at `now`, if it must. The deadline comes first:
     /// it is the one trigger that no answer from anyone can postpone.
+    /// Why a node an operator holds until `hold_until` must end at `now`, if
+    /// it must: the deadline first, as always; then lost credentials; then the
+    /// hold's own end. Being idle, the master's silence and the job's end do
+    /// not end a held node: that is what the hold is for.
+    pub fn check_held(&self, now: Millis, hold_until: Millis, credential: CredentialAction) -> Option<EndReason> {
+        if deadline_passed(now, self.expires_at) {
+            Some(EndReason::Deadline)
+        } else if credential == CredentialAction::Drain {
+            Some(EndReason::CredentialsLost)
+        } else if now >= hold_until {
+            Some(EndReason::HoldExpired)
+        } else {
+            None
+        }
+    }
+
     pub fn check(&self, now: Millis, job_done: bool, credential: CredentialAction) -> Option<EndReason> {
         if deadline_passed(now, self.expires_at) {
             Some(EndReason::Deadline)
@@ -298,6 +317,20 @@ mod tests {
                 .check(T0, "x", Duration::from_millis(1))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_held_node_ends_at_the_deadline_or_the_holds_end_never_idle() {
+        let mut w = Watchdog::new(T0, T0 + 100 * S, Duration::from_secs(5), Duration::from_secs(5));
+        // Long idle, master long silent: held, it stays.
+        w.last_work = T0;
+        w.last_master_contact = T0;
+        assert_eq!(w.check(T0 + 50 * S, false, CredentialAction::Keep), Some(EndReason::MasterLost));
+        assert_eq!(w.check_held(T0 + 50 * S, T0 + 60 * S, CredentialAction::Keep), None);
+        assert_eq!(w.check_held(T0 + 60 * S, T0 + 60 * S, CredentialAction::Keep), Some(EndReason::HoldExpired));
+        assert_eq!(w.check_held(T0 + 50 * S, T0 + 60 * S, CredentialAction::Drain), Some(EndReason::CredentialsLost));
+        // The deadline wins over any hold.
+        assert_eq!(w.check_held(T0 + 100 * S, T0 + 500 * S, CredentialAction::Keep), Some(EndReason::Deadline));
     }
 
     #[test]

@@ -863,7 +863,7 @@ fn fmt_rate(mib_per_s: f64) -> String {
 }
 
 /// A duration for people: `850 ms`, `1.2 s`, `3 min 05 s`, `2 h 03 min 05 s`.
-fn fmt_duration(ms: u64) -> String {
+pub fn fmt_duration(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms} ms");
     }
@@ -877,7 +877,7 @@ fn fmt_duration(ms: u64) -> String {
 }
 
 /// An instant in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-fn fmt_time(ms: u64) -> String {
+pub fn fmt_time(ms: u64) -> String {
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days(secs / 86_400);
     let rem = secs % 86_400;

@@ -8,7 +8,7 @@
 //! log (this process's stdout and stderr, a file in the state location) is
 //! written as it goes, and the process exits last.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::host::{Attempt, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
 use crate::master::MasterInfo;
 use crate::plan::Item;
-use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, SystemClock, Watchdog};
+use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, SystemClock, Watchdog};
 use crate::provider::{Credential, ProviderHandle};
 use crate::store::{Principal, Store};
 
@@ -133,6 +133,13 @@ struct Worker {
     task: Task,
     client: Client,
     watchdog: Watchdog,
+    /// Until when an operator holds this worker (0: no hold), as the
+    /// master's heartbeat answers say.
+    hold: Arc<AtomicU64>,
+    /// What the worker had when it was held: the shard it handed back, and
+    /// its last failed attempt (shard, items), kept on disk while it is held.
+    released: Option<(u32, Vec<Item>)>,
+    last_failed: Option<(u32, Vec<Item>)>,
 }
 
 impl Worker {
@@ -145,15 +152,20 @@ impl Worker {
         let cred_quarter = self.keeper.expires_at().saturating_sub(now()) / 4;
         let interval = Duration::from_millis((self.manifest.lease_ms / 3).min(cred_quarter.max(50)).max(50));
         let hb = {
-            let (client, lost, keeper, node) =
-                (self.client.clone(), lost.clone(), self.keeper.clone(), self.node.clone());
+            let (client, lost, keeper, node, hold) =
+                (self.client.clone(), lost.clone(), self.keeper.clone(), self.node.clone(), self.hold.clone());
             std::thread::spawn(move || {
                 let mut expires = lease_expires;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     keeper.refresh_if_due();
                     let req = HeartbeatRequest { shard, token, credential_expires_at: keeper.expires_at() };
                     match client.heartbeat(&req) {
-                        Ok(r) => expires = r.expires_at,
+                        Ok(r) => {
+                            expires = r.expires_at;
+                            if let Some(until) = r.hold_until {
+                                hold.store(until, Ordering::Relaxed);
+                            }
+                        }
                         Err(CallError::Refused { status: 409, .. }) => {
                             warn(&node, &format!("shard {shard}: lease lost (token {token} is stale)"));
                             lost.store(true, Ordering::Relaxed);
@@ -180,6 +192,13 @@ impl Worker {
         let mut failure: Option<Failure> = None;
         for item in &items {
             if lost.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.hold.load(Ordering::Relaxed) > now() {
+                // An operator holds this worker: the shard goes back now (another
+                // worker takes it), and its inputs stay here for them.
+                self.released = Some((shard, items.clone()));
+                failure = Some(Failure::Release("this worker is held by an operator".into()));
                 break;
             }
             if self.keeper.refresh_if_due() == CredentialAction::Drain {
@@ -221,6 +240,7 @@ impl Worker {
                 Err(f) => {
                     failure =
                         Some(Failure::Attempt(format!("item {key}: task {} {f}", self.task.name()), f.is_retryable()));
+                    self.last_failed = Some((shard, items.clone()));
                     break;
                 }
             }
@@ -308,6 +328,73 @@ impl Worker {
 }
 
 impl Worker {
+    /// Waits while an operator holds this worker: no work, nothing deleted,
+    /// the inputs of the shard it handed back and of its last failed attempt
+    /// kept on disk. Returns why it must end (the hold expired, the deadline,
+    /// lost credentials), or `None` when the hold is released and the normal
+    /// rules apply again. The state is the truth (the master may be gone).
+    fn held(&mut self, mut until: Millis) -> Option<EndReason> {
+        let node = self.node.clone();
+        let dir = crate::hold::kept_dir(&self.keeper.layout, &node);
+        log(
+            &node,
+            &format!(
+                "held by an operator until {until} ({}s); taking no work; keeping what it has in {}",
+                until.saturating_sub(now()) / 1000,
+                dir.display()
+            ),
+        );
+        self.keep_inputs(&dir);
+        loop {
+            let action = self.keeper.refresh_if_due();
+            let t = now();
+            match crate::hold::all(&self.keeper.layout) {
+                Ok(holds) => match crate::hold::held_until(&holds, &node, t) {
+                    Some(u) => {
+                        if u != until {
+                            log(&node, &format!("the hold now ends at {u}"));
+                        }
+                        until = u;
+                    }
+                    None if t < until => {
+                        log(&node, "released by an operator; back to the normal rules");
+                        self.hold.store(0, Ordering::Relaxed);
+                        self.watchdog.last_work = t;
+                        self.watchdog.last_master_contact = t;
+                        return None;
+                    }
+                    None => {}
+                },
+                Err(e) => warn(&node, &format!("reading the holds: {e}; keeping the hold as known")),
+            }
+            if let Some(reason) = self.watchdog.check_held(t, until, action) {
+                return Some(reason);
+            }
+            std::thread::sleep(Duration::from_millis(until.saturating_sub(t).clamp(10, 1000)));
+        }
+    }
+
+    /// Copies the inputs of the shard handed back for the hold and of the
+    /// last failed attempt into `dir/shard-<N>/<item>` (`mayfly replay
+    /// --node` runs them again there).
+    fn keep_inputs(&mut self, dir: &std::path::Path) {
+        for (shard, items) in [self.released.take(), self.last_failed.clone()].into_iter().flatten() {
+            for item in &items {
+                let dest = dir.join(format!("shard-{shard}")).join(item.key());
+                let copied = self
+                    .input
+                    .input(&item.object, &item.object, Some((item.start, item.len)))
+                    .and_then(|src| copy_input(src.as_ref(), &dest));
+                match copied {
+                    Ok(bytes) => {
+                        log(&self.node, &format!("kept input {} of shard {shard} ({bytes} bytes)", item.key()))
+                    }
+                    Err(e) => warn(&self.node, &format!("keeping input {} of shard {shard}: {e}", item.key())),
+                }
+            }
+        }
+    }
+
     /// Copies an attempt's outputs from the local staging into the output
     /// location's staging, when that is remote (a local one is written in
     /// place). The local copy goes once it is uploaded.
@@ -320,6 +407,31 @@ impl Worker {
         let _ = std::fs::remove_dir_all(local);
         Ok(())
     }
+}
+
+/// Writes all of `src` to `dest` (through a temporary file: a kept input is
+/// whole or absent). Returns its size.
+fn copy_input(src: &dyn crate::host::InputSource, dest: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Write as _;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = dest.with_extension("mayfly-tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    loop {
+        let n = src.read_at(at, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, dest)?;
+    Ok(at)
 }
 
 /// Runs worker `node` of the job laid out at `layout` until it must end.
@@ -390,7 +502,20 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         .enable_time()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    let mut worker = Worker { node: node.to_owned(), rt, manifest, input, keeper, runtime, task, client, watchdog };
+    let mut worker = Worker {
+        node: node.to_owned(),
+        rt,
+        manifest,
+        input,
+        keeper,
+        runtime,
+        task,
+        client,
+        watchdog,
+        hold: Arc::new(AtomicU64::new(0)),
+        released: None,
+        last_failed: None,
+    };
     log(
         node,
         &format!(
@@ -405,8 +530,19 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         if let Some(reason) = worker.watchdog.check(now(), false, action) {
             break reason;
         }
+        let held = worker.hold.load(Ordering::Relaxed);
+        if held > now() {
+            match worker.held(held) {
+                Some(reason) => break reason,
+                None => continue,
+            }
+        }
         let req = LeaseRequest { worker: worker.node.clone(), credential_expires_at: worker.keeper.expires_at() };
         match worker.client.lease(&req) {
+            Ok(LeaseReply::Hold { until }) => {
+                worker.watchdog.last_master_contact = now();
+                worker.hold.store(until, Ordering::Relaxed);
+            }
             Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
                 worker.watchdog.last_master_contact = now();
                 log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len()));

@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod faults;
+mod hold;
 mod load;
 mod operate;
 mod plugins;

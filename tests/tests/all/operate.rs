@@ -123,7 +123,8 @@ fn status_is_live_while_the_job_runs_and_a_summary_after() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let follower = job.command(&["logs", &job.id, "--state", "state", "--follow"]).stdout(Stdio::piped()).spawn().unwrap();
+    let follower =
+        job.command(&["logs", &job.id, "--state", "state", "--follow"]).stdout(Stdio::piped()).spawn().unwrap();
 
     let done = run.wait_with_output().unwrap();
     assert_eq!(done.status.code(), Some(1), "one shard fails for good: {}", text(&done));

@@ -1,0 +1,189 @@
+//! Operator holds: `mayfly hold` keeps a worker (or every worker of a job)
+//! alive and idle for debugging, `mayfly release` lets it go.
+//!
+//! A hold lives in the job's state (`holds/<node>.json`, `holds/job.json` for
+//! the whole job) until it is released; every hold and release is also
+//! recorded in `holds/log/` with who asked and until when. The CLI tells the
+//! master at once (`POST /v1/holds`), which stops leasing to held workers and
+//! tells a held worker in its heartbeat answers, so it hands its shard back at
+//! the next item; a held worker whose master is gone reads the state itself.
+//! A hold never outlives the job's deadline: it is cut to it when asked, and
+//! the deadline (and the dead-man switch) ends a held node as any other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Layout;
+use crate::policy::Millis;
+
+/// The whole job's hold: every worker.
+pub const WHOLE_JOB: &str = "job";
+
+/// A hold, as the state keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The node held, or [`WHOLE_JOB`].
+    pub node: String,
+    /// When the hold ends on its own (never after the job's deadline).
+    pub until: Millis,
+    /// Who asked (`user@host`).
+    pub asked_by: String,
+    /// When.
+    pub asked_at: Millis,
+    /// How long was asked for, in ms.
+    pub asked_ms: u64,
+    /// Whether it was cut to the job's deadline.
+    pub cut_to_deadline: bool,
+}
+
+/// One line of the holds' history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// `hold` or `release`.
+    pub action: String,
+    /// The node, or [`WHOLE_JOB`].
+    pub node: String,
+    /// Who asked.
+    pub by: String,
+    /// When.
+    pub at: Millis,
+    /// Until when (a hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Millis>,
+}
+
+/// When a hold asked at `now` for `asked_ms` ends: never after `expires_at`.
+/// Returns the end and whether it was cut.
+pub fn hold_end(now: Millis, asked_ms: u64, expires_at: Millis) -> (Millis, bool) {
+    let wanted = now.saturating_add(asked_ms);
+    if wanted > expires_at { (expires_at, true) } else { (wanted, false) }
+}
+
+fn key(node: &str) -> String {
+    format!("holds/{node}.json")
+}
+
+/// Whether `name` can name a held node (a file name in the state).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("{name:?} is not a node name (like worker-1)"));
+    }
+    Ok(())
+}
+
+fn record(layout: &Layout, r: &HoldRecord) -> Result<(), String> {
+    let key = format!("holds/log/{}-{}-{}.json", r.at, r.node, r.action);
+    layout
+        .state
+        .write_json(&key, r)
+        .map_err(|e| format!("recording the {} in {}: {e}", r.action, layout.state.display(&key)))
+}
+
+/// Puts `node` (or the whole job) on hold until `until`, and records who asked.
+pub fn put(layout: &Layout, hold: &Hold) -> Result<(), String> {
+    check_node_name(&hold.node)?;
+    layout
+        .state
+        .write_json(&key(&hold.node), hold)
+        .map_err(|e| format!("writing the hold to {}: {e}", layout.state.display(&key(&hold.node))))?;
+    record(
+        layout,
+        &HoldRecord {
+            action: "hold".into(),
+            node: hold.node.clone(),
+            by: hold.asked_by.clone(),
+            at: hold.asked_at,
+            until: Some(hold.until),
+        },
+    )
+}
+
+/// Ends the holds of `node` (or, with `None`, every hold of the job);
+/// returns the nodes whose hold ended.
+pub fn release(layout: &Layout, node: Option<&str>, by: &str, now: Millis) -> Result<Vec<String>, String> {
+    let held: Vec<String> = all(layout)?.into_iter().map(|h| h.node).filter(|n| node.is_none_or(|x| x == n)).collect();
+    for n in &held {
+        layout.state.delete(&key(n)).map_err(|e| format!("removing the hold of {n}: {e}"))?;
+        record(
+            layout,
+            &HoldRecord { action: "release".into(), node: n.clone(), by: by.to_owned(), at: now, until: None },
+        )?;
+    }
+    Ok(held)
+}
+
+/// Every hold in the state, expired or not.
+pub fn all(layout: &Layout) -> Result<Vec<Hold>, String> {
+    let listed = match layout.state.list("holds") {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("listing the holds: {e}")),
+    };
+    Ok(listed
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(".json") && k.matches('/').count() == 1)
+        .filter_map(|(k, _)| layout.state.read_json::<Hold>(&k).ok().flatten())
+        .collect())
+}
+
+/// The holds' history, oldest first.
+pub fn history(layout: &Layout) -> Vec<HoldRecord> {
+    let mut records: Vec<HoldRecord> = layout
+        .state
+        .list("holds/log")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, _)| layout.state.read_json::<HoldRecord>(&k).ok().flatten())
+        .collect();
+    records.sort_by_key(|r| r.at);
+    records
+}
+
+/// Until when `node` is held at `now` by any of `holds` (its own or the
+/// whole job's), if it is.
+pub fn held_until(holds: &[Hold], node: &str, now: Millis) -> Option<Millis> {
+    holds.iter().filter(|h| (h.node == node || h.node == WHOLE_JOB) && h.until > now).map(|h| h.until).max()
+}
+
+/// Who is asking: `user@host`, for the record.
+pub fn asker() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if host.is_empty() { user } else { format!("{user}@{host}") }
+}
+
+/// Where a held node keeps what it had: `<work>/held/<node>/`.
+pub fn kept_dir(layout: &Layout, node: &str) -> std::path::PathBuf {
+    layout.work.join("held").join(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_is_cut_to_the_deadline() {
+        assert_eq!(hold_end(1000, 500, 10_000), (1500, false));
+        assert_eq!(hold_end(1000, 9000, 10_000), (10_000, false));
+        assert_eq!(hold_end(1000, 3_600_000, 10_000), (10_000, true));
+        assert_eq!(hold_end(1000, u64::MAX, 10_000), (10_000, true));
+    }
+
+    #[test]
+    fn a_node_is_held_by_its_own_hold_or_the_jobs_while_they_last() {
+        let hold = |node: &str, until| Hold {
+            node: node.into(),
+            until,
+            asked_by: "me".into(),
+            asked_at: 0,
+            asked_ms: until,
+            cut_to_deadline: false,
+        };
+        let holds = vec![hold("worker-1", 100), hold(WHOLE_JOB, 50)];
+        assert_eq!(held_until(&holds, "worker-1", 10), Some(100));
+        assert_eq!(held_until(&holds, "worker-2", 10), Some(50));
+        assert_eq!(held_until(&holds, "worker-2", 50), None, "expired");
+        assert_eq!(held_until(&holds, "worker-1", 100), None);
+        assert!(check_node_name("worker-1").is_ok());
+        assert!(check_node_name("../x").is_err() && check_node_name("").is_err());
+    }
+}

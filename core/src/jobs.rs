@@ -520,7 +520,10 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Exit
     let fin: FinalState = layout.state.read_json(keys::FINAL)?.context("final.json vanished")?;
     let report = mayfly_core::history::collect(layout, manifest, SystemClock.now());
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "final": fin, "job": report }))?);
+        // final.json's fields, and the job's history (every attempt, each shard).
+        let mut doc = serde_json::to_value(&fin)?;
+        doc["history"] = serde_json::to_value(&report)?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
     let c = fin.counts;
@@ -584,6 +587,8 @@ pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Exi
     // How much of each node's log is printed (follow prints only what is new).
     let mut printed: std::collections::HashMap<String, usize> = Default::default();
     let mut ended_polls = 0;
+    let (mut polls, mut nodeless) = (0u64, 0u32);
+    let provider = if args.follow { Some(node_provider(&manifest)?) } else { None };
     loop {
         // Read before listing: a job that ends meanwhile is read once more.
         let ended = layout.state.exists(keys::FINAL);
@@ -631,6 +636,24 @@ pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Exi
             ended_polls += 1;
             if ended_polls > 10 {
                 return Ok(ExitCode::SUCCESS);
+            }
+        } else {
+            // A job whose nodes are all gone without an end (its master lost)
+            // writes no more: say so rather than wait for its deadline.
+            polls += 1;
+            if polls % 10 == 0 {
+                let running = provider
+                    .as_ref()
+                    .is_none_or(|p| p.list(job, &layout.state_location()).map(|n| !n.is_empty()).unwrap_or(true));
+                nodeless = if running { 0 } else { nodeless + 1 };
+                if nodeless >= 2 && !layout.state.exists(keys::FINAL) {
+                    let _ = out.flush();
+                    eprintln!(
+                        "error: no node of job {job} is running and it did not end (its master was lost); \
+                         `mayfly resume {job}` continues it"
+                    );
+                    return Ok(ExitCode::from(EXIT_MASTER_LOST));
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(300));

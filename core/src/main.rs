@@ -116,7 +116,9 @@ enum Command {
         mayfly logs <job> --level warn          warnings and errors only\n  \
         mayfly logs <job> --follow              new lines as they come, until the job ends\n\n\
         Each line is prefixed with its node. Node lines read `<ms since epoch> <LEVEL> <node>: ...`;\n\
-        task lines `[shard N item] <LEVEL> ...`.")]
+        task lines `[shard N item] <LEVEL> ...`.\n\
+        Exit codes: 0 shown (--follow: the job ended); 2 no such job or node; 3 (--follow) every node is\n\
+        gone and the job did not end (its master was lost: `mayfly resume <job>`).")]
     Logs {
         /// The job id.
         job: String,

@@ -220,7 +220,7 @@ fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
     let logs = job.command(&args).output().unwrap();
     let text_out = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.status.success(), "{}", text(&logs));
-    assert!(text_out.contains("master: master: job aws-s3 ended (done)"), "{text_out}");
+    assert!(text_out.contains("master: ") && text_out.contains(" INFO master: job aws-s3 ended (done)"), "{text_out}");
     for w in 1..=3 {
         assert!(text_out.contains(&format!("worker-{w}: ")), "worker-{w}'s log: {text_out}");
     }

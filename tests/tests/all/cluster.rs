@@ -669,10 +669,22 @@ fn plan_status_and_logs_show_an_operator_what_happened() {
     );
 
     let out = job.command(&["status", "operator", "--state", "state"]).output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "job operator ended (done): 2 shards committed, 0 failed, 0 retries"
+    let ended = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        ended.starts_with("job operator ended (done) after ")
+            && ended.contains(": 2 of 2 shards committed, 0 failed, 0 retries; 6 outputs"),
+        "{ended}"
     );
+    // Per node: attempts and commits add up to the job's (whoever took which shard).
+    let per_node: Vec<(u64, u64)> = ended
+        .lines()
+        .filter(|l| l.starts_with("worker-"))
+        .map(|l| {
+            let cols: Vec<u64> = l.split_whitespace().skip(1).take(2).map(|c| c.parse().unwrap()).collect();
+            (cols[0], cols[1])
+        })
+        .collect();
+    assert_eq!(per_node.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)), (2, 2), "{ended}");
     let out = job.command(&["status", "operator", "--state", "state", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["counts"]["committed"], 2);

@@ -118,11 +118,16 @@ pub fn all(layout: &Layout) -> Result<Vec<Hold>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("listing the holds: {e}")),
     };
-    Ok(listed
-        .into_iter()
-        .filter(|(k, _)| k.ends_with(".json") && k.matches('/').count() == 1)
-        .filter_map(|(k, _)| layout.state.read_json::<Hold>(&k).ok().flatten())
-        .collect())
+    let mut holds = Vec::new();
+    for (k, _) in listed.into_iter().filter(|(k, _)| k.ends_with(".json") && k.matches('/').count() == 1) {
+        // Released meanwhile: gone. Unreadable: an error, never "not held".
+        match layout.state.read_json::<Hold>(&k) {
+            Ok(Some(h)) => holds.push(h),
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading the hold {}: {e}", layout.state.display(&k))),
+        }
+    }
+    Ok(holds)
 }
 
 /// The holds' history, oldest first.
@@ -136,6 +141,12 @@ pub fn history(layout: &Layout) -> Vec<HoldRecord> {
         .collect();
     records.sort_by_key(|r| r.at);
     records
+}
+
+/// Whether `node` has a hold of its own (not only the whole job's) that
+/// ends at `until`.
+pub fn own_hold(holds: &[Hold], node: &str, until: Millis) -> bool {
+    holds.iter().any(|h| h.node == node && h.until == until)
 }
 
 /// Until when `node` is held at `now` by any of `holds` (its own or the

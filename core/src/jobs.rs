@@ -405,9 +405,24 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result
             return ended_status(&layout, &manifest, args.json);
         }
         let st = match live_status(&layout, &manifest) {
-            Ok(st) => st,
+            Ok(Some(st)) => st,
             // It may have ended between the two reads.
-            Err(_) if layout.state.exists(keys::FINAL) => continue,
+            _ if layout.state.exists(keys::FINAL) => continue,
+            Ok(None) => {
+                let past = SystemClock.now() >= manifest.expires_at;
+                eprintln!(
+                    "error: job {job} has no running master and did not end; {}",
+                    if past {
+                        format!(
+                            "it is past its deadline: `mayfly reap --state {}` ends what is left, `mayfly report {job}` tells what happened",
+                            at.state
+                        )
+                    } else {
+                        format!("`mayfly resume {job}` continues it")
+                    }
+                );
+                return Ok(ExitCode::from(EXIT_MASTER_LOST));
+            }
             Err(e) => return Err(e),
         };
         if args.json {
@@ -430,8 +445,8 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result
     }
 }
 
-/// Asks a running job's master for its status.
-fn live_status(layout: &Layout, manifest: &Manifest) -> Result<mayfly_core::api::Status> {
+/// Asks a running job's master for its status; `None` when no master runs.
+fn live_status(layout: &Layout, manifest: &Manifest) -> Result<Option<mayfly_core::api::Status>> {
     let job = &manifest.job;
     let token = mayfly_core::job::read_token(layout)?;
     let info: MasterInfo = layout
@@ -441,9 +456,9 @@ fn live_status(layout: &Layout, manifest: &Manifest) -> Result<mayfly_core::api:
     let provider = node_provider(manifest)?;
     let masters = provider.list(job, &layout.state_location())?.into_iter().filter(|n| n.role == Role::Master).count();
     if masters == 0 {
-        bail!("job {job} has no running master and did not end; `mayfly resume {job}` continues it");
+        return Ok(None);
     }
-    Ok(Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?)
+    Ok(Some(Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?))
 }
 
 /// A running job's status as a few lines of text: shards, bytes and rate,
@@ -1341,7 +1356,9 @@ fn tell_master(layout: &Layout) {
         Ok(())
     })();
     if let Err(e) = told {
-        say(&format!("the master was not told ({e:#}); held workers read the state themselves"));
+        say(&format!(
+            "the master was not told ({e:#}); it reads the holds from the job's state every 2 s, and held workers read them there too"
+        ));
     }
 }
 
@@ -1407,7 +1424,16 @@ pub(crate) fn cmd_release(job: &str, at: &StateArgs, node: Option<&str>) -> Resu
     let released = mayfly_core::hold::release(&layout, node, &mayfly_core::hold::asker(), SystemClock.now())
         .map_err(anyhow::Error::msg)?;
     if released.is_empty() {
-        println!("job {job} has no hold{}; nothing to release", node.map_or_else(String::new, |n| format!(" on {n}")));
+        let whole = node.is_some()
+            && mayfly_core::hold::all(&layout)
+                .unwrap_or_default()
+                .iter()
+                .any(|h| h.node == mayfly_core::hold::WHOLE_JOB && h.until > SystemClock.now());
+        println!(
+            "job {job} has no hold{}; nothing to release{}",
+            node.map_or_else(String::new, |n| format!(" on {n}")),
+            if whole { format!(" (the whole job is held: `mayfly release {job}` ends that)") } else { String::new() }
+        );
         return Ok(ExitCode::SUCCESS);
     }
     tell_master(&layout);

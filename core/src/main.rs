@@ -28,7 +28,7 @@ pub(crate) const EXIT_USAGE: u8 = 2;
         0  success\n  \
         1  the task ran and failed (exec, replay), or a job ended with failed shards or at its deadline (run, resume)\n  \
         2  bad input: arguments, files, a job file, a task that cannot load, a job that cannot be found or reached\n  \
-        3  the master was lost before the job ended (run, resume): `mayfly resume <job>` continues it\n  \
+        3  the master was lost before the job ended (run, resume, status, logs --follow): `mayfly resume <job>`\n  \
         4  (nodes) the job's deadline passed and the node ended itself\n  \
         70 an internal error: an async runtime could not start, or a storage call panicked\n\n\
         Start: `mayfly init <name>` for a new task, `mayfly demo` for a job on this machine."
@@ -91,7 +91,7 @@ enum Command {
         mayfly status <job> --once           one snapshot, then exit\n  \
         mayfly status <job> --json | jq .counts\n\n\
         While the job runs the view refreshes until it ends (Ctrl-C stops watching; the job goes on).\n\
-        Exit codes: 0 shown; 2 no such job, or no running master (the message says to `mayfly resume`).")]
+        Exit codes: 0 shown; 2 no such job; 3 no running master and the job did not end (the message says what to do).")]
     Status {
         /// The job id.
         job: String,

@@ -959,8 +959,26 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         }
         // Watch the deadline and the ledger.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        let holds_layout = shared.lock().map_err(|_| "master state poisoned".to_owned())?.layout.clone();
         loop {
             tick.tick().await;
+            ticks += 1;
+            // The holds, from the state every 2 s (the CLI also says when they
+            // change, but it may not reach this master): read outside the lock.
+            if ticks.is_multiple_of(20) {
+                let layout = holds_layout.clone();
+                if let Ok(read) = tokio::task::spawn_blocking(move || crate::hold::all(&layout)).await {
+                    match read {
+                        Ok(holds) => {
+                            if let Ok(mut m) = shared.lock() {
+                                m.holds = holds;
+                            }
+                        }
+                        Err(e) => say!(WARN, "{e}; keeping the holds known before"),
+                    }
+                }
+            }
             let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
             let t = now();
             m.expire(t);
@@ -1118,6 +1136,26 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_lines_carry_their_time_and_old_lines_still_parse() {
+        let event = Event::Lease { shard: 3, worker: "worker-1".into(), token: 42, attempt: 1 };
+        let line = serde_json::to_string(&EntryRef { at: 1_795_796_998_908, event: &event }).unwrap();
+        assert_eq!(
+            line,
+            r#"{"at":1795796998908,"event":"lease","shard":3,"worker":"worker-1","token":42,"attempt":1}"#
+        );
+        let old = r#"{"event":"released","shard":3,"token":42}"#;
+        let torn = r#"{"event":"committed","shard":3,"tok"#;
+        let entries = parse_entries(format!("{line}\n{old}\n{torn}").as_bytes());
+        assert_eq!(
+            entries,
+            vec![
+                Entry { at: Some(1_795_796_998_908), event },
+                Entry { at: None, event: Event::Released { shard: 3, token: 42 } },
+            ]
+        );
+    }
 
     fn marker(shard: u32, token: u64, key: &str) -> Marker {
         let outputs = vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];

@@ -134,17 +134,17 @@ impl CoreHost {
     pub fn write_log(&self, level: Level, message: &str) {
         let name = self.handle.get().map(|h| h.name().to_owned()).unwrap_or_else(|| "provider".into());
         let level = match level {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
+            Level::Error => "ERROR",
+            Level::Warn => "WARN",
+            Level::Info => "INFO",
             Level::Debug => {
                 if std::env::var_os("MAYFLY_VERBOSE").is_none() {
                     return;
                 }
-                "debug"
+                "DEBUG"
             }
         };
-        eprintln!("{} {name}: {level}: {message}", crate::policy::Clock::now(&crate::policy::SystemClock));
+        eprintln!("{} {level} provider {name}: {message}", crate::policy::Clock::now(&crate::policy::SystemClock));
     }
 }
 

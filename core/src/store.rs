@@ -245,7 +245,18 @@ impl Store {
                         let entry = entry?;
                         let path = entry.path();
                         let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-                        let meta = std::fs::metadata(&path).map_err(named)?;
+                        let meta = match std::fs::metadata(&path) {
+                            Ok(m) => m,
+                            // Gone between the listing and the look (a temporary
+                            // file renamed into place): not an object. A dangling
+                            // link is still there, and an error.
+                            Err(e)
+                                if e.kind() == io::ErrorKind::NotFound && std::fs::symlink_metadata(&path).is_err() =>
+                            {
+                                continue;
+                            }
+                            Err(e) => return Err(named(e)),
+                        };
                         if meta.is_dir() {
                             stack.push(path);
                         } else if let Ok(rel) = path.strip_prefix(root) {

@@ -140,6 +140,9 @@ struct Worker {
     /// its last failed attempt (shard, items), kept on disk while it is held.
     released: Option<(u32, Vec<Item>)>,
     last_failed: Option<(u32, Vec<Item>)>,
+    /// The end of the hold this worker last left: a master that still
+    /// answers with it has not read the release yet.
+    left_hold: Millis,
 }
 
 impl Worker {
@@ -345,6 +348,9 @@ impl Worker {
             ),
         );
         self.keep_inputs(&dir);
+        // Whether the hold is this node's own (it ends the node when it
+        // expires) or only the whole job's (the job goes on when it expires).
+        let mut own = true;
         loop {
             let action = self.keeper.refresh_if_due();
             let t = now();
@@ -355,30 +361,44 @@ impl Worker {
                             log(&node, &format!("the hold now ends at {u}"));
                         }
                         until = u;
+                        own = crate::hold::own_hold(&holds, &node, u);
                     }
                     None if t < until => {
                         log(&node, "released by an operator; back to the normal rules");
-                        self.hold.store(0, Ordering::Relaxed);
-                        self.watchdog.last_work = t;
-                        self.watchdog.last_master_contact = t;
-                        return None;
+                        return self.unhold(until, t);
                     }
                     None => {}
                 },
+                // Unreadable is not released: the hold stands as known.
                 Err(e) => warn(&node, &format!("reading the holds: {e}; keeping the hold as known")),
             }
-            if let Some(reason) = self.watchdog.check_held(t, until, action) {
-                return Some(reason);
+            match self.watchdog.check_held(t, until, action) {
+                Some(EndReason::HoldExpired) if !own => {
+                    log(&node, "the job's hold expired; back to the normal rules");
+                    return self.unhold(until, t);
+                }
+                Some(reason) => return Some(reason),
+                None => {}
             }
             std::thread::sleep(Duration::from_millis(until.saturating_sub(t).clamp(10, 1000)));
         }
+    }
+
+    /// Leaves a hold that ended at `until` (released, or the job's expired):
+    /// the idle and master-lost timeouts count from now.
+    fn unhold(&mut self, until: Millis, t: Millis) -> Option<EndReason> {
+        self.hold.store(0, Ordering::Relaxed);
+        self.left_hold = until;
+        self.watchdog.last_work = t;
+        self.watchdog.last_master_contact = t;
+        None
     }
 
     /// Copies the inputs of the shard handed back for the hold and of the
     /// last failed attempt into `dir/shard-<N>/<item>` (`mayfly replay
     /// --node` runs them again there).
     fn keep_inputs(&mut self, dir: &std::path::Path) {
-        for (shard, items) in [self.released.take(), self.last_failed.clone()].into_iter().flatten() {
+        for (shard, items) in [self.released.take(), self.last_failed.take()].into_iter().flatten() {
             for item in &items {
                 let dest = dir.join(format!("shard-{shard}")).join(item.key());
                 let copied = self
@@ -515,6 +535,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         hold: Arc::new(AtomicU64::new(0)),
         released: None,
         last_failed: None,
+        left_hold: 0,
     };
     log(
         node,
@@ -526,10 +547,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
     );
 
     let reason = loop {
-        let action = worker.keeper.refresh_if_due();
-        if let Some(reason) = worker.watchdog.check(now(), false, action) {
-            break reason;
-        }
+        // Held first: idle and the master's silence do not end a held worker.
         let held = worker.hold.load(Ordering::Relaxed);
         if held > now() {
             match worker.held(held) {
@@ -537,11 +555,23 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
                 None => continue,
             }
         }
+        let action = worker.keeper.refresh_if_due();
+        if let Some(reason) = worker.watchdog.check(now(), false, action) {
+            break reason;
+        }
         let req = LeaseRequest { worker: worker.node.clone(), credential_expires_at: worker.keeper.expires_at() };
         match worker.client.lease(&req) {
             Ok(LeaseReply::Hold { until }) => {
-                worker.watchdog.last_master_contact = now();
-                worker.hold.store(until, Ordering::Relaxed);
+                let t = now();
+                worker.watchdog.last_master_contact = t;
+                worker.watchdog.last_work = t;
+                if until == worker.left_hold || until <= t {
+                    // The hold this worker just left (the master reads the
+                    // release within seconds), or one already over: ask again soon.
+                    std::thread::sleep(Duration::from_millis(500));
+                } else {
+                    worker.hold.store(until, Ordering::Relaxed);
+                }
             }
             Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
                 worker.watchdog.last_master_contact = now();

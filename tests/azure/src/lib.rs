@@ -366,6 +366,9 @@ struct ArmState {
     /// (a string of the path, how many more of its requests get 429).
     throttle: Vec<(String, usize)>,
     requests: usize,
+    /// VMs made so far: each new VM's `vmId` (unique, as Azure's are; the
+    /// request count is not, between concurrent PUTs).
+    made: usize,
 }
 
 /// The ARM test server.
@@ -595,7 +598,8 @@ impl Arm {
                             vm.since = Instant::now();
                             vm.body["properties"]["provisioningState"] = "Deleting".into();
                         }
-                        let op = format!("op-{}", s.requests);
+                        s.made += 1;
+                        let op = format!("op-{}", s.made);
                         s.operations.insert(op.clone(), name.to_string());
                         let url = format!(
                             "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Compute/locations/westeurope/operations/{op}?api-version={API}",
@@ -709,13 +713,15 @@ impl Arm {
         body["name"] = name.into();
         body["type"] = "Microsoft.Compute/virtualMachines".into();
         body["properties"]["provisioningState"] = "Creating".into();
-        body["properties"]["vmId"] = format!("vm-{}", s.requests).into();
+        s.made += 1;
+        body["properties"]["vmId"] = format!("vm-{}", s.made).into();
         body["properties"]["timeCreated"] = mayfly_tests::iso8601(now_s()).into();
         if let Some(p) = body.pointer_mut("/properties/osProfile") {
             // ARM never returns secrets.
             p.as_object_mut().unwrap().remove("adminPassword");
         }
-        let op = format!("op-{}", s.requests);
+        s.made += 1;
+        let op = format!("op-{}", s.made);
         s.operations.insert(op.clone(), name.to_owned());
         s.vms.insert(
             key,

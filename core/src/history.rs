@@ -256,7 +256,10 @@ pub fn collect(layout: &Layout, manifest: &Manifest, now: Millis) -> Report {
     let mut logs: Vec<(String, String)> = Vec::new();
     if let Ok(keys) = log_keys(layout) {
         for (node, key) in keys {
-            if let Ok(Some(bytes)) = layout.state.get(&key) {
+            // The logs are read only for the failures' lines.
+            if !failed.is_empty()
+                && let Ok(Some(bytes)) = layout.state.get(&key)
+            {
                 logs.push((node.clone(), String::from_utf8_lossy(&bytes).into_owned()));
             }
             if !nodes.contains(&node) {

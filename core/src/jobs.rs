@@ -977,26 +977,24 @@ fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'st
     })
 }
 
-/// A line of a node's log, as the master's and workers' read: when, how
-/// severe, who, what.
-fn node_say(level: &str, node: &str, message: &str) {
-    eprintln!("{} {level} {node}: {message}", SystemClock.now());
-}
-
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<&str>) -> Result<ExitCode> {
     // A node ends by the rules, not by a hangup: when its launcher exits while
     // the node is stopped (SIGSTOP, a debugger), the kernel sends its orphaned
     // process group SIGHUP. Blocked before any thread starts, so every thread
     // inherits it; it stays pending, never delivered.
     if let Err(e) = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP).thread_block() {
-        node_say("WARN", node, &format!("blocking SIGHUP: {e}"));
+        mayfly_core::nodelog::line("WARN", node, format_args!("blocking SIGHUP: {e}"));
     }
     // The node's output goes through the log pump: a log that cannot be
     // written for a while must not end the node (nor lose its lines).
     let _pump = match mayfly_core::nodelog::start() {
         Ok(guard) => Some(guard),
         Err(e) => {
-            node_say("WARN", node, &format!("the log pump did not start ({e}); logging directly"));
+            mayfly_core::nodelog::line(
+                "WARN",
+                node,
+                format_args!("the log pump did not start ({e}); logging directly"),
+            );
             None
         }
     };
@@ -1041,13 +1039,13 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
     std::thread::spawn(move || {
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
-        node_say("WARN", &who, "the job's deadline passed; ending now");
+        mayfly_core::nodelog::line("WARN", &who, "the job's deadline passed; ending now");
         mayfly_core::nodelog::finish(Duration::from_secs(2));
         if let Some(ship) = &last_ship {
             ship();
         }
         if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
-            node_say("ERROR", &who, &format!("ending this node failed: {e}"));
+            mayfly_core::nodelog::line("ERROR", &who, format_args!("ending this node failed: {e}"));
         }
         std::process::exit(4);
     });
@@ -1057,7 +1055,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         other => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {
-        node_say("ERROR", node, e);
+        mayfly_core::nodelog::line("ERROR", node, e);
     }
     // Last: the logs go to the state location, then the node deletes itself;
     // this process exits right after.
@@ -1066,7 +1064,7 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
         ship();
     }
     if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
-        node_say("ERROR", node, &format!("ending this node failed: {e}"));
+        mayfly_core::nodelog::line("ERROR", node, format_args!("ending this node failed: {e}"));
     }
     result.map_err(anyhow::Error::msg)
 }
@@ -1236,19 +1234,12 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
                 staging: staging.join(&key),
             },
         ));
-        let mut published = Vec::new();
-        if outcome.result.is_ok() {
-            for o in &outcome.outputs {
-                let dest = out.join(&key).join(&o.name);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-                }
-                std::fs::rename(&o.path, &dest).with_context(|| format!("publishing {}", dest.display()))?;
-                published.push(dest);
-            }
+        let published: Vec<PathBuf> = if outcome.result.is_ok() {
+            crate::publish(&outcome.outputs, &out.join(&key))?.into_iter().map(|(p, _)| p).collect()
         } else {
             failed += 1;
-        }
+            Vec::new()
+        };
         if args.json {
             results.push(serde_json::json!({
                 "item": key,

@@ -573,19 +573,7 @@ fn cmd_exec(args: ExecArgs) -> Result<ExitCode> {
         runtime.run(&task, Attempt { input: input.clone(), params: params.into(), limits, staging: staging.clone() }),
     );
 
-    // Publish: each staged output is renamed into place, so a reader sees the
-    // old file or the new one, never a partial one.
-    let mut published = Vec::new();
-    if outcome.result.is_ok() {
-        for out in &outcome.outputs {
-            let dest = args.out.join(&out.name);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-            }
-            std::fs::rename(&out.path, &dest).with_context(|| format!("publishing {}", dest.display()))?;
-            published.push((dest, out.bytes));
-        }
-    }
+    let published = if outcome.result.is_ok() { publish(&outcome.outputs, &args.out)? } else { Vec::new() };
     let _ = std::fs::remove_dir_all(&staging);
 
     if args.json {
@@ -639,6 +627,22 @@ fn cmd_exec(args: ExecArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_TASK_FAILED))
         }
     }
+}
+
+/// Publishes a successful attempt's staged outputs under `dir`: each is
+/// renamed into place, so a reader sees the old file or the new one, never a
+/// partial one. Returns each output's path and size.
+pub(crate) fn publish(outputs: &[mayfly_core::host::StagedOutput], dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let mut published = Vec::new();
+    for out in outputs {
+        let dest = dir.join(&out.name);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::rename(&out.path, &dest).with_context(|| format!("publishing {}", dest.display()))?;
+        published.push((dest, out.bytes));
+    }
+    Ok(published)
 }
 
 fn ms(d: Duration) -> String {

@@ -107,7 +107,7 @@ type Shared = Arc<Mutex<Master>>;
 /// the time and the level back).
 macro_rules! say {
     ($level:ident, $($arg:tt)*) => {
-        eprintln!("{} {} master: {}", now(), stringify!($level), format_args!($($arg)*))
+        crate::nodelog::line(stringify!($level), "master", format_args!($($arg)*))
     };
 }
 
@@ -188,10 +188,11 @@ impl Master {
             })
             .collect();
         for (shard, record) in self.ledger.shards().iter().enumerate() {
+            // `workers` is sorted by name (from a BTreeMap).
             if let ShardState::Leased { worker, .. } = &record.state
-                && let Some(w) = workers.iter_mut().find(|w| &w.node == worker)
+                && let Ok(i) = workers.binary_search_by(|w| w.node.as_str().cmp(worker))
             {
-                w.leased.push(shard as u32);
+                workers[i].leased.push(shard as u32);
             }
         }
         Status {

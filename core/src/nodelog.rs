@@ -37,6 +37,13 @@ impl Drop for Guard {
     }
 }
 
+/// Writes one line of a node's log: `<ms since the epoch> <LEVEL> <who>:
+/// <message>`, the shape `mayfly logs` reads back (`history::parse_line`).
+/// Every node line (master, worker, provider, reduce) goes through here.
+pub fn line(level: &str, who: &str, message: impl std::fmt::Display) {
+    eprintln!("{} {level} {who}: {message}", crate::policy::Clock::now(&crate::policy::SystemClock));
+}
+
 /// Puts this process's stdout and stderr through the pump, until the guard is
 /// dropped or [`finish`] is called. Without a usable stderr, or if a pipe
 /// cannot be made, output stays as it is.

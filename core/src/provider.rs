@@ -144,7 +144,7 @@ impl CoreHost {
                 "DEBUG"
             }
         };
-        eprintln!("{} {level} provider {name}: {message}", crate::policy::Clock::now(&crate::policy::SystemClock));
+        crate::nodelog::line(level, &format!("provider {name}"), message);
     }
 }
 

@@ -59,7 +59,7 @@ pub fn run(
         Attempt { input, params: Arc::from(params.to_string()), limits: manifest.limits, staging: staging.clone() },
     ));
     for line in &outcome.logs {
-        eprintln!("{} {} master: reduce: {line}", crate::policy::Clock::now(&crate::policy::SystemClock), line.level);
+        crate::nodelog::line(&line.level.to_string(), "master", format_args!("reduce: {line}"));
     }
     outcome.result.map_err(|f| format!("task {}: {f}", task.name()))?;
     let mut names = Vec::new();

@@ -64,10 +64,7 @@ pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::Tl
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of file descriptors, say: wait, do not spin.
-                eprintln!(
-                    "{} WARN master: accepting a connection: {e}",
-                    crate::policy::Clock::now(&crate::policy::SystemClock)
-                );
+                crate::nodelog::line("WARN", "master", format_args!("accepting a connection: {e}"));
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

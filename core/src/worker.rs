@@ -31,12 +31,12 @@ fn now() -> u64 {
 /// A line of the worker's log: when, `INFO`, who, what (`mayfly logs` reads
 /// the time and the level back).
 fn log(node: &str, message: &str) {
-    eprintln!("{} INFO {node}: {message}", now());
+    crate::nodelog::line("INFO", node, message);
 }
 
 /// A line of the worker's log about something that went wrong.
 fn warn(node: &str, message: &str) {
-    eprintln!("{} WARN {node}: {message}", now());
+    crate::nodelog::line("WARN", node, message);
 }
 
 /// How an attempt ended short of a commit.

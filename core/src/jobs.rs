@@ -756,8 +756,9 @@ pub(crate) fn cmd_serve(provider: &str, settings: &[String]) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn cmd_package(provider: &str, out: &Path, workspace: &Path) -> Result<ExitCode> {
-    let options = mayfly_core::package::Options::for_provider(provider, absolute(workspace), absolute(out));
+pub(crate) fn cmd_package(provider: &str, out: &Path, workspace: &Path, profile: &str) -> Result<ExitCode> {
+    let mut options = mayfly_core::package::Options::for_provider(provider, absolute(workspace), absolute(out));
+    options.profile = profile.to_owned();
     let manifest = mayfly_core::package::package(&options, &mut crate::say)?;
     for file in [&manifest.function, &manifest.node] {
         let path = options.out.join(file);

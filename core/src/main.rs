@@ -314,6 +314,11 @@ enum Command {
         /// The mayfly checkout to build (default: the current directory).
         #[arg(long, default_value = ".")]
         workspace: PathBuf,
+        /// The cargo profile to build with: `ship` (optimized, stripped: what a
+        /// cloud should run) or `package-test` (unoptimized, quick to build:
+        /// for trying the packaging, as mayfly's own tests do).
+        #[arg(long, default_value = "ship")]
+        profile: String,
     },
     /// Create or update a provider's serverless function from a package, and
     /// upload the nodes' artifact (then set `node_artifact` in jobs' [provider]).
@@ -447,7 +452,9 @@ fn main() -> ExitCode {
             jobs::cmd_permissions(provider.as_deref(), &settings, &locations, job.as_deref())
         }
         Command::Demo { dir, workers } => jobs::cmd_demo(&dir, workers),
-        Command::Package { provider, out, workspace } => jobs::cmd_package(&provider, &out, &workspace),
+        Command::Package { provider, out, workspace, profile } => {
+            jobs::cmd_package(&provider, &out, &workspace, &profile)
+        }
         Command::Deploy { provider, from, function, role, artifacts, timeout, memory, settings } => jobs::cmd_deploy(
             &provider,
             &settings,

@@ -52,6 +52,8 @@ pub struct Options {
     pub zig: bool,
     /// `mayfly`'s features.
     pub features: Vec<String>,
+    /// The cargo profile to build with ([`PROFILE`] unless a test asks for a quicker one).
+    pub profile: String,
 }
 
 impl Options {
@@ -65,12 +67,13 @@ impl Options {
             "azure" => (Some("2.36".to_owned()), false, vec!["azure".to_owned()]),
             _ => (None, false, Vec::new()),
         };
-        Options { provider: provider.to_owned(), workspace, out, glibc, zig, features }
+        Options { provider: provider.to_owned(), workspace, out, glibc, zig, features, profile: PROFILE.to_owned() }
     }
 }
 
-/// The cargo profile packages are built with (release, no debug info, stripped).
-const PROFILE: &str = "ship";
+/// The cargo profile packages are built with by default (release, no debug
+/// info, stripped).
+pub const PROFILE: &str = "ship";
 
 /// The plugin's file name for `provider`.
 fn plugin_file(provider: &str) -> String {
@@ -130,7 +133,7 @@ pub fn function_app(provider: &str) -> Vec<(&'static str, String)> {
 
 /// Builds the package; returns its manifest.
 pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
-    let Options { provider, workspace, out, glibc, zig, features } = options;
+    let Options { provider, workspace, out, glibc, zig, features, profile } = options;
     let crate_dir = workspace.join("providers").join(provider);
     if !crate_dir.join("Cargo.toml").is_file() || !workspace.join("core/Cargo.toml").is_file() {
         bail!(
@@ -151,7 +154,7 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
             cargo.args(["build", "--target", &triple]);
         }
     }
-    cargo.args(["--profile", PROFILE, "-p", "mayfly", "-p", &format!("mayfly-provider-{provider}")]);
+    cargo.args(["--profile", profile, "-p", "mayfly", "-p", &format!("mayfly-provider-{provider}")]);
     if !features.is_empty() {
         let list: Vec<String> = features.iter().map(|f| format!("mayfly/{f}")).collect();
         cargo.args(["--features", &list.join(",")]);
@@ -162,7 +165,8 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
     if !status.success() {
         bail!("the build failed ({status}); its errors are above");
     }
-    let built = target_dir(workspace)?.join(&triple).join(PROFILE);
+    // Cargo puts the `dev` profile's files in `debug/`.
+    let built = target_dir(workspace)?.join(&triple).join(if profile == "dev" { "debug" } else { profile });
     let plugin = plugin_file(provider);
     let files = [built.join("mayfly"), built.join(&plugin)];
     let mut newest = (0, 0);

@@ -5,9 +5,11 @@
 //! boot from their user data, fetch the packaged node artifact from S3 with
 //! the AWS CLI and their instance profile, and run it.
 //!
-//! The package is built with `cargo zigbuild` (installed by `.ci/run`): the
-//! first run of this file builds mayfly and the plugin for glibc 2.34 in the
-//! `ship` profile (minutes); later runs reuse the build.
+//! The package is built with `cargo zigbuild` (installed under the target
+//! directory on first use when `PATH` lacks it): the first run of this file
+//! builds mayfly and the plugin for glibc 2.34 in the `package-test` profile
+//! (unoptimized: the packaging is what is tested, `ship` only adds
+//! optimization; minutes); later runs reuse the build.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -88,6 +90,8 @@ fn package() -> PathBuf {
         mayfly_tests::without_test_env(&mut cmd);
         let out = cmd
             .args(["package", "aws", "--out", dir.to_str().unwrap(), "--workspace", root().to_str().unwrap()])
+            // Unoptimized: what is tested is the packaging, not the speed (`.ci/run` builds `ship`).
+            .args(["--profile", "package-test"])
             .current_dir(root())
             .env("PATH", zig_path())
             .output()

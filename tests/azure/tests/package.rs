@@ -6,8 +6,9 @@
 //! from their custom data, fetch the packaged node artifact from Blob storage
 //! with their identity's token (curl), check its hash, and run it.
 //!
-//! The first run builds mayfly and the plugin in the `ship` profile (minutes);
-//! later runs reuse the build.
+//! The test builds mayfly and the plugin in the `package-test` profile (the
+//! packaging is what is tested; `ship` only adds optimization): minutes the
+//! first time, sharing most of the AWS package test's build; later runs reuse it.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -76,7 +77,12 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
     let mut cmd = Command::new(mayfly_bin());
     // `mayfly package` runs cargo: without the variables cargo set for this test.
     mayfly_tests::without_test_env(&mut cmd);
-    let out = cmd.args(["package", "azure", "--out"]).arg(&dist).current_dir(root()).output().unwrap();
+    let out = cmd
+        .args(["package", "azure", "--profile", "package-test", "--out"])
+        .arg(&dist)
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dist.join("package.json")).unwrap()).unwrap();

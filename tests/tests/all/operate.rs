@@ -222,23 +222,51 @@ fn logs_filter_by_shard_and_level_and_replay_reproduces_a_failed_shard() {
     assert!(text(&out).contains("job ops-logs has 6 shards (0 to 5); there is no shard 99"), "{}", text(&out));
 }
 
-/// Headless Chromium, as Debian installs it.
+/// Headless Chromium, as Debian installs it. Like the moto and Azurite
+/// helpers, the test installs what it needs on first use: when Chromium is not
+/// on `PATH` and this runs as root, `apt-get install chromium`; otherwise it
+/// fails with the command to run (never a silent skip).
 fn chromium() -> PathBuf {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-            let p = Path::new(dir).join(name);
-            if p.is_file() {
-                return p;
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let find = || {
+                ["chromium", "chromium-browser", "google-chrome"].into_iter().find_map(|name| {
+                    std::env::var("PATH")
+                        .unwrap_or_default()
+                        .split(':')
+                        .map(|dir| Path::new(dir).join(name))
+                        .find(|p| p.is_file())
+                })
+            };
+            if let Some(found) = find() {
+                return found;
             }
-        }
-    }
-    panic!("headless Chromium is needed for the report test: `apt-get install chromium` (.ci/run installs it)");
+            let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+            let apt = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let how = "install it with `sudo apt-get install chromium` (Debian's package) and run the tests again";
+            assert!(root, "headless Chromium is needed for the report test and is not on PATH: {how}");
+            eprintln!("installing Debian's chromium for the report test (apt-get, once)");
+            let installed = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]);
+            assert!(installed, "`apt-get install chromium` failed (its errors are above): {how}");
+            find().unwrap_or_else(|| panic!("apt-get installed chromium, but it is not on PATH: {how}"))
+        })
+        .clone()
 }
 
 fn headless(page: &Path, args: &[&str]) -> std::process::Output {
     let profile = page.with_extension("chromium-profile");
     Command::new(chromium())
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
+        // Nothing but the page: no update checks, sync or QUIC (the network is closed).
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(format!("file://{}", page.display()))

@@ -121,6 +121,10 @@ pub struct FailRequest {
     pub error: String,
     /// Whether a retry could succeed.
     pub retryable: bool,
+    /// The item the attempt failed on, when one did (the master may then
+    /// quarantine it: the shard goes on without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 /// Hands a lease back (a draining worker).

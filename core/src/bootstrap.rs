@@ -395,6 +395,7 @@ pub fn bootstrap(
     let plan = plan_objects(spec, &input_store, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
 
     step("write the manifest", Duration::ZERO)?;
+    let items: u64 = plan.shards.iter().map(|s| s.items.len() as u64).sum();
     let manifest = Manifest {
         job: job.clone(),
         name: spec.name.clone(),
@@ -412,6 +413,8 @@ pub fn bootstrap(
         workers: spec.workers,
         limits: spec.limits,
         max_attempts: spec.max_attempts,
+        max_failed_items: spec.max_failed_items.bound(items),
+        isolation: spec.isolation,
         lease_ms: ms(spec.lease_time),
         idle_timeout_ms: ms(spec.idle_timeout),
         master_lost_timeout_ms: ms(spec.master_lost_timeout),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::host::Limits;
@@ -68,6 +68,7 @@ struct RawTask {
     path: Spanned<String>,
     #[serde(default)]
     params: toml::Table,
+    isolation: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,12 +110,61 @@ struct RawLimits {
     output: Option<ByteSize>,
     log: Option<ByteSize>,
     max_attempts: Option<Spanned<i64>>,
+    max_failed_items: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredentials {
     refresh_margin: Option<HumanDuration>,
+}
+
+/// How many items a job may quarantine (give up on, committing the rest of
+/// their shards) before it stops and fails (`[limits] max_failed_items`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailedItems {
+    /// At most this many.
+    Count(u64),
+    /// At most this share of the job's items, rounded down (`"1%"`).
+    Percent(f64),
+}
+
+impl FailedItems {
+    /// The bound for a job of `items` items.
+    pub fn bound(self, items: u64) -> u64 {
+        match self {
+            FailedItems::Count(n) => n,
+            FailedItems::Percent(p) => (items as f64 * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+impl Default for FailedItems {
+    fn default() -> Self {
+        FailedItems::Percent(1.0)
+    }
+}
+
+impl std::fmt::Display for FailedItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailedItems::Count(n) => write!(f, "{n}"),
+            FailedItems::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How much of a task instance items share (`[task] isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// One instance per shard attempt: items stream through it and may share
+    /// its state (the default; microseconds per item).
+    #[default]
+    Shard,
+    /// A fresh instance per item: nothing an item does is seen by the next
+    /// (a new instance per item costs far more; for tasks that need it).
+    Item,
 }
 
 /// A task and its parameters.
@@ -173,6 +223,10 @@ pub struct JobSpec {
     pub limits: Limits,
     /// Attempts per shard before it is marked failed.
     pub max_attempts: u32,
+    /// Items that may be quarantined before the job stops.
+    pub max_failed_items: FailedItems,
+    /// One instance per shard attempt, or per item.
+    pub isolation: Isolation,
     /// Refresh credentials when less than this is left (or 20 % of the lifetime).
     pub credential_refresh_margin: Duration,
     /// `[prices]`: USD per node-hour by node type, over `cost`'s shipped table.
@@ -364,6 +418,48 @@ impl JobSpec {
         if deadline.is_zero() {
             return Err(err(None, "`cluster.deadline`: expected a duration greater than zero".into()));
         }
+        let max_failed_items = match &raw.limits.max_failed_items {
+            None => FailedItems::default(),
+            Some(v) => {
+                let bad = || {
+                    err(
+                        Some(v.span()),
+                        format!(
+                            "`limits.max_failed_items` = {}: expected a whole number of items (0 or more) \
+                             or a share of the job's items such as \"1%\"",
+                            v.get_ref()
+                        ),
+                    )
+                };
+                match v.get_ref() {
+                    toml::Value::Integer(n) => FailedItems::Count(u64::try_from(*n).map_err(|_| bad())?),
+                    toml::Value::String(text) => {
+                        let p = text.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok());
+                        FailedItems::Percent(p.filter(|p| (0.0..=100.0).contains(p)).ok_or_else(bad)?)
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+        };
+        if let Some(v) = raw.reduce.as_ref().and_then(|r| r.isolation.as_ref()) {
+            return Err(err(
+                Some(v.span()),
+                "`reduce.isolation`: the reduce is one call over every map output; isolation is a [task] key".into(),
+            ));
+        }
+        let isolation = match &raw.task.isolation {
+            None => Isolation::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "shard" => Isolation::Shard,
+                "item" => Isolation::Item,
+                other => {
+                    return Err(err(
+                        Some(v.span()),
+                        format!("`task.isolation` = {other:?}: expected \"shard\" (the default) or \"item\""),
+                    ));
+                }
+            },
+        };
         let defaults = Limits::default();
         let limits = Limits {
             attempt_time: raw.limits.attempt_time.unwrap_or(defaults.attempt_time),
@@ -405,6 +501,8 @@ impl JobSpec {
             split_text: raw.sharding.split_text.unwrap_or(true),
             limits,
             max_attempts,
+            max_failed_items,
+            isolation,
             credential_refresh_margin: raw.credentials.refresh_margin.map_or(Duration::from_secs(300), |d| d.0),
         })
     }

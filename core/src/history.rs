@@ -55,7 +55,8 @@ fn shard_in(text: &str) -> Option<u32> {
 }
 
 /// Reads one line of node `node`'s log. Node lines are
-/// `<ms> <LEVEL> <node>: <text>`; task lines `[shard N item] <LEVEL> <text>`.
+/// `<ms> <LEVEL> <node>: <text>`; task lines `[shard N item] <LEVEL> <text>`
+/// (`[shard N] ...` for the task's `start` and `finish`).
 pub fn parse_line<'a>(node: &'a str, text: &'a str) -> LogLine<'a> {
     let mut line = LogLine { node, at: None, level: Level::Info, shard: None, text };
     let mut rest = text;
@@ -72,7 +73,7 @@ pub fn parse_line<'a>(node: &'a str, text: &'a str) -> LogLine<'a> {
             rest = after;
         }
     } else if let Some(after) = text.strip_prefix("[shard ") {
-        line.shard = after.split(' ').next().and_then(|n| n.parse().ok());
+        line.shard = after.split([' ', ']']).next().and_then(|n| n.parse().ok());
         if let Some((_, task_line)) = after.split_once("] ")
             && let Some(level) = task_line.split_whitespace().next().and_then(parse_level)
         {
@@ -357,6 +358,9 @@ mod tests {
         assert_eq!((l.at, l.level, l.shard), (None, Level::Warn, Some(7)));
         let l = parse_line("worker-2", "[shard 7 a.txt] ERROR broken");
         assert_eq!(l.level, Level::Error);
+        // The task's `start` and `finish` lines name the shard alone.
+        let l = parse_line("worker-2", "[shard 12]  INFO Map done distinct=3");
+        assert_eq!((l.level, l.shard), (Level::Info, Some(12)));
         let l = parse_line("worker-2", "thread 'main' panicked at src/x.rs:1:1");
         assert_eq!(l.level, Level::Error);
     }
@@ -379,7 +383,17 @@ mod tests {
         let entries = vec![
             e(10, lease(0, "worker-1", 100, 1)),
             e(11, lease(1, "worker-2", 101, 1)),
-            e(20, Event::AttemptFailed { shard: 0, token: 100, error: "trap".into(), final_failure: false }),
+            e(
+                20,
+                Event::AttemptFailed {
+                    shard: 0,
+                    token: 100,
+                    error: "trap".into(),
+                    final_failure: false,
+                    item: None,
+                    quarantined: false,
+                },
+            ),
             e(21, lease(0, "worker-2", 102, 2)),
             e(
                 25,
@@ -388,6 +402,8 @@ mod tests {
                     token: 101,
                     error: "lease expired: worker worker-2 stopped heartbeating".into(),
                     final_failure: false,
+                    item: None,
+                    quarantined: false,
                 },
             ),
             e(30, Event::Committed { shard: 0, token: 102, outputs: vec![] }),

@@ -64,6 +64,13 @@ pub struct Manifest {
     pub limits: Limits,
     /// Attempts per shard.
     pub max_attempts: u32,
+    /// Items that may be quarantined before the job stops (the job file's
+    /// `max_failed_items`, resolved against the plan's item count).
+    #[serde(default = "unbounded")]
+    pub max_failed_items: u64,
+    /// One instance per shard attempt, or per item.
+    #[serde(default)]
+    pub isolation: crate::config::Isolation,
     /// Lease length in ms.
     pub lease_ms: u64,
     /// Idle timeout in ms.
@@ -78,6 +85,18 @@ pub struct Manifest {
     pub created_at: Millis,
     /// The absolute deadline.
     pub expires_at: Millis,
+}
+
+fn unbounded() -> u64 {
+    u64::MAX
+}
+
+/// The key of a shard's own outputs (those its task writes in `start` or
+/// `finish`, not for one item): `_shards/<shard>`, so they are published as
+/// `map/_shards/<shard>/<name>`. The leading `_` keeps it apart from item
+/// keys in any listing mayfly makes (reserved names are never inputs).
+pub fn shard_key(shard: u32) -> String {
+    format!("_shards/{shard:06}")
 }
 
 /// Where the job's files are: its own state (`<state>/<job id>`), its output

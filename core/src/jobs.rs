@@ -139,11 +139,28 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
     }
 }
 
+/// Failed shards, quarantined items: how many a summary names (the rest are counted).
+const SHOWN: usize = 10;
+
+/// At most [`SHOWN`] names, then how many more.
+fn some_of(names: &[String]) -> String {
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
 fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Instant) -> ExitCode {
     let c = fin.counts;
     let map_outputs = fin.outputs.iter().filter(|o| o.starts_with("map/")).count();
+    let quarantined = if fin.quarantined.is_empty() {
+        String::new()
+    } else {
+        format!("; {} items quarantined", fin.quarantined.len())
+    };
     println!(
-        "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs",
+        "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs{quarantined}",
         if fin.reason == "done" { "finished" } else { "ENDED AT THE DEADLINE" },
         started.elapsed().as_secs_f64(),
         c.committed,
@@ -151,9 +168,21 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
         fin.retries,
         map_outputs
     );
-    for (shard, error) in &fin.failed {
+    for (shard, error) in fin.failed.iter().take(SHOWN) {
         let items: Vec<String> = manifest.plan.shards[*shard as usize].items.iter().map(|i| i.key()).collect();
-        println!("  failed shard {shard} ({}): {error}", items.join(", "));
+        println!("  failed shard {shard} ({}): {error}", some_of(&items));
+    }
+    if fin.failed.len() > SHOWN {
+        println!("  ... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);
+    }
+    for (shard, q) in fin.quarantined.iter().take(SHOWN) {
+        println!("  quarantined item {} (shard {shard}, failed {} times): {}", q.key, q.attempts, q.error);
+    }
+    if fin.quarantined.len() > SHOWN {
+        println!(
+            "  ... and {} more quarantined items (all in _manifest.json; `mayfly replay` runs them again)",
+            fin.quarantined.len() - SHOWN
+        );
     }
     for o in fin.outputs.iter().filter(|o| o.starts_with("reduce/")) {
         println!("  reduce output: {}", layout.output.display(o));
@@ -570,8 +599,20 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Exit
             count(AttemptEnd::Lost)
         );
     }
-    for (shard, error) in &fin.failed {
+    for (shard, error) in fin.failed.iter().take(SHOWN) {
         println!("failed shard {shard}: {error}");
+    }
+    if fin.failed.len() > SHOWN {
+        println!("... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);
+    }
+    if !fin.quarantined.is_empty() {
+        println!("{} items quarantined (committed without them):", fin.quarantined.len());
+        for (shard, q) in fin.quarantined.iter().take(SHOWN) {
+            println!("  {} (shard {shard}, failed {} times): {}", q.key, q.attempts, q.error);
+        }
+        if fin.quarantined.len() > SHOWN {
+            println!("  ... and {} more (all in _manifest.json)", fin.quarantined.len() - SHOWN);
+        }
     }
     let now = SystemClock.now();
     for h in mayfly_core::hold::all(layout).unwrap_or_default().iter().filter(|h| h.until > now) {
@@ -1131,7 +1172,7 @@ pub(crate) struct ReplayArgs {
 /// component (checked by its sha256), parameters, input ranges and limits,
 /// item by item; outputs go to a local directory, never to the job's output.
 pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result<ExitCode> {
-    use mayfly_core::host::{Attempt, Runtime, RuntimeConfig};
+    use mayfly_core::host::{Call, Runtime, RuntimeConfig, Session, ShardInfo, ShardStart};
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
     let Some(shard) = manifest.plan.shards.get(args.shard as usize) else {
         bail!(
@@ -1212,61 +1253,131 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
             manifest.limits.attempt_time, manifest.limits.memory, manifest.limits.output, manifest.limits.log
         );
     }
-    let mut failed = 0;
+    // As the job ran it: the items through one instance (one each with
+    // `isolation = "item"`); an item that fails is set aside and the shard
+    // runs again without it, as the master's quarantine does, so that every
+    // other item's outputs are the job's.
+    let isolated = manifest.isolation == mayfly_core::config::Isolation::Item;
+    let params: std::sync::Arc<str> = std::sync::Arc::from(manifest.params.to_string());
+    let shard_start = |key: String, n: usize| ShardStart {
+        info: ShardInfo { job: job.to_owned(), shard: args.shard, attempt: 1, items: n as u32 },
+        params: params.clone(),
+        limits: manifest.limits,
+        staging: staging.clone(),
+        shard_key: key,
+    };
+    let mut set_aside: Vec<(String, Call)> = Vec::new();
+    let (calls, outputs, shard_failure) = 'pass: loop {
+        let _ = std::fs::remove_dir_all(&staging);
+        let left: Vec<_> = items.iter().filter(|i| !set_aside.iter().any(|(k, _)| *k == i.key())).collect();
+        let mut calls: Vec<(String, Call)> = Vec::new();
+        let mut outputs = Vec::new();
+        let mut session: Option<Session> = None;
+        for item in &left {
+            let key = item.key();
+            if session.is_none() {
+                let shard_key = if isolated { key.clone() } else { mayfly_core::job::shard_key(args.shard) };
+                let (s, call) =
+                    rt.block_on(runtime.start(&task, shard_start(shard_key, if isolated { 1 } else { left.len() })));
+                if let Err(f) = &call.result {
+                    s.discard();
+                    break 'pass (calls, outputs, Some((format!("start: {f}"), call)));
+                }
+                session = Some(s);
+            }
+            let Some(s) = session.as_mut() else { continue };
+            let source: std::sync::Arc<dyn mayfly_core::host::InputSource> = match &kept {
+                // What the held node kept: the bytes it had.
+                Some(dir) => std::sync::Arc::new(
+                    mayfly_core::host::FileInput::open(&dir.join(&key), item.object.clone())
+                        .with_context(|| format!("reading the kept input {}", dir.join(&key).display()))?,
+                ),
+                None => input
+                    .input(&item.object, &item.object, Some((item.start, item.len)))
+                    .with_context(|| format!("reading input {key} from {}", manifest.input))?,
+            };
+            let call = rt.block_on(s.item(source, if isolated { None } else { Some(&key) }));
+            if call.result.is_err() {
+                if let Some(s) = session.take() {
+                    s.discard();
+                }
+                set_aside.push((key, call));
+                continue 'pass;
+            }
+            calls.push((key, call));
+            if isolated && let Some(s) = session.take() {
+                let outcome = rt.block_on(s.finish());
+                if let Err(f) = &outcome.result {
+                    let call =
+                        Call { result: Err(f.clone()), logs: outcome.logs, input_read: 0, elapsed: outcome.elapsed };
+                    break 'pass (calls, outputs, Some((format!("finish: {f}"), call)));
+                }
+                outputs.extend(outcome.outputs);
+            }
+        }
+        if let Some(s) = session.take() {
+            let outcome = rt.block_on(s.finish());
+            if let Err(f) = &outcome.result {
+                let call = Call { result: Err(f.clone()), logs: outcome.logs, input_read: 0, elapsed: outcome.elapsed };
+                break 'pass (calls, Vec::new(), Some((format!("finish: {f}"), call)));
+            }
+            outputs.extend(outcome.outputs);
+        }
+        break (calls, outputs, None);
+    };
+    let mut published: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for o in &outputs {
+        let dest = out.join(&o.key).join(&o.name);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::rename(&o.path, &dest)
+            .with_context(|| format!("moving {} to {}", o.path.display(), dest.display()))?;
+        published.entry(o.key.clone()).or_default().push(dest);
+    }
+    let failed = set_aside.len() + usize::from(shard_failure.is_some());
     let mut results = Vec::new();
-    for item in items {
-        let key = item.key();
-        let source: std::sync::Arc<dyn mayfly_core::host::InputSource> = match &kept {
-            // What the held node kept: the bytes it had.
-            Some(dir) => std::sync::Arc::new(
-                mayfly_core::host::FileInput::open(&dir.join(&key), item.object.clone())
-                    .with_context(|| format!("reading the kept input {}", dir.join(&key).display()))?,
-            ),
-            None => input
-                .input(&item.object, &item.object, Some((item.start, item.len)))
-                .with_context(|| format!("reading input {key} from {}", manifest.input))?,
-        };
-        let outcome = rt.block_on(runtime.run(
-            &task,
-            Attempt {
-                input: source,
-                params: std::sync::Arc::from(manifest.params.to_string()),
-                limits: manifest.limits,
-                staging: staging.join(&key),
-            },
-        ));
-        let published: Vec<PathBuf> = if outcome.result.is_ok() {
-            crate::publish(&outcome.outputs, &out.join(&key))?.into_iter().map(|(p, _)| p).collect()
-        } else {
-            failed += 1;
-            Vec::new()
-        };
+    let mut report = |what: &str, call: &Call, published: &[PathBuf]| {
         if args.json {
             results.push(serde_json::json!({
-                "item": key,
-                "ok": outcome.result.is_ok(),
-                "error": outcome.result.as_ref().err().map(|f| f.to_string()),
-                "retryable": outcome.result.as_ref().err().map(|f| f.is_retryable()),
+                "item": what,
+                "ok": call.result.is_ok(),
+                "error": call.result.as_ref().err().map(|f| f.to_string()),
+                "retryable": call.result.as_ref().err().map(|f| f.is_retryable()),
                 "outputs": published,
-                "logs": outcome.logs.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-                "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
+                "logs": call.logs.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                "elapsed_ms": call.elapsed.as_secs_f64() * 1e3,
             }));
         } else {
-            match &outcome.result {
-                Ok(()) => println!("item {key}: ok in {:.1} ms", outcome.elapsed.as_secs_f64() * 1e3),
+            match &call.result {
+                Ok(()) => println!("item {what}: ok in {:.1} ms", call.elapsed.as_secs_f64() * 1e3),
                 Err(f) => println!(
-                    "item {key}: FAILED: {f} [{}; {}]",
+                    "item {what}: FAILED: {f} [{}; {}]",
                     f.kind(),
                     if f.is_retryable() { "retryable" } else { "not retryable" }
                 ),
             }
-            for line in &outcome.logs {
+            for line in &call.logs {
                 println!("  {line}");
             }
-            for p in &published {
+            for p in published {
                 println!("  output {}", p.display());
             }
         }
+    };
+    for item in &items {
+        let key = item.key();
+        if let Some((_, call)) = set_aside.iter().find(|(k, _)| *k == key) {
+            report(&key, call, &[]);
+        } else if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
+            report(&key, call, published.get(&key).map(Vec::as_slice).unwrap_or_default());
+        }
+    }
+    if let Some((what, call)) = &shard_failure {
+        report(&format!("(the shard's {what})"), call, &[]);
+    } else if let Some(paths) = published.get(&mayfly_core::job::shard_key(args.shard)) {
+        let done = Call { result: Ok(()), logs: Vec::new(), input_read: 0, elapsed: Duration::ZERO };
+        report("(the shard's own outputs)", &done, paths);
     }
     let _ = std::fs::remove_dir_all(&staging);
     if args.json {

@@ -7,6 +7,14 @@
 //!    └───────────────────┘ failed (not retryable, or attempts used up) ──► failed
 //! ```
 //!
+//! An attempt that fails on one item names it. The item is *quarantined*
+//! (the shard goes on without it, as Hadoop's skip mode does) when its
+//! failure is not retryable, when it failed in [`QUARANTINE_AFTER`] attempts,
+//! or when its failure would use up the shard's last attempt: the shard goes
+//! back to pending without the failure counting, and its next attempt is
+//! leased without the item. Past the job's bound on quarantined items
+//! (`max_failed_items`) the job stops: every pending shard fails, saying why.
+//!
 //! Every lease gets a fresh fencing token (one counter for the whole job, so a
 //! token is never reused); a heartbeat, commit, failure or release that does not
 //! carry the current token of a leased shard is refused and changes nothing.
@@ -17,10 +25,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Millis;
 
-/// One output of a committed item.
+/// An item failing in this many attempts of its shard is quarantined.
+pub const QUARANTINE_AFTER: u32 = 2;
+
+/// One output of a committed shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOutput {
-    /// The item's key (where its outputs go).
+    /// Whose output it is (where it goes): an item's key, or the shard's
+    /// ([`crate::job::shard_key`]) for an output of the shard as a whole.
     pub key: String,
     /// The output's name as the task gave it.
     pub name: String,
@@ -66,6 +78,23 @@ pub struct ShardRecord {
     pub failures: u32,
     /// The error of the last failed attempt.
     pub last_error: Option<String>,
+    /// Items left out of the shard for good, in the order they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
+    /// Attempts that failed on each item not (yet) quarantined.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub item_failures: std::collections::BTreeMap<String, u32>,
+}
+
+/// An item left out of its shard because it kept failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The item's key.
+    pub key: String,
+    /// Its last error.
+    pub error: String,
+    /// Attempts that failed on it.
+    pub attempts: u32,
 }
 
 /// A granted lease.
@@ -122,6 +151,13 @@ pub enum Event {
         error: String,
         /// Whether the shard is now failed for good.
         final_failure: bool,
+        /// The item the attempt failed on, when it names one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<String>,
+        /// Whether that item is now quarantined (the failure then does not
+        /// count against the shard).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quarantined: bool,
     },
     /// The lease was handed back without a failure (a draining worker).
     Released {
@@ -169,12 +205,21 @@ pub struct Ledger {
     /// Pending shards that may not be leased before a time (their last
     /// attempt could not be recorded: the job's storage failed).
     not_before: std::collections::BTreeMap<u32, Millis>,
+    /// How many items may be quarantined in the whole job.
+    max_failed_items: u64,
 }
 
 impl Ledger {
     /// A ledger of `shards` pending shards.
     pub fn new(shards: u32, max_attempts: u32) -> Self {
-        let record = ShardRecord { state: ShardState::Pending, attempts: 0, failures: 0, last_error: None };
+        let record = ShardRecord {
+            state: ShardState::Pending,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            quarantined: Vec::new(),
+            item_failures: Default::default(),
+        };
         Ledger {
             shards: vec![record; shards as usize],
             next_token: 1,
@@ -182,7 +227,19 @@ impl Ledger {
             pending: (0..shards).collect(),
             earliest_expiry: Millis::MAX,
             not_before: Default::default(),
+            max_failed_items: u64::MAX,
         }
+    }
+
+    /// Bounds the items that may be quarantined in the whole job.
+    pub fn with_max_failed_items(mut self, max: u64) -> Self {
+        self.max_failed_items = max;
+        self
+    }
+
+    /// Every item quarantined so far, with its shard.
+    pub fn quarantined(&self) -> impl Iterator<Item = (u32, &Quarantined)> {
+        self.shards.iter().enumerate().flat_map(|(i, s)| s.quarantined.iter().map(move |q| (i as u32, q)))
     }
 
     /// Rebuilds the indexes from the records (after a replay).
@@ -307,7 +364,61 @@ impl Ledger {
         let final_failure = !retryable || record.failures >= max;
         let state = if final_failure { ShardState::Failed { error: error.to_owned() } } else { ShardState::Pending };
         self.set_state(shard, state);
-        Ok(Event::AttemptFailed { shard, token, error: error.to_owned(), final_failure })
+        Ok(Event::AttemptFailed {
+            shard,
+            token,
+            error: error.to_owned(),
+            final_failure,
+            item: None,
+            quarantined: false,
+        })
+    }
+
+    /// Records an attempt that failed on one item. The item is quarantined
+    /// (the shard goes back to pending without it, the failure not counted)
+    /// when the failure is not retryable, when the item failed in
+    /// [`QUARANTINE_AFTER`] attempts, or when the failure would use up the
+    /// shard's attempts, unless `max_failed_items` items already are: then
+    /// this is [`Ledger::fail`], as without quarantine.
+    pub fn fail_item(
+        &mut self,
+        shard: u32,
+        token: u64,
+        error: &str,
+        retryable: bool,
+        item: &str,
+    ) -> Result<Event, Refused> {
+        let (max, bound) = (self.max_attempts, self.max_failed_items);
+        let total = self.quarantined().count() as u64;
+        let record = self.current(shard, token)?;
+        let failed_on_it = record.item_failures.get(item).copied().unwrap_or(0) + 1;
+        let known = record.quarantined.iter().any(|q| q.key == item);
+        let wants = !retryable || failed_on_it >= QUARANTINE_AFTER || record.failures + 1 >= max;
+        if known || !wants || total >= bound {
+            record.item_failures.insert(item.to_owned(), failed_on_it);
+            let error = if wants && !known {
+                format!("{error} (not quarantined: {total} items already are, the job's max_failed_items)")
+            } else {
+                error.to_owned()
+            };
+            let mut event = self.fail(shard, token, &error, retryable)?;
+            if let Event::AttemptFailed { item: i, .. } = &mut event {
+                *i = Some(item.to_owned());
+            }
+            return Ok(event);
+        }
+        record.item_failures.remove(item);
+        record.last_error = Some(error.to_owned());
+        record.quarantined.push(Quarantined { key: item.to_owned(), error: error.to_owned(), attempts: failed_on_it });
+        self.set_state(shard, ShardState::Pending);
+        Ok(Event::AttemptFailed {
+            shard,
+            token,
+            error: error.to_owned(),
+            final_failure: false,
+            item: Some(item.to_owned()),
+            quarantined: true,
+        })
     }
 
     /// Keeps `shard` from being leased again before `at` (its attempt's
@@ -375,8 +486,14 @@ impl Ledger {
     /// what is committed). A lease that was live when the master stopped is
     /// returned to pending: its worker may be alive, but its token is void, so
     /// its commit will be refused and the shard redone once.
-    pub fn replay(shards: u32, max_attempts: u32, journal: &[Event], markers: &[(u32, Vec<CommittedOutput>)]) -> Self {
-        let mut ledger = Ledger::new(shards, max_attempts);
+    pub fn replay(
+        shards: u32,
+        max_attempts: u32,
+        max_failed_items: u64,
+        journal: &[Event],
+        markers: &[(u32, Vec<CommittedOutput>, Vec<Quarantined>)],
+    ) -> Self {
+        let mut ledger = Ledger::new(shards, max_attempts).with_max_failed_items(max_failed_items);
         for event in journal {
             match event {
                 Event::Lease { shard, worker, token, attempt } => {
@@ -386,10 +503,20 @@ impl Ledger {
                         r.state = ShardState::Leased { worker: worker.clone(), token: *token, expires_at: 0 };
                     }
                 }
-                Event::AttemptFailed { shard, error, final_failure, .. } => {
+                Event::AttemptFailed { shard, error, final_failure, item, quarantined, .. } => {
                     if let Some(r) = ledger.shards.get_mut(*shard as usize) {
-                        r.failures += 1;
                         r.last_error = Some(error.clone());
+                        match (item, quarantined) {
+                            (Some(key), true) => {
+                                let attempts = r.item_failures.remove(key).unwrap_or(0) + 1;
+                                r.quarantined.push(Quarantined { key: key.clone(), error: error.clone(), attempts });
+                            }
+                            (Some(key), false) => {
+                                *r.item_failures.entry(key.clone()).or_insert(0) += 1;
+                                r.failures += 1;
+                            }
+                            (None, _) => r.failures += 1,
+                        }
                         r.state = if *final_failure {
                             ShardState::Failed { error: error.clone() }
                         } else {
@@ -397,6 +524,7 @@ impl Ledger {
                         };
                     }
                 }
+
                 Event::Released { shard, .. } => {
                     if let Some(r) = ledger.shards.get_mut(*shard as usize) {
                         r.state = ShardState::Pending;
@@ -409,9 +537,11 @@ impl Ledger {
                 }
             }
         }
-        for (shard, outputs) in markers {
+        for (shard, outputs, quarantined) in markers {
             if let Some(r) = ledger.shards.get_mut(*shard as usize) {
                 r.state = ShardState::Committed { outputs: outputs.clone() };
+                // The marker is the truth for what its shard left out too.
+                r.quarantined = quarantined.clone();
             }
         }
         for r in &mut ledger.shards {
@@ -573,7 +703,7 @@ mod tests {
         let (c, e) = l.lease("w2", 0, 10).unwrap();
         journal.push(e);
         // Shard 0 committed per its marker, though its journal line was lost.
-        let replayed = Ledger::replay(3, 3, &journal, &[(a.shard, out("a"))]);
+        let replayed = Ledger::replay(3, 3, u64::MAX, &journal, &[(a.shard, out("a"), vec![])]);
         assert_eq!(replayed.shards()[0].state, ShardState::Committed { outputs: out("a") });
         assert_eq!(replayed.shards()[1].state, ShardState::Pending, "a live lease is void after a restart");
         assert_eq!(replayed.shards()[1].failures, 1);
@@ -582,5 +712,82 @@ mod tests {
         let mut replayed = replayed;
         let (d, _) = replayed.lease("w3", 0, 10).unwrap();
         assert!(d.token > c.token);
+    }
+
+    #[test]
+    fn an_item_that_fails_for_good_is_quarantined_and_the_shard_goes_on_without_it() {
+        let mut l = Ledger::new(1, 3);
+        let (a, _) = l.lease("w", 0, 10).unwrap();
+        let ev = l.fail_item(0, a.token, "bad.csv: not a csv", false, "bad.csv").unwrap();
+        assert!(matches!(ev, Event::AttemptFailed { quarantined: true, final_failure: false, .. }), "{ev:?}");
+        let r = &l.shards()[0];
+        assert_eq!(r.state, ShardState::Pending);
+        assert_eq!(r.failures, 0, "a quarantine does not use up an attempt");
+        assert_eq!(
+            r.quarantined,
+            vec![Quarantined { key: "bad.csv".into(), error: "bad.csv: not a csv".into(), attempts: 1 }]
+        );
+        let (b, _) = l.lease("w", 0, 10).unwrap();
+        l.commit(0, b.token, out("good.csv")).unwrap();
+        assert_eq!(l.quarantined().map(|(s, q)| (s, q.key.as_str())).collect::<Vec<_>>(), vec![(0, "bad.csv")]);
+    }
+
+    #[test]
+    fn a_trap_is_retried_once_then_its_item_is_quarantined() {
+        let mut l = Ledger::new(1, 5);
+        let (a, _) = l.lease("w", 0, 10).unwrap();
+        let ev = l.fail_item(0, a.token, "trapped", true, "x").unwrap();
+        assert!(matches!(ev, Event::AttemptFailed { quarantined: false, final_failure: false, .. }), "{ev:?}");
+        assert_eq!(l.shards()[0].failures, 1);
+        let (b, _) = l.lease("w", 0, 10).unwrap();
+        let ev = l.fail_item(0, b.token, "trapped", true, "x").unwrap();
+        assert!(matches!(ev, Event::AttemptFailed { quarantined: true, .. }), "{ev:?}");
+        assert_eq!(l.shards()[0].quarantined[0].attempts, QUARANTINE_AFTER);
+        // The last attempt's failure quarantines rather than failing the shard.
+        let mut l = Ledger::new(1, 1);
+        let (a, _) = l.lease("w", 0, 10).unwrap();
+        let ev = l.fail_item(0, a.token, "timed out", true, "slow").unwrap();
+        assert!(matches!(ev, Event::AttemptFailed { quarantined: true, .. }), "{ev:?}");
+    }
+
+    #[test]
+    fn past_max_failed_items_an_item_fails_its_shard_as_without_quarantine() {
+        let mut l = Ledger::new(2, 3).with_max_failed_items(1);
+        let (a, _) = l.lease("w", 0, 10).unwrap();
+        let (b, _) = l.lease("w", 0, 10).unwrap();
+        l.fail_item(a.shard, a.token, "bad", false, "one").unwrap();
+        let ev = l.fail_item(b.shard, b.token, "bad too", false, "two").unwrap();
+        match ev {
+            Event::AttemptFailed { final_failure: true, quarantined: false, error, .. } => {
+                assert!(error.contains("not quarantined: 1 items already are"), "{error}")
+            }
+            other => panic!("expected a final failure, got {other:?}"),
+        }
+        assert!(matches!(l.shards()[b.shard as usize].state, ShardState::Failed { .. }));
+        assert_eq!(l.quarantined().count(), 1);
+    }
+
+    #[test]
+    fn replay_rebuilds_quarantined_items_from_the_journal_and_the_markers() {
+        let mut l = Ledger::new(2, 3);
+        let (a, ev) = l.lease("w", 0, 10).unwrap();
+        let mut journal = vec![ev];
+        journal.push(l.fail_item(a.shard, a.token, "trapped", true, "t").unwrap());
+        let (b, ev) = l.lease("w", 0, 10).unwrap();
+        journal.push(ev);
+        journal.push(l.fail_item(b.shard, b.token, "trapped", true, "t").unwrap());
+        let marker_q = vec![Quarantined { key: "m".into(), error: "e".into(), attempts: 1 }];
+        let replayed = Ledger::replay(2, 3, u64::MAX, &journal, &[(1, out("k"), marker_q.clone())]);
+        assert_eq!(replayed.shards()[0].quarantined.iter().map(|q| q.key.as_str()).collect::<Vec<_>>(), ["t"]);
+        assert_eq!(replayed.shards()[0].quarantined[0].attempts, 2);
+        assert_eq!(replayed.shards()[0].failures, 1);
+        assert_eq!(replayed.shards()[1].quarantined, marker_q);
+        // The journal line says so for old and new readers alike.
+        let line = serde_json::to_string(&journal[3]).unwrap();
+        assert!(line.contains("\"quarantined\":true") && line.contains("\"item\":\"t\""), "{line}");
+        let old: Event =
+            serde_json::from_str(r#"{"event":"attempt_failed","shard":0,"token":1,"error":"e","final_failure":false}"#)
+                .unwrap();
+        assert!(matches!(old, Event::AttemptFailed { item: None, quarantined: false, .. }));
     }
 }

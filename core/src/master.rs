@@ -27,7 +27,7 @@ use crate::api::{
     constant_time_eq,
 };
 use crate::job::{Layout, Manifest, keys};
-use crate::ledger::{CommittedOutput, Event, Ledger, ShardState};
+use crate::ledger::{CommittedOutput, Event, Ledger, Quarantined, ShardState};
 use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock, Validity};
 use crate::provider::{ProviderHandle, Role};
 
@@ -42,6 +42,9 @@ pub struct Marker {
     pub token: u64,
     /// Its outputs.
     pub outputs: Vec<CommittedOutput>,
+    /// The items the shard was committed without (they kept failing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// How a job ended, as written to `final.json`.
@@ -63,6 +66,9 @@ pub struct FinalState {
     pub outputs: Vec<String>,
     /// The reduce task's error, if it failed.
     pub reduce_error: Option<String>,
+    /// Items left out because they kept failing: (shard, item).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<(u32, Quarantined)>,
 }
 
 struct Master {
@@ -222,9 +228,11 @@ impl Master {
             return Err((StatusCode::CONFLICT, e.to_string()));
         }
         let shard = &self.manifest.plan.shards[req.shard as usize];
-        let keys: Vec<String> = shard.items.iter().map(|i| i.key()).collect();
+        let shard_key = crate::job::shard_key(req.shard);
+        let keys: std::collections::HashSet<String> = shard.items.iter().map(|i| i.key()).collect();
         for out in &req.outputs {
-            if !keys.contains(&out.key) || crate::host::check_output_name(&out.name).is_some() {
+            if (out.key != shard_key && !keys.contains(&out.key)) || crate::host::check_output_name(&out.name).is_some()
+            {
                 return Err((
                     StatusCode::BAD_REQUEST,
                     format!("output {}/{} is not part of shard {}", out.key, out.name, req.shard),
@@ -237,7 +245,8 @@ impl Master {
             .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
             .collect();
         self.in_flight += 1;
-        Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs })
+        let quarantined = self.ledger.shards()[req.shard as usize].quarantined.clone();
+        Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs, quarantined })
     }
 
     /// Removes an attempt's staging when it is a local directory (cheap);
@@ -509,7 +518,14 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
             m.seen(&req.worker, t);
             m.holders.insert(lease.token, req.worker.clone());
             m.first_lease_at.get_or_insert(t);
-            let items = m.manifest.plan.shards[lease.shard as usize].items.clone();
+            // Without the items it was given up on.
+            let left_out = &m.ledger.shards()[lease.shard as usize].quarantined;
+            let items: Vec<_> = m.manifest.plan.shards[lease.shard as usize]
+                .items
+                .iter()
+                .filter(|i| left_out.is_empty() || !left_out.iter().any(|q| q.key == i.key()))
+                .cloned()
+                .collect();
             let staging = m.layout.attempt_staging(lease.shard, lease.token);
             say!(INFO, "shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
             json(&LeaseReply::Lease {
@@ -592,18 +608,32 @@ async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(r) => r,
         Err((status, message)) => return refuse(status, message),
     };
-    match m.ledger.fail(req.shard, req.token, &req.error, req.retryable) {
+    let event = match &req.item {
+        Some(item) => m.ledger.fail_item(req.shard, req.token, &req.error, req.retryable, item),
+        None => m.ledger.fail(req.shard, req.token, &req.error, req.retryable),
+    };
+    match event {
         Ok(event) => {
-            if let Event::AttemptFailed { final_failure, .. } = &event {
-                let what = if *final_failure { "failed for good" } else { "will be retried" };
-                if *final_failure {
-                    say!(ERROR, "shard {} attempt failed ({what}): {}", req.shard, req.error);
-                } else {
-                    say!(WARN, "shard {} attempt failed ({what}): {}", req.shard, req.error);
-                }
-                if !final_failure {
+            match &event {
+                Event::AttemptFailed { quarantined: true, item: Some(item), .. } => {
+                    say!(
+                        WARN,
+                        "shard {}: item {item} quarantined; the shard goes on without it: {}",
+                        req.shard,
+                        req.error
+                    );
                     m.retries += 1;
                 }
+                Event::AttemptFailed { final_failure, error, .. } => {
+                    let what = if *final_failure { "failed for good" } else { "will be retried" };
+                    if *final_failure {
+                        say!(ERROR, "shard {} attempt failed ({what}): {error}", req.shard);
+                    } else {
+                        say!(WARN, "shard {} attempt failed ({what}): {error}", req.shard);
+                        m.retries += 1;
+                    }
+                }
+                _ => {}
             }
             m.record(&event, true);
             if let Some(stats) = m.lease_ended(req.token) {
@@ -854,9 +884,15 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         let _ = layout.state.download(keys::JOURNAL, &layout.journal(manifest.created_at));
     }
     let journal_events = read_journal(&layout.journal(manifest.created_at));
-    let marker_list: Vec<(u32, Vec<CommittedOutput>)> = markers.iter().map(|m| (m.shard, m.outputs.clone())).collect();
-    let mut ledger =
-        Ledger::replay(manifest.plan.shards.len() as u32, manifest.max_attempts, &journal_events, &marker_list);
+    let marker_list: Vec<(u32, Vec<CommittedOutput>, Vec<Quarantined>)> =
+        markers.iter().map(|m| (m.shard, m.outputs.clone(), m.quarantined.clone())).collect();
+    let mut ledger = Ledger::replay(
+        manifest.plan.shards.len() as u32,
+        manifest.max_attempts,
+        manifest.max_failed_items,
+        &journal_events,
+        &marker_list,
+    );
     // Tokens from a previous master may still be held by live workers: start
     // above anything it could have issued.
     ledger.raise_token_floor(now().saturating_mul(1000));
@@ -1005,7 +1041,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (layout, manifest, counts, retries, failed, committed) = {
+    let (layout, manifest, counts, retries, failed, committed, quarantined) = {
         let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
         let failed: Vec<(u32, String)> = m
             .ledger
@@ -1027,9 +1063,10 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
             })
             .flatten()
             .collect();
-        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed)
+        let quarantined: Vec<(u32, Quarantined)> = m.ledger.quarantined().map(|(s, q)| (s, q.clone())).collect();
+        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed, quarantined)
     };
-    let mut outputs: Vec<String> = committed.iter().map(|o| format!("map/{}/{}", o.key, o.name)).collect();
+    let mut outputs: Vec<String> = committed.iter().map(|o| layout.map_output(&o.key, &o.name)).collect();
     let mut reduce_error = None;
     if reason == "done"
         && let Some((component, _, params)) = &manifest.reduce
@@ -1053,17 +1090,25 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         failed,
         outputs: outputs.clone(),
         reduce_error,
+        quarantined,
     };
     let manifest_out = serde_json::json!({
         "job": manifest.job,
         "complete": reason == "done" && counts.failed == 0 && final_state.reduce_error.is_none(),
         "reason": reason,
-        "outputs": committed.iter().map(|o| serde_json::json!({"path": format!("map/{}/{}", o.key, o.name), "bytes": o.bytes})).collect::<Vec<_>>(),
+        "outputs": committed.iter().map(|o| serde_json::json!({"path": layout.map_output(&o.key, &o.name), "bytes": o.bytes})).collect::<Vec<_>>(),
         "reduce_outputs": outputs.iter().skip(committed.len()).collect::<Vec<_>>(),
         "failed_shards": final_state.failed.iter().map(|(s, e)| serde_json::json!({
             "shard": s,
             "items": manifest.plan.shards[*s as usize].items.iter().map(|i| i.key()).collect::<Vec<_>>(),
             "error": e,
+        })).collect::<Vec<_>>(),
+        // Items every other item's outputs were committed without.
+        "quarantined_items": final_state.quarantined.iter().map(|(s, q)| serde_json::json!({
+            "shard": s,
+            "item": q.key,
+            "error": q.error,
+            "attempts": q.attempts,
         })).collect::<Vec<_>>(),
     });
     if let Err(e) = layout.output.write_json(layout.output_manifest(), &manifest_out) {
@@ -1160,7 +1205,7 @@ mod tests {
 
     fn marker(shard: u32, token: u64, key: &str) -> Marker {
         let outputs = vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
-        Marker { job: "j".into(), shard, token, outputs }
+        Marker { job: "j".into(), shard, token, outputs, quarantined: Vec::new() }
     }
 
     fn stage(layout: &Layout, m: &Marker, content: &[u8]) {

@@ -451,11 +451,14 @@ pub fn write_counts(name: &str, c: &Counts, out: &mut impl Write) -> io::Result<
     writeln!(out, "{name}\t{}\t{}\t{}", c.lines, c.words, c.bytes)
 }
 
-/// The task: mayfly calls it once per input item, in a fresh sandbox.
+/// The task: mayfly calls it once per input item, in a sandbox that serves
+/// the items of one shard (the parameters are parsed once per shard). Each
+/// item's `counts.tsv` is its own; to combine across a shard, implement
+/// `mayfly_sdk::Task` instead (see the sdk's README).
 #[task]
-fn run(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result<()> {
+fn run(input: &mut Input, params: &Params, outputs: &mut Outputs) -> Result<()> {
     let name = input.name().to_owned();
-    let counts = count(input, &params)?;
+    let counts = count(input, params)?;
     let mut out = outputs.create(OUTPUT)?;
     write_counts(&name, &counts, &mut out)?;
     out.finish()?;

@@ -1,6 +1,9 @@
-//! The worker node: pulls leases, runs each item through the task host
-//! (the task is compiled once per worker), heartbeats while it works, asks the
-//! master to commit, and ends itself by the self-termination rule.
+//! The worker node: pulls leases, streams each shard's items through one
+//! instance of the task (compiled once per worker; one instance per item
+//! when the job asks for `isolation = "item"`), heartbeats while it works,
+//! asks the master to commit once per shard, and ends itself by the
+//! self-termination rule. An attempt that fails on an item names it, so that
+//! the master can quarantine the item and the shard go on without it.
 //!
 //! Ending follows the order of the self-termination rule by the shape of the
 //! loop: a trigger is checked only between shards, so leasing stops first, the
@@ -16,7 +19,8 @@ use crate::api::{
     CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     StagedFile,
 };
-use crate::host::{Attempt, Runtime, RuntimeConfig, Task};
+use crate::config::Isolation;
+use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Session, ShardInfo, ShardStart, Task};
 use crate::job::{Layout, Manifest, keys};
 use crate::master::MasterInfo;
 use crate::plan::Item;
@@ -41,10 +45,45 @@ fn warn(node: &str, message: &str) {
 
 /// How an attempt ended short of a commit.
 enum Failure {
-    /// The shard failed: the error, and whether a retry could help.
-    Attempt(String, bool),
+    /// The shard failed: the error, whether a retry could help, and the item
+    /// it failed on (none when `start` or `finish` failed).
+    Attempt(String, bool, Option<String>),
     /// The worker cannot go on (credentials): the shard goes back, no attempt used.
     Release(String),
+}
+
+/// Why a held worker hands its shard back.
+const HELD: &str = "this worker is held by an operator";
+
+impl Failure {
+    fn is_held(&self) -> bool {
+        matches!(self, Failure::Release(why) if why == HELD)
+    }
+}
+
+/// Ends an instance keeping nothing.
+fn discard(session: Option<Session>) {
+    if let Some(s) = session {
+        s.discard();
+    }
+}
+
+/// Writes a call's task log lines to the node's log in one go:
+/// `[shard N item] LEVEL ...` (`[shard N] ...` for `start` and `finish`).
+fn print_logs(shard: u32, key: Option<&str>, logs: &[LogLine]) {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    if logs.is_empty() {
+        return;
+    }
+    let mut text = String::new();
+    for line in logs {
+        let _ = match key {
+            Some(key) => writeln!(text, "[shard {shard} {key}] {line}"),
+            None => writeln!(text, "[shard {shard}] {line}"),
+        };
+    }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// The node's credentials and the credential rule, shared by the main loop
@@ -131,6 +170,8 @@ struct Worker {
     keeper: Keeper,
     runtime: Runtime,
     task: Task,
+    /// The task's parameters, as the sandbox hands them over.
+    params: Arc<str>,
     client: Client,
     watchdog: Watchdog,
     /// Until when an operator holds this worker (0: no hold), as the
@@ -146,7 +187,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn process(&mut self, shard: u32, token: u64, items: Vec<Item>, staging: String, lease_expires: u64) {
+    fn process(&mut self, shard: u32, token: u64, attempt: u32, items: Vec<Item>, staging: String, lease_expires: u64) {
         // Heartbeats run beside the attempt, every third of the lease. Dropping
         // `stop` wakes the thread at once (a shard can take a millisecond).
         let lost = Arc::new(AtomicBool::new(false));
@@ -191,63 +232,7 @@ impl Worker {
 
         let staging_key = staging;
         let staging = self.keeper.layout.local_staging(&staging_key);
-        let mut staged = Vec::new();
-        let mut failure: Option<Failure> = None;
-        for item in &items {
-            if lost.load(Ordering::Relaxed) {
-                break;
-            }
-            if self.hold.load(Ordering::Relaxed) > now() {
-                // An operator holds this worker: the shard goes back now (another
-                // worker takes it), and its inputs stay here for them.
-                self.released = Some((shard, items.clone()));
-                failure = Some(Failure::Release("this worker is held by an operator".into()));
-                break;
-            }
-            if self.keeper.refresh_if_due() == CredentialAction::Drain {
-                failure = Some(Failure::Release("credentials could not be renewed".into()));
-                break;
-            }
-            if let Err(e) = self.keeper.authorize("reading the input") {
-                failure = Some(Failure::Release(e));
-                break;
-            }
-            let input = match self.input.input(&item.object, &item.object, Some((item.start, item.len))) {
-                Ok(i) => i,
-                Err(e) => {
-                    // The item vanished or shrank since it was listed: that item
-                    // fails with its reason; retrying will not bring it back.
-                    failure = Some(Failure::Attempt(format!("input {}: {e}", item.key()), false));
-                    break;
-                }
-            };
-            let key = item.key();
-            let outcome = self.rt.block_on(self.runtime.run(
-                &self.task,
-                Attempt {
-                    input,
-                    params: Arc::from(self.manifest.params.to_string()),
-                    limits: self.manifest.limits,
-                    staging: staging.join(&key),
-                },
-            ));
-            for line in &outcome.logs {
-                println!("[shard {shard} {key}] {line}");
-            }
-            match outcome.result {
-                Ok(()) => staged.extend(outcome.outputs.iter().map(|o| StagedFile {
-                    key: key.clone(),
-                    name: o.name.clone(),
-                    bytes: o.bytes,
-                })),
-                Err(f) => {
-                    failure =
-                        Some(Failure::Attempt(format!("item {key}: task {} {f}", self.task.name()), f.is_retryable()));
-                    self.last_failed = Some((shard, items.clone()));
-                    break;
-                }
-            }
-        }
+        let (staged, failure) = self.run_items(shard, attempt, &items, &staging, &lost);
         drop(stop);
         let _ = hb.join();
         if lost.load(Ordering::Relaxed) {
@@ -262,9 +247,9 @@ impl Worker {
                 let _ = std::fs::remove_dir_all(&staging);
                 self.client.release(&ReleaseRequest { shard, token }).map(|_| ())
             }
-            Some(Failure::Attempt(error, retryable)) => {
+            Some(Failure::Attempt(error, retryable, item)) => {
                 warn(&self.node, &format!("shard {shard} failed: {error}"));
-                self.client.fail(&FailRequest { shard, token, error, retryable }).map(|_| ())
+                self.client.fail(&FailRequest { shard, token, error, retryable, item }).map(|_| ())
             }
             None => {
                 self.keeper.refresh_if_due();
@@ -278,7 +263,7 @@ impl Worker {
                     let error =
                         format!("uploading the outputs to {}: {e}", self.keeper.layout.output.display(&staging_key));
                     warn(&self.node, &format!("shard {shard} failed: {error}"));
-                    self.client.fail(&FailRequest { shard, token, error, retryable: true }).map(|_| ())
+                    self.client.fail(&FailRequest { shard, token, error, retryable: true, item: None }).map(|_| ())
                 } else {
                     let n = staged.len();
                     match self.client.commit(&CommitRequest { shard, token, outputs: staged }) {
@@ -306,7 +291,9 @@ impl Worker {
                             let error = format!("the master refused the commit ({status}): {message}");
                             warn(&self.node, &format!("shard {shard} failed: {error}"));
                             let _ = std::fs::remove_dir_all(&staging);
-                            self.client.fail(&FailRequest { shard, token, error, retryable: false }).map(|_| ())
+                            self.client
+                                .fail(&FailRequest { shard, token, error, retryable: false, item: None })
+                                .map(|_| ())
                         }
                         Err(e) => Err(e),
                     }
@@ -331,6 +318,119 @@ impl Worker {
 }
 
 impl Worker {
+    /// Runs the shard's items: through one instance (`start`, an `item` per
+    /// item, `finish`), or through one instance each when the job asks for
+    /// item isolation. Stops at the first failure; returns the staged
+    /// outputs, or why there are none.
+    fn run_items(
+        &mut self,
+        shard: u32,
+        attempt: u32,
+        items: &[Item],
+        staging: &std::path::Path,
+        lost: &AtomicBool,
+    ) -> (Vec<StagedFile>, Option<Failure>) {
+        let (job, params, limits) = (self.manifest.job.clone(), self.params.clone(), self.manifest.limits);
+        let start = |key: String, n: usize| ShardStart {
+            info: ShardInfo { job: job.clone(), shard, attempt, items: n as u32 },
+            params: params.clone(),
+            limits,
+            staging: staging.to_owned(),
+            shard_key: key,
+        };
+        let mut staged = Vec::new();
+        let isolated = self.manifest.isolation == Isolation::Item;
+        let mut session: Option<Session> = None;
+        for item in items {
+            if lost.load(Ordering::Relaxed) {
+                return (Vec::new(), None);
+            }
+            if let Some(why) = self.between_items() {
+                if why.is_held() {
+                    // An operator holds this worker: the shard goes back now
+                    // (another worker takes it), and its inputs stay here for them.
+                    self.released = Some((shard, items.to_vec()));
+                }
+                discard(session);
+                return (Vec::new(), Some(why));
+            }
+            let key = item.key();
+            if session.is_none() {
+                let key = if isolated { key.clone() } else { crate::job::shard_key(shard) };
+                let (s, call) = self
+                    .rt
+                    .block_on(self.runtime.start(&self.task, start(key, if isolated { 1 } else { items.len() })));
+                print_logs(shard, None, &call.logs);
+                if let Err(f) = call.result {
+                    s.discard();
+                    let error = format!("task {} start: {f}", self.task.name());
+                    return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), None)));
+                }
+                session = Some(s);
+            }
+            let Some(s) = session.as_mut() else { continue };
+            let input = match self.input.input(&item.object, &item.object, Some((item.start, item.len))) {
+                Ok(i) => i,
+                Err(e) => {
+                    // The item vanished or shrank since it was listed: that
+                    // item fails for good with its reason; the shard goes on without it.
+                    discard(session);
+                    return (Vec::new(), Some(Failure::Attempt(format!("input {key}: {e}"), false, Some(key))));
+                }
+            };
+            let call: Call = self.rt.block_on(s.item(input, if isolated { None } else { Some(&key) }));
+            print_logs(shard, Some(&key), &call.logs);
+            if let Err(f) = call.result {
+                discard(session);
+                self.last_failed = Some((shard, items.to_vec()));
+                let error = format!("item {key}: task {} {f}", self.task.name());
+                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), Some(key))));
+            }
+            if isolated {
+                match self.finish(shard, session.take()) {
+                    Ok(files) => staged.extend(files),
+                    Err(f) => return (Vec::new(), Some(f)),
+                }
+            }
+        }
+        // (A shard left with no items, all quarantined, commits with no outputs.)
+        match self.finish(shard, session.take()) {
+            Ok(files) => staged.extend(files),
+            Err(f) => return (Vec::new(), Some(f)),
+        }
+        (staged, None)
+    }
+
+    /// Ends an instance: its `finish`, and its outputs.
+    fn finish(&mut self, shard: u32, session: Option<Session>) -> Result<Vec<StagedFile>, Failure> {
+        let Some(session) = session else { return Ok(Vec::new()) };
+        let outcome = self.rt.block_on(session.finish());
+        print_logs(shard, None, &outcome.logs);
+        match outcome.result {
+            Ok(()) => Ok(outcome
+                .outputs
+                .into_iter()
+                .map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes })
+                .collect()),
+            Err(f) => Err(Failure::Attempt(format!("task {} finish: {f}", self.task.name()), f.is_retryable(), None)),
+        }
+    }
+
+    /// What stops a shard between two items: an operator's hold, or
+    /// credentials that cannot be renewed (the shard then goes back).
+    fn between_items(&mut self) -> Option<Failure> {
+        if self.hold.load(Ordering::Relaxed) > now() {
+            return Some(Failure::Release(HELD.into()));
+        }
+        if self.keeper.refresh_if_due() == CredentialAction::Drain {
+            return Some(Failure::Release("credentials could not be renewed".into()));
+        }
+        if let Err(e) = self.keeper.authorize("reading the input") {
+            return Some(Failure::Release(e));
+        }
+        None
+    }
+
     /// Waits while an operator holds this worker: no work, nothing deleted,
     /// the inputs of the shard it handed back and of its last failed attempt
     /// kept on disk. Returns why it must end (the hold expired, the deadline,
@@ -518,6 +618,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         node: node.to_owned(),
         policy,
     };
+    let params: Arc<str> = Arc::from(manifest.params.to_string());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -530,6 +631,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         keeper,
         runtime,
         task,
+        params,
         client,
         watchdog,
         hold: Arc::new(AtomicU64::new(0)),
@@ -576,7 +678,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
             Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
                 worker.watchdog.last_master_contact = now();
                 log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len()));
-                worker.process(shard, token, items, staging, expires_at);
+                worker.process(shard, token, attempt, items, staging, expires_at);
                 worker.watchdog.last_work = now();
                 worker.watchdog.last_master_contact = now();
             }

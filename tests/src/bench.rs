@@ -565,6 +565,8 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         workers: workers as u32,
         limits: Default::default(),
         max_attempts: 3,
+        max_failed_items: 0,
+        isolation: Default::default(),
         lease_ms: 600_000,
         idle_timeout_ms: 600_000,
         master_lost_timeout_ms: 600_000,

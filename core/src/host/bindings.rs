@@ -1,4 +1,4 @@
-//! Host-side bindings for the `mayfly:task@0.1.0` world (sdk/wit/task.wit).
+//! Host-side bindings for the `mayfly:task@0.2.0` world (sdk/wit/task.wit).
 
 wasmtime::component::bindgen!({
     path: "../sdk/wit",
@@ -14,4 +14,4 @@ wasmtime::component::bindgen!({
 /// The interface version this host implements; components must import exactly it.
 pub const WIT_PACKAGE: &str = "mayfly:task";
 /// See [`WIT_PACKAGE`].
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";

@@ -242,24 +242,33 @@ pub struct OutputHandle {
 /// One output of a successful attempt, staged and ready to be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedOutput {
+    /// Whose output it is: the item's key for an output opened while an item
+    /// was processed, the shard's for one opened in `start` or `finish`
+    /// (empty for a flat attempt, as `exec` runs).
+    pub key: String,
     /// The name the task gave it (a relative path).
     pub name: String,
-    /// Where it is staged.
+    /// Where it is staged (`<staging>/<key>/<name>`).
     pub path: PathBuf,
     /// Its length.
     pub bytes: u64,
 }
 
 struct OpenOutput {
+    key: Arc<str>,
     name: String,
     path: PathBuf,
     writer: Option<BufWriter<File>>,
     bytes: u64,
 }
 
-/// The outputs of one attempt, written under its own staging directory.
+/// The outputs of one attempt, written under its own staging directory: each
+/// in the folder of whoever opened it (`<staging>/<key>/<name>`), the current
+/// key being the item's while an item is processed and the shard's otherwise.
 pub(crate) struct OutputSet {
     staging: PathBuf,
+    /// The key outputs opened now belong to.
+    key: Arc<str>,
     files: Vec<OpenOutput>,
     pub(crate) total: u64,
     pub(crate) limit: u64,
@@ -290,7 +299,14 @@ pub fn check_output_name(name: &str) -> Option<String> {
 
 impl OutputSet {
     pub(crate) fn new(staging: PathBuf, limit: u64) -> Self {
-        OutputSet { staging, files: Vec::new(), total: 0, limit }
+        OutputSet { staging, key: Arc::from(""), files: Vec::new(), total: 0, limit }
+    }
+
+    /// Outputs opened from now on belong to `key` (`""`: the staging root).
+    pub(crate) fn set_key(&mut self, key: &str) {
+        if *self.key != *key {
+            self.key = Arc::from(key);
+        }
     }
 
     /// Opens a new output, or says why it cannot be.
@@ -298,10 +314,10 @@ impl OutputSet {
         if let Some(reason) = check_output_name(name) {
             return Err(OpenError::Invalid(reason));
         }
-        if self.files.iter().any(|f| f.name == name) {
+        if self.files.iter().any(|f| f.name == name && f.key == self.key) {
             return Err(OpenError::Invalid(format!("output {name:?} is already open")));
         }
-        let path = self.staging.join(name);
+        let path = if self.key.is_empty() { self.staging.join(name) } else { self.staging.join(&*self.key).join(name) };
         let file = (|| {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -310,6 +326,7 @@ impl OutputSet {
         })()
         .map_err(|e| OpenError::Storage(format!("creating output {name:?}: {e}")))?;
         self.files.push(OpenOutput {
+            key: self.key.clone(),
             name: name.to_owned(),
             path,
             writer: Some(BufWriter::with_capacity(256 * 1024, file)),
@@ -353,7 +370,12 @@ impl OutputSet {
             if let Some(mut w) = f.writer.take() {
                 w.flush()?;
             }
-            staged.push(StagedOutput { name: f.name.clone(), path: f.path.clone(), bytes: f.bytes });
+            staged.push(StagedOutput {
+                key: f.key.to_string(),
+                name: f.name.clone(),
+                path: f.path.clone(),
+                bytes: f.bytes,
+            });
         }
         Ok(staged)
     }

@@ -147,6 +147,14 @@ impl LogBuffer {
         ok
     }
 
+    /// The lines of the call that just ended (unterminated stdout and stderr
+    /// text included); the log limit counts afresh for the next call.
+    pub(crate) fn take_call(&mut self) -> Vec<LogLine> {
+        self.flush_partial();
+        self.bytes = 0;
+        std::mem::take(&mut self.lines)
+    }
+
     /// Emits unterminated stdout/stderr text at the end of the attempt.
     pub(crate) fn flush_partial(&mut self) {
         for (slot, source) in [(0, LogSource::Stdout), (1, LogSource::Stderr)] {

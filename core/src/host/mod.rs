@@ -1,16 +1,21 @@
 //! The task host: runs mayfly tasks, WebAssembly components of the
-//! `mayfly:task@0.1.0` world, in a sandbox with per-attempt limits.
+//! `mayfly:task@0.2.0` world, in a sandbox with per-attempt limits.
 //!
 //! - [`Runtime`] owns the wasmtime engine (Cranelift, pooling allocator, epoch
 //!   interruption), the linker with WASI and the mayfly imports, the epoch
 //!   ticker thread and the on-disk compile cache. Make one per process.
 //! - [`Runtime::load`] reads, checks and compiles a component once (or loads it
 //!   from the cache) and pre-links it into a [`Task`].
-//! - [`Runtime::run`] runs one [`Attempt`]: a fresh instance from the pre-linked
-//!   task, the input item, the parameters, the [`Limits`], and a staging
-//!   directory for its outputs. It returns an [`Outcome`]: the staged outputs on
-//!   success (nothing on failure: the staging directory is removed), the log
-//!   lines, and a classified [`Failure`].
+//! - [`Runtime::start`] begins a [`Session`]: one instance from the pre-linked
+//!   task for one shard attempt, its parameters, [`Limits`] and staging
+//!   directory. [`Session::item`] streams each item of the shard through that
+//!   instance (a call into a live instance costs microseconds; a new instance
+//!   far more), and [`Session::finish`] ends it, returning the staged outputs
+//!   (nothing on failure: the staging directory is removed), the log lines,
+//!   and a classified [`Failure`]. Every call is classified on its own, so a
+//!   failing item is named as such.
+//! - [`Runtime::run`] is one item in one session (what `exec` and the reduce
+//!   run): an [`Attempt`] in, an [`Outcome`] out.
 //!
 //! The sandbox gives no ambient authority: no preopened directories, no
 //! environment variables, no arguments, no sockets or name lookups. WASI is
@@ -113,7 +118,7 @@ impl Task {
     }
 }
 
-/// One attempt at one item.
+/// One attempt at one item in an instance of its own (see [`Runtime::run`]).
 #[derive(Clone)]
 pub struct Attempt {
     /// The item.
@@ -153,6 +158,81 @@ pub struct Outcome {
     pub progress: Option<(u64, u64)>,
     /// Wall time of the attempt.
     pub elapsed: Duration,
+}
+
+/// Which shard an instance serves (what the task's `start` is told).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The job's id.
+    pub job: String,
+    /// The shard's number.
+    pub shard: u32,
+    /// Which attempt at it (1 for the first).
+    pub attempt: u32,
+    /// How many items the instance will be given.
+    pub items: u32,
+}
+
+/// How to begin a [`Session`].
+#[derive(Debug, Clone)]
+pub struct ShardStart {
+    /// The shard.
+    pub info: ShardInfo,
+    /// The task's parameters, a JSON object.
+    pub params: Arc<str>,
+    /// The limits: memory for the instance's life, output bytes for the
+    /// whole attempt, wall time and log bytes for each call.
+    pub limits: Limits,
+    /// A directory for the attempt's outputs; created if missing, removed
+    /// when the attempt fails or is discarded.
+    pub staging: PathBuf,
+    /// Where the shard's own outputs (opened in `start` or `finish`) go under
+    /// `staging`; `""` puts them at its root.
+    pub shard_key: String,
+}
+
+/// What one call into the instance (`start` or one `item`) did.
+#[derive(Debug)]
+pub struct Call {
+    /// Success, or why not.
+    pub result: Result<(), Failure>,
+    /// What the task logged during the call, in order.
+    pub logs: Vec<LogLine>,
+    /// Input bytes the task read.
+    pub input_read: u64,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+/// One instance serving one shard attempt: begun by [`Runtime::start`], fed
+/// with [`Session::item`], ended by [`Session::finish`] (outputs kept) or
+/// [`Session::discard`] (nothing kept). After a failed call the instance is
+/// not entered again (a trap leaves it unusable, and a task error may have
+/// left its state half-updated): every later call returns that failure.
+pub struct Session {
+    store: Store<State>,
+    instance: Option<bindings::Task>,
+    limits: Limits,
+    staging: PathBuf,
+    shard_key: String,
+    log: log::SharedLog,
+    started: Instant,
+    failed: Option<Failure>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("staging", &self.staging).field("failed", &self.failed).finish()
+    }
+}
+
+/// How a call into an instance ended: past its wall time, trapped, or with the task's answer.
+type CallResult =
+    Result<wasmtime::Result<Result<(), bindings::mayfly::task::types::TaskError>>, tokio::time::error::Elapsed>;
+
+/// An input with nothing in it, for the time between items.
+fn no_input() -> Arc<dyn InputSource> {
+    Arc::new(BytesInput::new("", Vec::new()))
 }
 
 impl Runtime {
@@ -227,25 +307,13 @@ impl Runtime {
         Ok(Task { name: task, sha256, pre, from_cache, load_time: started.elapsed() })
     }
 
-    /// Runs one attempt of `task`. Never panics on anything the task does.
-    pub async fn run(&self, task: &Task, attempt: Attempt) -> Outcome {
+    /// Begins a shard attempt: a fresh instance of `task`, and its `start`.
+    /// The session is returned even when `start` failed (its later calls
+    /// then fail the same way). Never panics on anything the task does.
+    pub async fn start(&self, task: &Task, shard: ShardStart) -> (Session, Call) {
         let started = Instant::now();
-        let limits = attempt.limits;
+        let limits = shard.limits;
         let log = log::LogBuffer::new(started, limits.log.0);
-        let failed = |failure: Failure, log: &log::SharedLog| Outcome {
-            result: Err(failure),
-            outputs: Vec::new(),
-            logs: log.lock().map(|l| l.lines.clone()).unwrap_or_default(),
-            input_read: 0,
-            peak_memory: 0,
-            progress: None,
-            elapsed: started.elapsed(),
-        };
-        if let Err(e) = std::fs::create_dir_all(&attempt.staging) {
-            let message = format!("creating staging directory {}: {e}", attempt.staging.display());
-            return failed(Failure::Host { message }, &log);
-        }
-
         // No preopens, no environment, no arguments, no network: the builder's
         // defaults deny them all; only stdout and stderr are wired, to the log.
         let wasi = WasiCtxBuilder::new()
@@ -255,14 +323,16 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut outputs = OutputSet::new(shard.staging.clone(), limits.output.0);
+        outputs.set_key(&shard.shard_key);
         let state = State {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
             limiter: limits::MemoryLimiter::new(limits.memory.0),
-            input: attempt.input.clone(),
+            input: no_input(),
             input_read: 0,
-            params: attempt.params.clone(),
-            outputs: Some(OutputSet::new(attempt.staging.clone(), limits.output.0)),
+            params: shard.params.clone(),
+            outputs: Some(outputs),
             log: log.clone(),
             panic: None,
             stopped_by: None,
@@ -270,57 +340,200 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits.attempt_time.0.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
-
-        let call = async {
-            let instance = task.pre.instantiate_async(&mut store).await?;
-            let input = store.data_mut().table.push(InputHandle { cursor: 0 })?;
-            instance.call_run(&mut store, input).await
+        let mut session = Session {
+            store,
+            instance: None,
+            limits,
+            staging: shard.staging,
+            shard_key: shard.shard_key,
+            log,
+            started,
+            failed: None,
         };
-        let wall = limits.attempt_time.0 + HOST_CALL_GRACE;
-        let result = tokio::time::timeout(wall, call).await;
+        if let Err(e) = std::fs::create_dir_all(&session.staging) {
+            let message = format!("creating staging directory {}: {e}", session.staging.display());
+            let call = session.fail(Failure::Host { message }, started);
+            return (session, call);
+        }
+        let info = bindings::mayfly::task::types::ShardInfo {
+            job: shard.info.job,
+            shard: shard.info.shard,
+            attempt: shard.info.attempt,
+            items: shard.info.items,
+        };
+        let wall = session.arm();
+        let (store, slot) = (&mut session.store, &mut session.instance);
+        let result = tokio::time::timeout(wall, async move {
+            let instance = task.pre.instantiate_async(&mut *store).await?;
+            let result = instance.call_start(&mut *store, &info).await;
+            *slot = Some(instance);
+            result
+        })
+        .await;
+        let call = session.classify(result, started);
+        (session, call)
+    }
 
-        let state = store.data_mut();
+    /// Runs one item in an instance of its own (`start`, `item`, `finish`),
+    /// with every output at the staging root. Never panics on anything the
+    /// task does.
+    pub async fn run(&self, task: &Task, attempt: Attempt) -> Outcome {
+        let shard = ShardStart {
+            info: ShardInfo { job: String::new(), shard: 0, attempt: 1, items: 1 },
+            params: attempt.params,
+            limits: attempt.limits,
+            staging: attempt.staging,
+            shard_key: String::new(),
+        };
+        let (mut session, start) = self.start(task, shard).await;
+        let mut logs = start.logs;
+        let mut input_read = 0;
+        if start.result.is_ok() {
+            let item = session.item(attempt.input, None).await;
+            logs.extend(item.logs);
+            input_read = item.input_read;
+        }
+        let mut outcome = session.finish().await;
+        logs.append(&mut outcome.logs);
+        outcome.logs = logs;
+        outcome.input_read = input_read;
+        outcome
+    }
+}
+
+impl Session {
+    /// Processes one item. Its outputs go under `key` (`None`: with the
+    /// shard's). After a failure, the session is spent.
+    pub async fn item(&mut self, input: Arc<dyn InputSource>, key: Option<&str>) -> Call {
+        let started = Instant::now();
+        if let Some(f) = &self.failed {
+            return Call { result: Err(f.clone()), logs: Vec::new(), input_read: 0, elapsed: Duration::ZERO };
+        }
+        let state = self.store.data_mut();
+        state.input = input;
+        state.input_read = 0;
+        if let Some(outputs) = state.outputs.as_mut() {
+            outputs.set_key(key.unwrap_or(&self.shard_key));
+        }
+        let wall = self.arm();
+        let (store, slot) = (&mut self.store, &self.instance);
+        let result = tokio::time::timeout(wall, async move {
+            let Some(instance) = slot.as_ref() else { wasmtime::bail!("the instance is gone") };
+            let handle = store.data_mut().table.push(InputHandle { cursor: 0 })?;
+            let rep = handle.rep();
+            let result = instance.call_item(&mut *store, handle).await;
+            // The host owns the item; the task only borrowed it.
+            let _ = store.data_mut().table.delete(wasmtime::component::Resource::<InputHandle>::new_own(rep));
+            result
+        })
+        .await;
+        let mut call = self.classify(result, started);
+        let state = self.store.data_mut();
+        call.input_read = state.input_read;
+        state.input = no_input();
+        if let Some(outputs) = state.outputs.as_mut() {
+            outputs.set_key(&self.shard_key);
+        }
+        call.elapsed = started.elapsed();
+        call
+    }
+
+    /// Ends the attempt: the task's `finish`, then the outputs are flushed
+    /// and listed. On any failure (now or earlier) nothing is kept.
+    pub async fn finish(mut self) -> Outcome {
+        let mut logs = Vec::new();
+        if self.failed.is_none() {
+            let started = Instant::now();
+            let wall = self.arm();
+            let (store, slot) = (&mut self.store, &self.instance);
+            let result = tokio::time::timeout(wall, async move {
+                let Some(instance) = slot.as_ref() else { wasmtime::bail!("the instance is gone") };
+                instance.call_finish(&mut *store).await
+            })
+            .await;
+            let call = self.classify(result, started);
+            logs = call.logs;
+        }
+        let state = self.store.data_mut();
+        let outputs = state.outputs.take();
+        let (result, staged) = match (self.failed.take(), outputs) {
+            (None, Some(outputs)) => match outputs.finish() {
+                Ok(staged) => (Ok(()), staged),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&self.staging);
+                    (Err(Failure::Host { message: format!("finishing outputs: {e}") }), Vec::new())
+                }
+            },
+            (None, None) => (Ok(()), Vec::new()),
+            (Some(f), outputs) => {
+                if let Some(o) = outputs {
+                    o.discard();
+                }
+                let _ = std::fs::remove_dir_all(&self.staging);
+                (Err(f), Vec::new())
+            }
+        };
+        Outcome {
+            result,
+            outputs: staged,
+            logs,
+            input_read: 0,
+            peak_memory: state.limiter.peak as u64,
+            progress: state.progress,
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// Ends the attempt keeping nothing (the shard goes back, or its lease was lost).
+    pub fn discard(mut self) {
+        if let Some(o) = self.store.data_mut().outputs.take() {
+            o.discard();
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+
+    /// Whether a call failed (the session then only repeats that failure).
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failed.as_ref()
+    }
+
+    /// Peak linear memory of the instance so far.
+    pub fn peak_memory(&self) -> u64 {
+        self.store.data().limiter.peak as u64
+    }
+
+    fn fail(&mut self, failure: Failure, started: Instant) -> Call {
+        self.failed = Some(failure.clone());
+        let logs = self.log.lock().map(|mut l| l.take_call()).unwrap_or_default();
+        Call { result: Err(failure), logs, input_read: 0, elapsed: started.elapsed() }
+    }
+
+    /// Arms the per-call wall-time limit: epoch interruption at the limit,
+    /// and (returned) the limit plus a grace for a call blocked in the host,
+    /// where epochs cannot reach it.
+    fn arm(&mut self) -> Duration {
+        let ticks = self.limits.attempt_time.0.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        self.store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.limits.attempt_time.0 + HOST_CALL_GRACE
+    }
+
+    /// Classifies how one call into the instance ended, on its own.
+    fn classify(&mut self, result: CallResult, started: Instant) -> Call {
+        let limits = self.limits;
         let classified = match result {
             Err(_elapsed) => Err(Failure::Timeout { limit: limits.attempt_time }),
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(Failure::TaskError { message: e.message, retryable: e.retryable }),
-            Ok(Err(trap)) => Err(classify_trap(&trap, state, &limits)),
+            Ok(Err(trap)) => Err(classify_trap(&trap, self.store.data(), &limits)),
         };
-        if let Ok(mut l) = log.lock() {
-            l.flush_partial();
-        }
-        let outputs = state.outputs.take();
-        let (result, staged) = match (classified, outputs) {
-            (Ok(()), Some(outputs)) => match outputs.finish() {
-                Ok(staged) => (Ok(()), staged),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&attempt.staging);
-                    (Err(Failure::Host { message: format!("finishing outputs: {e}") }), Vec::new())
-                }
-            },
-            (Ok(()), None) => (Ok(()), Vec::new()),
-            (Err(f), outputs) => {
-                if let Some(o) = outputs {
-                    o.discard();
-                }
-                let _ = std::fs::remove_dir_all(&attempt.staging);
-                (Err(f), Vec::new())
+        match classified {
+            Ok(()) => {
+                let logs = self.log.lock().map(|mut l| l.take_call()).unwrap_or_default();
+                Call { result: Ok(()), logs, input_read: 0, elapsed: started.elapsed() }
             }
-        };
-        let outcome = Outcome {
-            result,
-            outputs: staged,
-            logs: log.lock().map(|l| l.lines.clone()).unwrap_or_default(),
-            input_read: state.input_read,
-            peak_memory: state.limiter.peak as u64,
-            progress: state.progress,
-            elapsed: started.elapsed(),
-        };
-        drop(store);
-        outcome
+            Err(f) => self.fail(f, started),
+        }
     }
 }
 
@@ -404,7 +617,12 @@ fn check_world(task: &str, engine: &Engine, component: &Component) -> Result<(),
         .exports(engine)
         .map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_))))
         .collect();
-    if !exports.iter().any(|(name, is_func)| name == "run" && *is_func) {
+    let missing: Vec<String> = ["start", "item", "finish"]
+        .into_iter()
+        .filter(|want| !exports.iter().any(|(name, is_func)| name == want && *is_func))
+        .map(|n| format!("`{n}`"))
+        .collect();
+    if !missing.is_empty() {
         let list = if exports.is_empty() {
             "nothing".to_owned()
         } else {
@@ -413,7 +631,8 @@ fn check_world(task: &str, engine: &Engine, component: &Component) -> Result<(),
         return Err(LoadError::NotATask {
             task: task.to_owned(),
             reason: format!(
-                "it does not export the `run` function of `mayfly:task/task@{}` (it exports {list})",
+                "it does not export {} of `mayfly:task/task@{}` (it exports {list})",
+                missing.join(", "),
                 bindings::WIT_VERSION
             ),
         });

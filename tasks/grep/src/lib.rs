@@ -3,14 +3,16 @@
 //! Parameters: `pattern` (required, Rust `regex` syntax) and `ignore_case`
 //! (default false). The output `matches.txt` has one `file:line_number:line`
 //! line per match, where `file` is the input's name and line numbers start at 1.
-//! Lines are matched as bytes, so input need not be UTF-8.
+//! Lines are matched as bytes, so input need not be UTF-8. There is one
+//! `matches.txt` per shard, with the matches of its items in the shard's order
+//! (the pattern is compiled once per shard).
 //!
 //! Line numbers count from the start of the item: run grep with splitting off
 //! (the default for jobs that do not ask for it) to get the object's line numbers.
 
 use std::io::{self, BufRead, Write};
 
-use mayfly_sdk::{Error, Input, Outputs, Result, info, task};
+use mayfly_sdk::{Error, Input, Output, Outputs, Result, Shard, Task, info, task};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -59,15 +61,33 @@ pub fn grep(re: &Regex, name: &str, mut reader: impl BufRead, out: &mut impl Wri
     }
 }
 
+/// The task's state for one shard: the pattern, and the shard's output.
+#[derive(Debug)]
+pub struct Grep {
+    re: Regex,
+    out: Output,
+    hits: u64,
+}
+
 #[task]
-fn run(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result<()> {
-    let re = compile(&params)?;
-    let name = input.name().to_owned();
-    let mut out = outputs.create(OUTPUT)?;
-    let hits = grep(&re, &name, input, &mut out)?;
-    out.finish()?;
-    info!(matches = hits; "searched {name}");
-    Ok(())
+impl Task for Grep {
+    type Params = Params;
+
+    fn start(_shard: &Shard, params: Params, outputs: &mut Outputs) -> Result<Self> {
+        Ok(Grep { re: compile(&params)?, out: outputs.create(OUTPUT)?, hits: 0 })
+    }
+
+    fn item(&mut self, input: &mut Input, _outputs: &mut Outputs) -> Result<()> {
+        let name = input.name().to_owned();
+        self.hits += grep(&self.re, &name, input, &mut self.out)?;
+        Ok(())
+    }
+
+    fn finish(self, _outputs: &mut Outputs) -> Result<()> {
+        self.out.finish()?;
+        info!(matches = self.hits; "searched the shard");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

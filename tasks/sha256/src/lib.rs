@@ -1,12 +1,13 @@
 //! `sha256`: the SHA-256 digest of each input.
 //!
-//! The output `sha256.tsv` has one line, `digest<TAB>name`, with the digest in
-//! lowercase hex. Run it with splitting off: the digest of a byte range is not
-//! the digest of its object.
+//! The output `sha256.tsv` has one line per item, `digest<TAB>name`, with the
+//! digest in lowercase hex; there is one per shard, its lines in the shard's
+//! order. Run it with splitting off: the digest of a byte range is not the
+//! digest of its object.
 
 use std::io::{self, Read, Write};
 
-use mayfly_sdk::{Input, Outputs, Result, info, task};
+use mayfly_sdk::{Input, Output, Outputs, Result, Shard, Task, info, task};
 use sha2::{Digest, Sha256};
 
 /// The name of the output file.
@@ -31,15 +32,31 @@ pub fn digest(mut reader: impl Read) -> io::Result<String> {
     Ok(hex)
 }
 
+/// The task's state for one shard: the shard's output.
+#[derive(Debug)]
+pub struct Sha256Task {
+    out: Output,
+}
+
 #[task]
-fn run(input: &mut Input, _params: serde::de::IgnoredAny, outputs: &mut Outputs) -> Result<()> {
-    let name = input.name().to_owned();
-    let hex = digest(input)?;
-    let mut out = outputs.create(OUTPUT)?;
-    writeln!(out, "{hex}\t{name}")?;
-    out.finish()?;
-    info!("{hex}  {name}");
-    Ok(())
+impl Task for Sha256Task {
+    type Params = serde::de::IgnoredAny;
+
+    fn start(_shard: &Shard, _params: Self::Params, outputs: &mut Outputs) -> Result<Self> {
+        Ok(Sha256Task { out: outputs.create(OUTPUT)? })
+    }
+
+    fn item(&mut self, input: &mut Input, _outputs: &mut Outputs) -> Result<()> {
+        let name = input.name().to_owned();
+        let hex = digest(input)?;
+        writeln!(self.out, "{hex}\t{name}")?;
+        info!("{hex}  {name}");
+        Ok(())
+    }
+
+    fn finish(self, _outputs: &mut Outputs) -> Result<()> {
+        Ok(self.out.finish()?)
+    }
 }
 
 #[cfg(test)]

@@ -9,12 +9,17 @@
 //! `mode = "reduce"` reads an input made of `counts.tsv` files (concatenated)
 //! and writes their sum in the same format.
 //!
+//! It combines per shard: one table counts the words of every item of the
+//! shard, and `finish` writes it as the shard's one `counts.tsv` (the reduce
+//! then merges one table per shard, not one per file).
+//!
 //! Input that is not valid UTF-8 fails the item (not retryable), naming the
-//! byte offset of the first bad byte in the object.
+//! byte offset of the first bad byte in the object: the item is quarantined
+//! and the shard counts again without it.
 
 use std::io::{self, BufRead, Read, Write};
 
-use mayfly_sdk::{Error, Input, Outputs, Result, info, task};
+use mayfly_sdk::{Error, Input, Outputs, Result, Shard, Task, info, task};
 use serde::Deserialize;
 
 /// The task's parameters.
@@ -40,20 +45,43 @@ pub enum Mode {
 /// The name of the output file.
 pub const OUTPUT: &str = "counts.tsv";
 
+/// The task's state for one shard: the words of its items so far.
+#[derive(Debug)]
+pub struct WordCount {
+    mode: Mode,
+    counts: Counts,
+    items: u32,
+    bytes: u64,
+}
+
 #[task]
-fn wordcount(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result<()> {
-    let base = input.offset_in_object();
-    let (name, size) = (input.name().to_owned(), input.size());
-    let counts = match params.mode {
-        Mode::Map => count_words(&mut *input, base),
-        Mode::Reduce => merge_counts(&mut *input),
+impl Task for WordCount {
+    type Params = Params;
+
+    fn start(_shard: &Shard, params: Params, _outputs: &mut Outputs) -> Result<Self> {
+        Ok(WordCount { mode: params.mode, counts: Counts::default(), items: 0, bytes: 0 })
     }
-    .map_err(|e| e.into_task_error(&name))?;
-    let mut out = outputs.create(OUTPUT)?;
-    let distinct = write_counts(&counts, &mut out)?;
-    out.finish()?;
-    info!(distinct = distinct, bytes = size; "{:?} of {name} done", params.mode);
-    Ok(())
+
+    fn item(&mut self, input: &mut Input, _outputs: &mut Outputs) -> Result<()> {
+        let base = input.offset_in_object();
+        let name = input.name().to_owned();
+        match self.mode {
+            Mode::Map => count_words_into(&mut self.counts, &mut *input, base),
+            Mode::Reduce => merge_counts_into(&mut self.counts, &mut *input),
+        }
+        .map_err(|e| e.into_task_error(&name))?;
+        self.items += 1;
+        self.bytes += input.size();
+        Ok(())
+    }
+
+    fn finish(self, outputs: &mut Outputs) -> Result<()> {
+        let mut out = outputs.create(OUTPUT)?;
+        let distinct = write_counts(&self.counts, &mut out)?;
+        out.finish()?;
+        info!(distinct = distinct, items = self.items, bytes = self.bytes; "{:?} done", self.mode);
+        Ok(())
+    }
 }
 
 /// Word → count, in an open-addressing table built for this job.
@@ -381,11 +409,17 @@ fn bump(counts: &mut Counts, word: &[u8]) {
 }
 
 /// Sums `word<TAB>count` lines (the concatenation of `counts.tsv` files).
-pub fn merge_counts(mut reader: impl BufRead) -> Result<Counts, CountError> {
+pub fn merge_counts(reader: impl BufRead) -> Result<Counts, CountError> {
+    let mut counts = Counts::default();
+    merge_counts_into(&mut counts, reader)?;
+    Ok(counts)
+}
+
+/// [`merge_counts`], adding to `counts`.
+pub fn merge_counts_into(counts: &mut Counts, mut reader: impl BufRead) -> Result<(), CountError> {
     // Lines are taken from the reader's own buffer, not copied one by one (a
     // reduce reads hundreds of MB of tables); only a line cut by the buffer's
     // end is put together in `carry`.
-    let mut counts = Counts::default();
     let mut carry: Vec<u8> = Vec::new();
     let mut number = 0u64;
     loop {
@@ -399,10 +433,10 @@ pub fn merge_counts(mut reader: impl BufRead) -> Result<Counts, CountError> {
             let end = start + pos;
             number += 1;
             if carry.is_empty() {
-                merge_line(&mut counts, &buf[start..end], number)?;
+                merge_line(counts, &buf[start..end], number)?;
             } else {
                 carry.extend_from_slice(&buf[start..end]);
-                merge_line(&mut counts, &carry, number)?;
+                merge_line(counts, &carry, number)?;
                 carry.clear();
             }
             start = end + 1;
@@ -411,9 +445,9 @@ pub fn merge_counts(mut reader: impl BufRead) -> Result<Counts, CountError> {
         reader.consume(len);
     }
     if !carry.is_empty() {
-        merge_line(&mut counts, &carry, number + 1)?;
+        merge_line(counts, &carry, number + 1)?;
     }
-    Ok(counts)
+    Ok(())
 }
 
 /// Adds one `word<TAB>count` line (line `number`) to `counts`; an empty line is skipped.

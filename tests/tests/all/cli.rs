@@ -44,7 +44,7 @@ fn exec_of_a_task_directory_builds_runs_and_prints_outputs_and_logs() {
     assert!(stdout.contains("input    words.txt (9 bytes)"), "{stdout}");
     assert!(stdout.contains("result   ok in"), "{stdout}");
     assert!(stdout.contains(&format!("{}  (12 bytes)", out_dir.join("counts.tsv").display())), "{stdout}");
-    assert!(stdout.contains("INFO Map of words.txt done distinct=3 bytes=9"), "{stdout}");
+    assert!(stdout.contains("INFO Map done distinct=3 items=1 bytes=9"), "{stdout}");
     assert_eq!(std::fs::read_to_string(out_dir.join("counts.tsv")).unwrap(), "b\t3\na\t1\nc\t1\n");
     // Nothing but the output is left in the output directory.
     let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -42,6 +42,16 @@ fn wordcount_map_reduce_is_exactly_once_with_1_and_4_workers() {
         let out = job.run();
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("shards committed, 0 failed"), "{}", text(&out));
+        // wordcount combines per shard: one table per shard, none per file.
+        let tables = job.map_outputs();
+        let shards =
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(job.state().join("manifest.json")).unwrap())
+                .unwrap()["plan"]["shards"]
+                .as_array()
+                .unwrap()
+                .len();
+        assert_eq!(tables.len(), shards, "{tables:?}");
+        assert!(tables.iter().all(|t| t.starts_with("_shards/") && t.ends_with("/counts.tsv")), "{tables:?}");
         let reduced = std::fs::read(job.out().join("reduce/counts.tsv")).unwrap();
         assert_eq!(
             reduced,
@@ -54,7 +64,9 @@ fn wordcount_map_reduce_is_exactly_once_with_1_and_4_workers() {
 
 /// The reduce reads more map outputs than the nodes may hold open files: it
 /// opens each as it reads it (it opened all at once, and failed with "Too many
-/// open files" over 50,000 outputs in the comparison benchmark).
+/// open files" over 50,000 outputs in the comparison benchmark). With
+/// `isolation = "item"` wordcount writes one table per item, as it did
+/// before it combined per shard.
 #[test]
 fn a_reduce_over_more_map_outputs_than_open_files_allowed_succeeds() {
     let files: Vec<(String, Vec<u8>)> = (0..600)
@@ -63,7 +75,7 @@ fn a_reduce_over_more_map_outputs_than_open_files_allowed_succeeds() {
     let job = TestJob::new("wc-many-outputs", &files);
     job.write_job(
         "tasks/wordcount",
-        "{ mode = \"map\" }",
+        "{ mode = \"map\" }\nisolation = \"item\"",
         &format!(
             "[reduce]\npath = {:?}\nparams = {{ mode = \"reduce\" }}\n\n[cluster]\nworkers = 2\n\n[sharding]\nshards_per_worker = 2\n",
             mayfly_tests::component("tasks/wordcount").to_string_lossy()

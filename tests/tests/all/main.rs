@@ -11,4 +11,5 @@ mod load;
 mod operate;
 mod plugins;
 mod sandbox;
+mod shards;
 mod tasks;

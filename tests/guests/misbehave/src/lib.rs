@@ -24,7 +24,7 @@ struct Params {
 }
 
 #[task]
-fn misbehave(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result<()> {
+fn misbehave(input: &mut Input, params: &Params, outputs: &mut Outputs) -> Result<()> {
     match params.mode.as_str() {
         "loop" => {
             let mut x: u64 = 0;

@@ -1,4 +1,5 @@
-//! Built against `mayfly:task@0.2.0`: the host must refuse it with a version error.
+//! Built against `mayfly:task@0.1.0`, the world before the shard lifecycle
+//! (one `run` per item): the host must refuse it, naming both versions.
 #![allow(unsafe_code, missing_docs)]
 
 wit_bindgen::generate!({ path: "wit", world: "task" });
@@ -6,8 +7,8 @@ wit_bindgen::generate!({ path: "wit", world: "task" });
 struct Task;
 
 impl Guest for Task {
-    fn run() -> Result<(), String> {
-        mayfly::task::host::log("hello from the future");
+    fn run(_input: &mayfly::task::types::Input) -> Result<(), mayfly::task::types::TaskError> {
+        mayfly::task::host::log(mayfly::task::types::Level::Info, "hello from the past", &[]);
         Ok(())
     }
 }

@@ -1,0 +1,189 @@
+//! Shards, not items: one instance per shard attempt with state across its
+//! items, per-shard and per-item outputs, a retry that starts clean, and bad
+//! items quarantined without sinking their shard.
+
+use std::collections::BTreeMap;
+
+use mayfly_tests::cluster::{TestJob, text};
+
+const STATEFUL: &str = "tests/guests/stateful";
+
+/// `n` small files, `poisoned` of them with "poison" in their name.
+fn files(n: usize, poisoned: &[usize]) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let name = if poisoned.contains(&i) { format!("poison-{i:04}.txt") } else { format!("f{i:04}.txt") };
+            (name, format!("item {i}\n").into_bytes())
+        })
+        .collect()
+}
+
+/// `[cluster]` with `workers` and `shards` shards in all.
+fn cluster(workers: u32, shards: u32, extra: &str) -> String {
+    format!(
+        "[cluster]\nworkers = {workers}\ndeadline = \"3m\"\nlease_time = \"5s\"\n\n\
+         [sharding]\nshards_per_worker = {}\nsplit_text = false\n\n{extra}\n",
+        shards / workers
+    )
+}
+
+fn manifest(job: &TestJob) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(job.out().join("_manifest.json")).unwrap()).unwrap()
+}
+
+/// What each committed shard's `seen.txt` lists: the items its one instance
+/// was given, by shard key.
+fn seen(job: &TestJob) -> BTreeMap<String, Vec<String>> {
+    job.map_outputs()
+        .into_iter()
+        .filter_map(|p| p.strip_suffix("/seen.txt").map(str::to_owned))
+        .map(|shard| {
+            let text = std::fs::read_to_string(job.out().join("map").join(&shard).join("seen.txt")).unwrap();
+            (shard, text.lines().map(str::to_owned).collect())
+        })
+        .collect()
+}
+
+/// Every good file has its copy once, the shards' own outputs sit under
+/// `_shards/`, and the instances that committed saw each good file once.
+fn assert_committed_once(job: &TestJob, files: &[(String, Vec<u8>)], bad: &[&str]) {
+    let good: Vec<&(String, Vec<u8>)> = files.iter().filter(|(n, _)| !bad.contains(&n.as_str())).collect();
+    let copies: Vec<String> = job.map_outputs().into_iter().filter(|p| p.ends_with("/copy.bin")).collect();
+    let expected: Vec<String> = good.iter().map(|(n, _)| format!("{n}/copy.bin")).collect();
+    assert_eq!(copies, expected, "one copy per good item, none for a bad one");
+    for (name, data) in &good {
+        assert_eq!(&std::fs::read(job.out().join("map").join(name).join("copy.bin")).unwrap(), data, "{name}");
+    }
+    let mut all_seen: Vec<String> = seen(job).into_values().flatten().collect();
+    all_seen.sort();
+    let mut names: Vec<String> = good.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(all_seen, names, "the committed instances saw every good item once and no bad one");
+    for shard in seen(job).keys() {
+        assert!(shard.starts_with("_shards/"), "a shard's own output is under _shards/: {shard}");
+    }
+    let listed = manifest(job)["outputs"].as_array().unwrap().len();
+    assert_eq!(listed, job.map_outputs().len(), "the manifest lists every output once");
+    assert!(!job.out().join("_mayfly/staging").exists(), "staging is cleaned up");
+}
+
+#[test]
+fn one_poisoned_item_among_thousands_is_quarantined_and_every_other_item_commits_once() {
+    let files = files(2000, &[1234]);
+    let job = TestJob::new("poisoned", &files);
+    job.write_job(STATEFUL, "{ fatal_on = \"poison\" }", &cluster(2, 2, ""));
+    let out = job.run();
+    let s = text(&out);
+    assert!(out.status.success(), "1% of 2000 items may be quarantined: {s}");
+    assert!(s.contains("shards committed, 0 failed") && s.contains("; 1 items quarantined"), "{s}");
+    assert!(
+        s.contains("quarantined item poison-1234.txt (shard ") && s.contains("poison-1234.txt is poisoned"),
+        "the summary names the item and its error: {s}"
+    );
+    assert_committed_once(&job, &files, &["poison-1234.txt"]);
+    let m = manifest(&job);
+    let q = m["quarantined_items"].as_array().unwrap();
+    assert_eq!(q.len(), 1, "{m}");
+    assert_eq!(q[0]["item"], "poison-1234.txt");
+    assert_eq!(q[0]["attempts"], 1, "a fatal error quarantines at once");
+    assert!(q[0]["error"].as_str().unwrap().contains("poison-1234.txt is poisoned"), "{m}");
+    assert_eq!(m["complete"], true, "{m}");
+
+    // `status` says so, and `replay` runs the item again, item by item.
+    let out = job.command(&["status", "poisoned", "--state", "state"]).output().unwrap();
+    assert!(text(&out).contains("1 items quarantined") && text(&out).contains("poison-1234.txt"), "{}", text(&out));
+    let shard = q[0]["shard"].as_u64().unwrap().to_string();
+    let out = job
+        .command(&["replay", "poisoned", &shard, "--state", "state", "--item", "poison-1234.txt", "--out", "replayed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("item poison-1234.txt: FAILED: failed: poison-1234.txt is poisoned"), "{}", text(&out));
+    job.assert_nothing_left(std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn past_max_failed_items_the_job_fails_naming_the_bound_and_still_commits_the_rest() {
+    let files = files(40, &[3, 30]);
+    let job = TestJob::new("too-many-bad", &files);
+    job.write_job(STATEFUL, "{ fatal_on = \"poison\" }", &cluster(2, 4, "[limits]\nmax_failed_items = 1\n"));
+    let out = job.run();
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    // Whichever poisoned item failed first is quarantined; the other fails its shard.
+    assert!(s.contains("shards committed, 1 failed") && s.contains("; 1 items quarantined"), "{s}");
+    assert!(
+        s.contains("not quarantined: 1 items already are, the job's max_failed_items"),
+        "the failed shard says why its item was not quarantined: {s}"
+    );
+    assert_eq!(manifest(&job)["complete"], false);
+}
+
+#[test]
+fn a_stateful_task_that_traps_mid_shard_is_retried_in_a_clean_instance() {
+    let files = files(30, &[]);
+    let job = TestJob::new("trap-mid-shard", &files);
+    // Traps on f0017.txt in the shard's first attempt only.
+    job.write_job(STATEFUL, "{ trap_on = \"f0017\" }", &cluster(1, 1, ""));
+    let out = job.run();
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("1 shards committed, 0 failed, 1 retries"), "{s}");
+    assert!(!s.contains("quarantined"), "a trap once is retried, not quarantined: {s}");
+    // The retry's instance saw every item once: nothing of the trapped
+    // attempt's state (it had seen f0000..f0017) and none of its outputs.
+    assert_committed_once(&job, &files, &[]);
+    assert_eq!(seen(&job).len(), 1);
+}
+
+#[test]
+fn an_item_that_traps_in_every_attempt_is_quarantined_after_two() {
+    let files = files(12, &[]);
+    let job = TestJob::new("trap-always", &files);
+    job.write_job(
+        STATEFUL,
+        "{ trap_on = \"f0005\", trap_always = true }",
+        &cluster(1, 1, "[limits]\nmax_failed_items = 1\n"),
+    );
+    let out = job.run();
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("quarantined item f0005.txt (shard 0, failed 2 times)"), "{s}");
+    assert_committed_once(&job, &files, &["f0005.txt"]);
+}
+
+#[test]
+fn a_panic_in_start_or_finish_fails_the_shard_not_its_items() {
+    for step in ["start", "finish"] {
+        let files = files(6, &[]);
+        let job = TestJob::new(&format!("panic-in-{step}"), &files);
+        job.write_job(
+            STATEFUL,
+            &format!("{{ panic_in = {step:?} }}"),
+            &cluster(1, 1, "[limits]\nmax_attempts = 2\nmax_failed_items = 10\n"),
+        );
+        let out = job.run();
+        let s = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{s}");
+        assert!(s.contains("0 shards committed, 1 failed"), "{s}");
+        assert!(s.contains(&format!("start: panicked: asked to panic in {step}")) || step != "start", "{s}");
+        assert!(s.contains(&format!("finish: panicked: asked to panic in {step}")) || step != "finish", "{s}");
+        assert!(!s.contains("quarantined"), "no item is blamed for the shard's own step: {s}");
+        assert!(job.map_outputs().is_empty(), "nothing of a failed shard is visible");
+    }
+}
+
+#[test]
+fn item_isolation_gives_each_item_a_fresh_instance() {
+    let files = files(8, &[]);
+    let job = TestJob::new("isolated", &files);
+    job.write_job(STATEFUL, "{}\nisolation = \"item\"", &cluster(1, 1, ""));
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    // Each instance saw its one item, and wrote its `seen.txt` with it.
+    for (name, _) in &files {
+        let seen = std::fs::read_to_string(job.out().join("map").join(name).join("seen.txt")).unwrap();
+        assert_eq!(seen, format!("{name}\n"), "{name}");
+    }
+    assert!(!job.out().join("map/_shards").exists(), "no output belongs to the shard");
+}

@@ -107,6 +107,7 @@ pub fn plan_objects(spec: &JobSpec, input: &Store, objects: &[Object]) -> std::i
         target_shard_bytes: spec.target_shard_bytes,
         shards_per_worker: spec.shards_per_worker,
         split_text: spec.split_text,
+        min_shard_bytes: spec.min_shard_bytes,
     };
     plan(objects, opts, &mut |name, offset, len| input.get_range(name, offset..offset + len as u64))
 }
@@ -415,6 +416,8 @@ pub fn bootstrap(
         max_attempts: spec.max_attempts,
         max_failed_items: spec.max_failed_items.bound(items),
         isolation: spec.isolation,
+        read_ahead: spec.read_ahead,
+        read_ahead_memory: spec.read_ahead_memory,
         lease_ms: ms(spec.lease_time),
         idle_timeout_ms: ms(spec.idle_timeout),
         master_lost_timeout_ms: ms(spec.master_lost_timeout),

@@ -76,6 +76,8 @@ struct RawTask {
 struct RawInput {
     url: Spanned<String>,
     glob: Option<Spanned<String>>,
+    read_ahead: Option<Spanned<i64>>,
+    read_ahead_memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +102,7 @@ struct RawSharding {
     target_shard_bytes: Option<ByteSize>,
     shards_per_worker: Option<Spanned<i64>>,
     split_text: Option<bool>,
+    min_shard_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,7 +123,8 @@ struct RawCredentials {
 }
 
 /// How many items a job may quarantine (give up on, committing the rest of
-/// their shards) before it stops and fails (`[limits] max_failed_items`).
+/// their shards): past it an item's failure is its shard's again, as without
+/// quarantine (`[limits] max_failed_items`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FailedItems {
     /// At most this many.
@@ -193,6 +197,11 @@ pub struct JobSpec {
     pub input: Location,
     /// Only objects whose name matches this glob (`*`, `?`, `**`).
     pub glob: Option<String>,
+    /// Fetches a worker keeps in flight ahead of the task (`[input]
+    /// read_ahead`; default: by the kind of store, see [`crate::readahead`]).
+    pub read_ahead: Option<u32>,
+    /// Bytes a worker holds read ahead (`[input] read_ahead_memory`).
+    pub read_ahead_memory: Option<u64>,
     /// Where outputs go.
     pub output: Location,
     /// Where the job's state (manifest, journal, logs) goes; the job's own
@@ -219,6 +228,8 @@ pub struct JobSpec {
     pub shards_per_worker: u32,
     /// Split large text objects into newline-aligned ranges.
     pub split_text: bool,
+    /// The floor of a derived shard size (see [`crate::plan::PlanOptions`]).
+    pub min_shard_bytes: u64,
     /// Per-attempt limits.
     pub limits: Limits,
     /// Attempts per shard before it is marked failed.
@@ -447,6 +458,15 @@ impl JobSpec {
                 "`reduce.isolation`: the reduce is one call over every map output; isolation is a [task] key".into(),
             ));
         }
+        let read_ahead = match &raw.input.read_ahead {
+            None => None,
+            Some(v) => Some(u32::try_from(*v.get_ref()).ok().filter(|n| *n <= 1024).ok_or_else(|| {
+                err(
+                    Some(v.span()),
+                    format!("`input.read_ahead` = {}: expected a whole number from 0 (off) to 1024", v.get_ref()),
+                )
+            })?),
+        };
         let isolation = match &raw.task.isolation {
             None => Isolation::default(),
             Some(v) => match v.get_ref().as_str() {
@@ -499,10 +519,13 @@ impl JobSpec {
             target_shard_bytes: raw.sharding.target_shard_bytes.map(|b| b.0.max(1)),
             shards_per_worker,
             split_text: raw.sharding.split_text.unwrap_or(true),
+            min_shard_bytes: raw.sharding.min_shard_bytes.map_or(crate::plan::MIN_SHARD_BYTES, |b| b.0),
             limits,
             max_attempts,
             max_failed_items,
             isolation,
+            read_ahead,
+            read_ahead_memory: raw.input.read_ahead_memory.map(|b| b.0),
             credential_refresh_margin: raw.credentials.refresh_margin.map_or(Duration::from_secs(300), |d| d.0),
         })
     }
@@ -670,5 +693,42 @@ memory = "256MiB"
         let g = glob_regex("logs/day-??.log").unwrap();
         assert!(g.is_match("logs/day-01.log") && !g.is_match("logs/x/day-01.log"));
         assert!(glob_regex("*.csv").unwrap().is_match("a.csv") && !glob_regex("*.csv").unwrap().is_match("d/a.csv"));
+    }
+
+    #[test]
+    fn shard_keys_isolation_quarantine_bound_and_read_ahead() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!(spec.isolation, Isolation::Shard);
+        assert_eq!(spec.max_failed_items, FailedItems::Percent(1.0));
+        assert_eq!(spec.max_failed_items.bound(2000), 20);
+        assert_eq!(spec.max_failed_items.bound(99), 0);
+        assert_eq!((spec.read_ahead, spec.read_ahead_memory, spec.min_shard_bytes), (None, None, 1 << 20));
+
+        let with = |task: &str, input: &str, limits: &str| {
+            GOOD.replace("params = { mode = \"map\", n = 3 }", &format!("params = {{}}\n{task}"))
+                .replace("glob = \"**/*.txt\"", input)
+                .replace("memory = \"256MiB\"", limits)
+        };
+        let spec = parse(&with(
+            "isolation = \"item\"",
+            "read_ahead = 0\nread_ahead_memory = \"1MiB\"",
+            "max_failed_items = 7",
+        ))
+        .unwrap();
+        assert_eq!(spec.isolation, Isolation::Item);
+        assert_eq!(spec.max_failed_items, FailedItems::Count(7));
+        assert_eq!((spec.read_ahead, spec.read_ahead_memory), (Some(0), Some(1 << 20)));
+        assert_eq!(parse(&with("", "", "max_failed_items = \"2.5%\"")).unwrap().max_failed_items.bound(1000), 25);
+
+        let e = fails(&with("isolation = \"none\"", "", ""));
+        assert!(e.contains("`task.isolation` = \"none\": expected \"shard\" (the default) or \"item\""), "{e}");
+        let e = fails(&with("", "", "max_failed_items = -1"));
+        assert!(e.contains("`limits.max_failed_items` = -1: expected a whole number of items"), "{e}");
+        let e = fails(&with("", "", "max_failed_items = \"120%\""));
+        assert!(e.contains("or a share of the job's items such as \"1%\""), "{e}");
+        let e = fails(&with("", "read_ahead = 5000", ""));
+        assert!(e.contains("`input.read_ahead` = 5000: expected a whole number from 0 (off) to 1024"), "{e}");
+        let e = fails(&format!("{GOOD}\n[reduce]\npath = \".\"\nisolation = \"item\"\n"));
+        assert!(e.contains("`reduce.isolation`"), "{e}");
     }
 }

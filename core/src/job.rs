@@ -71,6 +71,12 @@ pub struct Manifest {
     /// One instance per shard attempt, or per item.
     #[serde(default)]
     pub isolation: crate::config::Isolation,
+    /// Fetches in flight ahead of the task, if the job file sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ahead: Option<u32>,
+    /// Bytes held read ahead, if the job file sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ahead_memory: Option<u64>,
     /// Lease length in ms.
     pub lease_ms: u64,
     /// Idle timeout in ms.
@@ -93,8 +99,9 @@ fn unbounded() -> u64 {
 
 /// The key of a shard's own outputs (those its task writes in `start` or
 /// `finish`, not for one item): `_shards/<shard>`, so they are published as
-/// `map/_shards/<shard>/<name>`. The leading `_` keeps it apart from item
-/// keys in any listing mayfly makes (reserved names are never inputs).
+/// `map/_shards/<shard>/<name>`. Output names cannot start with `_`; an
+/// input object under `_shards/` (a job run over another job's `map/`) would
+/// share the folder, which the publication tolerates (file by file).
 pub fn shard_key(shard: u32) -> String {
     format!("_shards/{shard:06}")
 }

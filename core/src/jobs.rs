@@ -329,8 +329,18 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+    let pieces = u64::from(spec.workers) * u64::from(spec.shards_per_worker);
+    let floor = if spec.target_shard_bytes.is_none() && p.target_bytes > p.total_bytes.div_ceil(pieces.max(1)) {
+        format!(
+            ", raised from {} by the floor [sharding] min_shard_bytes = {}, short of leaving a worker no shard",
+            ByteSize(p.total_bytes.div_ceil(pieces.max(1))),
+            ByteSize(spec.min_shard_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{} objects, {} in {} shards (target {}); balance: largest {} / mean {} = {:.2}",
+        "{} objects, {} in {} shards (target {}{floor}); balance: largest {} / mean {} = {:.2}",
         p.objects,
         ByteSize(p.total_bytes),
         p.shards.len(),
@@ -1259,17 +1269,27 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
     // other item's outputs are the job's.
     let isolated = manifest.isolation == mayfly_core::config::Isolation::Item;
     let params: std::sync::Arc<str> = std::sync::Arc::from(manifest.params.to_string());
-    let shard_start = |key: String, n: usize| ShardStart {
-        info: ShardInfo { job: job.to_owned(), shard: args.shard, attempt: 1, items: n as u32 },
-        params: params.clone(),
-        limits: manifest.limits,
-        staging: staging.clone(),
-        shard_key: key,
+    // Each instance stages apart: one that fails takes only its own files.
+    let mut instances = 0u32;
+    let mut shard_start = |key: String, n: usize| {
+        instances += 1;
+        ShardStart {
+            info: ShardInfo { job: job.to_owned(), shard: args.shard, attempt: 1, items: n as u32 },
+            params: params.clone(),
+            limits: manifest.limits,
+            staging: staging.join(instances.to_string()),
+            shard_key: key,
+        }
     };
     let mut set_aside: Vec<(String, Call)> = Vec::new();
     let (calls, outputs, shard_failure) = 'pass: loop {
         let _ = std::fs::remove_dir_all(&staging);
-        let left: Vec<_> = items.iter().filter(|i| !set_aside.iter().any(|(k, _)| *k == i.key())).collect();
+        let left: Vec<_> = items
+            .iter()
+            .filter(|i| !set_aside.iter().any(|(k, _)| *k == i.key()))
+            // A held node kept what it was leased: not an item quarantined before.
+            .filter(|i| kept.as_ref().is_none_or(|dir| dir.join(i.key()).is_file()))
+            .collect();
         let mut calls: Vec<(String, Call)> = Vec::new();
         let mut outputs = Vec::new();
         let mut session: Option<Session> = None;
@@ -1371,6 +1391,10 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
             report(&key, call, &[]);
         } else if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
             report(&key, call, published.get(&key).map(Vec::as_slice).unwrap_or_default());
+        } else if let Some(dir) = &kept
+            && !args.json
+        {
+            println!("item {key}: not kept by the node in {} (not part of its attempt)", dir.display());
         }
     }
     if let Some((what, call)) = &shard_failure {

@@ -347,9 +347,19 @@ impl Ledger {
     /// Records a commit whose marker was just created by the token's holder:
     /// the marker is the truth, so the shard is committed even if its lease
     /// expired while the marker was being written (a later holder's own marker
-    /// will then be refused).
-    pub fn commit_marked(&mut self, shard: u32, token: u64, outputs: Vec<CommittedOutput>) -> Result<Event, Refused> {
-        self.shards.get(shard as usize).ok_or(Refused::NoShard(shard))?;
+    /// will then be refused). The marker's quarantined items are the shard's:
+    /// an item quarantined after the marker's attempt was leased was
+    /// committed by it, not left out.
+    pub fn commit_marked(
+        &mut self,
+        shard: u32,
+        token: u64,
+        outputs: Vec<CommittedOutput>,
+        quarantined: Vec<Quarantined>,
+    ) -> Result<Event, Refused> {
+        let record = self.shards.get_mut(shard as usize).ok_or(Refused::NoShard(shard))?;
+        record.quarantined = quarantined;
+        record.item_failures.clear();
         self.set_state(shard, ShardState::Committed { outputs: outputs.clone() });
         Ok(Event::Committed { shard, token, outputs })
     }
@@ -789,5 +799,19 @@ mod tests {
             serde_json::from_str(r#"{"event":"attempt_failed","shard":0,"token":1,"error":"e","final_failure":false}"#)
                 .unwrap();
         assert!(matches!(old, Event::AttemptFailed { item: None, quarantined: false, .. }));
+    }
+
+    #[test]
+    fn a_marker_adopted_late_says_what_its_shard_left_out() {
+        // Attempt 1's commit was decided, then its lease expired and attempt 2
+        // quarantined an item attempt 1 had processed; attempt 1's marker wins.
+        let mut l = Ledger::new(1, 3);
+        let (a, _) = l.lease("w1", 0, 10).unwrap();
+        l.expire(20);
+        let (b, _) = l.lease("w2", 20, 30).unwrap();
+        l.fail_item(0, b.token, "bad", false, "x").unwrap();
+        assert_eq!(l.quarantined().count(), 1);
+        l.commit_marked(0, a.token, out("x"), Vec::new()).unwrap();
+        assert_eq!(l.quarantined().count(), 0, "x was committed by the marker's attempt, not left out");
     }
 }

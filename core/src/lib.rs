@@ -48,6 +48,7 @@ pub mod plan;
 pub mod plugin;
 pub mod policy;
 pub mod provider;
+pub mod readahead;
 pub mod reduce;
 pub mod report;
 pub mod scaffold;

@@ -229,7 +229,10 @@ impl Master {
         }
         let shard = &self.manifest.plan.shards[req.shard as usize];
         let shard_key = crate::job::shard_key(req.shard);
-        let keys: std::collections::HashSet<String> = shard.items.iter().map(|i| i.key()).collect();
+        let left_out = &self.ledger.shards()[req.shard as usize].quarantined;
+        // The items this attempt was leased: the shard's, less those left out.
+        let keys: std::collections::HashSet<String> =
+            shard.items.iter().map(|i| i.key()).filter(|k| !left_out.iter().any(|q| &q.key == k)).collect();
         for out in &req.outputs {
             if (out.key != shard_key && !keys.contains(&out.key)) || crate::host::check_output_name(&out.name).is_some()
             {
@@ -287,7 +290,7 @@ impl Master {
                 self.ledger.shards().get(m.shard as usize).map(|r| &r.state),
                 Some(ShardState::Committed { .. })
             );
-            if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs) {
+            if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs, m.quarantined) {
                 // Not fsynced: the marker, already durable, is the truth on resume.
                 self.record(&event, false);
                 let bytes = self.manifest.plan.shards.get(m.shard as usize).map_or(0, |s| s.bytes);
@@ -608,7 +611,12 @@ async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         Ok(r) => r,
         Err((status, message)) => return refuse(status, message),
     };
-    let event = match &req.item {
+    // Only an item of the shard can be quarantined (a worker naming anything
+    // else fails its attempt as a whole).
+    let item = req.item.as_ref().filter(|k| {
+        m.manifest.plan.shards.get(req.shard as usize).is_some_and(|s| s.items.iter().any(|i| &i.key() == *k))
+    });
+    let event = match item {
         Some(item) => m.ledger.fail_item(req.shard, req.token, &req.error, req.retryable, item),
         None => m.ledger.fail(req.shard, req.token, &req.error, req.retryable),
     };

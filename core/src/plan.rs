@@ -68,7 +68,16 @@ pub struct PlanOptions {
     pub shards_per_worker: u32,
     /// Split objects larger than the target into newline-aligned ranges.
     pub split_text: bool,
+    /// A derived target is never below this (a shard smaller is not worth
+    /// its lease and commit), nor so high that there are fewer shards than
+    /// workers. A given target is used as it is.
+    pub min_shard_bytes: u64,
 }
+
+/// The default [`PlanOptions::min_shard_bytes`] (`[sharding] min_shard_bytes`):
+/// at this machine's ~100 MiB/s per worker, about 10 ms of work, several
+/// times a shard's fixed cost (a lease, an instance, a commit).
+pub const MIN_SHARD_BYTES: u64 = 1 << 20;
 
 /// The plan of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,9 +112,31 @@ pub fn plan(objects: &[Object], opts: PlanOptions, read_at: &mut ReadAt<'_>) -> 
     let mut objects: Vec<&Object> = objects.iter().collect();
     objects.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
+    let workers = u64::from(opts.workers.max(1));
+    let pieces = workers * u64::from(opts.shards_per_worker.max(1));
+    let Some(given) = opts.target_shard_bytes else {
+        // The floor, never above a worker's share; and since shards are cut
+        // at line ends past the target, a plan that leaves a worker without
+        // a shard is made again with half the floor, then with none.
+        let derived = total_bytes.div_ceil(pieces);
+        let mut last = None;
+        for floor in [total_bytes.div_ceil(workers), total_bytes.div_ceil(2 * workers), 0] {
+            let p = plan_with(&objects, opts, derived.max(opts.min_shard_bytes.min(floor)), read_at)?;
+            if p.shards.len() as u64 >= workers || p.target_bytes == derived.max(1) {
+                return Ok(p);
+            }
+            last = Some(p);
+        }
+        return last.ok_or_else(|| io::Error::other("no plan"));
+    };
+    plan_with(&objects, opts, given, read_at)
+}
+
+/// Plans sorted `objects` into shards of `target` bytes.
+fn plan_with(objects: &[&Object], opts: PlanOptions, target: u64, read_at: &mut ReadAt<'_>) -> io::Result<Plan> {
+    let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
     let object_count = objects.len() as u64;
-    let pieces = u64::from(opts.workers.max(1)) * u64::from(opts.shards_per_worker.max(1));
-    let target = opts.target_shard_bytes.unwrap_or_else(|| total_bytes.div_ceil(pieces)).max(1);
+    let target = target.max(1);
 
     let mut shards: Vec<Shard> = Vec::new();
     let mut current = Shard { id: 0, bytes: 0, items: Vec::new() };
@@ -219,6 +250,7 @@ mod tests {
                 target_shard_bytes: if seed % 2 == 0 { None } else { Some(1 + seed * 997 % 60_000) },
                 shards_per_worker: 1 + (seed % 4) as u32,
                 split_text: seed % 3 != 0,
+                min_shard_bytes: if seed % 4 == 0 { 0 } else { 1 + seed * 131 % 100_000 },
             };
             let p = plan(&objects, opts, &mut reader(&data)).unwrap();
             // Deterministic, whatever the listing order.
@@ -290,7 +322,13 @@ mod tests {
         let data: Vec<u8> = line.repeat(10_000);
         let objects = vec![Object { name: "big.txt".into(), size: data.len() as u64 }];
         let map = HashMap::from([("big.txt".to_owned(), data)]);
-        let opts = PlanOptions { workers: 4, target_shard_bytes: None, shards_per_worker: 4, split_text: true };
+        let opts = PlanOptions {
+            workers: 4,
+            target_shard_bytes: None,
+            shards_per_worker: 4,
+            split_text: true,
+            min_shard_bytes: 0,
+        };
         let p = plan(&objects, opts, &mut reader(&map)).unwrap();
         assert_eq!(p.shards.len(), 16);
         let (max, mean) = p.balance();
@@ -304,7 +342,13 @@ mod tests {
 
     #[test]
     fn an_empty_listing_is_an_empty_plan() {
-        let opts = PlanOptions { workers: 2, target_shard_bytes: None, shards_per_worker: 4, split_text: true };
+        let opts = PlanOptions {
+            workers: 2,
+            target_shard_bytes: None,
+            shards_per_worker: 4,
+            split_text: true,
+            min_shard_bytes: 0,
+        };
         let p = plan(&[], opts, &mut |_, _, _| Ok(Vec::new())).unwrap();
         assert!(p.shards.is_empty());
         assert_eq!(p.balance(), (0, 0.0));
@@ -313,8 +357,37 @@ mod tests {
     #[test]
     fn an_object_that_shrank_since_listing_is_an_error() {
         let objects = vec![Object { name: "x".into(), size: 1000 }];
-        let opts = PlanOptions { workers: 1, target_shard_bytes: Some(10), shards_per_worker: 1, split_text: true };
+        let opts = PlanOptions {
+            workers: 1,
+            target_shard_bytes: Some(10),
+            shards_per_worker: 1,
+            split_text: true,
+            min_shard_bytes: MIN_SHARD_BYTES,
+        };
         let err = plan(&objects, opts, &mut |_, _, _| Ok(Vec::new())).unwrap_err();
         assert!(err.to_string().contains("x ended at byte 9 but was listed as 1000 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_derived_target_has_a_floor_that_still_leaves_a_shard_per_worker() {
+        // `mayfly init`'s sample: one 260-byte text file, 2 workers, 4 shards each.
+        let text: Vec<u8> = b"a line of sample text\n".iter().copied().cycle().take(264).collect();
+        let data: HashMap<String, Vec<u8>> = [("sample.txt".to_owned(), text)].into();
+        let objects = vec![Object { name: "sample.txt".into(), size: 264 }];
+        let opts = PlanOptions {
+            workers: 2,
+            target_shard_bytes: None,
+            shards_per_worker: 4,
+            split_text: true,
+            min_shard_bytes: MIN_SHARD_BYTES,
+        };
+        let p = plan(&objects, opts, &mut reader(&data)).unwrap();
+        assert_eq!((p.shards.len(), p.target_bytes), (2, 132), "one shard per worker, not 8 of 33 bytes");
+        let p = plan(&objects, PlanOptions { min_shard_bytes: 0, ..opts }, &mut reader(&data)).unwrap();
+        assert!(p.shards.len() > 2, "without the floor: shards of a few lines each ({})", p.shards.len());
+        // Large inputs are not affected: the derived target is over the floor.
+        let objects: Vec<Object> = (0..8).map(|i| Object { name: format!("big{i}"), size: 8 << 20 }).collect();
+        let p = plan(&objects, PlanOptions { split_text: false, ..opts }, &mut |_, _, _| Ok(Vec::new())).unwrap();
+        assert_eq!(p.target_bytes, 8 << 20);
     }
 }

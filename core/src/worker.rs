@@ -26,6 +26,7 @@ use crate::master::MasterInfo;
 use crate::plan::Item;
 use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, SystemClock, Watchdog};
 use crate::provider::{Credential, ProviderHandle};
+use crate::readahead::{ReadAhead, ReadAheadConfig};
 use crate::store::{Principal, Store};
 
 fn now() -> u64 {
@@ -341,7 +342,21 @@ impl Worker {
         let mut staged = Vec::new();
         let isolated = self.manifest.isolation == Isolation::Item;
         let mut session: Option<Session> = None;
-        for item in items {
+        // Items the current instance has processed.
+        let mut in_session = 0usize;
+        let (fetch_from, open_from) = (self.input.clone(), self.input.clone());
+        let config = ReadAheadConfig::for_store(
+            self.manifest.read_ahead,
+            self.manifest.read_ahead_memory,
+            self.input.local_dir().is_some(),
+        );
+        let mut ahead = ReadAhead::new(
+            items.to_vec(),
+            config,
+            Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
+            Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
+        );
+        for (index, item) in items.iter().enumerate() {
             if lost.load(Ordering::Relaxed) {
                 return (Vec::new(), None);
             }
@@ -367,15 +382,25 @@ impl Worker {
                     return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), None)));
                 }
                 session = Some(s);
+                in_session = 0;
             }
             let Some(s) = session.as_mut() else { continue };
-            let input = match self.input.input(&item.object, &item.object, Some((item.start, item.len))) {
+            let input = match ahead.take(index) {
                 Ok(i) => i,
                 Err(e) => {
-                    // The item vanished or shrank since it was listed: that
-                    // item fails for good with its reason; the shard goes on without it.
                     discard(session);
-                    return (Vec::new(), Some(Failure::Attempt(format!("input {key}: {e}"), false, Some(key))));
+                    self.last_failed = Some((shard, items.to_vec()));
+                    // An item that vanished, or changed since it was listed,
+                    // fails for good (the shard goes on without it); any other
+                    // storage error is the attempt's, and retried.
+                    let gone = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::InvalidInput
+                            | std::io::ErrorKind::UnexpectedEof
+                    );
+                    let error = format!("input {key}: {e}");
+                    return (Vec::new(), Some(Failure::Attempt(error, !gone, gone.then_some(key))));
                 }
             };
             let call: Call = self.rt.block_on(s.item(input, if isolated { None } else { Some(&key) }));
@@ -384,11 +409,27 @@ impl Worker {
                 discard(session);
                 self.last_failed = Some((shard, items.to_vec()));
                 let error = format!("item {key}: task {} {f}", self.task.name());
-                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), Some(key))));
+                // A limit that counts over the whole attempt (memory, output),
+                // or the host failing, is the item's fault only if it was the
+                // instance's first: else the items before it share the blame.
+                let blame = match f {
+                    crate::host::Failure::OutOfMemory { .. } | crate::host::Failure::OutputLimit { .. } => {
+                        isolated || in_session == 0
+                    }
+                    crate::host::Failure::Host { .. } => false,
+                    _ => true,
+                };
+                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), blame.then_some(key))));
             }
+            in_session += 1;
             if isolated {
                 match self.finish(shard, session.take()) {
                     Ok(files) => staged.extend(files),
+                    // The item's own instance: its `finish` is the item's.
+                    Err(Failure::Attempt(error, retryable, _)) => {
+                        self.last_failed = Some((shard, items.to_vec()));
+                        return (Vec::new(), Some(Failure::Attempt(error, retryable, Some(key))));
+                    }
                     Err(f) => return (Vec::new(), Some(f)),
                 }
             }

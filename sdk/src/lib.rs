@@ -44,7 +44,7 @@
 //! }
 //!
 //! #[task]
-//! fn count_lines(input: &mut Input, params: Params, outputs: &mut Outputs) -> Result<()> {
+//! fn count_lines(input: &mut Input, params: &Params, outputs: &mut Outputs) -> Result<()> {
 //!     let mut hits = 0u64;
 //!     for line in input.lines() {
 //!         if line?.contains(&params.needle) {

@@ -35,8 +35,11 @@ impl Outputs {
     /// Opens a new output called `name`: letters, digits, `.`, `_` and `-`,
     /// with `/` between parts (`counts.tsv`, `by-day/2024-01-01.csv`).
     ///
-    /// Each name can be opened once per item. The output becomes visible only if
-    /// the task returns `Ok`.
+    /// Opened while an item is processed, the output is that item's
+    /// (`map/<item>/<name>`); opened in [`crate::Task::start`] or
+    /// [`crate::Task::finish`], it is the shard's (`map/_shards/<shard>/<name>`).
+    /// Each name can be opened once per item, and once for the shard. Outputs
+    /// become visible only when the shard attempt commits.
     pub fn create(&mut self, name: &str) -> io::Result<Output> {
         let raw = host::open_output(name).map_err(io_error)?;
         Ok(Output { name: name.to_owned(), raw, buf: Vec::with_capacity(BUFFER) })

@@ -43,7 +43,13 @@ fn planner(n: usize) {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = rss_kib("self", "VmRSS").unwrap_or(0);
     let started = Instant::now();
-    let opts = PlanOptions { workers: 16, target_shard_bytes: None, shards_per_worker: 4, split_text: false };
+    let opts = PlanOptions {
+        workers: 16,
+        target_shard_bytes: None,
+        shards_per_worker: 4,
+        split_text: false,
+        min_shard_bytes: 0,
+    };
     let p = plan(&objects, opts, &mut |_, _, _| Ok(Vec::new())).expect("plan");
     let took = started.elapsed();
     let peak = rss_kib("self", "VmHWM").unwrap_or(0).saturating_sub(before);

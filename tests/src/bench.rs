@@ -567,6 +567,8 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         max_attempts: 3,
         max_failed_items: 0,
         isolation: Default::default(),
+        read_ahead: None,
+        read_ahead_memory: None,
         lease_ms: 600_000,
         idle_timeout_ms: 600_000,
         master_lost_timeout_ms: 600_000,

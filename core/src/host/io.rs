@@ -83,12 +83,19 @@ impl InputSource for FileInput {
 pub struct BytesInput {
     name: String,
     data: Arc<[u8]>,
+    offset: u64,
 }
 
 impl BytesInput {
     /// An input named `name` holding `data`.
     pub fn new(name: impl Into<String>, data: impl Into<Arc<[u8]>>) -> Self {
-        BytesInput { name: name.into(), data: data.into() }
+        BytesInput { name: name.into(), data: data.into(), offset: 0 }
+    }
+
+    /// The same bytes, as a range starting at `offset` in its object.
+    pub fn at_offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
     }
 }
 
@@ -98,6 +105,9 @@ impl InputSource for BytesInput {
     }
     fn size(&self) -> u64 {
         self.data.len() as u64
+    }
+    fn offset_in_object(&self) -> u64 {
+        self.offset
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.data.len());
@@ -270,6 +280,8 @@ pub(crate) struct OutputSet {
     /// The key outputs opened now belong to.
     key: Arc<str>,
     files: Vec<OpenOutput>,
+    /// (key, name) of every output, to refuse one opened twice without a scan.
+    opened: std::collections::HashSet<(Arc<str>, String)>,
     pub(crate) total: u64,
     pub(crate) limit: u64,
 }
@@ -299,7 +311,7 @@ pub fn check_output_name(name: &str) -> Option<String> {
 
 impl OutputSet {
     pub(crate) fn new(staging: PathBuf, limit: u64) -> Self {
-        OutputSet { staging, key: Arc::from(""), files: Vec::new(), total: 0, limit }
+        OutputSet { staging, key: Arc::from(""), files: Vec::new(), opened: Default::default(), total: 0, limit }
     }
 
     /// Outputs opened from now on belong to `key` (`""`: the staging root).
@@ -314,7 +326,8 @@ impl OutputSet {
         if let Some(reason) = check_output_name(name) {
             return Err(OpenError::Invalid(reason));
         }
-        if self.files.iter().any(|f| f.name == name && f.key == self.key) {
+        let id = (self.key.clone(), name.to_owned());
+        if self.opened.contains(&id) {
             return Err(OpenError::Invalid(format!("output {name:?} is already open")));
         }
         let path = if self.key.is_empty() { self.staging.join(name) } else { self.staging.join(&*self.key).join(name) };
@@ -325,6 +338,7 @@ impl OutputSet {
             File::create_new(&path)
         })()
         .map_err(|e| OpenError::Storage(format!("creating output {name:?}: {e}")))?;
+        self.opened.insert(id);
         self.files.push(OpenOutput {
             key: self.key.clone(),
             name: name.to_owned(),

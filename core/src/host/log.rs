@@ -149,8 +149,23 @@ impl LogBuffer {
 
     /// The lines of the call that just ended (unterminated stdout and stderr
     /// text included); the log limit counts afresh for the next call.
-    pub(crate) fn take_call(&mut self) -> Vec<LogLine> {
+    /// `succeeded`: the call ended well, so a limit passed only by its last,
+    /// unterminated output is noted in a line rather than failing it.
+    pub(crate) fn take_call(&mut self, succeeded: bool) -> Vec<LogLine> {
         self.flush_partial();
+        if self.exceeded && succeeded {
+            // The call's unterminated output did not fit: say so, rather than
+            // let the next call inherit the limit.
+            let note = format!("(unterminated output past the log limit of {} bytes was dropped)", self.limit);
+            self.lines.push(LogLine {
+                at_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                level: Level::Warn,
+                source: LogSource::Task,
+                message: note,
+                fields: Vec::new(),
+            });
+        }
+        self.exceeded = false;
         self.bytes = 0;
         std::mem::take(&mut self.lines)
     }

@@ -505,7 +505,7 @@ impl Session {
 
     fn fail(&mut self, failure: Failure, started: Instant) -> Call {
         self.failed = Some(failure.clone());
-        let logs = self.log.lock().map(|mut l| l.take_call()).unwrap_or_default();
+        let logs = self.log.lock().map(|mut l| l.take_call(false)).unwrap_or_default();
         Call { result: Err(failure), logs, input_read: 0, elapsed: started.elapsed() }
     }
 
@@ -513,6 +513,9 @@ impl Session {
     /// and (returned) the limit plus a grace for a call blocked in the host,
     /// where epochs cannot reach it.
     fn arm(&mut self) -> Duration {
+        // A growth refused in an earlier call that the task survived is not
+        // this call's cause of failure.
+        self.store.data_mut().limiter.denied = false;
         let ticks = self.limits.attempt_time.0.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
         self.store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         self.limits.attempt_time.0 + HOST_CALL_GRACE
@@ -529,7 +532,7 @@ impl Session {
         };
         match classified {
             Ok(()) => {
-                let logs = self.log.lock().map(|mut l| l.take_call()).unwrap_or_default();
+                let logs = self.log.lock().map(|mut l| l.take_call(true)).unwrap_or_default();
                 Call { result: Ok(()), logs, input_read: 0, elapsed: started.elapsed() }
             }
             Err(f) => self.fail(f, started),

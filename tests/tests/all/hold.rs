@@ -28,7 +28,7 @@ fn slow_job(id: &str, shards: usize, items: usize, delay_ms: u64, cluster: &str)
         &format!("{{ mode = \"picky\", delay_ms = {delay_ms} }}"),
         &format!(
             "[cluster]\nworkers = 2\nlease_time = \"1500ms\"\n{cluster}\n\n\
-             [sharding]\nshards_per_worker = {}\nsplit_text = false\n",
+             [sharding]\nshards_per_worker = {}\nsplit_text = false\nmin_shard_bytes = 0\n",
             shards / 2
         ),
     );

@@ -174,6 +174,24 @@ fn a_panic_in_start_or_finish_fails_the_shard_not_its_items() {
 }
 
 #[test]
+fn a_combiner_that_outgrows_its_memory_fails_its_shard_and_blames_no_item() {
+    let files = files(12, &[]);
+    let job = TestJob::new("hoarder", &files);
+    // Each item keeps 1 MiB: the 8 MiB limit is reached a few items in.
+    job.write_job(
+        STATEFUL,
+        "{ hoard_kib = 1024 }",
+        &cluster(1, 1, "[limits]\nmemory = \"8MiB\"\nmax_failed_items = 10\n"),
+    );
+    let out = job.run();
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("0 shards committed, 1 failed") && s.contains("ran out of memory"), "{s}");
+    assert!(!s.contains("quarantined"), "the items before share the blame: {s}");
+    assert!(job.map_outputs().is_empty());
+}
+
+#[test]
 fn item_isolation_gives_each_item_a_fresh_instance() {
     let files = files(8, &[]);
     let job = TestJob::new("isolated", &files);

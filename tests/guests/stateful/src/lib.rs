@@ -26,12 +26,17 @@ struct Params {
     /// Panic in `start` or `finish`.
     #[serde(default)]
     panic_in: String,
+    /// KiB each item adds to the state and keeps (a combiner that outgrows
+    /// its memory limit over the shard, not because of one item).
+    #[serde(default)]
+    hoard_kib: usize,
 }
 
 struct Stateful {
     params: Params,
     attempt: u32,
     seen: Vec<String>,
+    hoard: Vec<Vec<u8>>,
 }
 
 #[task]
@@ -42,7 +47,7 @@ impl Task for Stateful {
         if params.panic_in == "start" {
             panic!("asked to panic in start (shard {})", shard.id);
         }
-        Ok(Stateful { params, attempt: shard.attempt, seen: Vec::new() })
+        Ok(Stateful { params, attempt: shard.attempt, seen: Vec::new(), hoard: Vec::new() })
     }
 
     fn item(&mut self, input: &mut Input, outputs: &mut Outputs) -> Result<()> {
@@ -55,6 +60,9 @@ impl Task for Stateful {
         }
         if !p.fatal_on.is_empty() && name.contains(&p.fatal_on) {
             return Err(Error::fatal(format!("{name} is poisoned")));
+        }
+        if p.hoard_kib > 0 {
+            self.hoard.push(vec![1; p.hoard_kib << 10]);
         }
         let mut out = outputs.create("copy.bin")?;
         std::io::copy(input, &mut out)?;

@@ -313,6 +313,10 @@ pub fn collect(layout: &Layout, manifest: &Manifest, now: Millis) -> Report {
             .map_or_else(|| count("pending") + count("leased"), |f| f.counts.pending + f.counts.leased),
         retries: attempts.iter().filter(|a| matches!(a.outcome, AttemptEnd::Retried | AttemptEnd::Lost)).count() as u32,
         outputs: fin.as_ref().map_or(0, |f| f.outputs.len()),
+        quarantined: fin
+            .as_ref()
+            .map(|f| f.quarantined.iter().map(|(s, q)| (*s, q.key.clone(), q.error.clone())).collect())
+            .unwrap_or_default(),
         reduce_error: fin.as_ref().and_then(|f| f.reduce_error.clone()),
         nodes,
         shards,

@@ -134,6 +134,9 @@ pub struct Report {
     pub retries: u32,
     /// Outputs written.
     pub outputs: usize,
+    /// Items left out of their shards: (shard, item, error).
+    #[serde(default)]
+    pub quarantined: Vec<(u32, String, String)>,
     /// The reduce step's error, if it failed.
     pub reduce_error: Option<String>,
     /// The nodes: the master first, then the workers in order.
@@ -341,6 +344,23 @@ fn figures(out: &mut String, r: &Report) -> fmt::Result {
     item(out, "Committed bytes", &format!("{committed_bytes} of {input}"))?;
     item(out, "Retries", &r.retries.to_string())?;
     item(out, "Outputs", &r.outputs.to_string())?;
+    if !r.quarantined.is_empty() {
+        let shown: Vec<String> = r
+            .quarantined
+            .iter()
+            .take(10)
+            .map(|(shard, key, error)| {
+                format!("{} (shard {shard}): {}", escape(key), escape(&shorten(error, MAX_ERROR_CHARS)))
+            })
+            .collect();
+        let more = r.quarantined.len().saturating_sub(shown.len());
+        let more = if more > 0 { format!("<br>and {more} more (all in _manifest.json)") } else { String::new() };
+        item(
+            out,
+            "Quarantined items",
+            &format!(r#"<span class="error">{}: {}{more}</span>"#, r.quarantined.len(), shown.join("<br>")),
+        )?;
+    }
     let seconds = duration.max(1) as f64 / 1000.0;
     item(out, "Mean throughput", &fmt_rate(r.committed_bytes as f64 / MIB / seconds))?;
     if let Some(error) = &r.reduce_error {
@@ -947,6 +967,7 @@ mod tests {
             pending: 0,
             retries: 0,
             outputs: 0,
+            quarantined: Vec::new(),
             reduce_error: None,
             nodes: Vec::new(),
             shards: Vec::new(),
@@ -971,6 +992,7 @@ mod tests {
             pending: 1,
             retries: 2,
             outputs: 2,
+            quarantined: vec![(1, "bad <1>.csv".to_string(), "not a csv".to_string())],
             reduce_error: Some("reduce <broke>".to_string()),
             nodes: vec!["master".to_string(), "worker-1".to_string(), "worker-2".to_string()],
             shards: vec![
@@ -1078,6 +1100,10 @@ mod tests {
         assert!(html.contains("worker-2: &lt;boom&gt; &amp; &#39;gone&#39;"));
         assert!(!html.contains("<boom>"));
         assert!(html.contains("reduce &lt;broke&gt;"));
+        assert!(
+            html.contains("Quarantined items") && html.contains("bad &lt;1&gt;.csv (shard 1): not a csv"),
+            "{html}"
+        );
 
         assert!(!html.contains("http://"));
         assert!(!html.contains("https://"));

@@ -90,8 +90,13 @@ fn package() -> PathBuf {
         mayfly_tests::without_test_env(&mut cmd);
         let out = cmd
             .args(["package", "aws", "--out", dir.to_str().unwrap(), "--workspace", root().to_str().unwrap()])
-            // Unoptimized: what is tested is the packaging, not the speed (`.ci/run` builds `ship`).
+            // Unoptimized: what is tested is the packaging, not the speed.
             .args(["--profile", "package-test"])
+            // A target directory of its own: its C dependencies are compiled by
+            // zig, the Azure package's by the system's compiler, and sharing
+            // one directory made each package build undo the other's (both
+            // rebuilt the AWS SDK on every run).
+            .env("CARGO_TARGET_DIR", mayfly_tests::target_dir().join("package-aws"))
             .current_dir(root())
             .env("PATH", zig_path())
             .output()

@@ -7,8 +7,8 @@
 //! with their identity's token (curl), check its hash, and run it.
 //!
 //! The test builds mayfly and the plugin in the `package-test` profile (the
-//! packaging is what is tested; `ship` only adds optimization): minutes the
-//! first time, sharing most of the AWS package test's build; later runs reuse it.
+//! packaging is what is tested; `ship` only adds optimization), in a target
+//! directory of its own: minutes the first time; later runs reuse it.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -77,6 +77,9 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
     let mut cmd = Command::new(mayfly_bin());
     // `mayfly package` runs cargo: without the variables cargo set for this test.
     mayfly_tests::without_test_env(&mut cmd);
+    // A target directory of its own (see the AWS package test: zig and the
+    // system's C compiler must not take turns on the same dependencies).
+    cmd.env("CARGO_TARGET_DIR", mayfly_tests::target_dir().join("package-azure"));
     let out = cmd
         .args(["package", "azure", "--profile", "package-test", "--out"])
         .arg(&dist)

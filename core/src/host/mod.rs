@@ -493,16 +493,6 @@ impl Session {
         let _ = std::fs::remove_dir_all(&self.staging);
     }
 
-    /// Whether a call failed (the session then only repeats that failure).
-    pub fn failure(&self) -> Option<&Failure> {
-        self.failed.as_ref()
-    }
-
-    /// Peak linear memory of the instance so far.
-    pub fn peak_memory(&self) -> u64 {
-        self.store.data().limiter.peak as u64
-    }
-
     fn fail(&mut self, failure: Failure, started: Instant) -> Call {
         self.failed = Some(failure.clone());
         let logs = self.log.lock().map(|mut l| l.take_call(false)).unwrap_or_default();

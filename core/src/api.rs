@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::Counts;
+use crate::ledger::{Counts, Quarantined};
 use crate::plan::Item;
 use crate::policy::Millis;
 
@@ -165,6 +165,20 @@ pub struct Status {
     /// When the first shard was leased (the work's start, for rates).
     #[serde(default)]
     pub first_lease_at: Option<Millis>,
+    /// Items quarantined so far (their shards commit without them).
+    #[serde(default)]
+    pub quarantined_items: u64,
+    /// The first of them (at most [`Status::QUARANTINED_SHOWN`]), with their shard.
+    #[serde(default)]
+    pub quarantined: Vec<(u32, Quarantined)>,
+    /// How many items may be quarantined before the job stops.
+    #[serde(default)]
+    pub max_failed_items: u64,
+}
+
+impl Status {
+    /// How many quarantined items a status names (the rest are counted).
+    pub const QUARANTINED_SHOWN: usize = 10;
 }
 
 /// What the master knows of one worker.

@@ -151,13 +151,18 @@ fn some_of(names: &[String]) -> String {
     text
 }
 
+/// `n item(s)`.
+fn items(n: usize) -> String {
+    format!("{n} item{}", if n == 1 { "" } else { "s" })
+}
+
 fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Instant) -> ExitCode {
     let c = fin.counts;
     let map_outputs = fin.outputs.iter().filter(|o| o.starts_with("map/")).count();
     let quarantined = if fin.quarantined.is_empty() {
         String::new()
     } else {
-        format!("; {} items quarantined", fin.quarantined.len())
+        format!("; {} quarantined", items(fin.quarantined.len()))
     };
     println!(
         "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs{quarantined}",
@@ -521,6 +526,20 @@ fn status_view(st: &mayfly_core::api::Status) -> String {
         "shards  {}/{} committed, {} running, {} pending, {} failed; {} retries",
         c.committed, st.shards, c.leased, c.pending, c.failed, st.retries
     );
+    if st.quarantined_items > 0 {
+        let _ = writeln!(
+            out,
+            "items   {} quarantined, of at most {} the job allows; their shards commit without them:",
+            st.quarantined_items, st.max_failed_items
+        );
+        for (shard, q) in &st.quarantined {
+            let _ = writeln!(out, "  {} (shard {shard}, failed {} times): {}", q.key, q.attempts, q.error);
+        }
+        let more = st.quarantined_items.saturating_sub(st.quarantined.len() as u64);
+        if more > 0 {
+            let _ = writeln!(out, "  ... and {more} more");
+        }
+    }
     let working = st.first_lease_at.map_or(0, |t| st.now.saturating_sub(t));
     let rate = if working > 0 { st.committed_bytes as f64 / secs(working) } else { 0.0 };
     let left = st.total_bytes.saturating_sub(st.committed_bytes);
@@ -616,7 +635,7 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Exit
         println!("... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);
     }
     if !fin.quarantined.is_empty() {
-        println!("{} items quarantined (committed without them):", fin.quarantined.len());
+        println!("{} quarantined (committed without them):", items(fin.quarantined.len()));
         for (shard, q) in fin.quarantined.iter().take(SHOWN) {
             println!("  {} (shard {shard}, failed {} times): {}", q.key, q.attempts, q.error);
         }

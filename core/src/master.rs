@@ -201,9 +201,15 @@ impl Master {
                 workers[i].leased.push(shard as u32);
             }
         }
+        let quarantined_items = self.ledger.quarantined().count() as u64;
+        let quarantined =
+            self.ledger.quarantined().take(Status::QUARANTINED_SHOWN).map(|(shard, q)| (shard, q.clone())).collect();
         Status {
             workers,
             first_lease_at: self.first_lease_at,
+            quarantined_items,
+            quarantined,
+            max_failed_items: self.manifest.max_failed_items,
             job: self.manifest.job.clone(),
             counts,
             shards: self.manifest.plan.shards.len() as u32,

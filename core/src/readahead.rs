@@ -80,6 +80,41 @@ pub struct ReadAhead {
     open: Open,
     /// The bytes of the item last handed out, held until the next is taken.
     handed_out: Option<u64>,
+    /// Items handed out from memory, and items opened to be read as the task goes.
+    fetched: usize,
+    opened: usize,
+}
+
+/// What a shard attempt's read-ahead did (the worker logs it with the commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAheadStats {
+    /// Fetches in flight at most (0: read-ahead off).
+    pub requests: u32,
+    /// Items handed to the task from memory, fetched ahead.
+    pub fetched: usize,
+    /// Items opened to be read as the task went (read-ahead off, or too large).
+    pub opened: usize,
+    /// The most bytes held at once.
+    pub peak: u64,
+}
+
+impl std::fmt::Display for ReadAheadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.requests == 0 {
+            return write!(f, "read-ahead off");
+        }
+        write!(
+            f,
+            "{} items read ahead ({} requests, peak {} held)",
+            self.fetched,
+            self.requests,
+            crate::units::ByteSize(self.peak)
+        )?;
+        if self.opened > 0 {
+            write!(f, ", {} read as the task went (larger than the read-ahead memory)", self.opened)?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ReadAhead {
@@ -117,7 +152,7 @@ impl ReadAhead {
                     .ok()
             })
             .collect();
-        ReadAhead { shared, threads, open, handed_out: None }
+        ReadAhead { shared, threads, open, handed_out: None, fetched: 0, opened: 0 }
     }
 
     /// Item `index` (taken in order): fetched, or opened to be read as the
@@ -125,6 +160,7 @@ impl ReadAhead {
     pub fn take(&mut self, index: usize) -> io::Result<Arc<dyn InputSource>> {
         let item = self.shared.items.get(index).cloned().ok_or_else(|| io::Error::other("no such item"))?;
         if self.threads.is_empty() {
+            self.opened += 1;
             return (self.open)(&item);
         }
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,11 +176,13 @@ impl ReadAhead {
                     return match result {
                         Ok(input) => {
                             self.handed_out = Some(item.len);
+                            self.fetched += 1;
                             Ok(input)
                         }
                         // Not fetched ahead (too large to be): open it the usual way.
                         Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                             drop(state);
+                            self.opened += 1;
                             (self.open)(&item)
                         }
                         Err(e) => Err(e),
@@ -162,6 +200,16 @@ impl ReadAhead {
     /// The most bytes ever held at once.
     pub fn peak(&self) -> u64 {
         self.shared.state.lock().map(|s| s.peak).unwrap_or(0)
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> ReadAheadStats {
+        ReadAheadStats {
+            requests: self.shared.config.requests,
+            fetched: self.fetched,
+            opened: self.opened,
+            peak: self.peak(),
+        }
     }
 }
 

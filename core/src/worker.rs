@@ -233,7 +233,22 @@ impl Worker {
 
         let staging_key = staging;
         let staging = self.keeper.layout.local_staging(&staging_key);
-        let (staged, failure) = self.run_items(shard, attempt, &items, &staging, &lost);
+        let (fetch_from, open_from) = (self.input.clone(), self.input.clone());
+        let config = ReadAheadConfig::for_store(
+            self.manifest.read_ahead,
+            self.manifest.read_ahead_memory,
+            self.input.local_dir().is_some(),
+        );
+        let mut ahead = ReadAhead::new(
+            items.clone(),
+            config,
+            Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
+            Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
+        );
+        let (staged, failure) = self.run_items(shard, attempt, &items, &mut ahead, &staging, &lost);
+        let read = ahead.stats();
+        // Its fetches stop here, not after the commit.
+        drop(ahead);
         drop(stop);
         let _ = hb.join();
         if lost.load(Ordering::Relaxed) {
@@ -269,7 +284,10 @@ impl Worker {
                     let n = staged.len();
                     match self.client.commit(&CommitRequest { shard, token, outputs: staged }) {
                         Ok(_) => {
-                            log(&self.node, &format!("shard {shard} committed ({} items, {n} outputs)", items.len()));
+                            log(
+                                &self.node,
+                                &format!("shard {shard} committed ({} items, {n} outputs; {read})", items.len()),
+                            );
                             Ok(())
                         }
                         Err(CallError::Refused { status, message }) if status >= 500 => {
@@ -328,6 +346,7 @@ impl Worker {
         shard: u32,
         attempt: u32,
         items: &[Item],
+        ahead: &mut ReadAhead,
         staging: &std::path::Path,
         lost: &AtomicBool,
     ) -> (Vec<StagedFile>, Option<Failure>) {
@@ -344,18 +363,6 @@ impl Worker {
         let mut session: Option<Session> = None;
         // Items the current instance has processed.
         let mut in_session = 0usize;
-        let (fetch_from, open_from) = (self.input.clone(), self.input.clone());
-        let config = ReadAheadConfig::for_store(
-            self.manifest.read_ahead,
-            self.manifest.read_ahead_memory,
-            self.input.local_dir().is_some(),
-        );
-        let mut ahead = ReadAhead::new(
-            items.to_vec(),
-            config,
-            Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
-            Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
-        );
         for (index, item) in items.iter().enumerate() {
             if lost.load(Ordering::Relaxed) {
                 return (Vec::new(), None);

@@ -714,3 +714,97 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
     // (ext4 skips recently freed inodes one by one when it allocates).
     load
 }
+
+/// What [`read_ahead`] measured: items per second, and the most bytes one
+/// shard's read-ahead held at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRate {
+    /// Items the workers processed.
+    pub items: usize,
+    /// Their wall time, from the first shard's start to the last's finish.
+    pub wall: Duration,
+    /// The largest read-ahead peak of any shard attempt.
+    pub peak_held: u64,
+}
+
+impl ReadRate {
+    /// Items per second.
+    pub fn per_second(&self) -> f64 {
+        self.items as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A worker's read path over `files` (names and sizes under `input`):
+/// `workers` threads take the files' shards (`shards_per_worker` each, as the
+/// planner makes them) from one queue and run each through one instance of
+/// the wordcount map, as a worker does: the worker's read-ahead
+/// (`read_ahead` requests in flight, 0 = none; 64 MiB) over `input`, one
+/// `start`, an `item` call per file, one `finish`. No master or lease: only
+/// the store, the read-ahead and the sandbox. Every item's bytes must reach
+/// the task (checked).
+pub fn read_ahead(
+    input: &mayfly_core::store::Store,
+    files: &[(String, u64)],
+    workers: usize,
+    shards_per_worker: usize,
+    read_ahead: u32,
+    staging: &Path,
+) -> ReadRate {
+    use mayfly_core::host::{Limits, ShardInfo, ShardStart};
+    use mayfly_core::readahead::{ReadAhead, ReadAheadConfig};
+
+    let task = crate::task("tasks/wordcount");
+    let items: Vec<Item> =
+        files.iter().map(|(name, len)| Item { object: name.clone(), start: 0, len: *len, whole: true }).collect();
+    let per_shard = items.len().div_ceil(workers * shards_per_worker).max(1);
+    let queue: Mutex<Vec<(usize, Vec<Item>)>> =
+        Mutex::new(items.chunks(per_shard).map(<[Item]>::to_vec).enumerate().rev().collect());
+    let config = ReadAheadConfig { requests: read_ahead, memory: 64 << 20 };
+    let (read, peak) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio");
+                while let Some((shard, items)) = queue.lock().unwrap().pop() {
+                    let (fetch_from, open_from) = (input.clone(), input.clone());
+                    let mut ahead = ReadAhead::new(
+                        items.clone(),
+                        config,
+                        Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
+                        Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
+                    );
+                    let start = ShardStart {
+                        info: ShardInfo {
+                            job: "bench".into(),
+                            shard: shard as u32,
+                            attempt: 1,
+                            items: items.len() as u32,
+                        },
+                        params: Arc::from(r#"{"mode":"map"}"#),
+                        limits: Limits::default(),
+                        staging: staging.join(format!("{shard:06}")),
+                        shard_key: mayfly_core::job::shard_key(shard as u32),
+                    };
+                    let (mut session, call) = rt.block_on(crate::runtime().start(&task, start));
+                    call.result.unwrap_or_else(|f| panic!("shard {shard}: start: {f}"));
+                    for (index, item) in items.iter().enumerate() {
+                        let source = ahead.take(index).unwrap_or_else(|e| panic!("reading {}: {e}", item.object));
+                        let call = rt.block_on(session.item(source, None));
+                        call.result.unwrap_or_else(|f| panic!("{}: {f}", item.object));
+                        assert_eq!(call.input_read, item.len, "{}: the task did not get every byte", item.object);
+                        read.fetch_add(call.input_read, Ordering::Relaxed);
+                    }
+                    let outcome = rt.block_on(session.finish());
+                    outcome.result.unwrap_or_else(|f| panic!("shard {shard}: finish: {f}"));
+                    assert_eq!(outcome.outputs.len(), 1, "shard {shard}: one counts.tsv");
+                    peak.fetch_max(ahead.peak(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let wall = started.elapsed();
+    let _ = std::fs::remove_dir_all(staging);
+    assert_eq!(read.into_inner(), files.iter().map(|f| f.1).sum::<u64>(), "every byte of every item was read");
+    ReadRate { items: files.len(), wall, peak_held: peak.into_inner() }
+}

@@ -20,52 +20,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use mayfly_provider_aws::NodeLaunch;
 
-use mayfly_tests::{cache_dir, mayfly_bin, scratch, target_dir};
+use mayfly_tests::{cache_dir, mayfly_bin, scratch};
 
-/// The moto server of this test process, and what reaches it.
-#[derive(Debug)]
-pub struct Moto {
-    /// `http://127.0.0.1:<port>`.
-    pub endpoint: String,
-    /// An AWS shared credentials file with moto's test keys.
-    pub credentials: PathBuf,
-    _server: Mutex<Child>,
-}
-
-/// A Python with moto (and the AWS CLI the instances' user data runs)
-/// installed: `MAYFLY_MOTO_PYTHON`, or a virtual environment under the target
-/// directory, made (with `pip install 'moto[server]' awscli`) on first use.
-fn moto_python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    // Once per process: tests start motos and boot instances concurrently.
-    PYTHON.get_or_init(find_or_install_moto).clone()
-}
-
-fn find_or_install_moto() -> PathBuf {
-    if let Some(p) = std::env::var_os("MAYFLY_MOTO_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = target_dir().join("moto-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".installed");
-    if !ready.exists() || !venv.join("bin/aws").exists() {
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "moto[server]", "awscli"])
-                .status()
-                .is_ok_and(|s| s.success());
-        assert!(ok, "installing moto into {} failed (needs python3 and PyPI)", venv.display());
-        std::fs::write(&ready, b"").unwrap();
-    }
-    python
-}
+pub use mayfly_tests::moto::Moto;
 
 /// A moto server of its own, without the hypervisor: for a test whose
 /// assertions must not see other tests' instances.
@@ -73,51 +37,32 @@ pub fn private_moto() -> Moto {
     start_moto(false)
 }
 
-/// The moto server, started once per test process. It ends when this process
-/// does: it watches its standard input, which only this process holds.
+/// The moto server, started once per test process.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| start_moto(true))
 }
 
 fn start_moto(hypervisor: bool) -> Moto {
-    {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = scratch(&format!("moto-{port}"));
-        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let watch = "import os, sys, threading\n\
-                     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()\n\
-                     from moto.server import main\n\
-                     main(['-H', '127.0.0.1', '-p', sys.argv[1]])\n";
-        let server = Command::new(moto_python())
-            .args(["-c", watch, &port.to_string()])
-            // Refuse what EC2 refuses: unknown instance types and images.
-            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
-            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start moto");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let up = mayfly_tests::cluster::wait_until(Duration::from_secs(60), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "moto did not start on port {port} (see target/test-scratch/*/moto/moto.log)");
-        let credentials = dir.join("credentials");
-        std::fs::write(&credentials, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
-            .unwrap();
-        let moto = Moto { endpoint, credentials, _server: Mutex::new(server) };
-        if hypervisor {
-            Hypervisor::start(&moto);
-        }
-        moto
+    // Refuse what EC2 refuses: unknown instance types and images.
+    let moto =
+        Moto::start(&[("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true"), ("MOTO_ENABLE_AMI_VALIDATION", "true")]);
+    if hypervisor {
+        Hypervisor::start(&moto);
     }
+    moto
 }
 
-impl Moto {
+/// What the AWS tests ask of a moto beyond S3.
+pub trait MotoExt {
     /// The `[provider]` settings that point the aws plugin at this moto.
-    pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+    fn settings(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// An EC2 client on this moto, for tests that look at instances themselves.
+    fn ec2(&self) -> aws_sdk_ec2::Client;
+}
+
+impl MotoExt for Moto {
+    fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let v = serde_json::json!({
             "endpoint_url": self.endpoint,
             "credentials_file": self.credentials,
@@ -133,8 +78,7 @@ impl Moto {
         v.as_object().cloned().unwrap_or_default()
     }
 
-    /// An EC2 client on this moto, for tests that look at instances themselves.
-    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+    fn ec2(&self) -> aws_sdk_ec2::Client {
         let creds = aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "mayfly-tests");
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
@@ -143,19 +87,6 @@ impl Moto {
             .credentials_provider(creds)
             .build();
         aws_sdk_ec2::Client::from_conf(config)
-    }
-}
-
-impl Moto {
-    /// Creates an S3 bucket in this moto (moto takes unsigned requests).
-    pub fn create_bucket(&self, bucket: &str) {
-        use std::io::{Read, Write};
-        let host = self.endpoint.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(host).expect("connect to moto");
-        write!(stream, "PUT /{bucket} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n").expect("send");
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "CreateBucket: {answer}");
     }
 }
 
@@ -208,7 +139,7 @@ pub fn node_log(job: &str, node: &str) -> String {
 /// The directory of the Python that runs moto: its virtual environment's
 /// `bin`, with the AWS CLI the instances' user data uses.
 fn python_bin() -> PathBuf {
-    let python = moto_python();
+    let python = mayfly_tests::moto::python();
     python.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 

@@ -10,7 +10,7 @@ use mayfly_provider_api::conformance::assert_conforms;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
 use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, scratch};
-use mayfly_tests_aws::{RuntimeApi, aws_plugin, moto};
+use mayfly_tests_aws::{MotoExt, RuntimeApi, aws_plugin, moto};
 
 fn section() -> serde_json::Map<String, serde_json::Value> {
     let mut s = moto().settings();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use mayfly_tests::cluster::{inputs, text, wait_until};
 use mayfly_tests::{mayfly_bin, root, scratch};
-use mayfly_tests_aws::{RuntimeApi, aws_cli, moto, node_disks, node_log};
+use mayfly_tests_aws::{MotoExt, RuntimeApi, aws_cli, moto, node_disks, node_log};
 
 fn mayfly(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(mayfly_bin());

@@ -93,6 +93,46 @@ fn final_state(job: &TestJob) -> serde_json::Value {
 }
 
 #[test]
+fn a_running_jobs_status_names_its_quarantined_items() {
+    // `a-bad.txt` sorts first, so its shard is leased first; the others take
+    // 800 ms each on 2 workers, so the job runs for seconds after it is set aside.
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..10).map(|i| (format!("in-{i}.txt"), format!("input {i}\n").repeat(100).into_bytes())).collect();
+    files.push(("a-bad.txt".into(), "not this!\n".repeat(100).into_bytes()));
+    let job = TestJob::new("ops-status-quarantine", &files);
+    job.write_job(
+        GUEST,
+        "{ mode = \"picky\", fail_on = \"bad\", delay_ms = 800 }",
+        "[cluster]\nworkers = 2\ndeadline = \"5m\"\n\n[limits]\nmax_failed_items = 3\n\n\
+         [sharding]\nshards_per_worker = 3\nsplit_text = false\nmin_shard_bytes = 0\n",
+    );
+    let run = job.spawn();
+    let mut st = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let out = job.command(&["status", &job.id, "--state", "state", "--once", "--json"]).output().unwrap();
+            st = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            st["quarantined_items"].as_u64() == Some(1)
+        }),
+        "the live status never showed the quarantined item: {st}"
+    );
+    assert!(st["ended"].is_null(), "seen while the job runs: {st}");
+    assert_eq!(st["max_failed_items"].as_u64(), Some(3), "{st}");
+    assert_eq!(st["quarantined"][0][1]["key"], "a-bad.txt", "{st}");
+    let out = job.command(&["status", &job.id, "--state", "state", "--once"]).output().unwrap();
+    let live = stdout(&out);
+    assert!(
+        live.contains("items   1 quarantined, of at most 3 the job allows")
+            && live.contains("  a-bad.txt (shard ")
+            && live.contains("a-bad.txt is not acceptable"),
+        "{live}"
+    );
+    let done = run.wait_with_output().unwrap();
+    assert!(done.status.success(), "every other item commits: {}", text(&done));
+    assert!(stdout(&done).contains("; 1 item quarantined"), "{}", text(&done));
+}
+
+#[test]
 fn status_is_live_while_the_job_runs_and_a_summary_after() {
     let job = picky_job("ops-status", 1500);
     let run = job.spawn();

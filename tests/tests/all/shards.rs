@@ -75,7 +75,7 @@ fn one_poisoned_item_among_thousands_is_quarantined_and_every_other_item_commits
     let out = job.run();
     let s = text(&out);
     assert!(out.status.success(), "1% of 2000 items may be quarantined: {s}");
-    assert!(s.contains("shards committed, 0 failed") && s.contains("; 1 items quarantined"), "{s}");
+    assert!(s.contains("shards committed, 0 failed") && s.contains("; 1 item quarantined"), "{s}");
     assert!(
         s.contains("quarantined item poison-1234.txt (shard ") && s.contains("poison-1234.txt is poisoned"),
         "the summary names the item and its error: {s}"
@@ -91,7 +91,7 @@ fn one_poisoned_item_among_thousands_is_quarantined_and_every_other_item_commits
 
     // `status` says so, and `replay` runs the item again, item by item.
     let out = job.command(&["status", "poisoned", "--state", "state"]).output().unwrap();
-    assert!(text(&out).contains("1 items quarantined") && text(&out).contains("poison-1234.txt"), "{}", text(&out));
+    assert!(text(&out).contains("1 item quarantined") && text(&out).contains("poison-1234.txt"), "{}", text(&out));
     let shard = q[0]["shard"].as_u64().unwrap().to_string();
     let out = job
         .command(&["replay", "poisoned", &shard, "--state", "state", "--item", "poison-1234.txt", "--out", "replayed"])
@@ -111,7 +111,7 @@ fn past_max_failed_items_the_job_fails_naming_the_bound_and_still_commits_the_re
     let s = text(&out);
     assert_eq!(out.status.code(), Some(1), "{s}");
     // Whichever poisoned item failed first is quarantined; the other fails its shard.
-    assert!(s.contains("shards committed, 1 failed") && s.contains("; 1 items quarantined"), "{s}");
+    assert!(s.contains("shards committed, 1 failed") && s.contains("; 1 item quarantined"), "{s}");
     assert!(
         s.contains("not quarantined: 1 items already are, the job's max_failed_items"),
         "the failed shard says why its item was not quarantined: {s}"
@@ -204,4 +204,96 @@ fn item_isolation_gives_each_item_a_fresh_instance() {
         assert_eq!(seen, format!("{name}\n"), "{name}");
     }
     assert!(!job.out().join("map/_shards").exists(), "no output belongs to the shard");
+}
+
+#[test]
+fn the_worker_reads_items_ahead_within_the_jobs_memory_budget() {
+    // 40 items of 1 KiB and one of 64 KiB in one shard; 4 fetches in flight
+    // and 8 KiB of memory: the large one is read as the task goes.
+    let mut files: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("f{i:04}.txt"), vec![b'a'; 1024])).collect();
+    files.push(("large.bin".into(), vec![b'b'; 64 << 10]));
+    let job = TestJob::new("read-ahead", &files);
+    with_input(&job, "read_ahead = 4\nread_ahead_memory = \"8KiB\"\n");
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_committed_once(&job, &files, &[]);
+    let log = job.log("worker-1");
+    let line = log.lines().find(|l| l.contains("shard 0 committed")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("(41 items, 42 outputs; 40 items read ahead (4 requests, peak ")
+            && line.contains(", 1 read as the task went (larger than the read-ahead memory)"),
+        "{line}"
+    );
+    let peak = line.split("peak ").nth(1).and_then(|r| r.split(" held").next()).unwrap();
+    let peak: mayfly_core::units::ByteSize = peak.parse().unwrap();
+    assert!(peak.0 > 0 && peak.0 <= 8 << 10, "never more than the budget: {line}");
+
+    // Off: every item is read as the task goes.
+    let job = TestJob::new("read-ahead-off", &files);
+    with_input(&job, "read_ahead = 0\n");
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_committed_once(&job, &files, &[]);
+    assert!(job.log("worker-1").contains("(41 items, 42 outputs; read-ahead off)"), "{}", job.log("worker-1"));
+}
+
+/// Writes `job`'s file (the stateful task, one worker, one shard) with `keys`
+/// added to its `[input]`.
+fn with_input(job: &TestJob, keys: &str) {
+    let path = job.write_job(STATEFUL, "{}", &cluster(1, 1, ""));
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("[input]\nurl = \"data\"\n", &format!("[input]\nurl = \"data\"\n{keys}"), 1))
+        .unwrap();
+}
+
+/// One instance of the stateful task over `items` (names, each 16 bytes),
+/// in process, with `limits`: each item call's result and the lines it logged.
+fn calls(params: &str, limits: mayfly_core::host::Limits, items: &[&str]) -> Vec<(mayfly_core::host::Call, usize)> {
+    use mayfly_core::host::{BytesInput, ShardInfo, ShardStart};
+    use std::sync::Arc;
+    let task = mayfly_tests::task(STATEFUL);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let start = ShardStart {
+        info: ShardInfo { job: "calls".into(), shard: 0, attempt: 1, items: items.len() as u32 },
+        params: Arc::from(params),
+        limits,
+        staging: mayfly_tests::scratch("per-call-limits"),
+        shard_key: mayfly_core::job::shard_key(0),
+    };
+    let (mut session, started) = rt.block_on(mayfly_tests::runtime().start(&task, start));
+    started.result.unwrap();
+    let calls = items
+        .iter()
+        .map(|name| {
+            let call = rt.block_on(session.item(Arc::new(BytesInput::new(*name, vec![b'z'; 16])), Some(name)));
+            let lines = call.logs.len();
+            (call, lines)
+        })
+        .collect();
+    session.discard();
+    calls
+}
+
+#[test]
+fn the_log_limit_counts_afresh_for_each_item() {
+    // 40 KiB logged per item against a 64 KiB limit: each call fits; the three together would not.
+    let limits = mayfly_core::host::Limits { log: mayfly_core::units::ByteSize(64 << 10), ..Default::default() };
+    let calls = calls(r#"{"log_kib": 40}"#, limits, &["a", "b", "c"]);
+    for (call, lines) in &calls {
+        assert_eq!(call.result, Ok(()), "{:?}", call.result);
+        assert_eq!(*lines, 40, "each call's own lines, none carried over");
+    }
+}
+
+#[test]
+fn a_memory_growth_refused_in_an_earlier_item_is_not_a_later_traps_cause() {
+    // Item `a` asks for 64 MiB under a 16 MiB limit, is refused and goes on;
+    // item `b` traps: a trap, not "out of memory".
+    let limits = mayfly_core::host::Limits { memory: mayfly_core::units::ByteSize(16 << 20), ..Default::default() };
+    let calls = calls(r#"{"try_mib": 64, "trap_on": "b"}"#, limits, &["a", "b"]);
+    assert_eq!(calls[0].0.result, Ok(()), "a refused growth the task survives is no failure");
+    match &calls[1].0.result {
+        Err(mayfly_core::host::Failure::Trap { .. }) => {}
+        other => panic!("expected a trap, got {other:?}"),
+    }
 }

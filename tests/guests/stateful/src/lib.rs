@@ -30,6 +30,13 @@ struct Params {
     /// its memory limit over the shard, not because of one item).
     #[serde(default)]
     hoard_kib: usize,
+    /// KiB each item prints (lines of 1 KiB on stdout, which become log lines).
+    #[serde(default)]
+    log_kib: usize,
+    /// MiB each item tries to reserve, going on without it when refused (a
+    /// task that survives a denied growth).
+    #[serde(default)]
+    try_mib: usize,
 }
 
 struct Stateful {
@@ -60,6 +67,15 @@ impl Task for Stateful {
         }
         if !p.fatal_on.is_empty() && name.contains(&p.fatal_on) {
             return Err(Error::fatal(format!("{name} is poisoned")));
+        }
+        for _ in 0..p.log_kib {
+            println!("{}", "x".repeat(1023));
+        }
+        if p.try_mib > 0 {
+            let mut big: Vec<u8> = Vec::new();
+            if big.try_reserve_exact(p.try_mib << 20).is_ok() {
+                big.push(1);
+            }
         }
         if p.hoard_kib > 0 {
             self.hoard.push(vec![1; p.hoard_kib << 10]);

@@ -181,6 +181,19 @@ impl Status {
     pub const QUARANTINED_SHOWN: usize = 10;
 }
 
+/// Where the master listens, written to `master.json` once it does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasterInfo {
+    /// host:port
+    pub addr: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The job's CA certificate (PEM) when the master serves TLS: clients
+    /// trust it and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
 /// What the master knows of one worker.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WorkerStatus {
@@ -250,7 +263,7 @@ impl Client {
 
     /// A client for the master `master.json` describes: over TLS, trusting
     /// only the job's CA, when the master published one; else plain HTTP.
-    pub fn connect(info: &crate::master::MasterInfo, token: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn connect(info: &MasterInfo, token: &str, timeout: Duration) -> Result<Self, String> {
         let Some(ca) = &info.ca else {
             // In clear only on loopback: the token never crosses a network unencrypted.
             let ip = info

@@ -7,15 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::api::MasterInfo;
 use crate::config::{JobSpec, TaskSpec, glob_regex};
 use crate::host::{Runtime, RuntimeConfig};
 use crate::job::{Layout, Manifest, create_token, keys, new_job_id};
-use crate::master::MasterInfo;
 use crate::plan::{Object, Plan, PlanOptions, plan};
 use crate::policy::{Budget, Clock, SystemClock, ms};
 use crate::provider::{
-    BootstrapReply, BootstrapRequest, ErrorKind, LaunchRequest, NodeInfo, NodeSpec, ProviderError, ProviderHandle,
-    Role, Selection,
+    BootstrapReply, BootstrapRequest, ErrorKind, Invoked, LaunchRequest, NodeInfo, NodeSpec, ProviderError,
+    ProviderHandle, Role, Selection,
 };
 use crate::store::{Location, Store};
 
@@ -288,6 +288,23 @@ fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<Provi
 /// [`from_request_on`] with the system clock.
 pub fn from_request(request: &BootstrapRequest, provider: &ProviderHandle) -> Result<BootstrapReply, ProviderError> {
     from_request_on(request, provider, &SystemClock, &mut |_| {})
+}
+
+/// Handles one event of `provider`'s serverless entrypoint: the provider
+/// adapts it, and the job is bootstrapped (by a plugin, through its host).
+pub fn invoke(provider: &ProviderHandle, event: serde_json::Value) -> Result<BootstrapReply, ProviderError> {
+    provider.arm(from_request);
+    match provider.invoke(event)? {
+        Invoked::Bootstrapped(reply) => Ok(reply),
+        Invoked::Adapted(request) => from_request(&request, provider),
+    }
+}
+
+/// Runs `provider`'s serverless entrypoint (e.g. Lambda's runtime API loop),
+/// which bootstraps a job per event through its host.
+pub fn serve(provider: &ProviderHandle) -> Result<(), ProviderError> {
+    provider.arm(from_request);
+    provider.serve()
 }
 
 /// The arguments a node runs `mayfly` with. A remote state also carries the

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mayfly_core::api::Client;
+use mayfly_core::api::MasterInfo;
 use mayfly_core::bootstrap::{absolute, absolute_location, bootstrap, launch_request, list_inputs, ready_tasks};
 use mayfly_core::config::JobSpec;
 use mayfly_core::history::{self, LogFilter};
 use mayfly_core::job::{Layout, Manifest, keys, read_json};
-use mayfly_core::master::{FinalState, MasterInfo};
+use mayfly_core::master::FinalState;
 use mayfly_core::policy::{Clock, SystemClock};
 use mayfly_core::provider::{ProviderHandle, Role, Selection};
 use mayfly_core::report::AttemptEnd;
@@ -822,7 +823,7 @@ pub(crate) fn cmd_serve(provider: &str, settings: &[String]) -> Result<ExitCode>
     if handle.info().capabilities.entrypoint.is_none() {
         bail!("provider {} has no serverless entrypoint to serve", handle.name());
     }
-    handle.serve()?;
+    mayfly_core::bootstrap::serve(&handle)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,8 +23,8 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest, Status,
-    constant_time_eq,
+    CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, MasterInfo, ReleaseRequest,
+    Status, constant_time_eq,
 };
 use crate::job::{Layout, Manifest, keys};
 use crate::ledger::{CommittedOutput, Event, Ledger, Quarantined, ShardState};
@@ -714,19 +714,6 @@ async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong job token");
     }
     json(&m.status())
-}
-
-/// Where the master listens, written to `master.json` once it does.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MasterInfo {
-    /// host:port
-    pub addr: String,
-    /// Its process id.
-    pub pid: u32,
-    /// The job's CA certificate (PEM) when the master serves TLS: clients
-    /// trust it and nothing else.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<String>,
 }
 
 /// Listens on `addr` with a backlog for thousands of workers connecting at

@@ -30,7 +30,18 @@ use mayfly_provider_api::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::provider::CoreHost;
+/// What a plugin may ask of core, on the plugin's own threads: to log a
+/// line, and to bootstrap a job (blocking until it is). Implemented by
+/// `provider::CoreHost`; this module, below it, names only the trait.
+pub trait CoreServices: Send + Sync {
+    /// Writes a provider's log line.
+    fn write_log(&self, level: Level, message: &str);
+    /// Bootstraps `request` with the provider this host serves.
+    fn bootstrap_blocking(&self, request: &BootstrapRequest) -> Result<BootstrapReply, ProviderError>;
+}
+
+/// The host table's context: what `ctx` points to.
+type HostCtx = Arc<dyn CoreServices>;
 
 /// Why a plugin could not be loaded; names the plugin's file.
 #[derive(Debug, thiserror::Error)]
@@ -211,8 +222,8 @@ unsafe extern "C" fn call_done(ctx: *mut c_void, status: u32, body: Buf) {
 
 unsafe extern "C" fn host_log(ctx: *const c_void, level: u32, message: Buf) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `ctx` is the leaked `Arc<CoreHost>` of this host table, alive forever.
-        let host = unsafe { &*ctx.cast::<CoreHost>() };
+        // SAFETY: `ctx` is the leaked `Box<HostCtx>` of this host table, alive forever.
+        let host = unsafe { &*ctx.cast::<HostCtx>() };
         // SAFETY: the plugin lends `message` for this call.
         let text = String::from_utf8_lossy(unsafe { message.as_slice() });
         host.write_log(Level::from_u32(level), &text);
@@ -221,8 +232,8 @@ unsafe extern "C" fn host_log(ctx: *const c_void, level: u32, message: Buf) {
 
 unsafe extern "C" fn host_bootstrap(ctx: *const c_void, request: Buf, done: Done, done_ctx: *mut c_void) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `ctx` is the leaked `Arc<CoreHost>` of this host table, alive forever.
-        let host = unsafe { &*ctx.cast::<CoreHost>() };
+        // SAFETY: `ctx` is the leaked `Box<HostCtx>` of this host table, alive forever.
+        let host = unsafe { &*ctx.cast::<HostCtx>() };
         // SAFETY: the plugin lends `request` for this call.
         let bytes = unsafe { request.as_slice() };
         let request: BootstrapRequest = serde_json::from_slice(bytes).map_err(|e| {
@@ -244,8 +255,8 @@ unsafe extern "C" fn host_bootstrap(ctx: *const c_void, request: Buf, done: Done
 }
 
 /// The host table handed to plugins: leaked, so it outlives every plugin thread.
-fn host_table(host: Arc<CoreHost>) -> &'static HostTable {
-    let ctx: *const c_void = Arc::into_raw(host).cast();
+fn host_table(host: HostCtx) -> &'static HostTable {
+    let ctx: *const c_void = Box::into_raw(Box::new(host)).cast_const().cast();
     Box::leak(Box::new(HostTable {
         size: std::mem::size_of::<HostTable>(),
         ctx,
@@ -291,7 +302,7 @@ impl PluginProvider {
     pub fn load(
         path: &Path,
         settings: &serde_json::Map<String, serde_json::Value>,
-        host: Arc<CoreHost>,
+        host: Arc<dyn CoreServices>,
         timeout: Duration,
     ) -> Result<PluginProvider, PluginError> {
         let lib = open(path)?;

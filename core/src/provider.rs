@@ -103,10 +103,16 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Core's bootstrap as a provider's entrypoint reaches it through [`Host`].
+/// `bootstrap` (above this module in the flow) hands it down with
+/// [`ProviderHandle::arm`] when it serves an entrypoint.
+pub type Bootstrapper = fn(&BootstrapRequest, &ProviderHandle) -> Result<BootstrapReply, ProviderError>;
+
 /// What core offers providers ([`Host`]): its log (the process's stderr,
-/// which is the node's log file on a node) and its bootstrap.
+/// which is the node's log file on a node) and its bootstrap, once armed.
 pub struct CoreHost {
     handle: OnceLock<ProviderHandle>,
+    bootstrapper: Arc<OnceLock<Bootstrapper>>,
 }
 
 impl std::fmt::Debug for CoreHost {
@@ -118,16 +124,29 @@ impl std::fmt::Debug for CoreHost {
 impl CoreHost {
     /// A host not yet tied to its provider.
     pub fn new() -> Arc<CoreHost> {
-        Arc::new(CoreHost { handle: OnceLock::new() })
+        Arc::new(CoreHost { handle: OnceLock::new(), bootstrapper: Arc::new(OnceLock::new()) })
     }
 
-    /// Bootstraps `request` with the provider this host serves.
-    pub fn bootstrap_blocking(&self, request: &BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
+    /// The provider this host serves, and core's bootstrap if armed.
+    fn bootstrap_parts(&self) -> Result<(ProviderHandle, Bootstrapper), ProviderError> {
         let handle = self
             .handle
             .get()
             .ok_or_else(|| ProviderError::new("host", ErrorKind::Unavailable, "the provider is still being created"))?;
-        crate::bootstrap::from_request(request, handle)
+        let bootstrap = self.bootstrapper.get().ok_or_else(|| {
+            ProviderError::new(
+                "host",
+                ErrorKind::Unsupported,
+                "the provider asked mayfly to bootstrap a job outside its entrypoint (`mayfly serve`, or an event)",
+            )
+        })?;
+        Ok((handle.clone(), *bootstrap))
+    }
+
+    /// Bootstraps `request` with the provider this host serves.
+    pub fn bootstrap_blocking(&self, request: &BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
+        let (handle, bootstrap) = self.bootstrap_parts()?;
+        bootstrap(request, &handle)
     }
 
     /// Writes a provider's log line.
@@ -148,6 +167,16 @@ impl CoreHost {
     }
 }
 
+impl crate::plugin::CoreServices for CoreHost {
+    fn write_log(&self, level: Level, message: &str) {
+        CoreHost::write_log(self, level, message);
+    }
+
+    fn bootstrap_blocking(&self, request: &BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
+        CoreHost::bootstrap_blocking(self, request)
+    }
+}
+
 #[async_trait]
 impl Host for CoreHost {
     fn log(&self, level: Level, message: &str) {
@@ -155,14 +184,20 @@ impl Host for CoreHost {
     }
 
     async fn bootstrap(&self, request: BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
-        let handle = self.handle.get().cloned();
-        tokio::task::spawn_blocking(move || match handle {
-            Some(h) => crate::bootstrap::from_request(&request, &h),
-            None => Err(ProviderError::new("host", ErrorKind::Unavailable, "the provider is still being created")),
-        })
-        .await
-        .map_err(|e| ProviderError::new("host", ErrorKind::Panic, e.to_string()))?
+        let (handle, bootstrap) = self.bootstrap_parts()?;
+        tokio::task::spawn_blocking(move || bootstrap(&request, &handle))
+            .await
+            .map_err(|e| ProviderError::new("host", ErrorKind::Panic, e.to_string()))?
     }
+}
+
+/// What a provider's entrypoint made of an event ([`ProviderHandle::invoke`]).
+#[derive(Debug)]
+pub enum Invoked {
+    /// A plugin adapted it and bootstrapped the job through its host.
+    Bootstrapped(BootstrapReply),
+    /// A provider linked in adapted it: the caller bootstraps the job.
+    Adapted(BootstrapRequest),
 }
 
 #[derive(Clone)]
@@ -180,6 +215,8 @@ pub struct ProviderHandle {
     kind: Kind,
     info: ProviderInfo,
     selection: Selection,
+    /// Shared with the [`CoreHost`] the provider was made with.
+    bootstrapper: Arc<OnceLock<Bootstrapper>>,
 }
 
 impl std::fmt::Debug for ProviderHandle {
@@ -212,7 +249,7 @@ impl ProviderHandle {
     /// Makes the provider `selection` names.
     pub fn select(selection: &Selection) -> Result<ProviderHandle, SelectError> {
         let host = CoreHost::new();
-        let handle = match (&selection.path, selection.name.as_deref().unwrap_or(BUILT_IN)) {
+        let mut handle = match (&selection.path, selection.name.as_deref().unwrap_or(BUILT_IN)) {
             (Some(path), _) => Self::from_plugin(path, selection, host.clone())?,
             (None, BUILT_IN) => {
                 let settings = Settings::new(BUILT_IN, selection.settings.clone());
@@ -241,22 +278,35 @@ impl ProviderHandle {
                 format!("it is the {:?} provider, but the job asks for {name:?}", handle.info.name),
             )));
         }
+        handle.bootstrapper = host.bootstrapper.clone();
         let _ = host.handle.set(handle.clone());
         Ok(handle)
+    }
+
+    /// Lets the provider's entrypoint reach core's bootstrap through its
+    /// host (see [`Bootstrapper`]); a later call changes nothing.
+    pub fn arm(&self, bootstrap: Bootstrapper) {
+        let _ = self.bootstrapper.set(bootstrap);
     }
 
     fn from_plugin(path: &Path, selection: &Selection, host: Arc<CoreHost>) -> Result<ProviderHandle, SelectError> {
         let timeout = Duration::from_millis(selection.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
         let plugin = Arc::new(PluginProvider::load(path, &selection.settings, host, timeout)?);
         let info = plugin.info();
-        Ok(ProviderHandle { inner: plugin.clone(), kind: Kind::Plugin(plugin), info, selection: selection.clone() })
+        Ok(ProviderHandle {
+            inner: plugin.clone(),
+            kind: Kind::Plugin(plugin),
+            info,
+            selection: selection.clone(),
+            bootstrapper: Default::default(),
+        })
     }
 
     /// Wraps a provider linked into this binary (tests use it for providers
     /// made in process; `selection` is what nodes will make from the manifest).
     pub fn built_in(provider: Arc<dyn Provider>, selection: Selection) -> ProviderHandle {
         let info = provider.info();
-        ProviderHandle { inner: provider, kind: Kind::BuiltIn, info, selection }
+        ProviderHandle { inner: provider, kind: Kind::BuiltIn, info, selection, bootstrapper: Default::default() }
     }
 
     /// The provider as the async trait.
@@ -377,20 +427,20 @@ impl ProviderHandle {
         self.block("credentials", Some(self.timeout()), |p| async move { p.credentials(request).await })
     }
 
-    /// Handles one event of the provider's serverless entrypoint: adapts it
-    /// and bootstraps the job (a plugin calls back into core to do it).
-    pub fn invoke(&self, event: serde_json::Value) -> Result<BootstrapReply, ProviderError> {
+    /// Hands one event to the provider's serverless entrypoint (a plugin
+    /// adapts it and bootstraps the job through its host, so arm it first;
+    /// `bootstrap::invoke` does both).
+    pub fn invoke(&self, event: serde_json::Value) -> Result<Invoked, ProviderError> {
         match &self.kind {
             Kind::Plugin(plugin) => {
                 let plugin = plugin.clone();
                 let limit = self.limits().bootstrap_limit() + self.timeout();
                 self.block("invoke", Some(limit), |_| async move { plugin.invoke(event).await })
+                    .map(Invoked::Bootstrapped)
             }
-            Kind::BuiltIn => {
-                let request =
-                    self.block("adapt_event", Some(self.timeout()), |p| async move { p.adapt_event(event).await })?;
-                crate::bootstrap::from_request(&request, self)
-            }
+            Kind::BuiltIn => self
+                .block("adapt_event", Some(self.timeout()), |p| async move { p.adapt_event(event).await })
+                .map(Invoked::Adapted),
         }
     }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::MasterInfo;
 use crate::api::{
     CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     StagedFile,
@@ -22,7 +23,6 @@ use crate::api::{
 use crate::config::Isolation;
 use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Session, ShardInfo, ShardStart, Task};
 use crate::job::{Layout, Manifest, keys};
-use crate::master::MasterInfo;
 use crate::plan::Item;
 use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, SystemClock, Watchdog};
 use crate::provider::{Credential, ProviderHandle};

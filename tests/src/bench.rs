@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mayfly_core::api::MasterInfo;
 use mayfly_core::api::{CallError, Client, CommitRequest, LeaseReply, LeaseRequest};
 use mayfly_core::demo::{Rng, vocabulary};
 use mayfly_core::job::{Layout, Manifest, keys};
-use mayfly_core::master::MasterInfo;
 use mayfly_core::plan::{Item, Plan, Shard};
 use mayfly_core::provider::{ProviderHandle, Role};
 use mayfly_core::store::Location;

@@ -489,7 +489,7 @@ fn the_worker_api_refuses_requests_without_the_job_token() {
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 1500 }", &cluster(1, ""));
     let run = job.spawn();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
-    let info: mayfly_core::master::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
+    let info: mayfly_core::api::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
     let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap();
     let good = Client::connect(&info, token.trim(), Duration::from_secs(5)).unwrap();
     let before = good.status().unwrap();
@@ -501,7 +501,7 @@ fn the_worker_api_refuses_requests_without_the_job_token() {
     assert!(matches!(plain.status(), Err(CallError::Unreachable(_))), "plain HTTP to a TLS master");
     let ip = info.addr.rsplit_once(':').unwrap().0.parse().unwrap();
     let other = mayfly_core::tls::master_tls("another-job", ip).unwrap();
-    let foreign = mayfly_core::master::MasterInfo { ca: Some(other.ca_pem.clone()), ..info.clone() };
+    let foreign = mayfly_core::api::MasterInfo { ca: Some(other.ca_pem.clone()), ..info.clone() };
     let wrong_ca = Client::connect(&foreign, token.trim(), Duration::from_secs(5)).unwrap();
     let refused = wrong_ca.status();
     assert!(
@@ -553,7 +553,7 @@ fn the_worker_api_refuses_other_jobs_tokens_replays_and_bad_bodies() {
     };
     assert!(wait_until(Duration::from_secs(60), || first_commit().is_some()), "no commit");
     let (shard, committed_token, outputs) = first_commit().unwrap();
-    let info: mayfly_core::master::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
+    let info: mayfly_core::api::MasterInfo = mayfly_core::job::read_json(&job.state().join("master.json")).unwrap();
     let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap().trim().to_owned();
     assert_ne!(token, other_token);
     let good = Client::connect(&info, &token, Duration::from_secs(30)).unwrap();

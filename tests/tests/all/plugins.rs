@@ -122,16 +122,16 @@ fn an_event_bootstraps_through_the_plugins_call_back_into_core() {
     let handle = ProviderHandle::select(&backend.selection(None)).unwrap();
     let request = kit.job_request("invoked", &backend.state_root(), &backend.section()).unwrap();
     // The plugin adapts the event, then calls core's bootstrap through the host table.
-    let reply = handle.invoke(backend.event(&request)).unwrap();
+    let reply = mayfly_core::bootstrap::invoke(&handle, backend.event(&request)).unwrap();
     assert_eq!(reply.job, "invoked");
     assert!(reply.nodes.len() == 3 && reply.shards > 0, "{reply:?}");
     kit.wait(&reply, Duration::from_secs(120)).unwrap();
     // A bad event is refused by the plugin, not by a crash.
-    let e = handle.invoke(serde_json::json!({ "nothing": 1 })).unwrap_err();
+    let e = mayfly_core::bootstrap::invoke(&handle, serde_json::json!({ "nothing": 1 })).unwrap_err();
     assert!(e.message.contains("expected a JSON object with `job` or `job_file`"), "{e}");
     // A job file the host refuses comes back as the host's error.
     let bad = serde_json::json!({ "job": "[job]\nname = 7\n", "base_dir": "/tmp" });
-    let e = handle.invoke(bad).unwrap_err();
+    let e = mayfly_core::bootstrap::invoke(&handle, bad).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.message.contains("job.toml"), "{e}");
 }

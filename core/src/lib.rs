@@ -2,7 +2,7 @@
 //!
 //! mayfly runs batch work over many files on clusters that live only as long as
 //! the work. This crate holds everything that is the same for every provider:
-//! today the task host ([`host`]) that runs sandboxed WebAssembly tasks, the
+//! the task host ([`host`], the `mayfly-sandbox` crate) that runs sandboxed WebAssembly tasks, the
 //! builder that turns a task crate into a component ([`build`]), and the units
 //! used in config ([`units`]).
 //!
@@ -38,7 +38,8 @@ pub mod cost;
 pub mod demo;
 pub mod history;
 pub mod hold;
-pub mod host;
+/// The task sandbox (the `mayfly-sandbox` crate).
+pub use mayfly_sandbox as host;
 pub mod job;
 pub mod ledger;
 pub mod master;
@@ -55,5 +56,6 @@ pub mod scaffold;
 pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod units;
+/// Sizes and durations (the `mayfly-model` crate).
+pub use mayfly_model::units;
 pub mod worker;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::{ByteSize, HumanDuration};
+use mayfly_model::units::{ByteSize, HumanDuration};
 
 /// What one attempt of a task may use. Every limit has a default and a key in
 /// the job file's `[limits]` table of the same name.

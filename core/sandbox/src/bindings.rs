@@ -1,7 +1,7 @@
 //! Host-side bindings for the `mayfly:task@0.2.0` world (sdk/wit/task.wit).
 
 wasmtime::component::bindgen!({
-    path: "../sdk/wit",
+    path: "../../sdk/wit",
     world: "task",
     imports: { default: trappable },
     exports: { default: async },

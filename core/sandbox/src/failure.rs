@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::units::{ByteSize, HumanDuration};
+use mayfly_model::units::{ByteSize, HumanDuration};
 
 /// Why an attempt failed. Every failure leaves no output behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]

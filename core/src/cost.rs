@@ -1,76 +1,34 @@
 //! What a job would cost and how long it would take, for `mayfly plan`:
-//! node-hours by node type, priced from a table (shipped defaults for common
-//! AWS and Azure sizes, overridden by the job's `[prices]`), with the bounds
-//! the rules give: no node outlives the deadline, so nodes × deadline is the
-//! most a job can cost.
+//! node-hours by node type, priced from what the job's provider declares
+//! ([`NodeTypes`]: the node types its settings select, and a dated price
+//! table), overridden by the job's `[prices]`, with the bounds the rules
+//! give: no node outlives the deadline, so nodes × deadline is the most a job
+//! can cost. Core knows no cloud's node types or prices.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mayfly_provider_api::NodeTypes;
 use serde::Serialize;
 
-/// When the shipped prices were read off the providers' public price lists.
-pub const PRICES_AS_OF: &str = "2025-06";
+/// What a node type is called when its provider does not say.
+pub const UNKNOWN: &str = "unknown";
 
-/// Shipped prices: USD per node-hour, on demand, Linux; AWS in us-east-1,
-/// Azure in East US, as listed on [`PRICES_AS_OF`]. Regions, discounts and
-/// spot prices differ: a job's `[prices]` table overrides any of these.
-pub const DEFAULT_PRICES: &[(&str, &str, f64)] = &[
-    ("aws", "t3.micro", 0.0104),
-    ("aws", "t3.small", 0.0208),
-    ("aws", "t3.medium", 0.0416),
-    ("aws", "t3.large", 0.0832),
-    ("aws", "t3.xlarge", 0.1664),
-    ("aws", "m5.large", 0.096),
-    ("aws", "m5.xlarge", 0.192),
-    ("aws", "m5.2xlarge", 0.384),
-    ("aws", "m6i.large", 0.096),
-    ("aws", "m6i.xlarge", 0.192),
-    ("aws", "m7g.large", 0.0816),
-    ("aws", "c5.large", 0.085),
-    ("aws", "c5.xlarge", 0.17),
-    ("aws", "c6i.large", 0.085),
-    ("aws", "c6i.xlarge", 0.17),
-    ("aws", "c7g.large", 0.0725),
-    ("aws", "r5.large", 0.126),
-    ("aws", "r6i.large", 0.126),
-    ("azure", "Standard_B2s", 0.0416),
-    ("azure", "Standard_D2s_v5", 0.096),
-    ("azure", "Standard_D4s_v5", 0.192),
-    ("azure", "Standard_D8s_v5", 0.384),
-    ("azure", "Standard_D2as_v5", 0.086),
-    ("azure", "Standard_D4as_v5", 0.172),
-    ("azure", "Standard_F2s_v2", 0.0846),
-    ("azure", "Standard_F4s_v2", 0.169),
-    ("azure", "Standard_E2s_v5", 0.126),
-    // The machine the operator already has.
-    ("local", "local", 0.0),
-];
+/// Where a price in the job's `[prices]` comes from, as a plan says it.
+pub const JOBS_PRICES: &str = "the job's [prices]";
 
-/// The node types a job's nodes would run on: (master's, workers'), from its
-/// provider's settings (`instance_type`/`master_instance_type` on AWS,
-/// `vm_size`/`master_vm_size` on Azure, `node_type`/`master_node_type` for
-/// others), with the built-in providers' defaults.
-pub fn node_types(provider: &str, settings: &serde_json::Map<String, serde_json::Value>) -> (String, String) {
-    let setting = |key: &str| settings.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    let (worker_key, master_key, default) = match provider {
-        "aws" => ("instance_type", "master_instance_type", "t3.medium"),
-        "azure" => ("vm_size", "master_vm_size", "Standard_D2s_v5"),
-        "local" => ("node_type", "master_node_type", "local"),
-        _ => ("node_type", "master_node_type", "unknown"),
-    };
-    let worker = setting(worker_key).unwrap_or_else(|| default.to_owned());
-    let master = setting(master_key).unwrap_or_else(|| worker.clone());
-    (master, worker)
-}
-
-/// The price of a node-hour of `node_type` on `provider`: the job's own
-/// table first, then the shipped one. `None` when neither knows it.
-pub fn price(provider: &str, node_type: &str, overrides: &BTreeMap<String, f64>) -> Option<(f64, &'static str)> {
+/// The price of a node-hour of `node_type`: the job's own table first, then
+/// the provider's. `None` when neither knows it.
+pub fn price(
+    node_type: &str,
+    declared: Option<&NodeTypes>,
+    overrides: &BTreeMap<String, f64>,
+) -> Option<(f64, String)> {
     if let Some(p) = overrides.get(node_type) {
-        return Some((*p, "the job's [prices]"));
+        return Some((*p, JOBS_PRICES.to_owned()));
     }
-    DEFAULT_PRICES.iter().find(|(p, t, _)| *p == provider && *t == node_type).map(|(_, _, usd)| (*usd, PRICES_AS_OF))
+    let declared = declared?;
+    declared.prices.get(node_type).map(|usd| (*usd, declared.prices_source.clone()))
 }
 
 /// One line of the estimate: nodes of one type.
@@ -112,11 +70,9 @@ pub struct Estimate {
 /// What the estimate is made from.
 #[derive(Debug, Clone)]
 pub struct EstimateInput<'a> {
-    /// The job's provider's name (as it names itself: `aws`, `azure`, `local`).
-    pub provider: &'a str,
-    /// Its settings (the job's `[provider]` section).
-    pub settings: &'a serde_json::Map<String, serde_json::Value>,
-    /// Its `[prices]`.
+    /// What the job's provider declares its nodes run on and cost.
+    pub nodes: Option<&'a NodeTypes>,
+    /// The job's `[prices]`.
     pub prices: &'a BTreeMap<String, f64>,
     /// Workers.
     pub workers: u32,
@@ -146,14 +102,17 @@ pub fn estimate(input: &EstimateInput<'_>) -> Estimate {
     let longest = input.largest_shard as f64 / rate;
     let deadline = input.deadline.as_secs_f64();
     let expected = spread.max(longest).min(deadline);
-    let (master_type, worker_type) = node_types(input.provider, input.settings);
+    let (master_type, worker_type) = match input.nodes {
+        Some(n) => (n.master.clone(), n.worker.clone()),
+        None => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
+    };
     let line = |role: &str, count: u32, node_type: String| {
-        let priced = price(input.provider, &node_type, input.prices);
+        let priced = price(&node_type, input.nodes, input.prices);
         NodeCost {
             role: role.to_owned(),
             count,
-            usd_per_hour: priced.map(|p| p.0),
-            price_source: priced.map(|p| p.1.to_owned()),
+            usd_per_hour: priced.as_ref().map(|p| p.0),
+            price_source: priced.map(|p| p.1),
             node_type,
             expected_node_hours: count as f64 * expected / 3600.0,
             ceiling_node_hours: count as f64 * deadline / 3600.0,
@@ -177,36 +136,27 @@ pub fn estimate(input: &EstimateInput<'_>) -> Estimate {
 mod tests {
     use super::*;
 
-    fn settings(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        v.as_object().cloned().unwrap_or_default()
+    fn aws_like(master: &str, worker: &str) -> NodeTypes {
+        NodeTypes::priced(master, worker, &[("m5.large", 0.096), ("c5.large", 0.085)], "a dated list")
     }
 
     #[test]
-    fn node_types_come_from_the_providers_settings_or_their_defaults() {
-        let aws = settings(serde_json::json!({ "instance_type": "c5.large" }));
-        assert_eq!(node_types("aws", &aws), ("c5.large".into(), "c5.large".into()));
-        let aws = settings(serde_json::json!({ "master_instance_type": "m5.large" }));
-        assert_eq!(node_types("aws", &aws), ("m5.large".into(), "t3.medium".into()));
-        let az = settings(serde_json::json!({}));
-        assert_eq!(node_types("azure", &az), ("Standard_D2s_v5".into(), "Standard_D2s_v5".into()));
-    }
-
-    #[test]
-    fn the_jobs_prices_win_over_the_table_and_unknown_types_have_none() {
+    fn the_jobs_prices_win_over_the_providers_and_unknown_types_have_none() {
+        let declared = aws_like("m5.large", "c5.large");
         let mut own = BTreeMap::new();
         own.insert("c5.large".to_owned(), 0.03);
-        assert_eq!(price("aws", "c5.large", &own), Some((0.03, "the job's [prices]")));
-        assert_eq!(price("aws", "c5.large", &BTreeMap::new()), Some((0.085, PRICES_AS_OF)));
-        assert_eq!(price("aws", "x9.huge", &BTreeMap::new()), None);
+        assert_eq!(price("c5.large", Some(&declared), &own), Some((0.03, JOBS_PRICES.to_owned())));
+        assert_eq!(price("c5.large", Some(&declared), &BTreeMap::new()), Some((0.085, "a dated list".to_owned())));
+        assert_eq!(price("x9.huge", Some(&declared), &BTreeMap::new()), None);
+        assert_eq!(price("c5.large", None, &BTreeMap::new()), None);
     }
 
     #[test]
     fn the_estimate_spreads_work_bounds_it_by_the_largest_shard_and_the_deadline() {
-        let aws = settings(serde_json::json!({ "instance_type": "m5.large" }));
+        let m5 = aws_like("m5.large", "m5.large");
         let prices = BTreeMap::new();
         let mut input = EstimateInput {
-            provider: "aws",
-            settings: &aws,
+            nodes: Some(&m5),
             prices: &prices,
             workers: 4,
             largest_shard: 100 << 20,
@@ -228,8 +178,12 @@ mod tests {
         input.deadline = Duration::from_secs(5);
         assert!((estimate(&input).expected_secs - 5.0).abs() < 1e-9);
         // An unknown price leaves the total unknown, not zero.
-        let odd = settings(serde_json::json!({ "instance_type": "x9.huge" }));
-        input.settings = &odd;
+        let odd = aws_like("x9.huge", "x9.huge");
+        input.nodes = Some(&odd);
         assert_eq!(estimate(&input).expected_usd, None);
+        // A provider that declares nothing: node types unknown, priced only by the job.
+        input.nodes = None;
+        let e = estimate(&input);
+        assert_eq!((e.nodes[0].node_type.as_str(), e.expected_usd), (UNKNOWN, None));
     }
 }

@@ -219,8 +219,7 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     let largest_item = p.shards.iter().flat_map(|s| &s.items).map(|i| i.len).max().unwrap_or(0);
     let limits = provider.limits();
     let estimate = mayfly_core::cost::estimate(&mayfly_core::cost::EstimateInput {
-        provider: provider.name(),
-        settings: &spec.provider.settings,
+        nodes: provider.info().nodes.as_ref(),
         prices: &spec.prices,
         workers: spec.workers,
         largest_shard: max,

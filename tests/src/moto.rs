@@ -135,6 +135,7 @@ impl Provider for S3 {
             limits: Limits { bootstrap_limit_ms: 60_000, credential_ttl_ms: 3_600_000, max_nodes: 0 },
             capabilities: Capabilities::default(),
             schemes: vec!["s3".into()],
+            nodes: None,
         }
     }
 

@@ -196,7 +196,7 @@ pub struct Capabilities {
 }
 
 /// What a provider declares about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderInfo {
     /// Its name (`local`, `aws`, ...), as a job's `[provider] name` selects it.
     pub name: String,
@@ -206,6 +206,39 @@ pub struct ProviderInfo {
     pub capabilities: Capabilities,
     /// The URL schemes its object store serves (`file`, `s3`, `az`, ...).
     pub schemes: Vec<String>,
+    /// What its nodes run on with its settings, and what that costs (for
+    /// `mayfly plan`); `None` if it does not say (a plan then prices nodes
+    /// only from the job's `[prices]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeTypes>,
+}
+
+/// The node types a provider's nodes run on, with its settings, and the
+/// prices it knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeTypes {
+    /// The master's node type (`m5.large`, `Standard_D2s_v5`, ...).
+    pub master: String,
+    /// The workers' node type.
+    pub worker: String,
+    /// USD per node-hour by node type, for the types the provider knows.
+    pub prices: BTreeMap<String, f64>,
+    /// Where those prices come from, with a date ("AWS on-demand, Linux,
+    /// us-east-1, price list of 2025-06"): prices change, and a plan says so.
+    pub prices_source: String,
+}
+
+impl NodeTypes {
+    /// `master` and `worker`, priced from `table` (node type, USD per
+    /// node-hour) as of `source`.
+    pub fn priced(master: &str, worker: &str, table: &[(&str, f64)], source: &str) -> NodeTypes {
+        NodeTypes {
+            master: master.to_owned(),
+            worker: worker.to_owned(),
+            prices: table.iter().map(|(t, usd)| ((*t).to_owned(), *usd)).collect(),
+            prices_source: source.to_owned(),
+        }
+    }
 }
 
 /// How to reach the object store behind one URL: options in the `object_store`

@@ -51,6 +51,7 @@ use tokio::sync::OnceCell;
 
 mod deploy;
 mod lambda;
+mod prices;
 
 const NAME: &str = "aws";
 /// EC2's limit on user data, before base64.
@@ -864,6 +865,7 @@ impl Provider for Aws {
             },
             capabilities: Capabilities { entrypoint: Some("aws-lambda".into()) },
             schemes: vec!["s3".into()],
+            nodes: Some(prices::node_types(&self.master_type, &self.worker_type)),
         }
     }
 
@@ -1564,6 +1566,20 @@ mod tests {
         big.args.push("x".repeat(USER_DATA_LIMIT));
         let e = user_data(&big, 1, on_image, Duration::ZERO).unwrap_err();
         assert!(e.message.contains("over EC2's 16384-byte limit"), "{e}");
+    }
+
+    #[test]
+    fn plans_are_priced_from_the_instance_types_the_settings_select() {
+        let make = |v: serde_json::Value| {
+            let serde_json::Value::Object(map) = v else { unreachable!() };
+            Aws::create(Settings::new("?", map), Arc::new(mayfly_provider_api::NoHost)).unwrap().info().nodes.unwrap()
+        };
+        let n = make(serde_json::json!({ "instance_type": "c5.large", "master_instance_type": "m5.large" }));
+        assert_eq!((n.master.as_str(), n.worker.as_str()), ("m5.large", "c5.large"));
+        assert_eq!((n.prices["m5.large"], n.prices["c5.large"]), (0.096, 0.085));
+        assert!(n.prices_source.contains("2025-06"), "a dated source: {}", n.prices_source);
+        let n = make(serde_json::json!({}));
+        assert_eq!((n.master.as_str(), n.worker.as_str()), ("t3.medium", "t3.medium"), "the defaults");
     }
 
     #[test]

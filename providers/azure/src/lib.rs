@@ -52,6 +52,7 @@ use tokio::sync::OnceCell;
 
 mod handler;
 pub mod identity;
+mod prices;
 
 const NAME: &str = "azure";
 /// The API version of `Microsoft.Compute/virtualMachines` this provider speaks.
@@ -828,6 +829,7 @@ impl Provider for Azure {
             },
             capabilities: Capabilities { entrypoint: Some("azure-functions".into()) },
             schemes: vec!["az".into()],
+            nodes: Some(prices::node_types(&self.master_size, &self.worker_size)),
         }
     }
 
@@ -1276,6 +1278,24 @@ mod tests {
         let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/mf-a-1";
         assert_eq!(parse_vm_id(id), Some(("rg".into(), "mf-a-1".into())));
         assert_eq!(parse_vm_id("/subscriptions/s"), None);
+    }
+
+    #[test]
+    fn plans_are_priced_from_the_vm_sizes_the_settings_select() {
+        let make = |v: serde_json::Value| {
+            let serde_json::Value::Object(map) = v else { unreachable!() };
+            <Azure as Provider>::create(Settings::new("?", map), Arc::new(mayfly_provider_api::NoHost))
+                .unwrap()
+                .info()
+                .nodes
+                .unwrap()
+        };
+        let n = make(serde_json::json!({ "vm_size": "Standard_F2s_v2", "credential": "developer" }));
+        assert_eq!((n.master.as_str(), n.worker.as_str()), ("Standard_F2s_v2", "Standard_F2s_v2"));
+        assert_eq!(n.prices["Standard_F2s_v2"], 0.0846);
+        assert!(n.prices_source.contains("2025-06"), "a dated source: {}", n.prices_source);
+        let n = make(serde_json::json!({ "master_vm_size": "Standard_D4s_v5", "credential": "developer" }));
+        assert_eq!((n.master.as_str(), n.worker.as_str()), ("Standard_D4s_v5", "Standard_D2s_v5"));
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, Validity,
-    async_trait, now_ms,
+    ListRequest, NodeInfo, NodeTypes, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
+    Validity, async_trait, now_ms,
 };
 use sha2::{Digest, Sha256};
 
@@ -326,6 +326,8 @@ impl Provider for LocalProvider {
             },
             capabilities: Capabilities::default(),
             schemes: vec!["file".into()],
+            // The machine the operator already has.
+            nodes: Some(NodeTypes::priced("local", "local", &[("local", 0.0)], "this machine, already paid for")),
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, NodeSpec, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
+    ListRequest, NodeInfo, NodeSpec, NodeTypes, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
     Validity, async_trait, now_ms,
 };
 
@@ -169,6 +169,9 @@ impl Provider for Template {
             },
             capabilities: Capabilities::default(),
             schemes: vec!["file".into()],
+            // What the nodes run on and cost, for `mayfly plan`: a cloud reads
+            // the node types from its settings and ships a dated price table.
+            nodes: Some(NodeTypes::priced("process", "process", &[("process", 0.0)], "local processes, free")),
         }
     }
 

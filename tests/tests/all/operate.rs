@@ -56,14 +56,14 @@ fn plan_prices_the_job_and_warns_for_each_rule_it_would_break() {
     assert_eq!(e["nodes"][1]["node_type"], "local");
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 3, "{doc}");
 
-    // A job that breaks no rule: no warning; the shipped (dated) price.
+    // A job that breaks no rule: no warning; the provider's own price.
     let even: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("f-{i}.txt"), vec![b'y'; 20_000])).collect();
     let fine = TestJob::new("ops-plan-fine", &even);
     fine.write_job(GUEST, "{ mode = \"picky\" }", "[cluster]\nworkers = 2\ndeadline = \"1h\"\n");
     let out = fine.command(&["plan", "job.toml"]).output().unwrap();
     let s = stdout(&out);
     assert!(out.status.success() && !s.contains("warning"), "{s}");
-    assert!(s.contains(&format!("$0.0000/h ({})", mayfly_core::cost::PRICES_AS_OF)), "{s}");
+    assert!(s.contains("$0.0000/h (this machine, already paid for)"), "{s}");
 
     // A bad price is refused, naming its key.
     job.write_job(GUEST, "{ mode = \"picky\" }", "[prices]\n\"m5.large\" = -1\n");

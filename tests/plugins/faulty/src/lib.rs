@@ -87,6 +87,7 @@ impl Provider for Faulty {
             limits: Limits { bootstrap_limit_ms: 60_000, credential_ttl_ms: 60_000, max_nodes: 16 },
             capabilities: Capabilities::default(),
             schemes: vec!["file".into()],
+            nodes: None,
         }
     }
 

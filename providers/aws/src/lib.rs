@@ -46,6 +46,7 @@ use mayfly_provider_api::{
     ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
     Validity, async_trait, now_ms,
 };
+use mayfly_vm_kit::{self as vm_kit, shell_quote};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -65,11 +66,10 @@ pub const MIN_SESSION: Duration = Duration::from_secs(900);
 pub const CHAINED_SESSION_CAP: Duration = Duration::from_secs(3600);
 /// The longest session STS gives (a role's maximum session duration at most).
 pub const MAX_SESSION: Duration = Duration::from_secs(43_200);
-/// The line of the user data that carries the node's launch, as JSON.
-pub const NODE_LINE: &str = "# mayfly-node: ";
-/// A file the user data writes on a real node: its presence allows the OS
-/// shutdown fallback of `terminate_self`.
-pub const NODE_MARKER: &str = "/etc/mayfly-node";
+/// The line of the user data that carries the node's launch, and the file
+/// the user data writes on a real node (its presence allows the OS shutdown
+/// fallback of `terminate_self`): as every VM provider's.
+pub use mayfly_vm_kit::{NODE_LINE, NODE_MARKER};
 
 fn fail(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
     ProviderError::new(NAME, kind, message)
@@ -116,8 +116,7 @@ impl NodeLaunch {
 
     /// Reads it back from user data.
     pub fn from_user_data(user_data: &str) -> Option<NodeLaunch> {
-        let line = user_data.lines().find_map(|l| l.strip_prefix(NODE_LINE))?;
-        serde_json::from_str(line).ok()
+        vm_kit::read_launch(user_data)
     }
 }
 
@@ -196,40 +195,35 @@ pub struct Boot<'a> {
 /// and the metadata service is EC2's. A test's hypervisor sets them to run
 /// the same script in a directory of its own against its own IMDS.
 pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duration) -> Result<String, ProviderError> {
-    let json = serde_json::to_string(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
+    let line = vm_kit::launch_line(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
     let quoted: Vec<String> = launch.args.iter().map(|a| shell_quote(a)).collect();
     let name = match &launch.node {
         Some(n) => shell_quote(n),
         None => format!("{}\"$(({} + I))\"", shell_quote(&launch.prefix), launch.first),
     };
-    let fetch = match boot.artifact {
-        None => format!("B={}\n", shell_quote(boot.binary)),
-        Some(url) => {
-            let endpoint = boot.endpoint_url.map(|e| format!(" --endpoint-url {}", shell_quote(e))).unwrap_or_default();
-            // `mayfly deploy` names the artifact by its content's hash: check it.
-            let check = artifact_hash(url)
-                .map(|h| format!(" && [ \"$(sha256sum \"$D/node.tar.gz\" | cut -c1-64)\" = {h} ]"))
-                .unwrap_or_default();
-            format!(
-                "# mayfly itself: the node artifact, read with the instance profile.\n\
-                 D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
-                 until aws s3 cp --only-show-errors --region {region}{endpoint} {url} \"$D/node.tar.gz\"{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
-                 \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch or verify the node artifact '{url}'; powering off' >&2; poweroff; exit 1; fi; sleep 3\n\
-                 done\n\
-                 B=\"$D/mayfly\"\n",
-                region = shell_quote(boot.region),
-                url = shell_quote(url),
-            )
+    let artifact = boot.artifact.map(|url| {
+        let endpoint = boot.endpoint_url.map(|e| format!(" --endpoint-url {}", shell_quote(e))).unwrap_or_default();
+        vm_kit::boot::Artifact {
+            url,
+            read_with: "the instance profile",
+            download: format!(
+                "aws s3 cp --only-show-errors --region {}{endpoint} {} \"$D/node.tar.gz\"",
+                shell_quote(boot.region),
+                shell_quote(url)
+            ),
+            give_up: ("powering off", "poweroff"),
         }
+    });
+    let written_by = format!("mayfly-provider-aws ({names} instance(s))");
+    let header = vm_kit::boot::Header {
+        written_by: &written_by,
+        job: &launch.job,
+        launch_line: &line,
+        export_root: false,
+        more_dirs: &[],
     };
     let script = format!(
-        "#!/bin/sh\n\
-         # A mayfly node of job {job}, written by mayfly-provider-aws ({names} instance(s)).\n\
-         {NODE_LINE}{json}\n\
-         set -u\n\
-         R=\"${{MAYFLY_ROOT:-}}\"; IMDS=\"${{MAYFLY_IMDS:-http://169.254.169.254}}\"\n\
-         : \"${{HOME:=$R/root}}\"; export HOME\n\
-         mkdir -p \"$R/etc\" \"$R/var/log\"; echo {job_q} > \"$R{NODE_MARKER}\"\n\
+        "{header}\
          # The dead-man switch: whatever happens, the OS shuts down (and the instance is\n\
          # terminated) {grace_s}s after the job's deadline.\n\
          M=$(( ({expires_s} + {grace_s} - $(date +%s) + 59) / 60 )); [ \"$M\" -lt 1 ] && M=1\n\
@@ -241,15 +235,13 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
          NODE={name}\n\
          # The master serves the job's nodes on the instance's private address (over TLS).\n\
          MAYFLY_LISTEN=$(md local-ipv4); export MAYFLY_LISTEN\n\
-         # The node copies this log to the job's state location as it goes and at its end.\n\
-         MAYFLY_NODE_LOG=\"$R/var/log/mayfly-node.log\"; export MAYFLY_NODE_LOG\n\
-         {fetch}\
-         nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; poweroff' \"$B\" {args} >/dev/null 2>&1 &\n",
-        job = launch.job.replace(['\n', '\r'], " "),
-        job_q = shell_quote(&launch.job),
+         {log}{fetch}{run}",
+        log = vm_kit::boot::NODE_LOG,
+        header = vm_kit::boot::header(&header),
+        fetch = vm_kit::boot::fetch(boot.binary, artifact.as_ref()),
+        run = vm_kit::boot::run(&quoted.join(" ").replace("'{node}'", "\"$NODE\""), "poweroff"),
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
-        args = quoted.join(" ").replace("'{node}'", "\"$NODE\""),
     );
     if script.len() > USER_DATA_LIMIT {
         return Err(fail(
@@ -263,14 +255,6 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
     Ok(script)
 }
 
-/// The sha256 an artifact's name carries (`.../node-<64 hex digits>.tar.gz`).
-fn artifact_hash(url: &str) -> Option<&str> {
-    let name = url.rsplit('/').next()?;
-    let hash = name.strip_prefix("node-")?.strip_suffix(".tar.gz")?;
-    // Lowercase, as `sha256sum` prints it (and `mayfly deploy` names it).
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hash)
-}
-
 /// An STS role session name for a node: `[\w+=,.@-]`, 2 to 64 characters.
 fn session_name(job: &str, node: &str) -> String {
     format!("mayfly-{job}-{node}")
@@ -278,10 +262,6 @@ fn session_name(job: &str, node: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(*c))
         .take(64)
         .collect()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 struct Clients {
@@ -341,12 +321,12 @@ fn tag_of<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
 
 /// The node an instance is, from its tags and launch index.
 fn node_of(i: &Instance) -> Option<NodeInfo> {
-    let job = tag_of(i, "mayfly:job")?.to_owned();
-    let role = match tag_of(i, "mayfly:role")? {
+    let job = tag_of(i, vm_kit::tags::JOB)?.to_owned();
+    let role = match tag_of(i, vm_kit::tags::ROLE)? {
         "master" => Role::Master,
         _ => Role::Worker,
     };
-    let node = match tag_of(i, "mayfly:node") {
+    let node = match tag_of(i, vm_kit::tags::NODE) {
         Some(n) => n.to_owned(),
         None => {
             let prefix = tag_of(i, "mayfly:node-prefix")?;
@@ -359,7 +339,7 @@ fn node_of(i: &Instance) -> Option<NodeInfo> {
         role,
         job,
         id: i.instance_id()?.to_owned(),
-        expires_at: tag_of(i, "mayfly:expires-at").and_then(|t| t.parse().ok()).unwrap_or(0),
+        expires_at: tag_of(i, vm_kit::tags::EXPIRES_AT).and_then(|t| t.parse().ok()).unwrap_or(0),
         launched_at: i.launch_time().map(|t| t.secs().max(0) as u64 * 1000).unwrap_or(0),
     })
 }
@@ -454,13 +434,13 @@ impl Aws {
         let script = user_data(launch, count, boot, Duration::from_secs(60))?;
         let kind = if launch.role == Role::Master { &self.master_type } else { &self.worker_type };
         let mut tags = vec![
-            tag("mayfly:job", &launch.job),
-            tag("mayfly:role", launch.role.to_string()),
-            tag("mayfly:expires-at", launch.expires_at.to_string()),
+            tag(vm_kit::tags::JOB, &launch.job),
+            tag(vm_kit::tags::ROLE, launch.role.to_string()),
+            tag(vm_kit::tags::EXPIRES_AT, launch.expires_at.to_string()),
             tag("Name", format!("mayfly {} {}", launch.job, launch.name(0))),
         ];
         match &launch.node {
-            Some(n) => tags.push(tag("mayfly:node", n)),
+            Some(n) => tags.push(tag(vm_kit::tags::NODE, n)),
             None => {
                 tags.push(tag("mayfly:node-prefix", &launch.prefix));
                 tags.push(tag("mayfly:node-first", launch.first.to_string()));
@@ -593,7 +573,7 @@ impl Aws {
             Some(id) => id,
             None => {
                 let tags =
-                    vec![tag(JOB_TAG, job), tag("mayfly:expires-at", expires_at.to_string()), tag("Name", &name)];
+                    vec![tag(JOB_TAG, job), tag(vm_kit::tags::EXPIRES_AT, expires_at.to_string()), tag("Name", &name)];
                 let spec =
                     TagSpecification::builder().resource_type(ResourceType::SecurityGroup).set_tags(Some(tags)).build();
                 let made = c
@@ -663,7 +643,7 @@ impl Aws {
         let mut removed = Vec::new();
         for g in out.security_groups() {
             let tag = |key: &str| g.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
-            let ended = tag("mayfly:expires-at")
+            let ended = tag(vm_kit::tags::EXPIRES_AT)
                 .and_then(|t| t.parse::<u64>().ok())
                 .is_some_and(|t| t + self.sweep_after.as_millis() as u64 <= now);
             let (Some(id), Some(job)) = (g.group_id(), tag(JOB_TAG)) else { continue };
@@ -901,7 +881,7 @@ impl Provider for Aws {
     async fn list(&self, request: ListRequest) -> Result<Vec<NodeInfo>, ProviderError> {
         let by_job = match &request.job {
             Some(job) => Filter::builder().name("tag:mayfly:job").values(job).build(),
-            None => Filter::builder().name("tag-key").values("mayfly:job").build(),
+            None => Filter::builder().name("tag-key").values(vm_kit::tags::JOB).build(),
         };
         let mut nodes: Vec<NodeInfo> =
             self.describe(vec![by_job, state_filter()], vec![]).await?.iter().filter_map(node_of).collect();
@@ -1155,7 +1135,7 @@ const SPOT_UNAVAILABLE: [&str; 5] = [
 const SWEEP_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// The tag every instance of a job carries: what the EC2 statements are bound to.
-const JOB_TAG: &str = "mayfly:job";
+const JOB_TAG: &str = vm_kit::tags::JOB;
 
 /// The least-privilege IAM policies of the bootstrap function's role and of the
 /// nodes' instance profile role, for jobs on `locations` (`s3://bucket/prefix`).
@@ -1336,6 +1316,7 @@ mayfly_provider_api::export_provider!(Aws);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mayfly_vm_kit::artifact_hash;
 
     fn s3_record(key: &str, sequencer: &str) -> serde_json::Value {
         serde_json::json!({

@@ -47,6 +47,7 @@ use mayfly_provider_api::{
     ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
     Validity, async_trait, now_ms,
 };
+use mayfly_vm_kit::{self as vm_kit, shell_quote};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -69,12 +70,11 @@ pub const HTTP_LIMIT: Duration = Duration::from_secs(230);
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// The scope of Blob storage tokens.
 pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
-/// The line of the custom data that carries the node's launch, as JSON.
-pub const NODE_LINE: &str = "# mayfly-node: ";
-/// A file the custom data writes on a real node.
-pub const NODE_MARKER: &str = "/etc/mayfly-node";
+/// The line of the custom data that carries the node's launch, and the file
+/// the custom data writes on a real node: as every VM provider's.
+pub use mayfly_vm_kit::{NODE_LINE, NODE_MARKER};
 /// The tag every VM of a job carries.
-pub const JOB_TAG: &str = "mayfly:job";
+pub const JOB_TAG: &str = vm_kit::tags::JOB;
 
 fn fail(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
     ProviderError::new(NAME, kind, message)
@@ -115,8 +115,7 @@ pub struct NodeLaunch {
 impl NodeLaunch {
     /// Reads it back from custom data.
     pub fn from_custom_data(script: &str) -> Option<NodeLaunch> {
-        let line = script.lines().find_map(|l| l.strip_prefix(NODE_LINE))?;
-        serde_json::from_str(line).ok()
+        vm_kit::read_launch(script)
     }
 }
 
@@ -133,17 +132,6 @@ pub struct Boot<'a> {
     pub client_id: Option<&'a str>,
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// The sha256 an artifact's name carries (`.../node-<64 hex digits>.tar.gz`).
-fn artifact_hash(url: &str) -> Option<&str> {
-    let name = url.rsplit('/').next()?;
-    let hash = name.strip_prefix("node-")?.strip_suffix(".tar.gz")?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hash)
-}
-
 /// The custom data of a VM: a shell script (cloud-init runs it as root) that
 /// marks the machine as a mayfly node, writes `mayfly-end-vm` (delete this
 /// VM through ARM with the VM's managed identity, retried; power off only as
@@ -155,35 +143,28 @@ fn artifact_hash(url: &str) -> Option<&str> {
 /// On Azure, `MAYFLY_ROOT` and `MAYFLY_IMDS` are unset: files are under `/`
 /// and the metadata service is Azure's. A test's harness sets them.
 pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Result<String, ProviderError> {
-    let json = serde_json::to_string(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
+    let line = vm_kit::launch_line(launch).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
     let args: Vec<String> = launch.args.iter().map(|a| shell_quote(a)).collect();
     let client = boot.client_id.map(|c| format!("&client_id={c}")).unwrap_or_default();
     let arm_resource = format!("{}/", boot.arm.trim_end_matches('/'));
-    let fetch = match boot.artifact {
-        None => format!("B={}\n", shell_quote(boot.binary)),
-        Some(url) => {
-            let check = artifact_hash(url)
-                .map(|h| format!(" && [ \"$(sha256sum \"$D/node.tar.gz\" | cut -c1-64)\" = {h} ]"))
-                .unwrap_or_default();
-            format!(
-                "# mayfly itself: the node artifact, read with the VM's identity.\n\
-                 D=\"$R/opt/mayfly\"; mkdir -p \"$D\"; n=0\n\
-                 until printf 'Authorization: Bearer %s\\n' \"$(tok https://storage.azure.com/)\" | curl -sf --retry 3 -H @- -H 'x-ms-version: 2021-08-06' -o \"$D/node.tar.gz\" {url}{check} && tar -xzf \"$D/node.tar.gz\" -C \"$D\"; do\n\
-                 \x20 n=$((n + 1)); if [ \"$n\" -ge 5 ]; then echo 'mayfly: cannot fetch or verify the node artifact '{url}'; ending this VM' >&2; \"$E\"; exit 1; fi; sleep 3\n\
-                 done\n\
-                 B=\"$D/mayfly\"\n",
-                url = shell_quote(url),
-            )
-        }
+    let artifact = boot.artifact.map(|url| vm_kit::boot::Artifact {
+        url,
+        read_with: "the VM's identity",
+        download: format!(
+            "printf 'Authorization: Bearer %s\\n' \"$(tok https://storage.azure.com/)\" | curl -sf --retry 3 -H @- -H 'x-ms-version: 2021-08-06' -o \"$D/node.tar.gz\" {}",
+            shell_quote(url)
+        ),
+        give_up: ("ending this VM", "\"$E\""),
+    });
+    let header = vm_kit::boot::Header {
+        written_by: "mayfly-provider-azure",
+        job: &launch.job,
+        launch_line: &line,
+        export_root: true,
+        more_dirs: &["usr/local/sbin"],
     };
     let script = format!(
-        "#!/bin/sh\n\
-         # A mayfly node of job {job}, written by mayfly-provider-azure.\n\
-         {NODE_LINE}{json}\n\
-         set -u\n\
-         R=\"${{MAYFLY_ROOT:-}}\"; IMDS=\"${{MAYFLY_IMDS:-http://169.254.169.254}}\"; export R IMDS\n\
-         : \"${{HOME:=$R/root}}\"; export HOME\n\
-         mkdir -p \"$R/etc\" \"$R/var/log\" \"$R/usr/local/sbin\"; echo {job_q} > \"$R{NODE_MARKER}\"\n\
+        "{header}\
          md() {{ curl -sf --retry 5 --retry-connrefused --connect-timeout 2 -H Metadata:true \"$IMDS/metadata/$1\"; }}\n\
          tok() {{ md \"identity/oauth2/token?api-version=2018-02-01&resource=$1{client}\" | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p'; }}\n\
          ID=$(md 'instance/compute/resourceId?api-version=2021-02-01&format=text')\n\
@@ -205,17 +186,15 @@ pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Resu
          nohup sh -c 'sleep \"$0\"; exec \"$1\"' \"$S\" \"$E\" >/dev/null 2>&1 &\n\
          # The master serves the job's nodes on the VM's private address (over TLS).\n\
          MAYFLY_LISTEN=$(md 'instance/network/interface/0/ipv4/ipAddress/0/privateIpAddress?api-version=2021-02-01&format=text'); export MAYFLY_LISTEN\n\
-         # The node copies this log to the job's state location as it goes and at its end.\n\
-         MAYFLY_NODE_LOG=\"$R/var/log/mayfly-node.log\"; export MAYFLY_NODE_LOG\n\
-         {fetch}\
-         nohup sh -c '\"$0\" \"$@\" >\"$MAYFLY_NODE_LOG\" 2>&1; exec \"$E\"' \"$B\" {args} >/dev/null 2>&1 &\n",
-        job = launch.job.replace(['\n', '\r'], " "),
-        job_q = shell_quote(&launch.job),
+         {log}{fetch}{run}",
+        header = vm_kit::boot::header(&header),
+        log = vm_kit::boot::NODE_LOG,
+        fetch = vm_kit::boot::fetch(boot.binary, artifact.as_ref()),
+        run = vm_kit::boot::run(&args.join(" "), "exec \"$E\""),
         arm_res = arm_resource,
         arm_url = boot.arm.trim_end_matches('/'),
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
-        args = args.join(" "),
     );
     if script.len() > CUSTOM_DATA_LIMIT {
         return Err(fail(
@@ -300,8 +279,8 @@ pub fn vm_body(plan: &VmPlan<'_>, launch: &NodeLaunch, name: &str, script: &str)
     let mut body = json!({
         "location": plan.location,
         "tags": {
-            JOB_TAG: launch.job, "mayfly:role": launch.role.to_string(), "mayfly:node": launch.node,
-            "mayfly:expires-at": launch.expires_at.to_string(),
+            JOB_TAG: launch.job, vm_kit::tags::ROLE: launch.role.to_string(), vm_kit::tags::NODE: launch.node,
+            vm_kit::tags::EXPIRES_AT: launch.expires_at.to_string(),
         },
         "properties": {
             "hardwareProfile": { "vmSize": plan.size },
@@ -347,7 +326,7 @@ fn random_password() -> String {
 fn node_of(vm: &compute::models::VirtualMachine) -> Option<NodeInfo> {
     let tags = vm.resource.tags.as_ref()?;
     let tag = |k: &str| tags.get(k).and_then(|v| v.as_str());
-    let role = match tag("mayfly:role")? {
+    let role = match tag(vm_kit::tags::ROLE)? {
         "master" => Role::Master,
         _ => Role::Worker,
     };
@@ -358,11 +337,11 @@ fn node_of(vm: &compute::models::VirtualMachine) -> Option<NodeInfo> {
         .map(|t| (t.unix_timestamp().max(0) as u64) * 1000)
         .unwrap_or(0);
     Some(NodeInfo {
-        node: tag("mayfly:node")?.to_owned(),
+        node: tag(vm_kit::tags::NODE)?.to_owned(),
         role,
         job: tag(JOB_TAG)?.to_owned(),
         id: vm.resource.id.clone()?,
-        expires_at: tag("mayfly:expires-at").and_then(|t| t.parse().ok()).unwrap_or(0),
+        expires_at: tag(vm_kit::tags::EXPIRES_AT).and_then(|t| t.parse().ok()).unwrap_or(0),
         launched_at,
     })
 }

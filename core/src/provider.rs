@@ -87,20 +87,19 @@ pub enum SelectError {
 
 /// The async runtime core drives providers on (built-in ones run their
 /// futures here; plugins' futures run on their own runtime).
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// `Err` says why it could not be started (the process's threads exhausted).
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mayfly-provider")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| {
-                eprintln!("mayfly: cannot start the provider runtime: {e}");
-                crate::nodelog::finish(std::time::Duration::from_secs(2));
-                std::process::exit(70)
-            })
+            .map_err(|e| format!("cannot start the provider runtime: {e}"))
     })
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
 /// Core's bootstrap as a provider's entrypoint reaches it through [`Host`].
@@ -360,7 +359,7 @@ impl ProviderHandle {
     {
         let fut = call(self.inner.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime().spawn(async move {
+        runtime().map_err(|e| ProviderError::new(self.name(), ErrorKind::Unavailable, e))?.spawn(async move {
             let _ = tx.send(fut.await);
         });
         let answer = match limit {

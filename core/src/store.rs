@@ -142,18 +142,20 @@ fn from_os(e: object_store::Error) -> io::Error {
     }
 }
 
+/// [`block`] for a call that is itself an I/O result.
+fn block_io<T: Send + 'static>(fut: impl Future<Output = io::Result<T>> + Send + 'static) -> io::Result<T> {
+    block(fut)?
+}
+
 /// Runs `fut` on the provider runtime and waits for it (from any thread that
-/// is not one of that runtime's own).
-fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+/// is not one of that runtime's own). `Err` when there is no runtime or the
+/// call panicked (the panic is on stderr).
+fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> io::Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    crate::provider::runtime().spawn(async move {
+    crate::provider::runtime().map_err(io::Error::other)?.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().unwrap_or_else(|_| {
-        eprintln!("mayfly: a store call panicked");
-        crate::nodelog::finish(std::time::Duration::from_secs(2));
-        std::process::exit(70)
-    })
+    rx.recv().map_err(|_| io::Error::other("a store call panicked (see the log)"))
 }
 
 impl Store {
@@ -182,7 +184,7 @@ impl Store {
         let config = {
             let p = provider.provider();
             let url = url.to_owned();
-            block(async move { p.object_store(url).await }).map_err(|e| e.to_string())?
+            block(async move { p.object_store(url).await }).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
         };
         let (bucket_and_prefix, prefix) = match url.split_once("://").map(|(_, r)| r.split_once('/')) {
             Some(Some((bucket, prefix))) => (bucket.to_owned(), prefix.to_owned()),
@@ -267,7 +269,7 @@ impl Store {
             }
             Backend::Object { os, prefix: root } => {
                 let (os, root, at) = (os.clone(), root.clone(), join(root, prefix));
-                out = block(async move {
+                out = block_io(async move {
                     let mut listing = os.list(Some(&at));
                     let mut out = Vec::new();
                     while let Some(meta) = listing.next().await {
@@ -290,7 +292,7 @@ impl Store {
             Backend::Local(root) => std::fs::read_dir(root).map(|_| ()),
             Backend::Object { os, prefix } => {
                 let (os, prefix) = (os.clone(), prefix.clone());
-                block(async move {
+                block_io(async move {
                     let mut listing = os.list(Some(&prefix));
                     match listing.next().await {
                         Some(Err(e)) => Err(from_os(e)),
@@ -307,7 +309,7 @@ impl Store {
             Backend::Local(root) => Ok(std::fs::metadata(Self::local_path(root, key))?.len()),
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block(async move { os.head(&at).await.map(|m| m.size).map_err(from_os) })
+                block_io(async move { os.head(&at).await.map(|m| m.size).map_err(from_os) })
             }
         }
     }
@@ -318,7 +320,7 @@ impl Store {
             Backend::Local(root) => std::fs::read(Self::local_path(root, key)),
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block(async move {
+                block_io(async move {
                     let r = os.get(&at).await.map_err(from_os)?;
                     r.bytes().await.map(|b| b.to_vec()).map_err(from_os)
                 })
@@ -359,7 +361,7 @@ impl Store {
             }
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block(async move { os.get_range(&at, range).await.map(|b| b.to_vec()).map_err(from_os) })
+                block_io(async move { os.get_range(&at, range).await.map(|b| b.to_vec()).map_err(from_os) })
             }
         }
     }
@@ -385,7 +387,7 @@ impl Store {
             }
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block(async move { os.put(&at, PutPayload::from(bytes)).await.map(|_| ()).map_err(from_os) })
+                block_io(async move { os.put(&at, PutPayload::from(bytes)).await.map(|_| ()).map_err(from_os) })
             }
         }
     }
@@ -399,7 +401,8 @@ impl Store {
             Backend::Local(root) => create_all_local(root, items),
             Backend::Object { os, prefix } => {
                 let (os, prefix) = (os.clone(), prefix.clone());
-                block(async move {
+                let n = items.len();
+                let done = block(async move {
                     let puts = items.into_iter().map(|(key, bytes)| {
                         let (os, at) = (os.clone(), join(&prefix, &key));
                         async move {
@@ -412,7 +415,8 @@ impl Store {
                         }
                     });
                     futures::stream::iter(puts).buffered(16).collect::<Vec<_>>().await
-                })
+                });
+                done.unwrap_or_else(|e| (0..n).map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect())
             }
         }
     }
@@ -429,7 +433,7 @@ impl Store {
             }
             Backend::Object { os, prefix } => {
                 let (os, f, t) = (os.clone(), join(prefix, from), join(prefix, to));
-                block(async move { os.rename(&f, &t).await.map_err(from_os) })
+                block_io(async move { os.rename(&f, &t).await.map_err(from_os) })
             }
         };
         match r {
@@ -491,7 +495,7 @@ impl Store {
             Backend::Local(root) => std::fs::remove_file(Self::local_path(root, key)),
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block(async move { os.delete(&at).await.map_err(from_os) })
+                block_io(async move { os.delete(&at).await.map_err(from_os) })
             }
         };
         match r {

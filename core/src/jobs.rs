@@ -24,6 +24,8 @@ use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
 
 /// Exit code when the master was lost and the job must be resumed.
 const EXIT_MASTER_LOST: u8 = 3;
+/// Exit code of a node that its dead-man switch ended (the deadline passed).
+const EXIT_DEADLINE: i32 = 4;
 
 fn provider_for(spec: &JobSpec) -> Result<ProviderHandle> {
     Ok(spec.provider_handle()?)
@@ -1023,31 +1025,6 @@ pub(crate) struct StateArgs {
     pub settings: Vec<String>,
 }
 
-/// How often a node copies its log to a remote state.
-const LOG_SHIP_EVERY: Duration = Duration::from_secs(5);
-
-/// Copies this node's log file (`MAYFLY_NODE_LOG`, where the provider's
-/// launch captures the node's output) to `logs/<node>.log` in a remote state,
-/// so that the log outlives the machine. A local state needs none: providers
-/// write logs there directly.
-fn ship_log(layout: &Layout, node: &str) -> Option<impl Fn() + Send + Sync + 'static> {
-    let file = std::env::var_os("MAYFLY_NODE_LOG").map(PathBuf::from)?;
-    if layout.state.local_dir().is_some() {
-        return None;
-    }
-    let (state, key) = (layout.state.clone(), Layout::logs_key(node));
-    // One copy at a time: a slow periodic copy must not land after the last one.
-    let one_at_a_time = std::sync::Mutex::new(());
-    Some(move || {
-        let _turn = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(bytes) = std::fs::read(&file)
-            && let Err(e) = state.put(&key, bytes)
-        {
-            eprintln!("copying the log to {}: {e}", state.display(&key));
-        }
-    })
-}
-
 pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<&str>) -> Result<ExitCode> {
     // A node ends by the rules, not by a hangup: when its launcher exits while
     // the node is stopped (SIGSTOP, a debugger), the kernel sends its orphaned
@@ -1069,75 +1046,14 @@ pub(crate) fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_js
             None
         }
     };
-    let location = Location::parse(dir, Path::new("/")).map_err(|e| anyhow::anyhow!("--dir {dir:?}: {e}"))?;
-    // A remote state comes with the provider that serves it; a local one
-    // holds the manifest that names the provider.
-    let given = match provider_json {
-        Some(json) => Some(ProviderHandle::select(&serde_json::from_str(json).context("--provider")?)?),
-        None => None,
-    };
-    let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
-    let store = match (&given, location.as_path()) {
-        (Some(p), _) => Store::open(&location, p, &who).map_err(anyhow::Error::msg)?,
-        (None, Some(path)) => Store::local(path),
-        (None, None) => bail!("--dir {location}: a remote state needs --provider (bootstrap passes it)"),
-    };
-    let manifest: Manifest = store.read_json(keys::MANIFEST)?.with_context(|| format!("no manifest in {location}"))?;
-    if manifest.job != job {
-        bail!("{location} holds job {}, not {job}", manifest.job);
+    let args = mayfly_core::node::NodeArgs { role, job, node, dir, provider: provider_json };
+    // Past the deadline, the node ends whatever it is doing.
+    fn past_deadline() -> ! {
+        std::process::exit(EXIT_DEADLINE)
     }
-    let provider = match given {
-        Some(p) => p,
-        None => node_provider(&manifest)?,
-    };
-    let layout = Layout::open(&location, job, &manifest.output, &provider, node).map_err(anyhow::Error::msg)?;
-    let ship = ship_log(&layout, node).map(std::sync::Arc::new);
-    if let Some(ship) = ship.clone() {
-        std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(LOG_SHIP_EVERY);
-                ship();
-            }
-        });
-    }
-    // The dead-man switch: whatever happens, this node does not outlive the
-    // job's deadline by more than a second or so: it asks its provider to
-    // delete it (bounded), then exits.
-    let expires_at = manifest.expires_at;
-    let who = node.to_owned();
-    let ender = provider.clone();
-    let last_ship = ship.clone();
-    std::thread::spawn(move || {
-        let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
-        std::thread::sleep(Duration::from_millis(left));
-        mayfly_core::nodelog::line("WARN", &who, "the job's deadline passed; ending now");
-        mayfly_core::nodelog::finish(Duration::from_secs(2));
-        if let Some(ship) = &last_ship {
-            ship();
-        }
-        if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
-            mayfly_core::nodelog::line("ERROR", &who, format_args!("ending this node failed: {e}"));
-        }
-        std::process::exit(4);
-    });
-    let result = match role {
-        "master" => mayfly_core::master::run(layout, manifest, &provider).map(|code| ExitCode::from(code as u8)),
-        "worker" => mayfly_core::worker::run(layout, manifest, node, provider.clone()).map(|_| ExitCode::SUCCESS),
-        other => Err(format!("unknown role {other:?} (expected master or worker)")),
-    };
-    if let Err(e) = &result {
-        mayfly_core::nodelog::line("ERROR", node, e);
-    }
-    // Last: the logs go to the state location, then the node deletes itself;
-    // this process exits right after.
-    mayfly_core::nodelog::finish(Duration::from_secs(5));
-    if let Some(ship) = &ship {
-        ship();
-    }
-    if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
-        mayfly_core::nodelog::line("ERROR", node, format_args!("ending this node failed: {e}"));
-    }
-    result.map_err(anyhow::Error::msg)
+    let log = std::env::var_os("MAYFLY_NODE_LOG").map(PathBuf::from);
+    let code = mayfly_core::node::run(&args, log, past_deadline).map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::from(code))
 }
 
 /// A node that holds nothing and does nothing until it is ended or `for_`

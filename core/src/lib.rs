@@ -43,6 +43,7 @@ pub use mayfly_sandbox as host;
 pub mod job;
 pub mod ledger;
 pub mod master;
+pub mod node;
 pub mod nodelog;
 pub mod package;
 pub mod plan;

@@ -20,7 +20,7 @@ const FLOW: &[&[&str]] = &[
     &["job"],
     &["hold", "reduce", "scaffold"],
     &["master", "worker"],
-    &["bootstrap"],
+    &["node", "bootstrap"],
     &["history", "conformance"],
 ];
 

@@ -1,0 +1,203 @@
+//! A node's life, as `mayfly node` (what providers launch) lives it: its job
+//! state opened (a local state names the provider in its manifest; a remote
+//! one comes with the provider's selection), its log copied to a remote state
+//! every few seconds so that it outlives the machine, the dead-man switch, its
+//! role run (master or worker), then its last log copy and its own deletion.
+//!
+//! What belongs to the process stays with the binary: signal dispositions,
+//! the log pump, and exiting (the dead-man switch calls the binary's
+//! `on_deadline` once it has logged, copied the log and asked the provider
+//! to end the node).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::job::{Layout, Manifest, keys};
+use crate::policy::{Clock, SystemClock};
+use crate::provider::{ProviderHandle, Selection};
+use crate::store::{Location, Principal, Store};
+
+/// How often a node copies its log to a remote state.
+pub const LOG_SHIP_EVERY: Duration = Duration::from_secs(5);
+
+/// What `mayfly node` is told.
+#[derive(Debug, Clone)]
+pub struct NodeArgs<'a> {
+    /// `master` or `worker`.
+    pub role: &'a str,
+    /// The job.
+    pub job: &'a str,
+    /// This node's name.
+    pub node: &'a str,
+    /// The job's state location.
+    pub dir: &'a str,
+    /// The provider's selection (JSON), for a remote state.
+    pub provider: Option<&'a str>,
+}
+
+/// A node's job, opened: its layout, manifest and provider.
+#[derive(Debug)]
+pub struct Opened {
+    /// Where the job's files are.
+    pub layout: Layout,
+    /// The job.
+    pub manifest: Manifest,
+    /// The provider every node of the job makes.
+    pub provider: ProviderHandle,
+}
+
+/// Opens the job's state as node `node`: reads the manifest (checking it is
+/// `job`'s) and makes the provider.
+pub fn open(args: &NodeArgs<'_>) -> Result<Opened, String> {
+    let (job, node, dir) = (args.job, args.node, args.dir);
+    let location = Location::parse(dir, Path::new("/")).map_err(|e| format!("--dir {dir:?}: {e}"))?;
+    // A remote state comes with the provider that serves it; a local one
+    // holds the manifest that names the provider.
+    let given = match args.provider {
+        Some(json) => {
+            let selection: Selection = serde_json::from_str(json).map_err(|e| format!("--provider: {e}"))?;
+            Some(ProviderHandle::select(&selection).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
+    let store = match (&given, location.as_path()) {
+        (Some(p), _) => Store::open(&location, p, &who)?,
+        (None, Some(path)) => Store::local(path),
+        (None, None) => return Err(format!("--dir {location}: a remote state needs --provider (bootstrap passes it)")),
+    };
+    let manifest: Manifest = store
+        .read_json(keys::MANIFEST)
+        .map_err(|e| format!("reading the manifest in {location}: {e}"))?
+        .ok_or_else(|| format!("no manifest in {location}"))?;
+    if manifest.job != job {
+        return Err(format!("{location} holds job {}, not {job}", manifest.job));
+    }
+    let provider = match given {
+        Some(p) => p,
+        None => ProviderHandle::select(&manifest.provider)
+            .map_err(|e| format!("making provider {} for job {job}: {e}", manifest.provider.label()))?,
+    };
+    let layout = Layout::open(&location, job, &manifest.output, &provider, node)?;
+    Ok(Opened { layout, manifest, provider })
+}
+
+/// Copies the node's log file (`log`: `MAYFLY_NODE_LOG`, where the provider's
+/// launch captures the node's output) to `logs/<node>.log` in a remote state.
+/// `None` for a local state, which needs none (providers write logs there).
+pub fn ship_log(layout: &Layout, node: &str, log: Option<PathBuf>) -> Option<impl Fn() + Send + Sync + 'static> {
+    let file = log?;
+    if layout.state.local_dir().is_some() {
+        return None;
+    }
+    let (state, key) = (layout.state.clone(), Layout::logs_key(node));
+    // One copy at a time: a slow periodic copy must not land after the last one.
+    let one_at_a_time = std::sync::Mutex::new(());
+    Some(move || {
+        let _turn = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(bytes) = std::fs::read(&file)
+            && let Err(e) = state.put(&key, bytes)
+        {
+            eprintln!("copying the log to {}: {e}", state.display(&key));
+        }
+    })
+}
+
+/// Runs node `args.node` to its end and returns its exit code: opens the
+/// job, ships its log, arms the dead-man switch (which, a second past the
+/// deadline, logs, copies the log, asks the provider to end the node, and
+/// calls `on_deadline`), runs the role, then copies the log a last time and
+/// asks the provider to end the node.
+pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) -> Result<u8, String> {
+    let node = args.node;
+    let Opened { layout, manifest, provider } = open(args)?;
+    let ship = ship_log(&layout, node, log).map(Arc::new);
+    if let Some(ship) = ship.clone() {
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(LOG_SHIP_EVERY);
+                ship();
+            }
+        });
+    }
+    // The dead-man switch: whatever happens, this node does not outlive the
+    // job's deadline by more than a second or so.
+    let (expires_at, who, ender, last_ship) = (manifest.expires_at, node.to_owned(), provider.clone(), ship.clone());
+    std::thread::spawn(move || {
+        let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
+        std::thread::sleep(Duration::from_millis(left));
+        crate::nodelog::line("WARN", &who, "the job's deadline passed; ending now");
+        crate::nodelog::finish(Duration::from_secs(2));
+        if let Some(ship) = &last_ship {
+            ship();
+        }
+        if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
+            crate::nodelog::line("ERROR", &who, format_args!("ending this node failed: {e}"));
+        }
+        on_deadline()
+    });
+    let result = match args.role {
+        "master" => crate::master::run(layout, manifest, &provider).map(|code| code as u8),
+        "worker" => crate::worker::run(layout, manifest, node, provider.clone()).map(|_| 0),
+        other => Err(format!("unknown role {other:?} (expected master or worker)")),
+    };
+    if let Err(e) = &result {
+        crate::nodelog::line("ERROR", node, e);
+    }
+    // Last: the logs go to the state location, then the node deletes itself;
+    // the process exits right after.
+    crate::nodelog::finish(Duration::from_secs(5));
+    if let Some(ship) = &ship {
+        ship();
+    }
+    if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
+        crate::nodelog::line("ERROR", node, format_args!("ending this node failed: {e}"));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args<'a>(dir: &'a str, provider: Option<&'a str>) -> NodeArgs<'a> {
+        NodeArgs { role: "worker", job: "j", node: "worker-1", dir, provider }
+    }
+
+    #[test]
+    fn a_state_without_its_manifest_or_provider_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_string_lossy().into_owned();
+        let e = open(&args(&path, None)).unwrap_err();
+        assert!(e.starts_with("no manifest in "), "{e}");
+        let e = open(&args("s3://bucket/state/j", None)).unwrap_err();
+        assert!(e.contains("a remote state needs --provider"), "{e}");
+        let e = open(&args(&path, Some("{not json"))).unwrap_err();
+        assert!(e.starts_with("--provider: "), "{e}");
+        let e = open(&args("", None)).unwrap_err();
+        assert!(e.starts_with("--dir \"\""), "{e}");
+    }
+
+    #[test]
+    fn a_remote_state_gets_the_log_copied_and_a_local_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node.log");
+        std::fs::write(&log, "line 1\n").unwrap();
+        let provider = ProviderHandle::select(&Selection::default()).unwrap();
+        let output = Location::path(&dir.path().join("out"));
+        // A file:// state is an object store, as a cloud's would be.
+        let remote = Location::parse(&format!("file://{}/state/j", dir.path().display()), Path::new("/")).unwrap();
+        let layout = Layout::open(&remote, "j", &output, &provider, "worker-1").unwrap();
+        let ship = ship_log(&layout, "worker-1", Some(log.clone())).expect("a remote state gets copies");
+        ship();
+        std::fs::write(&log, "line 1\nline 2\n").unwrap();
+        ship();
+        let copied = std::fs::read_to_string(dir.path().join("state/j").join(Layout::logs_key("worker-1"))).unwrap();
+        assert_eq!(copied, "line 1\nline 2\n");
+        assert!(ship_log(&layout, "worker-1", None).is_none(), "no log file, nothing to copy");
+        let local = Location::path(&dir.path().join("local/j"));
+        let layout = Layout::open(&local, "j", &output, &provider, "worker-1").unwrap();
+        assert!(ship_log(&layout, "worker-1", Some(log)).is_none(), "providers write local logs themselves");
+    }
+}

@@ -92,6 +92,21 @@ fn final_state(job: &TestJob) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(job.state().join("final.json")).unwrap()).unwrap()
 }
 
+/// `status --once --json` of `job`, asked until `seen` holds (within a
+/// minute): the status then, or the last one seen.
+fn live_status_until(
+    job: &TestJob,
+    seen: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let mut st = serde_json::Value::Null;
+    let found = wait_until(Duration::from_secs(60), || {
+        let out = job.command(&["status", &job.id, "--state", "state", "--once", "--json"]).output().unwrap();
+        st = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        seen(&st)
+    });
+    if found { Ok(st) } else { Err(st) }
+}
+
 #[test]
 fn a_running_jobs_status_names_its_quarantined_items() {
     // `a-bad.txt` sorts first, so its shard is leased first; the others take
@@ -107,15 +122,8 @@ fn a_running_jobs_status_names_its_quarantined_items() {
          [sharding]\nshards_per_worker = 3\nsplit_text = false\nmin_shard_bytes = 0\n",
     );
     let run = job.spawn();
-    let mut st = serde_json::Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            let out = job.command(&["status", &job.id, "--state", "state", "--once", "--json"]).output().unwrap();
-            st = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            st["quarantined_items"].as_u64() == Some(1)
-        }),
-        "the live status never showed the quarantined item: {st}"
-    );
+    let st = live_status_until(&job, |st| st["quarantined_items"].as_u64() == Some(1))
+        .unwrap_or_else(|st| panic!("the live status never showed the quarantined item: {st}"));
     assert!(st["ended"].is_null(), "seen while the job runs: {st}");
     assert_eq!(st["max_failed_items"].as_u64(), Some(3), "{st}");
     assert_eq!(st["quarantined"][0][1]["key"], "a-bad.txt", "{st}");
@@ -137,15 +145,10 @@ fn status_is_live_while_the_job_runs_and_a_summary_after() {
     let job = picky_job("ops-status", 1500);
     let run = job.spawn();
     // Live: once the workers have asked for work, one snapshot as JSON, one as text.
-    let mut st = serde_json::Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            let out = job.command(&["status", &job.id, "--state", "state", "--once", "--json"]).output().unwrap();
-            st = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            st["workers"].as_array().is_some_and(|w| w.len() == 2) && st["counts"]["leased"].as_u64() > Some(0)
-        }),
-        "no live status with both workers: {st}"
-    );
+    let st = live_status_until(&job, |st| {
+        st["workers"].as_array().is_some_and(|w| w.len() == 2) && st["counts"]["leased"].as_u64() > Some(0)
+    })
+    .unwrap_or_else(|st| panic!("no live status with both workers: {st}"));
     assert_eq!(st["job"], job.id.as_str());
     assert_eq!(st["shards"].as_u64(), Some(6));
     let workers = st["workers"].as_array().unwrap();

@@ -1522,8 +1522,7 @@ pub(crate) fn cmd_attach(job: &str, at: &StateArgs, node: &str) -> Result<ExitCo
         );
     };
     println!("node {node} of job {job}: {} {}", provider.name(), info.id);
-    if provider.name() == "local" {
-        let pid = info.id.split(':').next().unwrap_or(&info.id);
+    if let Some(pid) = info.process {
         println!("  pid        {pid}   (this machine)");
         println!("  log        {}", layout.state.display(&Layout::logs_key(node)));
         println!("  directory  {}", layout.work.display());

@@ -104,6 +104,11 @@ pub struct NodeInfo {
     pub expires_at: Millis,
     /// When it was launched.
     pub launched_at: Millis,
+    /// Its process id, when the node is a process of the machine that runs
+    /// mayfly (as the local provider's are): `mayfly attach` then shows its
+    /// files there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<u32>,
 }
 
 /// Which nodes to list.

@@ -341,6 +341,7 @@ fn node_of(i: &Instance) -> Option<NodeInfo> {
         id: i.instance_id()?.to_owned(),
         expires_at: tag_of(i, vm_kit::tags::EXPIRES_AT).and_then(|t| t.parse().ok()).unwrap_or(0),
         launched_at: i.launch_time().map(|t| t.secs().max(0) as u64 * 1000).unwrap_or(0),
+        process: None,
     })
 }
 
@@ -492,6 +493,7 @@ impl Aws {
                                 id: i.instance_id()?.to_owned(),
                                 expires_at: launch.expires_at,
                                 launched_at: now_ms(),
+                                process: None,
                             })
                         })
                         .collect();

@@ -343,6 +343,7 @@ fn node_of(vm: &compute::models::VirtualMachine) -> Option<NodeInfo> {
         id: vm.resource.id.clone()?,
         expires_at: tag(vm_kit::tags::EXPIRES_AT).and_then(|t| t.parse().ok()).unwrap_or(0),
         launched_at,
+        process: None,
     })
 }
 
@@ -542,6 +543,7 @@ impl Azure {
             id,
             expires_at: launch.expires_at,
             launched_at: now_ms(),
+            process: None,
         })
     }
 

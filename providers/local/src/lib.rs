@@ -269,6 +269,7 @@ impl LocalProvider {
             id: node_id(pid, start),
             expires_at,
             launched_at: now_ms(),
+            process: Some(pid),
         };
         if let Err(e) = write_record(&record, &info) {
             // A node nobody can find must not run.

@@ -97,6 +97,7 @@ impl Template {
             id: format!("{pid}@{start}"),
             expires_at: request.expires_at,
             launched_at: now_ms(),
+            process: Some(pid),
         };
         let recorded = serde_json::to_vec(&node)
             .map_err(std::io::Error::other)

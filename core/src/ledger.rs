@@ -12,8 +12,10 @@
 //! failure is not retryable, when it failed in [`QUARANTINE_AFTER`] attempts,
 //! or when its failure would use up the shard's last attempt: the shard goes
 //! back to pending without the failure counting, and its next attempt is
-//! leased without the item. Past the job's bound on quarantined items
-//! (`max_failed_items`) the job stops: every pending shard fails, saying why.
+//! leased without the item. Once the job's bound on quarantined items
+//! (`max_failed_items`) is reached, a failing item is no longer set aside:
+//! its attempt fails as any other (retried, then the shard fails), and the
+//! error says the bound was reached.
 //!
 //! Every lease gets a fresh fencing token (one counter for the whole job, so a
 //! token is never reused); a heartbeat, commit, failure or release that does not

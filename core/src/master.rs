@@ -236,9 +236,15 @@ impl Master {
         let shard = &self.manifest.plan.shards[req.shard as usize];
         let shard_key = crate::job::shard_key(req.shard);
         let left_out = &self.ledger.shards()[req.shard as usize].quarantined;
-        // The items this attempt was leased: the shard's, less those left out.
-        let keys: std::collections::HashSet<String> =
-            shard.items.iter().map(|i| i.key()).filter(|k| !left_out.iter().any(|q| &q.key == k)).collect();
+        // The items this attempt was leased: the shard's, less those left out
+        // (built only when some output is an item's: a combiner's commit,
+        // with its shard's outputs alone, costs nothing per item here).
+        let keys: std::collections::HashSet<String> = if req.outputs.iter().any(|o| o.key != shard_key) {
+            let left_out: std::collections::HashSet<&str> = left_out.iter().map(|q| q.key.as_str()).collect();
+            shard.items.iter().map(|i| i.key()).filter(|k| !left_out.contains(k.as_str())).collect()
+        } else {
+            Default::default()
+        };
         for out in &req.outputs {
             if (out.key != shard_key && !keys.contains(&out.key)) || crate::host::check_output_name(&out.name).is_some()
             {

@@ -68,9 +68,10 @@ pub struct PlanOptions {
     pub shards_per_worker: u32,
     /// Split objects larger than the target into newline-aligned ranges.
     pub split_text: bool,
-    /// A derived target is never below this (a shard smaller is not worth
-    /// its lease and commit), nor so high that there are fewer shards than
-    /// workers. A given target is used as it is.
+    /// A derived target is raised to this (a shard smaller is not worth its
+    /// lease and commit), but never so high that there are fewer shards than
+    /// workers: the planner then tries half this floor, then none. A given
+    /// target is used as it is.
     pub min_shard_bytes: u64,
 }
 

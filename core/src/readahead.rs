@@ -254,7 +254,11 @@ fn fetch_loop(shared: &Shared, fetch: &Fetch) {
         }
         drop(state);
         let result: io::Result<Arc<dyn InputSource>> = if whole {
-            fetch(item).and_then(|bytes| {
+            // A fetch that panics is its item's error, not a slot left
+            // `Fetching` for the task to wait on forever.
+            let fetched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch(item)))
+                .unwrap_or_else(|_| Err(io::Error::other(format!("{}: reading it ahead panicked", item.key()))));
+            fetched.and_then(|bytes| {
                 if bytes.len() as u64 != item.len {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

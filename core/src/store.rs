@@ -25,6 +25,7 @@ use crate::host::InputSource;
 #[cfg(any(feature = "s3", feature = "azure"))]
 use crate::policy::{CredentialAction, CredentialPolicy, Millis, Validity};
 use crate::provider::ProviderHandle;
+use crate::readahead::{ReadAhead, ReadAheadConfig};
 
 /// A job's location as its file names it: a local path (resolved against the
 /// job file's directory) or a URL with a scheme.
@@ -361,7 +362,24 @@ impl Store {
             }
             Backend::Object { os, prefix } => {
                 let (os, at) = (os.clone(), join(prefix, key));
-                block_io(async move { os.get_range(&at, range).await.map(|b| b.to_vec()).map_err(from_os) })
+                let end = range.end;
+                block_io(async move {
+                    match os.get_range(&at, range).await {
+                        Ok(b) => Ok(b.to_vec()),
+                        // Stores answer a range that starts past the end with a
+                        // generic error (S3's 416): if the object is now shorter
+                        // than the range, say so, so that the item is known to
+                        // have changed, not the store to have failed.
+                        Err(e) => match os.head(&at).await {
+                            Ok(meta) if meta.size < end => Err(io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!("range ends at byte {end}, past the end of the object ({} bytes)", meta.size),
+                            )),
+                            Err(head) if matches!(head, object_store::Error::NotFound { .. }) => Err(from_os(head)),
+                            _ => Err(from_os(e)),
+                        },
+                    }
+                })
             }
         }
     }
@@ -581,6 +599,19 @@ impl Store {
                 }))
             }
         }
+    }
+
+    /// `items` of this store, read ahead of the task as a worker reads its
+    /// shard's: each fetched whole by its range, or (too large to hold)
+    /// opened to be read as the task goes.
+    pub fn read_ahead(&self, items: Vec<crate::plan::Item>, config: ReadAheadConfig) -> ReadAhead {
+        let (fetch_from, open_from) = (self.clone(), self.clone());
+        ReadAhead::new(
+            items,
+            config,
+            Arc::new(move |i: &crate::plan::Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
+            Arc::new(move |i: &crate::plan::Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
+        )
     }
 
     /// Reads a JSON object, `None` if absent.
@@ -1031,6 +1062,19 @@ mod tests {
             assert_eq!(&buf[..n], b"world", "{what}");
             assert_eq!(input.read_at(5, &mut buf).unwrap(), 0, "{what}");
             assert!(s.input("z/b.txt", "b", Some((6, 6))).is_err(), "{what}: past the end");
+            // A range past the end (an object shorter than when it was listed)
+            // reads short (read-ahead then says the object changed); one that
+            // starts past the end reads nothing locally and is refused
+            // remotely as the input's fault, never as the store failing.
+            assert_eq!(s.get_range("z/b.txt", 6..12).unwrap(), b"world", "{what}");
+            let past = s.get_range("z/b.txt", 20..24);
+            if s.local_dir().is_some() {
+                assert_eq!(past.unwrap(), b"", "{what}");
+            } else {
+                assert_eq!(past.unwrap_err().kind(), io::ErrorKind::InvalidInput, "{what}");
+            }
+            let gone = s.get_range("z/none.txt", 0..1).unwrap_err();
+            assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{what}: {gone}");
             s.delete_prefix("z").unwrap();
             s.delete("c.txt").unwrap();
             s.delete("c.txt").unwrap();

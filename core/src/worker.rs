@@ -44,6 +44,18 @@ fn warn(node: &str, message: &str) {
     crate::nodelog::line("WARN", node, message);
 }
 
+/// Whether a call's failure is its item's fault: the host failing never is;
+/// a limit that counts over the instance's life (memory, output) is only when
+/// the item was the instance's `first`, else the items before it share the
+/// blame; anything else the task did on the item is.
+fn blames_item(failure: &crate::host::Failure, first: bool) -> bool {
+    match failure {
+        crate::host::Failure::OutOfMemory { .. } | crate::host::Failure::OutputLimit { .. } => first,
+        crate::host::Failure::Host { .. } => false,
+        _ => true,
+    }
+}
+
 /// How an attempt ended short of a commit.
 enum Failure {
     /// The shard failed: the error, whether a retry could help, and the item
@@ -233,18 +245,12 @@ impl Worker {
 
         let staging_key = staging;
         let staging = self.keeper.layout.local_staging(&staging_key);
-        let (fetch_from, open_from) = (self.input.clone(), self.input.clone());
         let config = ReadAheadConfig::for_store(
             self.manifest.read_ahead,
             self.manifest.read_ahead_memory,
             self.input.local_dir().is_some(),
         );
-        let mut ahead = ReadAhead::new(
-            items.clone(),
-            config,
-            Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
-            Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
-        );
+        let mut ahead = self.input.read_ahead(items.clone(), config);
         let (staged, failure) = self.run_items(shard, attempt, &items, &mut ahead, &staging, &lost);
         let read = ahead.stats();
         // Its fetches stop here, not after the commit.
@@ -416,41 +422,37 @@ impl Worker {
                 discard(session);
                 self.last_failed = Some((shard, items.to_vec()));
                 let error = format!("item {key}: task {} {f}", self.task.name());
-                // A limit that counts over the whole attempt (memory, output),
-                // or the host failing, is the item's fault only if it was the
-                // instance's first: else the items before it share the blame.
-                let blame = match f {
-                    crate::host::Failure::OutOfMemory { .. } | crate::host::Failure::OutputLimit { .. } => {
-                        isolated || in_session == 0
-                    }
-                    crate::host::Failure::Host { .. } => false,
-                    _ => true,
-                };
+                let blame = blames_item(&f, isolated || in_session == 0);
                 return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), blame.then_some(key))));
             }
             in_session += 1;
             if isolated {
                 match self.finish(shard, session.take()) {
                     Ok(files) => staged.extend(files),
-                    // The item's own instance: its `finish` is the item's.
-                    Err(Failure::Attempt(error, retryable, _)) => {
+                    // The item's own instance: its `finish` is the item's, as
+                    // an item call's failure would be.
+                    Err(f) => {
                         self.last_failed = Some((shard, items.to_vec()));
-                        return (Vec::new(), Some(Failure::Attempt(error, retryable, Some(key))));
+                        let error = format!("task {} finish: {f}", self.task.name());
+                        let blame = blames_item(&f, true);
+                        return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), blame.then_some(key))));
                     }
-                    Err(f) => return (Vec::new(), Some(f)),
                 }
             }
         }
         // (A shard left with no items, all quarantined, commits with no outputs.)
         match self.finish(shard, session.take()) {
             Ok(files) => staged.extend(files),
-            Err(f) => return (Vec::new(), Some(f)),
+            Err(f) => {
+                let error = format!("task {} finish: {f}", self.task.name());
+                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), None)));
+            }
         }
         (staged, None)
     }
 
     /// Ends an instance: its `finish`, and its outputs.
-    fn finish(&mut self, shard: u32, session: Option<Session>) -> Result<Vec<StagedFile>, Failure> {
+    fn finish(&mut self, shard: u32, session: Option<Session>) -> Result<Vec<StagedFile>, crate::host::Failure> {
         let Some(session) = session else { return Ok(Vec::new()) };
         let outcome = self.rt.block_on(session.finish());
         print_logs(shard, None, &outcome.logs);
@@ -460,7 +462,7 @@ impl Worker {
                 .into_iter()
                 .map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes })
                 .collect()),
-            Err(f) => Err(Failure::Attempt(format!("task {} finish: {f}", self.task.name()), f.is_retryable(), None)),
+            Err(f) => Err(f),
         }
     }
 

@@ -751,7 +751,7 @@ pub fn read_ahead(
     staging: &Path,
 ) -> ReadRate {
     use mayfly_core::host::{Limits, ShardInfo, ShardStart};
-    use mayfly_core::readahead::{ReadAhead, ReadAheadConfig};
+    use mayfly_core::readahead::ReadAheadConfig;
 
     let task = crate::task("tasks/wordcount");
     let items: Vec<Item> =
@@ -767,13 +767,7 @@ pub fn read_ahead(
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio");
                 while let Some((shard, items)) = queue.lock().unwrap().pop() {
-                    let (fetch_from, open_from) = (input.clone(), input.clone());
-                    let mut ahead = ReadAhead::new(
-                        items.clone(),
-                        config,
-                        Arc::new(move |i: &Item| fetch_from.get_range(&i.object, i.start..i.start + i.len)),
-                        Arc::new(move |i: &Item| open_from.input(&i.object, &i.object, Some((i.start, i.len)))),
-                    );
+                    let mut ahead = input.read_ahead(items.clone(), config);
                     let start = ShardStart {
                         info: ShardInfo {
                             job: "bench".into(),

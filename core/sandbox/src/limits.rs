@@ -11,13 +11,15 @@ use mayfly_model::units::{ByteSize, HumanDuration};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Wall time of one attempt (`attempt_time`), enforced by epoch interruption.
+    /// Wall time of one call into the instance (`attempt_time`: an item, or
+    /// the task's `start` or `finish`), enforced by epoch interruption and a
+    /// host timer.
     pub attempt_time: HumanDuration,
     /// Total linear memory across all of the component's memories (`memory`).
     pub memory: ByteSize,
     /// Total bytes written to all outputs of one attempt (`output`).
     pub output: ByteSize,
-    /// Total bytes of log lines, including stdout and stderr (`log`).
+    /// Bytes of log lines of one call, including stdout and stderr (`log`).
     pub log: ByteSize,
 }
 

@@ -1113,83 +1113,21 @@ pub(crate) struct ReplayArgs {
     pub json: bool,
 }
 
-/// Runs one shard of a job on this machine as a worker ran it: the same
-/// component (checked by its sha256), parameters, input ranges and limits,
-/// item by item; outputs go to a local directory, never to the job's output.
+/// Runs one shard of a job on this machine as a worker ran it
+/// ([`mayfly_core::replay`]); outputs go to a local directory.
 pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result<ExitCode> {
-    use mayfly_core::host::{Call, Runtime, RuntimeConfig, Session, ShardInfo, ShardStart};
+    use mayfly_core::replay::{Replay, Request};
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
-    let Some(shard) = manifest.plan.shards.get(args.shard as usize) else {
-        bail!(
-            "job {job} has {} shards (0 to {}); there is no shard {}",
-            manifest.plan.shards.len(),
-            manifest.plan.shards.len().saturating_sub(1),
-            args.shard
-        );
-    };
-    let items: Vec<_> = shard.items.iter().filter(|i| args.item.as_ref().is_none_or(|k| &i.key() == k)).collect();
-    if items.is_empty() {
-        let keys: Vec<String> = shard.items.iter().map(|i| i.key()).collect();
-        bail!(
-            "shard {} has no item {:?}; its items: {}",
-            args.shard,
-            args.item.as_deref().unwrap_or(""),
-            keys.join(", ")
-        );
-    }
-    // On a held node: the inputs it kept, where it runs (its work directory).
-    let kept = match &args.node {
-        Some(node) => {
-            let dir = mayfly_core::hold::kept_dir(&layout, node).join(format!("shard-{}", args.shard));
-            if !dir.is_dir() {
-                let root = mayfly_core::hold::kept_dir(&layout, node);
-                let has: Vec<String> = std::fs::read_dir(&root)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-                bail!(
-                    "node {node} kept no inputs of shard {} in {} (a held node keeps the shard it handed back and its \
-                     last failed attempt's{}); run this on the node itself, or leave out --node to read the job's input",
-                    args.shard,
-                    root.display(),
-                    if has.is_empty() { String::new() } else { format!("; it kept: {}", has.join(", ")) }
-                );
-            }
-            Some(dir)
-        }
-        None => None,
-    };
-    let provider = node_provider(&manifest)?;
-    let who = Principal { job: job.to_owned(), state: layout.state_location(), node: "replay".into() };
-    let input = Store::open(&manifest.input, &provider, &who)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("opening the job's input {}", manifest.input))?;
-    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256).map_err(anyhow::Error::msg)?;
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
-    let task = runtime.load(&task_file).with_context(|| format!("loading the task {}", task_file.display()))?;
-    if task.sha256() != manifest.task_sha256 {
-        bail!(
-            "the task at {} changed since job {job} ran (sha256 {} != {}): replaying it would not be the same run",
-            task_file.display(),
-            task.sha256(),
-            manifest.task_sha256
-        );
-    }
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("replay-{job}-shard-{}", args.shard)));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let staging = out.join(format!(".mayfly-staging-{}", std::process::id()));
-    let rt =
-        tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
+    let request = Request { shard: args.shard, item: args.item.clone(), node: args.node.clone(), out };
+    let replay = Replay::prepare(&layout, &manifest, request)?;
     if !args.json {
         println!(
             "replaying shard {} of job {job}{}: {} item(s), task {} (sha256 {}), params {}",
             args.shard,
-            kept.as_ref().map_or_else(String::new, |d| format!(" from the inputs kept in {}", d.display())),
-            items.len(),
-            task.name(),
+            replay.kept().map_or_else(String::new, |d| format!(" from the inputs kept in {}", d.display())),
+            replay.items(),
+            replay.task_name(),
             &manifest.task_sha256[..12.min(manifest.task_sha256.len())],
             manifest.params
         );
@@ -1198,155 +1136,40 @@ pub(crate) fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result
             manifest.limits.attempt_time, manifest.limits.memory, manifest.limits.output, manifest.limits.log
         );
     }
-    // As the job ran it: the items through one instance (one each with
-    // `isolation = "item"`); an item that fails is set aside and the shard
-    // runs again without it, as the master's quarantine does, so that every
-    // other item's outputs are the job's.
-    let isolated = manifest.isolation == mayfly_core::config::Isolation::Item;
-    let params: std::sync::Arc<str> = std::sync::Arc::from(manifest.params.to_string());
-    // Each instance stages apart: one that fails takes only its own files.
-    let mut instances = 0u32;
-    let mut shard_start = |key: String, n: usize| {
-        instances += 1;
-        ShardStart {
-            info: ShardInfo { job: job.to_owned(), shard: args.shard, attempt: 1, items: n as u32 },
-            params: params.clone(),
-            limits: manifest.limits,
-            staging: staging.join(instances.to_string()),
-            shard_key: key,
-        }
-    };
-    let mut set_aside: Vec<(String, Call)> = Vec::new();
-    let (calls, outputs, shard_failure) = 'pass: loop {
-        let _ = std::fs::remove_dir_all(&staging);
-        let left: Vec<_> = items
-            .iter()
-            .filter(|i| !set_aside.iter().any(|(k, _)| *k == i.key()))
-            // A held node kept what it was leased: not an item quarantined before.
-            .filter(|i| kept.as_ref().is_none_or(|dir| dir.join(i.key()).is_file()))
-            .collect();
-        let mut calls: Vec<(String, Call)> = Vec::new();
-        let mut outputs = Vec::new();
-        let mut session: Option<Session> = None;
-        for item in &left {
-            let key = item.key();
-            if session.is_none() {
-                let shard_key = if isolated { key.clone() } else { mayfly_core::job::shard_key(args.shard) };
-                let (s, call) =
-                    rt.block_on(runtime.start(&task, shard_start(shard_key, if isolated { 1 } else { left.len() })));
-                if let Err(f) = &call.result {
-                    s.discard();
-                    break 'pass (calls, outputs, Some((format!("start: {f}"), call)));
-                }
-                session = Some(s);
-            }
-            let Some(s) = session.as_mut() else { continue };
-            let source: std::sync::Arc<dyn mayfly_core::host::InputSource> = match &kept {
-                // What the held node kept: the bytes it had.
-                Some(dir) => std::sync::Arc::new(
-                    mayfly_core::host::FileInput::open(&dir.join(&key), item.object.clone())
-                        .with_context(|| format!("reading the kept input {}", dir.join(&key).display()))?,
-                ),
-                None => input
-                    .input(&item.object, &item.object, Some((item.start, item.len)))
-                    .with_context(|| format!("reading input {key} from {}", manifest.input))?,
-            };
-            let call = rt.block_on(s.item(source, if isolated { None } else { Some(&key) }));
-            if call.result.is_err() {
-                if let Some(s) = session.take() {
-                    s.discard();
-                }
-                set_aside.push((key, call));
-                continue 'pass;
-            }
-            calls.push((key, call));
-            if isolated && let Some(s) = session.take() {
-                let outcome = rt.block_on(s.finish());
-                if let Err(f) = &outcome.result {
-                    let call =
-                        Call { result: Err(f.clone()), logs: outcome.logs, input_read: 0, elapsed: outcome.elapsed };
-                    break 'pass (calls, outputs, Some((format!("finish: {f}"), call)));
-                }
-                outputs.extend(outcome.outputs);
-            }
-        }
-        if let Some(s) = session.take() {
-            let outcome = rt.block_on(s.finish());
-            if let Err(f) = &outcome.result {
-                let call = Call { result: Err(f.clone()), logs: outcome.logs, input_read: 0, elapsed: outcome.elapsed };
-                break 'pass (calls, Vec::new(), Some((format!("finish: {f}"), call)));
-            }
-            outputs.extend(outcome.outputs);
-        }
-        break (calls, outputs, None);
-    };
-    let mut published: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
-    for o in &outputs {
-        let dest = out.join(&o.key).join(&o.name);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::rename(&o.path, &dest)
-            .with_context(|| format!("moving {} to {}", o.path.display(), dest.display()))?;
-        published.entry(o.key.clone()).or_default().push(dest);
-    }
-    let failed = set_aside.len() + usize::from(shard_failure.is_some());
-    let mut results = Vec::new();
-    let mut report = |what: &str, call: &Call, published: &[PathBuf]| {
-        if args.json {
-            results.push(serde_json::json!({
-                "item": what,
-                "ok": call.result.is_ok(),
-                "error": call.result.as_ref().err().map(|f| f.to_string()),
-                "retryable": call.result.as_ref().err().map(|f| f.is_retryable()),
-                "outputs": published,
-                "logs": call.logs.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-                "elapsed_ms": call.elapsed.as_secs_f64() * 1e3,
-            }));
-        } else {
-            match &call.result {
-                Ok(()) => println!("item {what}: ok in {:.1} ms", call.elapsed.as_secs_f64() * 1e3),
-                Err(f) => println!(
-                    "item {what}: FAILED: {f} [{}; {}]",
-                    f.kind(),
-                    if f.is_retryable() { "retryable" } else { "not retryable" }
+    let kept = replay.kept().map(Path::to_owned);
+    let report = replay.run()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for run in &report.items {
+            match &run.error {
+                None => println!("item {}: ok in {:.1} ms", run.item, run.elapsed_ms),
+                Some(e) => println!(
+                    "item {}: FAILED: {e} [{}; {}]",
+                    run.item,
+                    run.kind.as_deref().unwrap_or("failure"),
+                    if run.retryable == Some(true) { "retryable" } else { "not retryable" }
                 ),
             }
-            for line in &call.logs {
+            for line in &run.logs {
                 println!("  {line}");
             }
-            for p in published {
+            for p in &run.outputs {
                 println!("  output {}", p.display());
             }
         }
-    };
-    for item in &items {
-        let key = item.key();
-        if let Some((_, call)) = set_aside.iter().find(|(k, _)| *k == key) {
-            report(&key, call, &[]);
-        } else if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
-            report(&key, call, published.get(&key).map(Vec::as_slice).unwrap_or_default());
-        } else if let Some(dir) = &kept
-            && !args.json
-        {
-            println!("item {key}: not kept by the node in {} (not part of its attempt)", dir.display());
+        if let Some(dir) = &kept {
+            for key in &report.not_kept {
+                println!("item {key}: not kept by the node in {} (not part of its attempt)", dir.display());
+            }
+        }
+        if report.failed == 0 {
+            println!("shard {} replayed: every item succeeded; outputs in {}", args.shard, report.out.display());
+        } else {
+            println!("shard {} replayed: {} item(s) failed", args.shard, report.failed);
         }
     }
-    if let Some((what, call)) = &shard_failure {
-        report(&format!("(the shard's {what})"), call, &[]);
-    } else if let Some(paths) = published.get(&mayfly_core::job::shard_key(args.shard)) {
-        let done = Call { result: Ok(()), logs: Vec::new(), input_read: 0, elapsed: Duration::ZERO };
-        report("(the shard's own outputs)", &done, paths);
-    }
-    let _ = std::fs::remove_dir_all(&staging);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "shard": args.shard, "items": results }))?);
-    } else if failed == 0 {
-        println!("shard {} replayed: every item succeeded; outputs in {}", args.shard, out.display());
-    } else {
-        println!("shard {} replayed: {failed} item(s) failed", args.shard);
-    }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
+    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
 }
 
 /// Writes a job's HTML report from its state (atomically: a reader never

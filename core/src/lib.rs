@@ -30,6 +30,7 @@
 //! ```
 
 pub mod api;
+pub mod attempt;
 pub mod bootstrap;
 pub mod build;
 pub mod config;
@@ -52,6 +53,7 @@ pub mod policy;
 pub mod provider;
 pub mod readahead;
 pub mod reduce;
+pub mod replay;
 pub mod report;
 pub mod scaffold;
 pub mod store;

@@ -20,8 +20,8 @@ use crate::api::{
     CallError, Client, CommitRequest, FailRequest, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     StagedFile,
 };
-use crate::config::Isolation;
-use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Session, ShardInfo, ShardStart, Task};
+use crate::attempt;
+use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
 use crate::plan::Item;
 use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, SystemClock, Watchdog};
@@ -44,18 +44,6 @@ fn warn(node: &str, message: &str) {
     crate::nodelog::line("WARN", node, message);
 }
 
-/// Whether a call's failure is its item's fault: the host failing never is;
-/// a limit that counts over the instance's life (memory, output) is only when
-/// the item was the instance's `first`, else the items before it share the
-/// blame; anything else the task did on the item is.
-fn blames_item(failure: &crate::host::Failure, first: bool) -> bool {
-    match failure {
-        crate::host::Failure::OutOfMemory { .. } | crate::host::Failure::OutputLimit { .. } => first,
-        crate::host::Failure::Host { .. } => false,
-        _ => true,
-    }
-}
-
 /// How an attempt ended short of a commit.
 enum Failure {
     /// The shard failed: the error, whether a retry could help, and the item
@@ -71,13 +59,6 @@ const HELD: &str = "this worker is held by an operator";
 impl Failure {
     fn is_held(&self) -> bool {
         matches!(self, Failure::Release(why) if why == HELD)
-    }
-}
-
-/// Ends an instance keeping nothing.
-fn discard(session: Option<Session>) {
-    if let Some(s) = session {
-        s.discard();
     }
 }
 
@@ -170,6 +151,51 @@ impl Keeper {
 
     fn stats(&self) -> (u32, u32) {
         self.inner.lock().map(|c| (c.refreshed, c.failed_ops)).unwrap_or((0, 0))
+    }
+}
+
+/// A leased shard's attempt, as [`attempt::run`] drives it: its inputs from
+/// the read-ahead, its task logs into the node's log, and its reasons to stop
+/// between two items (the lease lost, an operator's hold, credentials that
+/// cannot be renewed: the shard then goes back).
+struct Leased<'a> {
+    shard: u32,
+    ahead: &'a mut ReadAhead,
+    lost: &'a AtomicBool,
+    hold: &'a AtomicU64,
+    keeper: &'a Keeper,
+}
+
+impl attempt::Driver for Leased<'_> {
+    type Stop = Failure;
+
+    fn before(&mut self, _index: usize) -> Option<Failure> {
+        if self.lost.load(Ordering::Relaxed) {
+            // Another worker owns the shard now; the caller sees `lost`.
+            return Some(Failure::Release("the lease was lost".into()));
+        }
+        if self.hold.load(Ordering::Relaxed) > now() {
+            return Some(Failure::Release(HELD.into()));
+        }
+        if self.keeper.refresh_if_due() == CredentialAction::Drain {
+            return Some(Failure::Release("credentials could not be renewed".into()));
+        }
+        if let Err(e) = self.keeper.authorize("reading the input") {
+            return Some(Failure::Release(e));
+        }
+        None
+    }
+
+    fn input(&mut self, index: usize, _item: &Item) -> std::io::Result<Arc<dyn crate::host::InputSource>> {
+        self.ahead.take(index)
+    }
+
+    fn called(&mut self, stage: attempt::Stage<'_>, call: &Call) {
+        let key = match stage {
+            attempt::Stage::Item(key) => Some(key),
+            attempt::Stage::Start | attempt::Stage::Finish => None,
+        };
+        print_logs(self.shard, key, &call.logs);
     }
 }
 
@@ -343,10 +369,8 @@ impl Worker {
 }
 
 impl Worker {
-    /// Runs the shard's items: through one instance (`start`, an `item` per
-    /// item, `finish`), or through one instance each when the job asks for
-    /// item isolation. Stops at the first failure; returns the staged
-    /// outputs, or why there are none.
+    /// Runs the shard's items through the task ([`crate::attempt`]); returns
+    /// the staged outputs, or why there are none.
     fn run_items(
         &mut self,
         shard: u32,
@@ -356,129 +380,37 @@ impl Worker {
         staging: &std::path::Path,
         lost: &AtomicBool,
     ) -> (Vec<StagedFile>, Option<Failure>) {
-        let (job, params, limits) = (self.manifest.job.clone(), self.params.clone(), self.manifest.limits);
-        let start = |key: String, n: usize| ShardStart {
-            info: ShardInfo { job: job.clone(), shard, attempt, items: n as u32 },
-            params: params.clone(),
-            limits,
-            staging: staging.to_owned(),
-            shard_key: key,
+        let spec = attempt::Shard {
+            job: &self.manifest.job,
+            shard,
+            attempt,
+            params: self.params.clone(),
+            limits: self.manifest.limits,
+            isolation: self.manifest.isolation,
+            staging,
         };
-        let mut staged = Vec::new();
-        let isolated = self.manifest.isolation == Isolation::Item;
-        let mut session: Option<Session> = None;
-        // Items the current instance has processed.
-        let mut in_session = 0usize;
-        for (index, item) in items.iter().enumerate() {
-            if lost.load(Ordering::Relaxed) {
-                return (Vec::new(), None);
+        let mut driver = Leased { shard, ahead, lost, hold: &self.hold, keeper: &self.keeper };
+        match attempt::run(&self.rt, &self.runtime, &self.task, &spec, items, &mut driver) {
+            attempt::Ended::Done(outputs) => {
+                (outputs.into_iter().map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes }).collect(), None)
             }
-            if let Some(why) = self.between_items() {
+            attempt::Ended::Failed(failed) => {
+                if failed.at.is_some() {
+                    // Kept while an operator holds this worker.
+                    self.last_failed = Some((shard, items.to_vec()));
+                }
+                let item = failed.blamed_item().map(str::to_owned);
+                (Vec::new(), Some(Failure::Attempt(failed.error, failed.retryable, item)))
+            }
+            attempt::Ended::Stopped(why) => {
                 if why.is_held() {
                     // An operator holds this worker: the shard goes back now
                     // (another worker takes it), and its inputs stay here for them.
                     self.released = Some((shard, items.to_vec()));
                 }
-                discard(session);
-                return (Vec::new(), Some(why));
-            }
-            let key = item.key();
-            if session.is_none() {
-                let key = if isolated { key.clone() } else { crate::job::shard_key(shard) };
-                let (s, call) = self
-                    .rt
-                    .block_on(self.runtime.start(&self.task, start(key, if isolated { 1 } else { items.len() })));
-                print_logs(shard, None, &call.logs);
-                if let Err(f) = call.result {
-                    s.discard();
-                    let error = format!("task {} start: {f}", self.task.name());
-                    return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), None)));
-                }
-                session = Some(s);
-                in_session = 0;
-            }
-            let Some(s) = session.as_mut() else { continue };
-            let input = match ahead.take(index) {
-                Ok(i) => i,
-                Err(e) => {
-                    discard(session);
-                    self.last_failed = Some((shard, items.to_vec()));
-                    // An item that vanished, or changed since it was listed,
-                    // fails for good (the shard goes on without it); any other
-                    // storage error is the attempt's, and retried.
-                    let gone = matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound
-                            | std::io::ErrorKind::InvalidInput
-                            | std::io::ErrorKind::UnexpectedEof
-                    );
-                    let error = format!("input {key}: {e}");
-                    return (Vec::new(), Some(Failure::Attempt(error, !gone, gone.then_some(key))));
-                }
-            };
-            let call: Call = self.rt.block_on(s.item(input, if isolated { None } else { Some(&key) }));
-            print_logs(shard, Some(&key), &call.logs);
-            if let Err(f) = call.result {
-                discard(session);
-                self.last_failed = Some((shard, items.to_vec()));
-                let error = format!("item {key}: task {} {f}", self.task.name());
-                let blame = blames_item(&f, isolated || in_session == 0);
-                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), blame.then_some(key))));
-            }
-            in_session += 1;
-            if isolated {
-                match self.finish(shard, session.take()) {
-                    Ok(files) => staged.extend(files),
-                    // The item's own instance: its `finish` is the item's, as
-                    // an item call's failure would be.
-                    Err(f) => {
-                        self.last_failed = Some((shard, items.to_vec()));
-                        let error = format!("task {} finish: {f}", self.task.name());
-                        let blame = blames_item(&f, true);
-                        return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), blame.then_some(key))));
-                    }
-                }
+                (Vec::new(), Some(why))
             }
         }
-        // (A shard left with no items, all quarantined, commits with no outputs.)
-        match self.finish(shard, session.take()) {
-            Ok(files) => staged.extend(files),
-            Err(f) => {
-                let error = format!("task {} finish: {f}", self.task.name());
-                return (Vec::new(), Some(Failure::Attempt(error, f.is_retryable(), None)));
-            }
-        }
-        (staged, None)
-    }
-
-    /// Ends an instance: its `finish`, and its outputs.
-    fn finish(&mut self, shard: u32, session: Option<Session>) -> Result<Vec<StagedFile>, crate::host::Failure> {
-        let Some(session) = session else { return Ok(Vec::new()) };
-        let outcome = self.rt.block_on(session.finish());
-        print_logs(shard, None, &outcome.logs);
-        match outcome.result {
-            Ok(()) => Ok(outcome
-                .outputs
-                .into_iter()
-                .map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes })
-                .collect()),
-            Err(f) => Err(f),
-        }
-    }
-
-    /// What stops a shard between two items: an operator's hold, or
-    /// credentials that cannot be renewed (the shard then goes back).
-    fn between_items(&mut self) -> Option<Failure> {
-        if self.hold.load(Ordering::Relaxed) > now() {
-            return Some(Failure::Release(HELD.into()));
-        }
-        if self.keeper.refresh_if_due() == CredentialAction::Drain {
-            return Some(Failure::Release("credentials could not be renewed".into()));
-        }
-        if let Err(e) = self.keeper.authorize("reading the input") {
-            return Some(Failure::Release(e));
-        }
-        None
     }
 
     /// Waits while an operator holds this worker: no work, nothing deleted,

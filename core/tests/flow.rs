@@ -18,8 +18,8 @@ const FLOW: &[&[&str]] = &[
     &["store"],
     &["config"],
     &["job"],
-    &["hold", "reduce", "scaffold"],
-    &["master", "worker"],
+    &["hold", "reduce", "scaffold", "attempt"],
+    &["master", "worker", "replay"],
     &["node", "bootstrap"],
     &["history", "conformance"],
 ];

@@ -2,6 +2,7 @@
 //! the `mayfly_tests` library.
 #![allow(clippy::unwrap_used)]
 
+mod attempt;
 mod cache;
 mod cli;
 mod cluster;

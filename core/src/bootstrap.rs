@@ -374,8 +374,7 @@ pub fn bootstrap(
         Some(until) => limits.bootstrap_limit().min(Duration::from_millis(until.saturating_sub(started))),
         None => limits.bootstrap_limit(),
     };
-    let margin = (limit / 10).min(Duration::from_secs(10));
-    let budget = Budget::new(started, limit, margin);
+    let budget = Budget::bootstrap(started, limit);
     let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {
         budget.check(clock.now(), name, needs)?;
         on_step(name);
@@ -473,11 +472,42 @@ pub fn bootstrap(
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
 
     // From here on, a failure must end what was launched.
+    let workers: Vec<(String, Role)> = (1..=spec.workers).map(|i| (format!("worker-{i}"), Role::Worker)).collect();
+    let launched = launch_nodes(&layout, &manifest, provider, &[], &workers, &mut step, &|| {
+        budget.check(clock.now(), "wait for the master", Duration::from_millis(20))
+    })?;
+    // What ended jobs left besides nodes (a cloud's network rules) goes once
+    // this job is launched, if its budget has time left; a failure here is
+    // only said.
+    let left = Duration::from_millis(budget.ends.saturating_sub(clock.now()));
+    if left > Duration::from_secs(10) {
+        match provider.sweep(left - Duration::from_secs(5)) {
+            Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
+            Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
+        }
+    }
+    Ok(Bootstrapped { job, layout, manifest, nodes: launched })
+}
+
+/// Launches a master, waits until it serves, then launches `workers`. On any
+/// failure, ends what this call launched: the nodes it knows of, and any
+/// node the provider lists for the job that was not in `running` before
+/// (a launch call can fail after the cloud acted: a timeout, a lost answer).
+fn launch_nodes(
+    layout: &Layout,
+    manifest: &Manifest,
+    provider: &ProviderHandle,
+    running: &[NodeInfo],
+    workers: &[(String, Role)],
+    step: &mut dyn FnMut(&'static str, Duration) -> Result<(), BootstrapError>,
+    in_budget: &dyn Fn() -> Result<(), crate::policy::OverBudget>,
+) -> Result<Vec<NodeInfo>, BootstrapError> {
+    let job = &manifest.job;
     let mut launched: Vec<NodeInfo> = Vec::new();
     let result = (|| -> Result<(), BootstrapError> {
         step("launch the master", Duration::from_millis(100))?;
         let selection = provider.selection();
-        let master = launch_request(&layout, selection, &job, manifest.expires_at, &[("master".into(), Role::Master)]);
+        let master = launch_request(layout, selection, job, manifest.expires_at, &[("master".into(), Role::Master)]);
         launched.extend(provider.launch(master).map_err(|e| step_err("launch the master")(e.to_string()))?);
         step("wait for the master", Duration::from_millis(50))?;
         // The provider is asked about every 250 ms, and the master counts as
@@ -493,7 +523,7 @@ pub fn bootstrap(
             if asked.elapsed() >= Duration::from_millis(250) {
                 asked = std::time::Instant::now();
                 let listed = provider
-                    .list(&job, &layout.state_location())
+                    .list(job, &layout.state_location())
                     .map(|n| n.iter().any(|n| n.role == Role::Master))
                     .unwrap_or(true);
                 misses = if listed { 0 } else { misses + 1 };
@@ -504,39 +534,89 @@ pub fn bootstrap(
                 let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").to_owned();
                 return Err(step_err("wait for the master")(format!("the master exited while starting: {last}")));
             }
-            budget.check(clock.now(), "wait for the master", Duration::from_millis(20))?;
+            in_budget()?;
             std::thread::sleep(Duration::from_millis(20));
         }
         step("launch the workers", Duration::from_millis(100))?;
-        let workers: Vec<(String, Role)> = (1..=spec.workers).map(|i| (format!("worker-{i}"), Role::Worker)).collect();
-        let workers = launch_request(&layout, selection, &job, manifest.expires_at, &workers);
-        launched.extend(provider.launch(workers).map_err(|e| step_err("launch the workers")(e.to_string()))?);
+        if !workers.is_empty() {
+            let workers = launch_request(layout, selection, job, manifest.expires_at, workers);
+            launched.extend(provider.launch(workers).map_err(|e| step_err("launch the workers")(e.to_string()))?);
+        }
         Ok(())
     })();
     if let Err(e) = result {
-        // What this bootstrap knows it launched, and whatever else the provider
-        // lists for the job: a launch call can fail after the cloud acted (a
-        // timeout, a lost answer), and its nodes must not be left running.
         let mut ending = launched;
-        for n in provider.list(&job, &layout.state_location()).unwrap_or_default() {
-            if !ending.iter().any(|m| m.id == n.id) {
+        for n in provider.list(job, &layout.state_location()).unwrap_or_default() {
+            if !ending.iter().any(|m| m.id == n.id) && !running.iter().any(|m| m.id == n.id) {
                 ending.push(n);
             }
         }
         let _ = provider.terminate(&ending, Duration::from_secs(2));
         return Err(e);
     }
-    // What ended jobs left besides nodes (a cloud's network rules) goes once
-    // this job is launched, if its budget has time left; a failure here is
-    // only said.
-    let left = Duration::from_millis(budget.ends.saturating_sub(clock.now()));
-    if left > Duration::from_secs(10) {
-        match provider.sweep(left - Duration::from_secs(5)) {
-            Ok(removed) => removed.iter().for_each(|r| eprintln!("removed {r}")),
-            Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
-        }
+    Ok(launched)
+}
+
+/// What [`resume`] did.
+#[derive(Debug, Clone)]
+pub enum Resumed {
+    /// The job had already ended: nothing was launched.
+    AlreadyEnded,
+    /// A new master, and the workers that were not running.
+    Launched {
+        /// The nodes launched.
+        nodes: Vec<NodeInfo>,
+        /// How many of them are workers.
+        workers: usize,
+    },
+}
+
+/// Continues a job whose master was lost: a new master (which reads the
+/// journal and the commit markers, so committed shards stay committed) and
+/// the workers that are no longer running, on the bootstrap's budget and with
+/// its rollback: on a failure, what this resume launched is ended, and the
+/// nodes that were running are left as they were.
+pub fn resume(
+    layout: &Layout,
+    manifest: &Manifest,
+    provider: &ProviderHandle,
+    clock: &dyn Clock,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<Resumed, BootstrapError> {
+    let job = &manifest.job;
+    if layout.state.exists(keys::FINAL) {
+        return Ok(Resumed::AlreadyEnded);
     }
-    Ok(Bootstrapped { job, layout, manifest, nodes: launched })
+    let limit = provider.limits().bootstrap_limit();
+    let budget = Budget::bootstrap(clock.now(), limit);
+    let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {
+        budget.check(clock.now(), name, needs)?;
+        on_step(name);
+        Ok(())
+    };
+    step("check the job", Duration::ZERO)?;
+    let running = provider
+        .list(job, &layout.state_location())
+        .map_err(|e| step_err("check the job")(format!("listing its nodes: {e}")))?;
+    if running.iter().any(|n| n.role == Role::Master) {
+        let message = format!("job {job} still has a running master; follow it with `mayfly status {job}`");
+        return Err(BootstrapError::Step { step: "check the job", message });
+    }
+    if clock.now() >= manifest.expires_at {
+        let message = format!("job {job} is past its deadline; it cannot be resumed");
+        return Err(BootstrapError::Step { step: "check the job", message });
+    }
+    // The lost master's address: the new one writes its own.
+    let _ = layout.state.delete(keys::MASTER);
+    let workers: Vec<(String, Role)> = (1..=manifest.workers)
+        .map(|i| format!("worker-{i}"))
+        .filter(|n| !running.iter().any(|r| &r.node == n))
+        .map(|node| (node, Role::Worker))
+        .collect();
+    let nodes = launch_nodes(layout, manifest, provider, &running, &workers, &mut step, &|| {
+        budget.check(clock.now(), "wait for the master", Duration::from_millis(20))
+    })?;
+    Ok(Resumed::Launched { nodes, workers: workers.len() })
 }
 
 /// A local path made absolute (nodes run elsewhere); a URL as it is.

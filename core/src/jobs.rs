@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mayfly_core::api::Client;
 use mayfly_core::api::MasterInfo;
-use mayfly_core::bootstrap::{absolute, absolute_location, bootstrap, launch_request, list_inputs, ready_tasks};
+use mayfly_core::bootstrap::{Resumed, absolute, absolute_location, bootstrap, list_inputs, ready_tasks};
 use mayfly_core::config::JobSpec;
 use mayfly_core::history::{self, LogFilter};
 use mayfly_core::job::{Layout, Manifest, keys, read_json};
@@ -19,6 +19,7 @@ use mayfly_core::provider::{ProviderHandle, Role, Selection};
 use mayfly_core::report::AttemptEnd;
 use mayfly_core::store::{Location, Principal, Store};
 use mayfly_core::units::ByteSize;
+use mayfly_core::watch::{JobWatch, Seen};
 
 use crate::{EXIT_TASK_FAILED, EXIT_USAGE, say};
 
@@ -71,44 +72,32 @@ fn run_spec(spec: &JobSpec) -> Result<ExitCode> {
 fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, started: Instant) -> Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
-    let token = mayfly_core::job::read_token(layout).context("reading the job token")?;
-    let mut lost_since: Option<Instant> = None;
+    let mut watch = JobWatch::new(layout, manifest, provider);
     loop {
-        if let Ok(Some(fin)) = layout.state.read_json::<FinalState>(keys::FINAL) {
-            if tty {
-                eprintln!();
-            }
-            return Ok(summary(layout, manifest, &fin, started));
+        let seen = watch.poll(SystemClock.now());
+        if tty && !matches!(seen, Seen::Running(_)) {
+            eprintln!();
         }
-        let past_deadline = SystemClock.now() > manifest.expires_at + 5000;
-        if past_deadline {
-            if tty {
-                eprintln!();
+        match seen {
+            Seen::Ended(fin) => return Ok(summary(layout, manifest, &fin, started)),
+            Seen::Overdue => {
+                let state = state_root(manifest);
+                eprintln!(
+                    "error: job {} passed its deadline without ending cleanly (no final state); \
+                     `mayfly reap --state {state}` ends whatever is left, `mayfly logs {} --state {state}` tells what happened",
+                    manifest.job, manifest.job
+                );
+                return Ok(ExitCode::from(EXIT_TASK_FAILED));
             }
-            let state = state_root(manifest);
-            eprintln!(
-                "error: job {} passed its deadline without ending cleanly (no final state); \
-                 `mayfly reap --state {state}` ends whatever is left, `mayfly logs {} --state {state}` tells what happened",
-                manifest.job, manifest.job
-            );
-            return Ok(ExitCode::from(EXIT_TASK_FAILED));
-        }
-        let status = layout
-            .state
-            .read_json::<MasterInfo>(keys::MASTER)
-            .ok()
-            .flatten()
-            .and_then(|info| Client::connect(&info, &token, Duration::from_secs(2)).ok()?.status().ok());
-        // No answer: ask the provider whether a master still runs (a provider
-        // error counts as yes, so a hiccup does not end the follow).
-        let alive = status.is_some()
-            || provider
-                .list(&manifest.job, &layout.state_location())
-                .map(|n| n.iter().any(|n| n.role == Role::Master))
-                .unwrap_or(true);
-        if alive {
-            lost_since = None;
-            if let Some(st) = status {
+            Seen::MasterLost => {
+                eprintln!(
+                    "error: the master of job {} is gone before the job ended; `mayfly resume {}` continues it (committed shards are kept)",
+                    manifest.job, manifest.job
+                );
+                return Ok(ExitCode::from(EXIT_MASTER_LOST));
+            }
+            Seen::Running(None) => {}
+            Seen::Running(Some(st)) => {
                 let c = st.counts;
                 let pct = (st.committed_bytes * 100).checked_div(st.total_bytes).unwrap_or(100);
                 let left = st.expires_at.saturating_sub(st.now) / 1000;
@@ -123,19 +112,6 @@ fn follow(provider: &ProviderHandle, layout: &Layout, manifest: &Manifest, start
                     eprintln!("{line}");
                 }
                 last_line = line;
-            }
-        } else {
-            // The master writes final.json before it exits; give it a moment.
-            let since = *lost_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(3) {
-                if tty {
-                    eprintln!();
-                }
-                eprintln!(
-                    "error: the master of job {} is gone before the job ended; `mayfly resume {}` continues it (committed shards are kept)",
-                    manifest.job, manifest.job
-                );
-                return Ok(ExitCode::from(EXIT_MASTER_LOST));
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -218,8 +194,6 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     let planned_in = started.elapsed();
     let (max, mean) = p.balance();
     let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
-    let largest_item = p.shards.iter().flat_map(|s| &s.items).map(|i| i.len).max().unwrap_or(0);
-    let limits = provider.limits();
     let estimate = mayfly_core::cost::estimate(&mayfly_core::cost::EstimateInput {
         nodes: provider.info().nodes.as_ref(),
         prices: &spec.prices,
@@ -230,93 +204,21 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
         worker_rate,
         deadline: spec.deadline,
     });
-    let bootstrap_limit = limits.bootstrap_limit();
-    let bootstrap_budget = bootstrap_limit.saturating_sub((bootstrap_limit / 10).min(Duration::from_secs(10)));
-    let credential_ttl = limits.credential_ttl();
-    let policy = mayfly_core::policy::CredentialPolicy {
-        min_margin: spec.credential_refresh_margin,
-        ..mayfly_core::policy::CredentialPolicy::default()
-    };
-    let margin =
-        policy.margin(mayfly_core::policy::Validity { issued_at: 0, expires_at: credential_ttl.as_millis() as u64 });
-    let renew_every = credential_ttl.saturating_sub(margin).max(Duration::from_secs(1));
-    let renewals = (estimate.expected_secs / renew_every.as_secs_f64()).floor() as u64;
-
-    // Each rule the plan would break, and what to change.
-    let mut warnings = Vec::new();
-    let secs = |d: Duration| d.as_secs_f64();
-    if estimate.expected_secs + secs(planned_in) >= secs(spec.deadline) {
-        warnings.push(format!(
-            "time limit: the work is expected to take at least the whole deadline ({}) at {}/s per worker: \
-             shards still running then are cut and the job ends `deadline`; raise `cluster.deadline` or `cluster.workers`",
-            mayfly_core::units::HumanDuration(spec.deadline),
-            ByteSize(worker_rate)
-        ));
-    }
-    let largest_item_secs = largest_item as f64 / worker_rate.max(1) as f64;
-    if largest_item_secs > secs(spec.limits.attempt_time.0) {
-        warnings.push(format!(
-            "time limit: the largest item ({}) would take about {largest_item_secs:.0}s at {}/s, over `limits.attempt_time` ({}); \
-             raise it, or let text be split (`sharding.split_text`)",
-            ByteSize(largest_item),
-            ByteSize(worker_rate),
-            spec.limits.attempt_time
-        ));
-    }
-    if secs(planned_in) > secs(bootstrap_budget) / 2.0 {
-        warnings.push(format!(
-            "time limit: listing and planning took {:.1}s, over half the bootstrap's budget ({:.0}s of the provider's {:.0}s): \
-             a serverless bootstrap may run out of time; use a narrower `input.glob` or fewer objects",
-            secs(planned_in),
-            secs(bootstrap_budget),
-            secs(bootstrap_limit)
-        ));
-    }
-    if credential_ttl < spec.lease_time {
-        warnings.push(format!(
-            "credential expiry: credentials live {} but `cluster.lease_time` is {}: leases will be cut to the credentials' expiry",
-            mayfly_core::units::HumanDuration(credential_ttl),
-            mayfly_core::units::HumanDuration(spec.lease_time)
-        ));
-    }
-    if mean > 0.0 && max as f64 > 1.5 * mean && p.shards.len() > 1 {
-        let big = p.shards.iter().max_by_key(|s| s.bytes).map_or(0, |s| s.id);
-        warnings.push(format!(
-            "even sharding: shard {big} holds {} against a mean of {} ({:.1}x): an object that cannot be split sets the pace; \
-             enable `sharding.split_text` for text, or split the object",
-            ByteSize(max),
-            ByteSize(mean as u64),
-            max as f64 / mean
-        ));
-    }
-    if p.shards.len() < spec.workers as usize && !p.shards.is_empty() {
-        warnings.push(format!(
-            "even sharding: {} shards for {} workers: some workers will have nothing to do (and end at once); \
-             lower `cluster.workers`",
-            p.shards.len(),
-            spec.workers
-        ));
-    }
-    if spec.workers + 1 > limits.max_nodes {
-        warnings.push(format!(
-            "self-termination: {} nodes (a master and {} workers) exceed the provider's {} nodes per job: bootstrap will refuse it",
-            spec.workers + 1,
-            spec.workers,
-            limits.max_nodes
-        ));
-    }
-    for n in estimate.nodes.iter().filter(|n| n.usd_per_hour.is_none()) {
-        warnings.push(format!(
-            "cost: no price for node type {:?} of {}: add a line `\"{}\" = <USD per node-hour>` to the job's [prices] table",
-            n.node_type,
-            provider.name(),
-            n.node_type
-        ));
-    }
     let output = Store::open(&absolute_location(&spec.output), &provider, &who);
-    if let Err(e) = output.and_then(|o| mayfly_core::bootstrap::check_output(&o)) {
-        warnings.push(e);
-    }
+    let checked = mayfly_core::check::check(&mayfly_core::check::Facts {
+        spec: &spec,
+        plan: &p,
+        planned_in,
+        limits: provider.limits(),
+        provider: provider.name(),
+        estimate: &estimate,
+        worker_rate,
+        output: output.and_then(|o| mayfly_core::bootstrap::check_output(&o)),
+    });
+    let secs = |d: Duration| d.as_secs_f64();
+    let (bootstrap_limit, bootstrap_budget) = (checked.bootstrap_limit, checked.bootstrap_budget);
+    let (credential_ttl, renew_every, renewals) = (checked.credential_ttl, checked.renew_every, checked.renewals);
+    let warnings = &checked.warnings;
     if json {
         let doc = serde_json::json!({
             "plan": p,
@@ -336,15 +238,13 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let pieces = u64::from(spec.workers) * u64::from(spec.shards_per_worker);
-    let floor = if spec.target_shard_bytes.is_none() && p.target_bytes > p.total_bytes.div_ceil(pieces.max(1)) {
-        format!(
+    let floor = match checked.raised_from {
+        Some(derived) => format!(
             ", raised from {} by the floor [sharding] min_shard_bytes = {}, short of leaving a worker no shard",
-            ByteSize(p.total_bytes.div_ceil(pieces.max(1))),
+            ByteSize(derived),
             ByteSize(spec.min_shard_bytes)
-        )
-    } else {
-        String::new()
+        ),
+        None => String::new(),
     };
     println!(
         "{} objects, {} in {} shards (target {}{floor}); balance: largest {} / mean {} = {:.2}",
@@ -400,7 +300,7 @@ pub(crate) fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
         }
         _ => println!("  total    unknown: some node types have no price (see the warnings)"),
     }
-    for w in &warnings {
+    for w in warnings {
         println!("warning: {w}");
     }
     Ok(())
@@ -444,18 +344,28 @@ pub(crate) struct StatusArgs {
 
 pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result<ExitCode> {
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
+    let provider = node_provider(&manifest)?;
+    let mut watch = JobWatch::new(&layout, &manifest, &provider);
+    watch.timeout = Duration::from_secs(5);
     let tty = std::io::stdout().is_terminal() && !args.json;
     let mut last = String::new();
+    // How long a running master may stay silent before `status` says so.
+    let silent_since = Instant::now();
     loop {
-        if layout.state.exists(keys::FINAL) {
-            return ended_status(&layout, &manifest, args.json);
-        }
-        let st = match live_status(&layout, &manifest) {
-            Ok(Some(st)) => st,
-            // It may have ended between the two reads.
-            _ if layout.state.exists(keys::FINAL) => continue,
-            Ok(None) => {
-                let past = SystemClock.now() >= manifest.expires_at;
+        let st = match watch.poll(SystemClock.now()) {
+            Seen::Ended(_) => return ended_status(&layout, &manifest, args.json),
+            Seen::Running(Some(st)) => st,
+            Seen::Running(None) => {
+                if silent_since.elapsed() > Duration::from_secs(15) {
+                    bail!(
+                        "the master of job {job} runs but does not answer (it may still be starting); try again in a moment"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            lost @ (Seen::MasterLost | Seen::Overdue) => {
+                let past = matches!(lost, Seen::Overdue) || SystemClock.now() >= manifest.expires_at;
                 eprintln!(
                     "error: job {job} has no running master and did not end; {}",
                     if past {
@@ -469,7 +379,6 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result
                 );
                 return Ok(ExitCode::from(EXIT_MASTER_LOST));
             }
-            Err(e) => return Err(e),
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&st)?);
@@ -489,22 +398,6 @@ pub(crate) fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result
         last = view;
         std::thread::sleep(args.every);
     }
-}
-
-/// Asks a running job's master for its status; `None` when no master runs.
-fn live_status(layout: &Layout, manifest: &Manifest) -> Result<Option<mayfly_core::api::Status>> {
-    let job = &manifest.job;
-    let token = mayfly_core::job::read_token(layout)?;
-    let info: MasterInfo = layout
-        .state
-        .read_json(keys::MASTER)?
-        .with_context(|| format!("the master of job {job} has not started yet; try again in a moment"))?;
-    let provider = node_provider(manifest)?;
-    let masters = provider.list(job, &layout.state_location())?.into_iter().filter(|n| n.role == Role::Master).count();
-    if masters == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.status()?))
 }
 
 /// A running job's status as a few lines of text: shards, bytes and rate,
@@ -674,8 +567,9 @@ pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Exi
     // How much of each node's log is printed (follow prints only what is new).
     let mut printed: std::collections::HashMap<String, usize> = Default::default();
     let mut ended_polls = 0;
-    let (mut polls, mut nodeless) = (0u64, 0u32);
+    let mut polls = 0u64;
     let provider = if args.follow { Some(node_provider(&manifest)?) } else { None };
+    let mut watch = provider.as_ref().map(|p| JobWatch::new(&layout, &manifest, p));
     loop {
         // Read before listing: a job that ends meanwhile is read once more.
         let ended = layout.state.exists(keys::FINAL);
@@ -725,22 +619,19 @@ pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Exi
                 return Ok(ExitCode::SUCCESS);
             }
         } else {
-            // A job whose nodes are all gone without an end (its master lost)
-            // writes no more: say so rather than wait for its deadline.
+            // A job whose master is lost writes no more: say so rather
+            // than wait for its deadline.
             polls += 1;
-            if polls % 10 == 0 {
-                let running = provider
-                    .as_ref()
-                    .is_none_or(|p| p.list(job, &layout.state_location()).map(|n| !n.is_empty()).unwrap_or(true));
-                nodeless = if running { 0 } else { nodeless + 1 };
-                if nodeless >= 2 && !layout.state.exists(keys::FINAL) {
-                    let _ = out.flush();
-                    eprintln!(
-                        "error: no node of job {job} is running and it did not end (its master was lost); \
-                         `mayfly resume {job}` continues it"
-                    );
-                    return Ok(ExitCode::from(EXIT_MASTER_LOST));
-                }
+            if polls.is_multiple_of(10)
+                && let Some(watch) = watch.as_mut()
+                && matches!(watch.poll(SystemClock.now()), Seen::MasterLost)
+            {
+                let _ = out.flush();
+                eprintln!(
+                    "error: no master of job {job} is running and it did not end (its master was lost); \
+                     `mayfly resume {job}` continues it"
+                );
+                return Ok(ExitCode::from(EXIT_MASTER_LOST));
             }
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -749,37 +640,24 @@ pub(crate) fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Exi
 
 pub(crate) fn cmd_resume(job: &str, at: &StateArgs) -> Result<ExitCode> {
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
-    if layout.state.exists(keys::FINAL) {
-        println!("job {job} already ended; nothing to resume");
-        return Ok(ExitCode::SUCCESS);
-    }
     let provider = node_provider(&manifest)?;
-    let nodes = provider.list(job, &layout.state_location())?;
-    if nodes.iter().any(|n| n.role == Role::Master) {
-        bail!("job {job} still has a running master; follow it with `mayfly status {job}`");
-    }
-    if SystemClock.now() >= manifest.expires_at {
-        bail!("job {job} is past its deadline; it cannot be resumed");
-    }
-    let _ = layout.state.delete(keys::MASTER);
     let started = Instant::now();
-    let selection = &manifest.provider;
-    provider.launch(launch_request(
-        &layout,
-        selection,
-        job,
-        manifest.expires_at,
-        &[("master".into(), Role::Master)],
-    ))?;
-    let running: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
-    let workers: Vec<(String, Role)> = (1..=manifest.workers)
-        .map(|i| format!("worker-{i}"))
-        .filter(|n| !running.contains(n))
-        .map(|node| (node, Role::Worker))
-        .collect();
-    provider.launch(launch_request(&layout, selection, job, manifest.expires_at, &workers))?;
-    println!("job {job} resumed with a new master and {} new workers", workers.len());
-    follow(&provider, &layout, &manifest, started)
+    let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
+    let resumed = mayfly_core::bootstrap::resume(&layout, &manifest, &provider, &SystemClock, &mut |step| {
+        if verbose {
+            say(&format!("resume: {step}"));
+        }
+    })?;
+    match resumed {
+        Resumed::AlreadyEnded => {
+            println!("job {job} already ended; nothing to resume");
+            Ok(ExitCode::SUCCESS)
+        }
+        Resumed::Launched { workers, .. } => {
+            println!("job {job} resumed with a new master and {workers} new workers");
+            follow(&provider, &layout, &manifest, started)
+        }
+    }
 }
 
 /// The provider `--provider` names (a name, or a path when it has a `/`),

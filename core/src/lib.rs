@@ -33,6 +33,7 @@ pub mod api;
 pub mod attempt;
 pub mod bootstrap;
 pub mod build;
+pub mod check;
 pub mod config;
 pub mod conformance;
 pub mod cost;
@@ -61,4 +62,5 @@ pub mod store;
 pub mod tls;
 /// Sizes and durations (the `mayfly-model` crate).
 pub use mayfly_model::units;
+pub mod watch;
 pub mod worker;

@@ -88,7 +88,19 @@ pub struct OverBudget {
     pub needs_ms: u64,
 }
 
+/// The safety margin a bootstrap keeps in reserve of a provider's limit
+/// (for rollback and the response): a tenth of it, at most 10 s.
+pub fn bootstrap_margin(limit: Duration) -> Duration {
+    (limit / 10).min(Duration::from_secs(10))
+}
+
 impl Budget {
+    /// A bootstrap's budget: started at `started`, for a provider whose limit
+    /// is `limit`, keeping [`bootstrap_margin`] in reserve.
+    pub fn bootstrap(started: Millis, limit: Duration) -> Self {
+        Budget::new(started, limit, bootstrap_margin(limit))
+    }
+
     /// A budget that started at `started` for a provider whose limit is
     /// `limit`, keeping `margin` in reserve (for rollback and the response).
     pub fn new(started: Millis, limit: Duration, margin: Duration) -> Self {

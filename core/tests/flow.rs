@@ -18,9 +18,9 @@ const FLOW: &[&[&str]] = &[
     &["store"],
     &["config"],
     &["job"],
-    &["hold", "reduce", "scaffold", "attempt"],
+    &["hold", "reduce", "scaffold", "attempt", "check"],
     &["master", "worker", "replay"],
-    &["node", "bootstrap"],
+    &["node", "bootstrap", "watch"],
     &["history", "conformance"],
 ];
 

@@ -181,6 +181,8 @@ fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
     let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_exactly_once(&job, &files);
+    let again = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
+    assert!(again.status.success() && text(&again).contains("already ended; nothing to resume"), "{}", text(&again));
     // Shards committed before the kill were not leased again.
     let journal = mayfly_core::master::read_journal(&job.state().join("journal.jsonl"));
     for event in &journal[journal_len..] {

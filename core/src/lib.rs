@@ -38,6 +38,8 @@ pub mod config;
 pub mod conformance;
 pub mod cost;
 pub mod demo;
+pub mod error;
+pub use error::Internal;
 pub mod history;
 pub mod hold;
 /// The task sandbox (the `mayfly-sandbox` crate).

@@ -88,15 +88,15 @@ pub enum SelectError {
 /// The async runtime core drives providers on (built-in ones run their
 /// futures here; plugins' futures run on their own runtime).
 /// `Err` says why it could not be started (the process's threads exhausted).
-pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, crate::error::Internal> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, crate::error::Internal>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mayfly-provider")
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the provider runtime: {e}"))
+            .map_err(|e| crate::error::Internal(format!("cannot start the provider runtime: {e}")))
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -359,9 +359,11 @@ impl ProviderHandle {
     {
         let fut = call(self.inner.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime().map_err(|e| ProviderError::new(self.name(), ErrorKind::Unavailable, e))?.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
+        runtime().map_err(|e| ProviderError::new(self.name(), ErrorKind::Unavailable, e.to_string()))?.spawn(
+            async move {
+                let _ = tx.send(fut.await);
+            },
+        );
         let answer = match limit {
             // A little more than the plugin's own timeout, which reports better when it fires.
             Some(limit) => rx.recv_timeout(limit + Duration::from_secs(1)).map_err(|e| match e {

@@ -156,7 +156,7 @@ fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> io
     crate::provider::runtime().map_err(io::Error::other)?.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().map_err(|_| io::Error::other("a store call panicked (see the log)"))
+    rx.recv().map_err(|_| io::Error::other(crate::error::Internal("a store call panicked (see the log)".into())))
 }
 
 impl Store {

@@ -25,6 +25,36 @@ const FLOW: &[&[&str]] = &[
     &["history", "conformance"],
 ];
 
+/// Core's modules and their files: `name.rs`, or a directory `name/` and
+/// every `.rs` file under it (its submodules are its own).
+fn modules(src: &Path) -> BTreeMap<String, Vec<std::path::PathBuf>> {
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("reading core's sources").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut modules = BTreeMap::new();
+    for entry in std::fs::read_dir(src).expect("reading core's sources").flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let mut files = Vec::new();
+        if path.is_dir() {
+            walk(&path, &mut files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        } else {
+            continue;
+        }
+        modules.entry(name).or_insert_with(Vec::new).extend(files);
+    }
+    modules
+}
+
 /// `text` without `//` comments (doc comments included).
 fn code(text: &str) -> String {
     text.lines().map(|l| l.split_once("//").map_or(l, |(c, _)| c)).collect::<Vec<_>>().join("\n")
@@ -46,26 +76,26 @@ fn no_module_of_core_imports_one_above_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut seen = Vec::new();
     let mut wrong = Vec::new();
-    for entry in std::fs::read_dir(&src).unwrap().flatten() {
-        let path = entry.path();
-        let Some(module) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
-        if path.extension().is_none_or(|e| e != "rs") || module == "lib" {
+    for (module, files) in modules(&src) {
+        if module == "lib" {
             continue;
         }
         let Some(&mine) = level.get(module.as_str()) else {
-            wrong.push(format!("{module}.rs is not placed in the flow (add it to FLOW and ARCHITECTURE.md)"));
+            wrong.push(format!("{module} is not placed in the flow (add it to FLOW and ARCHITECTURE.md)"));
             continue;
         };
         seen.push(module.clone());
-        for other in references(&std::fs::read_to_string(&path).unwrap()) {
-            // `crate::host` and `crate::units` are the sandbox and model crates, below everything.
-            if other == module || other == "host" || other == "units" {
-                continue;
-            }
-            match level.get(other.as_str()) {
-                Some(&theirs) if theirs < mine => {}
-                Some(_) => wrong.push(format!("{module} imports {other}, which is not below it")),
-                None => wrong.push(format!("{module} imports {other}, which is not in the flow")),
+        for text in files.iter().map(|f| std::fs::read_to_string(f).unwrap()) {
+            for other in references(&text) {
+                // `crate::host` and `crate::units` are the sandbox and model crates, below everything.
+                if other == module || other == "host" || other == "units" {
+                    continue;
+                }
+                match level.get(other.as_str()) {
+                    Some(&theirs) if theirs < mine => {}
+                    Some(_) => wrong.push(format!("{module} imports {other}, which is not below it")),
+                    None => wrong.push(format!("{module} imports {other}, which is not in the flow")),
+                }
             }
         }
     }

@@ -1,0 +1,453 @@
+//! Commit decisions, outside the master's lock: a shard's marker created
+//! if absent (exactly one winner), in batches with one sync each (group
+//! commit); the winners' outputs published; and, for a restarted master,
+//! the markers read back and interrupted publications finished.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{Master, Shared, now};
+use crate::api::CommitRequest;
+use crate::job::Layout;
+use crate::ledger::{CommittedOutput, Quarantined, ShardState};
+
+/// A shard's commit marker: the truth about what is committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    /// The job.
+    pub job: String,
+    /// The shard.
+    pub shard: u32,
+    /// The token that committed it.
+    pub token: u64,
+    /// Its outputs.
+    pub outputs: Vec<CommittedOutput>,
+    /// The items the shard was committed without (they kept failing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
+}
+
+impl Master {
+    pub(super) fn prepare_commit(&mut self, req: &CommitRequest) -> Result<Marker, (StatusCode, String)> {
+        if self.ended.is_some() {
+            return Err((StatusCode::CONFLICT, "the job has ended".into()));
+        }
+        if let Err(e) = self.ledger.check(req.shard, req.token) {
+            self.drop_local_staging(req.shard, req.token);
+            return Err((StatusCode::CONFLICT, e.to_string()));
+        }
+        let shard = &self.manifest.plan.shards[req.shard as usize];
+        let shard_key = crate::job::shard_key(req.shard);
+        let left_out = &self.ledger.shards()[req.shard as usize].quarantined;
+        // The items this attempt was leased: the shard's, less those left out
+        // (built only when some output is an item's: a combiner's commit,
+        // with its shard's outputs alone, costs nothing per item here).
+        let keys: std::collections::HashSet<String> = if req.outputs.iter().any(|o| o.key != shard_key) {
+            let left_out: std::collections::HashSet<&str> = left_out.iter().map(|q| q.key.as_str()).collect();
+            shard.items.iter().map(|i| i.key()).filter(|k| !left_out.contains(k.as_str())).collect()
+        } else {
+            Default::default()
+        };
+        for out in &req.outputs {
+            if (out.key != shard_key && !keys.contains(&out.key)) || crate::host::check_output_name(&out.name).is_some()
+            {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("output {}/{} is not part of shard {}", out.key, out.name, req.shard),
+                ));
+            }
+        }
+        let outputs: Vec<CommittedOutput> = req
+            .outputs
+            .iter()
+            .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
+            .collect();
+        self.in_flight += 1;
+        let quarantined = self.ledger.shards()[req.shard as usize].quarantined.clone();
+        Ok(Marker { job: self.manifest.job.clone(), shard: req.shard, token: req.token, outputs, quarantined })
+    }
+
+    /// Removes an attempt's staging when it is a local directory (cheap);
+    /// remote staging goes with the whole staging prefix at the job's end.
+    pub(super) fn drop_local_staging(&self, shard: u32, token: u64) {
+        if let Some(dir) = self.layout.output.local_dir() {
+            let _ = std::fs::remove_dir_all(dir.join(self.layout.attempt_staging(shard, token)));
+        }
+    }
+
+    /// The last half, under the lock again, once the committer decided. It
+    /// runs in the committer, not in the request, so that a client that hangs
+    /// up cannot leave a marked shard uncommitted in the ledger.
+    pub(super) fn finish_commit(&mut self, marker: &Marker, decided: &Result<(), (StatusCode, String)>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let adopt = match decided {
+            Ok(()) => Some(marker.clone()),
+            // Someone's marker exists: that one is the truth, make the ledger agree.
+            Err((StatusCode::CONFLICT, _)) => {
+                self.layout.output.read_json::<Marker>(&self.layout.marker(marker.shard)).ok().flatten()
+            }
+            Err((StatusCode::SERVICE_UNAVAILABLE, _)) => {
+                // The job's storage failed: its worker hands the shard back
+                // (no attempt used), and it waits before it is leased again,
+                // longer while the failures go on (0.25 s doubling, at most 8 s).
+                self.storage_failures = self.storage_failures.saturating_add(1);
+                let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
+                self.ledger.delay(marker.shard, now() + wait);
+                None
+            }
+            Err(_) => None,
+        };
+        if decided.is_ok() {
+            self.storage_failures = 0;
+        }
+        if let Some(m) = adopt {
+            let already = matches!(
+                self.ledger.shards().get(m.shard as usize).map(|r| &r.state),
+                Some(ShardState::Committed { .. })
+            );
+            if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs, m.quarantined) {
+                // Not fsynced: the marker, already durable, is the truth on resume.
+                self.record(&event, false);
+                let bytes = self.manifest.plan.shards.get(m.shard as usize).map_or(0, |s| s.bytes);
+                if let Some(stats) = self.lease_ended(m.token) {
+                    stats.committed += 1;
+                    stats.committed_bytes += bytes;
+                    stats.last_seen = stats.last_seen.max(now());
+                }
+            }
+        }
+    }
+}
+
+/// Committer threads: batches in flight at once.
+pub(super) const COMMITTERS: usize = 2;
+
+/// A commit waiting for the committer.
+pub(super) struct CommitJob {
+    pub(super) marker: Marker,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<(), (StatusCode, String)>>,
+}
+
+/// The committer: makes the commit decisions outside the master's lock, in
+/// batches (group commit). For a batch it writes every marker's content, makes
+/// it all durable with one `syncfs`, then creates each marker by hard link
+/// (create-if-absent: exactly one winner per shard), syncs the directory once,
+/// and publishes the winners' outputs. One sync per batch instead of two per
+/// shard is what lets a master keep up with many workers.
+pub(super) fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>, shared: Shared) {
+    let (mut commits, mut batches, mut busy) = (0usize, 0usize, Duration::ZERO);
+    loop {
+        // Several committers share the queue, so batches overlap their syncs;
+        // create-if-absent still picks one winner per shard across them.
+        let batch = {
+            let Ok(jobs) = jobs.lock() else { return };
+            let Ok(first) = jobs.recv() else { return };
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let started = std::time::Instant::now();
+        let results = decide_batch(&layout, batch.iter().map(|j| &j.marker).collect());
+        busy += started.elapsed();
+        commits += batch.len();
+        batches += 1;
+        if batches.is_multiple_of(500) {
+            say!(
+                INFO,
+                "committer: {commits} commits in {batches} batches, {:.1} ms each",
+                busy.as_secs_f64() * 1e3 / batches as f64
+            );
+        }
+        if let Ok(mut m) = shared.lock() {
+            for (job, result) in batch.iter().zip(&results) {
+                m.finish_commit(&job.marker, result);
+            }
+        }
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (StatusCode, String)>> {
+    let unavailable = |e: std::io::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"));
+    // 1. Every staged output is there, with the size its worker reported (one
+    //    listing per shard, outside the master's lock).
+    let mut decided: Vec<Result<(), (StatusCode, String)>> = markers
+        .iter()
+        .map(|m| {
+            let staging = layout.attempt_staging(m.shard, m.token);
+            let listed: std::collections::BTreeMap<String, u64> = layout
+                .output
+                .list(&staging)
+                .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("listing the staged outputs: {e}")))?
+                .into_iter()
+                .collect();
+            for out in &m.outputs {
+                if listed.get(&format!("{staging}/{}/{}", out.key, out.name)) != Some(&out.bytes) {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        format!("staged output {}/{} is missing or has the wrong size", out.key, out.name),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .collect();
+    // 2. Create-if-absent, each marker with its content: exactly one winner per
+    //    shard (locally: contents durable with one sync, then hard links;
+    //    remotely: conditional puts).
+    let mut items = Vec::new();
+    let mut which = Vec::new();
+    for (i, m) in markers.iter().enumerate() {
+        if decided[i].is_ok() {
+            match serde_json::to_vec_pretty(m) {
+                Ok(bytes) => {
+                    items.push((layout.marker(m.shard), bytes));
+                    which.push(i);
+                }
+                Err(e) => decided[i] = Err(unavailable(std::io::Error::other(e))),
+            }
+        }
+    }
+    for (i, created) in which.into_iter().zip(layout.output.create_all(items)) {
+        let m = markers[i];
+        decided[i] = match created {
+            Ok(true) => Ok(()),
+            Ok(false) => match layout.output.read_json::<Marker>(&layout.marker(m.shard)) {
+                // Our own marker: a retried conditional put whose first try
+                // landed (its answer was lost). The commit is ours.
+                Ok(Some(existing)) if existing.token == m.token => Ok(()),
+                Ok(Some(winner)) => {
+                    // Another attempt's marker: make sure its outputs are in
+                    // place (idempotent) before this attempt's staging goes.
+                    if let Err(e) = publish(layout, &winner) {
+                        say!(WARN, "shard {}: publishing the committed attempt: {e}", winner.shard);
+                    }
+                    let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                    Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
+                }
+                // Not readable now: keep everything, the worker retries.
+                Ok(None) => Err(unavailable(std::io::Error::other("the marker exists but cannot be read yet"))),
+                Err(e) => Err(unavailable(e)),
+            },
+            Err(e) => Err(unavailable(e)),
+        };
+    }
+    // 3. Only now do the winners' outputs become visible; a staging goes only
+    //    once its outputs are in place.
+    for (m, r) in markers.iter().zip(&decided) {
+        if r.is_ok() {
+            match publish(layout, m) {
+                Ok(()) => {
+                    let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                }
+                // The marker is written: the commit stands, the staging stays,
+                // and publication is tried again at the job's end and on resume.
+                Err(e) => say!(ERROR, "shard {}: committed, but moving its outputs failed: {e}", m.shard),
+            }
+        }
+    }
+    decided
+}
+
+/// Moves a committed shard's staged outputs into place (idempotent). An
+/// item's outputs move with their directory in one rename where the store
+/// allows (a local one, the item's directory not yet there); file by file
+/// otherwise. Nothing may delete a committed attempt's staging while this
+/// runs (a walk that had opened the item's directory would follow it into
+/// place): stagings go after their publish, and the job's end drains the
+/// committers before it removes the staging area.
+pub(super) fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
+    let staging = layout.attempt_staging(marker.shard, marker.token);
+    let mut by_item: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for out in &marker.outputs {
+        by_item.entry(out.key.as_str()).or_default().push(out.name.as_str());
+    }
+    for (key, names) in by_item {
+        let whole = names.iter().all(|n| !n.contains('/'))
+            && layout.output.rename_dir_holding(&format!("{staging}/{key}"), &layout.map_item_dir(key), &names)?;
+        if !whole {
+            for name in names {
+                layout.output.rename(&format!("{staging}/{key}/{name}"), &layout.map_output(key, name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every commit marker of the job.
+pub fn read_markers(layout: &Layout) -> Vec<Marker> {
+    let listed = layout.output.list(layout.markers()).unwrap_or_else(|e| {
+        say!(WARN, "listing the commit markers: {e}");
+        Vec::new()
+    });
+    let mut markers: Vec<Marker> = listed
+        .into_iter()
+        .filter(|(key, _)| key.ends_with(".json"))
+        .filter_map(|(key, _)| layout.output.read_json::<Marker>(&key).ok().flatten())
+        .collect();
+    markers.sort_by_key(|m| m.shard);
+    markers
+}
+
+/// Reads the markers and finishes any publication a crash interrupted. A
+/// marker whose outputs are neither staged nor in place (its worker dropped the
+/// staging when the master died before answering) is removed, so the shard runs
+/// again: nothing of it was visible, and losing it is not an option.
+pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
+    let mut markers = read_markers(layout);
+    markers.retain(|marker| {
+        let staging = layout.attempt_staging(marker.shard, marker.token);
+        match publish(layout, marker) {
+            Ok(()) => {
+                let _ = layout.output.delete_prefix(&staging);
+                true
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // A transient failure (permissions, space): keep the commit and
+                // say so; publication is tried again at the next start.
+                say!(WARN, "finishing the publication of shard {}: {e}", marker.shard);
+                true
+            }
+            Err(e) => {
+                // Committed, but its outputs are neither staged nor in place:
+                // nothing of it is visible, so it is safe, and necessary, to
+                // run it again rather than to lose it.
+                say!(
+                    WARN,
+                    "shard {} was marked committed but its outputs are gone ({e}); it will run again",
+                    marker.shard
+                );
+                let _ = layout.output.delete(&layout.marker(marker.shard));
+                for out in &marker.outputs {
+                    let _ = layout.output.delete(&layout.map_output(&out.key, &out.name));
+                }
+                false
+            }
+        }
+    });
+    markers
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::provider::ProviderHandle;
+
+    fn marker(shard: u32, token: u64, key: &str) -> Marker {
+        let outputs = vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
+        Marker { job: "j".into(), shard, token, outputs, quarantined: Vec::new() }
+    }
+
+    fn stage(layout: &Layout, m: &Marker, content: &[u8]) {
+        let key = format!("{}/{}/c.tsv", layout.attempt_staging(m.shard, m.token), m.outputs[0].key);
+        layout.output.put(&key, content.to_vec()).unwrap();
+    }
+
+    /// The same job laid out on local directories and on `file://` URLs
+    /// (the object-store client every remote location goes through).
+    fn layouts(dir: &Path) -> Vec<Layout> {
+        let local = Layout::local(&dir.join("state"), "j", &dir.join("out"));
+        let url = |d: &str| crate::store::Location::parse(&format!("file://{}", dir.join(d).display()), dir).unwrap();
+        let provider = ProviderHandle::select(&Default::default()).unwrap();
+        let remote = Layout::open(&url("rstate/j"), "j", &url("rout"), &provider, "master").unwrap();
+        vec![local, remote]
+    }
+
+    fn read(layout: &Layout, key: &str) -> Vec<u8> {
+        layout.output.get(key).unwrap().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_batch_commits_one_winner_per_shard_and_publishes_only_winners() {
+        let dir = tempfile::tempdir().unwrap();
+        for layout in layouts(dir.path()) {
+            let (a, b, c) = (marker(0, 7, "a.txt"), marker(0, 8, "a.txt"), marker(1, 9, "b.txt"));
+            stage(&layout, &a, b"aa");
+            stage(&layout, &b, b"bb");
+            stage(&layout, &c, b"cc");
+            let results = decide_batch(&layout, vec![&a, &b, &c]);
+            // Two claims on shard 0 in one batch (decided concurrently on an
+            // object store): exactly one wins, and only its outputs are visible.
+            let codes: Vec<Option<StatusCode>> = results.iter().map(|r| r.as_ref().err().map(|e| e.0)).collect();
+            let (winner, loser, content): (u64, u64, &[u8]) = match (&codes[0], &codes[1]) {
+                (None, Some(StatusCode::CONFLICT)) => (7, 8, b"aa"),
+                (Some(StatusCode::CONFLICT), None) => (8, 7, b"bb"),
+                other => {
+                    panic!("{}: one winner and one conflict, not {other:?} ({results:?})", layout.output.location())
+                }
+            };
+            assert!(results[2].is_ok());
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), content, "the winner's, only");
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
+            assert!(
+                layout.output.list(&layout.attempt_staging(0, loser)).unwrap().is_empty(),
+                "the loser's staging goes"
+            );
+            let stored: Marker = layout.output.read_json(&layout.marker(0)).unwrap().unwrap();
+            assert_eq!(stored.token, winner);
+            // A later commit of a committed shard is refused too.
+            let late = marker(1, 10, "b.txt");
+            stage(&layout, &late, b"zz");
+            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
+            // A commit whose staged output is missing or of another size is refused.
+            let short = marker(2, 11, "c.txt");
+            stage(&layout, &short, b"z");
+            assert_eq!(decide_batch(&layout, vec![&short])[0].as_ref().unwrap_err().0, StatusCode::BAD_REQUEST);
+            assert!(!layout.output.exists(&layout.marker(2)));
+        }
+    }
+
+    #[test]
+    fn a_marker_already_there_is_adopted_if_ours_and_published_if_another_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        for layout in layouts(dir.path()) {
+            // A retried conditional put whose first try landed: the marker is ours.
+            let ours = marker(0, 7, "a.txt");
+            stage(&layout, &ours, b"aa");
+            layout.output.write_json(&layout.marker(0), &ours).unwrap();
+            assert!(decide_batch(&layout, vec![&ours])[0].is_ok(), "our own marker is our commit");
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa");
+            // Another attempt's marker whose outputs are still staged: a later
+            // attempt loses, and the winner's outputs are put in place.
+            let (winner, late) = (marker(1, 8, "b.txt"), marker(1, 9, "b.txt"));
+            stage(&layout, &winner, b"bb");
+            layout.output.write_json(&layout.marker(1), &winner).unwrap();
+            stage(&layout, &late, b"zz");
+            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb");
+            assert!(layout.output.list(&layout.attempt_staging(1, 9)).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn recovery_publishes_staged_outputs_and_reopens_lost_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for layout in layouts(dir.path()) {
+            // Shard 0: marker written, outputs still staged (the master died before publishing).
+            let staged = marker(0, 7, "a.txt");
+            stage(&layout, &staged, b"ok");
+            layout.output.write_json(&layout.marker(0), &staged).unwrap();
+            // Shard 1: marker written, outputs gone everywhere.
+            layout.output.write_json(&layout.marker(1), &marker(1, 8, "b.txt")).unwrap();
+
+            let kept = recover_markers(&layout);
+            assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);
+            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"ok");
+            assert!(layout.output.list(&layout.attempt_staging(0, 7)).unwrap().is_empty());
+            assert!(!layout.output.exists(&layout.marker(1)), "the lost shard is reopened");
+        }
+    }
+}

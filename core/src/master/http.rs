@@ -1,0 +1,336 @@
+//! The worker API: lease, heartbeat, commit, fail, release, status, holds.
+//! Each handler checks the job token, takes the master's lock, decides with
+//! the ledger and answers; a commit's decision is the committer's.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::commit::CommitJob;
+use super::{Master, Shared, now};
+use crate::api::{
+    CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
+    constant_time_eq,
+};
+use crate::ledger::Event;
+use crate::policy::Validity;
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+    let presented = value.strip_prefix("Bearer ").unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+/// Checks the token, then parses the body: an unauthenticated request learns
+/// nothing, not even whether its body was well-formed.
+fn guard<T: for<'de> Deserialize<'de>>(
+    m: &Master,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, (StatusCode, String)> {
+    if !authorized(headers, &m.token) {
+        say!(WARN, "refused a request without a valid job token ({} bytes of body)", body.len());
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong job token".into()));
+    }
+    crate::api::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e))
+}
+
+async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: LeaseRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let t = now();
+    m.expire(t);
+    if m.ended.is_some() {
+        return json(&LeaseReply::Done);
+    }
+    m.seen(&req.worker, t);
+    if let Some(until) = crate::hold::held_until(&m.holds, &req.worker, t) {
+        return json(&LeaseReply::Hold { until });
+    }
+    let worker_cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
+    let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
+    if expires_at < t + 1000 {
+        // Credentials about to expire: refresh first; no lease may outlive them.
+        return json(&LeaseReply::Wait { retry_ms: 200 });
+    }
+    match m.ledger.lease(&req.worker, t, expires_at) {
+        Some((lease, event)) => {
+            m.record(&event, false);
+            m.seen(&req.worker, t);
+            m.holders.insert(lease.token, req.worker.clone());
+            m.first_lease_at.get_or_insert(t);
+            // Without the items it was given up on.
+            let left_out = &m.ledger.shards()[lease.shard as usize].quarantined;
+            let items: Vec<_> = m.manifest.plan.shards[lease.shard as usize]
+                .items
+                .iter()
+                .filter(|i| left_out.is_empty() || !left_out.iter().any(|q| q.key == i.key()))
+                .cloned()
+                .collect();
+            let staging = m.layout.attempt_staging(lease.shard, lease.token);
+            say!(INFO, "shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
+            json(&LeaseReply::Lease {
+                shard: lease.shard,
+                token: lease.token,
+                attempt: lease.attempt,
+                expires_at: lease.expires_at,
+                items,
+                staging,
+            })
+        }
+        None if m.ledger.is_done() => json(&LeaseReply::Done),
+        None => json(&LeaseReply::Wait { retry_ms: 250 }),
+    }
+}
+
+async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: HeartbeatRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let t = now();
+    m.expire(t);
+    let cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
+    let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), cred);
+    match m.ledger.heartbeat(req.shard, req.token, expires_at) {
+        Ok(()) => {
+            let mut hold_until = None;
+            if let Some(node) = m.holders.get(&req.token).cloned() {
+                m.seen(&node, t);
+                hold_until = crate::hold::held_until(&m.holds, &node, t);
+            }
+            json(&HeartbeatReply { expires_at, hold_until })
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let prepared = {
+        let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+        let req: CommitRequest = match guard(&m, &headers, &body) {
+            Ok(r) => r,
+            Err((status, message)) => return refuse(status, message),
+        };
+        m.expire(now());
+        (req.shard, m.prepare_commit(&req))
+    };
+    let (shard, marker) = match prepared {
+        (shard, Ok(p)) => (shard, p),
+        (shard, Err((status, message))) => {
+            say!(WARN, "commit of shard {shard} refused: {message}");
+            return refuse(status, message);
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued =
+        s.lock().map(|m| m.committer.send(CommitJob { marker: marker.clone(), reply }).is_ok()).unwrap_or(false);
+    if !queued {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the committer is gone");
+    }
+    match answer.await.map(|r| r.map(|()| marker)) {
+        Ok(Ok(marker)) => {
+            let n = marker.outputs.len();
+            say!(INFO, "shard {shard} committed ({n} outputs)");
+            json(&serde_json::json!({ "committed": shard }))
+        }
+        Ok(Err((status, message))) => {
+            say!(WARN, "commit of shard {shard} refused: {message}");
+            refuse(status, message)
+        }
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the committer did not answer"),
+    }
+}
+
+async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: FailRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    // Only an item of the shard can be quarantined (a worker naming anything
+    // else fails its attempt as a whole).
+    let item = req.item.as_ref().filter(|k| {
+        m.manifest.plan.shards.get(req.shard as usize).is_some_and(|s| s.items.iter().any(|i| &i.key() == *k))
+    });
+    let event = match item {
+        Some(item) => m.ledger.fail_item(req.shard, req.token, &req.error, req.retryable, item),
+        None => m.ledger.fail(req.shard, req.token, &req.error, req.retryable),
+    };
+    match event {
+        Ok(event) => {
+            match &event {
+                Event::AttemptFailed { quarantined: true, item: Some(item), .. } => {
+                    say!(
+                        WARN,
+                        "shard {}: item {item} quarantined; the shard goes on without it: {}",
+                        req.shard,
+                        req.error
+                    );
+                    m.retries += 1;
+                }
+                Event::AttemptFailed { final_failure, error, .. } => {
+                    let what = if *final_failure { "failed for good" } else { "will be retried" };
+                    if *final_failure {
+                        say!(ERROR, "shard {} attempt failed ({what}): {error}", req.shard);
+                    } else {
+                        say!(WARN, "shard {} attempt failed ({what}): {error}", req.shard);
+                        m.retries += 1;
+                    }
+                }
+                _ => {}
+            }
+            m.record(&event, true);
+            if let Some(stats) = m.lease_ended(req.token) {
+                stats.failed += 1;
+                stats.last_seen = stats.last_seen.max(now());
+            }
+            m.drop_local_staging(req.shard, req.token);
+            json(&serde_json::json!({}))
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    let req: ReleaseRequest = match guard(&m, &headers, &body) {
+        Ok(r) => r,
+        Err((status, message)) => return refuse(status, message),
+    };
+    match m.ledger.release(req.shard, req.token) {
+        Ok(event) => {
+            m.record(&event, true);
+            if let Some(stats) = m.lease_ended(req.token) {
+                stats.last_seen = stats.last_seen.max(now());
+            }
+            m.drop_local_staging(req.shard, req.token);
+            json(&serde_json::json!({}))
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// The CLI changed the holds in the state: read them again (the state is the
+/// truth; this only makes them take effect at once).
+async fn holds_changed(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let layout = {
+        let Ok(m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+        if !authorized(&headers, &m.token) {
+            say!(WARN, "refused a request without a valid job token (holds)");
+            return refuse(StatusCode::UNAUTHORIZED, "missing or wrong job token");
+        }
+        m.layout.clone()
+    };
+    // Read outside the lock: a remote state is a listing and a few reads.
+    let read = tokio::task::spawn_blocking(move || crate::hold::all(&layout)).await;
+    match read {
+        Ok(Ok(holds)) => {
+            let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+            let t = now();
+            let names: Vec<String> =
+                holds.iter().filter(|h| h.until > t).map(|h| format!("{} until {}", h.node, h.until)).collect();
+            say!(INFO, "holds: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") });
+            m.holds = holds;
+            json(&serde_json::json!({ "holds": names.len() }))
+        }
+        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Ok(m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
+    if !authorized(&headers, &m.token) {
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong job token");
+    }
+    json(&m.status())
+}
+
+/// Listens on `addr` with a backlog for thousands of workers connecting at
+/// once (tokio's default, 1024, drops the rest's SYNs, which then retry after
+/// 1, 3, 7, 15 s); the kernel caps it at `net.core.somaxconn`.
+pub(super) fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(16_384)
+}
+
+/// The address the master serves on: `MAYFLY_LISTEN` (an IP address the
+/// provider's launch sets, e.g. the instance's private address from IMDS on
+/// EC2, or `ip:port` for a fixed port), else loopback on a free port. Off
+/// loopback, only with TLS.
+pub(super) fn listen_address() -> Result<std::net::SocketAddr, String> {
+    let addr = match std::env::var("MAYFLY_LISTEN") {
+        Ok(v) if !v.is_empty() => v
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))
+            .map_err(|e| format!("MAYFLY_LISTEN {v:?}: not an IP address or ip:port: {e}"))?,
+        _ => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    if !cfg!(feature = "tls") && !addr.ip().is_loopback() {
+        return Err(format!(
+            "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {} in clear",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
+}
+
+/// The address the master tells workers to use: `MAYFLY_ADVERTISE` (`ip:port`,
+/// when something between them forwards, such as a NAT or a proxy), else the
+/// one it listens on. Its IP must be the listening one's, the one its
+/// certificate names.
+pub(super) fn advertised_address(listening: std::net::SocketAddr) -> Result<std::net::SocketAddr, String> {
+    match std::env::var("MAYFLY_ADVERTISE") {
+        Ok(v) if !v.is_empty() => {
+            let addr =
+                v.parse::<std::net::SocketAddr>().map_err(|e| format!("MAYFLY_ADVERTISE {v:?}: not ip:port: {e}"))?;
+            if addr.ip() != listening.ip() {
+                return Err(format!(
+                    "MAYFLY_ADVERTISE {v:?}: its IP must be the one the master listens on ({}), which its certificate names",
+                    listening.ip()
+                ));
+            }
+            Ok(addr)
+        }
+        _ => Ok(listening),
+    }
+}
+
+pub(super) fn via(advertised: std::net::SocketAddr, listening: std::net::SocketAddr) -> String {
+    if advertised == listening { String::new() } else { format!("; workers are told {advertised}") }
+}
+
+/// The worker API's routes over the master's state.
+pub(super) fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/lease", post(lease))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/commit", post(commit))
+        .route("/v1/fail", post(fail))
+        .route("/v1/release", post(release))
+        .route("/v1/status", get(status))
+        .route("/v1/holds", post(holds_changed))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(shared)
+}

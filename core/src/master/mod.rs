@@ -1,0 +1,370 @@
+//! The master node: owns the ledger, serves the worker API, makes every commit
+//! decision, watches the deadline, runs the reduce task, and ends the job.
+//!
+//! Commit, in this order: check the fencing token (a stale commit is refused
+//! and its staging removed); create the shard's marker in the output location
+//! with create-if-absent; journal the commit and fsync; move the staged outputs
+//! into place; only then answer. A restarted master ([`run`] on an existing
+//! journal) rebuilds the ledger from the markers and the journal, finishes any
+//! publication a crash interrupted, and voids the leases it finds.
+//!
+//! Its parts: `http` serves the worker API (each handler takes the lock,
+//! decides with the ledger, answers); `commit` makes the commit decisions
+//! outside the lock (markers, group commit, publication, recovery);
+//! `journal` is the ledger's log and how it is read back; `finish` is the
+//! job's end (reduce, the output manifest, the final state, the workers).
+//! This module holds the master's state and its main loop.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{MasterInfo, Status};
+use crate::job::{Layout, Manifest, keys};
+use crate::ledger::{CommittedOutput, Event, Ledger, Quarantined, ShardState};
+use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock};
+use crate::provider::ProviderHandle;
+
+/// A line of the master's log: when, how severe, what (`mayfly logs` reads
+/// the time and the level back).
+macro_rules! say {
+    ($level:ident, $($arg:tt)*) => {
+        crate::nodelog::line(stringify!($level), "master", format_args!($($arg)*))
+    };
+}
+
+mod commit;
+mod finish;
+mod http;
+mod journal;
+
+use commit::CommitJob;
+pub use commit::{Marker, read_markers, recover_markers};
+use journal::EntryRef;
+pub use journal::{Entry, parse_entries, read_entries, read_journal};
+
+/// How a job ended, as written to `final.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinalState {
+    /// The job.
+    pub job: String,
+    /// `done` or `deadline`.
+    pub reason: String,
+    /// Shards by state.
+    pub counts: crate::ledger::Counts,
+    /// Retried attempts.
+    pub retries: u32,
+    /// When it ended.
+    pub ended_at: Millis,
+    /// Failed shards: (shard, error).
+    pub failed: Vec<(u32, String)>,
+    /// Outputs published (map and reduce), relative to the output location.
+    pub outputs: Vec<String>,
+    /// The reduce task's error, if it failed.
+    pub reduce_error: Option<String>,
+    /// Items left out because they kept failing: (shard, item).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<(u32, Quarantined)>,
+}
+
+struct Master {
+    manifest: Manifest,
+    layout: Layout,
+    ledger: Ledger,
+    journal: File,
+    token: String,
+    retries: u32,
+    ended: Option<String>,
+    policy: CredentialPolicy,
+    committer: std::sync::mpsc::Sender<CommitJob>,
+    /// Commits prepared and not yet finished by the committer.
+    in_flight: usize,
+    /// Commits in a row the job's storage could not record.
+    storage_failures: u32,
+    /// Whether the last journal write failed.
+    journal_failing: bool,
+    /// What each worker did, for `status`.
+    nodes: std::collections::BTreeMap<String, NodeStats>,
+    /// The worker of each live lease, by token.
+    holders: std::collections::HashMap<u64, String>,
+    /// When the first shard was leased.
+    first_lease_at: Option<Millis>,
+    /// The operators' holds, as the state last said.
+    holds: Vec<crate::hold::Hold>,
+}
+
+/// What the master counts of one worker.
+#[derive(Debug, Default)]
+struct NodeStats {
+    last_seen: Millis,
+    committed: u32,
+    committed_bytes: u64,
+    failed: u32,
+    lost: u32,
+}
+
+type Shared = Arc<Mutex<Master>>;
+
+fn now() -> Millis {
+    SystemClock.now()
+}
+
+impl Master {
+    fn record(&mut self, event: &Event, sync: bool) {
+        // Each line says when it was decided (`at`, ms since the epoch): the
+        // history `status`, `report` and the timeline are drawn from.
+        if let Ok(line) = serde_json::to_string(&EntryRef { at: now(), event }) {
+            let written =
+                writeln!(self.journal, "{line}").and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
+            match written {
+                Ok(()) => self.journal_failing = false,
+                // Said once per streak: decisions go on (the commit markers
+                // are the truth on resume; the journal only adds history).
+                Err(e) if !self.journal_failing => {
+                    self.journal_failing = true;
+                    say!(WARN, "writing the journal: {e}; going on (commit markers remain the truth)");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The stats of worker `node`, seen at `at`.
+    fn seen(&mut self, node: &str, at: Millis) -> &mut NodeStats {
+        let stats = self.nodes.entry(node.to_owned()).or_default();
+        stats.last_seen = stats.last_seen.max(at);
+        stats
+    }
+
+    /// The stats of the worker that holds lease `token`, which ends now.
+    fn lease_ended(&mut self, token: u64) -> Option<&mut NodeStats> {
+        let node = self.holders.remove(&token)?;
+        self.nodes.get_mut(&node)
+    }
+
+    fn expire(&mut self, at: Millis) {
+        for event in self.ledger.expire(at) {
+            if let Event::AttemptFailed { shard, token, error, .. } = &event {
+                // Its staging stays until the job's end: a commit of that token
+                // may be in the committer right now, and must find its files.
+                say!(WARN, "shard {shard} (token {token}): {error}; returned to pending");
+                self.retries += 1;
+                if let Some(stats) = self.lease_ended(*token) {
+                    stats.lost += 1;
+                }
+            }
+            self.record(&event, true);
+        }
+    }
+
+    fn status(&self) -> Status {
+        let counts = self.ledger.counts();
+        let committed_bytes = self
+            .ledger
+            .shards()
+            .iter()
+            .zip(&self.manifest.plan.shards)
+            .filter(|(r, _)| matches!(r.state, ShardState::Committed { .. }))
+            .map(|(_, s)| s.bytes)
+            .sum();
+        let mut workers: Vec<crate::api::WorkerStatus> = self
+            .nodes
+            .iter()
+            .map(|(node, n)| crate::api::WorkerStatus {
+                node: node.clone(),
+                leased: Vec::new(),
+                committed: n.committed,
+                committed_bytes: n.committed_bytes,
+                failed: n.failed,
+                lost: n.lost,
+                last_seen: n.last_seen,
+                held_until: crate::hold::held_until(&self.holds, node, now()),
+            })
+            .collect();
+        for (shard, record) in self.ledger.shards().iter().enumerate() {
+            // `workers` is sorted by name (from a BTreeMap).
+            if let ShardState::Leased { worker, .. } = &record.state
+                && let Ok(i) = workers.binary_search_by(|w| w.node.as_str().cmp(worker))
+            {
+                workers[i].leased.push(shard as u32);
+            }
+        }
+        let quarantined_items = self.ledger.quarantined().count() as u64;
+        let quarantined =
+            self.ledger.quarantined().take(Status::QUARANTINED_SHOWN).map(|(shard, q)| (shard, q.clone())).collect();
+        Status {
+            workers,
+            first_lease_at: self.first_lease_at,
+            quarantined_items,
+            quarantined,
+            max_failed_items: self.manifest.max_failed_items,
+            job: self.manifest.job.clone(),
+            counts,
+            shards: self.manifest.plan.shards.len() as u32,
+            committed_bytes,
+            total_bytes: self.manifest.plan.total_bytes,
+            retries: self.retries,
+            started_at: self.manifest.created_at,
+            expires_at: self.manifest.expires_at,
+            now: now(),
+            ended: self.ended.clone(),
+        }
+    }
+}
+
+/// Runs the master of the job laid out at `layout` until the job ends.
+/// Returns the process exit code.
+pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Result<i32, String> {
+    let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+
+    // Rebuild from the markers (the truth) and the journal, finishing any
+    // publication a crash interrupted.
+    let markers = recover_markers(&layout);
+    if layout.state.local_dir().is_none() && !layout.journal(manifest.created_at).exists() {
+        // A master restarted on another machine: the last copy of the journal.
+        let _ = layout.state.download(keys::JOURNAL, &layout.journal(manifest.created_at));
+    }
+    let journal_events = read_journal(&layout.journal(manifest.created_at));
+    let marker_list: Vec<(u32, Vec<CommittedOutput>, Vec<Quarantined>)> =
+        markers.iter().map(|m| (m.shard, m.outputs.clone(), m.quarantined.clone())).collect();
+    let mut ledger = Ledger::replay(
+        manifest.plan.shards.len() as u32,
+        manifest.max_attempts,
+        manifest.max_failed_items,
+        &journal_events,
+        &marker_list,
+    );
+    // Tokens from a previous master may still be held by live workers: start
+    // above anything it could have issued.
+    ledger.raise_token_floor(now().saturating_mul(1000));
+    if !journal_events.is_empty() || !markers.is_empty() {
+        let c = ledger.counts();
+        say!(INFO, "resumed: {} committed, {} failed, {} pending", c.committed, c.failed, c.pending);
+    }
+    let journal = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.journal(manifest.created_at))
+        .map_err(|e| format!("opening the journal: {e}"))?;
+    let policy = CredentialPolicy {
+        min_margin: Duration::from_millis(manifest.refresh_margin_ms),
+        ..CredentialPolicy::default()
+    };
+    let (committer_tx, committer_rx) = std::sync::mpsc::channel();
+    let committer_rx = Arc::new(Mutex::new(committer_rx));
+    let committer_layout = layout.clone();
+    let holds = crate::hold::all(&layout).unwrap_or_else(|e| {
+        say!(WARN, "{e}");
+        Vec::new()
+    });
+    let master = Master {
+        manifest,
+        layout,
+        ledger,
+        journal,
+        token,
+        retries: 0,
+        ended: None,
+        policy,
+        committer: committer_tx,
+        in_flight: 0,
+        storage_failures: 0,
+        journal_failing: false,
+        nodes: Default::default(),
+        holders: Default::default(),
+        first_lease_at: None,
+        holds,
+    };
+    let shared: Shared = Arc::new(Mutex::new(master));
+    for i in 0..commit::COMMITTERS {
+        let (layout, jobs, shared) = (committer_layout.clone(), committer_rx.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name(format!("mayfly-committer-{i}"))
+            .spawn(move || commit::committer(layout, jobs, shared))
+            .map_err(|e| format!("starting the committer: {e}"))?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let reason = rt.block_on(async {
+        let wanted = http::listen_address()?;
+        let listener = http::listen(wanted).map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
+        let listening = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = http::advertised_address(listening)?;
+        #[cfg(feature = "tls")]
+        let tls = {
+            let job = shared.lock().map_err(|_| "master state poisoned".to_owned())?.manifest.job.clone();
+            crate::tls::master_tls(&job, listening.ip())?
+        };
+        #[cfg(feature = "tls")]
+        let ca = Some(tls.ca_pem.clone());
+        #[cfg(not(feature = "tls"))]
+        let ca: Option<String> = None;
+        let app = http::router(shared.clone());
+        {
+            let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            m.layout
+                .state
+                .write_json(
+                    keys::MASTER,
+                    &MasterInfo { addr: addr.to_string(), pid: std::process::id(), ca: ca.clone() },
+                )
+                .map_err(|e| format!("writing master.json: {e}"))?;
+        }
+        #[cfg(feature = "tls")]
+        {
+            say!(INFO, "listening on {listening} (TLS, the job's own CA){}", http::via(addr, listening));
+            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app));
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            say!(INFO, "listening on {listening}{}", http::via(addr, listening));
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+        // Watch the deadline and the ledger.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        let holds_layout = shared.lock().map_err(|_| "master state poisoned".to_owned())?.layout.clone();
+        loop {
+            tick.tick().await;
+            ticks += 1;
+            // The holds, from the state every 2 s (the CLI also says when they
+            // change, but it may not reach this master): read outside the lock.
+            if ticks.is_multiple_of(20) {
+                let layout = holds_layout.clone();
+                if let Ok(read) = tokio::task::spawn_blocking(move || crate::hold::all(&layout)).await {
+                    match read {
+                        Ok(holds) => {
+                            if let Ok(mut m) = shared.lock() {
+                                m.holds = holds;
+                            }
+                        }
+                        Err(e) => say!(WARN, "{e}; keeping the holds known before"),
+                    }
+                }
+            }
+            let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            let t = now();
+            m.expire(t);
+            if crate::policy::deadline_passed(t, m.manifest.expires_at) {
+                m.ended = Some("deadline".into());
+                say!(WARN, "the job's deadline passed");
+                return Ok::<String, String>("deadline".into());
+            }
+            if m.ledger.is_done() {
+                m.ended = Some("done".into());
+                return Ok("done".into());
+            }
+        }
+    })?;
+
+    finish::end(&shared, provider, reason)
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mayfly_provider_api::abi::{
-    ABI_MAJOR, ABI_MINOR, Buf, Done, FnTable, HEADER_SYMBOL, HostTable, MAGIC, STATUS_ERROR, STATUS_OK,
+    Buf, Done, FnTable, HEADER_SYMBOL, HostTable, STATUS_ERROR, STATUS_OK, SendSyncPtr, raw,
 };
 use mayfly_provider_api::{
     BootstrapReply, BootstrapRequest, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level,
@@ -58,27 +58,6 @@ impl PluginError {
     pub fn new(path: &Path, message: impl Into<String>) -> Self {
         PluginError { path: path.to_owned(), message: message.into() }
     }
-}
-
-/// The header as this host reads it: the table as a raw pointer, since a
-/// broken plugin may leave it null.
-#[repr(C)]
-struct RawHeader {
-    magic: u64,
-    abi_major: u32,
-    abi_minor: u32,
-    table: *const FnTable,
-}
-
-/// The table as this host reads it: a broken plugin may leave a function
-/// null, and a null `fn` pointer may not exist in Rust, so each is an `Option`
-/// (the same layout as a nullable C function pointer).
-#[repr(C)]
-struct RawTable {
-    size: usize,
-    create: Option<unsafe extern "C" fn(Buf, *const HostTable, Done, *mut c_void) -> *mut c_void>,
-    call: Option<unsafe extern "C" fn(*mut c_void, Buf, Buf, Done, *mut c_void)>,
-    destroy: Option<unsafe extern "C" fn(*mut c_void)>,
 }
 
 /// A loaded library's checked function table.
@@ -142,61 +121,14 @@ fn open(path: &Path) -> Result<Library, PluginError> {
     // Never unloaded, even when refused below: its initialisers may have
     // started threads whose code must stay mapped.
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-    // SAFETY: the symbol is only read as an address here; its contents are
-    // read below as a `RawHeader`, whose every bit pattern is valid.
-    let header: *const RawHeader = unsafe { lib.get::<*const RawHeader>(HEADER_SYMBOL) }
+    // SAFETY: the symbol is only read as an address here; `raw::read` reads
+    // its contents, which any library exporting this symbol name promises to
+    // be a header.
+    let header: *const raw::Header = unsafe { lib.get::<*const raw::Header>(HEADER_SYMBOL) }
         .map(|s| *s)
         .map_err(|_| err("not a mayfly provider plugin: it has no `mayfly_provider_header` symbol".into()))?;
-    if header.is_null() {
-        return Err(err("its header symbol is null".into()));
-    }
-    // SAFETY: a non-null exported data symbol of at least a header's size,
-    // as any library exporting this symbol name promises; all fields are
-    // plain integers or a raw pointer, so any bytes are a valid value; read
-    // unaligned, as a foreign library need not align it.
-    let h = unsafe { std::ptr::read_unaligned(header) };
-    if h.magic != MAGIC {
-        return Err(err(format!(
-            "its header has the wrong magic value ({:#018x}, expected {MAGIC:#018x}): not a mayfly provider plugin",
-            h.magic
-        )));
-    }
-    if h.abi_major != ABI_MAJOR {
-        return Err(err(format!(
-            "it was built for plugin ABI {}.{}, and this mayfly speaks ABI {ABI_MAJOR}.{ABI_MINOR}: rebuild the plugin against mayfly-provider-api {ABI_MAJOR}.x",
-            h.abi_major, h.abi_minor
-        )));
-    }
-    if h.abi_minor > ABI_MINOR {
-        return Err(err(format!(
-            "it was built for plugin ABI {}.{}, newer than this mayfly's {ABI_MAJOR}.{ABI_MINOR}: upgrade mayfly",
-            h.abi_major, h.abi_minor
-        )));
-    }
-    if h.table.is_null() {
-        return Err(err("its function table is null".into()));
-    }
-    let raw_table = h.table.cast::<RawTable>();
-    // SAFETY: the table starts with its size, a usize, whatever its version;
-    // only that field is read before the size is checked.
-    let size = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*raw_table).size)) };
-    if size < std::mem::size_of::<FnTable>() {
-        return Err(err(format!(
-            "its function table is {size} bytes, smaller than the {} this mayfly needs: the plugin is broken or from an unreleased ABI",
-            std::mem::size_of::<FnTable>()
-        )));
-    }
-    // SAFETY: the table is at least as large as this host's, and the ABI says
-    // its prefix has this layout; every field is an integer or a nullable
-    // function pointer, so any bytes are a valid value.
-    let raw = unsafe { std::ptr::read_unaligned(raw_table) };
-    let missing = |name: &str| err(format!("its function table has no `{name}` function (null)"));
-    let table = FnTable {
-        size: raw.size,
-        create: raw.create.ok_or_else(|| missing("create"))?,
-        call: raw.call.ok_or_else(|| missing("call"))?,
-        destroy: raw.destroy.ok_or_else(|| missing("destroy"))?,
-    };
+    // SAFETY: as above: null, or a header (and its table) as the ABI lays them out.
+    let table = unsafe { raw::read(header) }.map_err(|e| err(e.to_string()))?;
     let library = Library { table };
     map.insert(canonical, library);
     Ok(library)
@@ -265,27 +197,13 @@ fn host_table(host: HostCtx) -> &'static HostTable {
     }))
 }
 
-/// A pointer handed across threads: the ABI lets instances and call
-/// contexts be used from any thread.
-#[derive(Debug, Clone, Copy)]
-struct SendPtr(*mut c_void);
-// SAFETY: see above; the pointee is owned by the plugin or by `call_done`.
-unsafe impl Send for SendPtr {}
-
-/// An instance pointer the plugin made; the ABI lets it be used from any thread.
-#[derive(Debug)]
-struct Instance(*mut c_void);
-// SAFETY: the ABI requires instances to be callable from any thread at once.
-unsafe impl Send for Instance {}
-// SAFETY: as above.
-unsafe impl Sync for Instance {}
-
 /// A provider loaded from a plugin; implements the same trait as a built-in one.
 #[derive(Debug)]
 pub struct PluginProvider {
     path: PathBuf,
     table: FnTable,
-    instance: Instance,
+    /// The plugin's instance (the ABI lets any thread call it).
+    instance: SendSyncPtr,
     info: ProviderInfo,
     timeout: Duration,
 }
@@ -293,7 +211,7 @@ pub struct PluginProvider {
 impl Drop for PluginProvider {
     fn drop(&mut self) {
         // SAFETY: the instance came from this table's `create` and is destroyed once.
-        unsafe { (self.table.destroy)(self.instance.0) }
+        unsafe { (self.table.destroy)(self.instance.get()) }
     }
 }
 
@@ -311,11 +229,11 @@ impl PluginProvider {
         // As an address: the table is `'static` and only the plugin reads it.
         let table = std::ptr::from_ref(host_table(host)) as usize;
         let (tx, mut rx) = tokio::sync::oneshot::channel::<Answer>();
-        let ctx = SendPtr(Box::into_raw(Box::new(tx)).cast());
+        let ctx = SendSyncPtr::new(Box::into_raw(Box::new(tx)).cast());
         let create = lib.table.create;
         // `create` runs on a thread of its own, so a plugin that blocks in it
         // cannot hang the host past the timeout (the thread is then left behind).
-        let (made_tx, made_rx) = std::sync::mpsc::sync_channel::<SendPtr>(1);
+        let (made_tx, made_rx) = std::sync::mpsc::sync_channel::<SendSyncPtr>(1);
         std::thread::Builder::new()
             .name("mayfly-plugin-create".into())
             .spawn(move || {
@@ -324,14 +242,14 @@ impl PluginProvider {
                 // for the call (owned by this thread until it returns); the
                 // host table lives forever; `ctx` is completed once by
                 // `call_done` (the ABI says before `create` returns).
-                let instance = unsafe { create(Buf::of(&json), table as *const HostTable, call_done, ctx.0) };
-                let _ = made_tx.send(SendPtr(instance));
+                let instance = unsafe { create(Buf::of(&json), table as *const HostTable, call_done, ctx.get()) };
+                let _ = made_tx.send(SendSyncPtr::new(instance));
             })
             .map_err(|e| err(format!("starting a thread for its `create`: {e}")))?;
         let instance = made_rx
             .recv_timeout(timeout)
             .map_err(|_| err(format!("its `create` did not return within {}", crate::units::HumanDuration(timeout))))?;
-        let instance = instance.0;
+        let instance = instance.get();
         // An instance made but refused is destroyed.
         let refuse = |m: String| {
             if !instance.is_null() {
@@ -348,7 +266,7 @@ impl PluginProvider {
                 Ok(PluginProvider {
                     path: path.to_owned(),
                     table: lib.table,
-                    instance: Instance(instance),
+                    instance: SendSyncPtr::new(instance),
                     info,
                     timeout,
                 })
@@ -384,7 +302,7 @@ impl PluginProvider {
         // SAFETY: `call` is the checked table's and the instance its own; the
         // method and request are lent for the call; `ctx` is completed once by
         // `call_done` (if the plugin never completes it, the box leaks).
-        unsafe { (self.table.call)(self.instance.0, Buf::of(method.as_bytes()), Buf::of(&json), call_done, ctx) };
+        unsafe { (self.table.call)(self.instance.get(), Buf::of(method.as_bytes()), Buf::of(&json), call_done, ctx) };
         let answer = match timeout {
             Some(t) => tokio::time::timeout(t, rx).await.map_err(|_| {
                 self.fail(

@@ -135,6 +135,214 @@ pub struct HostTable {
     pub bootstrap: unsafe extern "C" fn(ctx: *const c_void, request: Buf, done: Done, done_ctx: *mut c_void),
 }
 
+/// A pointer the ABI lets any thread use: a plugin's instance, a `done`
+/// callback's context, the host's context. The one place either side of the
+/// ABI says that a raw pointer may cross threads.
+#[derive(Debug, Clone, Copy)]
+pub struct SendSyncPtr(*mut c_void);
+
+impl SendSyncPtr {
+    /// Wraps `ptr`, which the ABI lets any thread use.
+    pub fn new(ptr: *mut c_void) -> Self {
+        SendSyncPtr(ptr)
+    }
+
+    /// The pointer (a method, so that a closure captures the whole wrapper).
+    pub fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+// SAFETY: the ABI requires instances to be callable from any thread at once,
+// `done` contexts to be completed from any thread, and the host's context to
+// be usable from any thread for as long as the process runs.
+#[allow(unsafe_code)]
+unsafe impl Send for SendSyncPtr {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for SendSyncPtr {}
+
+/// The header and function table as a host reads them from a library it does
+/// not trust: the table as a raw pointer and each function as an `Option`
+/// (a broken plugin may leave them null, and a null `fn` pointer may not
+/// exist in Rust; an `Option` of one has the same layout as a nullable C
+/// function pointer). Their layout is [`Header`]'s and [`FnTable`]'s, checked
+/// at compile time below.
+#[allow(unsafe_code)]
+pub mod raw {
+    use std::ffi::c_void;
+    use std::mem::{offset_of, size_of};
+
+    use super::{ABI_MAJOR, ABI_MINOR, Buf, Done, HostTable, MAGIC};
+
+    /// [`super::Header`] as read from a library.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct Header {
+        /// [`MAGIC`], if it is a plugin's.
+        pub magic: u64,
+        /// The ABI major it was built for.
+        pub abi_major: u32,
+        /// The ABI minor it was built for.
+        pub abi_minor: u32,
+        /// Its function table (may be null).
+        pub table: *const FnTable,
+    }
+
+    /// [`super::FnTable`] as read from a library: any function may be null.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct FnTable {
+        /// Its size as the plugin was built.
+        pub size: usize,
+        /// [`super::FnTable::create`].
+        pub create: Option<unsafe extern "C" fn(Buf, *const HostTable, Done, *mut c_void) -> *mut c_void>,
+        /// [`super::FnTable::call`].
+        pub call: Option<unsafe extern "C" fn(*mut c_void, Buf, Buf, Done, *mut c_void)>,
+        /// [`super::FnTable::destroy`].
+        pub destroy: Option<unsafe extern "C" fn(*mut c_void)>,
+    }
+
+    // The raw types read exactly the bytes the real ones are.
+    const _: () = {
+        assert!(size_of::<Header>() == size_of::<super::Header>());
+        assert!(offset_of!(Header, magic) == offset_of!(super::Header, magic));
+        assert!(offset_of!(Header, abi_major) == offset_of!(super::Header, abi_major));
+        assert!(offset_of!(Header, abi_minor) == offset_of!(super::Header, abi_minor));
+        assert!(offset_of!(Header, table) == offset_of!(super::Header, table));
+        assert!(size_of::<FnTable>() == size_of::<super::FnTable>());
+        assert!(offset_of!(FnTable, size) == offset_of!(super::FnTable, size));
+        assert!(offset_of!(FnTable, create) == offset_of!(super::FnTable, create));
+        assert!(offset_of!(FnTable, call) == offset_of!(super::FnTable, call));
+        assert!(offset_of!(FnTable, destroy) == offset_of!(super::FnTable, destroy));
+    };
+
+    /// Why a library's header is not one this host can use.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum HeaderError {
+        /// The header symbol's address is null.
+        #[error("its header symbol is null")]
+        Null,
+        /// Not a mayfly plugin's header.
+        #[error(
+            "its header has the wrong magic value ({0:#018x}, expected {MAGIC:#018x}): not a mayfly provider plugin"
+        )]
+        Magic(u64),
+        /// Another major version.
+        #[error(
+            "it was built for plugin ABI {0}.{1}, and this mayfly speaks ABI {ABI_MAJOR}.{ABI_MINOR}: rebuild the plugin against mayfly-provider-api {ABI_MAJOR}.x"
+        )]
+        Major(u32, u32),
+        /// A newer minor version.
+        #[error(
+            "it was built for plugin ABI {0}.{1}, newer than this mayfly's {ABI_MAJOR}.{ABI_MINOR}: upgrade mayfly"
+        )]
+        Minor(u32, u32),
+        /// The table pointer is null.
+        #[error("its function table is null")]
+        NullTable,
+        /// The table is smaller than this host's.
+        #[error(
+            "its function table is {0} bytes, smaller than the {need} this mayfly needs: the plugin is broken or from an unreleased ABI",
+            need = size_of::<super::FnTable>()
+        )]
+        SmallTable(usize),
+        /// A function is null.
+        #[error("its function table has no `{0}` function (null)")]
+        Missing(&'static str),
+    }
+
+    /// Reads and checks the header at `header` (a library's
+    /// [`super::HEADER_SYMBOL`]): the magic, the ABI version, the table's
+    /// size and functions. Returns the table this host calls.
+    ///
+    /// # Safety
+    /// `header` is null or points to at least a header's bytes (any
+    /// alignment), and a non-null table pointer in it points to at least a
+    /// `usize`, and to a whole table when that `usize` says so: what any
+    /// library exporting the symbol name promises.
+    pub unsafe fn read(header: *const Header) -> Result<super::FnTable, HeaderError> {
+        if header.is_null() {
+            return Err(HeaderError::Null);
+        }
+        // SAFETY: by the caller; every field is an integer or a raw pointer,
+        // so any bytes are a valid value; read unaligned, as a foreign library
+        // need not align it.
+        let h = unsafe { std::ptr::read_unaligned(header) };
+        if h.magic != MAGIC {
+            return Err(HeaderError::Magic(h.magic));
+        }
+        if h.abi_major != ABI_MAJOR {
+            return Err(HeaderError::Major(h.abi_major, h.abi_minor));
+        }
+        if h.abi_minor > ABI_MINOR {
+            return Err(HeaderError::Minor(h.abi_major, h.abi_minor));
+        }
+        if h.table.is_null() {
+            return Err(HeaderError::NullTable);
+        }
+        // SAFETY: the table starts with its size, a usize, whatever its
+        // version; only that field is read before the size is checked.
+        let size = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*h.table).size)) };
+        if size < size_of::<super::FnTable>() {
+            return Err(HeaderError::SmallTable(size));
+        }
+        // SAFETY: the table is at least as large as this host's, and the ABI
+        // says its prefix has this layout; every field is an integer or a
+        // nullable function pointer, so any bytes are a valid value.
+        let raw = unsafe { std::ptr::read_unaligned(h.table) };
+        Ok(super::FnTable {
+            size: raw.size,
+            create: raw.create.ok_or(HeaderError::Missing("create"))?,
+            call: raw.call.ok_or(HeaderError::Missing("call"))?,
+            destroy: raw.destroy.ok_or(HeaderError::Missing("destroy"))?,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        unsafe extern "C" fn create(_: Buf, _: *const HostTable, _: Done, _: *mut c_void) -> *mut c_void {
+            std::ptr::null_mut()
+        }
+        unsafe extern "C" fn call(_: *mut c_void, _: Buf, _: Buf, _: Done, _: *mut c_void) {}
+        unsafe extern "C" fn destroy(_: *mut c_void) {}
+
+        fn table() -> FnTable {
+            FnTable {
+                size: size_of::<super::super::FnTable>(),
+                create: Some(create),
+                call: Some(call),
+                destroy: Some(destroy),
+            }
+        }
+
+        fn header(table: *const FnTable) -> Header {
+            Header { magic: MAGIC, abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, table }
+        }
+
+        #[test]
+        fn a_good_header_reads_and_each_fault_is_named() {
+            let good = table();
+            // SAFETY: every header and table below is a whole, live value.
+            let check = |h: &Header| unsafe { read(h) };
+            assert!(check(&header(&good)).is_ok());
+            assert_eq!(unsafe { read(std::ptr::null()) }.unwrap_err(), HeaderError::Null);
+            assert_eq!(check(&Header { magic: 7, ..header(&good) }).unwrap_err(), HeaderError::Magic(7));
+            let major = Header { abi_major: ABI_MAJOR + 1, ..header(&good) };
+            assert!(check(&major).unwrap_err().to_string().contains("rebuild the plugin"));
+            let minor = Header { abi_minor: ABI_MINOR + 1, ..header(&good) };
+            assert!(check(&minor).unwrap_err().to_string().contains("upgrade mayfly"));
+            assert_eq!(check(&header(std::ptr::null())).unwrap_err(), HeaderError::NullTable);
+            let small = FnTable { size: 8, ..good };
+            assert_eq!(check(&header(&small)).unwrap_err(), HeaderError::SmallTable(8));
+            let no_call = FnTable { call: None, ..good };
+            assert_eq!(check(&header(&no_call)).unwrap_err(), HeaderError::Missing("call"));
+        }
+    }
+}
+
 /// Exports a type implementing [`crate::Provider`] as a plugin: the header
 /// symbol, the function table, and the glue behind it.
 ///
@@ -200,13 +408,6 @@ pub mod plugin {
         name: String,
     }
 
-    /// A pointer that crosses threads: the ABI says the host's context may be
-    /// completed from any thread.
-    #[derive(Clone, Copy)]
-    struct SendPtr(*mut c_void);
-    // SAFETY: the ABI requires `done` contexts to be usable from any thread.
-    unsafe impl Send for SendPtr {}
-
     fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         p.downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -215,7 +416,7 @@ pub mod plugin {
     }
 
     /// Completes a call, exactly once.
-    fn complete(done: Done, ctx: SendPtr, outcome: Result<Answer, String>) {
+    fn complete(done: Done, ctx: SendSyncPtr, outcome: Result<Answer, String>) {
         let (status, body) = match outcome {
             Ok(Ok(json)) => (STATUS_OK, json),
             Ok(Err(e)) => (STATUS_ERROR, serde_json::to_vec(&e).unwrap_or_default()),
@@ -223,7 +424,7 @@ pub mod plugin {
         };
         // SAFETY: `done` and `ctx` come from the host, which guarantees them
         // valid until `done` is called; `body` outlives the callback.
-        unsafe { done(ctx.0, status, Buf::of(&body)) }
+        unsafe { done(ctx.get(), status, Buf::of(&body)) }
     }
 
     unsafe extern "C" fn create<P: Provider>(
@@ -232,7 +433,7 @@ pub mod plugin {
         done: Done,
         ctx: *mut c_void,
     ) -> *mut c_void {
-        let ctx = SendPtr(ctx);
+        let ctx = SendSyncPtr::new(ctx);
         let made = catch_unwind(AssertUnwindSafe(|| -> Result<(Box<Instance<P>>, Vec<u8>), ProviderError> {
             let protocol = |m: String| ProviderError::new("plugin", ErrorKind::Protocol, m);
             let rt = runtime().map_err(|e| ProviderError::new("plugin", ErrorKind::Other, e))?;
@@ -256,7 +457,11 @@ pub mod plugin {
             // SAFETY: the host borrows the settings for this call.
             let bytes = unsafe { settings.as_slice() };
             let settings = decode_settings(&name_hint::<P>(), bytes)?;
-            let host: Arc<dyn Host> = Arc::new(AbiHost { table: HostPtr(table) });
+            let host: Arc<dyn Host> = Arc::new(AbiHost {
+                ctx: SendSyncPtr::new(table.ctx.cast_mut()),
+                log: table.log,
+                bootstrap: table.bootstrap,
+            });
             // The name is the provider's; settings errors name it themselves.
             let provider = P::create(settings, host.clone())?;
             let info = provider.info();
@@ -291,7 +496,7 @@ pub mod plugin {
         done: Done,
         ctx: *mut c_void,
     ) {
-        let ctx = SendPtr(ctx);
+        let ctx = SendSyncPtr::new(ctx);
         let started = catch_unwind(AssertUnwindSafe(|| -> Result<(), Answer> {
             let rt = runtime().map_err(|e| Err(ProviderError::new("plugin", ErrorKind::Other, e)))?;
             if instance.is_null() {
@@ -417,24 +622,12 @@ pub mod plugin {
         })
     }
 
-    #[derive(Clone, Copy)]
-    struct HostPtr(HostTable);
-
-    impl HostPtr {
-        /// The table (a method, so closures capture the whole `Send` wrapper).
-        fn get(self) -> HostTable {
-            self.0
-        }
-    }
-    // SAFETY: the ABI requires the host's callbacks and context to be usable
-    // from any thread for as long as the process runs.
-    unsafe impl Send for HostPtr {}
-    // SAFETY: as above.
-    unsafe impl Sync for HostPtr {}
-
     /// The host's callback table as a [`Host`].
     struct AbiHost {
-        table: HostPtr,
+        /// The host's context, passed back to its callbacks.
+        ctx: SendSyncPtr,
+        log: unsafe extern "C" fn(ctx: *const c_void, level: u32, message: Buf),
+        bootstrap: unsafe extern "C" fn(ctx: *const c_void, request: Buf, done: Done, done_ctx: *mut c_void),
     }
 
     unsafe extern "C" fn bootstrap_done(ctx: *mut c_void, status: u32, body: Buf) {
@@ -449,24 +642,23 @@ pub mod plugin {
     #[async_trait]
     impl Host for AbiHost {
         fn log(&self, level: Level, message: &str) {
-            let t = self.table.get();
-            // SAFETY: the host's table and context live as long as the process.
-            unsafe { (t.log)(t.ctx, level as u32, Buf::of(message.as_bytes())) }
+            // SAFETY: the host's callbacks and context live as long as the process.
+            unsafe { (self.log)(self.ctx.get().cast_const(), level as u32, Buf::of(message.as_bytes())) }
         }
 
         async fn bootstrap(&self, request: BootstrapRequest) -> Result<BootstrapReply, ProviderError> {
             let host_err = |kind, m: String| ProviderError::new("host", kind, m);
             let json = serde_json::to_vec(&request).map_err(|e| host_err(ErrorKind::Protocol, e.to_string()))?;
             let (tx, rx) = tokio::sync::oneshot::channel::<(u32, Vec<u8>)>();
-            let table = self.table;
+            let (host, bootstrap) = (self.ctx, self.bootstrap);
             let rt = runtime().map_err(|e| host_err(ErrorKind::Other, e))?;
             // The host's bootstrap blocks for as long as it runs: not on a runtime worker.
             rt.spawn_blocking(move || {
-                let t = table.get();
                 let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
-                // SAFETY: table and context live as long as the process; the
-                // request is borrowed for the call; `ctx` is completed once.
-                unsafe { (t.bootstrap)(t.ctx, Buf::of(&json), bootstrap_done, ctx) }
+                // SAFETY: the callback and the host's context live as long as
+                // the process; the request is borrowed for the call; `ctx` is
+                // completed once.
+                unsafe { bootstrap(host.get().cast_const(), Buf::of(&json), bootstrap_done, ctx) }
             });
             let (status, body) =
                 rx.await.map_err(|_| host_err(ErrorKind::Protocol, "the host dropped a bootstrap call".into()))?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use mayfly_provider_api::{
     BootstrapReply, BootstrapRequest, Credential, CredentialRequest, ErrorKind, LaunchRequest, Limits, ListRequest,
-    NodeInfo, NodeSpec, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
+    NodeInfo, NodeSpec, Provider, ProviderError, ProviderInfo, Role, Secret, Settings, StoreConfig, TerminateRequest,
 };
 use mayfly_provider_api::{Host, Level, async_trait};
 use serde::{Deserialize, Serialize};

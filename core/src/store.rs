@@ -25,6 +25,8 @@ use crate::host::InputSource;
 #[cfg(any(feature = "s3", feature = "azure"))]
 use crate::policy::{CredentialAction, CredentialPolicy, Millis, Validity};
 use crate::provider::ProviderHandle;
+#[cfg(any(feature = "s3", feature = "azure"))]
+use crate::provider::Secret;
 use crate::readahead::{ReadAhead, ReadAheadConfig};
 
 /// A job's location as its file names it: a local path (resolved against the
@@ -815,7 +817,7 @@ fn s3(
             k.parse().map_err(|e| format!("the {} provider gave an unknown S3 option `{k}`: {e}", provider.name()))?;
         b = b.with_config(key, v);
     }
-    let creds = ProviderCredentials::new(provider, who, "S3", parse_s3_secret, "`key_id:secret_key[:session_token]`");
+    let creds = ProviderCredentials::new(provider, who, "S3", s3_credential, "S3 keys");
     b = b.with_credentials(Arc::new(creds)).with_retry(retries());
     b.build().map_err(|e| format!("s3://{bucket}: {e}"))
 }
@@ -850,18 +852,19 @@ fn azure(
             .map_err(|e| format!("the {} provider gave an unknown Azure option `{k}`: {e}", provider.name()))?;
         b = b.with_config(key, v);
     }
-    let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", parse_azure_secret, "a bearer token");
+    let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", azure_credential, "a bearer token");
     b = b.with_credentials(Arc::new(creds)).with_retry(retries());
     b.build().map_err(|e| format!("az://{container}: {e}"))
 }
 
 #[cfg(feature = "azure")]
-/// Parses an Azure Blob credential as providers issue it: an Entra ID access
-/// token for storage (a JWT), sent as `Authorization: Bearer`.
-pub fn parse_azure_secret(secret: &str) -> Option<object_store::azure::AzureCredential> {
-    let token = secret.trim();
-    (!token.is_empty() && !token.contains(char::is_whitespace))
-        .then(|| object_store::azure::AzureCredential::BearerToken(token.to_owned()))
+/// An Azure Blob credential: an Entra ID access token for storage, sent as
+/// `Authorization: Bearer`.
+fn azure_credential(secret: &Secret) -> Option<object_store::azure::AzureCredential> {
+    match secret {
+        Secret::Bearer { token } => Some(object_store::azure::AzureCredential::BearerToken(token.clone())),
+        _ => None,
+    }
 }
 
 #[cfg(any(feature = "s3", feature = "azure"))]
@@ -874,8 +877,8 @@ struct ProviderCredentials<C> {
     policy: CredentialPolicy,
     /// object_store's name of the store, for errors.
     store: &'static str,
-    parse: fn(&str) -> Option<C>,
-    /// The form `parse` expects, for errors.
+    parse: fn(&Secret) -> Option<C>,
+    /// The kind of secret `parse` takes, for errors.
     form: &'static str,
     current: tokio::sync::Mutex<Option<(Arc<C>, Validity)>>,
 }
@@ -886,7 +889,7 @@ impl<C> ProviderCredentials<C> {
         provider: &ProviderHandle,
         who: &Principal,
         store: &'static str,
-        parse: fn(&str) -> Option<C>,
+        parse: fn(&Secret) -> Option<C>,
         form: &'static str,
     ) -> Self {
         ProviderCredentials {
@@ -909,14 +912,16 @@ impl<C> std::fmt::Debug for ProviderCredentials<C> {
 }
 
 #[cfg(feature = "s3")]
-/// Parses an S3 credential as providers issue it:
-/// `key_id:secret_key[:session_token]`.
-pub fn parse_s3_secret(secret: &str) -> Option<object_store::aws::AwsCredential> {
-    let mut parts = secret.splitn(3, ':');
-    let key_id = parts.next().filter(|s| !s.is_empty())?.to_owned();
-    let secret_key = parts.next().filter(|s| !s.is_empty())?.to_owned();
-    let token = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
-    Some(object_store::aws::AwsCredential { key_id, secret_key, token })
+/// An S3 credential: keys, and a session's token.
+fn s3_credential(secret: &Secret) -> Option<object_store::aws::AwsCredential> {
+    match secret {
+        Secret::S3 { key_id, secret_key, session_token } => Some(object_store::aws::AwsCredential {
+            key_id: key_id.clone(),
+            secret_key: secret_key.clone(),
+            token: session_token.clone(),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(any(feature = "s3", feature = "azure"))]
@@ -942,7 +947,12 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
         match fresh {
             Ok(cred) => {
                 let parsed = (self.parse)(&cred.secret).ok_or_else(|| {
-                    generic(format!("the {} provider's credentials are not {}", self.provider.name(), self.form))
+                    generic(format!(
+                        "the {} provider's credentials are {}, not {}",
+                        self.provider.name(),
+                        cred.secret.kind(),
+                        self.form
+                    ))
                 })?;
                 let parsed = Arc::new(parsed);
                 *current = Some((parsed.clone(), cred.validity));
@@ -978,15 +988,20 @@ mod tests {
 
     #[cfg(feature = "s3")]
     #[test]
-    fn s3_secrets_parse() {
-        let c = parse_s3_secret("AK:SK:TOKEN:with:colons").unwrap();
-        assert_eq!(
-            (c.key_id.as_str(), c.secret_key.as_str(), c.token.as_deref()),
-            ("AK", "SK", Some("TOKEN:with:colons"))
-        );
-        assert_eq!(parse_s3_secret("AK:SK").unwrap().token, None);
-        assert!(parse_s3_secret("AK").is_none());
-        assert!(parse_s3_secret(":SK").is_none());
+    fn s3_takes_s3_keys_only() {
+        let keys = Secret::S3 { key_id: "AK".into(), secret_key: "SK".into(), session_token: Some("T:x".into()) };
+        let c = s3_credential(&keys).unwrap();
+        assert_eq!((c.key_id.as_str(), c.secret_key.as_str(), c.token.as_deref()), ("AK", "SK", Some("T:x")));
+        assert!(s3_credential(&Secret::Bearer { token: "AK:SK".into() }).is_none());
+        assert!(s3_credential(&Secret::Token { value: "AK:SK".into() }).is_none());
+    }
+
+    #[cfg(feature = "azure")]
+    #[test]
+    fn azure_takes_a_bearer_token_only() {
+        let c = azure_credential(&Secret::Bearer { token: "eyJ".into() }).unwrap();
+        assert!(matches!(c, object_store::azure::AzureCredential::BearerToken(t) if t == "eyJ"));
+        assert!(azure_credential(&Secret::Token { value: "eyJ".into() }).is_none());
     }
 
     fn both(dir: &Path) -> Vec<Store> {

@@ -16,7 +16,8 @@ use mayfly_core::provider::{ProviderHandle, Selection};
 use mayfly_core::store::{Location, Principal, Store};
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, LaunchRequest, Limits, ListRequest,
-    NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, Validity, async_trait,
+    NodeInfo, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig, TerminateRequest, Validity,
+    async_trait,
 };
 
 use crate::{scratch, target_dir};
@@ -163,7 +164,7 @@ impl Provider for S3 {
         let now = mayfly_provider_api::now_ms();
         Ok(Credential {
             node: request.node,
-            secret: "testing:testing".into(),
+            secret: Secret::S3 { key_id: "testing".into(), secret_key: "testing".into(), session_token: None },
             validity: Validity { issued_at: now, expires_at: now + 3_600_000 },
         })
     }

@@ -32,8 +32,9 @@ use std::ffi::c_void;
 pub const HEADER_SYMBOL: &[u8] = b"mayfly_provider_header\0";
 /// The header's magic value: `MAYFLYPV` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MAYFLYPV");
-/// The ABI's major version: the host refuses any other.
-pub const ABI_MAJOR: u32 = 1;
+/// The ABI's major version: the host refuses any other. 2: a credential's
+/// secret is typed ([`crate::Secret`]), no longer a string core parses.
+pub const ABI_MAJOR: u32 = 2;
 /// The ABI's minor version: the host refuses a newer one.
 pub const ABI_MINOR: u32 = 0;
 

@@ -154,10 +154,68 @@ pub struct Validity {
 pub struct Credential {
     /// The node it was issued to.
     pub node: String,
-    /// The secret.
-    pub secret: String,
+    /// The secret, typed by what it opens.
+    pub secret: Secret,
     /// When it is valid.
     pub validity: Validity,
+}
+
+/// A credential's secret, by what it opens: core hands each kind to the
+/// store that takes it, and never parses a string for it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Secret {
+    /// S3 keys: an STS session's (with its token), or long-lived ones.
+    S3 {
+        /// The access key id.
+        key_id: String,
+        /// The secret access key.
+        secret_key: String,
+        /// The session token, for temporary keys.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token: Option<String>,
+    },
+    /// An OAuth 2 bearer token (Azure Storage: an Entra ID token for
+    /// `https://storage.azure.com/.default`).
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// A token only its own provider reads (the local provider's signed one).
+    Token {
+        /// The token.
+        value: String,
+    },
+}
+
+impl Secret {
+    /// The secret part (the secret key, the token): what must never be shown.
+    pub fn expose(&self) -> &str {
+        match self {
+            Secret::S3 { secret_key, .. } => secret_key,
+            Secret::Bearer { token } => token,
+            Secret::Token { value } => value,
+        }
+    }
+
+    /// What kind it is, for messages: `S3 keys`, `a bearer token`, `a token`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Secret::S3 { .. } => "S3 keys",
+            Secret::Bearer { .. } => "a bearer token",
+            Secret::Token { .. } => "a provider's own token",
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::S3 { key_id, .. } => f.debug_struct("S3").field("key_id", key_id).finish_non_exhaustive(),
+            Secret::Bearer { .. } => f.write_str("Bearer(<redacted>)"),
+            Secret::Token { .. } => f.write_str("Token(<redacted>)"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credential {

@@ -43,8 +43,8 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
-    Validity, async_trait, now_ms,
+    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Secret, Settings, StoreConfig,
+    TerminateRequest, Validity, async_trait, now_ms,
 };
 use mayfly_vm_kit::{self as vm_kit, shell_quote};
 use serde::{Deserialize, Serialize};
@@ -943,7 +943,12 @@ impl Provider for Aws {
                 let cred =
                     out.credentials().ok_or_else(|| fail(ErrorKind::Unavailable, "AssumeRole gave no credentials"))?;
                 let expires = cred.expiration().secs().max(0) as u64 * 1000;
-                (format!("{}:{}:{}", cred.access_key_id(), cred.secret_access_key(), cred.session_token()), expires)
+                let secret = Secret::S3 {
+                    key_id: cred.access_key_id().to_owned(),
+                    secret_key: cred.secret_access_key().to_owned(),
+                    session_token: Some(cred.session_token().to_owned()),
+                };
+                (secret, expires)
             }
             None => {
                 use aws_credential_types::provider::ProvideCredentials;
@@ -961,15 +966,12 @@ impl Provider for Aws {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(now + UNKNOWN_EXPIRY.as_millis() as u64);
-                (
-                    format!(
-                        "{}:{}:{}",
-                        cred.access_key_id(),
-                        cred.secret_access_key(),
-                        cred.session_token().unwrap_or("")
-                    ),
-                    expires,
-                )
+                let secret = Secret::S3 {
+                    key_id: cred.access_key_id().to_owned(),
+                    secret_key: cred.secret_access_key().to_owned(),
+                    session_token: cred.session_token().map(str::to_owned),
+                };
+                (secret, expires)
             }
         };
         Ok(Credential { node: request.node, secret, validity: Validity { issued_at: now, expires_at } })

@@ -44,8 +44,8 @@ use azure_mgmt_compute::package_2024_07_01 as compute;
 use base64::Engine;
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Settings, StoreConfig, TerminateRequest,
-    Validity, async_trait, now_ms,
+    ListRequest, NodeInfo, Provider, ProviderError, ProviderInfo, Role, Secret, Settings, StoreConfig,
+    TerminateRequest, Validity, async_trait, now_ms,
 };
 use mayfly_vm_kit::{self as vm_kit, shell_quote};
 use serde::{Deserialize, Serialize};
@@ -920,7 +920,8 @@ impl Provider for Azure {
     async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
         let credential = self.credential().await?;
         let now = now_ms();
-        let (secret, expires_at) = identity::token(credential.as_ref(), STORAGE_SCOPE).await?;
+        let (token, expires_at) = identity::token(credential.as_ref(), STORAGE_SCOPE).await?;
+        let secret = Secret::Bearer { token };
         Ok(Credential { node: request.node, secret, validity: Validity { issued_at: now, expires_at } })
     }
 

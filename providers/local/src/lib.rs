@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, NodeTypes, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
-    Validity, async_trait, now_ms,
+    ListRequest, NodeInfo, NodeTypes, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig,
+    TerminateRequest, Validity, async_trait, now_ms,
 };
 use sha2::{Digest, Sha256};
 
@@ -164,11 +164,14 @@ fn issuer_key(state: &Path) -> std::io::Result<Vec<u8>> {
 pub fn verify_credential(state: &Path, cred: &Credential, now: u64) -> Result<(), String> {
     let key =
         fs::read(state.join("secret").join("issuer.key")).map_err(|e| format!("credential issuer unavailable: {e}"))?;
-    let nonce = cred.secret.split_once('.').map(|(n, _)| n).unwrap_or("");
+    let Secret::Token { value: secret } = &cred.secret else {
+        return Err(format!("credential is {}, not this provider's token", cred.secret.kind()));
+    };
+    let nonce = secret.split_once('.').map(|(n, _)| n).unwrap_or("");
     let msg = format!("{}|{}|{}|{nonce}", cred.node, cred.validity.issued_at, cred.validity.expires_at);
     let expected = format!("{nonce}.{}", hex::encode(hmac(&key, msg.as_bytes())));
-    let same = expected.len() == cred.secret.len()
-        && expected.bytes().zip(cred.secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = expected.len() == secret.len()
+        && expected.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
     if !same {
         return Err("credential not issued by this job's issuer".into());
     }
@@ -427,7 +430,7 @@ impl Provider for LocalProvider {
         let msg = format!("{}|{}|{}|{nonce}", request.node, validity.issued_at, validity.expires_at);
         Ok(Credential {
             node: request.node,
-            secret: format!("{nonce}.{}", hex::encode(hmac(&key, msg.as_bytes()))),
+            secret: Secret::Token { value: format!("{nonce}.{}", hex::encode(hmac(&key, msg.as_bytes()))) },
             validity,
         })
     }

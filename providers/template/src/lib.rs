@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, NodeSpec, NodeTypes, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest,
+    ListRequest, NodeInfo, NodeSpec, NodeTypes, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig, TerminateRequest,
     Validity, async_trait, now_ms,
 };
 
@@ -260,7 +260,7 @@ impl Provider for Template {
         .map_err(|e| fail(ErrorKind::Unavailable, e.to_string()))?;
         Ok(Credential {
             node: request.node,
-            secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: Secret::Token { value: secret.iter().map(|b| format!("{b:02x}")).collect() },
             validity: Validity { issued_at: now, expires_at: now + self.credential_ttl.as_millis() as u64 },
         })
     }

@@ -298,7 +298,7 @@ fn no_secret_reaches_a_log_an_output_or_the_state() {
     let provider =
         mayfly_core::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
     let sample = provider.credentials(&job.id, &job.state().to_string_lossy(), "probe").unwrap();
-    assert!(holds_a_credential(format!("x {} y", sample.secret).as_bytes()), "the scanner finds a credential");
+    assert!(holds_a_credential(format!("x {} y", sample.secret.expose()).as_bytes()), "the scanner finds a credential");
     let mut texts: Vec<(String, Vec<u8>)> = vec![
         ("`mayfly run`".into(), [run.stdout.clone(), run.stderr.clone()].concat()),
         ("`mayfly status`".into(), [status.stdout, status.stderr].concat()),

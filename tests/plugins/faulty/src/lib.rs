@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Limits, ListRequest,
-    NodeInfo, Provider, ProviderError, ProviderInfo, Settings, StoreConfig, TerminateRequest, Validity, async_trait,
+    NodeInfo, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig, TerminateRequest, Validity,
+    async_trait,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +145,7 @@ impl Provider for Faulty {
         let now = mayfly_provider_api::now_ms();
         Ok(Credential {
             node: request.node,
-            secret: "faulty".into(),
+            secret: Secret::Token { value: "faulty".into() },
             validity: Validity { issued_at: now, expires_at: now + 60_000 },
         })
     }

@@ -77,7 +77,7 @@ const MAGIC: u64 = if cfg!(feature = "wrong-magic") { 0x0BAD_0BAD_0BAD_0BAD } el
 #[allow(non_upper_case_globals)]
 pub static mayfly_provider_header: Header = Header {
     magic: MAGIC,
-    abi_major: if cfg!(feature = "major-next") { 2 } else { 1 },
+    abi_major: if cfg!(feature = "major-next") { 3 } else { 2 },
     abi_minor: if cfg!(feature = "minor-next") { 7 } else { 0 },
     table: &TABLE,
 };

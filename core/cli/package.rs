@@ -31,7 +31,7 @@ pub(crate) fn execute(args: Args) -> Result<Ended> {
 }
 
 fn cmd_package(provider: &str, out: &Path, workspace: &Path, profile: &str) -> Result<Ended> {
-    let mut options = mayfly_core::package::Options::for_provider(provider, absolute(workspace), absolute(out));
+    let mut options = mayfly_core::package::Options::for_provider(provider, absolute(workspace), absolute(out))?;
     options.profile = profile.to_owned();
     let manifest = mayfly_core::package::package(&options, &mut crate::say)?;
     for file in [&manifest.function, &manifest.node] {

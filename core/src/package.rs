@@ -5,12 +5,14 @@
 //! `package.json` that says what they are, and the same two files in `bin/`
 //! for the operator's own commands (`deploy`, `status`, `logs`, `reap`).
 //!
-//! A cloud's machine images may have an older C library than this machine
-//! (Amazon Linux 2023, which both Lambda's `provided.al2023` and the usual EC2
-//! images run, has glibc 2.34): then the build links against that version with
-//! `cargo zigbuild` (the nodes load the plugin with `dlopen`, so a static musl
-//! build is not an option), and every file is checked for the versions it
-//! needs before it is packaged.
+//! What a provider's cloud needs is the provider's to say, in its crate's
+//! `Cargo.toml` ([`needs`]): a cloud's machine images may have an older C
+//! library than this machine, and then the build links against that version
+//! with `cargo zigbuild` (the nodes load the plugin with `dlopen`, so a static
+//! musl build is not an option); every file is checked for the versions it
+//! needs before it is packaged. A serverless platform's own files (a function
+//! app's `host.json`...) come from the provider's crate as they are. This
+//! module names no provider.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,22 +54,67 @@ pub struct Options {
     pub zig: bool,
     /// `mayfly`'s features.
     pub features: Vec<String>,
+    /// The function's files besides the bootstrap, `mayfly` and the plugin
+    /// (a directory; its files keep their relative paths).
+    pub function_app: Option<PathBuf>,
     /// The cargo profile to build with ([`PROFILE`] unless a test asks for a quicker one).
     pub profile: String,
 }
 
+/// What a provider's cloud needs from its package, as the provider declares
+/// it in its crate's `Cargo.toml`, `[package.metadata.mayfly.package]`:
+/// `glibc` (the newest its platform has), `zig` (link against that glibc
+/// with `cargo zigbuild`), `features` (mayfly's, e.g. `s3`), and
+/// `function_app` (a directory of the function's files, packaged as they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    /// The newest glibc the files may need.
+    pub glibc: Option<String>,
+    /// Whether to link against `glibc` with `cargo zigbuild`.
+    #[serde(default)]
+    pub zig: bool,
+    /// `mayfly`'s features.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// The function app's files, a directory relative to the provider's crate.
+    pub function_app: Option<PathBuf>,
+}
+
+/// Reads a provider crate's packaging needs from its `Cargo.toml` (none
+/// declared: this machine's glibc, no features, no function files).
+pub fn needs(crate_dir: &Path) -> Result<Needs> {
+    let path = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let table = ["package", "metadata", "mayfly", "package"]
+        .iter()
+        .try_fold(&doc, |t, key| t.get(*key).and_then(toml::Value::as_table));
+    let Some(table) = table else { return Ok(Needs::default()) };
+    let mut needs: Needs = toml::Value::Table(table.clone())
+        .try_into()
+        .with_context(|| format!("{}: [package.metadata.mayfly.package]", path.display()))?;
+    if let Some(dir) = &needs.function_app {
+        needs.function_app = Some(crate_dir.join(dir));
+    }
+    Ok(needs)
+}
+
 impl Options {
-    /// What a provider's cloud needs: for `aws`, S3 support and glibc 2.34
-    /// (Amazon Linux 2023, linked with zig); for `azure`, Blob support and
-    /// glibc 2.36 (the Functions host image is Debian 12; the nodes' Ubuntu
-    /// 24.04 has 2.39), which a Debian 12 build machine links as it is.
-    pub fn for_provider(provider: &str, workspace: PathBuf, out: PathBuf) -> Options {
-        let (glibc, zig, features) = match provider {
-            "aws" => (Some("2.34".to_owned()), true, vec!["s3".to_owned()]),
-            "azure" => (Some("2.36".to_owned()), false, vec!["azure".to_owned()]),
-            _ => (None, false, Vec::new()),
-        };
-        Options { provider: provider.to_owned(), workspace, out, glibc, zig, features, profile: PROFILE.to_owned() }
+    /// What `provider`'s cloud needs, as its crate in `workspace` declares it ([`needs`]).
+    pub fn for_provider(provider: &str, workspace: PathBuf, out: PathBuf) -> Result<Options> {
+        let crate_dir = workspace.join("providers").join(provider);
+        let needs = if crate_dir.join("Cargo.toml").is_file() { needs(&crate_dir)? } else { Needs::default() };
+        Ok(Options {
+            provider: provider.to_owned(),
+            workspace,
+            out,
+            glibc: needs.glibc,
+            zig: needs.zig,
+            features: needs.features,
+            function_app: needs.function_app,
+            profile: PROFILE.to_owned(),
+        })
     }
 }
 
@@ -95,45 +142,29 @@ fn bootstrap_script(provider: &str) -> String {
     )
 }
 
-/// The files a platform's function needs besides the bootstrap, `mayfly` and
-/// the plugin: for `azure`, the function app's `host.json` (a custom handler:
-/// the `bootstrap`, answering the host's payloads itself; `functionTimeout` at
-/// Consumption's 10 minutes) and a `function.json` per function: `run`, an
-/// HTTP trigger (POST, function key) answered through `res`, and `blob`, a
-/// Blob trigger on the path in the app setting `MAYFLY_TRIGGER_PATH` (e.g.
-/// `data/incoming/{batch}/_READY`) of the storage the `MayflyStorage__*`
-/// settings name (identity-based: `MayflyStorage__blobServiceUri`,
-/// `MayflyStorage__credential = managedidentity`, `MayflyStorage__clientId`).
-pub fn function_app(provider: &str) -> Vec<(&'static str, String)> {
-    use serde_json::json;
-    if provider != "azure" {
-        return Vec::new();
+/// The files under `dir`, by their paths relative to it, in order.
+fn function_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(root, &path, files)?;
+            } else {
+                let name = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                files.push((name, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?));
+            }
+        }
+        Ok(())
     }
-    let host = json!({
-        "version": "2.0",
-        "functionTimeout": "00:10:00",
-        "customHandler": {
-            "description": {"defaultExecutablePath": "bootstrap", "workingDirectory": "", "arguments": []},
-            "enableForwardingHttpRequest": false
-        },
-        "extensionBundle": {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"},
-        "logging": {"logLevel": {"default": "Information"}}
-    });
-    let run = json!({"bindings": [
-        {"type": "httpTrigger", "direction": "in", "name": "req", "methods": ["post"], "authLevel": "function"},
-        {"type": "http", "direction": "out", "name": "res"}
-    ]});
-    let blob = json!({"bindings": [
-        {"type": "blobTrigger", "direction": "in", "name": "blob", "path": "%MAYFLY_TRIGGER_PATH%",
-         "connection": "MayflyStorage", "dataType": "string"}
-    ]});
-    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
-    vec![("host.json", pretty(host)), ("run/function.json", pretty(run)), ("blob/function.json", pretty(blob))]
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 /// Builds the package; returns its manifest.
 pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
-    let Options { provider, workspace, out, glibc, zig, features, profile } = options;
+    let Options { provider, workspace, out, glibc, zig, features, function_app, profile } = options;
     let crate_dir = workspace.join("providers").join(provider);
     if !crate_dir.join("Cargo.toml").is_file() || !workspace.join("core/Cargo.toml").is_file() {
         bail!(
@@ -195,15 +226,19 @@ pub fn package(options: &Options, say: &mut dyn FnMut(&str)) -> Result<Manifest>
     let bootstrap = bootstrap_script(provider);
     let binary = std::fs::read(&files[0]).with_context(|| format!("reading {}", files[0].display()))?;
     let library = std::fs::read(&files[1]).with_context(|| format!("reading {}", files[1].display()))?;
+    let app = match function_app {
+        Some(dir) => function_files(dir)?,
+        None => Vec::new(),
+    };
     let mut files_in_function: Vec<(String, u32, Vec<u8>)> =
-        function_app(provider).into_iter().map(|(name, text)| (name.to_owned(), 0o644, text.into_bytes())).collect();
+        app.iter().map(|(name, bytes)| (name.clone(), 0o644, bytes.clone())).collect();
     files_in_function.push(("bootstrap".into(), 0o755, bootstrap.into_bytes()));
     files_in_function.push(("mayfly".into(), 0o755, binary));
     files_in_function.push((plugin.clone(), 0o644, library));
     let entries: Vec<(&str, u32, &[u8])> =
         files_in_function.iter().map(|(n, m, b)| (n.as_str(), *m, b.as_slice())).collect();
     write_atomically(&out.join(function), |f| zip(f, &entries))?;
-    if !function_app(provider).is_empty() {
+    if !app.is_empty() {
         // The same function app as a folder (what `func azure functionapp publish` takes).
         write_folder(&out.join("function-app"), &entries)?;
     }
@@ -453,6 +488,41 @@ mod tests {
             ]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn each_provider_declares_what_its_package_needs() {
+        let providers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../providers");
+        let aws = needs(&providers.join("aws")).unwrap();
+        assert_eq!(
+            (aws.glibc.as_deref(), aws.zig, aws.features.as_slice()),
+            (Some("2.34"), true, &["s3".to_owned()][..])
+        );
+        assert_eq!(aws.function_app, None);
+        let azure = needs(&providers.join("azure")).unwrap();
+        assert_eq!((azure.glibc.as_deref(), azure.zig), (Some("2.36"), false));
+        let files = function_files(azure.function_app.as_deref().unwrap()).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["blob/function.json", "host.json", "run/function.json"]);
+        for (name, bytes) in &files {
+            let _: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let blob = String::from_utf8_lossy(&files[0].1);
+        assert!(blob.contains("blobTrigger") && blob.contains("%MAYFLY_TRIGGER_PATH%"), "{blob}");
+        // A provider that declares nothing: this machine's glibc, no features.
+        assert_eq!(needs(&providers.join("local")).unwrap(), Needs::default());
+    }
+
+    #[test]
+    fn a_misspelt_packaging_need_is_an_error_naming_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[package]\nname = \"x\"\n[package.metadata.mayfly.package]\nglib = \"2.34\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", needs(dir.path()).unwrap_err());
+        assert!(e.contains("[package.metadata.mayfly.package]") && e.contains("glib"), "{e}");
     }
 
     #[test]

@@ -1,18 +1,27 @@
 //! Core's side of the provider conformance suite
 //! ([`mayfly_provider_api::conformance`]): the four rules as core applies
-//! them, and real jobs bootstrapped and run to their end on the provider
-//! under test.
+//! them ([`Kit`]), real jobs bootstrapped and run to their end on the provider
+//! under test, a provider selected as a job's `[provider]` section selects it
+//! ([`Selected`], the suite's `Backend`), and what a plugin's own test needs
+//! from a mayfly checkout ([`Checkout`]: the `mayfly` binary its nodes run,
+//! the word-count component the jobs run, the plugin itself built).
 //!
 //! ```ignore
-//! let core = mayfly_core::conformance::Kit::new(scratch_dir, wordcount_wasm);
-//! mayfly_provider_api::conformance::assert_conforms(&my_backend, &core);
+//! let checkout = mayfly_core::conformance::Checkout::of_this_build(target_dir);
+//! let kit = Kit::new(&scratch.join("jobs"), &checkout.wordcount()?);
+//! let backend = Selected { section, root: scratch.join("state"), identity };
+//! mayfly_provider_api::conformance::assert_conforms(&backend, &kit);
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mayfly_provider_api::conformance::Core;
+use mayfly_provider_api::conformance::{Backend, Core};
 use mayfly_provider_api::{BootstrapReply, BootstrapRequest, Millis, Validity};
+
+use crate::provider::{NodeInfo, Provider, ProviderHandle, Selection};
 
 use crate::config::JobSpec;
 use crate::job::read_json;
@@ -126,6 +135,159 @@ impl Core for Kit {
         }
         if reply.shards > 0 && !fin.outputs.iter().any(|o| o.ends_with("counts.tsv")) {
             return Err(format!("job {} committed no word counts: {:?}", reply.job, fin.outputs));
+        }
+        Ok(())
+    }
+}
+
+/// The setting (key, value) that makes a provider see itself on a node,
+/// given the state root: how [`Backend::on_node`] is answered.
+pub type IdentityOf = Box<dyn Fn(&Path, &NodeInfo) -> (String, String) + Send + Sync>;
+
+/// A provider under test, selected as a job's `[provider]` section would
+/// (`name` for a built-in one or one found by name, `path` for a plugin),
+/// with the rest of the section as its settings: the suite's [`Backend`].
+pub struct Selected {
+    /// The `[provider]` section (with `name` or `path`). A plugin that
+    /// launches `mayfly` nodes needs the binary in it (for the template,
+    /// `binary`: [`Checkout::mayfly_bin`]), since a test's executable is not
+    /// `mayfly`.
+    pub section: serde_json::Map<String, serde_json::Value>,
+    /// The state root of the suite's jobs.
+    pub root: PathBuf,
+    /// How an instance of the provider is made to see itself on a node.
+    pub identity: IdentityOf,
+}
+
+impl std::fmt::Debug for Selected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selected").field("section", &self.section).field("root", &self.root).finish()
+    }
+}
+
+impl Selected {
+    /// The selection the section makes, with one more setting. Without
+    /// `name`, none: a plugin loaded by `path` is whatever provider it is
+    /// (`Selection::default()` would ask for the built-in one).
+    pub fn selection(&self, extra: Option<(String, String)>) -> Selection {
+        let mut s = Selection { name: None, ..Default::default() };
+        for (key, value) in &self.section {
+            match (key.as_str(), value.as_str()) {
+                ("name", Some(v)) => s.name = Some(v.to_owned()),
+                ("path", Some(v)) => s.path = Some(PathBuf::from(v)),
+                _ => {
+                    s.settings.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if let Some((key, value)) = extra {
+            s.settings.insert(key, value.into());
+        }
+        s
+    }
+}
+
+impl Backend for Selected {
+    fn provider(&self) -> Arc<dyn Provider> {
+        ProviderHandle::select(&self.selection(None)).unwrap_or_else(|e| panic!("{e}")).provider()
+    }
+
+    fn on_node(&self, node: &NodeInfo) -> Arc<dyn Provider> {
+        ProviderHandle::select(&self.selection(Some((self.identity)(&self.root, node))))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .provider()
+    }
+
+    fn section(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.section.clone()
+    }
+
+    fn state_root(&self) -> String {
+        self.root.to_string_lossy().into_owned()
+    }
+
+    fn idle_node_args(&self) -> Vec<String> {
+        vec!["idle".into(), "--for".into(), "5m".into()]
+    }
+
+    fn event(&self, request: &BootstrapRequest) -> serde_json::Value {
+        serde_json::json!({ "job": request.job, "base_dir": request.base_dir, "overrides": request.overrides })
+    }
+}
+
+/// A mayfly checkout, as a plugin's own conformance test needs it: the
+/// `mayfly` binary (the suite's nodes run it), the word-count component (its
+/// jobs run it), and the plugin crate under test built as a library. Each is
+/// built with cargo into `target` (the test's own target directory, so that
+/// what the test already compiled is reused).
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    root: PathBuf,
+    target: PathBuf,
+}
+
+impl Checkout {
+    /// The checkout this crate was built from (a path dependency's directory,
+    /// or cargo's copy of a git dependency: both hold the whole repository),
+    /// building into `target`.
+    pub fn of_this_build(target: &Path) -> Checkout {
+        let core = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Checkout { root: core.parent().unwrap_or(core).to_owned(), target: target.to_owned() }
+    }
+
+    /// The checkout at `root`, building into `target`.
+    pub fn new(root: &Path, target: &Path) -> Checkout {
+        Checkout { root: root.to_owned(), target: target.to_owned() }
+    }
+
+    /// Its root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `mayfly` binary, built (debug) from the checkout.
+    pub fn mayfly_bin(&self) -> Result<PathBuf, String> {
+        self.cargo_build(&self.root.join("Cargo.toml"), &["-p", "mayfly", "--bin", "mayfly"])?;
+        Ok(self.target.join("debug").join("mayfly"))
+    }
+
+    /// The word-count task (`tasks/wordcount`) built as a component.
+    pub fn wordcount(&self) -> Result<PathBuf, String> {
+        crate::build::build_task(&self.root.join("tasks/wordcount"), &mut |m| eprintln!("{m}"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The plugin crate at `dir` built as a library (`cargo test` does not
+    /// build a `cdylib` for a test to load): the path of its `.so`.
+    pub fn plugin(&self, dir: &Path) -> Result<PathBuf, String> {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+        let doc: toml::Table = text.parse().map_err(|e| format!("{}: {e}", manifest.display()))?;
+        let name = doc
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(toml::Value::as_str)
+            .ok_or_else(|| format!("{}: no package name", manifest.display()))?;
+        self.cargo_build(&manifest, &["--lib"])?;
+        Ok(self.target.join("debug").join(format!("lib{}.so", name.replace('-', "_"))))
+    }
+
+    fn cargo_build(&self, manifest: &Path, args: &[&str]) -> Result<(), String> {
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.arg("build").arg("--manifest-path").arg(manifest).args(args).arg("--target-dir").arg(&self.target);
+        // What cargo set for the running test only is not the build's.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
+        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("{cmd:?} failed ({status}); its errors are above"));
         }
         Ok(())
     }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
-pub mod conformance;
 pub mod moto;
 
 use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};

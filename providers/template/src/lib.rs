@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, Host, LaunchRequest, Level, Limits,
-    ListRequest, NodeInfo, NodeSpec, NodeTypes, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig, TerminateRequest,
-    Validity, async_trait, now_ms,
+    ListRequest, NodeInfo, NodeSpec, NodeTypes, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig,
+    TerminateRequest, Validity, async_trait, now_ms,
 };
 
 const NAME: &str = "template";

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use mayfly_core::conformance::Kit;
+use mayfly_core::conformance::Selected;
 use mayfly_provider_api::conformance::assert_conforms;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
-use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, scratch};
 use mayfly_tests_aws::{MotoExt, RuntimeApi, aws_plugin, moto};
 

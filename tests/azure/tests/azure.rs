@@ -39,8 +39,8 @@ fn provider_section(cloud: &Cloud, extra: &[(&str, &str)]) -> String {
 #[test]
 fn the_azure_provider_conforms() {
     use mayfly_core::conformance::Kit;
+    use mayfly_core::conformance::Selected;
     use mayfly_provider_api::conformance::assert_conforms;
-    use mayfly_tests::conformance::Selected;
     const SETTINGS: &str = "MAYFLY_TEST_AZURE_SETTINGS";
     let Ok(settings) = std::env::var(SETTINGS) else {
         let cloud = cloud();

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mayfly_core::conformance::Kit;
+use mayfly_core::conformance::Selected;
 use mayfly_core::provider::{ErrorKind, ProviderHandle, Selection};
 use mayfly_provider_api::conformance::{Backend, Core, assert_conforms};
 use mayfly_tests::cluster::{TestJob, inputs};
-use mayfly_tests::conformance::Selected;
 use mayfly_tests::{component, mayfly_bin, plugin, scratch};
 
 const WORDCOUNT: &str = "tasks/wordcount";
@@ -53,41 +53,35 @@ fn the_local_provider_loaded_as_a_plugin_conforms() {
     assert_conforms(&backend, &kit);
 }
 
-/// Builds the template as its author would: on its own, outside the workspace.
-fn template_plugin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let target = mayfly_tests::target_dir().join("template");
-            let mut cmd = mayfly_tests::cargo();
-            cmd.args(["build", "--locked", "--manifest-path"])
-                .arg(mayfly_tests::root().join("providers/template/Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target);
-            assert!(cmd.status().unwrap().success(), "building providers/template failed");
-            target.join("debug").join("libmayfly_provider_template.so")
-        })
-        .clone()
-}
-
+/// A fresh copy of the template, outside mayfly's workspace, with its
+/// dependencies pointed at this checkout (as its README tells an author):
+/// `cargo test` there builds the plugin, the `mayfly` binary and the
+/// word-count component, and runs the whole conformance suite against the
+/// plugin loaded by path.
 #[test]
-fn the_template_plugin_built_outside_the_workspace_conforms() {
-    let dir = scratch("conform-template");
-    let registry = dir.join("registry");
-    let section = serde_json::json!({
-        "path": template_plugin(),
-        "binary": mayfly_bin(),
-        "registry": registry,
-        "credential_ttl": "4s",
-    });
-    let backend = Selected {
-        section: section.as_object().unwrap().clone(),
-        root: dir.join("state"),
-        identity: Box::new(move |_, n| {
-            ("identity".into(), registry.join(&n.job).join(format!("{}.json", n.node)).to_string_lossy().into_owned())
-        }),
-    };
-    assert_conforms(&backend, &Kit::new(&dir.join("jobs"), &component(WORDCOUNT)));
+fn cargo_test_in_a_fresh_copy_of_the_template_runs_the_conformance_suite() {
+    let copy = scratch("template-copy").join("mayfly-provider-mycloud");
+    let template = mayfly_tests::root().join("providers/template");
+    for file in ["Cargo.toml", "Cargo.lock", "README.md", "src/lib.rs", "tests/conformance.rs"] {
+        std::fs::create_dir_all(copy.join(file).parent().unwrap()).unwrap();
+        std::fs::copy(template.join(file), copy.join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(copy.join("Cargo.toml")).unwrap();
+    let root = mayfly_tests::root();
+    let pointed = manifest
+        .replace("path = \"../api\"", &format!("path = {:?}", root.join("providers/api").to_string_lossy()))
+        .replace("path = \"../../core\"", &format!("path = {:?}", root.join("core").to_string_lossy()));
+    assert_ne!(pointed, manifest, "the template's dependencies are paths into the checkout");
+    std::fs::write(copy.join("Cargo.toml"), pointed).unwrap();
+    let out = mayfly_tests::cargo()
+        .args(["test", "--locked", "--target-dir"])
+        .arg(mayfly_tests::target_dir())
+        .current_dir(&copy)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "cargo test in the template's copy failed:\n{said}");
+    assert!(said.contains("test this_provider_conforms ... ok"), "the suite did not run:\n{said}");
 }
 
 #[test]

@@ -138,8 +138,8 @@ pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) ->
         on_deadline()
     });
     let result = match args.role {
-        "master" => crate::master::run(layout, manifest, &provider).map(|code| code as u8),
-        "worker" => crate::worker::run(layout, manifest, node, provider.clone()).map(|_| 0),
+        "master" => crate::master::run(layout, manifest, &provider, Arc::new(SystemClock)).map(|code| code as u8),
+        "worker" => crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock)).map(|_| 0),
         other => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {

@@ -24,14 +24,10 @@ use crate::attempt;
 use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
 use crate::plan::Item;
-use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, SystemClock, Watchdog};
+use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, Watchdog};
 use crate::provider::{Credential, ProviderHandle};
 use crate::readahead::{ReadAhead, ReadAheadConfig};
 use crate::store::{Principal, Store};
-
-fn now() -> u64 {
-    SystemClock.now()
-}
 
 /// A line of the worker's log: when, `INFO`, who, what (`mayfly logs` reads
 /// the time and the level back).
@@ -91,6 +87,8 @@ struct Keeper {
     job: String,
     node: String,
     policy: CredentialPolicy,
+    /// The worker's clock: credentials, leases, holds and the self-termination rule.
+    clock: Arc<dyn Clock>,
 }
 
 struct Credentials {
@@ -103,11 +101,16 @@ struct Credentials {
 }
 
 impl Keeper {
+    /// Now, by the worker's clock.
+    fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
     /// Applies the credential rule now: refreshes when due; says whether the
     /// node must drain.
     fn refresh_if_due(&self) -> CredentialAction {
         let Ok(mut c) = self.inner.lock() else { return CredentialAction::Drain };
-        let t = now();
+        let t = self.now();
         let waiting = c.failures > 0 && t < c.failed_at + self.policy.retry_after(c.failures).as_millis() as u64;
         if !waiting && self.policy.action(t, c.current.validity, c.failures) == CredentialAction::Refresh {
             match self.provider.credentials(&self.job, &self.layout.state_location(), &self.node) {
@@ -125,12 +128,12 @@ impl Keeper {
                 }
                 Err(e) => {
                     c.failures += 1;
-                    c.failed_at = now();
+                    c.failed_at = self.now();
                     warn(&self.node, &format!("credential refresh failed ({} in a row): {e}", c.failures));
                 }
             }
         }
-        self.policy.action(now(), c.current.validity, c.failures)
+        self.policy.action(self.now(), c.current.validity, c.failures)
     }
 
     fn expires_at(&self) -> u64 {
@@ -141,7 +144,7 @@ impl Keeper {
     /// cloud's store would refuse an expired one mid-operation).
     fn authorize(&self, what: &str) -> Result<(), String> {
         let Ok(mut c) = self.inner.lock() else { return Err(format!("{what}: credentials unavailable")) };
-        let t = now();
+        let t = self.now();
         if t < c.current.validity.expires_at {
             return Ok(());
         }
@@ -174,7 +177,7 @@ impl attempt::Driver for Leased<'_> {
             // Another worker owns the shard now; the caller sees `lost`.
             return Some(Failure::Release("the lease was lost".into()));
         }
-        if self.hold.load(Ordering::Relaxed) > now() {
+        if self.hold.load(Ordering::Relaxed) > self.keeper.now() {
             return Some(Failure::Release(HELD.into()));
         }
         if self.keeper.refresh_if_due() == CredentialAction::Drain {
@@ -232,7 +235,7 @@ impl Worker {
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         // Often enough for the lease and for the credential's refresh point.
-        let cred_quarter = self.keeper.expires_at().saturating_sub(now()) / 4;
+        let cred_quarter = self.keeper.expires_at().saturating_sub(self.keeper.now()) / 4;
         let interval = Duration::from_millis((self.manifest.lease_ms / 3).min(cred_quarter.max(50)).max(50));
         let hb = {
             let (client, lost, keeper, node, hold) =
@@ -255,7 +258,7 @@ impl Worker {
                             break;
                         }
                         Err(e) => {
-                            if now() >= expires {
+                            if keeper.now() >= expires {
                                 warn(
                                     &node,
                                     &format!("shard {shard}: lease expired while the master was unreachable: {e}"),
@@ -425,7 +428,7 @@ impl Worker {
             &node,
             &format!(
                 "held by an operator until {until} ({}s); taking no work; keeping what it has in {}",
-                until.saturating_sub(now()) / 1000,
+                until.saturating_sub(self.keeper.now()) / 1000,
                 dir.display()
             ),
         );
@@ -435,7 +438,7 @@ impl Worker {
         let mut own = true;
         loop {
             let action = self.keeper.refresh_if_due();
-            let t = now();
+            let t = self.keeper.now();
             match crate::hold::all(&self.keeper.layout) {
                 Ok(holds) => match crate::hold::held_until(&holds, &node, t) {
                     Some(u) => {
@@ -538,7 +541,13 @@ fn copy_input(src: &dyn crate::host::InputSource, dest: &std::path::Path) -> std
 
 /// Runs worker `node` of the job laid out at `layout` until it must end.
 /// Returns why.
-pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHandle) -> Result<EndReason, String> {
+pub fn run(
+    layout: Layout,
+    manifest: Manifest,
+    node: &str,
+    provider: ProviderHandle,
+    clock: Arc<dyn Clock>,
+) -> Result<EndReason, String> {
     let who = Principal { job: manifest.job.clone(), state: layout.state_location(), node: node.to_owned() };
     let input = Store::open(&manifest.input, &provider, &who)?;
     let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
@@ -562,7 +571,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         ));
     }
 
-    let start = now();
+    let start = clock.now();
     let watchdog = Watchdog::new(
         start,
         manifest.expires_at,
@@ -583,7 +592,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
             log(node, "ending before any work: the job already ended");
             return Ok(EndReason::JobDone);
         }
-        if let Some(reason) = watchdog.check(now(), false, CredentialAction::Keep) {
+        if let Some(reason) = watchdog.check(clock.now(), false, CredentialAction::Keep) {
             let reason = if reason == EndReason::Idle { EndReason::MasterLost } else { reason };
             log(node, &format!("ending before any work: {reason}"));
             return Ok(reason);
@@ -599,6 +608,7 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
         job: manifest.job.clone(),
         node: node.to_owned(),
         policy,
+        clock,
     };
     let params: Arc<str> = Arc::from(manifest.params.to_string());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -633,20 +643,20 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
     let reason = loop {
         // Held first: idle and the master's silence do not end a held worker.
         let held = worker.hold.load(Ordering::Relaxed);
-        if held > now() {
+        if held > worker.keeper.now() {
             match worker.held(held) {
                 Some(reason) => break reason,
                 None => continue,
             }
         }
         let action = worker.keeper.refresh_if_due();
-        if let Some(reason) = worker.watchdog.check(now(), false, action) {
+        if let Some(reason) = worker.watchdog.check(worker.keeper.now(), false, action) {
             break reason;
         }
         let req = LeaseRequest { worker: worker.node.clone(), credential_expires_at: worker.keeper.expires_at() };
         match worker.client.lease(&req) {
             Ok(LeaseReply::Hold { until }) => {
-                let t = now();
+                let t = worker.keeper.now();
                 worker.watchdog.last_master_contact = t;
                 worker.watchdog.last_work = t;
                 if until == worker.left_hold || until <= t {
@@ -658,14 +668,14 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
                 }
             }
             Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
-                worker.watchdog.last_master_contact = now();
+                worker.watchdog.last_master_contact = worker.keeper.now();
                 log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len()));
                 worker.process(shard, token, attempt, items, staging, expires_at);
-                worker.watchdog.last_work = now();
-                worker.watchdog.last_master_contact = now();
+                worker.watchdog.last_work = worker.keeper.now();
+                worker.watchdog.last_master_contact = worker.keeper.now();
             }
             Ok(LeaseReply::Wait { retry_ms }) => {
-                worker.watchdog.last_master_contact = now();
+                worker.watchdog.last_master_contact = worker.keeper.now();
                 std::thread::sleep(Duration::from_millis(retry_ms.clamp(10, 1000)));
             }
             Ok(LeaseReply::Done) => break EndReason::JobDone,
@@ -690,4 +700,56 @@ pub fn run(layout: Layout, manifest: Manifest, node: &str, provider: ProviderHan
     let (refreshed, failed_ops) = worker.keeper.stats();
     log(node, &format!("ending: {reason}; credentials refreshed {refreshed} times, {failed_ops} failed operations"));
     Ok(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{ManualClock, SystemClock, Validity};
+
+    /// A keeper for node `worker-1` of a job in `dir` on the local provider,
+    /// holding a credential valid for 20 s from `clock`'s now.
+    fn keeper(dir: &std::path::Path, clock: &ManualClock) -> Keeper {
+        let layout = Layout::local(&dir.join("state"), "j", &dir.join("out"));
+        std::fs::create_dir_all(&layout.work).unwrap();
+        let provider = ProviderHandle::select(&Default::default()).unwrap();
+        let mut current = provider.credentials("j", &layout.state_location(), "worker-1").unwrap();
+        current.validity = Validity { issued_at: clock.now(), expires_at: clock.now() + 20_000 };
+        Keeper {
+            inner: Arc::new(Mutex::new(Credentials {
+                current,
+                failures: 0,
+                failed_at: 0,
+                refreshed: 0,
+                failed_ops: 0,
+            })),
+            provider,
+            layout,
+            job: "j".into(),
+            node: "worker-1".into(),
+            policy: CredentialPolicy::default(),
+            clock: Arc::new(clock.clone()),
+        }
+    }
+
+    #[test]
+    fn the_credential_rule_runs_on_the_workers_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(SystemClock.now());
+        let k = keeper(dir.path(), &clock);
+        assert_eq!(k.refresh_if_due(), CredentialAction::Keep);
+        assert!(k.authorize("reading").is_ok());
+        // 25 s later on the worker's clock (none on the system's): expired,
+        // and no storage operation may start on it.
+        clock.advance(Duration::from_secs(25));
+        let e = k.authorize("reading the input").unwrap_err();
+        assert_eq!(e, "reading the input: credential expired 5000 ms ago");
+        assert_eq!(k.stats(), (0, 1));
+        // The rule refreshes it; the fresh one (issued by the provider, on
+        // the system's clock) is good again.
+        let stale = k.inner.lock().unwrap().current.validity;
+        assert!(stale.expires_at < clock.now());
+        assert_eq!(k.refresh_if_due(), CredentialAction::Keep);
+        assert_eq!(k.stats().0, 1, "refreshed once");
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{Master, Shared, now};
+use super::{Master, Shared};
 use crate::api::CommitRequest;
 use crate::job::Layout;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
@@ -95,7 +95,7 @@ impl Master {
                 // longer while the failures go on (0.25 s doubling, at most 8 s).
                 self.storage_failures = self.storage_failures.saturating_add(1);
                 let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
-                self.ledger.delay(marker.shard, now() + wait);
+                self.ledger.delay(marker.shard, self.now() + wait);
                 None
             }
             Err(_) => None,
@@ -112,10 +112,11 @@ impl Master {
                 // Not fsynced: the marker, already durable, is the truth on resume.
                 self.record(&event, false);
                 let bytes = self.manifest.plan.shards.get(m.shard as usize).map_or(0, |s| s.bytes);
+                let t = self.now();
                 if let Some(stats) = self.lease_ended(m.token) {
                     stats.committed += 1;
                     stats.committed_bytes += bytes;
-                    stats.last_seen = stats.last_seen.max(now());
+                    stats.last_seen = stats.last_seen.max(t);
                 }
             }
         }

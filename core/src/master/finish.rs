@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::FinalState;
+use super::Shared;
 use super::commit::{publish, read_markers};
 use super::journal::save_journal;
-use super::{Shared, now};
 use crate::job::keys;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
 use crate::provider::{ProviderHandle, Role};
@@ -21,6 +21,8 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
     // committer finish first, so that the snapshot below and the outputs agree.
     // A remote commit (listing, conditional put, copies) can take a while: wait
     // for it (at the deadline the dead-man switch bounds this anyway).
+    let clock = shared.lock().map_err(|_| "master state poisoned".to_owned())?.clock.clone();
+    let now = || clock.now();
     let drain_until = std::time::Instant::now() + Duration::from_secs(300);
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));

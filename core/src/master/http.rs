@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::commit::CommitJob;
-use super::{Master, Shared, now};
+use super::{Master, Shared};
 use crate::api::{
     CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     constant_time_eq,
@@ -55,7 +55,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
         Ok(r) => r,
         Err((status, message)) => return refuse(status, message),
     };
-    let t = now();
+    let t = m.now();
     m.expire(t);
     if m.ended.is_some() {
         return json(&LeaseReply::Done);
@@ -106,7 +106,7 @@ async fn heartbeat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         Ok(r) => r,
         Err((status, message)) => return refuse(status, message),
     };
-    let t = now();
+    let t = m.now();
     m.expire(t);
     let cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), cred);
@@ -130,7 +130,8 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             Ok(r) => r,
             Err((status, message)) => return refuse(status, message),
         };
-        m.expire(now());
+        let t = m.now();
+        m.expire(t);
         (req.shard, m.prepare_commit(&req))
     };
     let (shard, marker) = match prepared {
@@ -199,9 +200,10 @@ async fn fail(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
                 _ => {}
             }
             m.record(&event, true);
+            let t = m.now();
             if let Some(stats) = m.lease_ended(req.token) {
                 stats.failed += 1;
-                stats.last_seen = stats.last_seen.max(now());
+                stats.last_seen = stats.last_seen.max(t);
             }
             m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
@@ -219,8 +221,9 @@ async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
     match m.ledger.release(req.shard, req.token) {
         Ok(event) => {
             m.record(&event, true);
+            let t = m.now();
             if let Some(stats) = m.lease_ended(req.token) {
-                stats.last_seen = stats.last_seen.max(now());
+                stats.last_seen = stats.last_seen.max(t);
             }
             m.drop_local_staging(req.shard, req.token);
             json(&serde_json::json!({}))
@@ -245,7 +248,7 @@ async fn holds_changed(State(s): State<Shared>, headers: HeaderMap) -> Response 
     match read {
         Ok(Ok(holds)) => {
             let Ok(mut m) = s.lock() else { return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned") };
-            let t = now();
+            let t = m.now();
             let names: Vec<String> =
                 holds.iter().filter(|h| h.until > t).map(|h| format!("{} until {}", h.node, h.until)).collect();
             say!(INFO, "holds: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") });
@@ -333,4 +336,105 @@ pub(super) fn router(shared: Shared) -> Router {
         .route("/v1/holds", post(holds_changed))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::job::{Layout, Manifest};
+    use crate::plan::{Item, Plan, Shard};
+    use crate::policy::{ManualClock, Millis};
+    use crate::store::Location;
+
+    const T0: Millis = 1_800_000_000_000;
+
+    /// A master over a one-shard job in `dir`, on `clock`; and the job token.
+    fn master(dir: &Path, clock: &ManualClock) -> (Shared, String) {
+        let layout = Layout::local(&dir.join("state"), "j", &dir.join("out"));
+        std::fs::create_dir_all(&layout.work).unwrap();
+        let token = crate::job::create_token(&layout).unwrap();
+        let item = Item { object: "a.txt".into(), start: 0, len: 5, whole: true };
+        let manifest = Manifest {
+            job: "j".into(),
+            name: "j".into(),
+            provider: Default::default(),
+            task: "task.wasm".into(),
+            task_sha256: String::new(),
+            params: serde_json::json!({}),
+            reduce: None,
+            input: Location::path(&dir.join("in")),
+            output: Location::path(&dir.join("out")),
+            state: Location::path(&dir.join("state/j")),
+            plan: Plan {
+                shards: vec![Shard { id: 0, bytes: 5, items: vec![item] }],
+                target_bytes: 5,
+                total_bytes: 5,
+                objects: 1,
+            },
+            workers: 2,
+            limits: Default::default(),
+            max_attempts: 3,
+            max_failed_items: u64::MAX,
+            isolation: Default::default(),
+            read_ahead: None,
+            read_ahead_memory: None,
+            lease_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            master_lost_timeout_ms: 60_000,
+            refresh_margin_ms: 1_000,
+            credential_ttl_ms: 3_600_000,
+            created_at: T0,
+            expires_at: T0 + 600_000,
+        };
+        let (shared, _queue) = super::super::open(layout, manifest, Arc::new(clock.clone())).unwrap();
+        (shared, token)
+    }
+
+    fn headers(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    async fn answer(response: Response) -> (StatusCode, serde_json::Value) {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[test]
+    fn leases_expire_by_the_masters_clock_not_the_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (shared, token) = master(dir.path(), &clock);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let ask = |worker: &str| {
+            let body = serde_json::json!({ "worker": worker, "credential_expires_at": T0 + 3_600_000 });
+            let response = lease(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
+            rt.block_on(async { answer(response.await).await })
+        };
+        let (status, first) = ask("worker-1");
+        assert_eq!(status, StatusCode::OK, "{first}");
+        assert_eq!((first["kind"].as_str(), first["expires_at"].as_u64()), (Some("lease"), Some(T0 + 30_000)));
+        // The only shard is leased: nothing for another worker yet.
+        assert_eq!(ask("worker-2").1["kind"], "wait");
+        // Past the lease on the master's clock (no time passed for the
+        // system): the shard is leased again, under a new token.
+        clock.advance(Duration::from_secs(31));
+        let (_, second) = ask("worker-2");
+        assert_eq!(second["kind"], "lease", "{second}");
+        assert_ne!(second["token"], first["token"]);
+        assert_eq!(second["expires_at"].as_u64(), Some(T0 + 31_000 + 30_000));
+        // The first holder's heartbeat is refused as stale.
+        let beat = serde_json::json!({ "shard": 0, "token": first["token"], "credential_expires_at": T0 + 3_600_000 });
+        let response = heartbeat(State(shared.clone()), headers(&token), Bytes::from(beat.to_string()));
+        assert_eq!(rt.block_on(async { answer(response.await).await }).0, StatusCode::CONFLICT);
+        // Journal lines carry the master's clock too.
+        let path = shared.lock().unwrap().layout.journal(T0);
+        let journal = std::fs::read_to_string(path).unwrap();
+        assert!(journal.contains(&format!("\"at\":{}", T0 + 31_000)), "{journal}");
+    }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{MasterInfo, Status};
 use crate::job::{Layout, Manifest, keys};
 use crate::ledger::{CommittedOutput, Event, Ledger, Quarantined, ShardState};
-use crate::policy::{Clock, CredentialPolicy, Millis, SystemClock};
+use crate::policy::{Clock, CredentialPolicy, Millis};
 use crate::provider::ProviderHandle;
 
 /// A line of the master's log: when, how severe, what (`mayfly logs` reads
@@ -94,6 +94,8 @@ struct Master {
     first_lease_at: Option<Millis>,
     /// The operators' holds, as the state last said.
     holds: Vec<crate::hold::Hold>,
+    /// The master's clock: every lease, expiry, deadline and journal time.
+    clock: Arc<dyn Clock>,
 }
 
 /// What the master counts of one worker.
@@ -108,15 +110,16 @@ struct NodeStats {
 
 type Shared = Arc<Mutex<Master>>;
 
-fn now() -> Millis {
-    SystemClock.now()
-}
-
 impl Master {
+    /// Now, by the master's clock.
+    fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
     fn record(&mut self, event: &Event, sync: bool) {
         // Each line says when it was decided (`at`, ms since the epoch): the
         // history `status`, `report` and the timeline are drawn from.
-        if let Ok(line) = serde_json::to_string(&EntryRef { at: now(), event }) {
+        if let Ok(line) = serde_json::to_string(&EntryRef { at: self.clock.now(), event }) {
             let written =
                 writeln!(self.journal, "{line}").and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
             match written {
@@ -181,7 +184,7 @@ impl Master {
                 failed: n.failed,
                 lost: n.lost,
                 last_seen: n.last_seen,
-                held_until: crate::hold::held_until(&self.holds, node, now()),
+                held_until: crate::hold::held_until(&self.holds, node, self.clock.now()),
             })
             .collect();
         for (shard, record) in self.ledger.shards().iter().enumerate() {
@@ -209,7 +212,7 @@ impl Master {
             retries: self.retries,
             started_at: self.manifest.created_at,
             expires_at: self.manifest.expires_at,
-            now: now(),
+            now: self.clock.now(),
             ended: self.ended.clone(),
         }
     }
@@ -217,7 +220,31 @@ impl Master {
 
 /// Runs the master of the job laid out at `layout` until the job ends.
 /// Returns the process exit code.
-pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Result<i32, String> {
+pub fn run(
+    layout: Layout,
+    manifest: Manifest,
+    provider: &ProviderHandle,
+    clock: Arc<dyn Clock>,
+) -> Result<i32, String> {
+    let (shared, committer_rx) = open(layout, manifest, clock)?;
+    for i in 0..commit::COMMITTERS {
+        let (jobs, shared) = (committer_rx.clone(), shared.clone());
+        let layout = shared.lock().map_err(|_| "master state poisoned".to_owned())?.layout.clone();
+        std::thread::Builder::new()
+            .name(format!("mayfly-committer-{i}"))
+            .spawn(move || commit::committer(layout, jobs, shared))
+            .map_err(|e| format!("starting the committer: {e}"))?;
+    }
+    serve(&shared, provider)
+}
+
+/// The committer's end of the commit queue.
+type CommitQueue = Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>;
+
+/// The master's state for the job laid out at `layout`, rebuilt from the
+/// markers and the journal (a restarted master goes on where the last one
+/// stopped), on `clock`.
+fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Shared, CommitQueue), String> {
     let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
 
     // Rebuild from the markers (the truth) and the journal, finishing any
@@ -239,7 +266,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     );
     // Tokens from a previous master may still be held by live workers: start
     // above anything it could have issued.
-    ledger.raise_token_floor(now().saturating_mul(1000));
+    ledger.raise_token_floor(clock.now().saturating_mul(1000));
     if !journal_events.is_empty() || !markers.is_empty() {
         let c = ledger.counts();
         say!(INFO, "resumed: {} committed, {} failed, {} pending", c.committed, c.failed, c.pending);
@@ -255,7 +282,6 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
     };
     let (committer_tx, committer_rx) = std::sync::mpsc::channel();
     let committer_rx = Arc::new(Mutex::new(committer_rx));
-    let committer_layout = layout.clone();
     let holds = crate::hold::all(&layout).unwrap_or_else(|e| {
         say!(WARN, "{e}");
         Vec::new()
@@ -277,16 +303,14 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         holders: Default::default(),
         first_lease_at: None,
         holds,
+        clock,
     };
-    let shared: Shared = Arc::new(Mutex::new(master));
-    for i in 0..commit::COMMITTERS {
-        let (layout, jobs, shared) = (committer_layout.clone(), committer_rx.clone(), shared.clone());
-        std::thread::Builder::new()
-            .name(format!("mayfly-committer-{i}"))
-            .spawn(move || commit::committer(layout, jobs, shared))
-            .map_err(|e| format!("starting the committer: {e}"))?;
-    }
+    Ok((Arc::new(Mutex::new(master)), committer_rx))
+}
 
+/// Serves the worker API and watches the deadline and the ledger until the
+/// job ends, then ends it.
+fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -352,7 +376,7 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
                 }
             }
             let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
-            let t = now();
+            let t = m.now();
             m.expire(t);
             if crate::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
@@ -366,5 +390,5 @@ pub fn run(layout: Layout, manifest: Manifest, provider: &ProviderHandle) -> Res
         }
     })?;
 
-    finish::end(&shared, provider, reason)
+    finish::end(shared, provider, reason)
 }

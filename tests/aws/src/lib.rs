@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -27,7 +27,8 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use mayfly_provider_aws::NodeLaunch;
 
-use mayfly_tests::{cache_dir, mayfly_bin, scratch};
+use mayfly_tests::mayfly_bin;
+use mayfly_tests::vm::{Disks, Machine};
 
 pub use mayfly_tests::moto::Moto;
 
@@ -94,46 +95,16 @@ impl MotoExt for Moto {
 /// `<scratch>/aws-nodes/<job>/<node>@<instance id>/`, the `/` its user data
 /// writes under (`MAYFLY_ROOT`): `console.log` (the user data's output),
 /// `var/log/mayfly-node.log` (the node's), `opt/mayfly/` (a fetched artifact).
-fn disks() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = scratch("aws-nodes");
-        // The machine's `shutdown` and `poweroff`, as the hypervisor sees them:
-        // files under the instance's disk that it acts on.
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let shims = [
-            (
-                "shutdown",
-                "#!/bin/sh\n# `shutdown -h +M` arms the OS dead-man switch; `shutdown -h now` powers off.\n\
-                 for a in \"$@\"; do case \"$a\" in\n\
-                 \x20 +*) echo $(( $(date +%s) + ${a#+} * 60 )) > \"$MAYFLY_ROOT/shutdown-at\";;\n\
-                 \x20 now) exec poweroff;;\n\
-                 esac; done\n",
-            ),
-            ("poweroff", "#!/bin/sh\necho \"$(date +%s)\" > \"$MAYFLY_ROOT/powered-off\"\n"),
-        ];
-        for (name, text) in shims {
-            use std::os::unix::fs::PermissionsExt;
-            let path = bin.join(name);
-            std::fs::write(&path, text).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        dir
-    })
+fn disks() -> &'static Disks {
+    static DISKS: OnceLock<Disks> = OnceLock::new();
+    DISKS.get_or_init(|| Disks::new("aws-nodes"))
 }
 
 /// What a node of `job` has written so far: its instance's console (the
 /// user data's output) and the node's log, for every instance that has been
 /// that node (a relaunched master is a new instance).
 pub fn node_log(job: &str, node: &str) -> String {
-    let mut out = String::new();
-    for root in node_disks(job, node) {
-        for file in ["console.log", "var/log/mayfly-node.log"] {
-            out.push_str(&std::fs::read_to_string(root.join(file)).unwrap_or_default());
-        }
-    }
-    out
+    disks().node_log(job, node)
 }
 
 /// The directory of the Python that runs moto: its virtual environment's
@@ -157,22 +128,12 @@ pub fn aws_cli(moto: &Moto) -> Command {
 
 /// The disks of the instances that have been `node` of `job`.
 pub fn node_disks(job: &str, node: &str) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> =
-        std::fs::read_dir(disks().join(job)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    roots.retain(|r| r.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{node}@"))));
-    roots.sort_by_key(|r| r.metadata().and_then(|m| m.modified()).ok());
-    roots
+    disks().of_node(job, node)
 }
 
 /// The aws plugin's library (built for the tests' profile).
 pub fn aws_plugin() -> PathBuf {
     mayfly_tests::plugin("mayfly-provider-aws", &[])
-}
-
-struct Node {
-    child: Child,
-    root: PathBuf,
-    ended: bool,
 }
 
 /// Plays EC2's hypervisor for moto's instances.
@@ -181,13 +142,13 @@ struct Hypervisor;
 impl Hypervisor {
     fn start(moto: &Moto) {
         let ec2 = moto.ec2();
-        let disks = disks().to_owned();
+        let disks = disks().clone();
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
             .name("moto-hypervisor".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let mut nodes: HashMap<String, Node> = HashMap::new();
+                let mut nodes: HashMap<String, Machine> = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
                     if let Err(e) = rt.block_on(Self::tick(&ec2, &disks, &mut nodes)) {
                         eprintln!("moto hypervisor: {e}");
@@ -198,7 +159,11 @@ impl Hypervisor {
             .unwrap();
     }
 
-    async fn tick(ec2: &aws_sdk_ec2::Client, disks: &Path, nodes: &mut HashMap<String, Node>) -> Result<(), String> {
+    async fn tick(
+        ec2: &aws_sdk_ec2::Client,
+        disks: &Disks,
+        nodes: &mut HashMap<String, Machine>,
+    ) -> Result<(), String> {
         let out = ec2
             .describe_instances()
             .filters(Filter::builder().name("tag-key").values("mayfly:job").build())
@@ -216,26 +181,12 @@ impl Hypervisor {
                     // A machine that cannot boot stays off; the others boot on.
                     Err(e) => eprintln!("moto hypervisor: {e}"),
                 },
-                Some(node) if !alive && !node.ended => {
-                    // Terminated in EC2: the machine is gone, and every process on it
-                    // (closing the watcher's input kills its process group).
-                    drop(node.child.stdin.take());
-                    let _ = node.child.wait();
-                    node.ended = true;
-                }
-                Some(node) if alive && !node.ended => {
-                    let now = mayfly_provider_api::now_ms() / 1000;
-                    let shutdown_at = std::fs::read_to_string(node.root.join("shutdown-at"))
-                        .ok()
-                        .and_then(|t| t.trim().parse::<u64>().ok());
-                    let off = node.root.join("powered-off").exists()
-                        || shutdown_at.is_some_and(|t| t <= now)
-                        || matches!(node.child.try_wait(), Ok(Some(_)));
-                    if off {
-                        // The OS shut down: with shutdown behaviour "terminate", EC2
-                        // terminates the instance (and the next tick ends its processes).
-                        let _ = ec2.terminate_instances().instance_ids(id).send().await;
-                    }
+                // Terminated in EC2: the machine is gone, and every process on it.
+                Some(node) if !alive && !node.ended() => node.end(),
+                // The OS shut down: with shutdown behaviour "terminate", EC2
+                // terminates the instance (and the next tick ends its processes).
+                Some(node) if alive && !node.ended() && node.powered_off() => {
+                    let _ = ec2.terminate_instances().instance_ids(id).send().await;
                 }
                 _ => {}
             }
@@ -246,7 +197,7 @@ impl Hypervisor {
     /// Boots an instance: runs its user data, as cloud-init does (as root, with
     /// no environment to speak of), on a disk of its own, against an IMDSv2 of
     /// its own.
-    async fn boot(ec2: &aws_sdk_ec2::Client, id: &str, index: u64, disks: &Path) -> Result<Node, String> {
+    async fn boot(ec2: &aws_sdk_ec2::Client, id: &str, index: u64, disks: &Disks) -> Result<Machine, String> {
         let attr = ec2
             .describe_instance_attribute()
             .instance_id(id)
@@ -263,44 +214,15 @@ impl Hypervisor {
         let launch =
             NodeLaunch::from_user_data(&script).ok_or_else(|| format!("{id}: no mayfly node in its user data"))?;
         let imds = Imds::serve(id, index);
-        let root = disks.join(&launch.job).join(format!("{}@{id}", launch.name(index)));
-        std::fs::create_dir_all(root.join("tmp")).map_err(|e| e.to_string())?;
-        std::fs::write(root.join("user-data"), &script).map_err(|e| e.to_string())?;
-        let console = std::fs::File::create(root.join("console.log")).map_err(|e| e.to_string())?;
-        let mut err = console.try_clone().map_err(|e| e.to_string())?;
-        let _ = writeln!(err, "hypervisor: instance {id} boots as {} of job {}", launch.name(index), launch.job);
-        // The user data runs (in the background, as it may still be fetching)
-        // under a watcher that kills the whole process group (the node that the
-        // user data starts in the background included) when its standard input
-        // closes, which happens when the hypervisor ends the
-        // instance or when this test process exits: no node outlives the tests.
-        let watch = "exec 3<&0; sh \"$0\" </dev/null & cat <&3 >/dev/null; kill -9 0";
-        let path = format!("{}:{}:/usr/local/bin:/usr/bin:/bin", disks.join("bin").display(), python_bin().display());
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", watch])
-            .arg(root.join("user-data"))
-            .current_dir(&root)
-            .env_clear()
-            .env("PATH", path)
-            .env("MAYFLY_ROOT", &root)
-            .env("MAYFLY_IMDS", &imds)
+        let root = disks.disk(&launch.job, &launch.name(index), id);
+        let path = format!("{}:{}:/usr/local/bin:/usr/bin:/bin", disks.bin().display(), python_bin().display());
+        let env = [
+            ("MAYFLY_IMDS", imds.clone()),
             // The AWS SDK's and the AWS CLI's metadata endpoint (EC2's by default).
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
-            .env("TMPDIR", root.join("tmp"))
-            // Compiled components shared across the tests' nodes (for speed only).
-            .env("MAYFLY_CACHE_DIR", cache_dir());
-        {
-            use std::os::unix::process::CommandExt;
-            command.process_group(0);
-        }
-        let child = command
-            .stdin(Stdio::piped())
-            .stdout(console)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("booting {id}: {e}"))?;
-        Ok(Node { child, root, ended: false })
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds),
+        ];
+        let said = format!("instance {id} boots as {} of job {}", launch.name(index), launch.job);
+        Machine::boot(&root, "user-data", &script, &path, &env, &said)
     }
 }
 

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use mayfly_provider_azure::NodeLaunch;
+use mayfly_tests::vm::{Disks, Machine};
 use mayfly_tests::{cache_dir, mayfly_bin, scratch, target_dir};
 
 /// The subscription of the tests' resources.
@@ -932,52 +933,21 @@ pub fn mayfly(cloud: &Cloud) -> Command {
 
 // ------------------------------------------------------------------ the hypervisor
 
-fn disks() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = scratch("azure-nodes");
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        // The VM's `poweroff` and `shutdown`: the OS stops (the VM stays in ARM, stopped).
-        for name in ["poweroff", "shutdown"] {
-            use std::os::unix::fs::PermissionsExt;
-            let path = bin.join(name);
-            std::fs::write(&path, "#!/bin/sh\necho \"$(date +%s)\" > \"$MAYFLY_ROOT/powered-off\"\n").unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        dir
-    })
+fn disks() -> &'static Disks {
+    static DISKS: OnceLock<Disks> = OnceLock::new();
+    DISKS.get_or_init(|| Disks::new("azure-nodes"))
 }
 
 /// The disks of the VMs that have been `node` of `job` (`<node>@<VM name>/`,
 /// the `/` its custom data writes under).
 pub fn node_disks(job: &str, node: &str) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> =
-        std::fs::read_dir(disks().join(job)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    roots.retain(|r| r.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{node}@"))));
-    roots.sort();
-    roots
+    disks().of_node(job, node)
 }
 
 /// What a node of `job` has written: its console (the custom data's output)
 /// and the node's log.
 pub fn node_log(job: &str, node: &str) -> String {
-    let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(disks().join(job)) else { return out };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&format!("{node}@")) {
-            for file in ["console.log", "var/log/mayfly-node.log"] {
-                out.push_str(&std::fs::read_to_string(e.path().join(file)).unwrap_or_default());
-            }
-        }
-    }
-    out
-}
-
-struct Node {
-    child: Child,
-    root: PathBuf,
-    ended: bool,
+    disks().node_log(job, node)
 }
 
 struct Hypervisor;
@@ -988,7 +958,7 @@ impl Hypervisor {
         let tokens = cloud.tokens.clone();
         let env = cloud.identity_env();
         std::thread::spawn(move || {
-            let mut nodes: HashMap<String, Node> = HashMap::new();
+            let mut nodes: HashMap<String, Machine> = HashMap::new();
             loop {
                 Self::tick(&arm, &tokens, &env, &mut nodes);
                 std::thread::sleep(Duration::from_millis(100));
@@ -996,7 +966,7 @@ impl Hypervisor {
         });
     }
 
-    fn tick(arm: &Arm, tokens: &Arc<Tokens>, env: &[(&'static str, String)], nodes: &mut HashMap<String, Node>) {
+    fn tick(arm: &Arm, tokens: &Arc<Tokens>, env: &[(&'static str, String)], nodes: &mut HashMap<String, Machine>) {
         let vms: Vec<Vm> = arm.state.lock().unwrap().vms.values().cloned().collect();
         // Keyed by vmId: a VM made again under the same name is a new machine.
         for vm in &vms {
@@ -1008,36 +978,25 @@ impl Hypervisor {
                     }
                     Err(e) => eprintln!("azure hypervisor: {e}"),
                 },
-                Some(node) if !node.ended && (vm.state == "Deleting" || vm.power != "running") => {
-                    Self::kill(node);
-                }
-                Some(node) if !node.ended => {
-                    let off = node.root.join("powered-off").exists() || matches!(node.child.try_wait(), Ok(Some(_)));
-                    if off {
-                        // The OS stopped: on Azure the VM is then "stopped", not gone.
-                        arm.stop(vm.name());
-                        Self::kill(node);
-                    }
+                Some(node) if !node.ended() && (vm.state == "Deleting" || vm.power != "running") => node.end(),
+                // The OS stopped: on Azure the VM is then "stopped", not gone.
+                Some(node) if !node.ended() && node.powered_off() => {
+                    arm.stop(vm.name());
+                    node.end();
                 }
                 _ => {}
             }
         }
         for (id, node) in nodes.iter_mut() {
-            if !node.ended
+            if !node.ended()
                 && !vms.iter().any(|v| v.body.pointer("/properties/vmId").and_then(|v| v.as_str()) == Some(id))
             {
-                Self::kill(node);
+                node.end();
             }
         }
     }
 
-    fn kill(node: &mut Node) {
-        drop(node.child.stdin.take());
-        let _ = node.child.wait();
-        node.ended = true;
-    }
-
-    fn boot(vm: &Vm, tokens: &Arc<Tokens>, env: &[(&'static str, String)]) -> Result<Node, String> {
+    fn boot(vm: &Vm, tokens: &Arc<Tokens>, env: &[(&'static str, String)]) -> Result<Machine, String> {
         let encoded = vm.body.pointer("/properties/osProfile/customData").and_then(|v| v.as_str()).unwrap_or_default();
         let script = base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -1047,38 +1006,15 @@ impl Hypervisor {
             .ok_or_else(|| format!("{}: no mayfly node in its custom data", vm.name()))?;
         let id = vm.body["id"].as_str().unwrap_or_default().to_owned();
         let imds = Imds::serve(&id, Some(tokens.clone()));
-        let root = disks().join(&launch.job).join(format!("{}@{}", launch.node, vm.name()));
-        std::fs::create_dir_all(root.join("tmp")).map_err(|e| e.to_string())?;
-        std::fs::write(root.join("custom-data"), &script).map_err(|e| e.to_string())?;
-        let console = std::fs::File::create(root.join("console.log")).map_err(|e| e.to_string())?;
-        let err = console.try_clone().map_err(|e| e.to_string())?;
-        let watch = "exec 3<&0; sh \"$0\" </dev/null & cat <&3 >/dev/null; kill -9 0";
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", watch])
-            .arg(root.join("custom-data"))
-            .current_dir(&root)
-            .env_clear()
-            .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", disks().join("bin").display()))
-            .env("MAYFLY_ROOT", &root)
-            .env("MAYFLY_IMDS", &imds)
-            .env("TMPDIR", root.join("tmp"))
-            .env("MAYFLY_CACHE_DIR", cache_dir());
-        // The VM's managed identity, as azure_identity finds it here (the
-        // endpoint protocol; on Azure it asks the metadata service), and the CA
-        // of the tests' Blob storage.
-        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        {
-            use std::os::unix::process::CommandExt;
-            command.process_group(0);
-        }
-        let child = command
-            .stdin(Stdio::piped())
-            .stdout(console)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("booting {}: {e}", vm.name()))?;
-        Ok(Node { child, root, ended: false })
+        let root = disks().disk(&launch.job, &launch.node, vm.name());
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", disks().bin().display());
+        // The VM's metadata service; its managed identity, as azure_identity
+        // finds it here (the endpoint protocol; on Azure it asks the metadata
+        // service), and the CA of the tests' Blob storage.
+        let mut vars: Vec<(&str, String)> = vec![("MAYFLY_IMDS", imds)];
+        vars.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        let said = format!("VM {} boots as {} of job {}", vm.name(), launch.node, launch.job);
+        Machine::boot(&root, "custom-data", &script, &path, &vars, &said)
     }
 }
 

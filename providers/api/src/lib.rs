@@ -240,6 +240,30 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits of a provider whose bootstrap may run `bootstrap_limit`,
+    /// whose credentials live `credential_ttl`, and which runs at most
+    /// `max_nodes` nodes per job.
+    pub fn new(bootstrap_limit: Duration, credential_ttl: Duration, max_nodes: u32) -> Limits {
+        Limits {
+            bootstrap_limit_ms: bootstrap_limit.as_millis() as u64,
+            credential_ttl_ms: credential_ttl.as_millis() as u64,
+            max_nodes,
+        }
+    }
+
+    /// Refuses a launch of `nodes` nodes beyond `max_nodes`, as `provider`'s
+    /// configuration error (the conformance suite checks that every provider does).
+    pub fn check_launch(&self, provider: &str, nodes: usize) -> Result<(), ProviderError> {
+        if nodes > self.max_nodes as usize {
+            return Err(ProviderError::new(
+                provider,
+                ErrorKind::Config,
+                format!("a launch of {nodes} nodes exceeds max_nodes = {}", self.max_nodes),
+            ));
+        }
+        Ok(())
+    }
+
     /// The bootstrap limit as a duration.
     pub fn bootstrap_limit(&self) -> Duration {
         Duration::from_millis(self.bootstrap_limit_ms)

@@ -323,11 +323,7 @@ impl Provider for LocalProvider {
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
             name: NAME.into(),
-            limits: Limits {
-                bootstrap_limit_ms: self.bootstrap_limit.as_millis() as u64,
-                credential_ttl_ms: self.credential_ttl.as_millis() as u64,
-                max_nodes: self.max_nodes,
-            },
+            limits: Limits::new(self.bootstrap_limit, self.credential_ttl, self.max_nodes),
             capabilities: Capabilities::default(),
             schemes: vec!["file".into()],
             // The machine the operator already has.
@@ -336,12 +332,7 @@ impl Provider for LocalProvider {
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Vec<NodeInfo>, ProviderError> {
-        if request.nodes.len() > self.max_nodes as usize {
-            return Err(err(
-                ErrorKind::Config,
-                format!("a launch of {} nodes exceeds max_nodes = {}", request.nodes.len(), self.max_nodes),
-            ));
-        }
+        self.info().limits.check_launch(NAME, request.nodes.len())?;
         if !valid_name(&request.job) {
             return Err(err(ErrorKind::Config, format!("job id {:?} is not a valid name", request.job)));
         }

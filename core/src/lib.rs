@@ -55,6 +55,7 @@ pub mod plugin;
 pub mod policy;
 pub mod provider;
 pub mod readahead;
+pub mod reap;
 pub mod reduce;
 pub mod replay;
 pub mod report;

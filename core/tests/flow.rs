@@ -19,7 +19,7 @@ const FLOW: &[&[&str]] = &[
     &["store"],
     &["config"],
     &["job"],
-    &["hold", "reduce", "scaffold", "attempt", "check"],
+    &["hold", "reduce", "reap", "scaffold", "attempt", "check"],
     &["master", "worker", "replay"],
     &["node", "bootstrap", "watch"],
     &["history", "conformance"],

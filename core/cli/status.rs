@@ -51,12 +51,15 @@ fn cmd_status(job: &str, at: &StateArgs, args: &StatusArgs) -> Result<Ended> {
     watch.timeout = Duration::from_secs(5);
     let tty = std::io::stdout().is_terminal() && !args.json;
     let mut last = String::new();
-    // How long a running master may stay silent before `status` says so.
-    let silent_since = Instant::now();
+    // Since when a running master has not answered (`status` says so after 15 s).
+    let mut silent_since = Instant::now();
     loop {
         let st = match watch.poll(SystemClock.now()) {
             Seen::Ended(_) => return ended_status(&layout, &manifest, args.json),
-            Seen::Running(Some(st)) => st,
+            Seen::Running(Some(st)) => {
+                silent_since = Instant::now();
+                st
+            }
             Seen::Running(None) => {
                 if silent_since.elapsed() > Duration::from_secs(15) {
                     bail!(

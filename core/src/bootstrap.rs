@@ -587,7 +587,9 @@ pub fn resume(
     if layout.state.exists(keys::FINAL) {
         return Ok(Resumed::AlreadyEnded);
     }
-    let limit = provider.limits().bootstrap_limit();
+    // The provider's limit, and never past the job's deadline.
+    let left = Duration::from_millis(manifest.expires_at.saturating_sub(clock.now()));
+    let limit = provider.limits().bootstrap_limit().min(left);
     let budget = Budget::bootstrap(clock.now(), limit);
     let mut step = |name: &'static str, needs: Duration| -> Result<(), BootstrapError> {
         budget.check(clock.now(), name, needs)?;

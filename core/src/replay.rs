@@ -277,6 +277,14 @@ impl Replay {
                 attempt::Ended::Done(outputs) => break (driver.calls, outputs, None),
                 attempt::Ended::Stopped(never) => match never {},
                 attempt::Ended::Failed(failed) => match failed.at.clone() {
+                    // An input the store could not read for now (not gone for
+                    // good): nothing to replay; say so, as a worker would retry.
+                    Some(_) if !failed.blamed && driver.calls.iter().all(|(_, c)| c.result.is_ok()) => {
+                        return Err(ReplayError::Setup {
+                            what: format!("reading the job's input {}", manifest.input),
+                            message: failed.error,
+                        });
+                    }
                     Some(key) => set_aside.push(driver.failure_of(&key, &failed)),
                     None => {
                         let what = driver.calls.last().map_or("start", |(s, _)| s.as_str()).to_owned();

@@ -862,7 +862,9 @@ fn azure(
 /// `Authorization: Bearer`.
 fn azure_credential(secret: &Secret) -> Option<object_store::azure::AzureCredential> {
     match secret {
-        Secret::Bearer { token } => Some(object_store::azure::AzureCredential::BearerToken(token.clone())),
+        Secret::Bearer { token } if !token.is_empty() && !token.contains(char::is_whitespace) => {
+            Some(object_store::azure::AzureCredential::BearerToken(token.clone()))
+        }
         _ => None,
     }
 }
@@ -915,11 +917,14 @@ impl<C> std::fmt::Debug for ProviderCredentials<C> {
 /// An S3 credential: keys, and a session's token.
 fn s3_credential(secret: &Secret) -> Option<object_store::aws::AwsCredential> {
     match secret {
-        Secret::S3 { key_id, secret_key, session_token } => Some(object_store::aws::AwsCredential {
-            key_id: key_id.clone(),
-            secret_key: secret_key.clone(),
-            token: session_token.clone(),
-        }),
+        Secret::S3 { key_id, secret_key, session_token } if !key_id.is_empty() && !secret_key.is_empty() => {
+            Some(object_store::aws::AwsCredential {
+                key_id: key_id.clone(),
+                secret_key: secret_key.clone(),
+                // An empty token is none (long-lived keys).
+                token: session_token.clone().filter(|t| !t.is_empty()),
+            })
+        }
         _ => None,
     }
 }
@@ -994,6 +999,10 @@ mod tests {
         assert_eq!((c.key_id.as_str(), c.secret_key.as_str(), c.token.as_deref()), ("AK", "SK", Some("T:x")));
         assert!(s3_credential(&Secret::Bearer { token: "AK:SK".into() }).is_none());
         assert!(s3_credential(&Secret::Token { value: "AK:SK".into() }).is_none());
+        let empty = Secret::S3 { key_id: "AK".into(), secret_key: String::new(), session_token: None };
+        assert!(s3_credential(&empty).is_none(), "an empty secret key is no credential");
+        let no_token = Secret::S3 { key_id: "AK".into(), secret_key: "SK".into(), session_token: Some(String::new()) };
+        assert_eq!(s3_credential(&no_token).unwrap().token, None);
     }
 
     #[cfg(feature = "azure")]
@@ -1002,6 +1011,7 @@ mod tests {
         let c = azure_credential(&Secret::Bearer { token: "eyJ".into() }).unwrap();
         assert!(matches!(c, object_store::azure::AzureCredential::BearerToken(t) if t == "eyJ"));
         assert!(azure_credential(&Secret::Token { value: "eyJ".into() }).is_none());
+        assert!(azure_credential(&Secret::Bearer { token: " ".into() }).is_none());
     }
 
     fn both(dir: &Path) -> Vec<Store> {

@@ -14,6 +14,9 @@
 //! | `POST /v1/holds` (empty body) | 200: the master reads the job's holds from its state again |
 //!
 //! A request without the token, or with a wrong one, gets 401 and changes nothing.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `readahead` or
+//! anything above it.
 
 use std::time::Duration;
 

@@ -3,6 +3,9 @@
 //! for the work itself. Each step is checked against the budget (the limit
 //! minus a safety margin) before it starts; on any failure after a launch,
 //! everything launched is terminated before the error is returned.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `history`,
+//! `conformance` or anything above them, nor its peers `node`, `watch`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

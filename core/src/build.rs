@@ -4,6 +4,9 @@
 //! cargo's JSON messages to find the component, so it works for a crate in a
 //! workspace or on its own, whatever the target directory. The wasm target is
 //! not installed by rustup on its own, so this adds it first when missing.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `policy`, `cost`, `package`, `report`, `demo`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,9 @@
 //! Environment overrides (for what operators change without editing the file):
 //! `MAYFLY_JOB_ID`, `MAYFLY_INPUT`, `MAYFLY_OUTPUT`, `MAYFLY_STATE`,
 //! `MAYFLY_WORKERS`, `MAYFLY_DEADLINE`, `MAYFLY_MAX_ATTEMPTS`.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `job` or anything
+//! above it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,9 @@
 //! let backend = Selected { section, root: scratch.join("state"), identity };
 //! mayfly_provider_api::conformance::assert_conforms(&backend, &kit);
 //! ```
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) only the CLI is above it; it must not import its
+//! peer `history`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,6 +4,9 @@
 //! table), overridden by the job's `[prices]`, with the bounds the rules
 //! give: no node outlives the deadline, so nodes × deadline is the most a job
 //! can cost. Core knows no cloud's node types or prices.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `policy`, `build`, `package`, `report`, `demo`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! A deterministic sample dataset: text files whose words follow a Zipf
 //! distribution over a vocabulary with non-ASCII words, as `mayfly demo` uses.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `policy`, `build`, `cost`, `package`, `report`.
 
 use std::io::Write;
 use std::path::Path;

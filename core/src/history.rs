@@ -2,6 +2,9 @@
 //! the state location: the node logs (the time, level and shard of each line)
 //! and the master's journal (every attempt: which node, when, how it ended).
 //! `mayfly logs`, `status` and `report` are drawn from here.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) only the CLI is above it; it must not import its
+//! peer `conformance`.
 
 use std::collections::HashMap;
 

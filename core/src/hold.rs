@@ -9,6 +9,10 @@
 //! the next item; a held worker whose master is gone reads the state itself.
 //! A hold never outlives the job's deadline: it is cut to it when asked, and
 //! the deadline (and the dead-man switch) ends a held node as any other.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `master`, `worker`,
+//! `replay` or anything above them, nor its peers `reduce`, `reap`, `scaffold`, `attempt`,
+//! `check`.
 
 use serde::{Deserialize, Serialize};
 

@@ -20,6 +20,9 @@
 //!   _mayfly/markers/  one commit marker per shard (create-if-absent)
 //!   _mayfly/staging/  attempt-scoped staging (removed at the end)
 //! ```
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `hold`, `reduce`,
+//! `reap`, `scaffold`, `attempt`, `check` or anything above them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

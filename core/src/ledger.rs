@@ -22,6 +22,9 @@
 //! carry the current token of a leased shard is refused and changes nothing.
 //! Durability is the master's business ([`crate::master`]): it journals each
 //! decision and writes commit markers; [`Ledger::replay`] rebuilds from them.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `api` or anything
+//! above it.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,10 +1,18 @@
 //! # mayfly core
 //!
 //! mayfly runs batch work over many files on clusters that live only as long as
-//! the work. This crate holds everything that is the same for every provider:
-//! the task host ([`host`], the `mayfly-sandbox` crate) that runs sandboxed WebAssembly tasks, the
-//! builder that turns a task crate into a component ([`build`]), and the units
-//! used in config ([`units`]).
+//! the work. This crate holds everything that is the same for every provider,
+//! as modules that follow one job's flow (ARCHITECTURE.md; `core/tests/flow.rs`
+//! checks that none imports one above it): the rules (`policy`, `plan`, `check`),
+//! the shard table (`ledger`), the worker API (`api`, `tls`), providers as core
+//! sees them (`provider`, `plugin`), the data path (`store`, `readahead`), a job's
+//! description and state (`config`, `job`), one shard attempt (`attempt`), the
+//! nodes (`bootstrap`, `master`, `worker`, `node`), and what operators use
+//! (`watch`, `replay`, `reap`, `hold`, `history`, `report`, `cost`, `scaffold`).
+//! The task sandbox is the `mayfly-sandbox` crate ([`host`]); sizes and durations
+//! the `mayfly-model` crate ([`units`]). The `mayfly` binary (`core/cli/`) is the
+//! only code above it; this crate names no cloud, never exits the process, and
+//! imports no cloud SDK (S3 and Azure Blob are `object_store` features).
 //!
 //! ```no_run
 //! use std::sync::Arc;

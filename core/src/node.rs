@@ -8,6 +8,9 @@
 //! the log pump, and exiting (the dead-man switch calls the binary's
 //! `on_deadline` once it has logged, copied the log and asked the provider
 //! to end the node).
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `history`,
+//! `conformance` or anything above them, nor its peers `bootstrap`, `watch`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,6 +6,9 @@
 //! fails is kept in memory (up to [`KEEP`] bytes; beyond, the loss is counted
 //! and said in the log) and tried again every 200 ms, so the node goes on and
 //! its lines reach the log once it can be written.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `tls` or anything
+//! above it.
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -13,6 +13,9 @@
 //! needs before it is packaged. A serverless platform's own files (a function
 //! app's `host.json`...) come from the provider's crate as they are. This
 //! module names no provider.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `policy`, `build`, `cost`, `report`, `demo`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

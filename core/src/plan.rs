@@ -7,6 +7,9 @@
 //! into newline-aligned byte ranges. So no shard exceeds the target by more than
 //! one record (one line of a split object, or one whole object that could not
 //! be split), and the same listing always gives the same plan.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `policy`, `build`, `cost`, `package`, `report`, `demo`.
 
 use std::io;
 

@@ -10,6 +10,9 @@
 //!
 //! This module and the compile cache's `Component::deserialize` are the only
 //! `unsafe` code in core; each block says why it is sound.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `provider` or
+//! anything above it.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;

@@ -7,6 +7,9 @@
 //!
 //! Times are milliseconds since the Unix epoch ([`Millis`]): they cross process
 //! boundaries (manifests, leases, tags) where an `Instant` cannot.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `build`, `cost`, `package`, `report`, `demo`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,6 +7,9 @@
 //! `providers/api` so that a plugin depends on it and nothing else. A provider
 //! only declares numbers and performs actions; every decision is made in core
 //! ([`crate::policy`]).
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `store` or anything
+//! above it.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

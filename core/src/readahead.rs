@@ -17,6 +17,9 @@
 //! Rejected alternative: async fetches on the worker's runtime. That runtime
 //! drives the sandbox on one thread, and an object store's blocking calls
 //! already run on their own runtime; a few plain threads keep the two apart.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `plugin` or anything
+//! above it.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};

@@ -1,6 +1,10 @@
 //! The reduce stage: one run of the reduce task over every committed map
 //! output, concatenated in shard and key order, run by the master when the map
 //! stage is done. Its outputs go to `<output>/reduce/<name>`.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `master`, `worker`,
+//! `replay` or anything above them, nor its peers `hold`, `reap`, `scaffold`, `attempt`,
+//! `check`.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,6 +6,9 @@
 //! the throughput over time and the failures. The page needs no network: its style,
 //! its charts (inline SVG) and its one small script are all in the file, and its
 //! content security policy forbids loading anything else.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
+//! above it, nor its peers `plan`, `policy`, `build`, `cost`, `package`, `demo`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write};

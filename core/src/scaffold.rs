@@ -4,6 +4,10 @@
 //! [`scaffold`] writes the crate into a temporary directory beside its final
 //! place (`parent/.<name>.init-tmp-<pid>`) and moves it into place at the end,
 //! so an error leaves nothing half-written behind.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `master`, `worker`,
+//! `replay` or anything above them, nor its peers `hold`, `reduce`, `reap`, `attempt`,
+//! `check`.
 
 use std::fs;
 use std::io;

@@ -11,6 +11,9 @@
 //! Keys are `/`-separated and relative to the store's root. Every call blocks
 //! the calling thread (remote calls run on the provider runtime), so core's
 //! threads use it like the file system.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `config` or anything
+//! above it.
 
 use std::io::{self, Write};
 use std::ops::Range;

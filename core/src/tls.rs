@@ -5,6 +5,9 @@
 //! which only the job's principals can read; workers and the CLI trust that CA
 //! and nothing else (no system roots), so a worker talks only to its own job's
 //! master, and the job token never crosses the network in clear.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `ledger` or anything
+//! above it.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -10,6 +10,9 @@
 //! current shard is committed, failed or released before the loop is left, the
 //! log (this process's stdout and stderr, a file in the state location) is
 //! written as it goes, and the process exits last.
+//!
+//! In core's flow (`core/tests/flow.rs` checks it) it must not import `node`, `bootstrap`,
+//! `watch` or anything above them, nor its peers `master`, `replay`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -190,40 +190,39 @@ pub fn run<D: Driver>(
             return Ended::Failed(Failed { error, retryable: f.is_retryable(), at: Some(key), blamed });
         }
         in_session += 1;
-        if isolated && let Some(s) = session.take() {
-            let (call, outputs) = finish(rt, s);
-            driver.called(Stage::Finish, &call);
-            match call.result {
-                Ok(()) => staged.extend(outputs),
-                // The item's own instance: its `finish` is the item's, as an
-                // item call's failure would be.
-                Err(f) => {
-                    let error = format!("task {name} finish: {f}");
-                    let blamed = blames_item(&f, true);
-                    return Ended::Failed(Failed { error, retryable: f.is_retryable(), at: Some(key), blamed });
-                }
-            }
+        // The item's own instance: its `finish` is the item's, as an item
+        // call's failure would be.
+        if isolated
+            && let Some(s) = session.take()
+            && let Err(f) = finish(rt, s, driver, &mut staged)
+        {
+            let error = format!("task {name} finish: {f}");
+            let blamed = blames_item(&f, true);
+            return Ended::Failed(Failed { error, retryable: f.is_retryable(), at: Some(key), blamed });
         }
     }
     // (A shard left with no items, all quarantined, ends with no outputs.)
-    if let Some(s) = session.take() {
-        let (call, outputs) = finish(rt, s);
-        driver.called(Stage::Finish, &call);
-        match call.result {
-            Ok(()) => staged.extend(outputs),
-            Err(f) => {
-                let error = format!("task {name} finish: {f}");
-                return Ended::Failed(Failed { error, retryable: f.is_retryable(), at: None, blamed: false });
-            }
-        }
+    if let Some(s) = session.take()
+        && let Err(f) = finish(rt, s, driver, &mut staged)
+    {
+        let error = format!("task {name} finish: {f}");
+        return Ended::Failed(Failed { error, retryable: f.is_retryable(), at: None, blamed: false });
     }
     Ended::Done(staged)
 }
 
-/// Ends an instance: its `finish` as a call, and its outputs.
-fn finish(rt: &tokio::runtime::Runtime, session: Session) -> (Call, Vec<StagedOutput>) {
+/// Ends an instance: its `finish`, told to `driver` as a call; its outputs
+/// added to `staged` when it succeeded.
+fn finish<D: Driver>(
+    rt: &tokio::runtime::Runtime,
+    session: Session,
+    driver: &mut D,
+    staged: &mut Vec<StagedOutput>,
+) -> Result<(), Failure> {
     let crate::host::Outcome { result, outputs, logs, input_read, elapsed, .. } = rt.block_on(session.finish());
-    (Call { result, logs, input_read, elapsed }, outputs)
+    let call = Call { result, logs, input_read, elapsed };
+    driver.called(Stage::Finish, &call);
+    call.result.map(|()| staged.extend(outputs))
 }
 
 #[cfg(test)]

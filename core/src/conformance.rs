@@ -276,22 +276,38 @@ impl Checkout {
     }
 
     fn cargo_build(&self, manifest: &Path, args: &[&str]) -> Result<(), String> {
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut cmd = cargo();
         cmd.arg("build").arg("--manifest-path").arg(manifest).args(args).arg("--target-dir").arg(&self.target);
-        // What cargo set for the running test only is not the build's.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
-                .iter()
-                .any(|p| key.starts_with(p))
-            {
-                cmd.env_remove(key.as_ref());
-            }
-        }
         let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
         if !status.success() {
             return Err(format!("{cmd:?} failed ({status}); its errors are above"));
         }
         Ok(())
+    }
+}
+
+/// A `cargo` command for a test's own builds (the one running the test),
+/// without the variables cargo sets for the running test only
+/// ([`without_test_env`]).
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_test_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd` what cargo sets for the running test only
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...): build scripts
+/// that watch them (ring's does) would otherwise see a change and rebuild
+/// everything above them.
+pub fn without_test_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_the_test =
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR"]
+                .iter()
+                .any(|p| key.starts_with(p));
+        if set_for_the_test || key == "OUT_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
     }
 }

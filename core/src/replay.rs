@@ -420,13 +420,8 @@ impl attempt::Driver for Replayed<'_> {
             Stage::Item(key) => key.to_owned(),
             Stage::Finish => "finish".to_owned(),
         };
-        self.calls.push((what, clone_call(call)));
+        self.calls.push((what, call.clone()));
     }
-}
-
-/// A copy of a call (the sandbox's `Call` is not `Clone`: its logs can be large).
-fn clone_call(call: &Call) -> Call {
-    Call { result: call.result.clone(), logs: call.logs.clone(), input_read: call.input_read, elapsed: call.elapsed }
 }
 
 #[cfg(test)]

@@ -85,29 +85,9 @@ pub fn mayfly_bin() -> PathBuf {
 }
 
 /// A `cargo` command for the harness's own builds, without the variables
-/// cargo sets for the running test (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`,
-/// ...): build scripts that watch them (ring's does) would otherwise see a
-/// change and rebuild everything above them, twice per run.
-pub fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    without_test_env(&mut cmd);
-    cmd
-}
-
-/// Removes from `cmd` what cargo sets for the running test only (for a
-/// command that runs cargo itself, such as `mayfly package`).
-pub fn without_test_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let set_for_the_test =
-            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR"]
-                .iter()
-                .any(|p| key.starts_with(p));
-        if set_for_the_test || key == "OUT_DIR" {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-}
+/// cargo sets for the running test, and removing them from another command
+/// that runs cargo (`mayfly package`): core's, which plugin authors' tests use too.
+pub use mayfly_core::conformance::{cargo, without_test_env};
 
 /// Builds the plugin package `package` (with `features`) as the tests are
 /// built (debug or release) and returns a copy of its library, one copy per

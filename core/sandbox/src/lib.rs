@@ -192,7 +192,7 @@ pub struct ShardStart {
 }
 
 /// What one call into the instance (`start` or one `item`) did.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Call {
     /// Success, or why not.
     pub result: Result<(), Failure>,

@@ -15,16 +15,16 @@
 //!
 //! A request without the token, or with a wrong one, gets 401 and changes nothing.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `readahead` or
-//! anything above it.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `config`
+//! or anything above; like its crate, it must not import `mayfly-ops` or the binary.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Counts, Quarantined};
-use crate::plan::Item;
-use crate::policy::Millis;
+use mayfly_model::plan::Item;
+use mayfly_model::policy::Millis;
 
 /// Asks for work.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::config::Isolation;
 use crate::host::{Call, Failure, InputSource, Limits, Runtime, Session, ShardInfo, ShardStart, StagedOutput, Task};
-use crate::plan::Item;
+use mayfly_model::plan::Item;
 
 /// What an attempt is: whose shard, which attempt, with what.
 #[derive(Debug, Clone)]
@@ -228,7 +228,7 @@ fn finish<D: Driver>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::ByteSize;
+    use mayfly_model::units::ByteSize;
 
     #[test]
     fn limits_over_an_instances_life_blame_only_its_first_item() {

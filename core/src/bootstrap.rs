@@ -4,8 +4,9 @@
 //! minus a safety margin) before it starts; on any failure after a launch,
 //! everything launched is terminated before the error is returned.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `history`,
-//! `conformance` or anything above them, nor its peers `node`, `watch`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) no module is above it, but it
+//! must not import its peer `node`; like its crate, it must not import `mayfly-ops` or
+//! the binary.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,13 +15,13 @@ use crate::api::MasterInfo;
 use crate::config::{JobSpec, TaskSpec, glob_regex};
 use crate::host::{Runtime, RuntimeConfig};
 use crate::job::{Layout, Manifest, create_token, keys, new_job_id};
-use crate::plan::{Object, Plan, PlanOptions, plan};
-use crate::policy::{Budget, Clock, SystemClock, ms};
-use crate::provider::{
+use mayfly_data::provider::{
     BootstrapReply, BootstrapRequest, ErrorKind, Invoked, LaunchRequest, NodeInfo, NodeSpec, ProviderError,
     ProviderHandle, Role, Selection,
 };
-use crate::store::{Location, Store};
+use mayfly_data::store::{Location, Store};
+use mayfly_model::plan::{Object, Plan, PlanOptions, plan};
+use mayfly_model::policy::{Budget, Clock, SystemClock, ms};
 
 /// A task ready to run: its component and sha256 (built and checked by the caller).
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct ReadyTask {
 pub enum BootstrapError {
     /// The time budget ran out before a step.
     #[error("{0}; everything launched was terminated")]
-    OverBudget(#[from] crate::policy::OverBudget),
+    OverBudget(#[from] mayfly_model::policy::OverBudget),
     /// A step failed.
     #[error("{step}: {message}")]
     Step {
@@ -176,7 +177,7 @@ pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTa
 }
 
 /// Bootstraps what a serverless event asked for (through
-/// [`crate::provider::ProviderHandle::invoke`] or a plugin's host callback),
+/// [`mayfly_data::provider::ProviderHandle::invoke`] or a plugin's host callback),
 /// with `provider`, on `clock`.
 pub fn from_request_on(
     request: &BootstrapRequest,
@@ -243,7 +244,7 @@ pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, St
     };
     let dir = Location::parse(&dir, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
     check_scheme("job_url", &dir, provider)?;
-    let who = crate::store::Principal { job: "bootstrap".into(), state: String::new(), node: "bootstrap".into() };
+    let who = mayfly_data::store::Principal { job: "bootstrap".into(), state: String::new(), node: "bootstrap".into() };
     let store = Store::open(&dir, provider, &who)?;
     let bytes = store.get(&name).map_err(|e| format!("reading the job file {url}: {e}"))?;
     let bytes = bytes.ok_or_else(|| format!("the job file {url} does not exist"))?;
@@ -354,9 +355,9 @@ pub fn launch_request(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Window {
     /// The start.
-    pub started: Option<crate::policy::Millis>,
+    pub started: Option<mayfly_model::policy::Millis>,
     /// The latest end.
-    pub until: Option<crate::policy::Millis>,
+    pub until: Option<mayfly_model::policy::Millis>,
 }
 
 /// Bootstraps `spec` with `provider`, on a budget that starts and ends as
@@ -407,7 +408,8 @@ pub fn bootstrap(
     check_output(&layout.output).map_err(step_err("check the output location"))?;
 
     step("list the inputs", Duration::ZERO)?;
-    let who = crate::store::Principal { job: job.clone(), state: layout.state_location(), node: "bootstrap".into() };
+    let who =
+        mayfly_data::store::Principal { job: job.clone(), state: layout.state_location(), node: "bootstrap".into() };
     let input_store = Store::open(&input, provider, &who).map_err(step_err("list the inputs"))?;
     let objects = list_inputs(&input_store, spec.glob.as_deref()).map_err(step_err("list the inputs"))?;
 
@@ -503,7 +505,7 @@ fn launch_nodes(
     running: &[NodeInfo],
     workers: &[(String, Role)],
     step: &mut dyn FnMut(&'static str, Duration) -> Result<(), BootstrapError>,
-    in_budget: &dyn Fn() -> Result<(), crate::policy::OverBudget>,
+    in_budget: &dyn Fn() -> Result<(), mayfly_model::policy::OverBudget>,
 ) -> Result<Vec<NodeInfo>, BootstrapError> {
     let job = &manifest.job;
     let mut launched: Vec<NodeInfo> = Vec::new();

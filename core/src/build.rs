@@ -5,8 +5,9 @@
 //! workspace or on its own, whatever the target directory. The wasm target is
 //! not installed by rustup on its own, so this adds it first when missing.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `nodelog` or anything
-//! above it, nor its peers `plan`, `policy`, `cost`, `package`, `report`, `demo`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `api` or
+//! anything above, nor its peers `tls` and `ledger`; like its crate, it must not import
+//! `mayfly-ops` or the binary.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@
 //! `MAYFLY_JOB_ID`, `MAYFLY_INPUT`, `MAYFLY_OUTPUT`, `MAYFLY_STATE`,
 //! `MAYFLY_WORKERS`, `MAYFLY_DEADLINE`, `MAYFLY_MAX_ATTEMPTS`.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `job` or anything
-//! above it.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `job` or
+//! anything above; like its crate, it must not import `mayfly-ops` or the binary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::host::Limits;
-use crate::store::Location;
-use crate::units::{ByteSize, HumanDuration};
+use mayfly_data::store::Location;
+use mayfly_model::units::{ByteSize, HumanDuration};
 
 /// A job file error: where, which key, what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,7 +201,7 @@ pub struct JobSpec {
     /// Only objects whose name matches this glob (`*`, `?`, `**`).
     pub glob: Option<String>,
     /// Fetches a worker keeps in flight ahead of the task (`[input]
-    /// read_ahead`; default: by the kind of store, see [`crate::readahead`]).
+    /// read_ahead`; default: by the kind of store, see [`mayfly_data::readahead`]).
     pub read_ahead: Option<u32>,
     /// Bytes a worker holds read ahead (`[input] read_ahead_memory`).
     pub read_ahead_memory: Option<u64>,
@@ -212,7 +212,7 @@ pub struct JobSpec {
     pub state: Location,
     /// The provider (`[provider]`: `name`, default `local`; `path`; `timeout`;
     /// the provider's own keys).
-    pub provider: crate::provider::Selection,
+    pub provider: mayfly_data::provider::Selection,
     /// The line of each `[provider]` key, to point at in a provider's errors.
     pub provider_lines: BTreeMap<String, usize>,
     /// Worker count.
@@ -231,7 +231,7 @@ pub struct JobSpec {
     pub shards_per_worker: u32,
     /// Split large text objects into newline-aligned ranges.
     pub split_text: bool,
-    /// The floor of a derived shard size (see [`crate::plan::PlanOptions`]).
+    /// The floor of a derived shard size (see [`mayfly_model::plan::PlanOptions`]).
     pub min_shard_bytes: u64,
     /// Per-attempt limits.
     pub limits: Limits,
@@ -276,8 +276,8 @@ fn line_of(source: &str, span: std::ops::Range<usize>) -> usize {
 impl JobSpec {
     /// Makes the provider the job selects; its errors point at the
     /// `[provider]` key they name.
-    pub fn provider_handle(&self) -> Result<crate::provider::ProviderHandle, ConfigError> {
-        crate::provider::ProviderHandle::select(&self.provider).map_err(|e| {
+    pub fn provider_handle(&self) -> Result<mayfly_data::provider::ProviderHandle, ConfigError> {
+        mayfly_data::provider::ProviderHandle::select(&self.provider).map_err(|e| {
             let message = e.to_string();
             let line = self
                 .provider_lines
@@ -366,7 +366,7 @@ impl JobSpec {
             glob_regex(g.get_ref()).map_err(|m| err(Some(g.span()), format!("`input.glob`: {m}")))?;
         }
 
-        let mut provider = crate::provider::Selection { name: None, ..Default::default() };
+        let mut provider = mayfly_data::provider::Selection { name: None, ..Default::default() };
         let mut provider_lines = BTreeMap::new();
         for (key, value) in raw.provider.unwrap_or_default() {
             let span = value.span();
@@ -397,7 +397,7 @@ impl JobSpec {
             }
         }
         if provider.name.is_none() && provider.path.is_none() {
-            provider.name = Some(crate::provider::BUILT_IN.into());
+            provider.name = Some(mayfly_data::provider::BUILT_IN.into());
         }
 
         let positive = |key: &str, v: &Option<Spanned<i64>>, over: Option<(&str, Option<String>)>, default: u32| {
@@ -522,7 +522,7 @@ impl JobSpec {
             target_shard_bytes: raw.sharding.target_shard_bytes.map(|b| b.0.max(1)),
             shards_per_worker,
             split_text: raw.sharding.split_text.unwrap_or(true),
-            min_shard_bytes: raw.sharding.min_shard_bytes.map_or(crate::plan::MIN_SHARD_BYTES, |b| b.0),
+            min_shard_bytes: raw.sharding.min_shard_bytes.map_or(mayfly_model::plan::MIN_SHARD_BYTES, |b| b.0),
             limits,
             max_attempts,
             max_failed_items,

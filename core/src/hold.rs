@@ -10,14 +10,14 @@
 //! A hold never outlives the job's deadline: it is cut to it when asked, and
 //! the deadline (and the dead-man switch) ends a held node as any other.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `master`, `worker`,
-//! `replay` or anything above them, nor its peers `reduce`, `reap`, `scaffold`, `attempt`,
-//! `check`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `master`
+//! or `worker`, or anything above, nor its peers `reduce` and `attempt`; like its crate,
+//! it must not import `mayfly-ops` or the binary.
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::Layout;
-use crate::policy::Millis;
+use mayfly_model::policy::Millis;
 
 /// The whole job's hold: every worker.
 pub const WHOLE_JOB: &str = "job";

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Each location is a local path or a URL (`s3://...`, `file://...`), read and
-//! written through [`crate::store::Store`]:
+//! written through [`mayfly_data::store::Store`]:
 //!
 //! <state>/<job id>/
 //!   manifest.json     spec + plan + task hashes + expires_at (written at bootstrap)
@@ -21,8 +21,9 @@
 //!   _mayfly/staging/  attempt-scoped staging (removed at the end)
 //! ```
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `hold`, `reduce`,
-//! `reap`, `scaffold`, `attempt`, `check` or anything above them.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `hold`,
+//! `reduce` or `attempt`, or anything above; like its crate, it must not import
+//! `mayfly-ops` or the binary.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,10 +31,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::host::Limits;
-use crate::plan::Plan;
-use crate::policy::Millis;
-use crate::provider::ProviderHandle;
-use crate::store::{Location, Principal, Store};
+use mayfly_data::provider::ProviderHandle;
+use mayfly_data::store::{Location, Principal, Store};
+use mayfly_model::plan::Plan;
+use mayfly_model::policy::Millis;
 
 /// Everything a node needs to know about its job, written once at bootstrap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +45,7 @@ pub struct Manifest {
     pub name: String,
     /// The provider, as the job file selected and configured it: every node
     /// makes the same one.
-    pub provider: crate::provider::Selection,
+    pub provider: mayfly_data::provider::Selection,
     /// The map task's component.
     pub task: PathBuf,
     /// Its sha256.

@@ -23,12 +23,13 @@
 //! Durability is the master's business ([`crate::master`]): it journals each
 //! decision and writes commit markers; [`Ledger::replay`] rebuilds from them.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `api` or anything
-//! above it.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `api` or
+//! anything above, nor its peers `tls` and `build`; like its crate, it must not import
+//! `mayfly-ops` or the binary.
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Millis;
+use mayfly_model::policy::Millis;
 
 /// An item failing in this many attempts of its shard is quarantined.
 pub const QUARANTINE_AFTER: u32 = 2;

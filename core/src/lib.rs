@@ -1,18 +1,19 @@
-//! # mayfly core
+//! # mayfly's cluster
 //!
 //! mayfly runs batch work over many files on clusters that live only as long as
-//! the work. This crate holds everything that is the same for every provider,
-//! as modules that follow one job's flow (ARCHITECTURE.md; `core/tests/flow.rs`
-//! checks that none imports one above it): the rules (`policy`, `plan`, `check`),
-//! the shard table (`ledger`), the worker API (`api`, `tls`), providers as core
-//! sees them (`provider`, `plugin`), the data path (`store`, `readahead`), a job's
-//! description and state (`config`, `job`), one shard attempt (`attempt`), the
-//! nodes (`bootstrap`, `master`, `worker`, `node`), and what operators use
-//! (`watch`, `replay`, `reap`, `hold`, `history`, `report`, `cost`, `scaffold`).
-//! The task sandbox is the `mayfly-sandbox` crate ([`host`]); sizes and durations
-//! the `mayfly-model` crate ([`units`]). The `mayfly` binary (`core/cli/`) is the
-//! only code above it; this crate names no cloud, never exits the process, and
-//! imports no cloud SDK (S3 and Azure Blob are `object_store` features).
+//! the work. This crate is the cluster itself, the same for every provider, as
+//! modules that follow one job's flow (ARCHITECTURE.md; `core/tests/flow.rs`
+//! checks that none imports one above it): the worker API (`tls`, `ledger`, the
+//! shard table, `api`), the task build (`build`), a job's description and state
+//! (`config`, `job`), holds and the reduce (`hold`, `reduce`), one shard attempt
+//! (`attempt`), and the nodes (`master`, `worker`, then `node` and `bootstrap`).
+//!
+//! Below it: `mayfly-model` (units, even sharding, the rules), `mayfly-sandbox`
+//! (the task sandbox, re-exported as [`host`]) and `mayfly-data` (stores and
+//! providers). Above it: `mayfly-ops` (what operators use around a job) and the
+//! `mayfly` binary; it must not import either. It names no cloud, never exits
+//! the process, and imports no cloud SDK (S3 and Azure Blob are `object_store`
+//! features of `mayfly-data`).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -41,14 +42,7 @@ pub mod api;
 pub mod attempt;
 pub mod bootstrap;
 pub mod build;
-pub mod check;
 pub mod config;
-pub mod conformance;
-pub mod cost;
-pub mod demo;
-pub mod error;
-pub use error::Internal;
-pub mod history;
 pub mod hold;
 /// The task sandbox (the `mayfly-sandbox` crate).
 pub use mayfly_sandbox as host;
@@ -56,22 +50,7 @@ pub mod job;
 pub mod ledger;
 pub mod master;
 pub mod node;
-pub mod nodelog;
-pub mod package;
-pub mod plan;
-pub mod plugin;
-pub mod policy;
-pub mod provider;
-pub mod readahead;
-pub mod reap;
 pub mod reduce;
-pub mod replay;
-pub mod report;
-pub mod scaffold;
-pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;
-/// Sizes and durations (the `mayfly-model` crate).
-pub use mayfly_model::units;
-pub mod watch;
 pub mod worker;

@@ -9,17 +9,18 @@
 //! `on_deadline` once it has logged, copied the log and asked the provider
 //! to end the node).
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `history`,
-//! `conformance` or anything above them, nor its peers `bootstrap`, `watch`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) no module is above it, but it
+//! must not import its peer `bootstrap`; like its crate, it must not import `mayfly-ops`
+//! or the binary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{Layout, Manifest, keys};
-use crate::policy::{Clock, SystemClock};
-use crate::provider::{ProviderHandle, Selection};
-use crate::store::{Location, Principal, Store};
+use mayfly_data::provider::{ProviderHandle, Selection};
+use mayfly_data::store::{Location, Principal, Store};
+use mayfly_model::policy::{Clock, SystemClock};
 
 /// How often a node copies its log to a remote state.
 pub const LOG_SHIP_EVERY: Duration = Duration::from_secs(5);
@@ -130,13 +131,13 @@ pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) ->
     std::thread::spawn(move || {
         let left = expires_at.saturating_sub(SystemClock.now()) + 1000;
         std::thread::sleep(Duration::from_millis(left));
-        crate::nodelog::line("WARN", &who, "the job's deadline passed; ending now");
-        crate::nodelog::finish(Duration::from_secs(2));
+        mayfly_data::nodelog::line("WARN", &who, "the job's deadline passed; ending now");
+        mayfly_data::nodelog::finish(Duration::from_secs(2));
         if let Some(ship) = &last_ship {
             ship();
         }
         if let Err(e) = ender.terminate_self(Duration::from_secs(2)) {
-            crate::nodelog::line("ERROR", &who, format_args!("ending this node failed: {e}"));
+            mayfly_data::nodelog::line("ERROR", &who, format_args!("ending this node failed: {e}"));
         }
         on_deadline()
     });
@@ -146,16 +147,16 @@ pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) ->
         other => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {
-        crate::nodelog::line("ERROR", node, e);
+        mayfly_data::nodelog::line("ERROR", node, e);
     }
     // Last: the logs go to the state location, then the node deletes itself;
     // the process exits right after.
-    crate::nodelog::finish(Duration::from_secs(5));
+    mayfly_data::nodelog::finish(Duration::from_secs(5));
     if let Some(ship) = &ship {
         ship();
     }
     if let Err(e) = provider.terminate_self(Duration::from_secs(30)) {
-        crate::nodelog::line("ERROR", node, format_args!("ending this node failed: {e}"));
+        mayfly_data::nodelog::line("ERROR", node, format_args!("ending this node failed: {e}"));
     }
     result
 }

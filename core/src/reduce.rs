@@ -2,9 +2,9 @@
 //! output, concatenated in shard and key order, run by the master when the map
 //! stage is done. Its outputs go to `<output>/reduce/<name>`.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `master`, `worker`,
-//! `replay` or anything above them, nor its peers `hold`, `reap`, `scaffold`, `attempt`,
-//! `check`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `master`
+//! or `worker`, or anything above, nor its peers `hold` and `attempt`; like its crate, it
+//! must not import `mayfly-ops` or the binary.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub fn run(
         Attempt { input, params: Arc::from(params.to_string()), limits: manifest.limits, staging: staging.clone() },
     ));
     for line in &outcome.logs {
-        crate::nodelog::line(&line.level.to_string(), "master", format_args!("reduce: {line}"));
+        mayfly_data::nodelog::line(&line.level.to_string(), "master", format_args!("reduce: {line}"));
     }
     outcome.result.map_err(|f| format!("task {}: {f}", task.name()))?;
     let mut names = Vec::new();

@@ -6,8 +6,9 @@
 //! and nothing else (no system roots), so a worker talks only to its own job's
 //! master, and the job token never crosses the network in clear.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `ledger` or anything
-//! above it.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `api` or
+//! anything above, nor its peers `ledger` and `build`; like its crate, it must not import
+//! `mayfly-ops` or the binary.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::Tl
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of file descriptors, say: wait, do not spin.
-                crate::nodelog::line("WARN", "master", format_args!("accepting a connection: {e}"));
+                mayfly_data::nodelog::line("WARN", "master", format_args!("accepting a connection: {e}"));
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

@@ -11,8 +11,9 @@
 //! log (this process's stdout and stderr, a file in the state location) is
 //! written as it goes, and the process exits last.
 //!
-//! In core's flow (`core/tests/flow.rs` checks it) it must not import `node`, `bootstrap`,
-//! `watch` or anything above them, nor its peers `master`, `replay`.
+//! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `node` or
+//! `bootstrap`, or anything above, nor its peer `master`; like its crate, it must not
+//! import `mayfly-ops` or the binary.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,21 +27,21 @@ use crate::api::{
 use crate::attempt;
 use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
-use crate::plan::Item;
-use crate::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, Watchdog};
-use crate::provider::{Credential, ProviderHandle};
-use crate::readahead::{ReadAhead, ReadAheadConfig};
-use crate::store::{Principal, Store};
+use mayfly_data::provider::{Credential, ProviderHandle};
+use mayfly_data::readahead::{ReadAhead, ReadAheadConfig};
+use mayfly_data::store::{Principal, Store};
+use mayfly_model::plan::Item;
+use mayfly_model::policy::{Clock, CredentialAction, CredentialPolicy, EndReason, Millis, Watchdog};
 
 /// A line of the worker's log: when, `INFO`, who, what (`mayfly logs` reads
 /// the time and the level back).
 fn log(node: &str, message: &str) {
-    crate::nodelog::line("INFO", node, message);
+    mayfly_data::nodelog::line("INFO", node, message);
 }
 
 /// A line of the worker's log about something that went wrong.
 fn warn(node: &str, message: &str) {
-    crate::nodelog::line("WARN", node, message);
+    mayfly_data::nodelog::line("WARN", node, message);
 }
 
 /// How an attempt ended short of a commit.
@@ -708,7 +709,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{ManualClock, SystemClock, Validity};
+    use mayfly_model::policy::{ManualClock, SystemClock, Validity};
 
     /// A keeper for node `worker-1` of a job in `dir` on the local provider,
     /// holding a credential valid for 20 s from `clock`'s now.

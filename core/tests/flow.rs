@@ -1,35 +1,67 @@
-//! Core's modules follow the flow: none imports one above it (ARCHITECTURE.md,
-//! "Crates"). A reference is any `crate::<module>` outside a comment; the CLI
-//! (`core/cli`, the binary) is the top and may use everything.
+//! mayfly's crates and their modules follow the flow (ARCHITECTURE.md,
+//! "Crates"): no crate depends on, or names, one above it, and inside a crate
+//! no module imports one above it. A module's reference is any `crate::<module>`
+//! outside a comment; a crate's, any dependency in its `[dependencies]` and any
+//! `mayfly_<crate>` outside a comment. The binary (`core/cli`) is the top and
+//! may use everything.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Bottom to top; modules in one group may not reference each other.
-const FLOW: &[&[&str]] = &[
-    &["error"],
-    &["plan", "policy", "build", "cost", "package", "report", "demo"],
-    &["nodelog"],
-    &["tls"],
-    &["ledger"],
-    &["api"],
-    &["readahead"],
-    &["plugin"],
-    &["provider"],
-    &["store"],
-    &["config"],
-    &["job"],
-    &["hold", "reduce", "reap", "scaffold", "attempt", "check"],
-    &["master", "worker", "replay"],
-    &["node", "bootstrap", "watch"],
-    &["history", "conformance"],
+/// One of mayfly's crates: its package, its directory from the repository's
+/// root, and its modules bottom to top (modules in one group may not
+/// reference each other; `None`: its modules are one unit, not checked).
+struct Crate {
+    package: &'static str,
+    dir: &'static str,
+    flow: Option<&'static [&'static [&'static str]]>,
+}
+
+/// Bottom to top.
+const CRATES: &[Crate] = &[
+    Crate { package: "mayfly-model", dir: "core/model", flow: Some(&[&["error", "units"], &["plan"], &["policy"]]) },
+    // The sandbox's modules are one piece (they reach each other through
+    // `super::`): the bindings, the host's state, its limits and logs.
+    Crate { package: "mayfly-sandbox", dir: "core/sandbox", flow: None },
+    Crate {
+        package: "mayfly-data",
+        dir: "core/data",
+        flow: Some(&[&["nodelog", "readahead", "plugin"], &["provider"], &["store"]]),
+    },
+    Crate {
+        package: "mayfly-core",
+        dir: "core",
+        flow: Some(&[
+            &["tls", "ledger", "build"],
+            &["api"],
+            &["config"],
+            &["job"],
+            &["hold", "reduce", "attempt"],
+            &["master", "worker"],
+            &["node", "bootstrap"],
+        ]),
+    },
+    Crate {
+        package: "mayfly-ops",
+        dir: "core/ops",
+        flow: Some(&[
+            &["cost", "report", "package", "demo"],
+            &["reap", "scaffold", "check", "replay", "watch"],
+            &["history", "conformance"],
+        ]),
+    },
+    Crate { package: "mayfly", dir: "core/cli", flow: None },
 ];
 
-/// Core's modules and their files: `name.rs`, or a directory `name/` and
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("core/ has a parent").to_owned()
+}
+
+/// A crate's modules and their files: `name.rs`, or a directory `name/` and
 /// every `.rs` file under it (its submodules are its own).
 fn modules(src: &Path) -> BTreeMap<String, Vec<std::path::PathBuf>> {
     fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("reading core's sources").flatten() {
+        for entry in std::fs::read_dir(dir).expect("reading a crate's sources").flatten() {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, files);
@@ -39,7 +71,7 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<std::path::PathBuf>> {
         }
     }
     let mut modules = BTreeMap::new();
-    for entry in std::fs::read_dir(src).expect("reading core's sources").flatten() {
+    for entry in std::fs::read_dir(src).expect("reading a crate's sources").flatten() {
         let path = entry.path();
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
         let mut files = Vec::new();
@@ -69,37 +101,84 @@ fn references(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The mayfly crates `text` names as `mayfly_<crate>` (as packages: `mayfly-<crate>`).
+fn crates_named(text: &str) -> Vec<String> {
+    code(text)
+        .split("mayfly_")
+        .skip(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>())
+        .map(|name| format!("mayfly-{}", name.replace('_', "-")))
+        .collect()
+}
+
 #[test]
-fn no_module_of_core_imports_one_above_it() {
-    let level: BTreeMap<&str, usize> =
-        FLOW.iter().enumerate().flat_map(|(i, group)| group.iter().map(move |m| (*m, i))).collect();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut seen = Vec::new();
+fn no_crate_depends_on_or_names_one_above_it() {
+    let level: BTreeMap<&str, usize> = CRATES.iter().enumerate().map(|(i, c)| (c.package, i)).collect();
     let mut wrong = Vec::new();
-    for (module, files) in modules(&src) {
-        if module == "lib" {
-            continue;
+    for (mine, krate) in CRATES.iter().enumerate() {
+        let dir = root().join(krate.dir);
+        let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+        let deps = manifest.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        let mut named: Vec<String> = deps.keys().cloned().collect();
+        for files in modules(&dir.join("src")).values() {
+            for file in files {
+                named.extend(crates_named(&std::fs::read_to_string(file).unwrap()));
+            }
         }
-        let Some(&mine) = level.get(module.as_str()) else {
-            wrong.push(format!("{module} is not placed in the flow (add it to FLOW and ARCHITECTURE.md)"));
-            continue;
-        };
-        seen.push(module.clone());
-        for text in files.iter().map(|f| std::fs::read_to_string(f).unwrap()) {
-            for other in references(&text) {
-                // `crate::host` and `crate::units` are the sandbox and model crates, below everything.
-                if other == module || other == "host" || other == "units" {
-                    continue;
-                }
-                match level.get(other.as_str()) {
-                    Some(&theirs) if theirs < mine => {}
-                    Some(_) => wrong.push(format!("{module} imports {other}, which is not below it")),
-                    None => wrong.push(format!("{module} imports {other}, which is not in the flow")),
-                }
+        for other in named {
+            if let Some(&theirs) = level.get(other.as_str())
+                && theirs >= mine
+                && other != krate.package
+            {
+                wrong.push(format!("{} depends on or names {other}, which is not below it", krate.package));
             }
         }
     }
-    assert!(seen.len() > 20, "found only {seen:?} in {}", src.display());
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn no_module_imports_one_above_it_in_its_crate() {
+    let mut wrong = Vec::new();
+    for krate in CRATES {
+        let Some(flow) = krate.flow else { continue };
+        let level: BTreeMap<&str, usize> =
+            flow.iter().enumerate().flat_map(|(i, group)| group.iter().map(move |m| (*m, i))).collect();
+        let src = root().join(krate.dir).join("src");
+        let mut seen = 0;
+        for (module, files) in modules(&src) {
+            if module == "lib" {
+                continue;
+            }
+            let Some(&mine) = level.get(module.as_str()) else {
+                wrong.push(format!(
+                    "{}: {module} is not placed in the flow (add it to CRATES and ARCHITECTURE.md)",
+                    krate.package
+                ));
+                continue;
+            };
+            seen += 1;
+            for text in files.iter().map(|f| std::fs::read_to_string(f).unwrap()) {
+                for other in references(&text) {
+                    // `crate::host` is core's name for the sandbox crate, below it.
+                    if other == module || (krate.package == "mayfly-core" && other == "host") {
+                        continue;
+                    }
+                    match level.get(other.as_str()) {
+                        Some(&theirs) if theirs < mine => {}
+                        Some(_) => {
+                            wrong.push(format!("{}: {module} imports {other}, which is not below it", krate.package))
+                        }
+                        None => {
+                            wrong.push(format!("{}: {module} imports {other}, which is not in the flow", krate.package))
+                        }
+                    }
+                }
+            }
+        }
+        let placed: usize = flow.iter().map(|g| g.len()).sum();
+        assert_eq!(seen, placed, "{}: found only {seen} of its {placed} modules in {}", krate.package, src.display());
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -108,5 +187,9 @@ fn the_check_sees_references_and_skips_comments() {
     assert_eq!(
         references("use crate::job::Layout; // crate::master\n/// [`crate::worker`]\nx(crate::api::y)"),
         ["job", "api"]
+    );
+    assert_eq!(
+        crates_named("use mayfly_data::store; // mayfly_ops\nmayfly_provider_api::Host"),
+        ["mayfly-data", "mayfly-provider-api"]
     );
 }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_core::plan::{Object, PlanOptions, plan};
+use mayfly_model::plan::{Object, PlanOptions, plan};
 use mayfly_tests::cluster::TestJob;
 
 fn main() {

@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mayfly_core::units::ByteSize;
+use mayfly_model::units::ByteSize;
 use mayfly_tests::bench::{self, Corpus, Cost, Dataset, Sizes};
 
 struct Args {
@@ -279,7 +279,7 @@ fn scaling(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Pa
 /// A worker's read path (read-ahead, sandbox) over the small files stored in
 /// moto's S3, reached through a proxy that adds 0 or 20 ms to each request.
 fn read_ahead(args: &Args, (title, data): &(&str, Dataset), runs: &Path) {
-    use mayfly_core::readahead::ReadAheadConfig;
+    use mayfly_data::readahead::ReadAheadConfig;
     use mayfly_tests::moto::{DelayProxy, Moto, S3};
 
     let n = if args.smoke { 400 } else { 5_000 };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mayfly_core::provider::{CoreHost, CredentialRequest, Provider, ProviderHandle, Selection, Settings};
+use mayfly_data::provider::{CoreHost, CredentialRequest, Provider, ProviderHandle, Selection, Settings};
 use mayfly_test_plugin_faulty::Faulty;
 
 fn per_call<F: std::future::Future>(rt: &tokio::runtime::Runtime, calls: u32, mut call: impl FnMut() -> F) -> Duration {

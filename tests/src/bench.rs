@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use mayfly_core::api::MasterInfo;
 use mayfly_core::api::{CallError, Client, CommitRequest, LeaseReply, LeaseRequest};
-use mayfly_core::demo::{Rng, vocabulary};
 use mayfly_core::job::{Layout, Manifest, keys};
-use mayfly_core::plan::{Item, Plan, Shard};
-use mayfly_core::provider::{ProviderHandle, Role};
-use mayfly_core::store::Location;
+use mayfly_data::provider::{ProviderHandle, Role};
+use mayfly_data::store::Location;
+use mayfly_model::plan::{Item, Plan, Shard};
+use mayfly_ops::demo::{Rng, vocabulary};
 
 use crate::cluster::{text, wait_until};
 
@@ -549,7 +549,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         total_bytes: 0,
         objects: shards as u64,
     };
-    let now = mayfly_core::policy::Clock::now(&mayfly_core::policy::SystemClock);
+    let now = mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock);
     let manifest = Manifest {
         job: "bench-master".into(),
         name: "bench".into(),
@@ -743,7 +743,7 @@ impl ReadRate {
 /// the store, the read-ahead and the sandbox. Every item's bytes must reach
 /// the task (checked).
 pub fn read_ahead(
-    input: &mayfly_core::store::Store,
+    input: &mayfly_data::store::Store,
     files: &[(String, u64)],
     workers: usize,
     shards_per_worker: usize,
@@ -751,7 +751,7 @@ pub fn read_ahead(
     staging: &Path,
 ) -> ReadRate {
     use mayfly_core::host::{Limits, ShardInfo, ShardStart};
-    use mayfly_core::readahead::ReadAheadConfig;
+    use mayfly_data::readahead::ReadAheadConfig;
 
     let task = crate::task("tasks/wordcount");
     let items: Vec<Item> =

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mayfly_core::provider::NodeInfo;
+use mayfly_data::provider::NodeInfo;
 
 use crate::{cache_dir, component, mayfly_bin, scratch};
 

@@ -87,7 +87,7 @@ pub fn mayfly_bin() -> PathBuf {
 /// A `cargo` command for the harness's own builds, without the variables
 /// cargo sets for the running test, and removing them from another command
 /// that runs cargo (`mayfly package`): core's, which plugin authors' tests use too.
-pub use mayfly_core::conformance::{cargo, without_test_env};
+pub use mayfly_ops::conformance::{cargo, without_test_env};
 
 /// Builds the plugin package `package` (with `features`) as the tests are
 /// built (debug or release) and returns a copy of its library, one copy per
@@ -236,7 +236,7 @@ impl XorShift {
 }
 
 /// The process id of a node of the local provider (its id is `pid:start time`).
-pub fn pid_of(node: &mayfly_core::provider::NodeInfo) -> u32 {
+pub fn pid_of(node: &mayfly_data::provider::NodeInfo) -> u32 {
     node.id
         .split(':')
         .next()
@@ -246,13 +246,13 @@ pub fn pid_of(node: &mayfly_core::provider::NodeInfo) -> u32 {
 
 /// The local provider, linked in, with the `mayfly` binary for its nodes and
 /// these settings on top.
-pub fn local_selection(settings: serde_json::Value) -> mayfly_core::provider::Selection {
+pub fn local_selection(settings: serde_json::Value) -> mayfly_data::provider::Selection {
     let mut map = serde_json::Map::new();
     map.insert("binary".into(), serde_json::Value::String(mayfly_bin().to_string_lossy().into_owned()));
     if let serde_json::Value::Object(extra) = settings {
         map.extend(extra);
     }
-    mayfly_core::provider::Selection { settings: map, ..Default::default() }
+    mayfly_data::provider::Selection { settings: map, ..Default::default() }
 }
 
 /// `secs` since the Unix epoch as ISO 8601 UTC (`2026-11-27T20:00:00Z`).

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mayfly_core::provider::{ProviderHandle, Selection};
-use mayfly_core::store::{Location, Principal, Store};
+use mayfly_data::provider::{ProviderHandle, Selection};
+use mayfly_data::store::{Location, Principal, Store};
 use mayfly_provider_api::{
     BootstrapRequest, Capabilities, Credential, CredentialRequest, ErrorKind, LaunchRequest, Limits, ListRequest,
     NodeInfo, Provider, ProviderError, ProviderInfo, Secret, Settings, StoreConfig, TerminateRequest, Validity,

@@ -344,7 +344,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::provider::ProviderHandle;
+    use mayfly_data::provider::ProviderHandle;
 
     fn marker(shard: u32, token: u64, key: &str) -> Marker {
         let outputs = vec![CommittedOutput { key: key.into(), name: "c.tsv".into(), bytes: 2 }];
@@ -360,7 +360,8 @@ mod tests {
     /// (the object-store client every remote location goes through).
     fn layouts(dir: &Path) -> Vec<Layout> {
         let local = Layout::local(&dir.join("state"), "j", &dir.join("out"));
-        let url = |d: &str| crate::store::Location::parse(&format!("file://{}", dir.join(d).display()), dir).unwrap();
+        let url =
+            |d: &str| mayfly_data::store::Location::parse(&format!("file://{}", dir.join(d).display()), dir).unwrap();
         let provider = ProviderHandle::select(&Default::default()).unwrap();
         let remote = Layout::open(&url("rstate/j"), "j", &url("rout"), &provider, "master").unwrap();
         vec![local, remote]

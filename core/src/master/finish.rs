@@ -10,7 +10,7 @@ use super::commit::{publish, read_markers};
 use super::journal::save_journal;
 use crate::job::keys;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
-use crate::provider::{ProviderHandle, Role};
+use mayfly_data::provider::{ProviderHandle, Role};
 
 /// Ends the job that ended for `reason` (`done` or `deadline`). Returns the
 /// master's exit code.
@@ -135,7 +135,7 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
             shared.lock().map(|m| m.holds.clone()).unwrap_or_default()
         }
     };
-    let held = |n: &crate::provider::NodeInfo| crate::hold::held_until(&holds, &n.node, now()).is_some();
+    let held = |n: &mayfly_data::provider::NodeInfo| crate::hold::held_until(&holds, &n.node, now()).is_some();
     let workers = |p: &ProviderHandle| {
         p.list(&manifest.job, &layout.state_location())
             .unwrap_or_default()

@@ -19,7 +19,7 @@ use crate::api::{
     constant_time_eq,
 };
 use crate::ledger::Event;
-use crate::policy::Validity;
+use mayfly_model::policy::Validity;
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
@@ -345,9 +345,9 @@ mod tests {
 
     use super::*;
     use crate::job::{Layout, Manifest};
-    use crate::plan::{Item, Plan, Shard};
-    use crate::policy::{ManualClock, Millis};
-    use crate::store::Location;
+    use mayfly_data::store::Location;
+    use mayfly_model::plan::{Item, Plan, Shard};
+    use mayfly_model::policy::{ManualClock, Millis};
 
     const T0: Millis = 1_800_000_000_000;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Layout, Manifest, keys};
 use crate::ledger::Event;
-use crate::policy::Millis;
+use mayfly_model::policy::Millis;
 
 /// One line of the journal: a decision and when it was made (`at` is
 /// missing in journals written before it was recorded).

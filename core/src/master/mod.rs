@@ -25,14 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::api::{MasterInfo, Status};
 use crate::job::{Layout, Manifest, keys};
 use crate::ledger::{CommittedOutput, Event, Ledger, Quarantined, ShardState};
-use crate::policy::{Clock, CredentialPolicy, Millis};
-use crate::provider::ProviderHandle;
+use mayfly_data::provider::ProviderHandle;
+use mayfly_model::policy::{Clock, CredentialPolicy, Millis};
 
 /// A line of the master's log: when, how severe, what (`mayfly logs` reads
 /// the time and the level back).
 macro_rules! say {
     ($level:ident, $($arg:tt)*) => {
-        crate::nodelog::line(stringify!($level), "master", format_args!($($arg)*))
+        mayfly_data::nodelog::line(stringify!($level), "master", format_args!($($arg)*))
     };
 }
 
@@ -378,7 +378,7 @@ fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
             let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
             let t = m.now();
             m.expire(t);
-            if crate::policy::deadline_passed(t, m.manifest.expires_at) {
+            if mayfly_model::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
                 say!(WARN, "the job's deadline passed");
                 return Ok::<String, String>("deadline".into());

@@ -3,7 +3,7 @@
 //! or emulator.
 //!
 //! A provider's test implements [`Backend`] (how to reach the provider under
-//! test) and gets a [`Core`] from mayfly's core (`mayfly_core::conformance`),
+//! test) and gets a [`Core`] from mayfly's core (`mayfly_ops::conformance`),
 //! which applies the four rules and runs real jobs; then:
 //!
 //! ```ignore

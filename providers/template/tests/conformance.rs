@@ -2,7 +2,7 @@
 //! way `mayfly` runs it: built as a library, loaded by path through the C
 //! ABI, launching nodes that run the real `mayfly` binary, running real jobs
 //! with the word-count task. `cargo test` runs it; it needs nothing but a
-//! mayfly checkout (the `mayfly` dev-dependency's) and the `wasm32-wasip2`
+//! mayfly checkout (the `mayfly-ops` dev-dependency's) and the `wasm32-wasip2`
 //! target (`rustup target add wasm32-wasip2`).
 //!
 //! To make it yours, change the `[provider]` section below to your
@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mayfly_core::conformance::{Checkout, Kit, Selected};
+use mayfly_ops::conformance::{Checkout, Kit, Selected};
 use mayfly_provider_api::conformance::assert_conforms;
 
 /// This test's target directory: `<target>/debug/deps/<this test>`.

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use mayfly_core::conformance::Kit;
-use mayfly_core::conformance::Selected;
+use mayfly_ops::conformance::Kit;
+use mayfly_ops::conformance::Selected;
 use mayfly_provider_api::conformance::assert_conforms;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
 use mayfly_tests::{component, scratch};
@@ -117,10 +117,10 @@ fn a_job_runs_on_ec2_instances_and_every_instance_is_terminated() {
 }
 
 /// The aws provider on this moto, as a `[provider]` selection of the tests' binary.
-fn s3_store(url: &str) -> mayfly_core::store::Store {
-    let location = mayfly_core::store::Location::parse(url, std::path::Path::new("/")).unwrap();
-    let who = mayfly_core::store::Principal { job: "tests".into(), state: url.into(), node: "tests".into() };
-    mayfly_core::store::Store::open(&location, &provider(), &who).unwrap()
+fn s3_store(url: &str) -> mayfly_data::store::Store {
+    let location = mayfly_data::store::Location::parse(url, std::path::Path::new("/")).unwrap();
+    let who = mayfly_data::store::Principal { job: "tests".into(), state: url.into(), node: "tests".into() };
+    mayfly_data::store::Store::open(&location, &provider(), &who).unwrap()
 }
 
 /// Makes `url`'s bucket in moto and puts `files` under it.
@@ -233,11 +233,11 @@ fn job_with_provider(id: &str, files: &[(String, Vec<u8>)], task: &str, params: 
     job
 }
 
-fn provider() -> mayfly_core::provider::ProviderHandle {
-    let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
+fn provider() -> mayfly_data::provider::ProviderHandle {
+    let mut selection = mayfly_data::provider::Selection { name: None, ..Default::default() };
     selection.path = Some(aws_plugin());
     selection.settings = moto().settings();
-    mayfly_core::provider::ProviderHandle::select(&selection).unwrap()
+    mayfly_data::provider::ProviderHandle::select(&selection).unwrap()
 }
 
 #[test]
@@ -317,22 +317,22 @@ fn at_the_deadline_every_instance_ends_itself() {
 fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
     // A moto of its own: reaping sees every expired instance, other tests' too.
     let moto = mayfly_tests_aws::private_moto();
-    let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
+    let mut selection = mayfly_data::provider::Selection { name: None, ..Default::default() };
     selection.path = Some(aws_plugin());
     selection.settings = moto.settings();
-    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+    let p = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
     let billing = |job: &str| p.list(job, "/").unwrap().into_iter().map(|n| n.id).collect::<Vec<String>>();
     let dir = scratch("aws-reap");
     let launch = |job: &str, expires_at: u64, n: u32| {
         let nodes = (1..=n)
-            .map(|i| mayfly_core::provider::NodeSpec {
+            .map(|i| mayfly_data::provider::NodeSpec {
                 node: format!("worker-{i}"),
-                role: mayfly_core::provider::Role::Worker,
+                role: mayfly_data::provider::Role::Worker,
                 args: vec!["idle".into(), "--for".into(), "5m".into()],
             })
             .collect();
         let state = dir.join(job).to_string_lossy().into_owned();
-        p.launch(mayfly_core::provider::LaunchRequest { job: job.into(), state, expires_at, nodes }).unwrap()
+        p.launch(mayfly_data::provider::LaunchRequest { job: job.into(), state, expires_at, nodes }).unwrap()
     };
     let now = mayfly_provider_api::now_ms();
     // A master crashed long ago and left its workers; another job is alive.
@@ -369,7 +369,7 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
 
 #[test]
 fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
-    let mut selection = mayfly_core::provider::Selection { name: None, ..Default::default() };
+    let mut selection = mayfly_data::provider::Selection { name: None, ..Default::default() };
     selection.path = Some(aws_plugin());
     selection.settings = moto().settings();
     // An endpoint that takes the connection and never answers.
@@ -377,7 +377,7 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
     let port = silent.local_addr().unwrap().port();
     selection.settings.insert("endpoint_url".into(), format!("http://127.0.0.1:{port}").into());
     selection.settings.insert("api_timeout".into(), "3s".into());
-    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
+    let p = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
     let started = std::time::Instant::now();
     let e = p.list("nothing", "/tmp").unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
@@ -386,20 +386,20 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
     // And a launch without an image says which setting is missing, launching nothing.
     let mut settings = moto().settings();
     settings.remove("image_id");
-    let p = mayfly_core::provider::ProviderHandle::select(&mayfly_core::provider::Selection {
+    let p = mayfly_data::provider::ProviderHandle::select(&mayfly_data::provider::Selection {
         name: None,
         path: Some(aws_plugin()),
         timeout_ms: None,
         settings,
     })
     .unwrap();
-    let nodes = vec![mayfly_core::provider::NodeSpec {
+    let nodes = vec![mayfly_data::provider::NodeSpec {
         node: "master".into(),
-        role: mayfly_core::provider::Role::Master,
+        role: mayfly_data::provider::Role::Master,
         args: vec![],
     }];
     let e = p
-        .launch(mayfly_core::provider::LaunchRequest {
+        .launch(mayfly_data::provider::LaunchRequest {
             job: "no-image".into(),
             state: "/tmp".into(),
             expires_at: 0,
@@ -649,21 +649,21 @@ fn the_readme_aws_section_is_a_valid_provider_configuration() {
 }
 
 /// A launch of one master of `job` with moto's settings changed by `set`.
-fn launch_one(job: &str, set: &[(&str, &str)]) -> Result<Vec<mayfly_core::provider::NodeInfo>, String> {
+fn launch_one(job: &str, set: &[(&str, &str)]) -> Result<Vec<mayfly_data::provider::NodeInfo>, String> {
     let mut settings = moto().settings();
     for (k, v) in set {
         settings.insert((*k).into(), (*v).into());
     }
     let selection =
-        mayfly_core::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
-    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
-    let nodes = vec![mayfly_core::provider::NodeSpec {
+        mayfly_data::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
+    let p = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
+    let nodes = vec![mayfly_data::provider::NodeSpec {
         node: "master".into(),
-        role: mayfly_core::provider::Role::Master,
+        role: mayfly_data::provider::Role::Master,
         args: vec!["idle".into(), "--for".into(), "1m".into()],
     }];
     let expires_at = mayfly_provider_api::now_ms() + 60_000;
-    p.launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+    p.launch(mayfly_data::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
         .map_err(|e| e.message)
 }
 
@@ -757,21 +757,21 @@ fn spot_workers_fall_back_to_on_demand_when_ec2_has_no_spot_capacity() {
         settings.insert("spot".into(), true.into());
         settings.insert("endpoint_url".into(), endpoint.into());
         let selection =
-            mayfly_core::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
-        let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
-        let spec = |node: &str, role| mayfly_core::provider::NodeSpec {
+            mayfly_data::provider::Selection { name: None, path: Some(aws_plugin()), timeout_ms: None, settings };
+        let p = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
+        let spec = |node: &str, role| mayfly_data::provider::NodeSpec {
             node: node.into(),
             role,
             args: vec!["idle".into(), "--for".into(), "1m".into()],
         };
         let nodes = vec![
-            spec("master", mayfly_core::provider::Role::Master),
-            spec("worker-1", mayfly_core::provider::Role::Worker),
-            spec("worker-2", mayfly_core::provider::Role::Worker),
+            spec("master", mayfly_data::provider::Role::Master),
+            spec("worker-1", mayfly_data::provider::Role::Worker),
+            spec("worker-2", mayfly_data::provider::Role::Worker),
         ];
         let expires_at = mayfly_provider_api::now_ms() + 60_000;
         let launched = p
-            .launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+            .launch(mayfly_data::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
             .unwrap();
         (p, launched)
     };

@@ -112,7 +112,7 @@ fn package() -> PathBuf {
 #[test]
 fn the_package_runs_on_amazon_linux_2023s_glibc() {
     let dir = package();
-    let manifest = mayfly_core::package::read_manifest(&dir).unwrap();
+    let manifest = mayfly_ops::package::read_manifest(&dir).unwrap();
     assert_eq!(manifest.provider, "aws");
     assert_eq!(manifest.architecture, std::env::consts::ARCH);
     let (major, minor) =
@@ -128,7 +128,7 @@ fn the_package_runs_on_amazon_linux_2023s_glibc() {
         "the function's files"
     );
     for file in ["mayfly", "libmayfly_provider_aws.so"] {
-        let (major, minor) = mayfly_core::package::glibc_needed(&function.join(file)).unwrap();
+        let (major, minor) = mayfly_ops::package::glibc_needed(&function.join(file)).unwrap();
         assert!(major == 2 && minor <= 34, "{file} needs glibc {major}.{minor}");
     }
     // The packaged mayfly runs here and loads the packaged plugin next to it.
@@ -255,7 +255,7 @@ fn a_deployed_function_runs_a_job_whose_nodes_fetch_the_packaged_artifact() {
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_owned();
-    let hash = mayfly_core::package::node_key(&dir.join("node.tar.gz")).unwrap();
+    let hash = mayfly_ops::package::node_key(&dir.join("node.tar.gz")).unwrap();
     assert_eq!(artifact, format!("s3://mayfly-dist/mayfly/{hash}"), "{stdout}");
     let out = packaged(&deploy);
     assert!(out.status.success(), "{}", text(&out));
@@ -394,21 +394,21 @@ fn a_node_artifact_whose_hash_does_not_match_its_name_is_refused() {
     let mut settings = moto.settings();
     settings.remove("node_binary");
     settings.insert("node_artifact".into(), wrong.clone().into());
-    let selection = mayfly_core::provider::Selection {
+    let selection = mayfly_data::provider::Selection {
         name: None,
         path: Some(mayfly_tests_aws::aws_plugin()),
         timeout_ms: None,
         settings,
     };
-    let p = mayfly_core::provider::ProviderHandle::select(&selection).unwrap();
-    let nodes = vec![mayfly_core::provider::NodeSpec {
+    let p = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
+    let nodes = vec![mayfly_data::provider::NodeSpec {
         node: "worker-1".into(),
-        role: mayfly_core::provider::Role::Worker,
+        role: mayfly_data::provider::Role::Worker,
         args: vec!["idle".into(), "--for".into(), "5m".into()],
     }];
     let expires_at = mayfly_provider_api::now_ms() + 300_000;
     let job = "aws-bad-artifact";
-    p.launch(mayfly_core::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
+    p.launch(mayfly_data::provider::LaunchRequest { job: job.into(), state: "/tmp".into(), expires_at, nodes })
         .unwrap();
     let refused = || node_log(job, "worker-1").contains("cannot fetch or verify the node artifact");
     assert!(wait_until(Duration::from_secs(90), refused), "{}", node_log(job, "worker-1"));

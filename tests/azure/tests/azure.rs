@@ -38,8 +38,8 @@ fn provider_section(cloud: &Cloud, extra: &[(&str, &str)]) -> String {
 /// runs in a child test process given the cloud's identity and settings.
 #[test]
 fn the_azure_provider_conforms() {
-    use mayfly_core::conformance::Kit;
-    use mayfly_core::conformance::Selected;
+    use mayfly_ops::conformance::Kit;
+    use mayfly_ops::conformance::Selected;
     use mayfly_provider_api::conformance::assert_conforms;
     const SETTINGS: &str = "MAYFLY_TEST_AZURE_SETTINGS";
     let Ok(settings) = std::env::var(SETTINGS) else {

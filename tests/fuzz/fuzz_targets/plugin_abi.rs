@@ -54,14 +54,14 @@ fuzz_target!(|data: &[u8]| {
     let path = Path::new("/plugins/libmayfly_provider_fuzz.so");
     // The host's side: each answer type it expects.
     let answers = [
-        mayfly_core::plugin::decode_answer::<ProviderInfo>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<Vec<NodeInfo>>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<Option<NodeInfo>>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<Credential>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<StoreConfig>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<BootstrapRequest>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<BootstrapReply>("fuzz", path, method, status, body).err(),
-        mayfly_core::plugin::decode_answer::<Vec<String>>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<ProviderInfo>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<Vec<NodeInfo>>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<Option<NodeInfo>>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<Credential>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<StoreConfig>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<BootstrapRequest>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<BootstrapReply>("fuzz", path, method, status, body).err(),
+        mayfly_data::plugin::decode_answer::<Vec<String>>("fuzz", path, method, status, body).err(),
     ];
     answers.iter().flatten().for_each(named);
     // The plugin's side: the request, and `create`'s settings.

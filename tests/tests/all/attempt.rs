@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mayfly_core::attempt::{self, Driver, Ended, Stage};
 use mayfly_core::config::Isolation;
 use mayfly_core::host::{BytesInput, Call, InputSource, Limits};
-use mayfly_core::plan::Item;
+use mayfly_model::plan::Item;
 use mayfly_tests::{runtime, scratch, task};
 
 const STATEFUL: &str = "tests/guests/stateful";

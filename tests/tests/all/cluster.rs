@@ -3,7 +3,7 @@
 //! rollback, and bad input. Every test ends by checking that no process of its
 //! job is left.
 
-use mayfly_core::store::Location;
+use mayfly_data::store::Location;
 use std::time::Duration;
 
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
@@ -296,7 +296,7 @@ fn no_secret_reaches_a_log_an_output_or_the_state() {
     assert!(token.len() >= 32 && key.len() == 32);
     // A credential of this job's issuer, to prove the scanner sees one.
     let provider =
-        mayfly_core::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
+        mayfly_data::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
     let sample = provider.credentials(&job.id, &job.state().to_string_lossy(), "probe").unwrap();
     assert!(holds_a_credential(format!("x {} y", sample.secret.expose()).as_bytes()), "the scanner finds a credential");
     let mut texts: Vec<(String, Vec<u8>)> = vec![
@@ -334,8 +334,8 @@ fn no_secret_reaches_a_log_an_output_or_the_state() {
 #[test]
 fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     use mayfly_core::bootstrap::{BootstrapError, ReadyTask, bootstrap};
-    use mayfly_core::policy::{Clock, ManualClock};
-    use mayfly_core::provider::ProviderHandle;
+    use mayfly_data::provider::ProviderHandle;
+    use mayfly_model::policy::{Clock, ManualClock};
 
     let files = inputs(3, 100);
     let job = TestJob::new("overrun", &files);
@@ -352,7 +352,7 @@ fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     let selection =
         mayfly_tests::local_selection(serde_json::json!({ "bootstrap_limit": "60s", "credential_ttl": "60s" }));
     let provider = ProviderHandle::select(&selection).unwrap();
-    let clock = ManualClock::new(mayfly_core::policy::SystemClock.now());
+    let clock = ManualClock::new(mayfly_model::policy::SystemClock.now());
     let moving = clock.clone();
     let ready = ReadyTask { component: wasm, sha256: sha };
     let result = bootstrap(&spec, &ready, None, &provider, &clock, Default::default(), &mut |step| {
@@ -644,8 +644,9 @@ fn reap_ends_nodes_past_their_deadline_that_could_not_end_themselves() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 node(s) reaped"), "{}", text(&out));
     assert_eq!(job.alive().len(), 3);
     let deadline = job.node("master").expires_at;
-    assert!(wait_until(Duration::from_secs(10), || mayfly_core::policy::Clock::now(&mayfly_core::policy::SystemClock)
-        > deadline));
+    assert!(wait_until(Duration::from_secs(10), || mayfly_model::policy::Clock::now(
+        &mayfly_model::policy::SystemClock
+    ) > deadline));
     let out = job.command(&["reap", "--state", "state"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 node(s) reaped"), "{}", text(&out));
@@ -718,7 +719,7 @@ fn plan_status_and_logs_show_an_operator_what_happened() {
     assert!(!one.is_empty() && one.lines().all(|l| l.starts_with("worker-2: ")), "{one}");
     // The provider recorded each node with its role and job.
     let node = job.node("worker-1");
-    assert_eq!((node.role, node.job.as_str()), (mayfly_core::provider::Role::Worker, "operator"));
+    assert_eq!((node.role, node.job.as_str()), (mayfly_data::provider::Role::Worker, "operator"));
 }
 
 #[test]

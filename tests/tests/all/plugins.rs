@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mayfly_core::conformance::Kit;
-use mayfly_core::conformance::Selected;
-use mayfly_core::provider::{ErrorKind, ProviderHandle, Selection};
+use mayfly_data::provider::{ErrorKind, ProviderHandle, Selection};
+use mayfly_ops::conformance::Kit;
+use mayfly_ops::conformance::Selected;
 use mayfly_provider_api::conformance::{Backend, Core, assert_conforms};
 use mayfly_tests::cluster::{TestJob, inputs};
 use mayfly_tests::{component, mayfly_bin, plugin, scratch};
@@ -70,7 +70,7 @@ fn cargo_test_in_a_fresh_copy_of_the_template_runs_the_conformance_suite() {
     let root = mayfly_tests::root();
     let pointed = manifest
         .replace("path = \"../api\"", &format!("path = {:?}", root.join("providers/api").to_string_lossy()))
-        .replace("path = \"../../core\"", &format!("path = {:?}", root.join("core").to_string_lossy()));
+        .replace("path = \"../../core/ops\"", &format!("path = {:?}", root.join("core/ops").to_string_lossy()));
     assert_ne!(pointed, manifest, "the template's dependencies are paths into the checkout");
     std::fs::write(copy.join("Cargo.toml"), pointed).unwrap();
     let out = mayfly_tests::cargo()
@@ -199,7 +199,7 @@ fn a_plugin_that_panics_or_hangs_is_reported_and_the_host_goes_on() {
     assert!(e.contains("`provider.mode`: unknown mode \"sideways\""), "{e}");
 
     let hanging = select_path(&lib, serde_json::json!({ "mode": "hang" }), Some(300)).unwrap();
-    let e = hanging.launch(mayfly_core::provider::LaunchRequest {
+    let e = hanging.launch(mayfly_data::provider::LaunchRequest {
         job: "j".into(),
         state: "/tmp".into(),
         expires_at: 0,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mayfly_core::host::{BytesInput, Failure, Limits, Outcome};
-use mayfly_core::units::{ByteSize, HumanDuration};
+use mayfly_model::units::{ByteSize, HumanDuration};
 use mayfly_tests::{run, scratch};
 
 const GUEST: &str = "tests/guests/misbehave";

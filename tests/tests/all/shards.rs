@@ -225,7 +225,7 @@ fn the_worker_reads_items_ahead_within_the_jobs_memory_budget() {
         "{line}"
     );
     let peak = line.split("peak ").nth(1).and_then(|r| r.split(" held").next()).unwrap();
-    let peak: mayfly_core::units::ByteSize = peak.parse().unwrap();
+    let peak: mayfly_model::units::ByteSize = peak.parse().unwrap();
     assert!(peak.0 > 0 && peak.0 <= 8 << 10, "never more than the budget: {line}");
 
     // Off: every item is read as the task goes.
@@ -277,7 +277,7 @@ fn calls(params: &str, limits: mayfly_core::host::Limits, items: &[&str]) -> Vec
 #[test]
 fn the_log_limit_counts_afresh_for_each_item() {
     // 40 KiB logged per item against a 64 KiB limit: each call fits; the three together would not.
-    let limits = mayfly_core::host::Limits { log: mayfly_core::units::ByteSize(64 << 10), ..Default::default() };
+    let limits = mayfly_core::host::Limits { log: mayfly_model::units::ByteSize(64 << 10), ..Default::default() };
     let calls = calls(r#"{"log_kib": 40}"#, limits, &["a", "b", "c"]);
     for (call, lines) in &calls {
         assert_eq!(call.result, Ok(()), "{:?}", call.result);
@@ -289,7 +289,7 @@ fn the_log_limit_counts_afresh_for_each_item() {
 fn a_memory_growth_refused_in_an_earlier_item_is_not_a_later_traps_cause() {
     // Item `a` asks for 64 MiB under a 16 MiB limit, is refused and goes on;
     // item `b` traps: a trap, not "out of memory".
-    let limits = mayfly_core::host::Limits { memory: mayfly_core::units::ByteSize(16 << 20), ..Default::default() };
+    let limits = mayfly_core::host::Limits { memory: mayfly_model::units::ByteSize(16 << 20), ..Default::default() };
     let calls = calls(r#"{"try_mib": 64, "trap_on": "b"}"#, limits, &["a", "b"]);
     assert_eq!(calls[0].0.result, Ok(()), "a refused growth the task survives is no failure");
     match &calls[1].0.result {

@@ -1,0 +1,154 @@
+//! `mayfly plan`: what a job would do and cost, and each rule it would
+//! break ([`mayfly_ops::check`]); nothing is launched.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use mayfly_core::bootstrap::{absolute_location, list_inputs};
+use mayfly_core::config::JobSpec;
+use mayfly_data::store::{Principal, Store};
+use mayfly_model::units::ByteSize;
+
+use crate::Ended;
+use crate::lookup::provider_for;
+
+/// `mayfly plan`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The job file.
+    job: PathBuf,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The rate one worker is assumed to process input at (per second).
+    #[arg(long, value_name = "SIZE", default_value = "100MiB")]
+    rate: ByteSize,
+}
+
+pub(crate) fn execute(args: Args) -> Result<Ended> {
+    cmd_plan(&args.job, args.json, args.rate.0).map(|()| Ended::Success)
+}
+
+fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
+    let spec = JobSpec::load(job)?;
+    let provider = provider_for(&spec)?;
+    let who = Principal { job: "plan".into(), state: spec.state.to_string(), node: "cli".into() };
+    let started = Instant::now();
+    let input = Store::open(&absolute_location(&spec.input), &provider, &who).map_err(anyhow::Error::msg)?;
+    let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
+    let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
+    let planned_in = started.elapsed();
+    let (max, mean) = p.balance();
+    let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
+    let estimate = mayfly_ops::cost::estimate(&mayfly_ops::cost::EstimateInput {
+        nodes: provider.info().nodes.as_ref(),
+        prices: &spec.prices,
+        workers: spec.workers,
+        largest_shard: max,
+        total_bytes: p.total_bytes,
+        items,
+        worker_rate,
+        deadline: spec.deadline,
+    });
+    let output = Store::open(&absolute_location(&spec.output), &provider, &who);
+    let checked = mayfly_ops::check::check(&mayfly_ops::check::Facts {
+        spec: &spec,
+        plan: &p,
+        planned_in,
+        limits: provider.limits(),
+        provider: provider.name(),
+        estimate: &estimate,
+        worker_rate,
+        output: output.and_then(|o| mayfly_core::bootstrap::check_output(&o)),
+    });
+    let secs = |d: Duration| d.as_secs_f64();
+    let (bootstrap_limit, bootstrap_budget) = (checked.bootstrap_limit, checked.bootstrap_budget);
+    let (credential_ttl, renew_every, renewals) = (checked.credential_ttl, checked.renew_every, checked.renewals);
+    let warnings = &checked.warnings;
+    if json {
+        let doc = serde_json::json!({
+            "plan": p,
+            "estimate": estimate,
+            "bootstrap": {
+                "planned_in_secs": secs(planned_in),
+                "budget_secs": secs(bootstrap_budget),
+                "provider_limit_secs": secs(bootstrap_limit),
+            },
+            "credentials": {
+                "ttl_secs": secs(credential_ttl),
+                "renewed_every_secs": secs(renew_every),
+                "renewals_per_node": renewals,
+            },
+            "warnings": warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let floor = match checked.raised_from {
+        Some(derived) => format!(
+            ", raised from {} by the floor [sharding] min_shard_bytes = {}, short of leaving a worker no shard",
+            ByteSize(derived),
+            ByteSize(spec.min_shard_bytes)
+        ),
+        None => String::new(),
+    };
+    println!(
+        "{} objects, {} in {} shards (target {}{floor}); balance: largest {} / mean {} = {:.2}",
+        p.objects,
+        ByteSize(p.total_bytes),
+        p.shards.len(),
+        ByteSize(p.target_bytes),
+        ByteSize(max),
+        ByteSize(mean as u64),
+        if mean > 0.0 { max as f64 / mean } else { 1.0 }
+    );
+    for s in p.shards.iter().take(20) {
+        let items: Vec<String> = s.items.iter().take(3).map(|i| i.key()).collect();
+        let more = if s.items.len() > 3 { format!(" and {} more", s.items.len() - 3) } else { String::new() };
+        println!("  shard {:>4}  {:>10}  {}{more}", s.id, ByteSize(s.bytes).to_string(), items.join(", "));
+    }
+    if p.shards.len() > 20 {
+        println!("  ... {} more shards", p.shards.len() - 20);
+    }
+    println!(
+        "time: about {:.1}s of work at {}/s per worker (--rate) on {} workers; deadline {}",
+        estimate.expected_secs,
+        ByteSize(worker_rate),
+        spec.workers,
+        mayfly_model::units::HumanDuration(spec.deadline)
+    );
+    println!(
+        "bootstrap: listing and planning took {:.2}s here; budget {:.0}s ({} allows {:.0}s)",
+        secs(planned_in),
+        secs(bootstrap_budget),
+        provider.name(),
+        secs(bootstrap_limit)
+    );
+    println!(
+        "credentials: live {}, renewed every {} by the rule: about {renewals} renewal(s) per node",
+        mayfly_model::units::HumanDuration(credential_ttl),
+        mayfly_model::units::HumanDuration(renew_every)
+    );
+    println!("cost ({}):", provider.name());
+    for n in &estimate.nodes {
+        let price = match (n.usd_per_hour, &n.price_source) {
+            (Some(usd), Some(from)) => format!("${usd:.4}/h ({from})"),
+            _ => "no price".to_owned(),
+        };
+        println!(
+            "  {:<8} {:>3} x {:<16} {price:<32} {:>8.4} node-h expected, {:>8.2} at most",
+            n.role, n.count, n.node_type, n.expected_node_hours, n.ceiling_node_hours
+        );
+    }
+    match (estimate.expected_usd, estimate.ceiling_usd) {
+        (Some(e), Some(c)) => {
+            println!("  total    ${e:.4} expected; at most ${c:.2} (every node to the deadline: no node outlives it)")
+        }
+        _ => println!("  total    unknown: some node types have no price (see the warnings)"),
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}

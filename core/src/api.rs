@@ -219,9 +219,14 @@ pub struct WorkerStatus {
     pub held_until: Option<Millis>,
 }
 
+/// A request body the master cannot decode.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request: {0}")]
+pub struct Malformed(#[source] pub serde_json::Error);
+
 /// Decodes a request body as the master does (after the token check).
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Malformed> {
+    serde_json::from_slice(body).map_err(Malformed)
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -248,6 +253,22 @@ pub enum CallError {
     },
 }
 
+/// Why a client for a job's master could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The master is off loopback and published no certificate: the job
+    /// token would cross the network in clear.
+    #[error("the master at {0} publishes no TLS certificate; refusing to send the job token in clear")]
+    InClear(String),
+    /// The job's CA certificate is unusable.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The master serves TLS and this build has no TLS client.
+    #[error("the master serves TLS, and this mayfly was built without it (build with `--features tls`)")]
+    NoTls,
+}
+
 /// A client of the worker API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -266,7 +287,7 @@ impl Client {
 
     /// A client for the master `master.json` describes: over TLS, trusting
     /// only the job's CA, when the master published one; else plain HTTP.
-    pub fn connect(info: &MasterInfo, token: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn connect(info: &MasterInfo, token: &str, timeout: Duration) -> Result<Self, ConnectError> {
         let Some(ca) = &info.ca else {
             // In clear only on loopback: the token never crosses a network unencrypted.
             let ip = info
@@ -274,10 +295,7 @@ impl Client {
                 .rsplit_once(':')
                 .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok());
             if !ip.is_some_and(|ip| ip.is_loopback()) {
-                return Err(format!(
-                    "the master at {} publishes no TLS certificate; refusing to send the job token in clear",
-                    info.addr
-                ));
+                return Err(ConnectError::InClear(info.addr.clone()));
             }
             return Ok(Self::new(&info.addr, token, timeout));
         };
@@ -293,7 +311,7 @@ impl Client {
         #[cfg(not(feature = "tls"))]
         {
             let _ = ca;
-            Err("the master serves TLS, and this mayfly was built without it (build with `--features tls`)".into())
+            Err(ConnectError::NoTls)
         }
     }
 

@@ -48,8 +48,8 @@ pub enum BootstrapError {
     },
 }
 
-fn step_err(step: &'static str) -> impl Fn(String) -> BootstrapError {
-    move |message| BootstrapError::Step { step, message }
+fn step_err<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> BootstrapError {
+    move |e| BootstrapError::Step { step, message: e.to_string() }
 }
 
 /// A bootstrapped job.
@@ -170,7 +170,8 @@ pub fn ready_task(
 
 /// Readies the tasks of `spec`: the map task and the reduce task, if any.
 pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTask, Option<ReadyTask>), String> {
-    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
     let task = ready_task(&runtime, &spec.task, "map", say)?;
     let reduce = spec.reduce.as_ref().map(|r| ready_task(&runtime, r, "reduce", say)).transpose()?;
     Ok((task, reduce))
@@ -245,7 +246,7 @@ pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, St
     let dir = Location::parse(&dir, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
     check_scheme("job_url", &dir, provider)?;
     let who = mayfly_data::store::Principal { job: "bootstrap".into(), state: String::new(), node: "bootstrap".into() };
-    let store = Store::open(&dir, provider, &who)?;
+    let store = Store::open(&dir, provider, &who).map_err(|e| e.to_string())?;
     let bytes = store.get(&name).map_err(|e| format!("reading the job file {url}: {e}"))?;
     let bytes = bytes.ok_or_else(|| format!("the job file {url} does not exist"))?;
     String::from_utf8(bytes).map_err(|_| format!("the job file {url} is not UTF-8 text"))

@@ -357,7 +357,7 @@ impl JobSpec {
         let input = location("input.url", &raw.input.url, env("MAYFLY_INPUT"))?;
         let output = location("output.url", &raw.output.url, env("MAYFLY_OUTPUT"))?;
         let state = match (&raw.state, env("MAYFLY_STATE")) {
-            (_, Some(over)) => Location::parse(&over, base).map_err(|m| env_err("MAYFLY_STATE", m))?,
+            (_, Some(over)) => Location::parse(&over, base).map_err(|m| env_err("MAYFLY_STATE", m.to_string()))?,
             (Some(s), None) => location("state.url", &s.url, None)?,
             (None, None) => Location::path(&base.join(".mayfly").join("jobs")),
         };

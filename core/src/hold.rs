@@ -66,29 +66,54 @@ fn key(node: &str) -> String {
     format!("holds/{node}.json")
 }
 
+/// Why a hold could not be put, released or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Not a node's name (holds are files named after their node).
+    #[error("{0:?} is not a node name (like worker-1)")]
+    NodeName(String),
+    /// The job's state refused a read, a write or a listing.
+    #[error("{doing} {at}: {source}")]
+    State {
+        /// What was being done ("writing the hold to").
+        doing: String,
+        /// Where, in the state.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl HoldError {
+    fn state(doing: impl Into<String>, at: impl Into<String>) -> impl FnOnce(std::io::Error) -> HoldError {
+        let (doing, at) = (doing.into(), at.into());
+        move |source| HoldError::State { doing, at, source }
+    }
+}
+
 /// Whether `name` can name a held node (a file name in the state).
-pub fn check_node_name(name: &str) -> Result<(), String> {
+pub fn check_node_name(name: &str) -> Result<(), HoldError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(format!("{name:?} is not a node name (like worker-1)"));
+        return Err(HoldError::NodeName(name.to_owned()));
     }
     Ok(())
 }
 
-fn record(layout: &Layout, r: &HoldRecord) -> Result<(), String> {
+fn record(layout: &Layout, r: &HoldRecord) -> Result<(), HoldError> {
     let key = format!("holds/log/{}-{}-{}.json", r.at, r.node, r.action);
     layout
         .state
         .write_json(&key, r)
-        .map_err(|e| format!("recording the {} in {}: {e}", r.action, layout.state.display(&key)))
+        .map_err(HoldError::state(format!("recording the {} in", r.action), layout.state.display(&key)))
 }
 
 /// Puts `node` (or the whole job) on hold until `until`, and records who asked.
-pub fn put(layout: &Layout, hold: &Hold) -> Result<(), String> {
+pub fn put(layout: &Layout, hold: &Hold) -> Result<(), HoldError> {
     check_node_name(&hold.node)?;
     layout
         .state
         .write_json(&key(&hold.node), hold)
-        .map_err(|e| format!("writing the hold to {}: {e}", layout.state.display(&key(&hold.node))))?;
+        .map_err(HoldError::state("writing the hold to", layout.state.display(&key(&hold.node))))?;
     record(
         layout,
         &HoldRecord {
@@ -103,10 +128,10 @@ pub fn put(layout: &Layout, hold: &Hold) -> Result<(), String> {
 
 /// Ends the holds of `node` (or, with `None`, every hold of the job);
 /// returns the nodes whose hold ended.
-pub fn release(layout: &Layout, node: Option<&str>, by: &str, now: Millis) -> Result<Vec<String>, String> {
+pub fn release(layout: &Layout, node: Option<&str>, by: &str, now: Millis) -> Result<Vec<String>, HoldError> {
     let held: Vec<String> = all(layout)?.into_iter().map(|h| h.node).filter(|n| node.is_none_or(|x| x == n)).collect();
     for n in &held {
-        layout.state.delete(&key(n)).map_err(|e| format!("removing the hold of {n}: {e}"))?;
+        layout.state.delete(&key(n)).map_err(HoldError::state("removing the hold", layout.state.display(&key(n))))?;
         record(
             layout,
             &HoldRecord { action: "release".into(), node: n.clone(), by: by.to_owned(), at: now, until: None },
@@ -116,11 +141,11 @@ pub fn release(layout: &Layout, node: Option<&str>, by: &str, now: Millis) -> Re
 }
 
 /// Every hold in the state, expired or not.
-pub fn all(layout: &Layout) -> Result<Vec<Hold>, String> {
+pub fn all(layout: &Layout) -> Result<Vec<Hold>, HoldError> {
     let listed = match layout.state.list("holds") {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("listing the holds: {e}")),
+        Err(e) => return Err(HoldError::state("listing the holds in", layout.state.display("holds"))(e)),
     };
     let mut holds = Vec::new();
     for (k, _) in listed.into_iter().filter(|(k, _)| k.ends_with(".json") && k.matches('/').count() == 1) {
@@ -128,7 +153,7 @@ pub fn all(layout: &Layout) -> Result<Vec<Hold>, String> {
         match layout.state.read_json::<Hold>(&k) {
             Ok(Some(h)) => holds.push(h),
             Ok(None) => {}
-            Err(e) => return Err(format!("reading the hold {}: {e}", layout.state.display(&k))),
+            Err(e) => return Err(HoldError::state("reading the hold", layout.state.display(&k))(e)),
         }
     }
     Ok(holds)
@@ -199,6 +224,7 @@ mod tests {
         assert_eq!(held_until(&holds, "worker-2", 50), None, "expired");
         assert_eq!(held_until(&holds, "worker-1", 100), None);
         assert!(check_node_name("worker-1").is_ok());
-        assert!(check_node_name("../x").is_err() && check_node_name("").is_err());
+        assert!(matches!(check_node_name("../x"), Err(HoldError::NodeName(n)) if n == "../x"));
+        assert!(check_node_name("").is_err());
     }
 }

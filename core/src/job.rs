@@ -139,6 +139,30 @@ pub mod keys {
     pub const LOGS: &str = "logs";
 }
 
+/// Why a job's locations could not be opened, or its task fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// The state or the output could not be opened.
+    #[error(transparent)]
+    Open(#[from] mayfly_data::store::OpenError),
+    /// The local work directory of a remote state could not be made.
+    #[error("creating the work directory {}: {source}", dir.display())]
+    WorkDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The task's component could not be fetched from a remote state.
+    #[error("fetching the task {at}: {source}")]
+    Task {
+        /// Where, in the state.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
 impl Layout {
     /// Local directories: the job `id` under `state`, writing to `output`.
     pub fn local(state: &Path, id: &str, output: &Path) -> Self {
@@ -155,7 +179,7 @@ impl Layout {
         output: &Location,
         provider: &ProviderHandle,
         node: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LayoutError> {
         let who = Principal { job: id.to_owned(), state: job_state.to_string(), node: node.to_owned() };
         let state_store = Store::open(job_state, provider, &who)?;
         let output = Store::open(output, provider, &who)?;
@@ -168,7 +192,7 @@ impl Layout {
                     .recursive(true)
                     .mode(0o700)
                     .create(&work)
-                    .map_err(|e| format!("creating the work directory {}: {e}", work.display()))?;
+                    .map_err(|source| LayoutError::WorkDir { dir: work.clone(), source })?;
                 work
             }
         };
@@ -241,7 +265,7 @@ impl Layout {
     /// The task component `path` (sha256 `sha`) as this process can load it:
     /// the path itself when the state is local, else a copy fetched from the
     /// state into the work directory.
-    pub fn task_file(&self, path: &Path, sha: &str) -> Result<PathBuf, String> {
+    pub fn task_file(&self, path: &Path, sha: &str) -> Result<PathBuf, LayoutError> {
         if self.state.local_dir().is_some() {
             return Ok(path.to_owned());
         }
@@ -249,7 +273,7 @@ impl Layout {
         if !local.exists() {
             self.state
                 .download(&Self::task_key(sha), &local)
-                .map_err(|e| format!("fetching the task {}: {e}", self.state.display(&Self::task_key(sha))))?;
+                .map_err(|source| LayoutError::Task { at: self.state.display(&Self::task_key(sha)), source })?;
         }
         Ok(local)
     }

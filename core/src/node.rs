@@ -67,7 +67,7 @@ pub fn open(args: &NodeArgs<'_>) -> Result<Opened, String> {
     };
     let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
     let store = match (&given, location.as_path()) {
-        (Some(p), _) => Store::open(&location, p, &who)?,
+        (Some(p), _) => Store::open(&location, p, &who).map_err(|e| e.to_string())?,
         (None, Some(path)) => Store::local(path),
         (None, None) => return Err(format!("--dir {location}: a remote state needs --provider (bootstrap passes it)")),
     };
@@ -83,7 +83,7 @@ pub fn open(args: &NodeArgs<'_>) -> Result<Opened, String> {
         None => ProviderHandle::select(&manifest.provider)
             .map_err(|e| format!("making provider {} for job {job}: {e}", manifest.provider.label()))?,
     };
-    let layout = Layout::open(&location, job, &manifest.output, &provider, node)?;
+    let layout = Layout::open(&location, job, &manifest.output, &provider, node).map_err(|e| e.to_string())?;
     Ok(Opened { layout, manifest, provider })
 }
 

@@ -21,7 +21,8 @@ pub fn run(
     params: &serde_json::Value,
     committed: &[CommittedOutput],
 ) -> Result<Vec<String>, String> {
-    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
     let task = runtime.load(component).map_err(|e| e.to_string())?;
     // Every map output is there with its committed size (one listing), and is
     // opened only when the task reads it: thousands of outputs must not hold

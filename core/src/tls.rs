@@ -29,13 +29,32 @@ impl std::fmt::Debug for MasterTls {
     }
 }
 
+/// Why the job's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A key or a certificate could not be made.
+    #[error("making the job's TLS certificate ({what}): {source}")]
+    Certificate {
+        /// Which: the CA, its key, the server's certificate or key.
+        what: &'static str,
+        /// The cause.
+        source: rcgen::Error,
+    },
+    /// rustls refused the server's configuration.
+    #[error("the job's TLS certificate: {0}")]
+    Server(#[source] rustls::Error),
+    /// The CA certificate a job's `master.json` holds is not one.
+    #[error("the job's CA certificate in master.json: {0}")]
+    Ca(#[source] ureq::Error),
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A fresh CA for job `job`, and a server certificate for `ip` signed by it.
-pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, String> {
-    let e = |what: &'static str| move |e: rcgen::Error| format!("making the job's TLS certificate ({what}): {e}");
+pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, TlsError> {
+    let e = |what: &'static str| move |source| TlsError::Certificate { what, source };
     let ca_key = KeyPair::generate().map_err(e("CA key"))?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e("CA"))?;
     ca.distinguished_name.push(DnType::CommonName, format!("mayfly job {job} CA"));
@@ -54,10 +73,10 @@ pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, String> {
     let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Server)?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| format!("the job's TLS certificate: {e}"))?;
+        .map_err(TlsError::Server)?;
     Ok(MasterTls { ca_pem: ca_cert.pem(), acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
 }
 
@@ -88,9 +107,8 @@ pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::Tl
 }
 
 /// The client's TLS settings: trust the job's CA (PEM) and nothing else.
-pub fn client_config(ca_pem: &str) -> Result<ureq::tls::TlsConfig, String> {
-    let ca = ureq::tls::Certificate::from_pem(ca_pem.as_bytes())
-        .map_err(|e| format!("the job's CA certificate in master.json: {e}"))?;
+pub fn client_config(ca_pem: &str) -> Result<ureq::tls::TlsConfig, TlsError> {
+    let ca = ureq::tls::Certificate::from_pem(ca_pem.as_bytes()).map_err(TlsError::Ca)?;
     Ok(ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))

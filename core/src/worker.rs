@@ -553,7 +553,7 @@ pub fn run(
     clock: Arc<dyn Clock>,
 ) -> Result<EndReason, String> {
     let who = Principal { job: manifest.job.clone(), state: layout.state_location(), node: node.to_owned() };
-    let input = Store::open(&manifest.input, &provider, &who)?;
+    let input = Store::open(&manifest.input, &provider, &who).map_err(|e| e.to_string())?;
     let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
@@ -563,8 +563,9 @@ pub fn run(
 
     // Compile once per worker (or load from the cache), and check that the
     // component is the one the job was planned with.
-    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() })?;
-    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256)?;
+    let runtime =
+        Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
+    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256).map_err(|e| e.to_string())?;
     let task = runtime.load(&task_file).map_err(|e| e.to_string())?;
     if task.sha256() != manifest.task_sha256 {
         return Err(format!(
@@ -604,7 +605,7 @@ pub fn run(
         // Each look at a remote state is a request: a few a second.
         std::thread::sleep(Duration::from_millis(if layout.state.local_dir().is_some() { 50 } else { 250 }));
     };
-    let client = Client::connect(&addr, &token, Duration::from_secs(10))?;
+    let client = Client::connect(&addr, &token, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let keeper = Keeper {
         inner: Arc::new(Mutex::new(Credentials { current, failures: 0, failed_at: 0, refreshed: 0, failed_ops: 0 })),
         provider,

@@ -182,8 +182,40 @@ fn no_module_imports_one_above_it_in_its_crate() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// The crates whose errors are typed all through (`thiserror`): no function
+/// of theirs answers `Result<_, String>`, so a caller can tell failures apart.
+const TYPED: &[&str] = &["mayfly-model", "mayfly-sandbox", "mayfly-data"];
+
+/// The lines of `text`'s code that name a `Result` whose error is a `String`.
+fn string_errors(text: &str) -> Vec<String> {
+    code(text)
+        .lines()
+        .filter(|l| l.contains("Result<") && l.replace(' ', "").contains(",String>"))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_lower_crates_return_typed_errors() {
+    let mut wrong = Vec::new();
+    for krate in CRATES.iter().filter(|c| TYPED.contains(&c.package)) {
+        for (module, files) in modules(&root().join(krate.dir).join("src")) {
+            for file in files {
+                for line in string_errors(&std::fs::read_to_string(&file).unwrap()) {
+                    wrong.push(format!("{}::{module}: {line}", krate.package));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "errors as strings:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn the_check_sees_references_and_skips_comments() {
+    assert_eq!(
+        string_errors("fn a() -> Result<(), String> {}\n// Result<u8, String>\nfn b() -> io::Result<u8> {}"),
+        ["fn a() -> Result<(), String> {}"]
+    );
     assert_eq!(
         references("use crate::job::Layout; // crate::master\n/// [`crate::worker`]\nx(crate::api::y)"),
         ["job", "api"]

@@ -626,6 +626,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
                     // the figures are the steady state, not the connection storm.
                     let t = Instant::now();
                     let client = Client::connect(&info, &token, Duration::from_secs(60))
+                        .map_err(|e| e.to_string())
                         .and_then(|c| c.status().map(|_| c).map_err(|e| e.to_string()));
                     connect.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
                     ready.wait();

@@ -61,7 +61,7 @@ fn cmd_attach(job: &str, at: &StateArgs, node: &str) -> Result<Ended> {
         fmt_time(manifest.expires_at),
         fmt_duration(manifest.expires_at.saturating_sub(now))
     );
-    let holds = mayfly_core::hold::all(&layout).map_err(anyhow::Error::msg)?;
+    let holds = mayfly_core::hold::all(&layout)?;
     match mayfly_core::hold::held_until(&holds, node, now) {
         Some(until) => println!("  held       until {} (in {})", fmt_time(until), fmt_duration(until - now)),
         None => println!("  held       no (`mayfly hold {job} --node {node}` keeps it alive for you)"),

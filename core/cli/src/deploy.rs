@@ -71,7 +71,7 @@ fn cmd_deploy(provider: &str, settings: &[String], from: &Path, args: DeployArgs
     }
     let who =
         mayfly_data::store::Principal { job: "deploy".into(), state: args.artifacts.clone(), node: "deploy".into() };
-    let store = mayfly_data::store::Store::open(&location, &handle, &who).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = mayfly_data::store::Store::open(&location, &handle, &who)?;
     // The nodes' artifact under its content's hash: a job's nodes all run the
     // mayfly it was launched with, whatever is deployed later (the user data
     // checks the hash too).

@@ -121,10 +121,9 @@ fn cmd_exec(args: Args) -> Result<Ended> {
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
     let staging = args.out.join(format!(".mayfly-staging-{}", std::process::id()));
 
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
     if let Some(w) = &runtime.cache_warning {
-        say(w);
+        say(&w.to_string());
     }
     let task = runtime.load(&component)?;
     let rt =

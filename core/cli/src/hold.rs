@@ -79,7 +79,7 @@ fn cmd_hold(job: &str, at: &StateArgs, node: Option<&str>, for_: Duration) -> Re
         asked_ms,
         cut_to_deadline: cut,
     };
-    mayfly_core::hold::put(&layout, &hold).map_err(anyhow::Error::msg)?;
+    mayfly_core::hold::put(&layout, &hold)?;
     tell_master(&layout);
     let what = node.map_or_else(|| format!("every worker of job {job}"), |n| format!("{n} of job {job}"));
     println!("held {what} until {} (in {})", fmt_time(until), fmt_duration(until - now));
@@ -106,8 +106,7 @@ fn cmd_release(job: &str, at: &StateArgs, node: Option<&str>) -> Result<Ended> {
     {
         worker_name(&manifest, n)?;
     }
-    let released = mayfly_core::hold::release(&layout, node, &mayfly_core::hold::asker(), SystemClock.now())
-        .map_err(anyhow::Error::msg)?;
+    let released = mayfly_core::hold::release(&layout, node, &mayfly_core::hold::asker(), SystemClock.now())?;
     if released.is_empty() {
         let whole = node.is_some()
             && mayfly_core::hold::all(&layout)

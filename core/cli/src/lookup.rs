@@ -46,12 +46,11 @@ pub(crate) fn find_job(
     let job_state = root.join(job);
     let who = Principal { job: job.to_owned(), state: job_state.to_string(), node: "cli".into() };
     let store = Store::open(&job_state, &handle, &who)
-        .map_err(anyhow::Error::msg)
         .with_context(|| format!("--state {state}: pass --provider (and --set) for the provider that serves it"))?;
     let manifest: Manifest = store
         .read_json(keys::MANIFEST)?
         .with_context(|| format!("no job {job} under {state} (use --state to say where its state is)"))?;
-    let layout = Layout::open(&job_state, job, &manifest.output, &handle, "cli").map_err(anyhow::Error::msg)?;
+    let layout = Layout::open(&job_state, job, &manifest.output, &handle, "cli")?;
     Ok((layout, manifest))
 }
 
@@ -122,7 +121,7 @@ pub(crate) fn tell_master(layout: &Layout) {
     let told = (|| -> Result<()> {
         let token = mayfly_core::job::read_token(layout)?;
         let info: MasterInfo = layout.state.read_json(keys::MASTER)?.context("no master.json")?;
-        Client::connect(&info, &token, Duration::from_secs(5)).map_err(anyhow::Error::msg)?.holds_changed()?;
+        Client::connect(&info, &token, Duration::from_secs(5))?.holds_changed()?;
         Ok(())
     })();
     if let Err(e) = told {

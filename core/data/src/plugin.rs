@@ -75,9 +75,20 @@ fn loaded() -> &'static Mutex<HashMap<PathBuf, Library>> {
     LOADED.get_or_init(Default::default)
 }
 
+/// Why a plugin's file, or its directory, is not loaded.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("{}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("refused: the {what} {} is writable by other users (mode {mode:o}); `chmod go-w` it", path.display())]
+    Writable { what: &'static str, path: PathBuf, mode: u32 },
+    #[error("refused: the {what} {} belongs to another user (uid {owner}), not to you (uid {me}) or root", path.display())]
+    OtherOwner { what: &'static str, path: PathBuf, owner: u32, me: u32 },
+}
+
 /// Refuses a file or directory that someone other than its owner (this user
 /// or root) can write: whoever can write it can run code as this user.
-fn check_permissions(path: &Path) -> Result<(), String> {
+fn check_permissions(path: &Path) -> Result<(), Refused> {
     let me = nix::unistd::getuid().as_raw();
     let mut checked = Vec::new();
     checked.push(path.to_owned());
@@ -85,21 +96,13 @@ fn check_permissions(path: &Path) -> Result<(), String> {
         checked.push(dir.to_owned());
     }
     for p in checked {
-        let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let meta = std::fs::metadata(&p).map_err(|source| Refused::Unreadable { path: p.clone(), source })?;
         let what = if meta.is_dir() { "directory" } else { "file" };
         if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "refused: the {what} {} is writable by other users (mode {:o}); `chmod go-w` it",
-                p.display(),
-                meta.mode() & 0o777
-            ));
+            return Err(Refused::Writable { what, path: p, mode: meta.mode() & 0o777 });
         }
         if meta.uid() != me && meta.uid() != 0 {
-            return Err(format!(
-                "refused: the {what} {} belongs to another user (uid {}), not to you (uid {me}) or root",
-                p.display(),
-                meta.uid()
-            ));
+            return Err(Refused::OtherOwner { what, path: p, owner: meta.uid(), me });
         }
     }
     Ok(())
@@ -116,7 +119,7 @@ fn open(path: &Path) -> Result<Library, PluginError> {
     if !canonical.is_file() {
         return Err(err("not a file".into()));
     }
-    check_permissions(&canonical).map_err(err)?;
+    check_permissions(&canonical).map_err(|refused| err(refused.to_string()))?;
     // SAFETY: loading a library runs its initialisers. The file passed the
     // permission check, so only its owner (this user or root) could have put
     // code there; running it is what loading a provider means.
@@ -442,11 +445,15 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = check_permissions(&file).unwrap_err();
-        assert!(e.contains("the file") && e.contains("writable by other users (mode 666)"), "{e}");
+        assert!(matches!(&e, Refused::Writable { what: "file", mode: 0o666, .. }), "{e}");
+        assert!(
+            e.to_string().contains("the file") && e.to_string().contains("writable by other users (mode 666)"),
+            "{e}"
+        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = check_permissions(&file).unwrap_err();
-        assert!(e.contains("the directory") && e.contains("(mode 777)"), "{e}");
+        assert!(matches!(&e, Refused::Writable { what: "directory", mode: 0o777, .. }), "{e}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check_permissions(&file).is_ok());
         let e = open(&file).unwrap_err().to_string();

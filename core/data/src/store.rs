@@ -38,24 +38,129 @@ use mayfly_sandbox::InputSource;
 #[serde(transparent)]
 pub struct Location(String);
 
+/// Why a text is not a location. The caller names the key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    /// Nothing at all.
+    #[error("is empty")]
+    Empty,
+    /// `<scheme>://` with a scheme that is not lowercase letters and digits.
+    #[error("`{text}`: `{scheme}` is not a URL scheme")]
+    Scheme {
+        /// The location as written.
+        text: String,
+        /// The scheme as written.
+        scheme: String,
+    },
+    /// `file://` with a relative path.
+    #[error("`{0}`: a file:// URL needs an absolute path (file:///dir)")]
+    RelativeFile(String),
+    /// A remote URL without its bucket or container.
+    #[error("`{text}`: expected {scheme}://<bucket or container>/<prefix>")]
+    NoBucket {
+        /// The location as written.
+        text: String,
+        /// The scheme.
+        scheme: String,
+    },
+}
+
+/// Why a location could not be opened as a store; each names the location.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A `file://` directory could not be made or opened.
+    #[error("{url}: {source}")]
+    Directory {
+        /// The location.
+        url: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The job's provider could not configure the store (it serves no such
+    /// scheme, or it failed).
+    #[error("{url}: {source}")]
+    Provider {
+        /// The location.
+        url: String,
+        /// The provider's error.
+        source: mayfly_provider_api::ProviderError,
+    },
+    /// The call to the provider could not run (no runtime, or it panicked):
+    /// mayfly's own failure (`mayfly_model::Internal` inside).
+    #[error("{url}: {source}")]
+    Call {
+        /// The location.
+        url: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// This `mayfly` was built without the client for the scheme.
+    #[error(
+        "{url}: this mayfly was built without {client} support; build it with `--features {feature}` \
+         (as the {artifact} node artifact is)"
+    )]
+    NotBuiltIn {
+        /// The location.
+        url: String,
+        /// The client left out ("S3", "Azure Blob").
+        client: &'static str,
+        /// The feature that builds it in.
+        feature: &'static str,
+        /// The node artifact that has it ("AWS", "Azure").
+        artifact: &'static str,
+    },
+    /// The provider configures a kind of store no client of mayfly speaks.
+    #[error("{url}: the {provider} provider configures `{scheme}` stores, which this mayfly has no client for")]
+    NoClient {
+        /// The location.
+        url: String,
+        /// The provider's name.
+        provider: String,
+        /// The kind of store it asked for.
+        scheme: String,
+    },
+    /// The provider's configuration of the client was refused by it.
+    #[error("{url}: the {provider} provider gave an unknown {client} option `{key}`: {reason}")]
+    UnknownOption {
+        /// The location.
+        url: String,
+        /// The provider's name.
+        provider: String,
+        /// The client ("S3", "Azure Blob").
+        client: &'static str,
+        /// The option.
+        key: String,
+        /// Why the client refused it.
+        reason: String,
+    },
+    /// The client could not be built from the provider's configuration.
+    #[error("{url}: {source}")]
+    Client {
+        /// The location.
+        url: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+}
+
 impl Location {
     /// `text` as the job file at `base` names it: a URL stays as it is (minus a
     /// trailing `/`); a relative path is resolved against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Location, String> {
+    pub fn parse(text: &str, base: &Path) -> Result<Location, LocationError> {
         if text.is_empty() {
-            return Err("is empty".into());
+            return Err(LocationError::Empty);
         }
         if let Some((scheme, rest)) = text.split_once("://") {
             if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-                return Err(format!("`{text}`: `{scheme}` is not a URL scheme"));
+                return Err(LocationError::Scheme { text: text.to_owned(), scheme: scheme.to_owned() });
             }
             let rest = rest.trim_end_matches('/');
             if scheme == "file" {
                 if !rest.starts_with('/') {
-                    return Err(format!("`{text}`: a file:// URL needs an absolute path (file:///dir)"));
+                    return Err(LocationError::RelativeFile(text.to_owned()));
                 }
             } else if rest.is_empty() || rest.starts_with('/') {
-                return Err(format!("`{text}`: expected {scheme}://<bucket or container>/<prefix>"));
+                return Err(LocationError::NoBucket { text: text.to_owned(), scheme: scheme.to_owned() });
             }
             return Ok(Location(format!("{scheme}://{rest}")));
         }
@@ -173,15 +278,17 @@ impl Store {
     /// Opens `location`: a local path as it is; `file://` with core's own
     /// client; any other scheme configured by `provider` (which must serve it)
     /// and signed with the credentials it issues to `who`.
-    pub fn open(location: &Location, provider: &ProviderHandle, who: &Principal) -> Result<Store, String> {
+    pub fn open(location: &Location, provider: &ProviderHandle, who: &Principal) -> Result<Store, OpenError> {
         let Some(scheme) = location.scheme() else {
             return Ok(Store::local(Path::new(location.as_str())));
         };
         let url = location.as_str();
         if scheme == "file" {
             let dir = &url["file://".len()..];
-            std::fs::create_dir_all(dir).map_err(|e| format!("{url}: {e}"))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{url}: {e}"))?;
+            let directory = |source| OpenError::Directory { url: url.to_owned(), source };
+            std::fs::create_dir_all(dir).map_err(directory)?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| directory(io::Error::other(e)))?;
             return Ok(Store {
                 location: location.clone(),
                 backend: Backend::Object { os: Arc::new(fs), prefix: ObjPath::default() },
@@ -190,14 +297,19 @@ impl Store {
         let config = {
             let p = provider.provider();
             let url = url.to_owned();
-            block(async move { p.object_store(url).await }).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
+            let answer = block(async move { p.object_store(url).await });
+            let url = location.as_str().to_owned();
+            match answer {
+                Ok(Ok(config)) => config,
+                Ok(Err(source)) => return Err(OpenError::Provider { url, source }),
+                Err(source) => return Err(OpenError::Call { url, source }),
+            }
         };
         let (bucket_and_prefix, prefix) = match url.split_once("://").map(|(_, r)| r.split_once('/')) {
             Some(Some((bucket, prefix))) => (bucket.to_owned(), prefix.to_owned()),
             _ => (url.split_once("://").map(|(_, r)| r.to_owned()).unwrap_or_default(), String::new()),
         };
-        let os = client(&config.scheme, &bucket_and_prefix, &config.options, provider, who)
-            .map_err(|e| format!("{url}: {e}"))?;
+        let os = client(url, &config.scheme, &bucket_and_prefix, &config.options, provider, who)?;
         Ok(Store {
             location: location.clone(),
             backend: Backend::Object { os, prefix: join(&ObjPath::default(), &prefix) },
@@ -771,58 +883,59 @@ impl InputSource for ObjectInput {
 
 /// The client for a remote store the provider configured.
 fn client(
+    url: &str,
     scheme: &str,
     bucket: &str,
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
     who: &Principal,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let url = url.to_owned();
     match scheme {
         #[cfg(feature = "s3")]
-        "s3" => Ok(Arc::new(s3(bucket, options, provider, who)?)),
+        "s3" => Ok(Arc::new(s3(url, bucket, options, provider, who)?)),
         #[cfg(not(feature = "s3"))]
         "s3" => {
             let _ = (bucket, options, who);
-            Err("this mayfly was built without S3 support; build it with `--features s3` \
-                 (as the AWS node artifact is)"
-                .into())
+            Err(OpenError::NotBuiltIn { url, client: "S3", feature: "s3", artifact: "AWS" })
         }
         #[cfg(feature = "azure")]
-        "az" => Ok(Arc::new(azure(bucket, options, provider, who)?)),
+        "az" => Ok(Arc::new(azure(url, bucket, options, provider, who)?)),
         #[cfg(not(feature = "azure"))]
         "az" => {
             let _ = (bucket, options, who);
-            Err("this mayfly was built without Azure Blob support; build it with `--features azure` \
-                 (as the Azure node artifact is)"
-                .into())
+            Err(OpenError::NotBuiltIn { url, client: "Azure Blob", feature: "azure", artifact: "Azure" })
         }
         other => {
             let _ = (bucket, options, who);
-            Err(format!(
-                "the {} provider configures `{other}` stores, which this mayfly has no client for",
-                provider.name()
-            ))
+            Err(OpenError::NoClient { url, provider: provider.name().to_owned(), scheme: other.to_owned() })
         }
     }
 }
 
 #[cfg(feature = "s3")]
 fn s3(
+    url: String,
     bucket: &str,
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
     who: &Principal,
-) -> Result<object_store::aws::AmazonS3, String> {
+) -> Result<object_store::aws::AmazonS3, OpenError> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
     for (k, v) in options {
-        let key: AmazonS3ConfigKey =
-            k.parse().map_err(|e| format!("the {} provider gave an unknown S3 option `{k}`: {e}", provider.name()))?;
+        let key: AmazonS3ConfigKey = k.parse().map_err(|e: object_store::Error| OpenError::UnknownOption {
+            url: url.clone(),
+            provider: provider.name().to_owned(),
+            client: "S3",
+            key: k.clone(),
+            reason: e.to_string(),
+        })?;
         b = b.with_config(key, v);
     }
     let creds = ProviderCredentials::new(provider, who, "S3", s3_credential, "S3 keys");
     b = b.with_credentials(Arc::new(creds)).with_retry(retries());
-    b.build().map_err(|e| format!("s3://{bucket}: {e}"))
+    b.build().map_err(|source| OpenError::Client { url, source })
 }
 
 /// How a remote store retries a request (throttling, a dropped connection).
@@ -842,22 +955,27 @@ fn retries() -> object_store::RetryConfig {
 /// token (Entra ID, scope `https://storage.azure.com/.default`) it issues.
 #[cfg(feature = "azure")]
 fn azure(
+    url: String,
     container: &str,
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
     who: &Principal,
-) -> Result<object_store::azure::MicrosoftAzure, String> {
+) -> Result<object_store::azure::MicrosoftAzure, OpenError> {
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     let mut b = MicrosoftAzureBuilder::new().with_container_name(container);
     for (k, v) in options {
-        let key: AzureConfigKey = k
-            .parse()
-            .map_err(|e| format!("the {} provider gave an unknown Azure option `{k}`: {e}", provider.name()))?;
+        let key: AzureConfigKey = k.parse().map_err(|e: object_store::Error| OpenError::UnknownOption {
+            url: url.clone(),
+            provider: provider.name().to_owned(),
+            client: "Azure",
+            key: k.clone(),
+            reason: e.to_string(),
+        })?;
         b = b.with_config(key, v);
     }
     let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", azure_credential, "a bearer token");
     b = b.with_credentials(Arc::new(creds)).with_retry(retries());
-    b.build().map_err(|e| format!("az://{container}: {e}"))
+    b.build().map_err(|source| OpenError::Client { url, source })
 }
 
 #[cfg(feature = "azure")]
@@ -986,10 +1104,12 @@ mod tests {
         let s3 = Location::parse("s3://bucket/in/", base).unwrap();
         assert_eq!((s3.scheme(), s3.as_str()), (Some("s3"), "s3://bucket/in"));
         assert_eq!(s3.join("x/y").as_str(), "s3://bucket/in/x/y");
-        assert!(Location::parse("s3://", base).unwrap_err().contains("expected s3://<bucket"));
-        assert!(Location::parse("file://rel", base).unwrap_err().contains("absolute"));
-        assert!(Location::parse("S 3://x/y", base).is_err());
-        assert!(Location::parse("", base).is_err());
+        assert!(Location::parse("s3://", base).unwrap_err().to_string().contains("expected s3://<bucket"));
+        assert_eq!(Location::parse("file://rel", base), Err(LocationError::RelativeFile("file://rel".into())));
+        assert!(
+            matches!(Location::parse("S 3://x/y", base), Err(LocationError::Scheme { scheme, .. }) if scheme == "S 3")
+        );
+        assert_eq!(Location::parse("", base), Err(LocationError::Empty));
         let per_run = Location::parse("s3://b/out/{job}", base).unwrap();
         assert_eq!(per_run.for_job("wc-1").as_str(), "s3://b/out/wc-1");
     }

@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::CacheRefused;
+
 /// Feeds `std::hash::Hash` output into sha256, to turn the engine's
 /// compatibility hash into stable bytes.
 struct Sha256Hasher(Sha256);
@@ -52,26 +54,20 @@ impl CompileCache {
     /// Opens (creating if needed, mode 0700) the cache at `dir`. Refuses a
     /// directory that someone else owns or could write to: its files are
     /// loaded as machine code.
-    pub(crate) fn open(dir: &Path) -> Result<Self, String> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("creating compile cache {}: {e}", dir.display()))?;
-        let meta = fs::metadata(dir).map_err(|e| format!("compile cache {}: {e}", dir.display()))?;
+    pub(crate) fn open(dir: &Path) -> Result<Self, CacheRefused> {
+        let unusable = |source| CacheRefused::Unusable { dir: dir.to_owned(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(unusable)?;
+        let meta = fs::metadata(dir).map_err(unusable)?;
         // std has no geteuid: compare the owner with that of a file we create.
         let probe = dir.join(format!(".owner-{}", std::process::id()));
-        fs::write(&probe, b"").map_err(|e| format!("compile cache {} is not writable: {e}", dir.display()))?;
+        fs::write(&probe, b"").map_err(unusable)?;
         let me = fs::metadata(&probe).map(|m| m.uid());
         let _ = fs::remove_file(&probe);
         if me.ok() != Some(meta.uid()) {
-            return Err(format!("compile cache {} is owned by another user; not using it", dir.display()));
+            return Err(CacheRefused::OtherOwner(dir.to_owned()));
         }
         if meta.permissions().mode() & 0o022 != 0 {
-            return Err(format!(
-                "compile cache {} is writable by group or others; not using it (chmod 700 it)",
-                dir.display()
-            ));
+            return Err(CacheRefused::Writable(dir.to_owned()));
         }
         Ok(CompileCache { dir: dir.to_owned() })
     }

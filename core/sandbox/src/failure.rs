@@ -87,6 +87,51 @@ impl Failure {
     }
 }
 
+/// Why a [`Runtime`](crate::Runtime) could not be made: mayfly's own
+/// failure (or the host's), never the task's.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// wasmtime could not make an engine, with the pooling allocator or
+    /// without it.
+    #[error("creating the wasm engine: {source:#} (pooling: {pooling:#})")]
+    Engine {
+        /// Why the engine without the pool failed.
+        source: wasmtime::Error,
+        /// Why the engine with the pool failed first.
+        pooling: wasmtime::Error,
+    },
+    /// An interface could not be added to the linker.
+    #[error("linking {interface}: {source}")]
+    Link {
+        /// WASI, or mayfly's task world.
+        interface: &'static str,
+        /// The cause.
+        source: wasmtime::Error,
+    },
+    /// The thread that interrupts calls at their deadline could not start.
+    #[error("starting the epoch thread: {0}")]
+    EpochThread(#[source] std::io::Error),
+}
+
+/// Why the compile cache is not in use; the runtime works without it.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheRefused {
+    /// The directory could not be made, read or written.
+    #[error("compile cache {}: {source}", dir.display())]
+    Unusable {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Someone else owns it: its files are loaded as machine code.
+    #[error("compile cache {} is owned by another user; not using it", .0.display())]
+    OtherOwner(PathBuf),
+    /// Group or others could write machine code into it.
+    #[error("compile cache {} is writable by group or others; not using it (chmod 700 it)", .0.display())]
+    Writable(PathBuf),
+}
+
 /// Why a task could not be loaded. Each names the task.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -41,7 +41,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use cache::default_cache_dir;
-pub use failure::{Failure, LoadError};
+pub use failure::{CacheRefused, Failure, LoadError, StartError};
 pub use io::{BytesInput, ConcatInput, FileInput, InputSource, OpenOnRead, StagedOutput, check_output_name};
 pub use limits::Limits;
 pub use log::{Level, LogLine, LogSource};
@@ -80,7 +80,7 @@ pub struct Runtime {
     /// Set on drop to stop the epoch ticker thread.
     stop: Arc<AtomicBool>,
     /// Why the compile cache is not in use, if it is not.
-    pub cache_warning: Option<String>,
+    pub cache_warning: Option<CacheRefused>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -237,18 +237,19 @@ fn no_input() -> Arc<dyn InputSource> {
 
 impl Runtime {
     /// Builds the engine and linker, and opens the compile cache.
-    pub fn new(config: &RuntimeConfig) -> Result<Self, String> {
+    pub fn new(config: &RuntimeConfig) -> Result<Self, StartError> {
         let engine = build_engine(config.max_concurrent.max(1))?;
         let mut linker = Linker::<State>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|source| StartError::Link { interface: "WASI", source })?;
         bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| format!("linking mayfly:task: {e}"))?;
+            .map_err(|source| StartError::Link { interface: "mayfly:task", source })?;
 
         let (cache, cache_warning) = match &config.cache_dir {
             None => (None, None),
             Some(dir) => match cache::CompileCache::open(dir) {
                 Ok(c) => (Some(c), None),
-                Err(w) => (None, Some(w)),
+                Err(refused) => (None, Some(refused)),
             },
         };
         let engine_key = cache::engine_key(&engine);
@@ -263,7 +264,7 @@ impl Runtime {
                     ticker_engine.increment_epoch();
                 }
             })
-            .map_err(|e| format!("starting the epoch thread: {e}"))?;
+            .map_err(StartError::EpochThread)?;
 
         Ok(Runtime { engine, linker, cache, engine_key, stop, cache_warning })
     }
@@ -536,7 +537,7 @@ impl Drop for Runtime {
     }
 }
 
-fn build_engine(max_concurrent: u32) -> Result<Engine, String> {
+fn build_engine(max_concurrent: u32) -> Result<Engine, StartError> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
@@ -559,7 +560,7 @@ fn build_engine(max_concurrent: u32) -> Result<Engine, String> {
             // Some hosts cap virtual memory (ulimit -v) below what the pool
             // reserves; fall back to allocating per instance.
             config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-            Engine::new(&config).map_err(|e| format!("creating the wasm engine: {e:#} (pooling: {pooling_error:#})"))
+            Engine::new(&config).map_err(|source| StartError::Engine { source, pooling: pooling_error })
         }
     }
 }

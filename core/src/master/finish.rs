@@ -59,7 +59,10 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
     {
         // The component as this machine can load it (fetched from a remote state).
         let loaded = layout.task_file(component, &manifest.reduce.as_ref().map(|r| r.1.clone()).unwrap_or_default());
-        match loaded.and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed)) {
+        match loaded
+            .map_err(|e| e.to_string())
+            .and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed))
+        {
             Ok(names) => outputs.extend(names),
             Err(e) => {
                 say!(ERROR, "the reduce task failed: {e}");

@@ -46,7 +46,7 @@ fn guard<T: for<'de> Deserialize<'de>>(
         say!(WARN, "refused a request without a valid job token ({} bytes of body)", body.len());
         return Err((StatusCode::UNAUTHORIZED, "missing or wrong job token".into()));
     }
-    crate::api::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e))
+    crate::api::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -255,7 +255,7 @@ async fn holds_changed(State(s): State<Shared>, headers: HeaderMap) -> Response 
             m.holds = holds;
             json(&serde_json::json!({ "holds": names.len() }))
         }
-        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -324,7 +324,7 @@ fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
         #[cfg(feature = "tls")]
         let tls = {
             let job = shared.lock().map_err(|_| "master state poisoned".to_owned())?.manifest.job.clone();
-            crate::tls::master_tls(&job, listening.ip())?
+            crate::tls::master_tls(&job, listening.ip()).map_err(|e| e.to_string())?
         };
         #[cfg(feature = "tls")]
         let ca = Some(tls.ca_pem.clone());

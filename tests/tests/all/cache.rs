@@ -38,8 +38,9 @@ fn a_cache_directory_others_can_write_is_not_used() {
     std::fs::create_dir_all(&cache).unwrap();
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
     let rt = fresh_runtime(&cache);
-    let warning = rt.cache_warning.clone().unwrap();
-    assert!(warning.contains("writable by group or others"), "{warning}");
+    let warning = rt.cache_warning.as_ref().unwrap();
+    assert!(matches!(warning, mayfly_core::host::CacheRefused::Writable(dir) if *dir == cache), "{warning}");
+    assert!(warning.to_string().contains("writable by group or others"), "{warning}");
     let task = rt.load(&component("tests/guests/empty")).unwrap();
     assert!(!task.from_cache);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);

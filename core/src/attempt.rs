@@ -132,7 +132,7 @@ fn discard(session: Option<Session>) {
 /// Runs `items` of `shard` through `task` on `rt`, asking `driver` for the
 /// inputs and whether to go on. Stops at the first failure.
 pub fn run<D: Driver>(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     runtime: &Runtime,
     task: &Task,
     shard: &Shard<'_>,
@@ -214,7 +214,7 @@ pub fn run<D: Driver>(
 /// Ends an instance: its `finish`, told to `driver` as a call; its outputs
 /// added to `staged` when it succeeded.
 fn finish<D: Driver>(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     session: Session,
     driver: &mut D,
     staged: &mut Vec<StagedOutput>,

@@ -111,9 +111,15 @@ pub fn ship_log(layout: &Layout, node: &str, log: Option<PathBuf>) -> Option<imp
 /// Runs node `args.node` to its end and returns its exit code: opens the
 /// job, ships its log, arms the dead-man switch (which, a second past the
 /// deadline, logs, copies the log, asks the provider to end the node, and
-/// calls `on_deadline`), runs the role, then copies the log a last time and
-/// asks the provider to end the node.
-pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) -> Result<u8, String> {
+/// calls `on_deadline`), runs the role on `rt` (the process's runtime, which
+/// its entry point owns; or why it could not start one: the role fails), then
+/// copies the log a last time and asks the provider to end the node.
+pub fn run(
+    args: &NodeArgs<'_>,
+    log: Option<PathBuf>,
+    on_deadline: fn() -> !,
+    rt: Result<&tokio::runtime::Handle, String>,
+) -> Result<u8, String> {
     let node = args.node;
     let Opened { layout, manifest, provider } = open(args)?;
     let ship = ship_log(&layout, node, log).map(Arc::new);
@@ -141,10 +147,15 @@ pub fn run(args: &NodeArgs<'_>, log: Option<PathBuf>, on_deadline: fn() -> !) ->
         }
         on_deadline()
     });
-    let result = match args.role {
-        "master" => crate::master::run(layout, manifest, &provider, Arc::new(SystemClock)).map(|code| code as u8),
-        "worker" => crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock)).map(|_| 0),
-        other => Err(format!("unknown role {other:?} (expected master or worker)")),
+    let result = match (args.role, rt) {
+        (_, Err(e)) => Err(e),
+        ("master", Ok(rt)) => {
+            crate::master::run(layout, manifest, &provider, Arc::new(SystemClock), rt).map(|code| code as u8)
+        }
+        ("worker", Ok(rt)) => {
+            crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock), rt).map(|_| 0)
+        }
+        (other, Ok(_)) => Err(format!("unknown role {other:?} (expected master or worker)")),
     };
     if let Err(e) = &result {
         mayfly_data::nodelog::line("ERROR", node, e);

@@ -13,13 +13,15 @@ use crate::host::{Attempt, ConcatInput, InputSource, OpenOnRead, Runtime, Runtim
 use crate::job::{Layout, Manifest};
 use crate::ledger::CommittedOutput;
 
-/// Runs the reduce task; returns the published outputs (relative to the output location).
+/// Runs the reduce task on `rt`; returns the published outputs (relative to
+/// the output location).
 pub fn run(
     layout: &Layout,
     manifest: &Manifest,
     component: &Path,
     params: &serde_json::Value,
     committed: &[CommittedOutput],
+    rt: &tokio::runtime::Handle,
 ) -> Result<Vec<String>, String> {
     let runtime =
         Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
@@ -58,7 +60,6 @@ pub fn run(
     let input = Arc::new(ConcatInput::new("map outputs", parts));
     let staging_key = format!("{}/reduce", layout.staging());
     let staging = layout.local_staging(&staging_key);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| e.to_string())?;
     let outcome = rt.block_on(runtime.run(
         &task,
         Attempt { input, params: Arc::from(params.to_string()), limits: manifest.limits, staging: staging.clone() },

@@ -209,7 +209,8 @@ impl attempt::Driver for Leased<'_> {
 struct Worker {
     node: String,
     /// Drives the task host's attempts: one per worker, not one per shard.
-    rt: tokio::runtime::Runtime,
+    /// The process's async runtime (the entry point's), that the task's calls run on.
+    rt: tokio::runtime::Handle,
     manifest: Manifest,
     /// The input location.
     input: Store,
@@ -543,7 +544,8 @@ fn copy_input(src: &dyn crate::host::InputSource, dest: &std::path::Path) -> std
     Ok(at)
 }
 
-/// Runs worker `node` of the job laid out at `layout` until it must end.
+/// Runs worker `node` of the job laid out at `layout` until it must end, the
+/// task's calls on `rt` (the process's runtime, which its entry point owns).
 /// Returns why.
 pub fn run(
     layout: Layout,
@@ -551,6 +553,7 @@ pub fn run(
     node: &str,
     provider: ProviderHandle,
     clock: Arc<dyn Clock>,
+    rt: &tokio::runtime::Handle,
 ) -> Result<EndReason, String> {
     let who = Principal { job: manifest.job.clone(), state: layout.state_location(), node: node.to_owned() };
     let input = Store::open(&manifest.input, &provider, &who).map_err(|e| e.to_string())?;
@@ -616,10 +619,7 @@ pub fn run(
         clock,
     };
     let params: Arc<str> = Arc::from(manifest.params.to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let rt = rt.clone();
     let mut worker = Worker {
         node: node.to_owned(),
         rt,

@@ -210,6 +210,35 @@ fn the_lower_crates_return_typed_errors() {
     assert!(wrong.is_empty(), "errors as strings:\n{}", wrong.join("\n"));
 }
 
+/// The files that may build an async runtime: the binary's entry point (the
+/// process's one runtime, handed down), and the provider bridge (whose
+/// blocking calls are made from inside that runtime's tasks).
+const RUNTIME_BUILDERS: &[&str] = &["core/cli/src/main.rs", "core/data/src/provider.rs"];
+
+/// `text` without its test module (`#[cfg(test)]` to the end).
+fn outside_tests(text: &str) -> &str {
+    text.split("#[cfg(test)]").next().unwrap_or(text)
+}
+
+#[test]
+fn async_runtimes_are_built_by_the_entry_point_and_the_provider_bridge_only() {
+    let mut wrong = Vec::new();
+    for krate in CRATES {
+        for files in modules(&root().join(krate.dir).join("src")).values() {
+            for file in files {
+                let text = std::fs::read_to_string(file).unwrap();
+                let relative = file.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
+                if code(outside_tests(&text)).contains("runtime::Builder")
+                    && !RUNTIME_BUILDERS.contains(&relative.as_str())
+                {
+                    wrong.push(relative);
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "these build a runtime of their own; take the entry point's Handle: {wrong:?}");
+}
+
 #[test]
 fn the_check_sees_references_and_skips_comments() {
     assert_eq!(

@@ -126,8 +126,7 @@ fn cmd_exec(args: Args) -> Result<Ended> {
         say(&w.to_string());
     }
     let task = runtime.load(&component)?;
-    let rt =
-        tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
+    let rt = crate::runtime()?;
     let outcome = rt.block_on(
         runtime.run(&task, Attempt { input: input.clone(), params: params.into(), limits, staging: staging.clone() }),
     );

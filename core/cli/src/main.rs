@@ -262,6 +262,21 @@ fn main() -> ExitCode {
     ExitCode::from(exit_code(&result))
 }
 
+/// The process's async runtime, built here and nowhere else in mayfly (the
+/// provider bridge in `mayfly-data` aside: its blocking calls are made from
+/// inside this runtime's tasks, so it has threads of its own). The commands
+/// that run tasks or serve (`node`, `exec`, `replay`) build it once and hand
+/// its `Handle` down to the library.
+/// Failing to start it is mayfly's own failure (exit 70).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mayfly")
+        .enable_all()
+        .build()
+        .map_err(|e| mayfly_model::Internal(format!("cannot start the async runtime: {e}")).into())
+}
+
 /// A line to the operator on stderr, `mayfly: ...`.
 pub(crate) fn say(msg: &str) {
     eprintln!("mayfly: {msg}");

@@ -69,7 +69,7 @@ fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result<Ended> {
         );
     }
     let kept = replay.kept().map(Path::to_owned);
-    let report = replay.run()?;
+    let report = replay.run(crate::runtime()?.handle())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

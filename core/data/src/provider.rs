@@ -89,9 +89,14 @@ pub enum SelectError {
     },
 }
 
-/// The async runtime core drives providers on (built-in ones run their
-/// futures here; plugins' futures run on their own runtime).
-/// `Err` says why it could not be started (the process's threads exhausted).
+/// The provider bridge: the async runtime core drives providers and remote
+/// stores on (built-in providers run their futures here; plugins' futures run
+/// on their own runtime). It is the one runtime besides the process's own
+/// (the entry point's, handed down to the master, worker, reduce, replay and
+/// exec): [`ProviderHandle`] and `Store` are blocking, and they are called
+/// from inside the process runtime's tasks, where waiting on a task of that
+/// same runtime could starve it. `Err` says why it could not be started (the
+/// process's threads exhausted).
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, mayfly_model::error::Internal> {
     static RT: OnceLock<Result<tokio::runtime::Runtime, mayfly_model::error::Internal>> = OnceLock::new();
     RT.get_or_init(|| {

@@ -243,18 +243,15 @@ impl Replay {
         self.task.name()
     }
 
-    /// Runs the shard's items as the job ran them; an item that fails is set
+    /// Runs the shard's items as the job ran them, on `rt` (the process's
+    /// runtime, which its entry point owns); an item that fails is set
     /// aside and the shard runs again without it. Outputs land in
     /// `<out>/<item or shard key>/<name>`.
-    pub fn run(self) -> Result<Report, ReplayError> {
+    pub fn run(self, rt: &tokio::runtime::Handle) -> Result<Report, ReplayError> {
         let Replay { manifest, request, items, kept, input, runtime, task } = self;
         let out = request.out.clone();
         std::fs::create_dir_all(&out).map_err(|e| ReplayError::setup(format!("creating {}", out.display()), e))?;
         let staging = out.join(format!(".mayfly-staging-{}", std::process::id()));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| ReplayError::setup("starting the async runtime", e))?;
         let spec = attempt::Shard {
             job: &manifest.job,
             shard: request.shard,
@@ -273,7 +270,7 @@ impl Replay {
             let now: Vec<Item> =
                 left.iter().filter(|i| !set_aside.iter().any(|r| r.item == i.key())).cloned().collect();
             let mut driver = Replayed { kept: kept.as_deref(), input: &input, manifest: &manifest, calls: Vec::new() };
-            match attempt::run(&rt, &runtime, &task, &spec, &now, &mut driver) {
+            match attempt::run(rt, &runtime, &task, &spec, &now, &mut driver) {
                 attempt::Ended::Done(outputs) => break (driver.calls, outputs, None),
                 attempt::Ended::Stopped(never) => match never {},
                 attempt::Ended::Failed(failed) => match failed.at.clone() {

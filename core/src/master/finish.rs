@@ -14,7 +14,12 @@ use mayfly_data::provider::{ProviderHandle, Role};
 
 /// Ends the job that ended for `reason` (`done` or `deadline`). Returns the
 /// master's exit code.
-pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) -> Result<i32, String> {
+pub(super) fn end(
+    shared: &Shared,
+    provider: &ProviderHandle,
+    reason: String,
+    rt: &tokio::runtime::Handle,
+) -> Result<i32, String> {
     // The end: reduce (only for a finished job), the output manifest, the
     // workers, then this process.
     // No new commit is accepted now (`ended` is set); those already in the
@@ -61,7 +66,7 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
         let loaded = layout.task_file(component, &manifest.reduce.as_ref().map(|r| r.1.clone()).unwrap_or_default());
         match loaded
             .map_err(|e| e.to_string())
-            .and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed))
+            .and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed, rt))
         {
             Ok(names) => outputs.extend(names),
             Err(e) => {

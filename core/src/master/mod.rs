@@ -218,13 +218,15 @@ impl Master {
     }
 }
 
-/// Runs the master of the job laid out at `layout` until the job ends.
-/// Returns the process exit code.
+/// Runs the master of the job laid out at `layout` until the job ends, the
+/// worker API and the reduce on `rt` (the process's runtime, which its entry
+/// point owns). Returns the process exit code.
 pub fn run(
     layout: Layout,
     manifest: Manifest,
     provider: &ProviderHandle,
     clock: Arc<dyn Clock>,
+    rt: &tokio::runtime::Handle,
 ) -> Result<i32, String> {
     let (shared, committer_rx) = open(layout, manifest, clock)?;
     for i in 0..commit::COMMITTERS {
@@ -235,7 +237,7 @@ pub fn run(
             .spawn(move || commit::committer(layout, jobs, shared))
             .map_err(|e| format!("starting the committer: {e}"))?;
     }
-    serve(&shared, provider)
+    serve(&shared, provider, rt)
 }
 
 /// The committer's end of the commit queue.
@@ -310,13 +312,8 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
 
 /// Serves the worker API and watches the deadline and the ledger until the
 /// job ends, then ends it.
-fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the async runtime: {e}"))?;
-    let reason = rt.block_on(async {
+fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle) -> Result<i32, String> {
+    let (reason, server) = rt.block_on(async {
         let wanted = http::listen_address()?;
         let listener = http::listen(wanted).map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
         let listening = listener.local_addr().map_err(|e| e.to_string())?;
@@ -342,17 +339,17 @@ fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
                 .map_err(|e| format!("writing master.json: {e}"))?;
         }
         #[cfg(feature = "tls")]
-        {
+        let server = {
             say!(INFO, "listening on {listening} (TLS, the job's own CA){}", http::via(addr, listening));
-            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app));
-        }
+            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app))
+        };
         #[cfg(not(feature = "tls"))]
-        {
+        let server = {
             say!(INFO, "listening on {listening}{}", http::via(addr, listening));
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
-            });
-        }
+            })
+        };
         // Watch the deadline and the ledger.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
@@ -381,14 +378,18 @@ fn serve(shared: &Shared, provider: &ProviderHandle) -> Result<i32, String> {
             if mayfly_model::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
                 say!(WARN, "the job's deadline passed");
-                return Ok::<String, String>("deadline".into());
+                return Ok::<_, String>(("deadline".to_owned(), server));
             }
             if m.ledger.is_done() {
                 m.ended = Some("done".into());
-                return Ok("done".into());
+                return Ok(("done".to_owned(), server));
             }
         }
     })?;
 
-    finish::end(shared, provider, reason)
+    // The worker API answers while the job ends (workers learn of the end at
+    // their next lease), and no longer: the runtime outlives this master.
+    let ended = finish::end(shared, provider, reason, rt);
+    server.abort();
+    ended
 }

@@ -65,7 +65,7 @@ fn attempt(name: &str, params: &str, isolation: Isolation, items: &[&str], drive
     };
     let items: Vec<Item> = items.iter().map(|n| item(n)).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    attempt::run(&rt, runtime(), &task(STATEFUL), &shard, &items, driver)
+    attempt::run(rt.handle(), runtime(), &task(STATEFUL), &shard, &items, driver)
 }
 
 #[test]

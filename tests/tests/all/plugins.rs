@@ -62,7 +62,12 @@ fn the_local_provider_loaded_as_a_plugin_conforms() {
 fn cargo_test_in_a_fresh_copy_of_the_template_runs_the_conformance_suite() {
     let copy = scratch("template-copy").join("mayfly-provider-mycloud");
     let template = mayfly_tests::root().join("providers/template");
-    for file in ["Cargo.toml", "Cargo.lock", "README.md", "src/lib.rs", "tests/conformance.rs"] {
+    let sources: Vec<String> = std::fs::read_dir(template.join("src"))
+        .unwrap()
+        .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    let files = ["Cargo.toml", "Cargo.lock", "README.md", "tests/conformance.rs"].map(String::from);
+    for file in files.iter().chain(&sources) {
         std::fs::create_dir_all(copy.join(file).parent().unwrap()).unwrap();
         std::fs::copy(template.join(file), copy.join(file)).unwrap();
     }

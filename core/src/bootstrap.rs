@@ -52,6 +52,161 @@ fn step_err<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> Bootstrap
     move |e| BootstrapError::Step { step, message: e.to_string() }
 }
 
+/// Why the inputs could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The job's glob makes no pattern.
+    #[error(transparent)]
+    Glob(#[from] crate::config::GlobError),
+    /// The input directory cannot be looked at.
+    #[error("input {}: {source}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The input path is a file, not a directory.
+    #[error("input {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A file or directory under the input cannot be read (the error names it).
+    #[error("cannot read input {0}")]
+    Read(#[source] std::io::Error),
+    /// An object store refused the listing.
+    #[error("cannot list input {location}: {source}")]
+    List {
+        /// The input location.
+        location: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No object under a remote prefix: a typo, or a batch not uploaded yet.
+    #[error("input {0}: there is no object under this prefix (is the URL right, and is the data uploaded?)")]
+    Empty(String),
+    /// An input file cannot be opened.
+    #[error("cannot read input {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Why the output location cannot take a job's outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Nothing can be written there.
+    #[error("output location {at} is not writable: {source}")]
+    NotWritable {
+        /// The location.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It cannot be listed.
+    #[error("output location {at}: {source}")]
+    Unlistable {
+        /// The location.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another job's outputs are there.
+    #[error("output location {at} already holds a job's outputs ({reserved}); choose another or remove them")]
+    Taken {
+        /// The location.
+        at: String,
+        /// What is there.
+        reserved: &'static str,
+    },
+}
+
+/// A location of a scheme the job's provider does not serve.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{key}` {location}: the {provider} provider does not serve {scheme}:// locations (it serves: {serves}; paths and file:// always work)"
+)]
+pub struct SchemeError {
+    /// The job file's key that names it.
+    pub key: String,
+    /// The location.
+    pub location: String,
+    /// The provider's name.
+    pub provider: String,
+    /// The scheme.
+    pub scheme: String,
+    /// The schemes it serves, listed.
+    pub serves: String,
+}
+
+/// Why a task is not ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// Its crate did not build.
+    #[error("building the {what} task: {source}")]
+    Build {
+        /// Which task (map, reduce).
+        what: String,
+        /// The cause.
+        source: crate::build::BuildError,
+    },
+    /// Its component does not load.
+    #[error("loading the {what} task: {source}")]
+    Load {
+        /// Which task (map, reduce).
+        what: String,
+        /// The cause.
+        source: crate::host::LoadError,
+    },
+    /// The sandbox did not start.
+    #[error("starting the sandbox: {0}")]
+    Sandbox(#[from] crate::host::StartError),
+}
+
+/// Why a job file named by a URL could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    /// The URL is not a location.
+    #[error("`job_url` {0}")]
+    Location(#[from] mayfly_data::store::LocationError),
+    /// The URL names no file in a bucket.
+    #[error("`job_url` {0:?}: expected <scheme>://<bucket>/<key of the job file>")]
+    NoKey(String),
+    /// The provider does not serve its scheme.
+    #[error(transparent)]
+    Scheme(#[from] SchemeError),
+    /// Its store could not be opened.
+    #[error(transparent)]
+    Open(#[from] mayfly_data::store::OpenError),
+    /// It could not be read.
+    #[error("reading the job file {url}: {source}")]
+    Read {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// There is none.
+    #[error("the job file {0} does not exist")]
+    Missing(String),
+    /// It is not text.
+    #[error("the job file {0} is not UTF-8 text")]
+    NotText(String),
+}
+
+/// Why a serverless entrypoint cannot bootstrap a job with the job's
+/// `[provider]` section.
+#[derive(Debug, thiserror::Error)]
+enum JobProviderError {
+    #[error(
+        "the job's [provider] is {job:?}, but this entrypoint serves {serving:?}: send the job to a {job} entrypoint, or change its [provider] section"
+    )]
+    Another { job: String, serving: String },
+    #[error("the job's [provider] section: {0}")]
+    Select(#[from] mayfly_data::provider::SelectError),
+}
+
 /// A bootstrapped job.
 #[derive(Debug, Clone)]
 pub struct Bootstrapped {
@@ -66,26 +221,23 @@ pub struct Bootstrapped {
 }
 
 /// Lists the input location (recursively, in name order), applying `glob`.
-pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, String> {
+pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, InputError> {
     let re = glob.map(glob_regex).transpose()?;
     if let Some(dir) = input.local_dir() {
-        let meta = std::fs::metadata(dir).map_err(|e| format!("input {}: {e}", dir.display()))?;
+        let meta = std::fs::metadata(dir).map_err(|source| InputError::Directory { dir: dir.to_owned(), source })?;
         if !meta.is_dir() {
-            return Err(format!("input {} is not a directory", dir.display()));
+            return Err(InputError::NotADirectory(dir.to_owned()));
         }
     }
-    let listed = input.list("").map_err(|e| match input.local_dir() {
+    let listed = input.list("").map_err(|source| match input.local_dir() {
         // The error names the file.
-        Some(_) => format!("cannot read input {e}"),
-        None => format!("cannot list input {}: {e}", input.location()),
+        Some(_) => InputError::Read(source),
+        None => InputError::List { location: input.location().to_string(), source },
     })?;
     // An object store has no directories: no object under the prefix is what a
     // missing input directory is on a disk (a typo, a batch not uploaded yet).
     if listed.is_empty() && input.local_dir().is_none() {
-        return Err(format!(
-            "input {}: there is no object under this prefix (is the URL right, and is the data uploaded?)",
-            input.location()
-        ));
+        return Err(InputError::Empty(input.location().to_string()));
     }
     let mut objects = Vec::new();
     for (name, size) in listed {
@@ -95,7 +247,7 @@ pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, Str
         if let Some(dir) = input.local_dir() {
             // Open it now: an unreadable input fails the job before anything runs.
             let path = dir.join(&name);
-            std::fs::File::open(&path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
+            std::fs::File::open(&path).map_err(|source| InputError::Open { path: path.clone(), source })?;
         }
         objects.push(Object { name, size });
     }
@@ -117,37 +269,41 @@ pub fn plan_objects(spec: &JobSpec, input: &Store, objects: &[Object]) -> std::i
 }
 
 /// Checks that the output location is writable and holds no other job's outputs.
-pub fn check_output(output: &Store) -> Result<(), String> {
-    let at = output.location();
+pub fn check_output(output: &Store) -> Result<(), OutputError> {
+    let at = || output.location().to_string();
     if let Some(dir) = output.local_dir() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("output location {at} is not writable: {e}"))?;
+        std::fs::create_dir_all(dir).map_err(|source| OutputError::NotWritable { at: at(), source })?;
     }
     for reserved in ["_mayfly", "_manifest.json", "map", "reduce"] {
         let held = output.exists(reserved)
-            || !output.list(reserved).map_err(|e| format!("output location {at}: {e}"))?.is_empty();
+            || !output.list(reserved).map_err(|source| OutputError::Unlistable { at: at(), source })?.is_empty();
         if held {
-            return Err(format!(
-                "output location {at} already holds a job's outputs ({reserved}); choose another or remove them"
-            ));
+            return Err(OutputError::Taken { at: at(), reserved });
         }
     }
     let probe = format!(".mayfly-probe-{}", std::process::id());
-    output.put(&probe, Vec::new()).map_err(|e| format!("output location {at} is not writable: {e}"))?;
+    output.put(&probe, Vec::new()).map_err(|source| OutputError::NotWritable { at: at(), source })?;
     let _ = output.delete(&probe);
     Ok(())
 }
 
 /// Checks that `provider` (or core, for paths and `file://`) serves the
 /// location `key` names.
-pub fn check_scheme(key: &str, location: &Location, provider: &ProviderHandle) -> Result<(), String> {
+pub fn check_scheme(key: &str, location: &Location, provider: &ProviderHandle) -> Result<(), SchemeError> {
     match location.scheme() {
         None | Some("file") => Ok(()),
         Some(scheme) if provider.info().schemes.iter().any(|s| s == scheme) => Ok(()),
-        Some(scheme) => Err(format!(
-            "`{key}` {location}: the {} provider does not serve {scheme}:// locations (it serves: {}; paths and file:// always work)",
-            provider.name(),
-            if provider.info().schemes.is_empty() { "none".to_owned() } else { provider.info().schemes.join(", ") }
-        )),
+        Some(scheme) => Err(SchemeError {
+            key: key.to_owned(),
+            location: location.to_string(),
+            provider: provider.name().to_owned(),
+            scheme: scheme.to_owned(),
+            serves: if provider.info().schemes.is_empty() {
+                "none".to_owned()
+            } else {
+                provider.info().schemes.join(", ")
+            },
+        }),
     }
 }
 
@@ -158,20 +314,20 @@ pub fn ready_task(
     spec: &TaskSpec,
     what: &str,
     say: &mut dyn FnMut(&str),
-) -> Result<ReadyTask, String> {
+) -> Result<ReadyTask, TaskError> {
     let component = if spec.path.is_dir() {
-        crate::build::build_task(&spec.path, say).map_err(|e| format!("building the {what} task: {e:#}"))?
+        crate::build::build_task(&spec.path, say)
+            .map_err(|source| TaskError::Build { what: what.to_owned(), source })?
     } else {
         spec.path.clone()
     };
-    let task = runtime.load(&component).map_err(|e| format!("loading the {what} task: {e}"))?;
+    let task = runtime.load(&component).map_err(|source| TaskError::Load { what: what.to_owned(), source })?;
     Ok(ReadyTask { component: absolute(&component), sha256: task.sha256().to_owned() })
 }
 
 /// Readies the tasks of `spec`: the map task and the reduce task, if any.
-pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTask, Option<ReadyTask>), String> {
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
+pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTask, Option<ReadyTask>), TaskError> {
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
     let task = ready_task(&runtime, &spec.task, "map", say)?;
     let reduce = spec.reduce.as_ref().map(|r| ready_task(&runtime, r, "reduce", say)).transpose()?;
     Ok((task, reduce))
@@ -195,7 +351,7 @@ pub fn from_request_on(
         (None, _) => (base.join("job.toml"), request.job.clone()),
         (Some(url), true) => {
             // Messages name the URL, as they would name a local job file.
-            (PathBuf::from(url), fetch_job_file(url, provider).map_err(|e| fail(ErrorKind::Config, e))?)
+            (PathBuf::from(url), fetch_job_file(url, provider).map_err(|e| fail(ErrorKind::Config, e.to_string()))?)
         }
         (Some(_), false) => {
             return Err(fail(ErrorKind::Config, "the request has both a job file and a `job_url`; give one".into()));
@@ -203,9 +359,10 @@ pub fn from_request_on(
     };
     let spec = JobSpec::parse(&file, &text, &|k| request.overrides.get(k).cloned())
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
-    let merged = job_provider(&spec, provider).map_err(|e| fail(ErrorKind::Config, e))?;
+    let merged = job_provider(&spec, provider).map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let provider = merged.as_ref().unwrap_or(provider);
-    let (task, reduce) = ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e))?;
+    let (task, reduce) =
+        ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let boot = bootstrap(
         &spec,
         &task,
@@ -235,21 +392,21 @@ pub fn from_request_on(
 
 /// Reads a job file from a URL (`s3://bucket/jobs/job.toml`) through the data
 /// path, signed with `provider`'s credentials.
-pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, String> {
-    let location = Location::parse(url, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
+pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, JobFileError> {
+    let location = Location::parse(url, Path::new("/"))?;
     let (dir, name) = match location.as_str().rsplit_once('/') {
         Some((dir, name)) if !name.is_empty() && dir.contains("://") && !dir.ends_with(':') && !dir.ends_with('/') => {
             (dir.to_owned(), name.to_owned())
         }
-        _ => return Err(format!("`job_url` {url:?}: expected <scheme>://<bucket>/<key of the job file>")),
+        _ => return Err(JobFileError::NoKey(url.to_owned())),
     };
-    let dir = Location::parse(&dir, Path::new("/")).map_err(|e| format!("`job_url` {e}"))?;
+    let dir = Location::parse(&dir, Path::new("/"))?;
     check_scheme("job_url", &dir, provider)?;
     let who = mayfly_data::store::Principal { job: "bootstrap".into(), state: String::new(), node: "bootstrap".into() };
-    let store = Store::open(&dir, provider, &who).map_err(|e| e.to_string())?;
-    let bytes = store.get(&name).map_err(|e| format!("reading the job file {url}: {e}"))?;
-    let bytes = bytes.ok_or_else(|| format!("the job file {url} does not exist"))?;
-    String::from_utf8(bytes).map_err(|_| format!("the job file {url} is not UTF-8 text"))
+    let store = Store::open(&dir, provider, &who)?;
+    let bytes = store.get(&name).map_err(|source| JobFileError::Read { url: url.to_owned(), source })?;
+    let bytes = bytes.ok_or_else(|| JobFileError::Missing(url.to_owned()))?;
+    String::from_utf8(bytes).map_err(|_| JobFileError::NotText(url.to_owned()))
 }
 
 /// The provider a serverless entrypoint bootstraps `spec` with: its own
@@ -259,7 +416,7 @@ pub fn fetch_job_file(url: &str, provider: &ProviderHandle) -> Result<String, St
 /// section, and runs on the function's provider as it is. A job for another
 /// provider is refused. Handles are kept per selection (a few), so that a
 /// warm function does not make a provider per invocation.
-fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<ProviderHandle>, String> {
+fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<ProviderHandle>, JobProviderError> {
     static MADE: std::sync::Mutex<Vec<(Selection, ProviderHandle)>> = std::sync::Mutex::new(Vec::new());
     if spec.provider_lines.is_empty() {
         return Ok(None);
@@ -268,10 +425,7 @@ fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<Provi
     if let Some(name) = &job.name
         && name != serving.name()
     {
-        return Err(format!(
-            "the job's [provider] is {name:?}, but this entrypoint serves {:?}: send the job to a {name} entrypoint, or change its [provider] section",
-            serving.name()
-        ));
+        return Err(JobProviderError::Another { job: name.clone(), serving: serving.name().to_owned() });
     }
     let mut selection = serving.selection().clone();
     selection.settings.extend(job.settings.clone());
@@ -282,7 +436,7 @@ fn job_provider(spec: &JobSpec, serving: &ProviderHandle) -> Result<Option<Provi
     if let Some((_, handle)) = made.iter().find(|(s, _)| *s == selection) {
         return Ok(Some(handle.clone()));
     }
-    let handle = ProviderHandle::select(&selection).map_err(|e| format!("the job's [provider] section: {e}"))?;
+    let handle = ProviderHandle::select(&selection)?;
     if made.len() >= 8 {
         made.remove(0);
     }

@@ -363,7 +363,7 @@ impl JobSpec {
         };
         let glob = raw.input.glob.as_ref().map(|g| g.get_ref().clone());
         if let Some(g) = &raw.input.glob {
-            glob_regex(g.get_ref()).map_err(|m| err(Some(g.span()), format!("`input.glob`: {m}")))?;
+            glob_regex(g.get_ref()).map_err(|e| err(Some(g.span()), format!("`input.glob`: {e}")))?;
         }
 
         let mut provider = mayfly_data::provider::Selection { name: None, ..Default::default() };
@@ -557,7 +557,18 @@ fn task_spec(
 
 /// A `file://` URL or a path, as a local path resolved against `base`.
 /// Compiles a glob (`*` within a part, `?` one character, `**` any parts) into a regex.
-pub fn glob_regex(glob: &str) -> Result<regex::Regex, String> {
+/// A glob that makes no pattern.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid glob {glob:?}: {source}")]
+pub struct GlobError {
+    /// The glob.
+    pub glob: String,
+    /// What the pattern made of it refused.
+    pub source: regex::Error,
+}
+
+/// The pattern `glob` (`*`, `**/`, `?`) matches with.
+pub fn glob_regex(glob: &str) -> Result<regex::Regex, GlobError> {
     let mut re = String::from("^");
     let mut chars = glob.chars().peekable();
     while let Some(c) = chars.next() {
@@ -577,7 +588,7 @@ pub fn glob_regex(glob: &str) -> Result<regex::Regex, String> {
         }
     }
     re.push('$');
-    regex::Regex::new(&re).map_err(|e| format!("invalid glob {glob:?}: {e}"))
+    regex::Regex::new(&re).map_err(|source| GlobError { glob: glob.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -51,39 +51,109 @@ pub struct Opened {
     pub provider: ProviderHandle,
 }
 
+/// Why a node could not open its job, or its role failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// `--dir` is not a location.
+    #[error("--dir {dir:?}: {source}")]
+    Dir {
+        /// As given.
+        dir: String,
+        /// Why.
+        source: mayfly_data::store::LocationError,
+    },
+    /// `--provider` is not a provider's selection.
+    #[error("--provider: {0}")]
+    Selection(#[source] serde_json::Error),
+    /// The provider could not be made.
+    #[error("making provider {label}: {source}")]
+    Provider {
+        /// The selection, as the manifest or `--provider` names it.
+        label: String,
+        /// Why.
+        source: mayfly_data::provider::SelectError,
+    },
+    /// A remote state came without the provider that serves it.
+    #[error("--dir {0}: a remote state needs --provider (bootstrap passes it)")]
+    NoProvider(String),
+    /// The state could not be opened.
+    #[error(transparent)]
+    State(#[from] mayfly_data::store::OpenError),
+    /// The manifest could not be read.
+    #[error("reading the manifest in {location}: {source}")]
+    Manifest {
+        /// The state.
+        location: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// There is no manifest: no job there.
+    #[error("no manifest in {0}")]
+    NoManifest(String),
+    /// Another job's state.
+    #[error("{location} holds job {found}, not {job}")]
+    OtherJob {
+        /// The state.
+        location: String,
+        /// The job it holds.
+        found: String,
+        /// The job asked for.
+        job: String,
+    },
+    /// The job's locations could not be opened.
+    #[error(transparent)]
+    Layout(#[from] crate::job::LayoutError),
+    /// Not a role a node can have.
+    #[error("unknown role {0:?} (expected master or worker)")]
+    Role(String),
+    /// The process's runtime did not start (the entry point's error, told).
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(String),
+    /// The master failed.
+    #[error(transparent)]
+    Master(#[from] crate::master::MasterError),
+    /// The worker failed.
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+}
+
 /// Opens the job's state as node `node`: reads the manifest (checking it is
 /// `job`'s) and makes the provider.
-pub fn open(args: &NodeArgs<'_>) -> Result<Opened, String> {
+pub fn open(args: &NodeArgs<'_>) -> Result<Opened, NodeError> {
     let (job, node, dir) = (args.job, args.node, args.dir);
-    let location = Location::parse(dir, Path::new("/")).map_err(|e| format!("--dir {dir:?}: {e}"))?;
+    let location =
+        Location::parse(dir, Path::new("/")).map_err(|source| NodeError::Dir { dir: dir.to_owned(), source })?;
     // A remote state comes with the provider that serves it; a local one
     // holds the manifest that names the provider.
     let given = match args.provider {
         Some(json) => {
-            let selection: Selection = serde_json::from_str(json).map_err(|e| format!("--provider: {e}"))?;
-            Some(ProviderHandle::select(&selection).map_err(|e| e.to_string())?)
+            let selection: Selection = serde_json::from_str(json).map_err(NodeError::Selection)?;
+            let made = ProviderHandle::select(&selection);
+            Some(made.map_err(|source| NodeError::Provider { label: selection.label(), source })?)
         }
         None => None,
     };
     let who = Principal { job: job.to_owned(), state: location.to_string(), node: node.to_owned() };
     let store = match (&given, location.as_path()) {
-        (Some(p), _) => Store::open(&location, p, &who).map_err(|e| e.to_string())?,
+        (Some(p), _) => Store::open(&location, p, &who)?,
         (None, Some(path)) => Store::local(path),
-        (None, None) => return Err(format!("--dir {location}: a remote state needs --provider (bootstrap passes it)")),
+        (None, None) => return Err(NodeError::NoProvider(location.to_string())),
     };
     let manifest: Manifest = store
         .read_json(keys::MANIFEST)
-        .map_err(|e| format!("reading the manifest in {location}: {e}"))?
-        .ok_or_else(|| format!("no manifest in {location}"))?;
+        .map_err(|source| NodeError::Manifest { location: location.to_string(), source })?
+        .ok_or_else(|| NodeError::NoManifest(location.to_string()))?;
     if manifest.job != job {
-        return Err(format!("{location} holds job {}, not {job}", manifest.job));
+        return Err(NodeError::OtherJob { location: location.to_string(), found: manifest.job, job: job.to_owned() });
     }
     let provider = match given {
         Some(p) => p,
-        None => ProviderHandle::select(&manifest.provider)
-            .map_err(|e| format!("making provider {} for job {job}: {e}", manifest.provider.label()))?,
+        None => ProviderHandle::select(&manifest.provider).map_err(|source| NodeError::Provider {
+            label: format!("{} for job {job}", manifest.provider.label()),
+            source,
+        })?,
     };
-    let layout = Layout::open(&location, job, &manifest.output, &provider, node).map_err(|e| e.to_string())?;
+    let layout = Layout::open(&location, job, &manifest.output, &provider, node)?;
     Ok(Opened { layout, manifest, provider })
 }
 
@@ -118,8 +188,8 @@ pub fn run(
     args: &NodeArgs<'_>,
     log: Option<PathBuf>,
     on_deadline: fn() -> !,
-    rt: Result<&tokio::runtime::Handle, String>,
-) -> Result<u8, String> {
+    rt: Result<&tokio::runtime::Handle, &std::io::Error>,
+) -> Result<u8, NodeError> {
     let node = args.node;
     let Opened { layout, manifest, provider } = open(args)?;
     let ship = ship_log(&layout, node, log).map(Arc::new);
@@ -148,14 +218,13 @@ pub fn run(
         on_deadline()
     });
     let result = match (args.role, rt) {
-        (_, Err(e)) => Err(e),
-        ("master", Ok(rt)) => {
-            crate::master::run(layout, manifest, &provider, Arc::new(SystemClock), rt).map(|code| code as u8)
-        }
+        (_, Err(e)) => Err(NodeError::Runtime(e.to_string())),
+        ("master", Ok(rt)) => Ok(crate::master::run(layout, manifest, &provider, Arc::new(SystemClock), rt)? as u8),
         ("worker", Ok(rt)) => {
-            crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock), rt).map(|_| 0)
+            crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock), rt)?;
+            Ok(0)
         }
-        (other, Ok(_)) => Err(format!("unknown role {other:?} (expected master or worker)")),
+        (other, Ok(_)) => Err(NodeError::Role(other.to_owned())),
     };
     if let Err(e) = &result {
         mayfly_data::nodelog::line("ERROR", node, e);
@@ -185,13 +254,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_string_lossy().into_owned();
         let e = open(&args(&path, None)).unwrap_err();
-        assert!(e.starts_with("no manifest in "), "{e}");
+        assert!(matches!(&e, NodeError::NoManifest(at) if *at == path), "{e}");
+        assert!(e.to_string().starts_with("no manifest in "), "{e}");
         let e = open(&args("s3://bucket/state/j", None)).unwrap_err();
-        assert!(e.contains("a remote state needs --provider"), "{e}");
+        assert!(matches!(&e, NodeError::NoProvider(_)), "{e}");
+        assert!(e.to_string().contains("a remote state needs --provider"), "{e}");
         let e = open(&args(&path, Some("{not json"))).unwrap_err();
-        assert!(e.starts_with("--provider: "), "{e}");
+        assert!(matches!(&e, NodeError::Selection(_)) && e.to_string().starts_with("--provider: "), "{e}");
         let e = open(&args("", None)).unwrap_err();
-        assert!(e.starts_with("--dir \"\""), "{e}");
+        assert!(matches!(&e, NodeError::Dir { .. }) && e.to_string().starts_with("--dir \"\""), "{e}");
     }
 
     #[test]

@@ -13,6 +13,52 @@ use crate::host::{Attempt, ConcatInput, InputSource, OpenOnRead, Runtime, Runtim
 use crate::job::{Layout, Manifest};
 use crate::ledger::CommittedOutput;
 
+/// Why the reduce did not publish its outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReduceError {
+    /// The sandbox did not start.
+    #[error("starting the sandbox: {0}")]
+    Sandbox(#[from] crate::host::StartError),
+    /// The task's component does not load.
+    #[error(transparent)]
+    Load(#[from] crate::host::LoadError),
+    /// Its component could not be fetched from a remote state.
+    #[error(transparent)]
+    Fetch(#[from] crate::job::LayoutError),
+    /// The map outputs cannot be listed.
+    #[error("listing the map outputs in {at}: {source}")]
+    List {
+        /// Where.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A committed map output is not there as committed.
+    #[error("map output {at} {problem}")]
+    MapOutput {
+        /// Where.
+        at: String,
+        /// What is wrong ("is missing", "is 3 bytes, 5 were committed").
+        problem: String,
+    },
+    /// The task failed.
+    #[error("task {task}: {failure}")]
+    Task {
+        /// The task's name.
+        task: String,
+        /// How.
+        failure: crate::host::Failure,
+    },
+    /// An output could not be published.
+    #[error("publishing {at}: {source}")]
+    Publish {
+        /// Where.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
 /// Runs the reduce task on `rt`; returns the published outputs (relative to
 /// the output location).
 pub fn run(
@@ -22,17 +68,16 @@ pub fn run(
     params: &serde_json::Value,
     committed: &[CommittedOutput],
     rt: &tokio::runtime::Handle,
-) -> Result<Vec<String>, String> {
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
-    let task = runtime.load(component).map_err(|e| e.to_string())?;
+) -> Result<Vec<String>, ReduceError> {
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
+    let task = runtime.load(component)?;
     // Every map output is there with its committed size (one listing), and is
     // opened only when the task reads it: thousands of outputs must not hold
     // thousands of descriptors at once.
     let listed: std::collections::HashMap<String, u64> = layout
         .output
         .list("map")
-        .map_err(|e| format!("listing the map outputs in {}: {e}", layout.output.display("map")))?
+        .map_err(|source| ReduceError::List { at: layout.output.display("map"), source })?
         .into_iter()
         .collect();
     let mut parts: Vec<Arc<dyn InputSource>> = Vec::with_capacity(committed.len());
@@ -41,13 +86,14 @@ pub fn run(
         match listed.get(&key) {
             Some(&size) if size == out.bytes => {}
             Some(&size) => {
-                return Err(format!(
-                    "map output {} is {size} bytes, {} were committed",
-                    layout.output.display(&key),
-                    out.bytes
-                ));
+                return Err(ReduceError::MapOutput {
+                    at: layout.output.display(&key),
+                    problem: format!("is {size} bytes, {} were committed", out.bytes),
+                });
             }
-            None => return Err(format!("map output {} is missing", layout.output.display(&key))),
+            None => {
+                return Err(ReduceError::MapOutput { at: layout.output.display(&key), problem: "is missing".into() });
+            }
         }
         let (store, name) = (layout.output.clone(), format!("{}/{}", out.key, out.name));
         let display = layout.output.display(&key);
@@ -67,7 +113,7 @@ pub fn run(
     for line in &outcome.logs {
         mayfly_data::nodelog::line(&line.level.to_string(), "master", format_args!("reduce: {line}"));
     }
-    outcome.result.map_err(|f| format!("task {}: {f}", task.name()))?;
+    outcome.result.map_err(|failure| ReduceError::Task { task: task.name().to_owned(), failure })?;
     let mut names = Vec::new();
     for out in &outcome.outputs {
         let dest = layout.reduce_output(&out.name);
@@ -76,7 +122,7 @@ pub fn run(
             Some(_) => layout.output.rename(&format!("{staging_key}/{}", out.name), &dest),
             None => layout.output.upload(&out.path, &dest),
         };
-        published.map_err(|e| format!("publishing {}: {e}", layout.output.display(&dest)))?;
+        published.map_err(|source| ReduceError::Publish { at: layout.output.display(&dest), source })?;
         names.push(format!("reduce/{}", out.name));
     }
     let _ = std::fs::remove_dir_all(&staging);

@@ -44,6 +44,61 @@ fn warn(node: &str, message: &str) {
     mayfly_data::nodelog::line("WARN", node, message);
 }
 
+/// Why a worker could not start, or had to stop before its job's end.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The job's input location could not be opened.
+    #[error(transparent)]
+    Input(#[from] mayfly_data::store::OpenError),
+    /// The job token, which the master asks for, cannot be read.
+    #[error("reading the job token: {0}")]
+    Token(#[source] std::io::Error),
+    /// The provider issued no credentials for this node.
+    #[error(transparent)]
+    Credentials(#[from] mayfly_data::provider::ProviderError),
+    /// The sandbox did not start.
+    #[error("starting the sandbox: {0}")]
+    Sandbox(#[from] crate::host::StartError),
+    /// The task's component could not be fetched.
+    #[error(transparent)]
+    Task(#[from] crate::job::LayoutError),
+    /// The task's component does not load.
+    #[error(transparent)]
+    Load(#[from] crate::host::LoadError),
+    /// The task's component is not the one the job was planned with.
+    #[error("the task at {} changed since the job was planned (sha256 {found} != {planned})", path.display())]
+    Changed {
+        /// Where the component is.
+        path: std::path::PathBuf,
+        /// Its sha256 now.
+        found: String,
+        /// Its sha256 in the manifest.
+        planned: String,
+    },
+    /// No client for the master could be made.
+    #[error(transparent)]
+    Connect(#[from] crate::api::ConnectError),
+    /// The master refused this worker's job token.
+    #[error("the master refused this worker's token: {0}")]
+    Refused(String),
+}
+
+/// A storage operation refused before it started: no unexpired credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthorized {
+    /// The credentials cannot be looked at (a thread panicked holding them).
+    #[error("{0}: credentials unavailable")]
+    Unavailable(String),
+    /// They expired this long ago.
+    #[error("{what}: credential expired {ago_ms} ms ago")]
+    Expired {
+        /// The operation.
+        what: String,
+        /// How long ago, in milliseconds.
+        ago_ms: u64,
+    },
+}
+
 /// How an attempt ended short of a commit.
 enum Failure {
     /// The shard failed: the error, whether a retry could help, and the item
@@ -146,14 +201,14 @@ impl Keeper {
 
     /// A storage operation starts only with an unexpired credential (a
     /// cloud's store would refuse an expired one mid-operation).
-    fn authorize(&self, what: &str) -> Result<(), String> {
-        let Ok(mut c) = self.inner.lock() else { return Err(format!("{what}: credentials unavailable")) };
+    fn authorize(&self, what: &str) -> Result<(), Unauthorized> {
+        let Ok(mut c) = self.inner.lock() else { return Err(Unauthorized::Unavailable(what.to_owned())) };
         let t = self.now();
         if t < c.current.validity.expires_at {
             return Ok(());
         }
         c.failed_ops += 1;
-        Err(format!("{what}: credential expired {} ms ago", t - c.current.validity.expires_at))
+        Err(Unauthorized::Expired { what: what.to_owned(), ago_ms: t - c.current.validity.expires_at })
     }
 
     fn stats(&self) -> (u32, u32) {
@@ -188,7 +243,7 @@ impl attempt::Driver for Leased<'_> {
             return Some(Failure::Release("credentials could not be renewed".into()));
         }
         if let Err(e) = self.keeper.authorize("reading the input") {
-            return Some(Failure::Release(e));
+            return Some(Failure::Release(e.to_string()));
         }
         None
     }
@@ -554,29 +609,27 @@ pub fn run(
     provider: ProviderHandle,
     clock: Arc<dyn Clock>,
     rt: &tokio::runtime::Handle,
-) -> Result<EndReason, String> {
+) -> Result<EndReason, WorkerError> {
     let who = Principal { job: manifest.job.clone(), state: layout.state_location(), node: node.to_owned() };
-    let input = Store::open(&manifest.input, &provider, &who).map_err(|e| e.to_string())?;
-    let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+    let input = Store::open(&manifest.input, &provider, &who)?;
+    let token = crate::job::read_token(&layout).map_err(WorkerError::Token)?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let current = provider.credentials(&manifest.job, &layout.state_location(), node).map_err(|e| e.to_string())?;
+    let current = provider.credentials(&manifest.job, &layout.state_location(), node)?;
 
     // Compile once per worker (or load from the cache), and check that the
     // component is the one the job was planned with.
-    let runtime =
-        Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() }).map_err(|e| e.to_string())?;
-    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256).map_err(|e| e.to_string())?;
-    let task = runtime.load(&task_file).map_err(|e| e.to_string())?;
+    let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 2, ..RuntimeConfig::default() })?;
+    let task_file = layout.task_file(&manifest.task, &manifest.task_sha256)?;
+    let task = runtime.load(&task_file)?;
     if task.sha256() != manifest.task_sha256 {
-        return Err(format!(
-            "the task at {} changed since the job was planned (sha256 {} != {})",
-            manifest.task.display(),
-            task.sha256(),
-            manifest.task_sha256
-        ));
+        return Err(WorkerError::Changed {
+            path: manifest.task.clone(),
+            found: task.sha256().to_owned(),
+            planned: manifest.task_sha256.clone(),
+        });
     }
 
     let start = clock.now();
@@ -608,7 +661,7 @@ pub fn run(
         // Each look at a remote state is a request: a few a second.
         std::thread::sleep(Duration::from_millis(if layout.state.local_dir().is_some() { 50 } else { 250 }));
     };
-    let client = Client::connect(&addr, &token, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let client = Client::connect(&addr, &token, Duration::from_secs(10))?;
     let keeper = Keeper {
         inner: Arc::new(Mutex::new(Credentials { current, failures: 0, failed_at: 0, refreshed: 0, failed_ops: 0 })),
         provider,
@@ -685,7 +738,7 @@ pub fn run(
             }
             Ok(LeaseReply::Done) => break EndReason::JobDone,
             Err(CallError::Refused { status: 401, message }) => {
-                return Err(format!("the master refused this worker's token: {message}"));
+                return Err(WorkerError::Refused(message));
             }
             Err(_) if worker.keeper.layout.state.exists(keys::FINAL) => break EndReason::JobDone,
             Err(e) => {
@@ -748,7 +801,8 @@ mod tests {
         // and no storage operation may start on it.
         clock.advance(Duration::from_secs(25));
         let e = k.authorize("reading the input").unwrap_err();
-        assert_eq!(e, "reading the input: credential expired 5000 ms ago");
+        assert_eq!(e, Unauthorized::Expired { what: "reading the input".into(), ago_ms: 5000 });
+        assert_eq!(e.to_string(), "reading the input: credential expired 5000 ms ago");
         assert_eq!(k.stats(), (0, 1));
         // The rule refreshes it; the fresh one (issued by the provider, on
         // the system's clock) is good again.

@@ -267,14 +267,13 @@ fn main() -> ExitCode {
 /// inside this runtime's tasks, so it has threads of its own). The commands
 /// that run tasks or serve (`node`, `exec`, `replay`) build it once and hand
 /// its `Handle` down to the library.
-/// Failing to start it is mayfly's own failure (exit 70).
+pub(crate) fn start_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("mayfly").enable_all().build()
+}
+
+/// [`start_runtime`] for a command: failing is mayfly's own failure (exit 70).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("mayfly")
-        .enable_all()
-        .build()
-        .map_err(|e| mayfly_model::Internal(format!("cannot start the async runtime: {e}")).into())
+    start_runtime().map_err(|e| mayfly_model::Internal(format!("cannot start the async runtime: {e}")).into())
 }
 
 /// A line to the operator on stderr, `mayfly: ...`.

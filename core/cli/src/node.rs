@@ -75,9 +75,9 @@ fn cmd_node(role: &str, job: &str, node: &str, dir: &str, provider_json: Option<
     // The process's runtime, started after SIGHUP is blocked (its threads
     // inherit the mask). Should it not start, the role fails and the node
     // still ends itself.
-    let rt = crate::runtime();
-    let rt = rt.as_ref().map(tokio::runtime::Runtime::handle).map_err(ToString::to_string);
-    let code = mayfly_core::node::run(&args, log, past_deadline, rt).map_err(anyhow::Error::msg)?;
+    let rt = crate::start_runtime();
+    let rt = rt.as_ref().map(tokio::runtime::Runtime::handle);
+    let code = mayfly_core::node::run(&args, log, past_deadline, rt)?;
     Ok(Ended::Node(code))
 }
 

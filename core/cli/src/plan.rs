@@ -36,7 +36,7 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     let who = Principal { job: "plan".into(), state: spec.state.to_string(), node: "cli".into() };
     let started = Instant::now();
     let input = Store::open(&absolute_location(&spec.input), &provider, &who)?;
-    let objects = list_inputs(&input, spec.glob.as_deref()).map_err(anyhow::Error::msg)?;
+    let objects = list_inputs(&input, spec.glob.as_deref())?;
     let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
     let planned_in = started.elapsed();
     let (max, mean) = p.balance();
@@ -60,7 +60,9 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
         provider: provider.name(),
         estimate: &estimate,
         worker_rate,
-        output: output.map_err(|e| e.to_string()).and_then(|o| mayfly_core::bootstrap::check_output(&o)),
+        output: output
+            .map_err(|e| e.to_string())
+            .and_then(|o| mayfly_core::bootstrap::check_output(&o).map_err(|e| e.to_string())),
     });
     let secs = |d: Duration| d.as_secs_f64();
     let (bootstrap_limit, bootstrap_budget) = (checked.bootstrap_limit, checked.bootstrap_budget);

@@ -38,7 +38,7 @@ fn cmd_run(job: &Path) -> Result<Ended> {
 
 pub(crate) fn run_spec(spec: &JobSpec) -> Result<Ended> {
     let provider = provider_for(spec)?;
-    let (task, reduce) = ready_tasks(spec, &mut say).map_err(anyhow::Error::msg)?;
+    let (task, reduce) = ready_tasks(spec, &mut say)?;
     let started = Instant::now();
     let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
     // Locally, building the tasks is not the bootstrap's time: its budget starts after.

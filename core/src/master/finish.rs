@@ -19,21 +19,21 @@ pub(super) fn end(
     provider: &ProviderHandle,
     reason: String,
     rt: &tokio::runtime::Handle,
-) -> Result<i32, String> {
+) -> Result<i32, super::MasterError> {
     // The end: reduce (only for a finished job), the output manifest, the
     // workers, then this process.
     // No new commit is accepted now (`ended` is set); those already in the
     // committer finish first, so that the snapshot below and the outputs agree.
     // A remote commit (listing, conditional put, copies) can take a while: wait
     // for it (at the deadline the dead-man switch bounds this anyway).
-    let clock = shared.lock().map_err(|_| "master state poisoned".to_owned())?.clock.clone();
+    let clock = shared.lock().map_err(|_| super::MasterError::Poisoned)?.clock.clone();
     let now = || clock.now();
     let drain_until = std::time::Instant::now() + Duration::from_secs(300);
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (layout, manifest, counts, retries, failed, committed, quarantined) = {
-        let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+        let m = shared.lock().map_err(|_| super::MasterError::Poisoned)?;
         let failed: Vec<(u32, String)> = m
             .ledger
             .shards()
@@ -65,13 +65,13 @@ pub(super) fn end(
         // The component as this machine can load it (fetched from a remote state).
         let loaded = layout.task_file(component, &manifest.reduce.as_ref().map(|r| r.1.clone()).unwrap_or_default());
         match loaded
-            .map_err(|e| e.to_string())
+            .map_err(crate::reduce::ReduceError::from)
             .and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed, rt))
         {
             Ok(names) => outputs.extend(names),
             Err(e) => {
                 say!(ERROR, "the reduce task failed: {e}");
-                reduce_error = Some(e);
+                reduce_error = Some(e.to_string());
             }
         }
     }

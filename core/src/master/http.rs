@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::commit::CommitJob;
-use super::{Master, Shared};
+use super::{Master, MasterError, Shared};
 use crate::api::{
     CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     constant_time_eq,
@@ -282,18 +282,26 @@ pub(super) fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::
 /// provider's launch sets, e.g. the instance's private address from IMDS on
 /// EC2, or `ip:port` for a fixed port), else loopback on a free port. Off
 /// loopback, only with TLS.
-pub(super) fn listen_address() -> Result<std::net::SocketAddr, String> {
+pub(super) fn listen_address() -> Result<std::net::SocketAddr, MasterError> {
+    let wrong = |value: &str, problem: String| MasterError::Address {
+        variable: "MAYFLY_LISTEN",
+        value: value.to_owned(),
+        problem,
+    };
     let addr = match std::env::var("MAYFLY_LISTEN") {
         Ok(v) if !v.is_empty() => v
             .parse::<std::net::SocketAddr>()
             .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))
-            .map_err(|e| format!("MAYFLY_LISTEN {v:?}: not an IP address or ip:port: {e}"))?,
+            .map_err(|e| wrong(&v, format!("not an IP address or ip:port: {e}")))?,
         _ => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     if !cfg!(feature = "tls") && !addr.ip().is_loopback() {
-        return Err(format!(
-            "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {} in clear",
-            addr.ip()
+        return Err(wrong(
+            &addr.to_string(),
+            format!(
+                "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {} in clear",
+                addr.ip()
+            ),
         ));
     }
     Ok(addr)
@@ -303,15 +311,22 @@ pub(super) fn listen_address() -> Result<std::net::SocketAddr, String> {
 /// when something between them forwards, such as a NAT or a proxy), else the
 /// one it listens on. Its IP must be the listening one's, the one its
 /// certificate names.
-pub(super) fn advertised_address(listening: std::net::SocketAddr) -> Result<std::net::SocketAddr, String> {
+pub(super) fn advertised_address(listening: std::net::SocketAddr) -> Result<std::net::SocketAddr, MasterError> {
+    let wrong = |value: &str, problem: String| MasterError::Address {
+        variable: "MAYFLY_ADVERTISE",
+        value: value.to_owned(),
+        problem,
+    };
     match std::env::var("MAYFLY_ADVERTISE") {
         Ok(v) if !v.is_empty() => {
-            let addr =
-                v.parse::<std::net::SocketAddr>().map_err(|e| format!("MAYFLY_ADVERTISE {v:?}: not ip:port: {e}"))?;
+            let addr = v.parse::<std::net::SocketAddr>().map_err(|e| wrong(&v, format!("not ip:port: {e}")))?;
             if addr.ip() != listening.ip() {
-                return Err(format!(
-                    "MAYFLY_ADVERTISE {v:?}: its IP must be the one the master listens on ({}), which its certificate names",
-                    listening.ip()
+                return Err(wrong(
+                    &v,
+                    format!(
+                        "its IP must be the one the master listens on ({}), which its certificate names",
+                        listening.ip()
+                    ),
                 ));
             }
             Ok(addr)

@@ -39,6 +39,53 @@ macro_rules! say {
 mod commit;
 mod finish;
 mod http;
+
+/// Why a master could not run its job to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// A thread panicked while it held the master's state: mayfly's own fault.
+    #[error("master state poisoned (a thread of the master panicked)")]
+    Poisoned,
+    /// A thread of its own (a committer) did not start.
+    #[error("starting the {what}: {source}")]
+    Thread {
+        /// Which.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The job token, which workers must present, cannot be read.
+    #[error("reading the job token: {0}")]
+    Token(#[source] std::io::Error),
+    /// The journal cannot be opened for appending.
+    #[error("opening the journal: {0}")]
+    Journal(#[source] std::io::Error),
+    /// `MAYFLY_LISTEN` or `MAYFLY_ADVERTISE` says something the master cannot do.
+    #[error("{variable} {value:?}: {problem}")]
+    Address {
+        /// The environment variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The worker API cannot listen where it must.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The job's TLS could not be set up.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// `master.json`, where workers find the master, cannot be written.
+    #[error("writing master.json: {0}")]
+    Info(#[source] std::io::Error),
+}
 mod journal;
 
 use commit::CommitJob;
@@ -227,15 +274,15 @@ pub fn run(
     provider: &ProviderHandle,
     clock: Arc<dyn Clock>,
     rt: &tokio::runtime::Handle,
-) -> Result<i32, String> {
+) -> Result<i32, MasterError> {
     let (shared, committer_rx) = open(layout, manifest, clock)?;
     for i in 0..commit::COMMITTERS {
         let (jobs, shared) = (committer_rx.clone(), shared.clone());
-        let layout = shared.lock().map_err(|_| "master state poisoned".to_owned())?.layout.clone();
+        let layout = shared.lock().map_err(|_| MasterError::Poisoned)?.layout.clone();
         std::thread::Builder::new()
             .name(format!("mayfly-committer-{i}"))
             .spawn(move || commit::committer(layout, jobs, shared))
-            .map_err(|e| format!("starting the committer: {e}"))?;
+            .map_err(|source| MasterError::Thread { what: "committer", source })?;
     }
     serve(&shared, provider, rt)
 }
@@ -246,8 +293,8 @@ type CommitQueue = Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>;
 /// The master's state for the job laid out at `layout`, rebuilt from the
 /// markers and the journal (a restarted master goes on where the last one
 /// stopped), on `clock`.
-fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Shared, CommitQueue), String> {
-    let token = crate::job::read_token(&layout).map_err(|e| format!("reading the job token: {e}"))?;
+fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Shared, CommitQueue), MasterError> {
+    let token = crate::job::read_token(&layout).map_err(MasterError::Token)?;
 
     // Rebuild from the markers (the truth) and the journal, finishing any
     // publication a crash interrupted.
@@ -277,7 +324,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         .create(true)
         .append(true)
         .open(layout.journal(manifest.created_at))
-        .map_err(|e| format!("opening the journal: {e}"))?;
+        .map_err(MasterError::Journal)?;
     let policy = CredentialPolicy {
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
@@ -312,16 +359,16 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
 
 /// Serves the worker API and watches the deadline and the ledger until the
 /// job ends, then ends it.
-fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle) -> Result<i32, String> {
+fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle) -> Result<i32, MasterError> {
     let (reason, server) = rt.block_on(async {
         let wanted = http::listen_address()?;
-        let listener = http::listen(wanted).map_err(|e| format!("cannot listen on {wanted}: {e}"))?;
-        let listening = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = http::listen(wanted).map_err(|source| MasterError::Listen { addr: wanted, source })?;
+        let listening = listener.local_addr().map_err(|source| MasterError::Listen { addr: wanted, source })?;
         let addr = http::advertised_address(listening)?;
         #[cfg(feature = "tls")]
         let tls = {
-            let job = shared.lock().map_err(|_| "master state poisoned".to_owned())?.manifest.job.clone();
-            crate::tls::master_tls(&job, listening.ip()).map_err(|e| e.to_string())?
+            let job = shared.lock().map_err(|_| MasterError::Poisoned)?.manifest.job.clone();
+            crate::tls::master_tls(&job, listening.ip())?
         };
         #[cfg(feature = "tls")]
         let ca = Some(tls.ca_pem.clone());
@@ -329,14 +376,14 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
         let ca: Option<String> = None;
         let app = http::router(shared.clone());
         {
-            let m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            let m = shared.lock().map_err(|_| MasterError::Poisoned)?;
             m.layout
                 .state
                 .write_json(
                     keys::MASTER,
                     &MasterInfo { addr: addr.to_string(), pid: std::process::id(), ca: ca.clone() },
                 )
-                .map_err(|e| format!("writing master.json: {e}"))?;
+                .map_err(MasterError::Info)?;
         }
         #[cfg(feature = "tls")]
         let server = {
@@ -353,7 +400,7 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
         // Watch the deadline and the ledger.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
-        let holds_layout = shared.lock().map_err(|_| "master state poisoned".to_owned())?.layout.clone();
+        let holds_layout = shared.lock().map_err(|_| MasterError::Poisoned)?.layout.clone();
         loop {
             tick.tick().await;
             ticks += 1;
@@ -372,13 +419,13 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
                     }
                 }
             }
-            let mut m = shared.lock().map_err(|_| "master state poisoned".to_owned())?;
+            let mut m = shared.lock().map_err(|_| MasterError::Poisoned)?;
             let t = m.now();
             m.expire(t);
             if mayfly_model::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
                 say!(WARN, "the job's deadline passed");
-                return Ok::<_, String>(("deadline".to_owned(), server));
+                return Ok::<_, MasterError>(("deadline".to_owned(), server));
             }
             if m.ledger.is_done() {
                 m.ended = Some("done".into());

@@ -182,6 +182,23 @@ fn no_module_imports_one_above_it_in_its_crate() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+#[test]
+fn providers_import_no_crate_of_mayflys_core() {
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("providers")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("Cargo.toml")) else { continue };
+        seen += 1;
+        let manifest: toml::Table = text.parse().unwrap();
+        let deps = manifest.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        for dep in deps.keys().filter(|d| CRATES.iter().any(|c| c.package == d.as_str())) {
+            wrong.push(format!("providers/{}: {dep}", entry.file_name().to_string_lossy()));
+        }
+    }
+    assert!(seen >= 6, "found {seen} providers");
+    assert!(wrong.is_empty(), "providers depend on the provider API (and vm-kit) only: {wrong:?}");
+}
+
 /// The crates whose errors are typed all through (`thiserror`): no function
 /// of theirs answers `Result<_, String>`, so a caller can tell failures apart.
 /// (`mayfly-ops`' conformance side implements the provider API's `Backend`,

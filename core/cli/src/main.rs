@@ -1,7 +1,10 @@
 //! The `mayfly` binary: parses the command line and runs one command. Each
 //! command is a module (its arguments and `execute`); what a command does
-//! beyond reading arguments and printing lives in the library
-//! (`mayfly_core`). Exit codes are decided here, in one place ([`exit_code`]).
+//! beyond reading arguments and printing lives in the libraries
+//! (`mayfly_ops`, `mayfly_core`, `mayfly_data`, `mayfly_model`). Exit codes
+//! are decided here, in one place ([`exit_code`]), and the process's async
+//! runtime is built here ([`runtime`]). It is the top of mayfly's flow: it may
+//! import every crate, and none imports it.
 
 use std::process::ExitCode;
 

@@ -17,6 +17,11 @@
 //! - [`Runtime::run`] is one item in one session (what `exec` and the reduce
 //!   run): an [`Attempt`] in, an [`Outcome`] out.
 //!
+//! In mayfly's flow (ARCHITECTURE.md, "Crates"; `core/tests/flow.rs` checks it)
+//! it imports only `mayfly-model` (sizes and durations); it must not import the
+//! data path, the cluster, the operators' crate or the binary: it knows an
+//! input only as an [`InputSource`] and an output only as a staged file.
+//!
 //! The sandbox gives no ambient authority: no preopened directories, no
 //! environment variables, no arguments, no sockets or name lookups. WASI is
 //! linked so that standard-library code works, and every capability in it is

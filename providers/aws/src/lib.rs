@@ -29,6 +29,9 @@
 //! included; default 30s), `event_job_url` and `event_prefix` (the job an S3
 //! event runs), `spot` (workers on spot capacity, on demand when EC2 has none;
 //! the master is always on demand).
+//!
+//! It imports the provider API, `mayfly-vm-kit` and the AWS SDK; it must not
+//! import any crate of mayfly's core (`mayfly` loads it as a plugin).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

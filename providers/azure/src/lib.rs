@@ -34,6 +34,9 @@
 //! of an HTTP answer), `max_nodes`, `node_binary` / `node_artifact` (the
 //! `az://` URL `mayfly deploy` uploaded), `imds_endpoint`, `api_timeout`,
 //! `event_job_url` and `event_prefix` (the job a Blob trigger runs).
+//!
+//! It imports the provider API, `mayfly-vm-kit` and the Azure SDK; it must not
+//! import any crate of mayfly's core (`mayfly` loads it as a plugin).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

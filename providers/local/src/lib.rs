@@ -13,6 +13,10 @@
 //! `credential_ttl` (15m), `max_nodes` (256), `binary` (the program nodes
 //! run; default: the running `mayfly`), `identity` (the node record this
 //! process is, for tests; nodes learn theirs from `MAYFLY_LOCAL_IDENTITY`).
+//!
+//! It imports the provider API only, and must not import any crate of mayfly's
+//! core: `mayfly-data` links it in as the built-in default, and
+//! `mayfly-provider-local-plugin` exports it as a plugin.
 
 use std::fs;
 use std::os::unix::process::CommandExt;

@@ -5,7 +5,9 @@
 //! back), the marker file of a node, and the tags every node carries.
 //!
 //! It knows no cloud: each provider writes its own metadata calls, dead-man
-//! switch and way of ending the machine around these parts.
+//! switch and way of ending the machine around these parts. It imports the
+//! provider API only, and must not import any cloud SDK or any crate of
+//! mayfly's core (a provider depends on neither).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -220,7 +220,9 @@ pub struct Bootstrapped {
     pub nodes: Vec<NodeInfo>,
 }
 
-/// Lists the input location (recursively, in name order), applying `glob`.
+/// Lists the input location (recursively, in name order), applying `glob` and
+/// leaving out the trees a job reserves ([`crate::job::is_reserved`]: an old
+/// job's `_mayfly/` and `_manifest.json` are never inputs).
 pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, InputError> {
     let re = glob.map(glob_regex).transpose()?;
     if let Some(dir) = input.local_dir() {
@@ -241,7 +243,7 @@ pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, Inp
     }
     let mut objects = Vec::new();
     for (name, size) in listed {
-        if re.as_ref().is_some_and(|r| !r.is_match(&name)) {
+        if crate::job::is_reserved(&name) || re.as_ref().is_some_and(|r| !r.is_match(&name)) {
             continue;
         }
         if let Some(dir) = input.local_dir() {

@@ -361,6 +361,32 @@ impl JobSpec {
             (Some(s), None) => location("state.url", &s.url, None)?,
             (None, None) => Location::path(&base.join(".mayfly").join("jobs")),
         };
+        // A job must never read what a job writes: an output or a state inside
+        // the input (the next run would list them as inputs), or an input
+        // inside an output.
+        let state_key = match (&raw.state, env("MAYFLY_STATE")) {
+            (_, Some(_)) => "state.url (MAYFLY_STATE)",
+            (Some(_), None) => "state.url",
+            (None, None) => "state.url (by default .mayfly/jobs beside the job file)",
+        };
+        let state_span = raw.state.as_ref().map(|s| s.url.span());
+        let input_span = Some(raw.input.url.span());
+        let output_span = Some(raw.output.url.span());
+        let overlaps = [
+            (&output, "output.url", output_span.clone(), &input, "input.url", "the outputs would be listed as inputs"),
+            (&state, state_key, state_span, &input, "input.url", "the job's state would be listed as inputs"),
+            (&input, "input.url", input_span, &output, "output.url", "the job would write among its own inputs"),
+        ];
+        for (inner, inner_key, span, outer, outer_key, why) in overlaps {
+            if inner.within(outer) {
+                return Err(err(
+                    span,
+                    format!(
+                        "`{inner_key}` {inner} lies inside `{outer_key}` {outer}: {why}; choose locations that do not overlap"
+                    ),
+                ));
+            }
+        }
         let glob = raw.input.glob.as_ref().map(|g| g.get_ref().clone());
         if let Some(g) = &raw.input.glob {
             glob_regex(g.get_ref()).map_err(|e| err(Some(g.span()), format!("`input.glob`: {e}")))?;
@@ -640,6 +666,27 @@ memory = "256MiB"
         assert_eq!(spec.state.as_path(), Some(Path::new("./.mayfly/jobs")));
         assert_eq!(spec.provider.name.as_deref(), Some("local"));
         assert_eq!((spec.shards_per_worker, spec.split_text, spec.max_attempts), (4, true, 3));
+    }
+
+    #[test]
+    fn locations_that_overlap_are_refused_naming_both_keys() {
+        let msg = fails(&GOOD.replace("url = \"out\"", "url = \"data/out\""));
+        assert!(msg.contains(":14: `output.url` ./data/out lies inside `input.url` ./data"), "{msg}");
+        let msg = fails(&GOOD.replace("url = \"out\"", "url = \"data\""));
+        assert!(msg.contains("`output.url` ./data lies inside `input.url` ./data"), "{msg}");
+        // The default state (.mayfly/jobs beside the job file) inside the input.
+        let msg =
+            fails(&GOOD.replace("url = \"data\"", "url = \".\"").replace("url = \"out\"", "url = \"../elsewhere\""));
+        assert!(
+            msg.contains(
+                "`state.url (by default .mayfly/jobs beside the job file)` ./.mayfly/jobs lies inside `input.url` ."
+            ),
+            "{msg}"
+        );
+        let msg = fails(&GOOD.replace("url = \"data\"", "url = \"out/in\""));
+        assert!(msg.contains(":10: `input.url` ./out/in lies inside `output.url` ./out"), "{msg}");
+        // Side by side, and a name that only starts alike, are fine.
+        assert!(parse(&GOOD.replace("url = \"out\"", "url = \"data2\"")).is_ok());
     }
 
     #[test]

@@ -139,6 +139,18 @@ pub mod keys {
     pub const LOGS: &str = "logs";
 }
 
+/// Whether `key` (an object's key under a location, `/`-separated) is in one
+/// of the trees a job reserves rather than in its data: `_mayfly/` (commit
+/// markers, staging), an output's `_manifest.json`, and mayfly's temporary
+/// files (`.mayfly-*`: probes, `exec` and `replay` staging). Inputs never
+/// include them, so an input may be an old job's output: its `map/` and
+/// `reduce/` outputs are read, its bookkeeping is not.
+pub fn is_reserved(key: &str) -> bool {
+    let mut segments = key.split('/');
+    segments.clone().any(|s| s == "_mayfly" || s.starts_with(".mayfly-"))
+        || segments.next_back() == Some("_manifest.json")
+}
+
 /// Why a job's locations could not be opened, or its task fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -372,6 +384,20 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_trees_are_bookkeeping_and_everything_else_is_data() {
+        for key in ["_mayfly/markers/shard-000001.json", "a/_mayfly/staging/x", "_manifest.json", "old/_manifest.json"]
+        {
+            assert!(is_reserved(key), "{key}");
+        }
+        for key in [".mayfly-probe-12", "out/.mayfly-staging-3/a"] {
+            assert!(is_reserved(key), "{key}");
+        }
+        for key in ["map/_shards/1/counts.tsv", "reduce/counts.tsv", "_mayfly.txt", "a/b_manifest.json", "x.mayfly-y"] {
+            assert!(!is_reserved(key), "{key}");
+        }
+    }
 
     #[test]
     fn job_ids_carry_name_and_utc_time() {

@@ -200,6 +200,66 @@ impl Location {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this location is `outer` or lies inside it. Paths and `file://`
+    /// URLs are compared by their components, with `.` and `..` resolved and
+    /// symbolic links followed as far as the path exists; other URLs by
+    /// scheme, bucket or container, then prefix, segment by segment (`data2`
+    /// is not inside `data`). A segment holding `{job}` and what follows it
+    /// stand for any job's location: the prefix before it is compared.
+    pub fn within(&self, outer: &Location) -> bool {
+        let (mine, theirs) = (self.compared(), outer.compared());
+        mine.0 == theirs.0 && mine.1.starts_with(&theirs.1)
+    }
+
+    /// What [`within`](Self::within) compares: the root (`""` for a path,
+    /// `scheme://bucket` for a URL) and the segments under it.
+    fn compared(&self) -> (String, Vec<String>) {
+        let (root, segments) = match (self.scheme(), self.as_path()) {
+            (None, Some(path)) => (String::new(), path_segments(path)),
+            (Some("file"), _) => (String::new(), path_segments(Path::new(&self.0["file://".len()..]))),
+            _ => {
+                let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+                let mut parts = rest.split('/').filter(|s| !s.is_empty()).map(str::to_owned);
+                let bucket = parts.next().unwrap_or_default();
+                (format!("{scheme}://{bucket}"), parts.collect())
+            }
+        };
+        let segments = segments.into_iter().take_while(|s| !s.contains("{job}")).collect();
+        (root, segments)
+    }
+}
+
+/// The components of `path`, absolute, with `.` and `..` resolved and links
+/// followed in the part of it that exists.
+fn path_segments(path: &Path) -> Vec<String> {
+    // The longest existing ancestor, canonical; the rest as written.
+    let mut existing = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(real) = existing.canonicalize() {
+            break real;
+        }
+        match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_owned();
+            }
+            _ => break existing,
+        }
+    };
+    let mut segments: Vec<String> = Vec::new();
+    let joined = rest.into_iter().rev().fold(resolved, |p, n| p.join(n));
+    for part in joined.components() {
+        match part {
+            std::path::Component::Normal(s) => segments.push(s.to_string_lossy().into_owned()),
+            std::path::Component::ParentDir => {
+                segments.pop();
+            }
+            std::path::Component::RootDir | std::path::Component::CurDir | std::path::Component::Prefix(_) => {}
+        }
+    }
+    segments
 }
 
 impl std::fmt::Display for Location {
@@ -1095,6 +1155,34 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_is_within_another_by_whole_segments_after_normalisation() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("data/sub")).unwrap();
+        std::os::unix::fs::symlink(base.join("data/sub"), base.join("link")).unwrap();
+        let at = |s: &str| Location::parse(s, base).unwrap();
+        let file_url = |p: &str| at(&format!("file://{}", base.join(p).display()));
+        // Paths: inside, equal, not a prefix of a segment, `..` and links resolved.
+        assert!(at("data/out").within(&at("data")));
+        assert!(at("data").within(&at("data")));
+        assert!(!at("data2/out").within(&at("data")));
+        assert!(!at("data").within(&at("data/out")));
+        assert!(at("elsewhere/../data/new/out").within(&at("data")));
+        assert!(at("link/out").within(&at("data")));
+        // file:// and paths are the same place.
+        assert!(file_url("data/out").within(&at("data")) && at("data/out").within(&file_url("data")));
+        // URLs: scheme, bucket, then prefix segments.
+        assert!(at("s3://b/in/out").within(&at("s3://b/in")) && at("s3://b/in").within(&at("s3://b")));
+        assert!(!at("s3://b/input").within(&at("s3://b/in")));
+        assert!(!at("s3://other/in/out").within(&at("s3://b/in")));
+        assert!(!at("az://b/in/out").within(&at("s3://b/in")));
+        assert!(!at("s3://b/in").within(&at("data")));
+        // `{job}` stands for any job: the prefix before it is compared.
+        assert!(at("s3://b/in/{job}/out").within(&at("s3://b/in")));
+        assert!(at("data/runs/{job}").within(&at("data")));
+    }
 
     #[test]
     fn locations_parse_and_refuse_what_is_not_one() {

@@ -23,6 +23,54 @@ fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 #[test]
+fn locations_that_overlap_are_refused_before_anything_runs() {
+    let job = TestJob::new("overlap", &inputs(3, 100));
+    let path = job.write_job("tasks/wordcount", "{ mode = \"map\" }", "");
+    let written = std::fs::read_to_string(&path).unwrap();
+    for (from, to, inner, outer) in [
+        ("[output]\nurl = \"out\"", "[output]\nurl = \"data/out\"", "`output.url`", "`input.url`"),
+        ("[state]\nurl = \"state\"", "[state]\nurl = \"data/.state\"", "`state.url`", "`input.url`"),
+        ("[output]\nurl = \"out\"", "[output]\nurl = \".\"", "`input.url`", "`output.url`"),
+    ] {
+        std::fs::write(&path, written.replace(from, to)).unwrap();
+        for command in [&["run", "job.toml"][..], &["plan", "job.toml"][..]] {
+            let out = job.command(command).output().unwrap();
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{command:?} {to}: {said}");
+            assert!(said.contains(&format!("{inner} ")) && said.contains(&format!("lies inside {outer}")), "{said}");
+        }
+        for made in ["state", "data/.state", "data/out", "out"] {
+            assert!(!job.dir.join(made).exists(), "{to}: {made} was made");
+        }
+    }
+}
+
+#[test]
+fn an_input_pointed_at_an_old_output_reads_its_outputs_not_its_bookkeeping() {
+    let first = TestJob::new("old-output", &inputs(6, 2000));
+    first.write_job("tasks/wordcount", "{ mode = \"map\" }", "");
+    let out = first.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(first.out().join("_manifest.json").exists() && first.out().join("_mayfly/markers").is_dir());
+    // A second job over the first one's output, on purpose.
+    let second = TestJob::new("reads-old-output", &[]);
+    let path = second.write_job("tasks/wordcount", "{ mode = \"map\" }", "");
+    let old = first.out().to_string_lossy().into_owned();
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("url = \"data\"", &format!("url = {old:?}")))
+        .unwrap();
+    let out = second.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: mayfly_core::job::Manifest =
+        mayfly_core::job::read_json(&second.state().join("manifest.json")).unwrap();
+    let mut read: Vec<String> =
+        manifest.plan.shards.iter().flat_map(|s| s.items.iter().map(|i| i.object.clone())).collect();
+    read.sort();
+    read.dedup();
+    let outputs: Vec<String> = first.map_outputs().into_iter().map(|o| format!("map/{o}")).collect();
+    assert_eq!(read, outputs, "the inputs are the old job's outputs, and only those");
+}
+
+#[test]
 fn wordcount_map_reduce_is_exactly_once_with_1_and_4_workers() {
     let files: Vec<(String, Vec<u8>)> = (0..12)
         .map(|i| {

@@ -106,9 +106,9 @@ pub enum NodeError {
     /// Not a role a node can have.
     #[error("unknown role {0:?} (expected master or worker)")]
     Role(String),
-    /// The process's runtime did not start (the entry point's error, told).
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(String),
+    /// The process's runtime did not start: mayfly's own failure.
+    #[error(transparent)]
+    Runtime(mayfly_model::Internal),
     /// The master failed.
     #[error(transparent)]
     Master(#[from] crate::master::MasterError),
@@ -218,7 +218,7 @@ pub fn run(
         on_deadline()
     });
     let result = match (args.role, rt) {
-        (_, Err(e)) => Err(NodeError::Runtime(e.to_string())),
+        (_, Err(e)) => Err(NodeError::Runtime(mayfly_model::Internal(format!("cannot start the async runtime: {e}")))),
         ("master", Ok(rt)) => Ok(crate::master::run(layout, manifest, &provider, Arc::new(SystemClock), rt)? as u8),
         ("worker", Ok(rt)) => {
             crate::worker::run(layout, manifest, node, provider.clone(), Arc::new(SystemClock), rt)?;

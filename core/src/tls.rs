@@ -80,20 +80,34 @@ pub fn master_tls(job: &str, ip: IpAddr) -> Result<MasterTls, TlsError> {
     Ok(MasterTls { ca_pem: ca_cert.pem(), acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
 }
 
-/// Serves `app` over TLS on `listener` until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: axum::Router) {
+/// Serves `app` over TLS on `listener` until `stop` says so; then it accepts
+/// no more connections and ends the open ones (their tasks are this
+/// future's: they end with it).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                // Out of file descriptors, say: wait, do not spin.
-                mayfly_data::nodelog::line("WARN", "master", format_args!("accepting a connection: {e}"));
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
+        // Finished connections leave the set as they go.
+        while connections.try_join_next().is_some() {}
+        let tcp = tokio::select! {
+            // Only ever told to stop (or its sender gone): either ends it.
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    mayfly_data::nodelog::line("WARN", "master", format_args!("accepting a connection: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A failed or stalled handshake (a client without the job's CA, plain
             // HTTP, a silent peer) ends that connection only.
             let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
@@ -113,4 +127,41 @@ pub fn client_config(ca_pem: &str) -> Result<ureq::tls::TlsConfig, TlsError> {
         .provider(ureq::tls::TlsProvider::Rustls)
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn told_to_stop_it_closes_its_listener_and_the_connections_it_holds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = master_tls("j", addr.ip()).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, tls.acceptor, axum::Router::new(), stopped));
+        // A connection that has not finished its handshake: the server holds it
+        // (for up to 10 s) in a task of its own.
+        let open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), server).await.expect("serve returns when told").unwrap();
+        // That connection is closed by the server, not left open until its handshake times out.
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 16];
+            loop {
+                open.readable().await.unwrap();
+                match open.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        });
+        closed.await.expect("the open connection was closed");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening");
+    }
 }

@@ -257,9 +257,8 @@ fn main() -> ExitCode {
         Command::Idle(args) => node::idle(args),
     };
     if let Err(err) = &result {
-        eprintln!("error: {err}");
-        for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+        for line in error_lines(err) {
+            eprintln!("{line}");
         }
     }
     ExitCode::from(exit_code(&result))
@@ -279,7 +278,35 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     start_runtime().map_err(|e| mayfly_model::Internal(format!("cannot start the async runtime: {e}")).into())
 }
 
+/// How an error is told: `error: ...`, then each cause that the line before
+/// does not already say (typed errors often name their cause in their own
+/// message).
+fn error_lines(err: &anyhow::Error) -> Vec<String> {
+    let mut lines = vec![format!("error: {err}")];
+    let mut said = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !said.contains(&cause) {
+            lines.push(format!("  caused by: {cause}"));
+        }
+        said = cause;
+    }
+    lines
+}
+
 /// A line to the operator on stderr, `mayfly: ...`.
 pub(crate) fn say(msg: &str) {
     eprintln!("mayfly: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let disk = || anyhow::Error::new(std::io::Error::other("disk full"));
+        assert_eq!(error_lines(&disk().context("writing x: disk full")), ["error: writing x: disk full"]);
+        assert_eq!(error_lines(&disk().context("writing x")), ["error: writing x", "  caused by: disk full"]);
+    }
 }

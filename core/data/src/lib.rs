@@ -9,8 +9,8 @@
 //! goes through [`nodelog`]'s pump, so that a log that cannot be written never
 //! ends the node.
 //!
-//! It imports `mayfly-model`, `mayfly-sandbox` (the task's view of an input)
-//! and the provider API; it must not import the cluster (`mayfly-core`) or
+//! It imports `mayfly-model`, `mayfly-sandbox` (the task's view of an input),
+//! the provider API and the local provider (linked in as the default); it must not import the cluster (`mayfly-core`) or
 //! anything above it: a store knows no job, no master and no worker. Inside
 //! it, from the bottom: `nodelog`, `readahead`, `plugin`, `provider`, `store`
 //! (`core/tests/flow.rs` checks both).

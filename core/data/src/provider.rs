@@ -91,7 +91,7 @@ pub enum SelectError {
 
 /// The provider bridge: the async runtime core drives providers and remote
 /// stores on (built-in providers run their futures here; plugins' futures run
-/// on their own runtime). It is the one runtime besides the process's own
+/// on their own runtime). It is the one runtime mayfly builds besides the process's own
 /// (the entry point's, handed down to the master, worker, reduce, replay and
 /// exec): [`ProviderHandle`] and `Store` are blocking, and they are called
 /// from inside the process runtime's tasks, where waiting on a task of that

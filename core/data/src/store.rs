@@ -77,8 +77,8 @@ pub enum OpenError {
         source: io::Error,
     },
     /// The job's provider could not configure the store (it serves no such
-    /// scheme, or it failed).
-    #[error("{url}: {source}")]
+    /// scheme, or it failed); its message names the location.
+    #[error("{source}")]
     Provider {
         /// The location.
         url: String,

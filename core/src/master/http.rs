@@ -288,16 +288,17 @@ pub(super) fn listen_address() -> Result<std::net::SocketAddr, MasterError> {
         value: value.to_owned(),
         problem,
     };
-    let addr = match std::env::var("MAYFLY_LISTEN") {
-        Ok(v) if !v.is_empty() => v
-            .parse::<std::net::SocketAddr>()
-            .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))
-            .map_err(|e| wrong(&v, format!("not an IP address or ip:port: {e}")))?,
-        _ => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
+    let Ok(v) = std::env::var("MAYFLY_LISTEN") else { return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0))) };
+    if v.is_empty() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    let addr = v
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))
+        .map_err(|e| wrong(&v, format!("not an IP address or ip:port: {e}")))?;
     if !cfg!(feature = "tls") && !addr.ip().is_loopback() {
         return Err(wrong(
-            &addr.to_string(),
+            &v,
             format!(
                 "this mayfly was built without TLS (`--features tls`): the master does not serve the job's traffic on {} in clear",
                 addr.ip()

@@ -360,7 +360,9 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
 /// Serves the worker API and watches the deadline and the ledger until the
 /// job ends, then ends it.
 fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle) -> Result<i32, MasterError> {
-    let (reason, server) = rt.block_on(async {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let _stop = StopOnDrop(stop);
+    let reason = rt.block_on(async {
         let wanted = http::listen_address()?;
         let listener = http::listen(wanted).map_err(|source| MasterError::Listen { addr: wanted, source })?;
         let listening = listener.local_addr().map_err(|source| MasterError::Listen { addr: wanted, source })?;
@@ -386,17 +388,22 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
                 .map_err(MasterError::Info)?;
         }
         #[cfg(feature = "tls")]
-        let server = {
+        {
             say!(INFO, "listening on {listening} (TLS, the job's own CA){}", http::via(addr, listening));
-            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app))
-        };
+            tokio::spawn(crate::tls::serve(listener, tls.acceptor, app, stop_rx));
+        }
         #[cfg(not(feature = "tls"))]
-        let server = {
+        {
             say!(INFO, "listening on {listening}{}", http::via(addr, listening));
+            let mut stop = stop_rx;
             tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            })
-        };
+                // Only ever told to stop (or its sender gone): either ends it.
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+            });
+        }
         // Watch the deadline and the ledger.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
@@ -425,18 +432,26 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
             if mayfly_model::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
                 say!(WARN, "the job's deadline passed");
-                return Ok::<_, MasterError>(("deadline".to_owned(), server));
+                return Ok::<_, MasterError>("deadline".to_owned());
             }
             if m.ledger.is_done() {
                 m.ended = Some("done".into());
-                return Ok(("done".to_owned(), server));
+                return Ok("done".to_owned());
             }
         }
     })?;
 
     // The worker API answers while the job ends (workers learn of the end at
-    // their next lease), and no longer: the runtime outlives this master.
-    let ended = finish::end(shared, provider, reason, rt);
-    server.abort();
-    ended
+    // their next lease); `stop` ends it, and its connections, when this
+    // returns.
+    finish::end(shared, provider, reason, rt)
+}
+
+/// Tells the worker API to stop when dropped: the runtime outlives the master.
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }

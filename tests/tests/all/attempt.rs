@@ -64,7 +64,8 @@ fn attempt(name: &str, params: &str, isolation: Isolation, items: &[&str], drive
         staging: &staging,
     };
     let items: Vec<Item> = items.iter().map(|n| item(n)).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    // As the binary's: a multi-thread runtime drives its timers for a caller's `block_on`.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
     attempt::run(rt.handle(), runtime(), &task(STATEFUL), &shard, &items, driver)
 }
 

@@ -593,6 +593,8 @@ pub fn bootstrap(
         limits: spec.limits,
         max_attempts: spec.max_attempts,
         max_failed_items: spec.max_failed_items.bound(items),
+        max_storage_refusals: spec.max_storage_refusals,
+        storage_outage_ms: ms(spec.storage_outage),
         isolation: spec.isolation,
         read_ahead: spec.read_ahead,
         read_ahead_memory: spec.read_ahead_memory,

@@ -117,6 +117,8 @@ struct RawLimits {
     log: Option<ByteSize>,
     max_attempts: Option<Spanned<i64>>,
     max_failed_items: Option<Spanned<toml::Value>>,
+    max_storage_refusals: Option<Spanned<i64>>,
+    storage_outage: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +241,12 @@ pub struct JobSpec {
     pub max_attempts: u32,
     /// Items that may be quarantined before the job stops.
     pub max_failed_items: FailedItems,
+    /// Commits of one shard the job's storage may refuse in a row before the
+    /// shard fails with the storage's error.
+    pub max_storage_refusals: u32,
+    /// How long the job may go without a commit while its storage refuses
+    /// them before it ends (reason `storage`).
+    pub storage_outage: Duration,
     /// One instance per shard attempt, or per item.
     pub isolation: Isolation,
     /// Refresh credentials when less than this is left (or 20 % of the lifetime).
@@ -451,6 +459,11 @@ impl JobSpec {
             Some(("MAYFLY_MAX_ATTEMPTS", env("MAYFLY_MAX_ATTEMPTS"))),
             3,
         )?;
+        let max_storage_refusals = positive("limits.max_storage_refusals", &raw.limits.max_storage_refusals, None, 20)?;
+        let storage_outage = raw.limits.storage_outage.map_or(Duration::from_secs(600), |d| d.0);
+        if storage_outage.is_zero() {
+            return Err(err(None, "`limits.storage_outage`: expected a duration greater than zero".into()));
+        }
         let deadline = match env("MAYFLY_DEADLINE") {
             Some(text) => text.parse::<HumanDuration>().map_err(|e| env_err("MAYFLY_DEADLINE", e.to_string()))?.0,
             None => raw.cluster.deadline.map_or(Duration::from_secs(3600), |d| d.0),
@@ -552,6 +565,8 @@ impl JobSpec {
             limits,
             max_attempts,
             max_failed_items,
+            max_storage_refusals,
+            storage_outage,
             isolation,
             read_ahead,
             read_ahead_memory: raw.input.read_ahead_memory.map(|b| b.0),
@@ -666,6 +681,19 @@ memory = "256MiB"
         assert_eq!(spec.state.as_path(), Some(Path::new("./.mayfly/jobs")));
         assert_eq!(spec.provider.name.as_deref(), Some("local"));
         assert_eq!((spec.shards_per_worker, spec.split_text, spec.max_attempts), (4, true, 3));
+    }
+
+    #[test]
+    fn storage_failures_are_bounded_by_default_and_by_the_job() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!((spec.max_storage_refusals, spec.storage_outage), (20, Duration::from_secs(600)));
+        let spec =
+            parse(&GOOD.replace("[limits]", "[limits]\nmax_storage_refusals = 3\nstorage_outage = \"2m\"")).unwrap();
+        assert_eq!((spec.max_storage_refusals, spec.storage_outage), (3, Duration::from_secs(120)));
+        let msg = fails(&GOOD.replace("[limits]", "[limits]\nmax_storage_refusals = 0"));
+        assert!(msg.contains("`limits.max_storage_refusals` = 0: expected a whole number of at least 1"), "{msg}");
+        let msg = fails(&GOOD.replace("[limits]", "[limits]\nstorage_outage = \"0s\""));
+        assert!(msg.contains("`limits.storage_outage`: expected a duration greater than zero"), "{msg}");
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub struct Manifest {
     /// `max_failed_items`, resolved against the plan's item count).
     #[serde(default = "unbounded")]
     pub max_failed_items: u64,
+    /// Commits of one shard the job's storage may refuse in a row before the
+    /// shard fails.
+    #[serde(default = "default_storage_refusals")]
+    pub max_storage_refusals: u32,
+    /// How long, in milliseconds, the job may go without a commit while its
+    /// storage refuses them before it ends.
+    #[serde(default = "default_storage_outage_ms")]
+    pub storage_outage_ms: u64,
     /// One instance per shard attempt, or per item.
     #[serde(default)]
     pub isolation: crate::config::Isolation,
@@ -99,6 +107,14 @@ pub struct Manifest {
 
 fn unbounded() -> u64 {
     u64::MAX
+}
+
+fn default_storage_refusals() -> u32 {
+    20
+}
+
+fn default_storage_outage_ms() -> u64 {
+    600_000
 }
 
 /// The key of a shard's own outputs (those its task writes in `start` or

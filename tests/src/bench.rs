@@ -566,6 +566,8 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         limits: Default::default(),
         max_attempts: 3,
         max_failed_items: 0,
+        max_storage_refusals: 20,
+        storage_outage_ms: 600_000,
         isolation: Default::default(),
         read_ahead: None,
         read_ahead_memory: None,

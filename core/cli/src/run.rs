@@ -132,7 +132,11 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
     };
     println!(
         "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs{quarantined}",
-        if fin.reason == "done" { "finished" } else { "ENDED AT THE DEADLINE" },
+        match fin.reason.as_str() {
+            "done" => "finished",
+            "storage" => "ENDED: ITS STORAGE REFUSED EVERY COMMIT (limits.storage_outage)",
+            _ => "ENDED AT THE DEADLINE",
+        },
         started.elapsed().as_secs_f64(),
         c.committed,
         c.failed,

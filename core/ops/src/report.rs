@@ -308,6 +308,7 @@ fn outcome_note(outcome: &str) -> &'static str {
     match outcome {
         "done" => "the job ended",
         "deadline" => "the job was stopped at its deadline",
+        "storage" => "the job was stopped: its storage refused every commit for too long",
         "running" => "the job was still running when this report was made",
         "lost" => "the master is gone and the job never ended",
         _ => "",

@@ -89,19 +89,37 @@ impl Master {
             Err((StatusCode::CONFLICT, _)) => {
                 self.layout.output.read_json::<Marker>(&self.layout.marker(marker.shard)).ok().flatten()
             }
-            Err((StatusCode::SERVICE_UNAVAILABLE, _)) => {
+            Err((StatusCode::SERVICE_UNAVAILABLE, message)) => {
                 // The job's storage failed: its worker hands the shard back
                 // (no attempt used), and it waits before it is leased again,
-                // longer while the failures go on (0.25 s doubling, at most 8 s).
+                // longer while the failures go on (0.25 s doubling, at most 8 s);
+                // until the shard's commits were refused too often in a row:
+                // then it fails with the storage's error.
                 self.storage_failures = self.storage_failures.saturating_add(1);
-                let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
-                self.ledger.delay(marker.shard, self.now() + wait);
+                let refused = self.refusals.entry(marker.shard).or_insert(0);
+                *refused += 1;
+                let refused = *refused;
+                if refused >= self.manifest.max_storage_refusals {
+                    let error = format!(
+                        "the job's storage refused this shard's commit {refused} times in a row \
+                         (limits.max_storage_refusals): {message}"
+                    );
+                    if let Ok(event) = self.ledger.fail(marker.shard, marker.token, &error, false) {
+                        say!(ERROR, "shard {} failed: {error}", marker.shard);
+                        self.record(&event, true);
+                    }
+                } else {
+                    let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
+                    self.ledger.delay(marker.shard, self.now() + wait);
+                }
                 None
             }
             Err(_) => None,
         };
         if decided.is_ok() {
             self.storage_failures = 0;
+            self.refusals.remove(&marker.shard);
+            self.last_commit_at = self.now();
         }
         if let Some(m) = adopt {
             let already = matches!(

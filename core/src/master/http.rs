@@ -393,6 +393,8 @@ mod tests {
             workers: 2,
             limits: Default::default(),
             max_attempts: 3,
+            max_storage_refusals: 20,
+            storage_outage_ms: 600_000,
             max_failed_items: u64::MAX,
             isolation: Default::default(),
             read_ahead: None,

@@ -98,7 +98,8 @@ pub use journal::{Entry, parse_entries, read_entries, read_journal};
 pub struct FinalState {
     /// The job.
     pub job: String,
-    /// `done` or `deadline`.
+    /// `done`, `deadline`, or `storage` (the job's storage refused every
+    /// commit for its `storage_outage`).
     pub reason: String,
     /// Shards by state.
     pub counts: crate::ledger::Counts,
@@ -131,6 +132,10 @@ struct Master {
     in_flight: usize,
     /// Commits in a row the job's storage could not record.
     storage_failures: u32,
+    /// Commits in a row of each shard the job's storage could not record.
+    refusals: std::collections::HashMap<u32, u32>,
+    /// When a commit last succeeded (or the master started).
+    last_commit_at: Millis,
     /// Whether the last journal write failed.
     journal_failing: bool,
     /// What each worker did, for `status`.
@@ -347,6 +352,8 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         committer: committer_tx,
         in_flight: 0,
         storage_failures: 0,
+        refusals: Default::default(),
+        last_commit_at: clock.now(),
         journal_failing: false,
         nodes: Default::default(),
         holders: Default::default(),
@@ -437,6 +444,15 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
             if m.ledger.is_done() {
                 m.ended = Some("done".into());
                 return Ok("done".to_owned());
+            }
+            if m.storage_failures > 0 && t.saturating_sub(m.last_commit_at) >= m.manifest.storage_outage_ms {
+                m.ended = Some("storage".into());
+                say!(
+                    ERROR,
+                    "the job's storage refused every commit for {} (limits.storage_outage); ending the job",
+                    mayfly_model::units::HumanDuration(Duration::from_millis(m.manifest.storage_outage_ms))
+                );
+                return Ok("storage".to_owned());
             }
         }
     })?;

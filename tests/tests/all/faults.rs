@@ -55,6 +55,56 @@ fn commit_markers_unwritable_for_a_while_cost_time_not_shards() {
 }
 
 #[test]
+fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error() {
+    let files = inputs(6, 200);
+    let job = TestJob::new("markers-gone", &files);
+    let limits = "[limits]\nmax_storage_refusals = 2\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
+    let started = std::time::Instant::now();
+    let run = job.spawn();
+    let markers = job.out().join("_mayfly/markers");
+    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 1)));
+    // For good: the job must end by the bound, not at its 60 s deadline.
+    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
+    let out = run.wait_with_output().unwrap();
+    drop(lock);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(50), "ended at the deadline: {}", text(&out));
+    let fin: serde_json::Value = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    assert_eq!(fin["reason"], "done", "{fin}");
+    let failed = fin["counts"]["failed"].as_u64().unwrap();
+    assert!(failed >= 1 && fin["counts"]["committed"].as_u64().unwrap() + failed == 6, "{fin}");
+    let error = fin["failed"][0][1].as_str().unwrap();
+    assert!(
+        error.contains("refused this shard's commit 2 times in a row") && error.contains("writing the commit marker"),
+        "{error}"
+    );
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_storage_outage_longer_than_the_jobs_bound_ends_the_job() {
+    let files = inputs(6, 200);
+    let job = TestJob::new("storage-out", &files);
+    let limits = "[limits]\nmax_storage_refusals = 1000\nstorage_outage = \"3s\"\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
+    let started = std::time::Instant::now();
+    let run = job.spawn();
+    let markers = job.out().join("_mayfly/markers");
+    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 1)));
+    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
+    let out = run.wait_with_output().unwrap();
+    drop(lock);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("ENDED: ITS STORAGE REFUSED EVERY COMMIT"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(50), "ended at the deadline: {}", text(&out));
+    let fin: serde_json::Value = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    assert_eq!(fin["reason"], "storage", "{fin}");
+    assert!(job.log("master").contains("refused every commit for 3s"), "{}", job.log("master"));
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
 fn a_node_whose_log_cannot_be_written_for_a_while_goes_on_and_loses_no_line() {
     let files = inputs(16, 200);
     let job = TestJob::new("logs-down", &files);

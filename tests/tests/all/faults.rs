@@ -54,23 +54,31 @@ fn commit_markers_unwritable_for_a_while_cost_time_not_shards() {
     every_worker_ended_with_the_job(&job, 2);
 }
 
-#[test]
-fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error() {
-    let files = inputs(6, 200);
-    let job = TestJob::new("markers-gone", &files);
-    let limits = "[limits]\nmax_storage_refusals = 2\n";
+/// Runs a 6-shard job with `limits` whose commit markers become unwritable for
+/// good once the first is written; checks that it ended, by one of the
+/// storage bounds, long before its 60 s deadline, with exit code 1 and nothing
+/// left. Returns the run's output and its `final.json`.
+fn run_with_markers_unwritable_for_good(id: &str, limits: &str) -> (std::process::Output, serde_json::Value) {
+    let job = TestJob::new(id, &inputs(6, 200));
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
     let started = std::time::Instant::now();
     let run = job.spawn();
     let markers = job.out().join("_mayfly/markers");
     assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 1)));
-    // For good: the job must end by the bound, not at its 60 s deadline.
     let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
     let out = run.wait_with_output().unwrap();
     drop(lock);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(50), "ended at the deadline: {}", text(&out));
-    let fin: serde_json::Value = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    job.assert_nothing_left(Duration::from_secs(10));
+    let fin = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    assert!(job.log("master").contains("the job's storage refused"), "{}", job.log("master"));
+    (out, fin)
+}
+
+#[test]
+fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error() {
+    let (_, fin) = run_with_markers_unwritable_for_good("markers-gone", "[limits]\nmax_storage_refusals = 2\n");
     assert_eq!(fin["reason"], "done", "{fin}");
     let failed = fin["counts"]["failed"].as_u64().unwrap();
     assert!(failed >= 1 && fin["counts"]["committed"].as_u64().unwrap() + failed == 6, "{fin}");
@@ -79,29 +87,14 @@ fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error
         error.contains("refused this shard's commit 2 times in a row") && error.contains("writing the commit marker"),
         "{error}"
     );
-    job.assert_nothing_left(Duration::from_secs(10));
 }
 
 #[test]
 fn a_storage_outage_longer_than_the_jobs_bound_ends_the_job() {
-    let files = inputs(6, 200);
-    let job = TestJob::new("storage-out", &files);
     let limits = "[limits]\nmax_storage_refusals = 1000\nstorage_outage = \"3s\"\n";
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
-    let started = std::time::Instant::now();
-    let run = job.spawn();
-    let markers = job.out().join("_mayfly/markers");
-    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 1)));
-    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
-    let out = run.wait_with_output().unwrap();
-    drop(lock);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (out, fin) = run_with_markers_unwritable_for_good("storage-out", limits);
     assert!(text(&out).contains("ENDED: ITS STORAGE REFUSED EVERY COMMIT"), "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_secs(50), "ended at the deadline: {}", text(&out));
-    let fin: serde_json::Value = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
     assert_eq!(fin["reason"], "storage", "{fin}");
-    assert!(job.log("master").contains("refused every commit for 3s"), "{}", job.log("master"));
-    job.assert_nothing_left(Duration::from_secs(10));
 }
 
 #[test]

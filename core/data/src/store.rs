@@ -984,18 +984,30 @@ fn s3(
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
     for (k, v) in options {
-        let key: AmazonS3ConfigKey = k.parse().map_err(|e: object_store::Error| OpenError::UnknownOption {
-            url: url.clone(),
-            provider: provider.name().to_owned(),
-            client: "S3",
-            key: k.clone(),
-            reason: e.to_string(),
-        })?;
+        let key: AmazonS3ConfigKey = k.parse().map_err(unknown_option(&url, provider, "S3", k))?;
         b = b.with_config(key, v);
     }
     let creds = ProviderCredentials::new(provider, who, "S3", s3_credential, "S3 keys");
     b = b.with_credentials(Arc::new(creds)).with_retry(retries());
     b.build().map_err(|source| OpenError::Client { url, source })
+}
+
+/// The error for an option `key` of the `client` that `provider` gave and the
+/// client does not know.
+#[cfg(any(feature = "s3", feature = "azure"))]
+fn unknown_option<'a>(
+    url: &'a str,
+    provider: &'a ProviderHandle,
+    client: &'static str,
+    key: &'a str,
+) -> impl FnOnce(object_store::Error) -> OpenError + 'a {
+    move |e| OpenError::UnknownOption {
+        url: url.to_owned(),
+        provider: provider.name().to_owned(),
+        client,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    }
 }
 
 /// How a remote store retries a request (throttling, a dropped connection).
@@ -1024,13 +1036,7 @@ fn azure(
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     let mut b = MicrosoftAzureBuilder::new().with_container_name(container);
     for (k, v) in options {
-        let key: AzureConfigKey = k.parse().map_err(|e: object_store::Error| OpenError::UnknownOption {
-            url: url.clone(),
-            provider: provider.name().to_owned(),
-            client: "Azure",
-            key: k.clone(),
-            reason: e.to_string(),
-        })?;
+        let key: AzureConfigKey = k.parse().map_err(unknown_option(&url, provider, "Azure", k))?;
         b = b.with_config(key, v);
     }
     let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", azure_credential, "a bearer token");

@@ -100,6 +100,7 @@ impl Master {
                 *refused += 1;
                 let refused = *refused;
                 if refused >= self.manifest.max_storage_refusals {
+                    self.refusals.remove(&marker.shard);
                     let error = format!(
                         "the job's storage refused this shard's commit {refused} times in a row \
                          (limits.max_storage_refusals): {message}"

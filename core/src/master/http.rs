@@ -288,10 +288,10 @@ pub(super) fn listen_address() -> Result<std::net::SocketAddr, MasterError> {
         value: value.to_owned(),
         problem,
     };
-    let Ok(v) = std::env::var("MAYFLY_LISTEN") else { return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0))) };
-    if v.is_empty() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    }
+    let v = match std::env::var("MAYFLY_LISTEN") {
+        Ok(v) if !v.is_empty() => v,
+        _ => return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
     let addr = v
         .parse::<std::net::SocketAddr>()
         .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 0).into()))

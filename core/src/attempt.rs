@@ -31,7 +31,7 @@ pub struct Shard<'a> {
     pub job: &'a str,
     /// The shard's number.
     pub shard: u32,
-    /// The attempt's number (1 for the first).
+    /// The attempt's number (1 for the first; 0 for a preflight).
     pub attempt: u32,
     /// The task's parameters, a JSON object.
     pub params: Arc<str>,

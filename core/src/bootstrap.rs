@@ -1,5 +1,6 @@
-//! Bootstrap: validate, list the inputs, plan, write the manifest, launch the
-//! master and the workers, all inside the provider's time limit. It never waits
+//! Bootstrap: validate, list the inputs, plan, try the tasks on a sample of
+//! the inputs ([`crate::preflight`]), write the manifest, launch the master
+//! and the workers, all inside the provider's time limit. It never waits
 //! for the work itself. Each step is checked against the budget (the limit
 //! minus a safety margin) before it starts; on any failure after a launch,
 //! everything launched is terminated before the error is returned.
@@ -22,6 +23,10 @@ use mayfly_data::provider::{
 use mayfly_data::store::{Location, Store};
 use mayfly_model::plan::{Object, Plan, PlanOptions, plan};
 use mayfly_model::policy::{Budget, Clock, SystemClock, ms};
+
+/// A preflight given less time than this by the bootstrap's budget is
+/// skipped (said in its report), not run to no conclusion.
+const PREFLIGHT_LEAST: Duration = Duration::from_secs(1);
 
 /// A task ready to run: its component and sha256 (built and checked by the caller).
 #[derive(Debug, Clone)]
@@ -218,6 +223,8 @@ pub struct Bootstrapped {
     pub manifest: Manifest,
     /// The nodes launched.
     pub nodes: Vec<NodeInfo>,
+    /// What the preflight saw (`None`: the job turned it off).
+    pub preflight: Option<crate::preflight::Report>,
 }
 
 /// Lists the input location (recursively, in name order), applying `glob` and
@@ -365,11 +372,15 @@ pub fn from_request_on(
     let provider = merged.as_ref().unwrap_or(provider);
     let (task, reduce) =
         ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
+    // An entrypoint's process has no runtime of its own: the preflight's
+    // sandbox calls are driven on this thread, through the bridge's.
+    let rt = mayfly_data::provider::bridge().map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
     let boot = bootstrap(
         &spec,
         &task,
         reduce.as_ref(),
         provider,
+        &rt,
         clock,
         Window { started: Some(started), until: request.deadline },
         on_step,
@@ -378,7 +389,7 @@ pub fn from_request_on(
         BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
         // The request's own fault (a used job id, a location that cannot be
         // one): no retry of the same request can succeed.
-        BootstrapError::Step { step: "check the job id" | "check the locations", .. } => {
+        BootstrapError::Step { step: "check the job id" | "check the locations" | "preflight", .. } => {
             fail(ErrorKind::Config, format!("bootstrap refused: {e}"))
         }
         BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
@@ -518,13 +529,16 @@ pub struct Window {
 }
 
 /// Bootstraps `spec` with `provider`, on a budget that starts and ends as
-/// `window` says, and ends at the provider's limit at the latest. `on_step` is called as
-/// each step starts (the CLI prints it; tests use it to move an injected clock).
+/// `window` says, and ends at the provider's limit at the latest; the
+/// preflight's sandbox calls run on `rt`. `on_step` is called as each step
+/// starts (the CLI prints it; tests use it to move an injected clock).
+#[allow(clippy::too_many_arguments)]
 pub fn bootstrap(
     spec: &JobSpec,
     task: &ReadyTask,
     reduce: Option<&ReadyTask>,
     provider: &ProviderHandle,
+    rt: &tokio::runtime::Handle,
     clock: &dyn Clock,
     window: Window,
     on_step: &mut dyn FnMut(&str),
@@ -572,6 +586,33 @@ pub fn bootstrap(
 
     step("plan", Duration::ZERO)?;
     let plan = plan_objects(spec, &input_store, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
+
+    let preflight = if spec.preflight.enabled {
+        step("preflight", Duration::ZERO)?;
+        // A quarter of what is left at most: launching needs the rest.
+        let bound = spec.preflight.timeout.min(budget.remaining(clock.now()) / 4);
+        if bound < PREFLIGHT_LEAST {
+            let note = format!(
+                "preflight skipped: the bootstrap's budget leaves {} for it, less than {}",
+                mayfly_model::units::HumanDuration(bound),
+                mayfly_model::units::HumanDuration(PREFLIGHT_LEAST)
+            );
+            Some(crate::preflight::Report { notes: vec![note], ..Default::default() })
+        } else {
+            let request = crate::preflight::Request {
+                job: &job,
+                spec,
+                plan: &plan,
+                input: &input_store,
+                task: &task.component,
+                reduce: reduce.map(|r| r.component.as_path()),
+                bound,
+            };
+            Some(crate::preflight::run(rt, &request).map_err(step_err("preflight"))?)
+        }
+    } else {
+        None
+    };
 
     step("write the manifest", Duration::ZERO)?;
     let items: u64 = plan.shards.iter().map(|s| s.items.len() as u64).sum();
@@ -650,7 +691,7 @@ pub fn bootstrap(
             Err(e) => eprintln!("warning: sweeping what ended jobs left: {e}"),
         }
     }
-    Ok(Bootstrapped { job, layout, manifest, nodes: launched })
+    Ok(Bootstrapped { job, layout, manifest, nodes: launched, preflight })
 }
 
 /// Launches a master, waits until it serves, then launches `workers`. On any

@@ -53,6 +53,8 @@ struct RawJob {
     limits: RawLimits,
     #[serde(default)]
     credentials: RawCredentials,
+    #[serde(default)]
+    preflight: RawPreflight,
     /// USD per node-hour by node type, over the shipped table (`mayfly plan`).
     #[serde(default)]
     prices: BTreeMap<String, Spanned<f64>>,
@@ -123,6 +125,13 @@ struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPreflight {
+    enabled: Option<bool>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCredentials {
     refresh_margin: Option<HumanDuration>,
 }
@@ -174,6 +183,23 @@ pub enum Isolation {
     /// A fresh instance per item: nothing an item does is seen by the next
     /// (a new instance per item costs far more; for tasks that need it).
     Item,
+}
+
+/// The trial run of a job's tasks on a sample of its inputs before anything
+/// is launched (`[preflight]`; see [`crate::preflight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreflightSpec {
+    /// Whether it runs (`enabled`, default true; `mayfly run --no-preflight`).
+    pub enabled: bool,
+    /// At most this long on the sample (`timeout`, default 30 s), and never
+    /// more than a quarter of what is left of the bootstrap's budget.
+    pub timeout: Duration,
+}
+
+impl Default for PreflightSpec {
+    fn default() -> Self {
+        PreflightSpec { enabled: true, timeout: Duration::from_secs(30) }
+    }
 }
 
 /// A task and its parameters.
@@ -253,6 +279,8 @@ pub struct JobSpec {
     pub credential_refresh_margin: Duration,
     /// `[prices]`: USD per node-hour by node type, over `cost`'s shipped table.
     pub prices: BTreeMap<String, f64>,
+    /// `[preflight]`: the tasks' trial run before launch.
+    pub preflight: PreflightSpec,
 }
 
 /// The dotted key (`cluster.workers`) set on `line` (1-based) of `source`,
@@ -529,6 +557,17 @@ impl JobSpec {
             output: raw.limits.output.unwrap_or(defaults.output),
             log: raw.limits.log.unwrap_or(defaults.log),
         };
+        let preflight = PreflightSpec {
+            enabled: raw.preflight.enabled.unwrap_or(true),
+            timeout: raw.preflight.timeout.map_or(PreflightSpec::default().timeout, |d| d.0),
+        };
+        if preflight.enabled && preflight.timeout.is_zero() {
+            return Err(err(
+                None,
+                "`preflight.timeout`: expected a duration greater than zero (`enabled = false` turns the preflight off)"
+                    .into(),
+            ));
+        }
         let mut prices = BTreeMap::new();
         for (node_type, price) in &raw.prices {
             let usd = *price.get_ref();
@@ -571,6 +610,7 @@ impl JobSpec {
             read_ahead,
             read_ahead_memory: raw.input.read_ahead_memory.map(|b| b.0),
             credential_refresh_margin: raw.credentials.refresh_margin.map_or(Duration::from_secs(300), |d| d.0),
+            preflight,
         })
     }
 }
@@ -694,6 +734,19 @@ memory = "256MiB"
         assert!(msg.contains("`limits.max_storage_refusals` = 0: expected a whole number of at least 1"), "{msg}");
         let msg = fails(&GOOD.replace("[limits]", "[limits]\nstorage_outage = \"0s\""));
         assert!(msg.contains("`limits.storage_outage`: expected a duration greater than zero"), "{msg}");
+    }
+
+    #[test]
+    fn the_preflight_runs_by_default_and_the_job_bounds_or_turns_it_off() {
+        assert_eq!(parse(GOOD).unwrap().preflight, PreflightSpec { enabled: true, timeout: Duration::from_secs(30) });
+        let spec = parse(&format!("{GOOD}\n[preflight]\ntimeout = \"5s\"\n")).unwrap();
+        assert_eq!(spec.preflight, PreflightSpec { enabled: true, timeout: Duration::from_secs(5) });
+        let spec = parse(&format!("{GOOD}\n[preflight]\nenabled = false\n")).unwrap();
+        assert!(!spec.preflight.enabled);
+        let msg = fails(&format!("{GOOD}\n[preflight]\ntimeout = \"0s\"\n"));
+        assert!(msg.contains("`preflight.timeout`: expected a duration greater than zero"), "{msg}");
+        let msg = fails(&format!("{GOOD}\n[preflight]\nsample = 3\n"));
+        assert!(msg.contains("sample"), "{msg}");
     }
 
     #[test]

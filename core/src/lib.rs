@@ -6,7 +6,8 @@
 //! checks that none imports one above it): the worker API (`tls`, `ledger`, the
 //! shard table, `api`), the task build (`build`), a job's description and state
 //! (`config`, `job`), holds and the reduce (`hold`, `reduce`), one shard attempt
-//! (`attempt`), and the nodes (`master`, `worker`, then `node` and `bootstrap`).
+//! (`attempt`), the nodes and the preflight (`master`, `worker`, `preflight`, then
+//! `node` and `bootstrap`).
 //!
 //! Below it: `mayfly-model` (units, even sharding, the rules), `mayfly-sandbox`
 //! (the task sandbox, re-exported as [`host`]) and `mayfly-data` (stores and
@@ -50,6 +51,7 @@ pub mod job;
 pub mod ledger;
 pub mod master;
 pub mod node;
+pub mod preflight;
 pub mod reduce;
 #[cfg(feature = "tls")]
 pub mod tls;

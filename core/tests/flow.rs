@@ -37,7 +37,7 @@ const CRATES: &[Crate] = &[
             &["config"],
             &["job"],
             &["hold", "reduce", "attempt"],
-            &["master", "worker"],
+            &["master", "worker", "preflight"],
             &["node", "bootstrap"],
         ]),
     },

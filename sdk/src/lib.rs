@@ -118,7 +118,9 @@ pub struct Shard {
     /// The shard's number in the job's plan.
     pub id: u32,
     /// Which attempt at the shard this is (1 for the first; a retry starts
-    /// in a fresh instance, from a clean state).
+    /// in a fresh instance, from a clean state; 0 for a preflight, a trial on
+    /// a sample of the inputs before the job is launched, whose outputs are
+    /// discarded).
     pub attempt: u32,
     /// How many items this instance will be given.
     pub items: u32,

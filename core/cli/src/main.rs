@@ -107,18 +107,20 @@ enum Command {
     #[command(after_help = "Examples:\n  mayfly run job.toml\n  MAYFLY_WORKERS=4 mayfly run job.toml\n\n\
         Exit codes: 0 every shard committed; 1 some shards failed or the deadline passed; 2 bad input; 3 the master was lost (resume it).")]
     Run(run::Args),
-    /// Show what a job would do and cost: shards and their balance, time,
+    /// Show what a job would do and cost: shards and their balance, the
+    /// tasks tried on a sample of the inputs (the preflight), time,
     /// node-hours and price, the bootstrap and credential budgets, and a
     /// warning for each rule it would break. Nothing is launched.
     #[command(after_help = "Examples:\n  \
         mayfly plan job.toml\n  \
-        mayfly plan job.toml --rate 40MiB     a slower task: 40 MiB/s per worker\n  \
+        mayfly plan job.toml --rate 40MiB     time at 40 MiB/s per worker, not the preflight's rate\n  \
         mayfly plan job.toml --json | jq .estimate.ceiling_usd\n\n\
         Prices: USD per node-hour from a shipped table (common AWS and Azure sizes, on demand,\n\
         us-east-1 / East US, dated) or the job file's [prices] table, e.g.\n  \
         [prices]\n  \
         \"c5.large\" = 0.034   # a spot price\n\n\
-        The ceiling is every node billed to the deadline: no node outlives it.")]
+        The ceiling is every node billed to the deadline: no node outlives it.\n\
+        Exit code 2 when the preflight refuses the job (the tasks fail on the sample).")]
     Plan(plan::Args),
     /// Show a job's progress: live while it runs (shards, rate, ETA, the
     /// deadline, each worker), its summary once it has ended.

@@ -1,17 +1,19 @@
 //! `mayfly plan`: what a job would do and cost, and each rule it would
-//! break ([`mayfly_ops::check`]); nothing is launched.
+//! break ([`mayfly_ops::check`]), after the tasks' preflight on a sample of
+//! the inputs ([`mayfly_core::preflight`]); nothing is launched.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mayfly_core::bootstrap::{absolute_location, list_inputs};
+use mayfly_core::bootstrap::{absolute_location, list_inputs, ready_tasks};
 use mayfly_core::config::JobSpec;
+use mayfly_core::preflight::{PreflightError, Report, Request};
 use mayfly_data::store::{Principal, Store};
 use mayfly_model::units::ByteSize;
 
-use crate::Ended;
 use crate::lookup::provider_for;
+use crate::{Ended, say};
 
 /// `mayfly plan`.
 #[derive(clap::Args, Debug)]
@@ -21,16 +23,43 @@ pub(crate) struct Args {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
-    /// The rate one worker is assumed to process input at (per second).
-    #[arg(long, value_name = "SIZE", default_value = "100MiB")]
-    rate: ByteSize,
+    /// The rate one worker is assumed to process input at (per second);
+    /// default: the preflight's, measured on a sample of the inputs, or
+    /// 100MiB without a preflight.
+    #[arg(long, value_name = "SIZE")]
+    rate: Option<ByteSize>,
+    /// Do not try the tasks on a sample of the inputs (the job file's
+    /// `[preflight] enabled = false`).
+    #[arg(long)]
+    no_preflight: bool,
 }
+
+/// The rate a worker is assumed to work at without a measured one.
+const DEFAULT_RATE: u64 = 100 << 20;
 
 pub(crate) fn execute(args: Args) -> Result<Ended> {
-    cmd_plan(&args.job, args.json, args.rate.0).map(|()| Ended::Success)
+    cmd_plan(&args).map(|()| Ended::Success)
 }
 
-fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
+/// One line for what a preflight tried: `3 sample items (12.0 KiB) ...`.
+pub(crate) fn preflight_line(report: &Report) -> String {
+    let (bytes, _) = report.processed();
+    let ok = report.tried.iter().filter(|t| t.failed.is_none()).count();
+    let per_mib = match report.per_mib() {
+        Some(d) => format!(", {:.3} s per MiB", d.as_secs_f64()),
+        None => String::new(),
+    };
+    format!(
+        "preflight: {ok} of {} sample items passed ({} in {:.2}s{per_mib}){}",
+        report.tried.len(),
+        ByteSize(bytes),
+        report.elapsed.as_secs_f64(),
+        if report.reduced { "; the reduce task passed over their outputs" } else { "" }
+    )
+}
+
+fn cmd_plan(args: &Args) -> Result<()> {
+    let (job, json) = (&args.job, args.json);
     let spec = JobSpec::load(job)?;
     let provider = provider_for(&spec)?;
     let who = Principal { job: "plan".into(), state: spec.state.to_string(), node: "cli".into() };
@@ -39,6 +68,33 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     let objects = list_inputs(&input, spec.glob.as_deref())?;
     let p = mayfly_core::bootstrap::plan_objects(&spec, &input, &objects)?;
     let planned_in = started.elapsed();
+    // The preflight, as bootstrap runs it (with the job's own bound): a
+    // refusal is said after the plan, and fails the command.
+    let preflight = if spec.preflight.enabled && !args.no_preflight {
+        let (task, reduce) = ready_tasks(&spec, &mut say)?;
+        let rt = crate::runtime()?;
+        let request = Request {
+            job: "plan",
+            spec: &spec,
+            plan: &p,
+            input: &input,
+            task: &task.component,
+            reduce: reduce.as_ref().map(|r| r.component.as_path()),
+            bound: spec.preflight.timeout,
+        };
+        Some(mayfly_core::preflight::run(rt.handle(), &request))
+    } else {
+        None
+    };
+    let measured = match &preflight {
+        Some(Ok(report)) => report.rate(),
+        _ => None,
+    };
+    let (worker_rate, rate_from) = match (args.rate, measured) {
+        (Some(rate), _) => (rate.0, "--rate"),
+        (None, Some(rate)) => (rate, "the preflight's sample"),
+        (None, None) => (DEFAULT_RATE, "assumed; --rate sets it"),
+    };
     let (max, mean) = p.balance();
     let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
     let estimate = mayfly_ops::cost::estimate(&mayfly_ops::cost::EstimateInput {
@@ -83,9 +139,22 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
                 "renewals_per_node": renewals,
             },
             "warnings": warnings,
+            "rate": { "bytes_per_sec": worker_rate, "from": rate_from },
+            "preflight": preflight.as_ref().map(|r| match r {
+                Ok(report) => serde_json::json!({
+                    "tried": report.tried.iter().map(|t| serde_json::json!({
+                        "item": t.item, "bytes": t.bytes, "item_secs": secs(t.item_time), "failed": t.failed,
+                    })).collect::<Vec<_>>(),
+                    "reduced": report.reduced,
+                    "per_mib_secs": report.per_mib().map(secs),
+                    "elapsed_secs": secs(report.elapsed),
+                    "notes": report.notes,
+                }),
+                Err(e) => serde_json::json!({ "refused": e.to_string() }),
+            }),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        return refused(preflight);
     }
     let floor = match checked.raised_from {
         Some(derived) => format!(
@@ -113,8 +182,18 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     if p.shards.len() > 20 {
         println!("  ... {} more shards", p.shards.len() - 20);
     }
+    match &preflight {
+        Some(Ok(report)) => {
+            if !report.tried.is_empty() {
+                println!("{}", preflight_line(report));
+            }
+            report.notes.iter().for_each(|n| println!("{n}"));
+        }
+        Some(Err(_)) => println!("preflight: REFUSED (below)"),
+        None => println!("preflight: not run"),
+    }
     println!(
-        "time: about {:.1}s of work at {}/s per worker (--rate) on {} workers; deadline {}",
+        "time: about {:.1}s of work at {}/s per worker ({rate_from}) on {} workers; deadline {}",
         estimate.expected_secs,
         ByteSize(worker_rate),
         spec.workers,
@@ -152,5 +231,13 @@ fn cmd_plan(job: &Path, json: bool, worker_rate: u64) -> Result<()> {
     for w in warnings {
         println!("warning: {w}");
     }
-    Ok(())
+    refused(preflight)
+}
+
+/// A preflight's refusal (or failure to run) as the command's error.
+fn refused(preflight: Option<Result<Report, PreflightError>>) -> Result<()> {
+    match preflight {
+        Some(Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    }
 }

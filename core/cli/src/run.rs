@@ -25,29 +25,54 @@ use crate::{Ended, say};
 pub(crate) struct Args {
     /// The job file.
     job: PathBuf,
+    /// Launch without first trying the tasks on a sample of the inputs
+    /// (the job file's `[preflight] enabled = false`).
+    #[arg(long)]
+    no_preflight: bool,
 }
 
 pub(crate) fn execute(args: Args) -> Result<Ended> {
-    cmd_run(&args.job)
+    cmd_run(&args.job, args.no_preflight)
 }
 
-fn cmd_run(job: &Path) -> Result<Ended> {
-    let spec = JobSpec::load(job)?;
+fn cmd_run(job: &Path, no_preflight: bool) -> Result<Ended> {
+    let mut spec = JobSpec::load(job)?;
+    if no_preflight {
+        spec.preflight.enabled = false;
+    }
     run_spec(&spec)
 }
 
 pub(crate) fn run_spec(spec: &JobSpec) -> Result<Ended> {
     let provider = provider_for(spec)?;
     let (task, reduce) = ready_tasks(spec, &mut say)?;
+    let rt = crate::runtime()?;
     let started = Instant::now();
     let verbose = std::env::var_os("MAYFLY_VERBOSE").is_some();
     // Locally, building the tasks is not the bootstrap's time: its budget starts after.
-    let boot = bootstrap(spec, &task, reduce.as_ref(), &provider, &SystemClock, Default::default(), &mut |step| {
-        if verbose {
-            say(&format!("bootstrap: {step}"));
-        }
-    })
+    let boot = bootstrap(
+        spec,
+        &task,
+        reduce.as_ref(),
+        &provider,
+        rt.handle(),
+        &SystemClock,
+        Default::default(),
+        &mut |step| {
+            if verbose {
+                say(&format!("bootstrap: {step}"));
+            }
+        },
+    )
     .context("bootstrap failed")?;
+    if let Some(report) = &boot.preflight {
+        for note in &report.notes {
+            say(note);
+        }
+        if !report.tried.is_empty() {
+            say(&crate::plan::preflight_line(report));
+        }
+    }
     let plan = &boot.manifest.plan;
     let (max, mean) = plan.balance();
     println!(

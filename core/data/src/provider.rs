@@ -111,6 +111,15 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, mayfly_model
     .map_err(Clone::clone)
 }
 
+/// A handle on the provider bridge's runtime, for a blocking caller that has
+/// no runtime of its own: a serverless invocation's bootstrap (whose process
+/// is the entrypoint's, not a node's) runs its preflight's sandbox calls on
+/// it. Those calls are driven by the calling thread (`Handle::block_on`), not
+/// by the bridge's workers.
+pub fn bridge() -> Result<tokio::runtime::Handle, mayfly_model::error::Internal> {
+    runtime().map(|rt| rt.handle().clone())
+}
+
 /// Core's bootstrap as a provider's entrypoint reaches it through [`Host`].
 /// `bootstrap` (above this module in the flow) hands it down with
 /// [`ProviderHandle::arm`] when it serves an entrypoint.

@@ -172,7 +172,7 @@ pub struct ShardInfo {
     pub job: String,
     /// The shard's number.
     pub shard: u32,
-    /// Which attempt at it (1 for the first).
+    /// Which attempt at it (1 for the first; 0 for a preflight).
     pub attempt: u32,
     /// How many items the instance will be given.
     pub items: u32,

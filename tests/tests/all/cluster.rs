@@ -403,7 +403,8 @@ fn a_bootstrap_over_budget_rolls_back_and_leaves_nothing() {
     let clock = ManualClock::new(mayfly_model::policy::SystemClock.now());
     let moving = clock.clone();
     let ready = ReadyTask { component: wasm, sha256: sha };
-    let result = bootstrap(&spec, &ready, None, &provider, &clock, Default::default(), &mut |step| {
+    let rt = mayfly_data::provider::bridge().unwrap();
+    let result = bootstrap(&spec, &ready, None, &provider, &rt, &clock, Default::default(), &mut |step| {
         // The master is launched, then the clock jumps past the budget.
         if step == "wait for the master" {
             moving.advance(Duration::from_secs(120));

@@ -11,6 +11,7 @@ mod hold;
 mod load;
 mod operate;
 mod plugins;
+mod preflight;
 mod sandbox;
 mod shards;
 mod tasks;

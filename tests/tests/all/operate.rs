@@ -83,7 +83,10 @@ fn picky_job(id: &str, delay_ms: u64) -> TestJob {
     job.write_job(
         GUEST,
         &format!("{{ mode = \"picky\", fail_on = \"bad\", delay_ms = {delay_ms} }}"),
-        "[cluster]\nworkers = 2\ndeadline = \"5m\"\n\n[sharding]\nshards_per_worker = 3\nsplit_text = false\nmin_shard_bytes = 0\n",
+        // What the nodes make of a shard that fails is what these tests read:
+        // the preflight would refuse the job (tests/tests/all/preflight.rs).
+        "[cluster]\nworkers = 2\ndeadline = \"5m\"\n\n[sharding]\nshards_per_worker = 3\nsplit_text = false\nmin_shard_bytes = 0\n\n\
+         [preflight]\nenabled = false\n",
     );
     job
 }

@@ -157,11 +157,17 @@ fn a_panic_in_start_or_finish_fails_the_shard_not_its_items() {
     for step in ["start", "finish"] {
         let files = files(6, &[]);
         let job = TestJob::new(&format!("panic-in-{step}"), &files);
-        job.write_job(
-            STATEFUL,
-            &format!("{{ panic_in = {step:?} }}"),
-            &cluster(1, 1, "[limits]\nmax_attempts = 2\nmax_failed_items = 10\n"),
-        );
+        let limits = "[limits]\nmax_attempts = 2\nmax_failed_items = 10\n";
+        job.write_job(STATEFUL, &format!("{{ panic_in = {step:?} }}"), &cluster(1, 1, limits));
+        // The preflight refuses it before launch, as every shard would fail ...
+        let out = job.run();
+        let s = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{s}");
+        assert!(s.contains("every shard would (a shard's `start` or `finish` failed)"), "{s}");
+        assert!(s.contains(&format!("{step}: panicked: asked to panic in {step}")), "{s}");
+        // ... and without it, the nodes fail the shard, not its items.
+        let limits = format!("{limits}\n[preflight]\nenabled = false\n");
+        job.write_job(STATEFUL, &format!("{{ panic_in = {step:?} }}"), &cluster(1, 1, &limits));
         let out = job.run();
         let s = text(&out);
         assert_eq!(out.status.code(), Some(1), "{s}");

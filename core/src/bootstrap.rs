@@ -1,4 +1,5 @@
-//! Bootstrap: validate, list the inputs, plan, try the tasks on a sample of
+//! Bootstrap: validate (the locations, the job's spending ceiling), list the
+//! inputs, plan, try the tasks on a sample of
 //! the inputs ([`crate::preflight`]), write the manifest, launch the master
 //! and the workers, all inside the provider's time limit. It never waits
 //! for the work itself. Each step is checked against the budget (the limit
@@ -389,9 +390,10 @@ pub fn from_request_on(
         BootstrapError::OverBudget(_) => fail(ErrorKind::OverBudget, format!("bootstrap refused: {e}")),
         // The request's own fault (a used job id, a location that cannot be
         // one): no retry of the same request can succeed.
-        BootstrapError::Step { step: "check the job id" | "check the locations" | "preflight", .. } => {
-            fail(ErrorKind::Config, format!("bootstrap refused: {e}"))
-        }
+        BootstrapError::Step {
+            step: "check the job id" | "check the locations" | "check the cost" | "preflight",
+            ..
+        } => fail(ErrorKind::Config, format!("bootstrap refused: {e}")),
         BootstrapError::Step { .. } => fail(ErrorKind::Other, format!("bootstrap failed: {e}")),
     })?;
     Ok(BootstrapReply {
@@ -555,6 +557,13 @@ pub fn bootstrap(
         on_step(name);
         Ok(())
     };
+
+    if let Some(max) = spec.max_cost {
+        step("check the cost", Duration::ZERO)?;
+        let nodes = provider.info().nodes.as_ref();
+        mayfly_model::cost::check_ceiling(nodes, &spec.prices, spec.workers, spec.deadline, max)
+            .map_err(step_err("check the cost"))?;
+    }
 
     step("check the output location", Duration::ZERO)?;
     let job = spec.id.clone().unwrap_or_else(|| new_job_id(&spec.name, started));

@@ -65,6 +65,7 @@ struct RawJob {
 struct RawJobSection {
     name: Spanned<String>,
     id: Option<Spanned<String>>,
+    max_cost: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +221,10 @@ pub struct JobSpec {
     pub name: String,
     /// Job id, if given (`[job] id`); otherwise bootstrap makes one.
     pub id: Option<String>,
+    /// The most the job may cost, in USD (the price tables' currency): a job
+    /// whose nodes, all billed to the deadline, could cost more is refused
+    /// before anything is launched (`[job] max_cost`).
+    pub max_cost: Option<f64>,
     /// The map task.
     pub task: TaskSpec,
     /// The optional reduce task.
@@ -568,6 +573,16 @@ impl JobSpec {
                     .into(),
             ));
         }
+        let max_cost = match &raw.job.max_cost {
+            None => None,
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => Some(*v.get_ref()),
+            Some(v) => {
+                return Err(err(
+                    Some(v.span()),
+                    format!("`job.max_cost` = {}: expected USD, a number of at least 0", v.get_ref()),
+                ));
+            }
+        };
         let mut prices = BTreeMap::new();
         for (node_type, price) in &raw.prices {
             let usd = *price.get_ref();
@@ -580,6 +595,7 @@ impl JobSpec {
             prices.insert(node_type.clone(), usd);
         }
         Ok(JobSpec {
+            max_cost,
             prices,
             file,
             name,
@@ -734,6 +750,17 @@ memory = "256MiB"
         assert!(msg.contains("`limits.max_storage_refusals` = 0: expected a whole number of at least 1"), "{msg}");
         let msg = fails(&GOOD.replace("[limits]", "[limits]\nstorage_outage = \"0s\""));
         assert!(msg.contains("`limits.storage_outage`: expected a duration greater than zero"), "{msg}");
+    }
+
+    #[test]
+    fn a_spending_ceiling_is_a_number_of_usd() {
+        assert_eq!(parse(GOOD).unwrap().max_cost, None);
+        let with = |v: &str| GOOD.replacen("[job]\n", &format!("[job]\nmax_cost = {v}\n"), 1);
+        assert_eq!(parse(&with("12.5")).unwrap().max_cost, Some(12.5));
+        assert_eq!(parse(&with("3")).unwrap().max_cost, Some(3.0));
+        let msg = fails(&with("-1"));
+        assert!(msg.contains("`job.max_cost` = -1: expected USD, a number of at least 0"), "{msg}");
+        assert!(fails(&with("\"lots\"")).contains("max_cost"));
     }
 
     #[test]

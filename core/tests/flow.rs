@@ -19,7 +19,11 @@ struct Crate {
 
 /// Bottom to top.
 const CRATES: &[Crate] = &[
-    Crate { package: "mayfly-model", dir: "core/model", flow: Some(&[&["error", "units"], &["plan"], &["policy"]]) },
+    Crate {
+        package: "mayfly-model",
+        dir: "core/model",
+        flow: Some(&[&["error", "units"], &["plan"], &["policy", "cost"]]),
+    },
     // The sandbox's modules are one piece (they reach each other through
     // `super::`): the bindings, the host's state, its limits and logs.
     Crate { package: "mayfly-sandbox", dir: "core/sandbox", flow: None },
@@ -45,7 +49,7 @@ const CRATES: &[Crate] = &[
         package: "mayfly-ops",
         dir: "core/ops",
         flow: Some(&[
-            &["cost", "report", "package", "demo"],
+            &["report", "package", "demo"],
             &["reap", "scaffold", "check", "replay", "watch"],
             &["history", "conformance"],
         ]),

@@ -97,7 +97,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
     };
     let (max, mean) = p.balance();
     let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
-    let estimate = mayfly_ops::cost::estimate(&mayfly_ops::cost::EstimateInput {
+    let estimate = mayfly_model::cost::estimate(&mayfly_model::cost::EstimateInput {
         nodes: provider.info().nodes.as_ref(),
         prices: &spec.prices,
         workers: spec.workers,
@@ -106,6 +106,17 @@ fn cmd_plan(args: &Args) -> Result<()> {
         items,
         worker_rate,
         deadline: spec.deadline,
+    });
+    // The spending ceiling, as bootstrap checks it: a refusal fails the command.
+    let over = spec.max_cost.and_then(|max| {
+        mayfly_model::cost::check_ceiling(
+            provider.info().nodes.as_ref(),
+            &spec.prices,
+            spec.workers,
+            spec.deadline,
+            max,
+        )
+        .err()
     });
     let output = Store::open(&absolute_location(&spec.output), &provider, &who);
     let checked = mayfly_ops::check::check(&mayfly_ops::check::Facts {
@@ -140,6 +151,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
             },
             "warnings": warnings,
             "rate": { "bytes_per_sec": worker_rate, "from": rate_from },
+            "max_cost": { "usd": spec.max_cost, "refused": over.as_ref().map(|e| e.to_string()) },
             "preflight": preflight.as_ref().map(|r| match r {
                 Ok(report) => serde_json::json!({
                     "tried": report.tried.iter().map(|t| serde_json::json!({
@@ -154,7 +166,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
             }),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return refused(preflight);
+        return refused(preflight, over);
     }
     let floor = match checked.raised_from {
         Some(derived) => format!(
@@ -228,14 +240,27 @@ fn cmd_plan(args: &Args) -> Result<()> {
         }
         _ => println!("  total    unknown: some node types have no price (see the warnings)"),
     }
+    if let Some(max) = spec.max_cost {
+        match &over {
+            Some(_) => println!("  ceiling  over the job's max_cost of {max} USD: REFUSED (below)"),
+            None => println!("  ceiling  within the job's max_cost of {max} USD"),
+        }
+    }
     for w in warnings {
         println!("warning: {w}");
     }
-    refused(preflight)
+    refused(preflight, over)
 }
 
-/// A preflight's refusal (or failure to run) as the command's error.
-fn refused(preflight: Option<Result<Report, PreflightError>>) -> Result<()> {
+/// What bootstrap would refuse the job for, as the command's error: the
+/// spending ceiling, then the preflight's refusal (or its failure to run).
+fn refused(
+    preflight: Option<Result<Report, PreflightError>>,
+    over: Option<mayfly_model::cost::CeilingError>,
+) -> Result<()> {
+    if let Some(e) = over {
+        return Err(e.into());
+    }
     match preflight {
         Some(Err(e)) => Err(e.into()),
         _ => Ok(()),

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use crate::cost::Estimate;
 use mayfly_core::config::JobSpec;
 use mayfly_data::provider::Limits;
+use mayfly_model::cost::Estimate;
 use mayfly_model::plan::Plan;
 use mayfly_model::policy::{CredentialPolicy, Validity, bootstrap_margin};
 use mayfly_model::units::{ByteSize, HumanDuration};
@@ -158,7 +158,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::cost::{EstimateInput, estimate};
+    use mayfly_model::cost::{EstimateInput, estimate};
     use mayfly_model::plan::{Item, Shard};
 
     const MIB: u64 = 1 << 20;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod attempt;
+mod before_launch;
 mod cache;
 mod cli;
 mod cluster;
@@ -11,7 +12,6 @@ mod hold;
 mod load;
 mod operate;
 mod plugins;
-mod preflight;
 mod sandbox;
 mod shards;
 mod tasks;

@@ -84,7 +84,7 @@ fn picky_job(id: &str, delay_ms: u64) -> TestJob {
         GUEST,
         &format!("{{ mode = \"picky\", fail_on = \"bad\", delay_ms = {delay_ms} }}"),
         // What the nodes make of a shard that fails is what these tests read:
-        // the preflight would refuse the job (tests/tests/all/preflight.rs).
+        // the preflight would refuse the job (tests/tests/all/before_launch.rs).
         "[cluster]\nworkers = 2\ndeadline = \"5m\"\n\n[sharding]\nshards_per_worker = 3\nsplit_text = false\nmin_shard_bytes = 0\n\n\
          [preflight]\nenabled = false\n",
     );

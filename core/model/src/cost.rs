@@ -1,13 +1,16 @@
-//! What a job would cost and how long it would take, for `mayfly plan`:
+//! What a job would cost and how long it would take (`mayfly plan`), and the
+//! most it can cost:
 //! node-hours by node type, priced from what the job's provider declares
 //! ([`NodeTypes`]: the node types its settings select, and a dated price
 //! table), overridden by the job's `[prices]`, with the bounds the rules
 //! give: no node outlives the deadline, so nodes × deadline is the most a job
 //! can cost. Core knows no cloud's node types or prices.
 //!
-//! In `mayfly-ops`'s flow (`core/tests/flow.rs` checks it) it must not import `reap`,
-//! `scaffold`, `check`, `replay` or `watch`, or anything above, nor its peers `report`,
-//! `package` and `demo`; like its crate, it must not import the binary.
+//! Bootstrap refuses a job whose ceiling exceeds its `[job] max_cost`
+//! ([`check_ceiling`]) before anything is launched; `mayfly plan` says the same.
+//!
+//! In `mayfly-model`'s flow (`core/tests/flow.rs` checks it) it is at the top,
+//! beside `policy`, and must not import it; like its crate, it does no I/O.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -136,6 +139,76 @@ pub fn estimate(input: &EstimateInput<'_>) -> Estimate {
     }
 }
 
+/// A job whose most possible cost is over its `[job] max_cost`, or cannot be
+/// known: refused before anything is launched.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CeilingError {
+    /// Every node to the deadline costs more than the job allows.
+    #[error(
+        "`job.max_cost` = {max}: the job may cost up to {ceiling:.4} USD ({breakdown}); \
+         lower `cluster.workers` or `cluster.deadline`, or raise `job.max_cost`"
+    )]
+    Over {
+        /// The job's ceiling.
+        max: f64,
+        /// What every node to the deadline costs.
+        ceiling: f64,
+        /// How: nodes, types, prices, the deadline.
+        breakdown: String,
+    },
+    /// A node type has no price, so the ceiling is unknown.
+    #[error(
+        "`job.max_cost` = {max}: node type {node_type:?} ({role}) has no price, so what the job may cost is unknown; \
+         add `\"{node_type}\" = <USD per node-hour>` to the job's [prices]"
+    )]
+    Unpriced {
+        /// The job's ceiling.
+        max: f64,
+        /// The node type without a price.
+        node_type: String,
+        /// Whose type it is (`master`, `workers`).
+        role: String,
+    },
+}
+
+/// The most a master and `workers` workers can cost when every node runs to
+/// `deadline` (no node outlives it), at the job's `[prices]` over the
+/// provider's: `Ok` with it when within `max`.
+pub fn check_ceiling(
+    nodes: Option<&NodeTypes>,
+    prices: &BTreeMap<String, f64>,
+    workers: u32,
+    deadline: Duration,
+    max: f64,
+) -> Result<f64, CeilingError> {
+    // The ceiling does not depend on the work: none is given.
+    let e = estimate(&EstimateInput {
+        nodes,
+        prices,
+        workers,
+        largest_shard: 0,
+        total_bytes: 0,
+        items: 0,
+        worker_rate: 1,
+        deadline,
+    });
+    if let Some(n) = e.nodes.iter().find(|n| n.usd_per_hour.is_none()) {
+        return Err(CeilingError::Unpriced { max, node_type: n.node_type.clone(), role: n.role.clone() });
+    }
+    let ceiling = e.ceiling_usd.unwrap_or(0.0);
+    if ceiling > max {
+        let lines: Vec<String> = e
+            .nodes
+            .iter()
+            .map(|n| format!("{} x {} {} at {:.4} USD/h", n.count, n.role, n.node_type, n.usd_per_hour.unwrap_or(0.0)))
+            .collect();
+        let breakdown =
+            format!("{}, each to the {} deadline", lines.join(" and "), crate::units::HumanDuration(deadline));
+        return Err(CeilingError::Over { max, ceiling, breakdown });
+    }
+    Ok(ceiling)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +262,34 @@ mod tests {
         input.nodes = None;
         let e = estimate(&input);
         assert_eq!((e.nodes[0].node_type.as_str(), e.expected_usd), (UNKNOWN, None));
+    }
+
+    #[test]
+    fn the_ceiling_is_every_node_to_the_deadline_and_a_job_over_its_max_or_unpriced_is_refused() {
+        let declared = aws_like("m5.large", "c5.large");
+        let none = BTreeMap::new();
+        let hour = Duration::from_secs(3600);
+        // 1 x 0.096 + 4 x 0.085 = 0.436 USD for the hour.
+        let within = check_ceiling(Some(&declared), &none, 4, hour, 0.5).unwrap();
+        assert!((within - 0.436).abs() < 1e-9, "{within}");
+        let e = check_ceiling(Some(&declared), &none, 4, hour, 0.4).unwrap_err();
+        let msg = e.to_string();
+        for s in [
+            "`job.max_cost` = 0.4: the job may cost up to 0.4360 USD",
+            "1 x master m5.large at 0.0960 USD/h and 4 x workers c5.large at 0.0850 USD/h, each to the 1h deadline",
+            "lower `cluster.workers` or `cluster.deadline`",
+        ] {
+            assert!(msg.contains(s), "missing {s:?} in {msg}");
+        }
+        // The job's own prices count; a type without any is refused, not taken as free.
+        let mut own = BTreeMap::new();
+        own.insert("c5.large".to_owned(), 0.01);
+        assert!(check_ceiling(Some(&declared), &own, 4, hour, 0.4).is_ok());
+        let odd = aws_like("m5.large", "x9.huge");
+        let e = check_ceiling(Some(&odd), &none, 4, hour, 100.0).unwrap_err();
+        assert!(
+            matches!(&e, CeilingError::Unpriced { node_type, role, .. } if node_type == "x9.huge" && role == "workers")
+        );
+        assert!(e.to_string().contains("add `\"x9.huge\" = <USD per node-hour>` to the job's [prices]"), "{e}");
     }
 }

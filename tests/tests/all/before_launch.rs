@@ -1,7 +1,9 @@
-//! The preflight: a job whose tasks fail on a sample of its inputs as every
-//! shard would is refused before anything is launched (exit 2, the task's
-//! message), by `mayfly run`, `mayfly plan` and a serverless bootstrap; what
-//! one item or one machine may not repeat is only said.
+//! What is refused before anything is launched (exit 2, no node, no state),
+//! by `mayfly run`, `mayfly plan` and a serverless bootstrap alike: a job
+//! whose most possible cost is over its `[job] max_cost`, and (the preflight)
+//! one whose tasks fail on a sample of its inputs as every shard would, with
+//! the task's message; what one item or one machine may not repeat is only
+//! said.
 
 use mayfly_tests::cluster::{TestJob, cluster, text};
 
@@ -158,4 +160,49 @@ fn a_serverless_bootstrap_refuses_the_job_as_the_requests_own_fault() {
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("unknown variant `mapp`"), "{e}");
     assert!(job.nodes().is_empty() && !job.state().exists(), "nothing was launched");
+}
+
+#[test]
+fn a_job_that_could_cost_more_than_its_max_cost_is_refused_naming_the_figures() {
+    let job = TestJob::new("ceiling", &three());
+    let params = "{ mode = \"map\" }";
+    // 1 master and 2 workers at 10 USD/h for an hour: 30 USD at most.
+    let priced =
+        format!("{}\n[prices]\nlocal = 10.0\n", cluster(2, "").replace("deadline = \"3m\"", "deadline = \"1h\""));
+    let path = job.write_job(WORDCOUNT, params, &priced);
+    let original = std::fs::read_to_string(&path).unwrap();
+    let text_of = |max: &str| original.replacen("[job]\n", &format!("[job]\nmax_cost = {max}\n"), 1);
+    std::fs::write(&path, text_of("29.5")).unwrap();
+    let figures = [
+        "check the cost: `job.max_cost` = 29.5: the job may cost up to 30.0000 USD",
+        "1 x master local at 10.0000 USD/h and 2 x workers local at 10.0000 USD/h, each to the 1h deadline",
+    ];
+    assert_refused_before_launch(&job, &job.run(), &figures);
+    let plan = job.command(&["plan", "job.toml"]).output().unwrap();
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    assert!(text(&plan).contains("ceiling  over the job's max_cost of 29.5 USD") && text(&plan).contains(figures[1]));
+
+    // The same through a serverless bootstrap: the request's own fault.
+    let provider =
+        mayfly_data::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
+    let request = mayfly_data::provider::BootstrapRequest {
+        job: std::fs::read_to_string(&path).unwrap(),
+        base_dir: Some(job.dir.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
+    assert_eq!(e.kind, mayfly_data::provider::ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains(figures[0]), "{e}");
+    assert!(job.nodes().is_empty() && !job.state().exists(), "nothing was launched");
+
+    // Within it: the job runs.
+    std::fs::write(&path, text_of("30")).unwrap();
+    let plan = job.command(&["plan", "job.toml"]).output().unwrap();
+    assert!(
+        plan.status.success() && text(&plan).contains("ceiling  within the job's max_cost of 30 USD"),
+        "{}",
+        text(&plan)
+    );
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -16,10 +16,9 @@ use std::time::Duration;
 use crate::api::MasterInfo;
 use crate::config::{JobSpec, TaskSpec, glob_regex};
 use crate::host::{Runtime, RuntimeConfig};
-use crate::job::{Layout, Manifest, create_token, keys, new_job_id};
+use crate::job::{Layout, Manifest, create_token, keys, launch_request, new_job_id, new_worker_names};
 use mayfly_data::provider::{
-    BootstrapReply, BootstrapRequest, ErrorKind, Invoked, LaunchRequest, NodeInfo, NodeSpec, ProviderError,
-    ProviderHandle, Role, Selection,
+    BootstrapReply, BootstrapRequest, ErrorKind, Invoked, NodeInfo, ProviderError, ProviderHandle, Role, Selection,
 };
 use mayfly_data::store::{Location, Store};
 use mayfly_model::plan::{Object, Plan, PlanOptions, plan};
@@ -481,45 +480,6 @@ pub fn serve(provider: &ProviderHandle) -> Result<(), ProviderError> {
     provider.serve()
 }
 
-/// The arguments a node runs `mayfly` with. A remote state also carries the
-/// provider's selection (no secrets: settings only), which the node needs to
-/// read the state at all.
-pub fn node_args(role: Role, job: &str, node: &str, state: &str, provider: Option<&Selection>) -> Vec<String> {
-    let mut args: Vec<String> = ["node", "--role", &role.to_string(), "--job", job, "--node", node, "--dir", state]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if let Some(selection) = provider {
-        args.push("--provider".into());
-        args.push(serde_json::to_string(selection).unwrap_or_default());
-    }
-    args
-}
-
-/// The launch of `nodes` (name, role) of the job laid out at `layout`.
-pub fn launch_request(
-    layout: &Layout,
-    selection: &Selection,
-    job: &str,
-    expires_at: u64,
-    nodes: &[(String, Role)],
-) -> LaunchRequest {
-    let remote = layout.state.local_dir().is_none().then_some(selection);
-    LaunchRequest {
-        job: job.to_owned(),
-        state: layout.state_location(),
-        expires_at,
-        nodes: nodes
-            .iter()
-            .map(|(node, role)| NodeSpec {
-                node: node.clone(),
-                role: *role,
-                args: node_args(*role, job, node, &layout.state_location(), remote),
-            })
-            .collect(),
-    }
-}
-
 /// When a bootstrap's budget starts (default: when it is called) and, at the
 /// latest, ends (an invocation's own deadline; the provider's limit applies too).
 #[derive(Debug, Clone, Copy, Default)]
@@ -561,8 +521,14 @@ pub fn bootstrap(
     if let Some(max) = spec.max_cost {
         step("check the cost", Duration::ZERO)?;
         let nodes = provider.info().nodes.as_ref();
-        mayfly_model::cost::check_ceiling(nodes, &spec.prices, spec.workers, spec.deadline, max)
-            .map_err(step_err("check the cost"))?;
+        mayfly_model::cost::check_ceiling(
+            nodes,
+            &spec.prices,
+            (spec.workers, spec.max_replacements),
+            spec.deadline,
+            max,
+        )
+        .map_err(step_err("check the cost"))?;
     }
 
     step("check the output location", Duration::ZERO)?;
@@ -640,6 +606,7 @@ pub fn bootstrap(
         state: layout.state.location().clone(),
         plan,
         workers: spec.workers,
+        max_replacements: spec.max_replacements,
         limits: spec.limits,
         max_attempts: spec.max_attempts,
         max_failed_items: spec.max_failed_items.bound(items),
@@ -824,9 +791,13 @@ pub fn resume(
     }
     // The lost master's address: the new one writes its own.
     let _ = layout.state.delete(keys::MASTER);
-    let workers: Vec<(String, Role)> = (1..=manifest.workers)
-        .map(|i| format!("worker-{i}"))
-        .filter(|n| !running.iter().any(|r| &r.node == n))
+    // As many workers as are not running, under names no node of the job had
+    // (a lost worker's log stays its own).
+    let alive = running.iter().filter(|n| n.role == Role::Worker).count();
+    let logged = layout.logged_nodes();
+    let taken = running.iter().map(|n| n.node.as_str()).chain(logged.iter().map(String::as_str));
+    let workers: Vec<(String, Role)> = new_worker_names((manifest.workers as usize).saturating_sub(alive), taken)
+        .into_iter()
         .map(|node| (node, Role::Worker))
         .collect();
     let nodes = launch_nodes(layout, manifest, provider, &running, &workers, &mut step, &|| {

@@ -100,6 +100,7 @@ struct RawCluster {
     idle_timeout: Option<HumanDuration>,
     master_lost_timeout: Option<HumanDuration>,
     lease_time: Option<HumanDuration>,
+    max_replacements: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +251,9 @@ pub struct JobSpec {
     pub provider_lines: BTreeMap<String, usize>,
     /// Worker count.
     pub workers: u32,
+    /// Workers the master may launch in place of lost ones over the job's
+    /// life (`[cluster] max_replacements`, default: `workers`).
+    pub max_replacements: u32,
     /// From bootstrap to the job's absolute deadline.
     pub deadline: Duration,
     /// A worker with no work to lease for this long ends.
@@ -573,6 +577,18 @@ impl JobSpec {
                     .into(),
             ));
         }
+        let max_replacements = match &raw.cluster.max_replacements {
+            None => workers,
+            Some(v) => u32::try_from(*v.get_ref()).map_err(|_| {
+                err(
+                    Some(v.span()),
+                    format!(
+                        "`cluster.max_replacements` = {}: expected a whole number of workers, 0 or more",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
         let max_cost = match &raw.job.max_cost {
             None => None,
             Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => Some(*v.get_ref()),
@@ -596,6 +612,7 @@ impl JobSpec {
         }
         Ok(JobSpec {
             max_cost,
+            max_replacements,
             prices,
             file,
             name,
@@ -750,6 +767,19 @@ memory = "256MiB"
         assert!(msg.contains("`limits.max_storage_refusals` = 0: expected a whole number of at least 1"), "{msg}");
         let msg = fails(&GOOD.replace("[limits]", "[limits]\nstorage_outage = \"0s\""));
         assert!(msg.contains("`limits.storage_outage`: expected a duration greater than zero"), "{msg}");
+    }
+
+    #[test]
+    fn lost_workers_are_replaced_up_to_the_worker_count_by_default() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!(spec.max_replacements, spec.workers);
+        let spec = parse(&GOOD.replace("[cluster]\n", "[cluster]\nmax_replacements = 0\n")).unwrap();
+        assert_eq!(spec.max_replacements, 0);
+        let msg = fails(&GOOD.replace("[cluster]\n", "[cluster]\nmax_replacements = -2\n"));
+        assert!(
+            msg.contains("`cluster.max_replacements` = -2: expected a whole number of workers, 0 or more"),
+            "{msg}"
+        );
     }
 
     #[test]

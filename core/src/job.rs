@@ -9,6 +9,7 @@
 //!   journal.jsonl     the master's decisions, fsynced at commit points
 //!   master.json       the master's address and pid, once it listens
 //!   final.json        the job's end: counts, reason (written by the master)
+//!   replacements.json the workers the master launched in place of lost ones
 //!   secret/           the job token (0600 when local), and the local provider's issuer key
 //!   tasks/<sha>.wasm  the task components, when the state is remote
 //!   nodes/<node>.json the local provider's record of each node process
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::host::Limits;
-use mayfly_data::provider::ProviderHandle;
+use mayfly_data::provider::{LaunchRequest, NodeSpec, ProviderHandle, Role, Selection};
 use mayfly_data::store::{Location, Principal, Store};
 use mayfly_model::plan::Plan;
 use mayfly_model::policy::Millis;
@@ -64,6 +65,10 @@ pub struct Manifest {
     pub plan: Plan,
     /// Worker count.
     pub workers: u32,
+    /// Workers the master may launch in place of lost ones (0 in a manifest
+    /// written before replacements existed).
+    #[serde(default)]
+    pub max_replacements: u32,
     /// Per-attempt limits.
     pub limits: Limits,
     /// Attempts per shard.
@@ -153,6 +158,8 @@ pub mod keys {
     pub const JOURNAL: &str = "journal.jsonl";
     /// The nodes' logs.
     pub const LOGS: &str = "logs";
+    /// The workers the master launched in place of lost ones.
+    pub const REPLACEMENTS: &str = "replacements.json";
 }
 
 /// Whether `key` (an object's key under a location, `/`-separated) is in one
@@ -245,6 +252,18 @@ impl Layout {
     /// The key of a node's log in the state.
     pub fn logs_key(node: &str) -> String {
         format!("{}/{node}.log", keys::LOGS)
+    }
+    /// The names of the nodes that have a log in the state: every node that
+    /// ever ran for the job, as far as the state knows (empty if it cannot be
+    /// listed).
+    pub fn logged_nodes(&self) -> Vec<String> {
+        let prefix = format!("{}/", keys::LOGS);
+        self.state
+            .list(keys::LOGS)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(key, _)| Some(key.strip_prefix(&prefix)?.strip_suffix(".log")?.to_owned()))
+            .collect()
     }
     /// `_mayfly/markers`
     pub fn markers(&self) -> &'static str {
@@ -395,6 +414,53 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// The arguments a node runs `mayfly` with. A remote state also carries the
+/// provider's selection (no secrets: settings only), which the node needs to
+/// read the state at all.
+pub fn node_args(role: Role, job: &str, node: &str, state: &str, provider: Option<&Selection>) -> Vec<String> {
+    let mut args: Vec<String> = ["node", "--role", &role.to_string(), "--job", job, "--node", node, "--dir", state]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(selection) = provider {
+        args.push("--provider".into());
+        args.push(serde_json::to_string(selection).unwrap_or_default());
+    }
+    args
+}
+
+/// The launch of `nodes` (name, role) of the job laid out at `layout`.
+pub fn launch_request(
+    layout: &Layout,
+    selection: &Selection,
+    job: &str,
+    expires_at: u64,
+    nodes: &[(String, Role)],
+) -> LaunchRequest {
+    let remote = layout.state.local_dir().is_none().then_some(selection);
+    LaunchRequest {
+        job: job.to_owned(),
+        state: layout.state_location(),
+        expires_at,
+        nodes: nodes
+            .iter()
+            .map(|(node, role)| NodeSpec {
+                node: node.clone(),
+                role: *role,
+                args: node_args(*role, job, node, &layout.state_location(), remote),
+            })
+            .collect(),
+    }
+}
+
+/// `count` worker names not among `taken`: `worker-<n>` above the highest
+/// `n` taken, so that a replacement never takes a lost worker's name (and
+/// its log).
+pub fn new_worker_names<'a>(count: usize, taken: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let highest = taken.into_iter().filter_map(|n| n.strip_prefix("worker-")?.parse::<u64>().ok()).max().unwrap_or(0);
+    (1..=count as u64).map(|i| format!("worker-{}", highest + i)).collect()
 }
 
 #[cfg(test)]

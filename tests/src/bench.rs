@@ -563,6 +563,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         state: layout.state.location().clone(),
         plan,
         workers: workers as u32,
+        max_replacements: 0,
         limits: Default::default(),
         max_attempts: 3,
         max_failed_items: 0,
@@ -581,7 +582,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
     };
     layout.state.write_json(keys::MANIFEST, &manifest).expect("manifest");
     let provider = ProviderHandle::select(&manifest.provider).expect("provider");
-    let request = mayfly_core::bootstrap::launch_request(
+    let request = mayfly_core::job::launch_request(
         &layout,
         &manifest.provider,
         "bench-master",

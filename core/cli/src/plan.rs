@@ -101,6 +101,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
         nodes: provider.info().nodes.as_ref(),
         prices: &spec.prices,
         workers: spec.workers,
+        replacements: spec.max_replacements,
         largest_shard: max,
         total_bytes: p.total_bytes,
         items,
@@ -112,7 +113,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
         mayfly_model::cost::check_ceiling(
             provider.info().nodes.as_ref(),
             &spec.prices,
-            spec.workers,
+            (spec.workers, spec.max_replacements),
             spec.deadline,
             max,
         )

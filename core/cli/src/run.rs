@@ -150,11 +150,16 @@ pub(crate) fn follow(
 fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Instant) -> Ended {
     let c = fin.counts;
     let map_outputs = fin.outputs.iter().filter(|o| o.starts_with("map/")).count();
-    let quarantined = if fin.quarantined.is_empty() {
+    let mut quarantined = if fin.quarantined.is_empty() {
         String::new()
     } else {
         format!("; {} quarantined", items(fin.quarantined.len()))
     };
+    match fin.replacements.len() {
+        0 => {}
+        1 => quarantined.push_str("; 1 lost worker replaced"),
+        n => quarantined.push_str(&format!("; {n} lost workers replaced")),
+    }
     println!(
         "{} in {:.1}s: {} shards committed, {} failed, {} retries; {} map outputs{quarantined}",
         match fin.reason.as_str() {
@@ -174,6 +179,10 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
     }
     if fin.failed.len() > SHOWN {
         println!("  ... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);
+    }
+    for r in fin.replacements.iter().take(SHOWN) {
+        let lost = r.lost.as_deref().unwrap_or("a worker that never reached the master");
+        println!("  {} replaced {lost}", r.by);
     }
     for (shard, q) in fin.quarantined.iter().take(SHOWN) {
         println!("  quarantined item {} (shard {shard}, failed {} times): {}", q.key, q.attempts, q.error);

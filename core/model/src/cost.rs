@@ -83,6 +83,9 @@ pub struct EstimateInput<'a> {
     pub prices: &'a BTreeMap<String, f64>,
     /// Workers.
     pub workers: u32,
+    /// Workers the master may launch in place of lost ones (billed, at
+    /// most, to the deadline; none expected).
+    pub replacements: u32,
     /// Input bytes of the largest shard and of all.
     pub largest_shard: u64,
     /// Input bytes in all.
@@ -113,7 +116,7 @@ pub fn estimate(input: &EstimateInput<'_>) -> Estimate {
         Some(n) => (n.master.clone(), n.worker.clone()),
         None => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
     };
-    let line = |role: &str, count: u32, node_type: String| {
+    let line = |role: &str, count: u32, node_type: String, expected: f64| {
         let priced = price(&node_type, input.nodes, input.prices);
         NodeCost {
             role: role.to_owned(),
@@ -125,7 +128,11 @@ pub fn estimate(input: &EstimateInput<'_>) -> Estimate {
             ceiling_node_hours: count as f64 * deadline / 3600.0,
         }
     };
-    let nodes = vec![line("master", 1, master_type), line("workers", input.workers, worker_type)];
+    let mut nodes =
+        vec![line("master", 1, master_type, expected), line("workers", input.workers, worker_type.clone(), expected)];
+    if input.replacements > 0 {
+        nodes.push(line("replacements", input.replacements, worker_type, 0.0));
+    }
     let total = |hours: fn(&NodeCost) -> f64| -> Option<f64> {
         nodes.iter().map(|n| n.usd_per_hour.map(|p| p * hours(n))).sum()
     };
@@ -171,13 +178,14 @@ pub enum CeilingError {
     },
 }
 
-/// The most a master and `workers` workers can cost when every node runs to
-/// `deadline` (no node outlives it), at the job's `[prices]` over the
-/// provider's: `Ok` with it when within `max`.
+/// The most a master, `workers` workers and `replacements` replacements of
+/// lost ones can cost when every node runs to `deadline` (no node outlives
+/// it), at the job's `[prices]` over the provider's: `Ok` with it when within
+/// `max`.
 pub fn check_ceiling(
     nodes: Option<&NodeTypes>,
     prices: &BTreeMap<String, f64>,
-    workers: u32,
+    (workers, replacements): (u32, u32),
     deadline: Duration,
     max: f64,
 ) -> Result<f64, CeilingError> {
@@ -186,6 +194,7 @@ pub fn check_ceiling(
         nodes,
         prices,
         workers,
+        replacements,
         largest_shard: 0,
         total_bytes: 0,
         items: 0,
@@ -236,6 +245,7 @@ mod tests {
             nodes: Some(&m5),
             prices: &prices,
             workers: 4,
+            replacements: 0,
             largest_shard: 100 << 20,
             total_bytes: 4000 << 20,
             items: 0,
@@ -270,9 +280,9 @@ mod tests {
         let none = BTreeMap::new();
         let hour = Duration::from_secs(3600);
         // 1 x 0.096 + 4 x 0.085 = 0.436 USD for the hour.
-        let within = check_ceiling(Some(&declared), &none, 4, hour, 0.5).unwrap();
+        let within = check_ceiling(Some(&declared), &none, (4, 0), hour, 0.5).unwrap();
         assert!((within - 0.436).abs() < 1e-9, "{within}");
-        let e = check_ceiling(Some(&declared), &none, 4, hour, 0.4).unwrap_err();
+        let e = check_ceiling(Some(&declared), &none, (4, 0), hour, 0.4).unwrap_err();
         let msg = e.to_string();
         for s in [
             "`job.max_cost` = 0.4: the job may cost up to 0.4360 USD",
@@ -284,9 +294,14 @@ mod tests {
         // The job's own prices count; a type without any is refused, not taken as free.
         let mut own = BTreeMap::new();
         own.insert("c5.large".to_owned(), 0.01);
-        assert!(check_ceiling(Some(&declared), &own, 4, hour, 0.4).is_ok());
+        assert!(check_ceiling(Some(&declared), &own, (4, 0), hour, 0.4).is_ok());
+        // Replacements of lost workers count, at the workers' price, to the deadline.
+        let with = check_ceiling(Some(&declared), &none, (4, 2), hour, 1.0).unwrap();
+        assert!((with - (0.436 + 2.0 * 0.085)).abs() < 1e-9, "{with}");
+        let e = check_ceiling(Some(&declared), &none, (4, 2), hour, 0.5).unwrap_err().to_string();
+        assert!(e.contains("and 2 x replacements c5.large at 0.0850 USD/h"), "{e}");
         let odd = aws_like("m5.large", "x9.huge");
-        let e = check_ceiling(Some(&odd), &none, 4, hour, 100.0).unwrap_err();
+        let e = check_ceiling(Some(&odd), &none, (4, 0), hour, 100.0).unwrap_err();
         assert!(
             matches!(&e, CeilingError::Unpriced { node_type, role, .. } if node_type == "x9.huge" && role == "workers")
         );

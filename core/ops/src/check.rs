@@ -203,6 +203,7 @@ mod tests {
             nodes: None,
             prices: &prices,
             workers: spec.workers,
+            replacements: spec.max_replacements,
             largest_shard: max,
             total_bytes: plan.total_bytes,
             items: plan.shards.len() as u64,

@@ -32,7 +32,7 @@ pub(super) fn end(
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (layout, manifest, counts, retries, failed, committed, quarantined) = {
+    let (layout, manifest, counts, retries, failed, committed, quarantined, replacements) = {
         let m = shared.lock().map_err(|_| super::MasterError::Poisoned)?;
         let failed: Vec<(u32, String)> = m
             .ledger
@@ -55,7 +55,8 @@ pub(super) fn end(
             .flatten()
             .collect();
         let quarantined: Vec<(u32, Quarantined)> = m.ledger.quarantined().map(|(s, q)| (s, q.clone())).collect();
-        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed, quarantined)
+        let replaced = m.replaced.clone();
+        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed, quarantined, replaced)
     };
     let mut outputs: Vec<String> = committed.iter().map(|o| layout.map_output(&o.key, &o.name)).collect();
     let mut reduce_error = None;
@@ -85,6 +86,7 @@ pub(super) fn end(
         outputs: outputs.clone(),
         reduce_error,
         quarantined,
+        replacements,
     };
     let manifest_out = serde_json::json!({
         "job": manifest.job,

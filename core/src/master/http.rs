@@ -391,6 +391,7 @@ mod tests {
                 objects: 1,
             },
             workers: 2,
+            max_replacements: 0,
             limits: Default::default(),
             max_attempts: 3,
             max_storage_refusals: 20,

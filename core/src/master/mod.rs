@@ -39,6 +39,7 @@ macro_rules! say {
 mod commit;
 mod finish;
 mod http;
+mod replace;
 
 /// Why a master could not run its job to the end.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,7 @@ use commit::CommitJob;
 pub use commit::{Marker, read_markers, recover_markers};
 use journal::EntryRef;
 pub use journal::{Entry, parse_entries, read_entries, read_journal};
+pub use replace::Replacement;
 
 /// How a job ended, as written to `final.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +118,9 @@ pub struct FinalState {
     /// Items left out because they kept failing: (shard, item).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<(u32, Quarantined)>,
+    /// Workers launched in place of lost ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replacements: Vec<Replacement>,
 }
 
 struct Master {
@@ -148,6 +153,12 @@ struct Master {
     holds: Vec<crate::hold::Hold>,
     /// The master's clock: every lease, expiry, deadline and journal time.
     clock: Arc<dyn Clock>,
+    /// Workers launched in place of lost ones (from the state on a resume).
+    replaced: Vec<Replacement>,
+    /// Lost workers said to be beyond the job's replacements.
+    lost_said: std::collections::BTreeSet<String>,
+    /// No replacement is considered before this (a launch settling).
+    replace_after: Millis,
 }
 
 /// What the master counts of one worker.
@@ -340,6 +351,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         say!(WARN, "{e}");
         Vec::new()
     });
+    let layout_for_replacements = layout.clone();
     let master = Master {
         manifest,
         layout,
@@ -360,6 +372,9 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         first_lease_at: None,
         holds,
         clock,
+        replaced: replace::recorded(&layout_for_replacements),
+        lost_said: Default::default(),
+        replace_after: 0,
     };
     Ok((Arc::new(Mutex::new(master)), committer_rx))
 }
@@ -415,9 +430,16 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
         let holds_layout = shared.lock().map_err(|_| MasterError::Poisoned)?.layout.clone();
-        loop {
+        // Lost workers: asked about off the loop (a provider call may take a
+        // while), one question at a time.
+        let mut replacing: Option<tokio::task::JoinHandle<()>> = None;
+        let reason = loop {
             tick.tick().await;
             ticks += 1;
+            if ticks.is_multiple_of(replace::EVERY_TICKS) && replacing.as_ref().is_none_or(|h| h.is_finished()) {
+                let (shared, provider) = (shared.clone(), provider.clone());
+                replacing = Some(tokio::task::spawn_blocking(move || replace::check(&shared, &provider)));
+            }
             // The holds, from the state every 2 s (the CLI also says when they
             // change, but it may not reach this master): read outside the lock.
             if ticks.is_multiple_of(20) {
@@ -439,11 +461,11 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
             if mayfly_model::policy::deadline_passed(t, m.manifest.expires_at) {
                 m.ended = Some("deadline".into());
                 say!(WARN, "the job's deadline passed");
-                return Ok::<_, MasterError>("deadline".to_owned());
+                break "deadline".to_owned();
             }
             if m.ledger.is_done() {
                 m.ended = Some("done".into());
-                return Ok("done".to_owned());
+                break "done".to_owned();
             }
             if m.storage_failures > 0 && t.saturating_sub(m.last_commit_at) >= m.manifest.storage_outage_ms {
                 m.ended = Some("storage".into());
@@ -452,9 +474,15 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
                     "the job's storage refused every commit for {} (limits.storage_outage); ending the job",
                     mayfly_model::units::HumanDuration(Duration::from_millis(m.manifest.storage_outage_ms))
                 );
-                return Ok("storage".to_owned());
+                break "storage".to_owned();
             }
+        };
+        // A replacement being launched finishes first: the job's end then
+        // finds, and ends, every worker.
+        if let Some(launching) = replacing {
+            let _ = launching.await;
         }
+        Ok::<_, MasterError>(reason)
     })?;
 
     // The worker API answers while the job ends (workers learn of the end at

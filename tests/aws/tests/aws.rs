@@ -241,13 +241,13 @@ fn provider() -> mayfly_data::provider::ProviderHandle {
 }
 
 #[test]
-fn a_worker_instance_terminated_mid_job_still_gives_exactly_once() {
-    let files = inputs(6, 2000);
+fn a_worker_instance_terminated_mid_job_is_replaced_and_still_gives_exactly_once() {
+    let files = inputs(16, 2000);
     let job = job_with_provider(
         "aws-kill",
         &files,
         "tests/guests/misbehave",
-        "{ mode = \"slow\", delay_ms = 800 }",
+        "{ mode = \"slow\", delay_ms = 1000 }",
         &cluster(2, ""),
     );
     let run = job.spawn();
@@ -260,7 +260,15 @@ fn a_worker_instance_terminated_mid_job_still_gives_exactly_once() {
     p.terminate(&[worker], Duration::ZERO).unwrap();
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}: {}", out.status, text(&out));
+    assert!(text(&out).contains("worker-3 replaced worker-1"), "{}", text(&out));
     assert_exactly_once(&job, &files);
+    // The kill hit a running attempt (its lease expired), and an instance
+    // launched in its place worked.
+    let master = mayfly_tests_aws::node_log("aws-kill", "master");
+    assert!(master.contains("lease expired: worker worker-1"), "{master}");
+    assert!(master.contains("worker-3 launched in place of worker-1"), "{master}");
+    let replacement = mayfly_tests_aws::node_log("aws-kill", "worker-3");
+    assert!(replacement.contains("attempt 1"), "{replacement}");
     assert!(wait_until(Duration::from_secs(30), || billing("aws-kill").is_empty()), "{:?}", billing("aws-kill"));
 }
 

@@ -195,10 +195,10 @@ fn run(job: &TestJob) -> std::process::Output {
 }
 
 #[test]
-fn a_worker_vm_deleted_mid_job_still_gives_exactly_once() {
+fn a_worker_vm_deleted_mid_job_is_replaced_and_still_gives_exactly_once() {
     let cloud = cloud();
-    let files = inputs(6, 2000);
-    let job = job_with("az-kill", &files, "{ mode = \"slow\", delay_ms = 800 }", &cluster(2, ""), &[]);
+    let files = inputs(16, 2000);
+    let job = job_with("az-kill", &files, "{ mode = \"slow\", delay_ms = 1000 }", &cluster(2, ""), &[]);
     let run = mayfly(cloud)
         .args(["run", "job.toml"])
         .current_dir(&job.dir)
@@ -213,12 +213,21 @@ fn a_worker_vm_deleted_mid_job_still_gives_exactly_once() {
     cloud.arm.delete_vm(worker.name());
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}: {}", out.status, text(&out));
+    assert!(text(&out).contains("worker-3 replaced worker-1"), "{}", text(&out));
     assert_exactly_once(&job, &files);
+    // The kill hit a running attempt (its lease expired), and a VM launched
+    // in its place worked.
+    let master = mayfly_tests_azure::node_log("az-kill", "master");
+    assert!(master.contains("lease expired: worker worker-1"), "{master}");
+    assert!(master.contains("worker-3 launched in place of worker-1"), "{master}");
+    let replacement = mayfly_tests_azure::node_log("az-kill", "worker-3");
+    assert!(replacement.contains("attempt 1"), "{replacement}");
     assert!(
         wait_until(Duration::from_secs(60), || cloud.arm.vms("az-kill").is_empty()),
         "{:?}",
         existing(cloud, "az-kill")
     );
+    assert!(cloud.arm.orphans("az-kill").is_empty(), "no NIC or disk is left: {:?}", cloud.arm.orphans("az-kill"));
 }
 
 #[test]

@@ -166,21 +166,23 @@ fn a_serverless_bootstrap_refuses_the_job_as_the_requests_own_fault() {
 fn a_job_that_could_cost_more_than_its_max_cost_is_refused_naming_the_figures() {
     let job = TestJob::new("ceiling", &three());
     let params = "{ mode = \"map\" }";
-    // 1 master and 2 workers at 10 USD/h for an hour: 30 USD at most.
+    // 1 master, 2 workers and (by default) 2 replacements at 10 USD/h for an
+    // hour: 50 USD at most.
     let priced =
         format!("{}\n[prices]\nlocal = 10.0\n", cluster(2, "").replace("deadline = \"3m\"", "deadline = \"1h\""));
     let path = job.write_job(WORDCOUNT, params, &priced);
     let original = std::fs::read_to_string(&path).unwrap();
     let text_of = |max: &str| original.replacen("[job]\n", &format!("[job]\nmax_cost = {max}\n"), 1);
-    std::fs::write(&path, text_of("29.5")).unwrap();
+    std::fs::write(&path, text_of("49.5")).unwrap();
     let figures = [
-        "check the cost: `job.max_cost` = 29.5: the job may cost up to 30.0000 USD",
-        "1 x master local at 10.0000 USD/h and 2 x workers local at 10.0000 USD/h, each to the 1h deadline",
+        "check the cost: `job.max_cost` = 49.5: the job may cost up to 50.0000 USD",
+        "1 x master local at 10.0000 USD/h and 2 x workers local at 10.0000 USD/h \
+         and 2 x replacements local at 10.0000 USD/h, each to the 1h deadline",
     ];
     assert_refused_before_launch(&job, &job.run(), &figures);
     let plan = job.command(&["plan", "job.toml"]).output().unwrap();
     assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
-    assert!(text(&plan).contains("ceiling  over the job's max_cost of 29.5 USD") && text(&plan).contains(figures[1]));
+    assert!(text(&plan).contains("ceiling  over the job's max_cost of 49.5 USD") && text(&plan).contains(figures[1]));
 
     // The same through a serverless bootstrap: the request's own fault.
     let provider =
@@ -196,10 +198,10 @@ fn a_job_that_could_cost_more_than_its_max_cost_is_refused_naming_the_figures() 
     assert!(job.nodes().is_empty() && !job.state().exists(), "nothing was launched");
 
     // Within it: the job runs.
-    std::fs::write(&path, text_of("30")).unwrap();
+    std::fs::write(&path, text_of("50")).unwrap();
     let plan = job.command(&["plan", "job.toml"]).output().unwrap();
     assert!(
-        plan.status.success() && text(&plan).contains("ceiling  within the job's max_cost of 30 USD"),
+        plan.status.success() && text(&plan).contains("ceiling  within the job's max_cost of 50 USD"),
         "{}",
         text(&plan)
     );

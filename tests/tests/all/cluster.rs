@@ -174,6 +174,57 @@ fn two_workers_killed_at_once() {
 }
 
 #[test]
+fn a_lost_worker_is_replaced_and_the_job_ends_on_time_with_its_worker_count() {
+    let files = inputs(16, 3000);
+    let job = TestJob::new("replace", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800 }", &cluster(2, ""));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "worker-1 never leased");
+    job.signal("worker-1", "KILL");
+    // A third worker comes in its place: two work at once again.
+    let both = || {
+        let alive = job.alive();
+        alive.contains(&"worker-2".to_owned()) && alive.contains(&"worker-3".to_owned())
+    };
+    assert!(wait_until(Duration::from_secs(30), both), "no replacement: {:?}\n{}", job.alive(), job.log("master"));
+    let out = run.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 lost worker replaced") && said.contains("worker-3 replaced worker-1"), "{said}");
+    let master = job.log("master");
+    // The kill hit a running attempt: its lease expired, and another attempt committed the shard.
+    assert!(master.contains("lease expired: worker worker-1"), "{master}");
+    assert!(master.contains("worker-3 launched in place of worker-1 (1 of at most 2 replacements)"), "{master}");
+    assert!(job.log("worker-3").contains("attempt 1"), "the replacement worked: {}", job.log("worker-3"));
+    assert!(job.log("worker-1").contains("attempt 1"), "the lost worker's log is its own");
+    let fin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.state().join("final.json")).unwrap()).unwrap();
+    let replaced = fin["replacements"].as_array().unwrap();
+    assert_eq!(replaced.len(), 1, "{fin}");
+    assert_eq!((replaced[0]["lost"].as_str(), replaced[0]["by"].as_str()), (Some("worker-1"), Some("worker-3")));
+    assert_eq!(fin["reason"], "done", "on time: {fin}");
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_lost_worker_beyond_the_jobs_max_replacements_is_said_and_not_replaced() {
+    let files = inputs(8, 3000);
+    let job = TestJob::new("replace-none", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600 }", &cluster(2, "max_replacements = 0"));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "worker-1 never leased");
+    job.signal("worker-1", "KILL");
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let master = job.log("master");
+    assert!(master.contains("worker-1 is lost and not replaced: the job's max_replacements (0) are used"), "{master}");
+    assert!(!job.nodes().iter().any(|n| n.node == "worker-3"), "no worker was launched in its place");
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
 fn a_paused_worker_cannot_commit_after_its_lease_expired() {
     let files = inputs(6, 2000);
     let job = TestJob::new("zombie", &files);

@@ -48,10 +48,11 @@ fn plan_prices_the_job_and_warns_for_each_rule_it_would_break() {
     assert!(out.status.success(), "{}", text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = &doc["estimate"];
-    // 4 MiB at 1 MiB/s is cut at the 2 s deadline; 3 nodes at $0.5/h.
+    // 4 MiB at 1 MiB/s is cut at the 2 s deadline; 3 nodes, and 2 replacements
+    // at most, at $0.5/h.
     assert_eq!(e["expected_secs"].as_f64(), Some(2.0), "{doc}");
     let ceiling = e["ceiling_usd"].as_f64().unwrap();
-    assert!((ceiling - 3.0 * 0.5 * 2.0 / 3600.0).abs() < 1e-12, "{doc}");
+    assert!((ceiling - 5.0 * 0.5 * 2.0 / 3600.0).abs() < 1e-12, "{doc}");
     assert_eq!(e["nodes"][1]["count"], 2);
     assert_eq!(e["nodes"][1]["node_type"], "local");
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 3, "{doc}");

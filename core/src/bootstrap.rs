@@ -370,6 +370,12 @@ pub fn from_request_on(
         .map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let merged = job_provider(&spec, provider).map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     let provider = merged.as_ref().unwrap_or(provider);
+    // The same job asked for again: it goes on if its master is lost.
+    if let Some(job) = &spec.id
+        && let Some(reply) = continue_lost(&spec, job, provider, clock, on_step)?
+    {
+        return Ok(reply);
+    }
     let (task, reduce) =
         ready_tasks(&spec, &mut |line| eprintln!("{line}")).map_err(|e| fail(ErrorKind::Config, e.to_string()))?;
     // An entrypoint's process has no runtime of its own: the preflight's
@@ -402,6 +408,84 @@ pub fn from_request_on(
         nodes: boot.nodes,
         expires_at: boot.manifest.expires_at,
     })
+}
+
+/// A serverless entrypoint asked for job `job` again (an event delivered
+/// again, a schedule, a retry): `Ok(None)` if no such job was bootstrapped
+/// (bootstrap it); resumed, as `mayfly resume` does, if its master is lost
+/// (its provider lists no master, and its heartbeat is older than the job's
+/// `master_lost_timeout`); refused otherwise: a job that ended, or whose
+/// master runs (`Config`: the same request can never do more), or whose
+/// master was heard from too recently to be taken for lost (`Unavailable`:
+/// a later retry may resume it).
+fn continue_lost(
+    spec: &JobSpec,
+    job: &str,
+    provider: &ProviderHandle,
+    clock: &dyn Clock,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<Option<BootstrapReply>, ProviderError> {
+    let fail = |kind, m: String| ProviderError::new("host", kind, m);
+    let state = absolute_location(&spec.state).join(job);
+    let output = absolute_location(&spec.output.for_job(job));
+    let layout = Layout::open(&state, job, &output, provider, "bootstrap")
+        .map_err(|e| fail(ErrorKind::Other, format!("opening job {job}'s state: {e}")))?;
+    let manifest = match layout.state.read_json::<Manifest>(keys::MANIFEST) {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(fail(ErrorKind::Unavailable, format!("reading job {job}'s manifest: {e}"))),
+    };
+    let master_listed = provider
+        .list(job, &layout.state_location())
+        .map_err(|e| fail(ErrorKind::Unavailable, format!("listing job {job}'s nodes: {e}")))?
+        .iter()
+        .any(|n| n.role == Role::Master);
+    if master_listed {
+        return Err(fail(
+            ErrorKind::Config,
+            format!("bootstrap refused: job {job} is still running (its master runs)"),
+        ));
+    }
+    if layout.state.exists(keys::FINAL) {
+        return Err(fail(
+            ErrorKind::Config,
+            format!("bootstrap refused: job id {job} was already used (the job ended); a new run needs another id"),
+        ));
+    }
+    let heard = match layout.state.read_json::<crate::job::Heartbeat>(keys::HEARTBEAT) {
+        Ok(beat) => beat.map_or(manifest.created_at, |b| b.at.max(manifest.created_at)),
+        Err(e) => return Err(fail(ErrorKind::Unavailable, format!("reading job {job}'s heartbeat: {e}"))),
+    };
+    let silent = clock.now().saturating_sub(heard);
+    if silent < manifest.master_lost_timeout_ms {
+        return Err(fail(
+            ErrorKind::Unavailable,
+            format!(
+                "job {job}'s master was heard from {:.1}s ago: it is not taken for lost before {}s; try again later",
+                silent as f64 / 1000.0,
+                manifest.master_lost_timeout_ms / 1000
+            ),
+        ));
+    }
+    eprintln!("job {job}: its master is lost (silent for {:.0}s); resuming it", silent as f64 / 1000.0);
+    match resume(&layout, &manifest, provider, clock, on_step) {
+        Ok(Resumed::Launched { nodes, .. }) => Ok(Some(BootstrapReply {
+            job: job.to_owned(),
+            state: layout.state_location(),
+            shards: manifest.plan.shards.len() as u64,
+            nodes,
+            expires_at: manifest.expires_at,
+        })),
+        Ok(Resumed::AlreadyEnded) => Err(fail(
+            ErrorKind::Config,
+            format!("bootstrap refused: job id {job} was already used (the job ended); a new run needs another id"),
+        )),
+        Err(BootstrapError::OverBudget(e)) => Err(fail(ErrorKind::OverBudget, format!("resume refused: {e}"))),
+        Err(e @ BootstrapError::Step { step: "check the job", .. }) => {
+            Err(fail(ErrorKind::Config, format!("resume refused: {e}")))
+        }
+        Err(e) => Err(fail(ErrorKind::Other, format!("resume failed: {e}"))),
+    }
 }
 
 /// Reads a job file from a URL (`s3://bucket/jobs/job.toml`) through the data

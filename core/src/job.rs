@@ -10,6 +10,7 @@
 //!   master.json       the master's address and pid, once it listens
 //!   final.json        the job's end: counts, reason (written by the master)
 //!   replacements.json the workers the master launched in place of lost ones
+//!   heartbeat.json    when the master was last alive (rewritten every few seconds)
 //!   secret/           the job token (0600 when local), and the local provider's issuer key
 //!   tasks/<sha>.wasm  the task components, when the state is remote
 //!   nodes/<node>.json the local provider's record of each node process
@@ -160,6 +161,8 @@ pub mod keys {
     pub const LOGS: &str = "logs";
     /// The workers the master launched in place of lost ones.
     pub const REPLACEMENTS: &str = "replacements.json";
+    /// When the master was last alive ([`super::Heartbeat`]).
+    pub const HEARTBEAT: &str = "heartbeat.json";
 }
 
 /// Whether `key` (an object's key under a location, `/`-separated) is in one
@@ -453,6 +456,21 @@ pub fn launch_request(
             })
             .collect(),
     }
+}
+
+/// When a job's master was last alive, as it writes every
+/// [`Heartbeat::EVERY`] to its state: a serverless entrypoint asked again for
+/// the job resumes it only when the master is past `master_lost_timeout`
+/// without one (and its provider lists no master).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// When, ms since the epoch, by the master's clock.
+    pub at: Millis,
+}
+
+impl Heartbeat {
+    /// How often the master writes it.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 }
 
 /// `count` worker names not among `taken`: `worker-<n>` above the highest

@@ -528,7 +528,7 @@ impl Undo {
 /// Injects the schedule's faults from `t0`, until `stop`; undoes every
 /// outstanding fault before it returns.
 fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: &AtomicBool) -> Injected {
-    let (mut injected, mut skipped) = (Vec::new(), Vec::new());
+    let (mut injected, mut skipped, mut broken) = (Vec::new(), Vec::new(), Vec::new());
     let mut killed: BTreeMap<String, usize> = BTreeMap::new();
     let mut undos: Vec<(Instant, Undo)> = Vec::new();
     let mut next = 0;
@@ -547,11 +547,11 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
             let workers = live_workers(job);
             let victim = (!workers.is_empty()).then(|| workers[(p.pick % workers.len() as u64) as usize].clone());
             let until = |ms: u64| Instant::now() + Duration::from_millis(ms);
-            let done: Result<String, String> = match &p.fault {
+            let done: Result<String, NotInjected> = match &p.fault {
                 Fault::KillWorkers { count } => {
                     let n = (*count).min(workers.len().saturating_sub(1));
                     if n == 0 {
-                        Err("fewer than two workers alive".into())
+                        Err(NotInjected::Moot("fewer than two workers alive".into()))
                     } else {
                         let first = (p.pick % workers.len() as u64) as usize;
                         let victims: Vec<&(String, u32)> = workers.iter().cycle().skip(first).take(n).collect();
@@ -568,14 +568,14 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                         *killed.entry("master".into()).or_default() += 1;
                         Ok(format!("pid {pid}"))
                     }
-                    _ => Err("no master running".into()),
+                    _ => Err(NotInjected::Moot("no master running".into())),
                 },
                 Fault::Pause { ms } => match victim {
                     Some((name, pid)) if signal(pid, nix::sys::signal::Signal::SIGSTOP) => {
                         undos.push((until(*ms), Undo::Continue(pid)));
                         Ok(name)
                     }
-                    _ => Err("no worker running".into()),
+                    _ => Err(NotInjected::Moot("no worker running".into())),
                 },
                 Fault::NetCut { ms } => match victim {
                     Some((name, pid)) => {
@@ -583,30 +583,35 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                         undos.push((until(*ms), Undo::Restore(pid)));
                         Ok(name)
                     }
-                    None => Err("no worker running".into()),
+                    None => Err(NotInjected::Moot("no worker running".into())),
                 },
-                Fault::IssuerDown { ms } => IssuerDown::set(&job.state()).map(|down| {
-                    undos.push((until(*ms), Undo::Issuer(down)));
-                    "issuer key swapped for a directory".to_owned()
-                }),
+                Fault::IssuerDown { ms } => IssuerDown::set(&job.state())
+                    .map(|down| {
+                        undos.push((until(*ms), Undo::Issuer(down)));
+                        "issuer key swapped for a directory".to_owned()
+                    })
+                    .map_err(NotInjected::Broken),
                 Fault::Unwritable { target, ms } => {
                     let paths = target.paths(job);
                     match paths.iter().find(|p| !p.exists()) {
-                        Some(missing) => Err(format!("{} does not exist yet", missing.display())),
-                        None => Immutable::set(&paths).map(|lock| {
-                            undos.push((until(*ms), Undo::Writable(lock)));
-                            let shown: Vec<String> = paths
-                                .iter()
-                                .map(|p| p.strip_prefix(&job.dir).unwrap_or(p).display().to_string())
-                                .collect();
-                            shown.join(" ")
-                        }),
+                        Some(missing) => Err(NotInjected::Moot(format!("{} does not exist yet", missing.display()))),
+                        None => Immutable::set(&paths)
+                            .map(|lock| {
+                                undos.push((until(*ms), Undo::Writable(lock)));
+                                let shown: Vec<String> = paths
+                                    .iter()
+                                    .map(|p| p.strip_prefix(&job.dir).unwrap_or(p).display().to_string())
+                                    .collect();
+                                shown.join(" ")
+                            })
+                            .map_err(NotInjected::Broken),
                     }
                 }
             };
             match done {
                 Ok(what) => injected.push((p.fault.kind(), format!("{}: {what}", p.fault))),
-                Err(why) => skipped.push(format!("{}: {why}", p.fault)),
+                Err(NotInjected::Moot(why)) => skipped.push(format!("{}: {why}", p.fault)),
+                Err(NotInjected::Broken(why)) => broken.push(format!("{} could not be injected: {why}", p.fault)),
             }
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -617,20 +622,33 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
     for p in &schedule.faults[next..] {
         skipped.push(format!("{}: the job had ended", p.fault));
     }
-    (injected, skipped, killed)
+    (injected, skipped, broken, killed)
 }
 
-/// What `inject` did: faults injected (kind, what), faults not injected (why),
-/// nodes killed (how many times each).
-type Injected = (Vec<(&'static str, String)>, Vec<String>, BTreeMap<String, usize>);
+/// Why a fault was not injected.
+enum NotInjected {
+    /// There was nothing for it to act on at its moment (no worker, the job
+    /// ended, a path not made yet): the schedule met the job as it was.
+    Moot(String),
+    /// It could not be injected on this machine (`chattr` unsupported, ...):
+    /// the seed cannot prove what it was meant to, and fails.
+    Broken(String),
+}
+
+/// What `inject` did: faults injected (kind, what), faults not injected
+/// (why), faults that could not be injected (why), nodes killed (how many
+/// times each).
+type Injected = (Vec<(&'static str, String)>, Vec<String>, Vec<String>, BTreeMap<String, usize>);
 
 fn job_text(schedule: &Schedule) -> String {
     let deadline = schedule.deadline_ms.map(|d| format!("{d}ms")).unwrap_or_else(|| "2m".into());
+    // The faults' moments count from the submission: the preflight (tested in
+    // tests/all/before_launch.rs) would shift the job's start by its sample's time.
     format!(
         "[provider]\nname = \"local\"\ncredential_ttl = \"4s\"\n\n\
          [cluster]\nworkers = {WORKERS}\ndeadline = \"{deadline}\"\nlease_time = \"{LEASE_MS}ms\"\n\
          idle_timeout = \"30s\"\nmaster_lost_timeout = \"30s\"\n\n\
-         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n"
+         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n\n[preflight]\nenabled = false\n"
     )
 }
 
@@ -671,7 +689,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
     let t0 = Instant::now();
     let stop = AtomicBool::new(false);
     let mut resumes = 0;
-    let (injected, skipped, killed) = std::thread::scope(|s| {
+    let (injected, skipped, broken, killed) = std::thread::scope(|s| {
         let injector = s.spawn(|| inject(&job, schedule, t0, &proxy, &stop));
         let bound = Duration::from_secs(180);
         loop {
@@ -714,6 +732,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
     });
     let refused = proxy.refused();
     drop(proxy);
+    problems.extend(broken);
 
     let mut report = RunReport {
         schedule: schedule.clone(),
@@ -730,12 +749,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
         dir: job.dir.clone(),
         outputs: BTreeMap::new(),
     };
-    if refused > 0 {
-        report.injected.iter_mut().filter(|(k, _)| *k == "net-cut").for_each(|(_, what)| {
-            what.push_str(&format!(" ({refused} connections refused)"));
-        });
-    }
-    evidence(&job, &mut report);
+    evidence(&job, &mut report, refused as usize);
     check(&job, &files, schedule, reference, &mut report);
     report.elapsed = started.elapsed();
     if report.passed() && std::env::var_os("MAYFLY_CHAOS_KEEP").is_none() {
@@ -744,20 +758,44 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
     report
 }
 
-/// What the nodes' logs say each injected fault did, appended to its line:
-/// a fault that left no trace did not test anything.
-fn evidence(job: &TestJob, r: &mut RunReport) {
+/// What the nodes' logs (and the proxy, `refused` connections) say each
+/// injected fault did, appended to its line. A fault that left no trace
+/// tested nothing: a run whose injected faults left none at all fails,
+/// saying so, as does one whose faults were all planned and none injected.
+fn evidence(job: &TestJob, r: &mut RunReport, refused: usize) {
     let logs: String = job.nodes().iter().map(|n| job.log(&n.node)).collect();
     let count = |needle: &str| logs.matches(needle).count();
+    let mut traces = 0;
     for (kind, what) in &mut r.injected {
-        let seen = match *kind {
-            "kill-workers" | "pause" => format!("{} leases expired", count("stopped heartbeating")),
-            "kill-master" => format!("{} masters resumed", count("master: resumed:")),
-            "issuer-down" => format!("{} credential refreshes failed", count("credential refresh failed")),
-            "unwritable" => format!("{} operations refused", count("Operation not permitted")),
+        let (n, seen) = match *kind {
+            "kill-workers" => {
+                let (expired, replaced) = (count("stopped heartbeating"), count("launched in place of"));
+                (expired + replaced, format!("{expired} leases expired, {replaced} workers replaced"))
+            }
+            "pause" => (count("stopped heartbeating"), "leases expired".to_owned()),
+            // Each master after the first is a resumed one.
+            "kill-master" => (count("master: listening on").saturating_sub(1), "masters resumed".to_owned()),
+            "issuer-down" => (count("credential refresh failed"), "credential refreshes failed".to_owned()),
+            "unwritable" => (count("Operation not permitted"), "operations refused".to_owned()),
+            "net-cut" => (refused, "connections refused".to_owned()),
             _ => continue,
         };
-        what.push_str(&format!(" ({seen})"));
+        traces += n;
+        if seen.starts_with(char::is_numeric) {
+            what.push_str(&format!(" ({seen})"));
+        } else {
+            what.push_str(&format!(" ({n} {seen})"));
+        }
+    }
+    // A deadline is a fault too, and may end the job before the others' moments.
+    if r.schedule.deadline_ms.is_some() {
+        traces += count("the job's deadline passed");
+    }
+    if !r.injected.is_empty() && traces == 0 {
+        r.problems.push("no injected fault left a trace in the logs: the run tested nothing".into());
+    }
+    if r.injected.is_empty() && !r.schedule.faults.is_empty() && r.schedule.deadline_ms.is_none() {
+        r.problems.push(format!("none of the {} planned faults was injected", r.schedule.faults.len()));
     }
 }
 
@@ -840,10 +878,22 @@ fn check(
         }
         None => Duration::from_secs(15),
     };
-    wait_until(bound, || job.alive().is_empty());
+    wait_until(bound, || job.alive().is_empty() && crate::job_processes(&job.id).is_empty());
     let left = job.alive();
+    // The records' view, then an independent one: every process for the job's id.
+    let unrecorded: Vec<(u32, String)> = crate::job_processes(&job.id)
+        .into_iter()
+        .filter(|(pid, _)| !left.iter().any(|n| live_pid(job, n) == Some(*pid)))
+        .collect();
+    if !unrecorded.is_empty() {
+        r.left += unrecorded.len();
+        r.problems.push(format!("processes left that the job's records do not show: {unrecorded:?}"));
+        for (pid, _) in &unrecorded {
+            signal(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     if !left.is_empty() {
-        r.left = left.len();
+        r.left += left.len();
         r.problems.push(format!("processes left: {left:?}"));
         for node in &left {
             if let Some(pid) = live_pid(job, node) {

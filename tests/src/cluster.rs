@@ -109,8 +109,16 @@ impl TestJob {
     }
 
     /// Asserts that no process of this job is left (waiting up to `grace`).
+    /// No process of the job is left after `grace`: by the provider's
+    /// records, and by a scan of every process for the job's id.
     pub fn assert_nothing_left(&self, grace: Duration) {
         assert!(wait_until(grace, || self.alive().is_empty()), "processes of job {} left: {:?}", self.id, self.alive());
+        assert!(
+            wait_until(grace, || crate::job_processes(&self.id).is_empty()),
+            "processes of job {} left, not in its records: {:?}",
+            self.id,
+            crate::job_processes(&self.id)
+        );
     }
 
     /// Every map output file (relative to `out/map`), sorted.

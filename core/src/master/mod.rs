@@ -433,12 +433,38 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
         // Lost workers: asked about off the loop (a provider call may take a
         // while), one question at a time.
         let mut replacing: Option<tokio::task::JoinHandle<()>> = None;
+        // The heartbeat, written off the loop too (a remote state's write
+        // may be slow), one at a time.
+        let mut beating: Option<tokio::task::JoinHandle<()>> = None;
+        let beat_ticks = crate::job::Heartbeat::EVERY.as_millis() as u64 / 100;
+        let beat_failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reason = loop {
             tick.tick().await;
             ticks += 1;
             if ticks.is_multiple_of(replace::EVERY_TICKS) && replacing.as_ref().is_none_or(|h| h.is_finished()) {
                 let (shared, provider) = (shared.clone(), provider.clone());
                 replacing = Some(tokio::task::spawn_blocking(move || replace::check(&shared, &provider)));
+            }
+            if (ticks == 1 || ticks.is_multiple_of(beat_ticks)) && beating.as_ref().is_none_or(|h| h.is_finished()) {
+                let (layout, at) = {
+                    let m = shared.lock().map_err(|_| MasterError::Poisoned)?;
+                    (m.layout.clone(), m.now())
+                };
+                let failing = beat_failing.clone();
+                beating = Some(tokio::task::spawn_blocking(move || {
+                    use std::sync::atomic::Ordering;
+                    match layout.state.write_json(keys::HEARTBEAT, &crate::job::Heartbeat { at }) {
+                        Ok(()) => failing.store(false, Ordering::Relaxed),
+                        // Said once per streak.
+                        Err(e) if !failing.swap(true, Ordering::Relaxed) => {
+                            say!(
+                                WARN,
+                                "writing the heartbeat: {e} (a serverless entrypoint may take the master for lost)"
+                            )
+                        }
+                        Err(_) => {}
+                    }
+                }));
             }
             // The holds, from the state every 2 s (the CLI also says when they
             // change, but it may not reach this master): read outside the lock.

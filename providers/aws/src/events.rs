@@ -11,7 +11,8 @@ use super::*;
 ///   setting), on the "directory" of the object that arrived (`s3://bucket/<its
 ///   prefix>`, which must lie under `event_prefix` if that is set), with a job id made
 ///   from that prefix and the event's sequencer, so that a duplicate delivery of
-///   the event is refused as a job id already used instead of running twice.
+///   the event is refused (the job runs, or its id was already used) instead of
+///   running twice, or resumes the job if its master is lost.
 pub fn adapt_event(
     event: &serde_json::Value,
     event_job_url: Option<&str>,

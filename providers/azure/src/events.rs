@@ -14,8 +14,9 @@ use super::*;
 ///   `event_job_url` runs on the blob's directory (`az://container/<its
 ///   prefix>`, under `event_prefix` if set), with a job id made from that
 ///   prefix and the blob's ETag (else its last-modified time), so that a
-///   duplicate delivery (the host retries a failed invocation) is refused as
-///   a job id already used instead of running twice;
+///   duplicate delivery (the host retries a failed invocation) is refused (the
+///   job runs, or its id was already used) instead of running twice, or
+///   resumes the job if its master is lost;
 /// - a direct request: `{"job": "<job file>"}` or `{"job_url": "az://..."}`,
 ///   with optional `base_dir` and `overrides`.
 pub fn adapt_event(

@@ -189,3 +189,63 @@ fn a_node_that_fails_at_its_start_gets_its_error_into_its_log() {
         assert!(text.contains("error: no manifest in"), "attempt {attempt}: {text:?}");
     }
 }
+
+#[test]
+fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_otherwise() {
+    use mayfly_data::provider::{BootstrapRequest, ErrorKind, ProviderHandle, Role};
+
+    let files = inputs(12, 2000);
+    let job = TestJob::new("entrypoint-resume", &files);
+    let path = job.write_job(
+        SLOW,
+        "{ mode = \"slow\", delay_ms = 1000 }",
+        "[cluster]\nworkers = 2\ndeadline = \"3m\"\nlease_time = \"1s\"\nmaster_lost_timeout = \"10s\"\n\n\
+         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n",
+    );
+    let provider = ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
+    let request = BootstrapRequest {
+        job: std::fs::read_to_string(&path).unwrap(),
+        base_dir: Some(job.dir.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let first = mayfly_core::bootstrap::from_request(&request, &provider).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "no lease");
+    // While its master runs, the same request again is refused for good.
+    let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("is still running"), "{e}");
+
+    job.signal("master", "KILL");
+    assert!(wait_until(Duration::from_secs(10), || !job.alive().contains(&"master".to_owned())));
+    // Heard from less than master_lost_timeout ago (it beats every 5 s): not
+    // yet taken for lost, and a retry may do better.
+    let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("master was heard from"), "{e}");
+    // Asked again (as a retrying trigger or a schedule would): resumed.
+    let mut resumed = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            match mayfly_core::bootstrap::from_request(&request, &provider) {
+                Ok(reply) => resumed = Some(reply),
+                Err(e) => assert_eq!(e.kind, ErrorKind::Unavailable, "{e}"),
+            }
+            resumed.is_some()
+        }),
+        "never resumed"
+    );
+    let resumed = resumed.unwrap();
+    assert_eq!((resumed.job.as_str(), resumed.shards), (first.job.as_str(), first.shards));
+    assert!(resumed.nodes.iter().any(|n| n.role == Role::Master), "{:?}", resumed.nodes);
+    let fin = job.state().join("final.json");
+    assert!(wait_until(Duration::from_secs(90), || fin.exists()), "the resumed job never ended");
+    let ended: serde_json::Value = serde_json::from_slice(&std::fs::read(&fin).unwrap()).unwrap();
+    assert_eq!(ended["reason"], "done", "{ended}");
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+
+    // Ended: the same request is refused for good.
+    let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("was already used (the job ended)"), "{e}");
+}

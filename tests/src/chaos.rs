@@ -172,7 +172,9 @@ impl Schedule {
                 "kill-master" => Fault::KillMaster,
                 "pause" => Fault::Pause { ms: 2 * LEASE_MS + below(1500) },
                 "net-cut" => Fault::NetCut { ms: 1000 + below(2500) },
-                "issuer-down" => Fault::IssuerDown { ms: 1500 + below(2500) },
+                // Longer than the nodes' 2 s between refreshes (4 s credentials,
+                // renewed at half their life): each node meets it.
+                "issuer-down" => Fault::IssuerDown { ms: 2500 + below(2000) },
                 "unwritable" => {
                     let target = [Target::Markers, Target::Outputs, Target::Journal, Target::State][below(4) as usize];
                     Fault::Unwritable { target, ms: 500 + below(2000) }
@@ -585,12 +587,18 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                     }
                     None => Err(NotInjected::Moot("no worker running".into())),
                 },
-                Fault::IssuerDown { ms } => IssuerDown::set(&job.state())
-                    .map(|down| {
-                        undos.push((until(*ms), Undo::Issuer(down)));
-                        "issuer key swapped for a directory".to_owned()
-                    })
-                    .map_err(NotInjected::Broken),
+                Fault::IssuerDown { ms } => match job.state().join("secret/issuer.key") {
+                    key if key.is_dir() => {
+                        Err(NotInjected::Moot("the issuer is already down (an earlier fault)".into()))
+                    }
+                    key if !key.exists() => Err(NotInjected::Moot("no issuer key yet".into())),
+                    _ => IssuerDown::set(&job.state())
+                        .map(|down| {
+                            undos.push((until(*ms), Undo::Issuer(down)));
+                            "issuer key swapped for a directory".to_owned()
+                        })
+                        .map_err(NotInjected::Broken),
+                },
                 Fault::Unwritable { target, ms } => {
                     let paths = target.paths(job);
                     match paths.iter().find(|p| !p.exists()) {

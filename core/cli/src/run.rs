@@ -199,7 +199,20 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
     if let Some(e) = &fin.reduce_error {
         println!("  the reduce task failed: {e}");
     }
+    if !fin.unpublished.is_empty() {
+        let shards: Vec<String> = fin.unpublished.iter().map(u32::to_string).collect();
+        println!(
+            "  NOT COMPLETE: committed shards {} could not be moved into place (the storage refused); \
+             their outputs are still staged under {}",
+            some_of(&shards),
+            layout.output.display("_mayfly/staging")
+        );
+    }
     println!("outputs: {} (listed in _manifest.json)", layout.output.location());
     println!("logs: mayfly logs {} --state {}", manifest.job, state_root(manifest));
-    if fin.reason == "done" && c.failed == 0 && fin.reduce_error.is_none() { Ended::Success } else { Ended::TaskFailed }
+    if fin.reason == "done" && c.failed == 0 && fin.reduce_error.is_none() && fin.unpublished.is_empty() {
+        Ended::Success
+    } else {
+        Ended::TaskFailed
+    }
 }

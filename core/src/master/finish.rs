@@ -1,6 +1,7 @@
-//! The job's end: the committers drained, the reduce task (for a finished
-//! job), the output manifest, leftover publications, the journal saved, the
-//! final state, and the workers (those not held) ended.
+//! The job's end: the committers drained, leftover publications (committed
+//! outputs a failed move left staged, tried again while the storage may
+//! recover), the reduce task (for a finished job), the output manifest, the
+//! journal saved, the final state, and the workers (those not held) ended.
 
 use std::time::Duration;
 
@@ -44,12 +45,13 @@ pub(super) fn end(
                 _ => None,
             })
             .collect();
-        let committed: Vec<CommittedOutput> = m
+        let committed: Vec<(u32, CommittedOutput)> = m
             .ledger
             .shards()
             .iter()
-            .filter_map(|r| match &r.state {
-                ShardState::Committed { outputs } => Some(outputs.clone()),
+            .enumerate()
+            .filter_map(|(i, r)| match &r.state {
+                ShardState::Committed { outputs } => Some(outputs.iter().map(move |o| (i as u32, o.clone()))),
                 _ => None,
             })
             .flatten()
@@ -58,9 +60,18 @@ pub(super) fn end(
         let replaced = m.replaced.clone();
         (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed, quarantined, replaced)
     };
+    // Committed shards whose outputs are still staged (a move into place
+    // failed) are published before anything reads the outputs; the storage
+    // gets until the deadline, and at most `storage_outage`, to take them.
+    let until = manifest.expires_at.min(now().saturating_add(manifest.storage_outage_ms));
+    let unpublished = publish_leftovers(&layout, &|| now() < until);
+    // What is in place: the outputs of the others.
+    let committed: Vec<CommittedOutput> =
+        committed.into_iter().filter(|(s, _)| !unpublished.contains(s)).map(|(_, o)| o).collect();
     let mut outputs: Vec<String> = committed.iter().map(|o| layout.map_output(&o.key, &o.name)).collect();
     let mut reduce_error = None;
     if reason == "done"
+        && unpublished.is_empty()
         && let Some((component, _, params)) = &manifest.reduce
     {
         // The component as this machine can load it (fetched from a remote state).
@@ -87,11 +98,15 @@ pub(super) fn end(
         reduce_error,
         quarantined,
         replacements,
+        unpublished: unpublished.clone(),
     };
     let manifest_out = serde_json::json!({
         "job": manifest.job,
-        "complete": reason == "done" && counts.failed == 0 && final_state.reduce_error.is_none(),
+        "complete": reason == "done" && counts.failed == 0 && final_state.reduce_error.is_none() && unpublished.is_empty(),
         "reason": reason,
+        // Committed shards whose outputs could not be moved into place: they
+        // are still staged under _mayfly/staging, and not listed above.
+        "unpublished_shards": unpublished,
         "outputs": committed.iter().map(|o| serde_json::json!({"path": layout.map_output(&o.key, &o.name), "bytes": o.bytes})).collect::<Vec<_>>(),
         "reduce_outputs": outputs.iter().skip(committed.len()).collect::<Vec<_>>(),
         "failed_shards": final_state.failed.iter().map(|(s, e)| serde_json::json!({
@@ -110,22 +125,8 @@ pub(super) fn end(
     if let Err(e) = layout.output.write_json(layout.output_manifest(), &manifest_out) {
         say!(ERROR, "writing _manifest.json: {e}");
     }
-    // Committed shards whose outputs are still staged (a publication failed)
-    // are published now; the staging goes only if nothing committed is left in it.
-    let staged = layout.output.list(layout.staging()).unwrap_or_default();
-    let mut keep_staging = false;
-    if !staged.is_empty() {
-        for m in read_markers(&layout) {
-            let prefix = format!("{}/", layout.attempt_staging(m.shard, m.token));
-            if staged.iter().any(|(k, _)| k.starts_with(&prefix))
-                && let Err(e) = publish(&layout, &m)
-            {
-                say!(ERROR, "shard {}: its outputs are still staged and cannot be moved: {e}", m.shard);
-                keep_staging = true;
-            }
-        }
-    }
-    if !keep_staging {
+    // The staging goes only if nothing committed is left in it.
+    if final_state.unpublished.is_empty() {
         let _ = layout.output.delete_prefix(layout.staging());
     }
     save_journal(&layout, &manifest);
@@ -173,4 +174,42 @@ pub(super) fn end(
     }
     say!(INFO, "job {} ended ({reason}); {} committed, {} failed", manifest.job, counts.committed, counts.failed);
     Ok(0)
+}
+
+/// Publishes the committed shards whose outputs are still staged, trying
+/// again (0.25 s, doubling to 8 s) while `more_time` allows; returns the
+/// shards still unpublished, each said.
+fn publish_leftovers(layout: &crate::job::Layout, more_time: &dyn Fn() -> bool) -> Vec<u32> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let staged = layout.output.list(layout.staging()).unwrap_or_default();
+        let mut failed: Vec<(u32, std::io::Error)> = Vec::new();
+        if !staged.is_empty() {
+            for m in read_markers(layout) {
+                let prefix = format!("{}/", layout.attempt_staging(m.shard, m.token));
+                if staged.iter().any(|(k, _)| k.starts_with(&prefix))
+                    && let Err(e) = publish(layout, &m)
+                {
+                    failed.push((m.shard, e));
+                }
+            }
+        }
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        if !more_time() {
+            for (shard, e) in &failed {
+                say!(ERROR, "shard {shard}: committed, but its outputs are still staged and cannot be moved: {e}");
+            }
+            return failed.into_iter().map(|(s, _)| s).collect();
+        }
+        say!(
+            WARN,
+            "{} committed shards' outputs cannot be moved into place yet ({}); trying again",
+            failed.len(),
+            failed[0].1
+        );
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(8));
+    }
 }

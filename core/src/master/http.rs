@@ -361,6 +361,7 @@ mod tests {
 
     use super::*;
     use crate::job::{Layout, Manifest};
+    use crate::ledger::ShardState;
     use mayfly_data::store::Location;
     use mayfly_model::plan::{Item, Plan, Shard};
     use mayfly_model::policy::{ManualClock, Millis};
@@ -455,5 +456,44 @@ mod tests {
         let path = shared.lock().unwrap().layout.journal(T0);
         let journal = std::fs::read_to_string(path).unwrap();
         assert!(journal.contains(&format!("\"at\":{}", T0 + 31_000)), "{journal}");
+    }
+
+    #[test]
+    fn a_commit_with_the_token_of_an_expired_lease_is_refused_while_the_shard_is_leased_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (shared, token) = master(dir.path(), &clock);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let ask = |worker: &str| {
+            let body = serde_json::json!({ "worker": worker, "credential_expires_at": T0 + 3_600_000 });
+            let response = lease(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
+            rt.block_on(async { answer(response.await).await }).1
+        };
+        let stale = ask("worker-1")["token"].as_u64().unwrap();
+        clock.advance(Duration::from_secs(31));
+        let current = ask("worker-2")["token"].as_u64().unwrap();
+        // The first holder (paused past its lease, now back) staged its outputs
+        // and asks to commit them, before the second holder commits.
+        let layout = shared.lock().unwrap().layout.clone();
+        let staged = dir.path().join("out").join(layout.attempt_staging(0, stale)).join("a.txt");
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(staged.join("copy.bin"), b"hello").unwrap();
+        let body = serde_json::json!({
+            "shard": 0, "token": stale, "outputs": [{ "key": "a.txt", "name": "copy.bin", "bytes": 5 }],
+        });
+        let response = rt.block_on(commit(State(shared.clone()), headers(&token), Bytes::from(body.to_string())));
+        let status = response.status();
+        let said = rt.block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap();
+        let said = String::from_utf8_lossy(&said);
+        assert_eq!(status, StatusCode::CONFLICT, "{said}");
+        assert!(said.contains(&format!("token {stale} is not the current lease (stale or replayed)")), "{said}");
+        // Refused on its token itself: no marker, its staging gone, the shard
+        // still the second holder's.
+        assert!(!dir.path().join("out").join(layout.marker(0)).exists(), "no marker for a stale token");
+        assert!(!staged.exists(), "the stale attempt's staging is removed");
+        match &shared.lock().unwrap().ledger.shards()[0].state {
+            ShardState::Leased { worker, token, .. } => assert_eq!((worker.as_str(), *token), ("worker-2", current)),
+            other => panic!("the shard should still be leased to worker-2: {other:?}"),
+        }
     }
 }

@@ -121,6 +121,10 @@ pub struct FinalState {
     /// Workers launched in place of lost ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replacements: Vec<Replacement>,
+    /// Committed shards whose outputs could not be moved into place before
+    /// the job ended (they are still staged): the job is not complete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpublished: Vec<u32>,
 }
 
 struct Master {

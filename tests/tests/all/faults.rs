@@ -249,3 +249,70 @@ fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_oth
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("was already used (the job ended)"), "{e}");
 }
+
+/// Runs a 6-shard job with `limits` whose `out/map` becomes unwritable once
+/// its first output is in place, and stays so until `unlock` says (given the
+/// job's number of markers); returns the run's output, its `final.json` and
+/// its `_manifest.json`.
+fn run_with_outputs_unwritable(
+    id: &str,
+    limits: &str,
+    unlock: impl Fn(usize) -> bool,
+) -> (TestJob, std::process::Output, serde_json::Value, serde_json::Value) {
+    let files = inputs(6, 200);
+    let job = TestJob::new(id, &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
+    let run = job.spawn();
+    let map = job.out().join("map");
+    assert!(wait_until(Duration::from_secs(60), || map.exists()));
+    let mut lock = Some(Immutable::set(std::slice::from_ref(&map)).unwrap());
+    let markers = job.out().join("_mayfly/markers");
+    let marked = || std::fs::read_dir(&markers).map(|d| d.count()).unwrap_or(0);
+    let ended = || job.state().join("final.json").exists();
+    while !ended() && lock.is_some() {
+        if unlock(marked()) {
+            // The job's end is trying again by now.
+            std::thread::sleep(Duration::from_secs(2));
+            lock = None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run.wait_with_output().unwrap();
+    drop(lock);
+    let fin = mayfly_core::job::read_json(&job.state().join("final.json")).unwrap();
+    let manifest = mayfly_core::job::read_json(&job.out().join("_manifest.json")).unwrap();
+    job.assert_nothing_left(Duration::from_secs(10));
+    (job, out, fin, manifest)
+}
+
+#[test]
+fn committed_outputs_the_storage_takes_only_at_the_end_are_published_before_the_job_ends() {
+    // Every shard commits while its outputs cannot be moved into place; the
+    // storage takes them again while the job ends.
+    let (job, out, fin, manifest) = run_with_outputs_unwritable("outputs-late", "", |marked| marked == 6);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!((fin["reason"].as_str(), fin["unpublished"].as_array()), (Some("done"), None), "{fin}");
+    assert_eq!(manifest["complete"], true, "{manifest}");
+    assert!(job.log("master").contains("cannot be moved into place yet"), "{}", job.log("master"));
+    assert_exactly_once(&job, &inputs(6, 200));
+}
+
+#[test]
+fn committed_outputs_the_storage_never_takes_leave_the_job_not_complete_and_staged() {
+    let limits = "[limits]\nstorage_outage = \"2s\"\n";
+    let (job, out, fin, manifest) = run_with_outputs_unwritable("outputs-never", limits, |_| false);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("NOT COMPLETE: committed shards") && said.contains("still staged"), "{said}");
+    let unpublished = fin["unpublished"].as_array().expect("final.json names the unpublished shards");
+    assert!(!unpublished.is_empty(), "{fin}");
+    assert_eq!(manifest["complete"], false, "{manifest}");
+    assert_eq!(manifest["unpublished_shards"].as_array().unwrap().len(), unpublished.len());
+    // What the manifest lists is in place; the rest is kept, staged.
+    for o in manifest["outputs"].as_array().unwrap() {
+        assert!(job.out().join(o["path"].as_str().unwrap()).is_file(), "{o}");
+    }
+    let listed = manifest["outputs"].as_array().unwrap().len();
+    assert_eq!(listed + unpublished.len(), 6, "{manifest}");
+    assert!(job.out().join("_mayfly/staging").read_dir().is_ok_and(|mut d| d.next().is_some()), "staging kept");
+}

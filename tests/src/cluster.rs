@@ -47,6 +47,16 @@ impl TestJob {
         path
     }
 
+    /// Its job file as a serverless entrypoint's request (paths relative to
+    /// the job's directory).
+    pub fn request(&self) -> mayfly_data::provider::BootstrapRequest {
+        mayfly_data::provider::BootstrapRequest {
+            job: std::fs::read_to_string(self.dir.join("job.toml")).unwrap(),
+            base_dir: Some(self.dir.to_string_lossy().into_owned()),
+            ..Default::default()
+        }
+    }
+
     /// A `mayfly` command run in the job's directory.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(mayfly_bin());

@@ -425,17 +425,25 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
 
+    /// `worker` asks `shared` for a lease: the answer's status and body.
+    fn ask_lease(
+        rt: &tokio::runtime::Runtime,
+        shared: &Shared,
+        token: &str,
+        worker: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let body = serde_json::json!({ "worker": worker, "credential_expires_at": T0 + 3_600_000 });
+        let response = lease(State(shared.clone()), headers(token), Bytes::from(body.to_string()));
+        rt.block_on(async { answer(response.await).await })
+    }
+
     #[test]
     fn leases_expire_by_the_masters_clock_not_the_systems() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let (shared, token) = master(dir.path(), &clock);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let ask = |worker: &str| {
-            let body = serde_json::json!({ "worker": worker, "credential_expires_at": T0 + 3_600_000 });
-            let response = lease(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
-            rt.block_on(async { answer(response.await).await })
-        };
+        let ask = |worker: &str| ask_lease(&rt, &shared, &token, worker);
         let (status, first) = ask("worker-1");
         assert_eq!(status, StatusCode::OK, "{first}");
         assert_eq!((first["kind"].as_str(), first["expires_at"].as_u64()), (Some("lease"), Some(T0 + 30_000)));
@@ -464,11 +472,7 @@ mod tests {
         let clock = ManualClock::new(T0);
         let (shared, token) = master(dir.path(), &clock);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let ask = |worker: &str| {
-            let body = serde_json::json!({ "worker": worker, "credential_expires_at": T0 + 3_600_000 });
-            let response = lease(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
-            rt.block_on(async { answer(response.await).await }).1
-        };
+        let ask = |worker: &str| ask_lease(&rt, &shared, &token, worker).1;
         let stale = ask("worker-1")["token"].as_u64().unwrap();
         clock.advance(Duration::from_secs(31));
         let current = ask("worker-2")["token"].as_u64().unwrap();

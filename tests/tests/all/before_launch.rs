@@ -146,16 +146,12 @@ fn a_sample_longer_than_the_preflights_bound_is_said_and_the_job_goes_on() {
 
 #[test]
 fn a_serverless_bootstrap_refuses_the_job_as_the_requests_own_fault() {
-    use mayfly_data::provider::{BootstrapRequest, ErrorKind, ProviderHandle};
+    use mayfly_data::provider::{ErrorKind, ProviderHandle};
 
     let job = TestJob::new("preflight-serverless", &three());
-    let path = job.write_job(WORDCOUNT, "{ mode = \"mapp\" }", &cluster(2, ""));
+    job.write_job(WORDCOUNT, "{ mode = \"mapp\" }", &cluster(2, ""));
     let provider = ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
-    let request = BootstrapRequest {
-        job: std::fs::read_to_string(&path).unwrap(),
-        base_dir: Some(job.dir.to_string_lossy().into_owned()),
-        ..Default::default()
-    };
+    let request = job.request();
     let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("unknown variant `mapp`"), "{e}");
@@ -187,11 +183,7 @@ fn a_job_that_could_cost_more_than_its_max_cost_is_refused_naming_the_figures() 
     // The same through a serverless bootstrap: the request's own fault.
     let provider =
         mayfly_data::provider::ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
-    let request = mayfly_data::provider::BootstrapRequest {
-        job: std::fs::read_to_string(&path).unwrap(),
-        base_dir: Some(job.dir.to_string_lossy().into_owned()),
-        ..Default::default()
-    };
+    let request = job.request();
     let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
     assert_eq!(e.kind, mayfly_data::provider::ErrorKind::Config, "{e}");
     assert!(e.to_string().contains(figures[0]), "{e}");

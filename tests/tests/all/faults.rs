@@ -192,22 +192,18 @@ fn a_node_that_fails_at_its_start_gets_its_error_into_its_log() {
 
 #[test]
 fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_otherwise() {
-    use mayfly_data::provider::{BootstrapRequest, ErrorKind, ProviderHandle, Role};
+    use mayfly_data::provider::{ErrorKind, ProviderHandle, Role};
 
     let files = inputs(12, 2000);
     let job = TestJob::new("entrypoint-resume", &files);
-    let path = job.write_job(
+    job.write_job(
         SLOW,
         "{ mode = \"slow\", delay_ms = 1000 }",
         "[cluster]\nworkers = 2\ndeadline = \"3m\"\nlease_time = \"1s\"\nmaster_lost_timeout = \"10s\"\n\n\
          [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n",
     );
     let provider = ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
-    let request = BootstrapRequest {
-        job: std::fs::read_to_string(&path).unwrap(),
-        base_dir: Some(job.dir.to_string_lossy().into_owned()),
-        ..Default::default()
-    };
+    let request = job.request();
     let first = mayfly_core::bootstrap::from_request(&request, &provider).unwrap();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "no lease");
     // While its master runs, the same request again is refused for good.

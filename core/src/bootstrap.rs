@@ -467,6 +467,18 @@ fn continue_lost(
             ),
         ));
     }
+    // One resume per silence: of two invocations that saw the same silent
+    // master, the one that claims it first goes on.
+    let claim = format!("claims/resume-{heard}");
+    match layout.state.create_all(vec![(claim, Vec::new())]).pop() {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            return Err(fail(ErrorKind::Unavailable, format!("job {job}: another invocation is resuming it")));
+        }
+        Some(Err(e)) => return Err(fail(ErrorKind::Unavailable, format!("job {job}: claiming its resume: {e}"))),
+        None => return Err(fail(ErrorKind::Unavailable, format!("job {job}: claiming its resume: no answer"))),
+    }
+    let _ = layout.state.write_json(keys::HEARTBEAT, &crate::job::Heartbeat { at: clock.now() });
     eprintln!("job {job}: its master is lost (silent for {:.0}s); resuming it", silent as f64 / 1000.0);
     match resume(&layout, &manifest, provider, clock, on_step) {
         Ok(Resumed::Launched { nodes, .. }) => Ok(Some(BootstrapReply {
@@ -667,7 +679,12 @@ pub fn bootstrap(
                 reduce: reduce.map(|r| r.component.as_path()),
                 bound,
             };
-            Some(crate::preflight::run(rt, &request).map_err(step_err("preflight"))?)
+            match crate::preflight::run(rt, &request) {
+                Ok(report) => Some(report),
+                Err(e @ crate::preflight::PreflightError::Refused(_)) => return Err(step_err("preflight")(e)),
+                // Not the job's fault: the sandbox or this machine.
+                Err(e) => return Err(step_err("run the preflight")(e)),
+            }
         }
     } else {
         None
@@ -732,7 +749,10 @@ pub fn bootstrap(
             Some(Err(e)) => return Err(e),
             None => return Err(std::io::Error::other("no answer")),
         }
-        create_token(&layout).map(|_| ())
+        create_token(&layout)?;
+        // The master is silent from now until it beats: a serverless
+        // entrypoint asked again for this job counts from here.
+        layout.state.write_json(keys::HEARTBEAT, &crate::job::Heartbeat { at: clock.now() })
     };
     write().map_err(|e| step_err("write the manifest")(format!("{}: {e}", layout.state.location())))?;
 

@@ -11,6 +11,7 @@
 //!   final.json        the job's end: counts, reason (written by the master)
 //!   replacements.json the workers the master launched in place of lost ones
 //!   heartbeat.json    when the master was last alive (rewritten every few seconds)
+//!   claims/           an entrypoint's claim to resume the job after one silence
 //!   secret/           the job token (0600 when local), and the local provider's issuer key
 //!   tasks/<sha>.wasm  the task components, when the state is remote
 //!   nodes/<node>.json the local provider's record of each node process
@@ -284,6 +285,13 @@ impl Layout {
     pub fn attempt_staging(&self, shard: u32, token: u64) -> String {
         format!("_mayfly/staging/shard-{shard:06}-token-{token}")
     }
+    /// The attempt (shard, token) whose staging holds `key`, a key of the
+    /// output location ([`Layout::attempt_staging`] read back).
+    pub fn staged_attempt(&self, key: &str) -> Option<(u32, u64)> {
+        let dir = key.strip_prefix("_mayfly/staging/shard-")?.split('/').next()?;
+        let (shard, token) = dir.split_once("-token-")?;
+        Some((shard.parse().ok()?, token.parse().ok()?))
+    }
     /// Where this process stages an attempt's outputs: in place when the
     /// output is local, else in the work directory (uploaded at the end).
     pub fn local_staging(&self, key: &str) -> PathBuf {
@@ -484,6 +492,15 @@ pub fn new_worker_names<'a>(count: usize, taken: impl IntoIterator<Item = &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_keys_attempt_is_read_back_from_its_path() {
+        let layout = Layout::local(Path::new("/tmp/s"), "j", Path::new("/tmp/o"));
+        let dir = layout.attempt_staging(7, 1_800_000_000_123);
+        assert_eq!(layout.staged_attempt(&format!("{dir}/a.txt/copy.bin")), Some((7, 1_800_000_000_123)));
+        assert_eq!(layout.staged_attempt("_mayfly/staging/shard-x-token-1/a"), None);
+        assert_eq!(layout.staged_attempt("map/a.txt/copy.bin"), None);
+    }
 
     #[test]
     fn reserved_trees_are_bookkeeping_and_everything_else_is_data() {

@@ -211,7 +211,9 @@ impl Driver for Sampled<'_> {
 
 /// Whether a failure on the sample would repeat on every machine and every
 /// attempt: not a time limit (the nodes' machines differ from this one), not
-/// the host's own trouble, not a failure the task calls retryable.
+/// the host's own trouble, not a failure the task calls retryable. A panic or
+/// a trap counts (the sandbox retries them, but on the same input a task's
+/// own bug repeats).
 fn for_good(failure: &Failure) -> bool {
     match failure {
         Failure::Timeout { .. } | Failure::Host { .. } => false,
@@ -241,14 +243,15 @@ pub fn run(rt: &tokio::runtime::Handle, request: &Request<'_>) -> Result<Report,
     std::fs::create_dir_all(&at).map_err(|source| PreflightError::Staging { at: at.display().to_string(), source })?;
     let scratch = Scratch(at);
     let quarantine = spec.max_failed_items.bound(request.plan.shards.iter().map(|s| s.items.len() as u64).sum());
-    // Each call's time limit: the job's, or what is left of the bound.
+    // Each call's time limit: the job's, or a third of what is left of the
+    // bound (a run is three calls: start, item, finish).
     let limits_now = || -> Option<(Limits, bool)> {
-        let left = until.saturating_duration_since(Instant::now());
-        if left < LEAST_CALL {
+        let per_call = until.saturating_duration_since(Instant::now()) / 3;
+        if per_call < LEAST_CALL {
             return None;
         }
-        let cut = left < spec.limits.attempt_time.0;
-        Some((Limits { attempt_time: HumanDuration(left.min(spec.limits.attempt_time.0)), ..spec.limits }, cut))
+        let cut = per_call < spec.limits.attempt_time.0;
+        Some((Limits { attempt_time: HumanDuration(per_call.min(spec.limits.attempt_time.0)), ..spec.limits }, cut))
     };
     let params: Arc<str> = Arc::from(spec.task.params.to_string());
     let mut outputs: Vec<StagedOutput> = Vec::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::FinalState;
 use super::Shared;
-use super::commit::{publish, read_markers};
+use super::commit::{Marker, publish};
 use super::journal::save_journal;
 use crate::job::keys;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
@@ -63,8 +63,11 @@ pub(super) fn end(
     // Committed shards whose outputs are still staged (a move into place
     // failed) are published before anything reads the outputs; the storage
     // gets until the deadline, and at most `storage_outage`, to take them.
-    let until = manifest.expires_at.min(now().saturating_add(manifest.storage_outage_ms));
-    let unpublished = publish_leftovers(&layout, &|| now() < until);
+    // (A second's margin before the deadline: the node's dead-man switch.)
+    let until = manifest.expires_at.saturating_sub(1000).min(now().saturating_add(manifest.storage_outage_ms));
+    let committed_shards: std::collections::BTreeSet<u32> = committed.iter().map(|(s, _)| *s).collect();
+    let unpublished =
+        publish_leftovers(&layout, &committed_shards, &|| Duration::from_millis(until.saturating_sub(now())));
     // What is in place: the outputs of the others.
     let committed: Vec<CommittedOutput> =
         committed.into_iter().filter(|(s, _)| !unpublished.contains(s)).map(|(_, o)| o).collect();
@@ -176,40 +179,64 @@ pub(super) fn end(
     Ok(0)
 }
 
-/// Publishes the committed shards whose outputs are still staged, trying
-/// again (0.25 s, doubling to 8 s) while `more_time` allows; returns the
-/// shards still unpublished, each said.
-fn publish_leftovers(layout: &crate::job::Layout, more_time: &dyn Fn() -> bool) -> Vec<u32> {
+/// Publishes the committed shards (of `committed`) whose outputs are still
+/// staged, trying again (0.25 s, doubling to 8 s) while `time_left` gives
+/// time; returns the shards whose outputs are not known to be in place, each
+/// said. What cannot be read counts as not in place: a staging that cannot
+/// be listed holds every committed shard back, a marker that cannot be read
+/// its shard.
+fn publish_leftovers(
+    layout: &crate::job::Layout,
+    committed: &std::collections::BTreeSet<u32>,
+    time_left: &dyn Fn() -> Duration,
+) -> Vec<u32> {
     let mut wait = Duration::from_millis(250);
     loop {
-        let staged = layout.output.list(layout.staging()).unwrap_or_default();
-        let mut failed: Vec<(u32, std::io::Error)> = Vec::new();
-        if !staged.is_empty() {
-            for m in read_markers(layout) {
-                let prefix = format!("{}/", layout.attempt_staging(m.shard, m.token));
-                if staged.iter().any(|(k, _)| k.starts_with(&prefix))
-                    && let Err(e) = publish(layout, &m)
-                {
-                    failed.push((m.shard, e));
+        let mut held: std::collections::BTreeMap<u32, String> = Default::default();
+        match layout.output.list(layout.staging()) {
+            Err(e) => {
+                let why = format!("the staging cannot be listed: {e}");
+                held.extend(committed.iter().map(|s| (*s, why.clone())));
+            }
+            Ok(staged) => {
+                let attempts: std::collections::BTreeSet<(u32, u64)> =
+                    staged.iter().filter_map(|(k, _)| layout.staged_attempt(k)).collect();
+                for (shard, token) in attempts.into_iter().filter(|(s, _)| committed.contains(s)) {
+                    match layout.output.read_json::<Marker>(&layout.marker(shard)) {
+                        Ok(Some(m)) if m.token == token => {
+                            if let Err(e) = publish(layout, &m) {
+                                held.insert(shard, e.to_string());
+                            }
+                        }
+                        // Another attempt's staging: it was never the commit.
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            held.insert(shard, "its commit marker is missing".into());
+                        }
+                        Err(e) => {
+                            held.insert(shard, format!("its commit marker cannot be read: {e}"));
+                        }
+                    }
                 }
             }
         }
-        if failed.is_empty() {
+        if held.is_empty() {
             return Vec::new();
         }
-        if !more_time() {
-            for (shard, e) in &failed {
-                say!(ERROR, "shard {shard}: committed, but its outputs are still staged and cannot be moved: {e}");
+        let left = time_left();
+        if left.is_zero() {
+            for (shard, why) in &held {
+                say!(ERROR, "shard {shard}: committed, but its outputs are not known to be in place: {why}");
             }
-            return failed.into_iter().map(|(s, _)| s).collect();
+            return held.into_keys().collect();
         }
+        let (shard, why) = held.iter().next().map(|(s, w)| (*s, w.clone())).unwrap_or_default();
         say!(
             WARN,
-            "{} committed shards' outputs cannot be moved into place yet ({}); trying again",
-            failed.len(),
-            failed[0].1
+            "{} committed shards' outputs cannot be moved into place yet (shard {shard}: {why}); trying again",
+            held.len()
         );
-        std::thread::sleep(wait);
+        std::thread::sleep(wait.min(left));
         wait = (wait * 2).min(Duration::from_secs(8));
     }
 }

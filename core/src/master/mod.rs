@@ -163,6 +163,8 @@ struct Master {
     lost_said: std::collections::BTreeSet<String>,
     /// No replacement is considered before this (a launch settling).
     replace_after: Millis,
+    /// When this master started.
+    started_at: Millis,
 }
 
 /// What the master counts of one worker.
@@ -356,6 +358,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         Vec::new()
     });
     let layout_for_replacements = layout.clone();
+    let started_at = clock.now();
     let master = Master {
         manifest,
         layout,
@@ -379,6 +382,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         replaced: replace::recorded(&layout_for_replacements),
         lost_said: Default::default(),
         replace_after: 0,
+        started_at,
     };
     Ok((Arc::new(Mutex::new(master)), committer_rx))
 }

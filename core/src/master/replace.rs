@@ -6,7 +6,9 @@
 //!
 //! A worker is lost when the provider no longer lists it. The master asks
 //! every [`EVERY_TICKS`] ticks, outside its lock, once workers have begun
-//! leasing (bootstrap has launched them all by then). It launches no more
+//! leasing (bootstrap has launched them all by then), or once it has run
+//! for two leases (at least 15 s) without a lease (a resumed master whose
+//! workers ended). It launches no more
 //! workers than are missing, nor more than there is work waiting for (shards
 //! pending, or leased by a worker that is gone): at the job's end, workers
 //! that ended idle are not replaced. Replacements take names no node of the
@@ -109,8 +111,16 @@ pub(super) fn check(shared: &Shared, provider: &ProviderHandle) {
     let names = new_worker_names(count, taken);
     let nodes: Vec<(String, Role)> = names.iter().map(|n| (n.clone(), Role::Worker)).collect();
     let request = launch_request(&seen.layout, provider.selection(), &seen.job, seen.expires_at, &nodes);
+    // The job may have ended while the provider was asked.
+    if shared.lock().map(|m| m.ended.is_some()).unwrap_or(true) {
+        return;
+    }
     if let Err(e) = provider.launch(request) {
         say!(WARN, "launching {} in place of lost workers: {e}; trying again later", names.join(", "));
+        // A launch can fail after the cloud acted: let its listing settle.
+        if let Ok(mut m) = shared.lock() {
+            m.replace_after = m.now() + mayfly_model::policy::ms(SETTLE);
+        }
         return;
     }
     let Ok(mut m) = shared.lock() else { return };
@@ -139,8 +149,12 @@ fn snapshot(shared: &Shared) -> Option<Seen> {
     let m = shared.lock().ok()?;
     let now = m.now();
     let left = Duration::from_millis(m.manifest.expires_at.saturating_sub(now));
+    // Before any lease, workers may still be booting; but a master resumed
+    // after its workers ended would wait for a lease forever: after a
+    // while, missing workers are missing.
+    let booting = Duration::from_millis(m.manifest.lease_ms * 2).max(Duration::from_secs(15));
     if m.ended.is_some()
-        || m.first_lease_at.is_none()
+        || (m.first_lease_at.is_none() && now < m.started_at + mayfly_model::policy::ms(booting))
         || now < m.replace_after
         || left < LEAST_LEFT + Duration::from_millis(m.manifest.lease_ms)
     {

@@ -218,19 +218,27 @@ fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_oth
     let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert!(e.to_string().contains("master was heard from"), "{e}");
-    // Asked again (as a retrying trigger or a schedule would): resumed.
-    let mut resumed = None;
+    // Asked again, twice at once (an event delivered twice), once silent for
+    // longer: one invocation resumes it, the other does not.
+    let heard = || -> u64 {
+        let beat: serde_json::Value = mayfly_core::job::read_json(&job.state().join("heartbeat.json")).unwrap();
+        beat["at"].as_u64().unwrap()
+    };
+    assert!(wait_until(Duration::from_secs(30), || mayfly_provider_api::now_ms().saturating_sub(heard()) > 10_500));
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| mayfly_core::bootstrap::from_request(&request, &provider));
+        let other = s.spawn(|| mayfly_core::bootstrap::from_request(&request, &provider));
+        (one.join().unwrap(), other.join().unwrap())
+    });
+    let (resumed, refused) = match (a, b) {
+        (Ok(reply), Err(e)) | (Err(e), Ok(reply)) => (reply, e),
+        (a, b) => panic!("exactly one invocation must resume the job: {a:?} / {b:?}"),
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            match mayfly_core::bootstrap::from_request(&request, &provider) {
-                Ok(reply) => resumed = Some(reply),
-                Err(e) => assert_eq!(e.kind, ErrorKind::Unavailable, "{e}"),
-            }
-            resumed.is_some()
-        }),
-        "never resumed"
+        (refused.kind == ErrorKind::Unavailable && refused.to_string().contains("another invocation is resuming it"))
+            || (refused.kind == ErrorKind::Config && refused.to_string().contains("is still running")),
+        "{refused}"
     );
-    let resumed = resumed.unwrap();
     assert_eq!((resumed.job.as_str(), resumed.shards), (first.job.as_str(), first.shards));
     assert!(resumed.nodes.iter().any(|n| n.role == Role::Master), "{:?}", resumed.nodes);
     let fin = job.state().join("final.json");

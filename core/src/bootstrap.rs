@@ -1,7 +1,7 @@
 //! Bootstrap: validate (the locations, the job's spending ceiling), list the
-//! inputs, plan, try the tasks on a sample of
-//! the inputs ([`crate::preflight`]), write the manifest, launch the master
-//! and the workers, all inside the provider's time limit. It never waits
+//! inputs, plan, try the tasks on a sample of the inputs
+//! ([`crate::preflight`]), write the manifest, launch the master and the
+//! workers, all inside the provider's time limit. It never waits
 //! for the work itself. Each step is checked against the budget (the limit
 //! minus a safety margin) before it starts; on any failure after a launch,
 //! everything launched is terminated before the error is returned.

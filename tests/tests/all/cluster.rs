@@ -187,6 +187,9 @@ fn a_lost_worker_is_replaced_and_the_job_ends_on_time_with_its_worker_count() {
         alive.contains(&"worker-2".to_owned()) && alive.contains(&"worker-3".to_owned())
     };
     assert!(wait_until(Duration::from_secs(30), both), "no replacement: {:?}\n{}", job.alive(), job.log("master"));
+    // The independent observer sees them too (master and two workers, at least).
+    let running = mayfly_tests::job_processes(&job.id);
+    assert!(running.len() >= 3, "{running:?}");
     let out = run.wait_with_output().unwrap();
     let said = text(&out);
     assert!(out.status.success(), "{said}");

@@ -205,6 +205,13 @@ fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_oth
     let provider = ProviderHandle::select(&mayfly_tests::local_selection(serde_json::json!({}))).unwrap();
     let request = job.request();
     let first = mayfly_core::bootstrap::from_request(&request, &provider).unwrap();
+    let heard = || -> u64 {
+        let beat: serde_json::Value = mayfly_core::job::read_json(&job.state().join("heartbeat.json")).unwrap();
+        beat["at"].as_u64().unwrap()
+    };
+    // The master beats on its own (bootstrap wrote the first beat).
+    let bootstrapped = heard();
+    assert!(wait_until(Duration::from_secs(10), || heard() > bootstrapped), "the master never beat");
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "no lease");
     // While its master runs, the same request again is refused for good.
     let e = mayfly_core::bootstrap::from_request(&request, &provider).unwrap_err();
@@ -220,10 +227,6 @@ fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_oth
     assert!(e.to_string().contains("master was heard from"), "{e}");
     // Asked again, twice at once (an event delivered twice), once silent for
     // longer: one invocation resumes it, the other does not.
-    let heard = || -> u64 {
-        let beat: serde_json::Value = mayfly_core::job::read_json(&job.state().join("heartbeat.json")).unwrap();
-        beat["at"].as_u64().unwrap()
-    };
     assert!(wait_until(Duration::from_secs(30), || mayfly_provider_api::now_ms().saturating_sub(heard()) > 10_500));
     let (a, b) = std::thread::scope(|s| {
         let one = s.spawn(|| mayfly_core::bootstrap::from_request(&request, &provider));

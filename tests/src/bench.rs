@@ -757,6 +757,9 @@ pub fn read_ahead(
     use mayfly_core::host::{Limits, ShardInfo, ShardStart};
     use mayfly_data::readahead::ReadAheadConfig;
 
+    // A run cut short (a panic, a kill) leaves its shards' outputs here, and
+    // outputs are created new: start from an empty directory.
+    set_aside(staging);
     let task = crate::task("tasks/wordcount");
     let items: Vec<Item> =
         files.iter().map(|(name, len)| Item { object: name.clone(), start: 0, len: *len, whole: true }).collect();

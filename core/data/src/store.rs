@@ -24,6 +24,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::gate::Gate;
 use crate::provider::ProviderHandle;
 #[cfg(any(feature = "s3", feature = "azure"))]
 use crate::provider::Secret;
@@ -284,6 +285,8 @@ pub struct Principal {
 pub struct Store {
     location: Location,
     backend: Backend,
+    /// On a local provider's node: the credential check a cloud's store makes.
+    gate: Option<Arc<Gate>>,
 }
 
 #[derive(Clone)]
@@ -332,15 +335,18 @@ fn block<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> io
 impl Store {
     /// The local directory `path`.
     pub fn local(path: &Path) -> Store {
-        Store { location: Location::path(path), backend: Backend::Local(path.to_owned()) }
+        Store { location: Location::path(path), backend: Backend::Local(path.to_owned()), gate: None }
     }
 
     /// Opens `location`: a local path as it is; `file://` with core's own
     /// client; any other scheme configured by `provider` (which must serve it)
-    /// and signed with the credentials it issues to `who`.
+    /// and signed with the credentials it issues to `who`. A path or `file://`
+    /// opened by one of the local provider's nodes checks that node's
+    /// credentials before every operation, as a cloud's store does ([`Gate`]).
     pub fn open(location: &Location, provider: &ProviderHandle, who: &Principal) -> Result<Store, OpenError> {
         let Some(scheme) = location.scheme() else {
-            return Ok(Store::local(Path::new(location.as_str())));
+            let gate = Gate::for_node(provider, &who.job, &who.state, &who.node).map(Arc::new);
+            return Ok(Store { gate, ..Store::local(Path::new(location.as_str())) });
         };
         let url = location.as_str();
         if scheme == "file" {
@@ -352,6 +358,7 @@ impl Store {
             return Ok(Store {
                 location: location.clone(),
                 backend: Backend::Object { os: Arc::new(fs), prefix: ObjPath::default() },
+                gate: Gate::for_node(provider, &who.job, &who.state, &who.node).map(Arc::new),
             });
         }
         let config = {
@@ -373,6 +380,7 @@ impl Store {
         Ok(Store {
             location: location.clone(),
             backend: Backend::Object { os, prefix: join(&ObjPath::default(), &prefix) },
+            gate: None,
         })
     }
 
@@ -401,7 +409,16 @@ impl Store {
             Backend::Local(p) => Backend::Local(p.join(key)),
             Backend::Object { os, prefix } => Backend::Object { os: os.clone(), prefix: join(prefix, key) },
         };
-        Store { location, backend }
+        Store { location, backend, gate: self.gate.clone() }
+    }
+
+    /// Lets an operation through the node's credential check, if this store
+    /// has one; `what` names it, for the refusal (made only then).
+    fn admit(&self, what: impl FnOnce() -> String) -> io::Result<()> {
+        match &self.gate {
+            Some(gate) => gate.admit(what),
+            None => Ok(()),
+        }
     }
 
     fn local_path(root: &Path, key: &str) -> PathBuf {
@@ -410,6 +427,7 @@ impl Store {
 
     /// Every object under `prefix` (`""`: all), with its size, by key, in order.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<(String, u64)>> {
+        self.admit(|| format!("listing {}", self.display(prefix)))?;
         let mut out = Vec::new();
         match &self.backend {
             Backend::Local(root) => {
@@ -466,6 +484,7 @@ impl Store {
     /// Whether the store can be listed at all (a missing bucket, a refused
     /// credential or an unreachable endpoint says so here).
     pub fn check(&self) -> io::Result<()> {
+        self.admit(|| format!("listing {}", self.location))?;
         match &self.backend {
             Backend::Local(root) => std::fs::read_dir(root).map(|_| ()),
             Backend::Object { os, prefix } => {
@@ -483,6 +502,7 @@ impl Store {
 
     /// The object's size.
     pub fn size(&self, key: &str) -> io::Result<u64> {
+        self.admit(|| format!("reading the size of {}", self.display(key)))?;
         match &self.backend {
             Backend::Local(root) => Ok(std::fs::metadata(Self::local_path(root, key))?.len()),
             Backend::Object { os, prefix } => {
@@ -494,6 +514,7 @@ impl Store {
 
     /// The object's bytes, or `None` if it does not exist.
     pub fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        self.admit(|| format!("reading {}", self.display(key)))?;
         let got = match &self.backend {
             Backend::Local(root) => std::fs::read(Self::local_path(root, key)),
             Backend::Object { os, prefix } => {
@@ -513,6 +534,9 @@ impl Store {
 
     /// Whether the object exists.
     pub fn exists(&self, key: &str) -> bool {
+        if self.admit(|| format!("reading {}", self.display(key))).is_err() {
+            return false;
+        }
         match &self.backend {
             Backend::Local(root) => Self::local_path(root, key).exists(),
             Backend::Object { .. } => self.size(key).is_ok(),
@@ -521,6 +545,7 @@ impl Store {
 
     /// Bytes `range` of the object.
     pub fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Vec<u8>> {
+        self.admit(|| format!("reading {}", self.display(key)))?;
         match &self.backend {
             Backend::Local(root) => {
                 use std::os::unix::fs::FileExt;
@@ -564,6 +589,7 @@ impl Store {
     /// Writes the object whole, atomically (readers see the old bytes or the
     /// new, never part), replacing any.
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.admit(|| format!("writing {}", self.display(key)))?;
         match &self.backend {
             Backend::Local(root) => {
                 let path = Self::local_path(root, key);
@@ -592,6 +618,9 @@ impl Store {
     /// Local: each content durable first, one `syncfs` for the batch, then
     /// hard links; remote: conditional puts, concurrently.
     pub fn create_all(&self, items: Vec<(String, Vec<u8>)>) -> Vec<io::Result<bool>> {
+        if let Err(e) = self.admit(|| format!("writing {} objects under {}", items.len(), self.location)) {
+            return items.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect();
+        }
         match &self.backend {
             Backend::Local(root) => create_all_local(root, items),
             Backend::Object { os, prefix } => {
@@ -618,6 +647,7 @@ impl Store {
 
     /// Moves an object (idempotent: done if `from` is gone and `to` is there).
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.admit(|| format!("moving {}", self.display(from)))?;
         let r = match &self.backend {
             Backend::Local(root) => {
                 let to_path = Self::local_path(root, to);
@@ -643,6 +673,7 @@ impl Store {
     /// have no directories), and when it cannot, `false`: the caller moves the
     /// files one by one.
     pub fn rename_dir_holding(&self, from: &str, to: &str, names: &[&str]) -> io::Result<bool> {
+        self.admit(|| format!("moving {}", self.display(from)))?;
         let Backend::Local(root) = &self.backend else { return Ok(false) };
         let (from_path, to_path) = (Self::local_path(root, from), Self::local_path(root, to));
         if std::fs::symlink_metadata(&to_path).is_ok()
@@ -686,6 +717,7 @@ impl Store {
 
     /// Deletes an object; one that is not there is no error.
     pub fn delete(&self, key: &str) -> io::Result<()> {
+        self.admit(|| format!("deleting {}", self.display(key)))?;
         let r = match &self.backend {
             Backend::Local(root) => std::fs::remove_file(Self::local_path(root, key)),
             Backend::Object { os, prefix } => {
@@ -701,6 +733,7 @@ impl Store {
 
     /// Deletes everything under `prefix`.
     pub fn delete_prefix(&self, prefix: &str) -> io::Result<()> {
+        self.admit(|| format!("deleting {}", self.display(prefix)))?;
         match &self.backend {
             Backend::Local(root) => match std::fs::remove_dir_all(Self::local_path(root, prefix)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -749,6 +782,7 @@ impl Store {
     /// The object (or bytes `start..start + len` of it) as a task's input,
     /// seen by the task as `name`.
     pub fn input(&self, key: &str, name: &str, range: Option<(u64, u64)>) -> io::Result<Arc<dyn InputSource>> {
+        self.admit(|| format!("reading {}", self.display(key)))?;
         match &self.backend {
             Backend::Local(root) => {
                 let path = Self::local_path(root, key);

@@ -7,7 +7,9 @@
 //! and the process's start time, so a recycled pid is never mistaken for it.
 //! Credentials are short-lived tokens signed by a per-job issuer key in
 //! `<state>/secret/`, so the credential-expiry rule runs on every local job.
-//! The object store is the file system (`file://` URLs and plain paths).
+//! The object store is the file system (`file://` URLs and plain paths); as a
+//! cloud's store would, core's store refuses a node's operation unless the node
+//! holds an unexpired credential this issuer signed ([`Issuer`]).
 //!
 //! Settings (`[provider]` keys): `bootstrap_limit` (default 60s),
 //! `credential_ttl` (15m), `max_nodes` (256), `binary` (the program nodes
@@ -163,26 +165,54 @@ fn issuer_key(state: &Path) -> std::io::Result<Vec<u8>> {
     fs::read(&path)
 }
 
-/// Checks a credential of this provider: signed by the job's issuer and not
-/// expired at `now`.
+/// A job's credential issuer as a store sees it: the key that signs the
+/// credentials it issues, read once, to check them with.
+pub struct Issuer {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer").finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// The issuer of the job whose state is `state` (it must have issued
+    /// something: the key is never created here).
+    pub fn open(state: &Path) -> Result<Issuer, String> {
+        let key = fs::read(state.join("secret").join("issuer.key"))
+            .map_err(|e| format!("credential issuer unavailable: {e}"))?;
+        if key.len() != 32 {
+            return Err(format!("credential issuer unavailable: its key is {} bytes, not 32", key.len()));
+        }
+        Ok(Issuer { key })
+    }
+
+    /// Checks a credential: signed by this issuer and not expired at `now`.
+    pub fn verify(&self, cred: &Credential, now: u64) -> Result<(), String> {
+        let Secret::Token { value: secret } = &cred.secret else {
+            return Err(format!("credential is {}, not this provider's token", cred.secret.kind()));
+        };
+        let nonce = secret.split_once('.').map(|(n, _)| n).unwrap_or("");
+        let msg = format!("{}|{}|{}|{nonce}", cred.node, cred.validity.issued_at, cred.validity.expires_at);
+        let expected = format!("{nonce}.{}", hex::encode(hmac(&self.key, msg.as_bytes())));
+        let same = expected.len() == secret.len()
+            && expected.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err("credential not issued by this job's issuer".into());
+        }
+        if now >= cred.validity.expires_at {
+            return Err(format!("credential expired {} ms ago", now - cred.validity.expires_at));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a credential of this provider: signed by the issuer of the job
+/// whose state is `state`, and not expired at `now`.
 pub fn verify_credential(state: &Path, cred: &Credential, now: u64) -> Result<(), String> {
-    let key =
-        fs::read(state.join("secret").join("issuer.key")).map_err(|e| format!("credential issuer unavailable: {e}"))?;
-    let Secret::Token { value: secret } = &cred.secret else {
-        return Err(format!("credential is {}, not this provider's token", cred.secret.kind()));
-    };
-    let nonce = secret.split_once('.').map(|(n, _)| n).unwrap_or("");
-    let msg = format!("{}|{}|{}|{nonce}", cred.node, cred.validity.issued_at, cred.validity.expires_at);
-    let expected = format!("{nonce}.{}", hex::encode(hmac(&key, msg.as_bytes())));
-    let same = expected.len() == secret.len()
-        && expected.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if !same {
-        return Err("credential not issued by this job's issuer".into());
-    }
-    if now >= cred.validity.expires_at {
-        return Err(format!("credential expired {} ms ago", now - cred.validity.expires_at));
-    }
-    Ok(())
+    Issuer::open(state)?.verify(cred, now)
 }
 
 fn read_record(path: &Path) -> Option<NodeInfo> {

@@ -144,6 +144,34 @@ fn a_credential_issuer_down_for_seconds_drains_no_worker() {
 }
 
 #[test]
+fn a_local_nodes_store_refuses_it_once_its_credential_expires_and_serves_it_again_once_renewed() {
+    // The local store checks what a cloud's store checks: with 2 s credentials
+    // and the issuer down for 8 s, the master's own credential expires and its
+    // state writes (the heartbeat every 5 s among them) are refused, as S3 or
+    // Azurite would refuse them; once the issuer is back the credential is
+    // renewed and the job ends complete. Without the check the master never
+    // notices the outage.
+    let files = inputs(20, 200);
+    let job = TestJob::new("store-refuses", &files);
+    let provider = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n";
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 700 }", &job_text(1, provider));
+    let run = job.spawn();
+    assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
+    let down = IssuerDown::set(&job.state()).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    drop(down);
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    let master = job.log("master");
+    assert!(
+        master.contains("the store refused writing") && master.contains("by node master: its credential expired"),
+        "the master's writes were refused once its credential expired: {master}"
+    );
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
 fn a_worker_stopped_when_its_launcher_exits_is_not_hung_up_on() {
     let files = inputs(8, 200);
     let job = TestJob::new("stopped-orphan", &files);

@@ -668,7 +668,7 @@ pub fn run(schedule: &Schedule, reference: Option<&BTreeMap<String, String>>) ->
     let job = TestJob::new(&format!("chaos-{}", schedule.seed), &files);
     job.write_job(
         "tests/guests/misbehave",
-        &format!("{{ mode = \"slow\", delay_ms = {} }}", schedule.delay_ms),
+        &format!("{{ mode = \"slow\", delay_ms = {}, stamp = true }}", schedule.delay_ms),
         &job_text(schedule),
     );
     let proxy = Proxy::start();
@@ -822,11 +822,19 @@ fn check(
         r.problems.push(format!("the job did not complete: ended {:?}, committed {committed:?}", r.ended));
     }
 
-    // Outputs: each a whole copy of its input, once; nothing else.
+    // Outputs: each a whole copy of its input, once, with the stamp of the
+    // attempt that made it; nothing else.
     let tree = output_tree(job);
     r.outputs = tree.clone();
     let mut seen = 0;
     for (path, digest) in &tree {
+        if let Some(name) = path.strip_suffix("/attempt.txt") {
+            if !files.iter().any(|(n, _)| n == name) || !tree.contains_key(&format!("{name}/copy.bin")) {
+                r.duplicates += 1;
+                r.problems.push(format!("{path}: an attempt's stamp with no copy beside it"));
+            }
+            continue;
+        }
         let input = path.strip_suffix("/copy.bin").and_then(|name| files.iter().find(|(n, _)| n == name));
         match input {
             Some((_, data)) if *digest == hex::encode(Sha256::digest(data)) => seen += 1,
@@ -845,9 +853,18 @@ fn check(
     if schedule.deadline_ms.is_none() {
         r.lost = files.len().saturating_sub(seen);
     }
+    // Each shard committed once: by one token, whose attempt stamped what is
+    // published (the stamps differ between attempts, the copies do not).
+    for problem in crate::cluster::audit_commits(job) {
+        r.duplicates += 1;
+        r.problems.push(problem);
+    }
     if complete {
+        let copies = |t: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            t.iter().filter(|(p, _)| p.ends_with("/copy.bin")).map(|(p, d)| (p.clone(), d.clone())).collect()
+        };
         if let Some(reference) = reference
-            && &tree != reference
+            && copies(&tree) != copies(reference)
         {
             r.problems.push("the outputs differ from the fault-free run's".into());
         }
@@ -856,7 +873,8 @@ fn check(
             Some(listed) => {
                 let unique: HashSet<&str> = listed.iter().filter_map(|o| o["path"].as_str()).collect();
                 r.duplicates += listed.len() - unique.len();
-                if listed.len() != files.len() || unique.len() != files.len() {
+                // A copy and a stamp per input.
+                if listed.len() != 2 * files.len() || unique.len() != listed.len() {
                     r.problems.push(format!(
                         "_manifest.json lists {} outputs ({} distinct)",
                         listed.len(),

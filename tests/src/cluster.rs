@@ -190,10 +190,92 @@ pub fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// Every input appears once under map/, byte for byte, and nothing else does.
+/// What an independent reading of a finished job says about its commits:
+/// one line per problem (none: every shard was committed once, by one token).
+///
+/// It reads the commit markers, the journal every master of the job appended
+/// to (across resumes), the masters' log lines (`shard S committed (token T,
+/// ...)`), and each published item's `attempt.txt` when the task stamped one
+/// (`misbehave` with `stamp = true`). A problem is a shard committed by more
+/// than one token, by a token other than its marker's, or an item whose
+/// published stamp is not from the attempt the marker's token was leased to;
+/// except where the master found a commit's outputs gone and ran the shard
+/// again (said in its log), which commits it twice by design.
+pub fn audit_commits(job: &TestJob) -> Vec<String> {
+    use mayfly_core::ledger::Event;
+    use std::collections::{BTreeMap, BTreeSet};
+    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
+    let markers = mayfly_core::master::read_markers(&layout);
+    let events = mayfly_core::master::read_journal(&job.state().join("journal.jsonl"));
+    let master_log = job.log("master");
+    let mut leased: BTreeMap<(u32, u64), u32> = BTreeMap::new();
+    let mut committed: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    for event in &events {
+        match event {
+            Event::Lease { shard, token, attempt, .. } => {
+                leased.insert((*shard, *token), *attempt);
+            }
+            Event::Committed { shard, token, .. } => {
+                committed.entry(*shard).or_default().insert(*token);
+            }
+            _ => {}
+        }
+    }
+    for line in master_log.lines() {
+        let Some((_, rest)) = line.split_once("shard ") else { continue };
+        let Some((shard, rest)) = rest.split_once(" committed (token ") else { continue };
+        let token = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+        if let (Ok(shard), Ok(token)) = (shard.parse(), token.parse()) {
+            committed.entry(shard).or_default().insert(token);
+        }
+    }
+    let rerun =
+        |shard: u32| master_log.contains(&format!("shard {shard} was marked committed but its outputs are gone"));
+    let mut problems = Vec::new();
+    for marker in &markers {
+        let tokens = committed.remove(&marker.shard).unwrap_or_default();
+        if rerun(marker.shard) {
+            continue;
+        }
+        if tokens.iter().any(|t| *t != marker.token) {
+            problems.push(format!(
+                "shard {}: committed by tokens {tokens:?}, its marker says {}",
+                marker.shard, marker.token
+            ));
+        }
+        let Some(attempt) = leased.get(&(marker.shard, marker.token)) else { continue };
+        let stamp = format!("shard {} attempt {attempt}", marker.shard);
+        for out in marker.outputs.iter().filter(|o| o.name == "attempt.txt") {
+            let path = job.out().join("map").join(&out.key).join(&out.name);
+            let found = std::fs::read_to_string(&path).unwrap_or_default();
+            if found.trim() != stamp {
+                problems.push(format!(
+                    "shard {}: {} says {:?}, but the committing token {} was attempt {attempt}",
+                    marker.shard,
+                    path.display(),
+                    found.trim(),
+                    marker.token
+                ));
+            }
+        }
+    }
+    for (shard, tokens) in committed {
+        if !rerun(shard) {
+            problems.push(format!("shard {shard}: committed by tokens {tokens:?} and has no marker"));
+        }
+    }
+    problems
+}
+
+/// Every input appears once under map/, byte for byte, and nothing else does
+/// (but each item's `attempt.txt`, if the task stamped every item), and each
+/// shard was committed once ([`audit_commits`]).
 pub fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
     let outputs = job.map_outputs();
-    let expected: Vec<String> = files.iter().map(|(n, _)| format!("{n}/copy.bin")).collect();
+    let stamped = outputs.iter().any(|o| o.ends_with("/attempt.txt"));
+    let names: &[&str] = if stamped { &["attempt.txt", "copy.bin"] } else { &["copy.bin"] };
+    let expected: Vec<String> =
+        files.iter().flat_map(|(n, _)| names.iter().map(move |name| format!("{n}/{name}"))).collect();
     assert_eq!(outputs, expected, "map outputs");
     for (name, data) in files {
         assert_eq!(&std::fs::read(job.out().join("map").join(name).join("copy.bin")).unwrap(), data, "{name}");
@@ -202,6 +284,8 @@ pub fn assert_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) {
         serde_json::from_slice(&std::fs::read(job.out().join("_manifest.json")).unwrap()).unwrap();
     let listed: Vec<&str> =
         manifest["outputs"].as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
-    assert_eq!(listed.len(), files.len(), "the manifest lists each output once");
+    assert_eq!(listed.len(), expected.len(), "the manifest lists each output once");
     assert!(!job.out().join("_mayfly/staging").exists(), "staging is cleaned up");
+    let problems = audit_commits(job);
+    assert!(problems.is_empty(), "each shard committed once:\n{}", problems.join("\n"));
 }

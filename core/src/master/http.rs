@@ -150,7 +150,7 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
     match answer.await.map(|r| r.map(|()| marker)) {
         Ok(Ok(marker)) => {
             let n = marker.outputs.len();
-            say!(INFO, "shard {shard} committed ({n} outputs)");
+            say!(INFO, "shard {shard} committed (token {}, {n} outputs)", marker.token);
             json(&serde_json::json!({ "committed": shard }))
         }
         Ok(Err((status, message))) => {

@@ -147,7 +147,7 @@ fn a_reduce_over_more_map_outputs_than_open_files_allowed_succeeds() {
 fn kill_workers_mid_attempt(id: &str, workers: u32, kill: &[&str]) {
     let files = inputs(8, 3000);
     let job = TestJob::new(id, &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600 }", &cluster(workers, ""));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600, stamp = true }", &cluster(workers, ""));
     let run = job.spawn();
     for w in kill {
         assert!(wait_until(Duration::from_secs(60), || job.log(w).contains("attempt 1")), "{w} never leased");
@@ -177,7 +177,7 @@ fn two_workers_killed_at_once() {
 fn a_lost_worker_is_replaced_and_the_job_ends_on_time_with_its_worker_count() {
     let files = inputs(16, 3000);
     let job = TestJob::new("replace", &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800 }", &cluster(2, ""));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800, stamp = true }", &cluster(2, ""));
     let run = job.spawn();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "worker-1 never leased");
     job.signal("worker-1", "KILL");
@@ -214,7 +214,7 @@ fn a_lost_worker_is_replaced_and_the_job_ends_on_time_with_its_worker_count() {
 fn a_lost_worker_beyond_the_jobs_max_replacements_is_said_and_not_replaced() {
     let files = inputs(8, 3000);
     let job = TestJob::new("replace-none", &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600 }", &cluster(2, "max_replacements = 0"));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 600, stamp = true }", &cluster(2, "max_replacements = 0"));
     let run = job.spawn();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")), "worker-1 never leased");
     job.signal("worker-1", "KILL");
@@ -228,10 +228,70 @@ fn a_lost_worker_beyond_the_jobs_max_replacements_is_said_and_not_replaced() {
 }
 
 #[test]
+fn a_doubled_commit_is_seen_though_every_output_looks_right() {
+    // The outputs of two attempts at a shard are the same copies; only their
+    // stamps, the journal's commits and the master's log tell a shard
+    // committed twice. Plant each kind of evidence in a copy of a clean job:
+    // the outputs still pass the path-and-bytes checks, the audit does not.
+    let files = inputs(4, 200);
+    let job = TestJob::new("audit", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 10, stamp = true }", &cluster(2, ""));
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
+    let marker = mayfly_core::master::read_markers(&layout).into_iter().next().expect("a marker");
+    let (shard, token) = (marker.shard, marker.token);
+    let item = marker.outputs.iter().find(|o| o.name == "attempt.txt").expect("a stamp").key.clone();
+    let copy = |name: &str| {
+        let copied = TestJob { dir: mayfly_tests::scratch(name), id: job.id.clone() };
+        let cp = std::process::Command::new("cp").arg("-a").arg(job.dir.join(".")).arg(&copied.dir).status().unwrap();
+        assert!(cp.success());
+        assert_eq!(copied.map_outputs(), job.map_outputs());
+        assert!(mayfly_tests::cluster::audit_commits(&copied).is_empty(), "an untouched copy audits clean");
+        copied
+    };
+    let append = |path: std::path::PathBuf, line: String| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{line}").unwrap();
+    };
+    let second = token + 1;
+    // The journal: a second token's lease and commit of the same shard.
+    let journal = copy("audit-journal");
+    append(
+        journal.state().join("journal.jsonl"),
+        format!(r#"{{"event":"lease","shard":{shard},"worker":"worker-9","token":{second},"attempt":7}}"#),
+    );
+    append(
+        journal.state().join("journal.jsonl"),
+        format!(r#"{{"event":"committed","shard":{shard},"token":{second},"outputs":[]}}"#),
+    );
+    // The published stamp: another attempt's outputs over the committed one's.
+    let stamp = copy("audit-stamp");
+    std::fs::write(stamp.out().join("map").join(&item).join("attempt.txt"), format!("shard {shard} attempt 7\n"))
+        .unwrap();
+    // The master's log: a second commit, by another token.
+    let logged = copy("audit-log");
+    append(
+        logged.state().join("logs/master.log"),
+        format!("INFO master: shard {shard} committed (token {second}, 2 outputs)"),
+    );
+    for (what, copied) in [("journal", &journal), ("stamp", &stamp), ("log", &logged)] {
+        let problems = mayfly_tests::cluster::audit_commits(copied);
+        assert!(
+            problems.iter().any(|p| p.starts_with(&format!("shard {shard}: "))),
+            "{what}: the doubled commit is seen: {problems:?}"
+        );
+    }
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
 fn a_paused_worker_cannot_commit_after_its_lease_expired() {
     let files = inputs(6, 2000);
     let job = TestJob::new("zombie", &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800 }", &cluster(2, ""));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 800, stamp = true }", &cluster(2, ""));
     let run = job.spawn();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-1").contains("attempt 1")));
     job.signal("worker-1", "STOP");
@@ -261,7 +321,7 @@ fn a_paused_worker_cannot_commit_after_its_lease_expired() {
 fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
     let files = inputs(10, 2000);
     let job = TestJob::new("master-kill", &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", &cluster(2, ""));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400, stamp = true }", &cluster(2, ""));
     let run = job.spawn();
     let markers = job.out().join("_mayfly/markers");
     assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers)

@@ -1,9 +1,11 @@
 //! A task that misbehaves on demand (parameter `mode`), to prove that the host
-//! bounds, refuses and reports each kind of misbehaviour.
+//! bounds, refuses and reports each kind of misbehaviour. With `stamp`, each
+//! item also gets `attempt.txt` ("shard S attempt A"), so that the outputs of
+//! two attempts at a shard differ and a doubled commit can be seen.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use mayfly_sdk::{Error, Input, Outputs, Result, error, info, task};
+use mayfly_sdk::{Error, Input, Outputs, Result, Shard, Task, error, info, task};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -21,9 +23,34 @@ struct Params {
     /// `picky` fails for good on inputs whose name contains this.
     #[serde(default)]
     fail_on: String,
+    /// Each item also writes `attempt.txt`: which shard attempt made it.
+    #[serde(default)]
+    stamp: bool,
+}
+
+struct Misbehave {
+    params: Params,
+    shard: u32,
+    attempt: u32,
 }
 
 #[task]
+impl Task for Misbehave {
+    type Params = Params;
+
+    fn start(shard: &Shard, params: Params, _outputs: &mut Outputs) -> Result<Self> {
+        Ok(Misbehave { params, shard: shard.id, attempt: shard.attempt })
+    }
+
+    fn item(&mut self, input: &mut Input, outputs: &mut Outputs) -> Result<()> {
+        misbehave(input, &self.params, outputs)?;
+        if self.params.stamp {
+            writeln!(outputs.create("attempt.txt")?, "shard {} attempt {}", self.shard, self.attempt)?;
+        }
+        Ok(())
+    }
+}
+
 fn misbehave(input: &mut Input, params: &Params, outputs: &mut Outputs) -> Result<()> {
     match params.mode.as_str() {
         "loop" => {

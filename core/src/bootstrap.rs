@@ -96,6 +96,15 @@ pub enum InputError {
         /// The cause.
         source: std::io::Error,
     },
+    /// An input's key mayfly cannot name (it could not be read back, or
+    /// would climb out of a directory).
+    #[error("input {location}: {source}; rename the object, or leave it out with `[input] glob`")]
+    Key {
+        /// The input location.
+        location: String,
+        /// The key and what is wrong with it.
+        source: mayfly_model::key::KeyError,
+    },
 }
 
 /// Why the output location cannot take a job's outputs.
@@ -253,6 +262,8 @@ pub fn list_inputs(input: &Store, glob: Option<&str>) -> Result<Vec<Object>, Inp
         if crate::job::is_reserved(&name) || re.as_ref().is_some_and(|r| !r.is_match(&name)) {
             continue;
         }
+        mayfly_model::key::check(&name)
+            .map_err(|source| InputError::Key { location: input.location().to_string(), source })?;
         if let Some(dir) = input.local_dir() {
             // Open it now: an unreadable input fails the job before anything runs.
             let path = dir.join(&name);

@@ -545,7 +545,7 @@ impl Worker {
     fn keep_inputs(&mut self, dir: &std::path::Path) {
         for (shard, items) in [self.released.take(), self.last_failed.take()].into_iter().flatten() {
             for item in &items {
-                let dest = dir.join(format!("shard-{shard}")).join(item.key());
+                let dest = dir.join(format!("shard-{shard}")).join(mayfly_model::key::file_name(&item.key()));
                 let copied = self
                     .input
                     .input(&item.object, &item.object, Some((item.start, item.len)))
@@ -581,7 +581,9 @@ fn copy_input(src: &dyn crate::host::InputSource, dest: &std::path::Path) -> std
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = dest.with_extension("mayfly-tmp");
+    // A dot first: no kept input's name starts with one (key::file_name).
+    let tmp = dest
+        .with_file_name(format!(".{}.mayfly-tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     let mut buf = vec![0u8; 1 << 16];
     let mut at = 0u64;

@@ -22,7 +22,7 @@ const CRATES: &[Crate] = &[
     Crate {
         package: "mayfly-model",
         dir: "core/model",
-        flow: Some(&[&["error", "units"], &["plan"], &["policy", "cost"]]),
+        flow: Some(&[&["error", "key", "units"], &["plan"], &["policy", "cost"]]),
     },
     // The sandbox's modules are one piece (they reach each other through
     // `super::`): the bindings, the host's state, its limits and logs.

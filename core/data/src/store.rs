@@ -458,7 +458,15 @@ impl Store {
                         if meta.is_dir() {
                             stack.push(path);
                         } else if let Ok(rel) = path.strip_prefix(root) {
-                            out.push((rel.to_string_lossy().into_owned(), meta.len()));
+                            // A name that is not UTF-8 is no key: refused, not
+                            // listed under a lossy name nobody can read back.
+                            let key = rel.to_str().ok_or_else(|| {
+                                io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    format!("{}: the name is not UTF-8, so it cannot be a key", path.display()),
+                                )
+                            })?;
+                            out.push((key.to_owned(), meta.len()));
                         }
                     }
                 }
@@ -469,7 +477,16 @@ impl Store {
                     let mut listing = os.list(Some(&at));
                     let mut out = Vec::new();
                     while let Some(meta) = listing.next().await {
-                        let meta = meta.map_err(from_os)?;
+                        let meta = meta.map_err(|e| match e {
+                            // A key with a `.`, `..` or empty segment, or a
+                            // control character: the store holds it, but it
+                            // cannot be named to read it back.
+                            object_store::Error::InvalidPath { source } => io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("an object has a key mayfly cannot read back by its name: {source}"),
+                            ),
+                            e => from_os(e),
+                        })?;
                         let key = relative(&root, &meta.location);
                         out.push((key, meta.size));
                     }
@@ -1195,6 +1212,17 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_name_that_is_not_utf8_fails_the_listing_naming_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.txt"), b"x").unwrap();
+        std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xff.txt")), b"x").unwrap();
+        let e = Store::local(dir.path()).list("").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("bad\u{FFFD}.txt: the name is not UTF-8, so it cannot be a key"), "{e}");
+    }
 
     #[test]
     fn a_location_is_within_another_by_whole_segments_after_normalisation() {

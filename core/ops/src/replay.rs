@@ -18,6 +18,7 @@ use mayfly_core::host::{Call, FileInput, InputSource, Runtime, RuntimeConfig, Ta
 use mayfly_core::job::{Layout, Manifest};
 use mayfly_data::provider::ProviderHandle;
 use mayfly_data::store::{Principal, Store};
+use mayfly_model::key::file_name;
 use mayfly_model::plan::Item;
 
 /// Why a shard cannot be replayed (before anything ran).
@@ -262,8 +263,11 @@ impl Replay {
             staging: &staging,
         };
         // A held node kept what it was leased: not an item quarantined before.
-        let left: Vec<Item> =
-            items.iter().filter(|i| kept.as_ref().is_none_or(|dir| dir.join(i.key()).is_file())).cloned().collect();
+        let left: Vec<Item> = items
+            .iter()
+            .filter(|i| kept.as_ref().is_none_or(|dir| dir.join(file_name(&i.key())).is_file()))
+            .cloned()
+            .collect();
         let mut set_aside: Vec<ItemRun> = Vec::new();
         let (ran, outputs, shard_failure) = loop {
             let _ = std::fs::remove_dir_all(&staging);
@@ -334,9 +338,10 @@ impl Replay {
     }
 }
 
-/// `<out>/<key>/<name>`, refused when the key or the name would leave `out`.
+/// `<out>/<the key as one name>/<name>` ([`file_name`]: a key can neither
+/// climb out nor meet another's), refused when the name would leave `out`.
 fn inside(out: &Path, key: &str, name: &str) -> Result<PathBuf, ReplayError> {
-    let relative = Path::new(key).join(name);
+    let relative = Path::new(&file_name(key)).join(name);
     if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(ReplayError::Setup {
             what: format!("placing output {name:?} of {key:?}"),
@@ -403,7 +408,7 @@ impl attempt::Driver for Replayed<'_> {
     fn input(&mut self, _index: usize, item: &Item) -> std::io::Result<Arc<dyn InputSource>> {
         match self.kept {
             // What the held node kept: the bytes it had.
-            Some(dir) => Ok(Arc::new(FileInput::open(&dir.join(item.key()), item.object.clone())?)),
+            Some(dir) => Ok(Arc::new(FileInput::open(&dir.join(file_name(&item.key())), item.object.clone())?)),
             None => self
                 .input
                 .input(&item.object, &item.object, Some((item.start, item.len)))
@@ -428,11 +433,13 @@ mod tests {
     #[test]
     fn an_output_never_lands_outside_the_replays_directory() {
         let out = Path::new("/tmp/replayed");
-        assert_eq!(inside(out, "a/b.txt", "counts.tsv").unwrap(), out.join("a/b.txt/counts.tsv"));
-        for (key, name) in [("../x", "o"), ("a", "../../o"), ("/etc", "o")] {
-            let e = inside(out, key, name).unwrap_err().to_string();
-            assert!(e.contains("outside /tmp/replayed"), "{key} {name}: {e}");
+        assert_eq!(inside(out, "a/b.txt", "counts.tsv").unwrap(), out.join("a%2Fb.txt/counts.tsv"));
+        // A key is one name under `out`, whatever it holds.
+        for (key, at) in [("../x", "%2E.%2Fx"), ("/etc", "%2Fetc"), ("A.txt", "%41.txt")] {
+            assert_eq!(inside(out, key, "o").unwrap(), out.join(at).join("o"), "{key}");
         }
+        let e = inside(out, "a", "../../o").unwrap_err().to_string();
+        assert!(e.contains("outside /tmp/replayed"), "{e}");
     }
 
     #[test]

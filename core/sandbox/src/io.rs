@@ -330,7 +330,13 @@ impl OutputSet {
         if self.opened.contains(&id) {
             return Err(OpenError::Invalid(format!("output {name:?} is already open")));
         }
-        let path = if self.key.is_empty() { self.staging.join(name) } else { self.staging.join(&*self.key).join(name) };
+        // The key as one directory name: it cannot climb out of the staging,
+        // nor meet another item's (mayfly_model::key::file_name).
+        let path = if self.key.is_empty() {
+            self.staging.join(name)
+        } else {
+            self.staging.join(mayfly_model::key::file_name(&self.key)).join(name)
+        };
         let file = (|| {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -469,6 +475,22 @@ mod tests {
         }
         for bad in ["", "/abs", "a//b", "../x", "a/../b", ".hidden", "_manifest.json", "sp ace", "é", "a\\b"] {
             assert!(check_output_name(bad).is_some(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_items_outputs_are_staged_inside_the_staging_and_apart_from_every_other_items() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staging = dir.path().join("staging");
+        let mut set = OutputSet::new(staging.clone(), 1 << 20);
+        let mut paths = std::collections::HashSet::new();
+        for key in ["../../x", "/abs", "A.txt", "a.txt", "a/b.txt", "a%2Fb.txt", "a\u{1}b"] {
+            set.set_key(key);
+            let at = set.open("o.txt").unwrap_or_else(|e| panic!("{key:?}: {e:?}"));
+            let path = set.files[at].path.clone();
+            assert!(path.starts_with(&staging) && path.exists(), "{key:?}: {}", path.display());
+            assert_eq!(path.strip_prefix(&staging).unwrap().components().count(), 2, "{key:?}: one directory per key");
+            assert!(paths.insert(path.to_string_lossy().to_lowercase()), "{key:?} meets another key ignoring case");
         }
     }
 

@@ -13,6 +13,7 @@ use super::{Master, Shared};
 use crate::api::CommitRequest;
 use crate::job::Layout;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
+use mayfly_model::key::file_name;
 
 /// A shard's commit marker: the truth about what is committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,7 +213,7 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
                 .into_iter()
                 .collect();
             for out in &m.outputs {
-                if listed.get(&format!("{staging}/{}/{}", out.key, out.name)) != Some(&out.bytes) {
+                if listed.get(&format!("{staging}/{}/{}", file_name(&out.key), out.name)) != Some(&out.bytes) {
                     return Err((
                         StatusCode::BAD_REQUEST,
                         format!("staged output {}/{} is missing or has the wrong size", out.key, out.name),
@@ -294,10 +295,14 @@ pub(super) fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
     }
     for (key, names) in by_item {
         let whole = names.iter().all(|n| !n.contains('/'))
-            && layout.output.rename_dir_holding(&format!("{staging}/{key}"), &layout.map_item_dir(key), &names)?;
+            && layout.output.rename_dir_holding(
+                &format!("{staging}/{}", file_name(key)),
+                &layout.map_item_dir(key),
+                &names,
+            )?;
         if !whole {
             for name in names {
-                layout.output.rename(&format!("{staging}/{key}/{name}"), &layout.map_output(key, name))?;
+                layout.output.rename(&format!("{staging}/{}/{name}", file_name(key)), &layout.map_output(key, name))?;
             }
         }
     }

@@ -228,6 +228,46 @@ fn a_lost_worker_beyond_the_jobs_max_replacements_is_said_and_not_replaced() {
 }
 
 #[test]
+fn keys_that_differ_in_case_or_nest_are_staged_apart_and_a_key_no_store_can_name_is_refused() {
+    // Each item's outputs are staged under its key as one name (it cannot
+    // climb out nor meet another key's, case aside), then published under
+    // the key itself.
+    let mut files = inputs(2, 100);
+    for name in ["A.txt", "a.txt", "sub/A.txt", "sub/a.txt", "100% é.txt"] {
+        files.push((name.to_owned(), format!("contents of {name}\n").into_bytes()));
+    }
+    files.sort();
+    let job = TestJob::new("keys", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 0, stamp = true }", &cluster(2, ""));
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    job.assert_nothing_left(Duration::from_secs(10));
+
+    // A control character in a name: a file system takes it, S3 and Azure
+    // keep it, object_store cannot name it; refused before anything runs,
+    // naming the key, unless the glob leaves it out.
+    let bad = TestJob::new(
+        "keys-bad",
+        &[("good.txt".to_owned(), b"x".to_vec()), ("bad\u{1}name.txt".to_owned(), b"x".to_vec())],
+    );
+    let path = bad.write_job(SLOW, "{ mode = \"slow\" }", &cluster(1, ""));
+    let refused = bad.run();
+    let said = text(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(r#"the key "bad\u{1}name.txt" holds a control character; rename the object, or leave it out with `[input] glob`"#),
+        "{said}"
+    );
+    assert!(bad.nodes().is_empty(), "nothing was launched");
+    let written = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, written.replace("[input]\n", "[input]\nglob = \"good*\"\n")).unwrap();
+    let out = bad.run();
+    assert!(out.status.success(), "the glob leaves it out: {}", text(&out));
+    bad.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
 fn a_doubled_commit_is_seen_though_every_output_looks_right() {
     // The outputs of two attempts at a shard are the same copies; only their
     // stamps, the journal's commits and the master's log tell a shard

@@ -286,6 +286,10 @@ struct Worker {
     /// The end of the hold this worker last left: a master that still
     /// answers with it has not read the release yet.
     left_hold: Millis,
+    /// Attempts whose commit had no answer (shard, token, local staging, its
+    /// key in the output): their staging stays for a master that may have
+    /// committed them, until the job's end says.
+    unanswered: Vec<(u32, u64, std::path::PathBuf, String)>,
 }
 
 impl Worker {
@@ -426,6 +430,38 @@ impl Worker {
                 // restarted master can finish publishing it; the job's end
                 // removes it otherwise.
                 warn(&self.node, &format!("shard {shard}: no answer from the master about the result: {e}"));
+                self.unanswered.push((shard, token, staging, staging_key));
+            }
+        }
+    }
+
+    /// Once the job has ended, drops the staging of each attempt whose commit
+    /// had no answer and that did not commit its shard (the shard's marker
+    /// names another token, or none): the master's end may have cleared the
+    /// staging area before this worker wrote into it (found by the chaos suite:
+    /// a worker paused past its lease came back as the job ended). An attempt
+    /// that did commit keeps its staging: it may be what the end could not
+    /// publish.
+    fn drop_unanswered(&mut self) {
+        let layout = &self.keeper.layout;
+        for (shard, token, local, key) in std::mem::take(&mut self.unanswered) {
+            let marker = layout.output.read_json::<serde_json::Value>(&layout.marker(shard));
+            match marker {
+                Ok(Some(m)) if m["token"].as_u64() == Some(token) => continue,
+                Err(e) => {
+                    warn(&self.node, &format!("shard {shard}: keeping the staging of token {token}: its marker: {e}"));
+                    continue;
+                }
+                _ => {}
+            }
+            let _ = std::fs::remove_dir_all(&local);
+            if let Err(e) = layout.output.delete_prefix(&key) {
+                warn(&self.node, &format!("shard {shard}: removing the staging of token {token}: {e}"));
+            } else {
+                log(
+                    &self.node,
+                    &format!("shard {shard}: removed the staging of token {token}, which did not commit it"),
+                );
             }
         }
     }
@@ -690,6 +726,7 @@ pub fn run(
         released: None,
         last_failed: None,
         left_hold: 0,
+        unanswered: Vec::new(),
     };
     log(
         node,
@@ -757,6 +794,9 @@ pub fn run(
             }
         }
     };
+    if reason == EndReason::JobDone {
+        worker.drop_unanswered();
+    }
     let (refreshed, failed_ops) = worker.keeper.stats();
     log(node, &format!("ending: {reason}; credentials refreshed {refreshed} times, {failed_ops} failed operations"));
     Ok(reason)

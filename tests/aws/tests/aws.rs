@@ -10,7 +10,7 @@ use mayfly_ops::conformance::Selected;
 use mayfly_provider_api::conformance::assert_conforms;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text, wait_until};
 use mayfly_tests::{component, scratch};
-use mayfly_tests_aws::{MotoExt, RuntimeApi, aws_plugin, moto};
+use mayfly_tests_aws::{MotoExt, RuntimeApi, aws_cli, aws_plugin, moto};
 
 fn section() -> serde_json::Map<String, serde_json::Value> {
     let mut s = moto().settings();
@@ -76,6 +76,41 @@ fn billing(job: &str) -> Vec<String> {
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect()
     })
+}
+
+/// An observer that shares no code with the provider or the SDK: the AWS
+/// CLI's `describe-instances` for `job`'s tag, each instance as (id, state).
+fn cli_instances(job: &str) -> Vec<(String, String)> {
+    cli_instances_on(moto(), job)
+}
+
+/// [`cli_instances`] on the moto `on`.
+fn cli_instances_on(on: &mayfly_tests::moto::Moto, job: &str) -> Vec<(String, String)> {
+    let filter = format!("Name=tag:mayfly:job,Values={job}");
+    let out = aws_cli(on).args(["ec2", "describe-instances", "--filters", &filter]).output().unwrap();
+    assert!(out.status.success(), "aws ec2 describe-instances: {}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut instances = Vec::new();
+    for reservation in answer["Reservations"].as_array().into_iter().flatten() {
+        for i in reservation["Instances"].as_array().into_iter().flatten() {
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            instances.push((field(&i["InstanceId"]), field(&i["State"]["Name"])));
+        }
+    }
+    instances
+}
+
+/// `job`'s instances the CLI sees that may still bill, waiting up to 30 s
+/// for them to go; the empty list once none is left.
+fn cli_left(job: &str) -> Vec<(String, String)> {
+    let billing = || -> Vec<(String, String)> {
+        cli_instances(job)
+            .into_iter()
+            .filter(|(_, state)| matches!(state.as_str(), "pending" | "running" | "stopping" | "stopped"))
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), || billing().is_empty());
+    billing()
 }
 
 #[test]
@@ -270,6 +305,10 @@ fn a_worker_instance_terminated_mid_job_is_replaced_and_still_gives_exactly_once
     let replacement = mayfly_tests_aws::node_log("aws-kill", "worker-3");
     assert!(replacement.contains("attempt 1"), "{replacement}");
     assert!(wait_until(Duration::from_secs(30), || billing("aws-kill").is_empty()), "{:?}", billing("aws-kill"));
+    // The CLI, which shares nothing with the provider, agrees: the master,
+    // the two workers and the replacement, each terminated.
+    assert_eq!(cli_left("aws-kill"), Vec::<(String, String)>::new());
+    assert_eq!(cli_instances("aws-kill").len(), 4, "{:?}", cli_instances("aws-kill"));
 }
 
 #[test]
@@ -372,6 +411,15 @@ fn reap_terminates_every_instance_past_its_deadline_and_nothing_else() {
     });
     assert!(groups.contains(&"mayfly-aws-reap-live".to_owned()), "{groups:?}");
     assert!(!groups.contains(&"mayfly-aws-reap-crashed".to_owned()), "{groups:?}");
+    // The AWS CLI, which shares nothing with the provider, sees the same.
+    let states = |job: &str| cli_instances_on(&moto, job).into_iter().map(|(_, s)| s).collect::<Vec<_>>();
+    let crashed = states("aws-reap-crashed");
+    assert!(crashed.len() == 2 && crashed.iter().all(|s| s == "terminated" || s == "shutting-down"), "{crashed:?}");
+    assert_eq!(states("aws-reap-live"), ["running"]);
+    let out = aws_cli(&moto).args(["ec2", "describe-security-groups"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listed.contains("\"mayfly-aws-reap-live\"") && !listed.contains("mayfly-aws-reap-crashed"), "{listed}");
     p.terminate(&live, Duration::ZERO).unwrap();
 }
 
@@ -567,6 +615,81 @@ fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
     assert_eq!((id.as_str(), kind.as_str()), ("req-4", "error"), "{body}");
     assert!(body.contains("the job's [provider] is \\\"local\\\", but this entrypoint serves \\\"aws\\\""), "{body}");
     assert!(function.try_wait().unwrap().is_none(), "the function keeps serving");
+    let _ = function.kill();
+    let _ = function.wait();
+}
+
+#[test]
+fn a_master_instance_terminated_mid_job_is_resumed_by_the_function_asked_again() {
+    // The master's instance is taken away mid-job. The same event again,
+    // while the master was heard from recently, is refused for a retry; once
+    // the master has been silent past master_lost_timeout, it resumes the job
+    // on the function's budget (a new master instance, workers in place of
+    // those that gave up on the old one), which ends exactly once.
+    let api = RuntimeApi::start();
+    let mut function = lambda_function(&api, &[]);
+    let files = inputs(12, 500);
+    let job = TestJob::new("aws-master-lost", &files);
+    job.write_job(
+        "tests/guests/misbehave",
+        "{ mode = \"slow\", delay_ms = 1000, stamp = true }",
+        "[cluster]\nworkers = 2\ndeadline = \"4m\"\nlease_time = \"2s\"\nmaster_lost_timeout = \"10s\"\n\n\
+         [sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n",
+    );
+    let event = serde_json::json!({
+        "job": std::fs::read_to_string(job.dir.join("job.toml")).unwrap(),
+        "base_dir": job.dir,
+    })
+    .to_string();
+    let ask = |id: &str| {
+        api.events.send((id.into(), mayfly_provider_api::now_ms() + 120_000, event.clone())).unwrap();
+        let (answered, kind, body) = api.answers.recv_timeout(Duration::from_secs(120)).unwrap();
+        assert_eq!(answered, id);
+        (kind, body)
+    };
+    let (kind, body) = ask("req-1");
+    assert_eq!(kind, "response", "{body}");
+    let master = || mayfly_tests_aws::node_log("aws-master-lost", "master");
+    assert!(wait_until(Duration::from_secs(120), || master().contains("committed (token")), "{}", master());
+    let p = provider();
+    let state = job.state().to_string_lossy().into_owned();
+    let node = p.list("aws-master-lost", &state).unwrap().into_iter().find(|n| n.node == "master").unwrap();
+    p.terminate(&[node], Duration::ZERO).unwrap();
+
+    // Heard from a moment ago: a retry may do better, nothing is launched.
+    let (kind, body) = ask("req-2");
+    assert_eq!(kind, "error", "{body}");
+    assert!(body.contains("master was heard from"), "{body}");
+    // Silent past the timeout: the next try resumes it.
+    let mut tries = 0;
+    let resumed = loop {
+        tries += 1;
+        assert!(tries < 40, "the job was never resumed");
+        std::thread::sleep(Duration::from_secs(2));
+        let (kind, body) = ask(&format!("retry-{tries}"));
+        if kind == "response" {
+            break body;
+        }
+        assert!(body.contains("master was heard from"), "{body}");
+    };
+    let reply: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    assert_eq!(reply["job"], "aws-master-lost", "{reply}");
+    let fin = job.state().join("final.json");
+    assert!(wait_until(Duration::from_secs(180), || fin.exists()), "the resumed job never ended: {}", master());
+    let ended: serde_json::Value = mayfly_core::job::read_json(&fin).unwrap();
+    assert_eq!(ended["reason"], "done", "{ended}");
+    assert!(master().contains("resumed:"), "a second master took the job over: {}", master());
+    assert_exactly_once(&job, &files);
+    assert!(
+        wait_until(Duration::from_secs(30), || billing("aws-master-lost").is_empty()),
+        "{:?}",
+        billing("aws-master-lost")
+    );
+    assert_eq!(cli_left("aws-master-lost"), Vec::<(String, String)>::new(), "the CLI agrees");
+    // Ended: asked again, refused for good.
+    let (kind, body) = ask("req-end");
+    assert_eq!(kind, "error", "{body}");
+    assert!(body.contains("already used"), "{body}");
     let _ = function.kill();
     let _ = function.wait();
 }

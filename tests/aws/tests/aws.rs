@@ -276,6 +276,73 @@ fn provider() -> mayfly_data::provider::ProviderHandle {
 }
 
 #[test]
+fn s3_keys_that_differ_in_case_or_nest_run_once_and_keys_no_store_can_name_are_refused() {
+    // Keys that differ only in case, or nest, from S3 to S3: each item's
+    // outputs are staged (on the worker's disk, then in the output's staging)
+    // under its key as one name, and published under the key itself.
+    let mut files = inputs(2, 300);
+    for name in ["A.txt", "a.txt", "sub/A.txt", "sub/a.txt"] {
+        files.push((name.to_owned(), format!("contents of {name}\n").into_bytes()));
+    }
+    upload("s3://mayfly-keys/in", &files);
+    let job = job_with_provider(
+        "aws-keys",
+        &[],
+        "tests/guests/misbehave",
+        "{ mode = \"slow\", delay_ms = 5 }",
+        &cluster(2, ""),
+    );
+    let run = |id: &str, input: &str, output: &str| {
+        job.command(&["run", "job.toml", "--no-preflight"])
+            .env("MAYFLY_JOB_ID", id)
+            .env("MAYFLY_INPUT", input)
+            .env("MAYFLY_OUTPUT", output)
+            .env("MAYFLY_STATE", "s3://mayfly-keys/state")
+            .output()
+            .unwrap()
+    };
+    let out = run("aws-keys", "s3://mayfly-keys/in", "s3://mayfly-keys/out");
+    assert!(out.status.success(), "{}", text(&out));
+    let output = s3_store("s3://mayfly-keys/out");
+    let map: Vec<String> = output.list("map").unwrap().into_iter().map(|(k, _)| k).collect();
+    let mut expected: Vec<String> = files.iter().map(|(n, _)| format!("map/{n}/copy.bin")).collect();
+    expected.sort();
+    assert_eq!(map, expected);
+    for (name, data) in &files {
+        assert_eq!(&output.get(&format!("map/{name}/copy.bin")).unwrap().unwrap(), data, "{name}");
+    }
+    assert!(output.list("_mayfly/staging").unwrap().is_empty(), "no staging left");
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-keys").is_empty()), "{:?}", billing("aws-keys"));
+
+    // Keys S3 holds but no store can name (a `..` or empty segment, a control
+    // character): put with the AWS CLI, refused when the job lists them,
+    // naming the key, before anything is launched.
+    let body = scratch("aws-keys-body").join("x");
+    std::fs::write(&body, b"x").unwrap();
+    for (n, key, shown) in [(1, "in/a/../x", "in/a/../x"), (2, "in/a//b", "in/a//b"), (3, "in/a\u{1}b", "in/a")] {
+        let bucket_key = format!("bad-{n}/{key}");
+        let put = aws_cli(moto())
+            .args(["s3api", "put-object", "--bucket", "mayfly-keys", "--key", &bucket_key, "--body"])
+            .arg(&body)
+            .output()
+            .unwrap();
+        assert!(put.status.success(), "{key:?}: {}", text(&put));
+        s3_store(&format!("s3://mayfly-keys/bad-{n}/in")).put("good.txt", b"fine\n".to_vec()).unwrap();
+        let id = format!("aws-keys-bad-{n}");
+        let refused = run(&id, &format!("s3://mayfly-keys/bad-{n}/in"), &format!("s3://mayfly-keys/bad-{n}/out"));
+        let said = text(&refused);
+        assert_eq!(refused.status.code(), Some(2), "{key:?}: {said}");
+        assert!(
+            said.contains("has a key mayfly cannot read back by its name") && said.contains(shown),
+            "{key:?}: {said}"
+        );
+    }
+    for n in 1..=3 {
+        assert!(cli_instances(&format!("aws-keys-bad-{n}")).is_empty(), "nothing was launched for bad key {n}");
+    }
+}
+
+#[test]
 fn a_worker_instance_terminated_mid_job_is_replaced_and_still_gives_exactly_once() {
     let files = inputs(16, 2000);
     let job = job_with_provider(

@@ -199,6 +199,11 @@ impl Keeper {
         self.inner.lock().map(|c| c.current.validity.expires_at).unwrap_or(0)
     }
 
+    /// The credential held now.
+    fn current(&self) -> Option<Credential> {
+        self.inner.lock().ok().map(|c| c.current.clone())
+    }
+
     /// A storage operation starts only with an unexpired credential (a
     /// cloud's store would refuse an expired one mid-operation).
     fn authorize(&self, what: &str) -> Result<(), Unauthorized> {
@@ -444,6 +449,12 @@ impl Worker {
     /// publish.
     fn drop_unanswered(&mut self) {
         let layout = &self.keeper.layout;
+        // Only once the job's end is written: until then the master may
+        // still be draining commits it queued (an answer that came too late).
+        if !self.unanswered.is_empty() && !layout.state.exists(keys::FINAL) {
+            warn(&self.node, "keeping the staging of unanswered commits: the job's end is not written yet");
+            return;
+        }
         for (shard, token, local, key) in std::mem::take(&mut self.unanswered) {
             let marker = layout.output.read_json::<serde_json::Value>(&layout.marker(shard));
             match marker {
@@ -709,6 +720,15 @@ pub fn run(
         policy,
         clock,
     };
+    // The stores check the credential this worker renews (on the local
+    // provider, which has no store of its own to check it).
+    let presenter: mayfly_data::gate::Presenter = {
+        let keeper = keeper.clone();
+        Arc::new(move || keeper.current())
+    };
+    for store in [&input, &keeper.layout.state, &keeper.layout.output] {
+        store.present_credential(presenter.clone());
+    }
     let params: Arc<str> = Arc::from(manifest.params.to_string());
     let rt = rt.clone();
     let mut worker = Worker {

@@ -527,6 +527,18 @@ impl Undo {
     }
 }
 
+/// Whether `worker` holds a lease, by the master's log: its last lease is not
+/// followed by that shard's commit.
+fn holds_lease(job: &TestJob, worker: &str) -> bool {
+    let log = job.log("master");
+    let lines: Vec<&str> = log.lines().collect();
+    let leased = format!(" leased to {worker}");
+    let Some(at) = lines.iter().rposition(|l| l.ends_with(&leased)) else { return false };
+    let Some(shard) = lines[at].split("shard ").nth(1).and_then(|r| r.split(' ').next()) else { return true };
+    let committed = format!("shard {shard} committed");
+    !lines[at + 1..].iter().any(|l| l.contains(&committed))
+}
+
 /// Injects the schedule's faults from `t0`, until `stop`; undoes every
 /// outstanding fault before it returns.
 fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: &AtomicBool) -> Injected {
@@ -573,9 +585,16 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                     _ => Err(NotInjected::Moot("no master running".into())),
                 },
                 Fault::Pause { ms } => match victim {
+                    // Stopped between two shards (its last lease already
+                    // committed), a worker misses nothing: no lease expires.
                     Some((name, pid)) if signal(pid, nix::sys::signal::Signal::SIGSTOP) => {
-                        undos.push((until(*ms), Undo::Continue(pid)));
-                        Ok(name)
+                        if holds_lease(job, &name) {
+                            undos.push((until(*ms), Undo::Continue(pid)));
+                            Ok(name)
+                        } else {
+                            signal(pid, nix::sys::signal::Signal::SIGCONT);
+                            Err(NotInjected::Moot(format!("{name} held no lease when it was stopped")))
+                        }
                     }
                     _ => Err(NotInjected::Moot("no worker running".into())),
                 },

@@ -29,6 +29,10 @@ use crate::provider::ProviderHandle;
 /// Where a gate's credentials come from: the provider, or a test's source.
 type Source = Box<dyn Fn() -> Result<Credential, ProviderError> + Send + Sync>;
 
+/// The credential a node holds and renews itself (a worker's), presented to
+/// the gate on each operation instead of one the gate renews on its own.
+pub type Presenter = std::sync::Arc<dyn Fn() -> Option<Credential> + Send + Sync>;
+
 /// Why a credential was not taken up.
 #[derive(Debug, thiserror::Error)]
 enum Unusable {
@@ -51,6 +55,14 @@ pub(crate) struct Gate {
     source: Source,
     policy: CredentialPolicy,
     held: Mutex<Held>,
+    /// The node's own credential, once it presents one ([`Gate::present_with`]).
+    presented: std::sync::OnceLock<Presenter>,
+    /// The last presented credential whose signature passed (the signature
+    /// covers its node and validity too).
+    verified: Mutex<Option<Credential>>,
+    /// The job's issuer, once its key has been read (it never changes; an
+    /// issuer that is down stops issuing, not checking).
+    issuer: std::sync::OnceLock<Issuer>,
 }
 
 #[derive(Default)]
@@ -97,7 +109,17 @@ impl Gate {
             source,
             policy: CredentialPolicy::default(),
             held: Mutex::new(Held::default()),
+            presented: std::sync::OnceLock::new(),
+            verified: Mutex::new(None),
+            issuer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, checks the credential `presenter` gives (the one the node
+    /// renews itself) instead of renewing one of its own: the node and its
+    /// stores then agree on when its credential expires.
+    pub(crate) fn present_with(&self, presenter: Presenter) {
+        let _ = self.presented.set(presenter);
     }
 
     /// Lets an operation through now, or refuses it; `what` names it, for
@@ -107,16 +129,32 @@ impl Gate {
     }
 
     fn admit_at(&self, now: Millis, what: impl FnOnce() -> String) -> io::Result<()> {
+        let refused = |why: String| {
+            let what = what();
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("the store refused {what} by node {}: {why}", self.node),
+            )
+        };
+        if let Some(presenter) = self.presented.get() {
+            return self.admit_presented(now, presenter).map_err(refused);
+        }
         let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let due =
             held.current.as_ref().is_none_or(|c| self.policy.action(now, c.validity, 0) != CredentialAction::Keep);
-        let waiting =
-            held.failures > 0 && now < held.failed_at + self.policy.retry_after(held.failures).as_millis() as u64;
+        // While the credential still serves, renewals back off by the rule;
+        // once it does not, every operation may try again (at most every
+        // quarter second), so that the store serves again as soon as the
+        // issuer does.
+        let usable = held.current.as_ref().is_some_and(|c| now < c.validity.expires_at);
+        let pause = if usable { self.policy.retry_after(held.failures).as_millis() as u64 } else { 250 };
+        let waiting = held.failures > 0 && now < held.failed_at + pause;
         if due && !waiting {
             match self.take_up(now) {
                 Ok(fresh) => {
                     held.current = Some(fresh);
                     held.failures = 0;
+                    held.why = None;
                 }
                 Err(why) => {
                     held.failures += 1;
@@ -125,19 +163,31 @@ impl Gate {
                 }
             }
         }
-        let refused = |why: String| {
-            let what = what();
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("the store refused {what} by node {}: {why}", self.node),
-            )
-        };
         let why = held.why.as_ref().map_or_else(String::new, |why| format!(" ({why})"));
         match &held.current {
             Some(c) if now < c.validity.expires_at => Ok(()),
             Some(c) => Err(refused(format!("its credential expired {} ms ago{why}", now - c.validity.expires_at))),
             None => Err(refused(format!("it holds no valid credential{why}"))),
         }
+    }
+
+    /// The presented credential: unexpired at `now`, for this node, signed by
+    /// the job's issuer (checked once per credential; the issuer's key is
+    /// read then).
+    fn admit_presented(&self, now: Millis, presenter: &Presenter) -> Result<(), String> {
+        let Some(cred) = presenter() else { return Err("it holds no credential".into()) };
+        if now >= cred.validity.expires_at {
+            return Err(format!("its credential expired {} ms ago", now - cred.validity.expires_at));
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if verified.as_ref() != Some(&cred) {
+            if cred.node != self.node {
+                return Err(Unusable::OtherNode(cred.node).to_string());
+            }
+            self.issuer()?.verify(&cred, now)?;
+            *verified = Some(cred);
+        }
+        Ok(())
     }
 
     /// A fresh credential from the source, checked as the store's side would:
@@ -147,8 +197,17 @@ impl Gate {
         if fresh.node != self.node {
             return Err(Unusable::OtherNode(fresh.node));
         }
-        Issuer::open(&self.state).and_then(|issuer| issuer.verify(&fresh, now)).map_err(Unusable::Issuer)?;
+        self.issuer().and_then(|issuer| issuer.verify(&fresh, now)).map_err(Unusable::Issuer)?;
         Ok(fresh)
+    }
+
+    /// The job's issuer, its key read on first use.
+    fn issuer(&self) -> Result<&Issuer, String> {
+        if let Some(issuer) = self.issuer.get() {
+            return Ok(issuer);
+        }
+        let issuer = Issuer::open(&self.state)?;
+        Ok(self.issuer.get_or_init(|| issuer))
     }
 }
 
@@ -209,6 +268,37 @@ mod tests {
     }
 
     #[test]
+    fn a_presented_credential_is_checked_as_it_is_and_never_renewed_by_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = issuer("10s");
+        let real = issue(&p, dir.path(), "worker-1").unwrap();
+        let (g, calls) = gate(dir.path(), move || {
+            Err(ProviderError::new("local", mayfly_provider_api::ErrorKind::Unavailable, "unused"))
+        });
+        let held = Arc::new(std::sync::Mutex::new(Some(real.clone())));
+        g.present_with({
+            let held = held.clone();
+            Arc::new(move || held.lock().unwrap().clone())
+        });
+        let Validity { issued_at, expires_at } = real.validity;
+        g.admit_at(issued_at, || "reading".into()).unwrap();
+        g.admit_at(expires_at - 1, || "reading".into()).unwrap();
+        let e = g.admit_at(expires_at + 3, || "committing".into()).unwrap_err();
+        assert!(
+            e.to_string().contains("the store refused committing by node worker-1: its credential expired 3 ms ago"),
+            "{e}"
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 0, "the node renews, not the gate");
+        let mut forged = real.clone();
+        forged.validity.expires_at += 60_000;
+        *held.lock().unwrap() = Some(forged);
+        let e = g.admit_at(issued_at, || "reading".into()).unwrap_err();
+        assert!(e.to_string().contains("not issued by this job's issuer"), "{e}");
+        *held.lock().unwrap() = None;
+        assert!(g.admit_at(issued_at, || "reading".into()).unwrap_err().to_string().contains("holds no credential"));
+    }
+
+    #[test]
     fn a_forged_credential_or_another_nodes_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = issuer("60s");
@@ -257,6 +347,11 @@ mod tests {
         g.admit_at(issued_at + 6_500, || "reading".into()).unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 2, "one failed renewal, then the back-off");
         let e = g.admit_at(expires_at + 5, || "committing".into()).unwrap_err();
+        // Expired: the next operation a quarter second on tries again, not
+        // after the rule's back-off.
+        let before = calls.load(Ordering::Relaxed);
+        let _ = g.admit_at(expires_at + 300, || "reading".into());
+        assert_eq!(calls.load(Ordering::Relaxed), before + 1, "tried again once it no longer served");
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         assert!(
             e.to_string()

@@ -16,7 +16,7 @@
 //! (the credential check a local node's stores make), `store`
 //! (`core/tests/flow.rs` checks both).
 
-mod gate;
+pub mod gate;
 pub mod nodelog;
 pub mod plugin;
 pub mod provider;

@@ -412,6 +412,16 @@ impl Store {
         Store { location, backend, gate: self.gate.clone() }
     }
 
+    /// Has this store's credential check (on a local provider's node) take
+    /// the credential the node holds and renews itself, so that the node and
+    /// its stores agree on when it expires; every clone and [`Store::sub`] of
+    /// this store shares it. No effect on a store without the check.
+    pub fn present_credential(&self, presenter: crate::gate::Presenter) {
+        if let Some(gate) = &self.gate {
+            gate.present_with(presenter);
+        }
+    }
+
     /// Lets an operation through the node's credential check, if this store
     /// has one; `what` names it, for the refusal (made only then).
     fn admit(&self, what: impl FnOnce() -> String) -> io::Result<()> {

@@ -124,10 +124,12 @@ fn a_node_whose_log_cannot_be_written_for_a_while_goes_on_and_loses_no_line() {
 
 #[test]
 fn a_credential_issuer_down_for_seconds_drains_no_worker() {
-    let files = inputs(16, 200);
+    // Work enough (about 6 s) that both workers still run when the issuer
+    // goes down, however late the second one started.
+    let files = inputs(30, 200);
     let job = TestJob::new("issuer-down", &files);
     let provider = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n";
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300 }", &job_text(2, provider));
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", &job_text(2, provider));
     let run = job.spawn();
     assert!(wait_until(Duration::from_secs(60), || job.log("worker-2").contains("attempt 1")));
     let down = IssuerDown::set(&job.state()).unwrap();

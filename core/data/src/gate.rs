@@ -42,9 +42,15 @@ enum Unusable {
     /// It names another node.
     #[error("a credential for node {0:?} was presented")]
     OtherNode(String),
-    /// The job's issuer does not vouch for it (its verdict).
+    /// The job's issuer does not vouch for it, or cannot be read (its verdict).
     #[error("{0}")]
     Issuer(String),
+    /// The node presents none.
+    #[error("it holds no credential")]
+    Missing,
+    /// The node presents one that has expired, this long ago (ms).
+    #[error("its credential expired {0} ms ago")]
+    Expired(u64),
 }
 
 /// The credential check in front of one node's stores.
@@ -137,7 +143,7 @@ impl Gate {
             )
         };
         if let Some(presenter) = self.presented.get() {
-            return self.admit_presented(now, presenter).map_err(refused);
+            return self.admit_presented(now, presenter).map_err(|e| refused(e.to_string()));
         }
         let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let due =
@@ -174,17 +180,17 @@ impl Gate {
     /// The presented credential: unexpired at `now`, for this node, signed by
     /// the job's issuer (checked once per credential; the issuer's key is
     /// read then).
-    fn admit_presented(&self, now: Millis, presenter: &Presenter) -> Result<(), String> {
-        let Some(cred) = presenter() else { return Err("it holds no credential".into()) };
+    fn admit_presented(&self, now: Millis, presenter: &Presenter) -> Result<(), Unusable> {
+        let cred = presenter().ok_or(Unusable::Missing)?;
         if now >= cred.validity.expires_at {
-            return Err(format!("its credential expired {} ms ago", now - cred.validity.expires_at));
+            return Err(Unusable::Expired(now - cred.validity.expires_at));
         }
         let mut verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if verified.as_ref() != Some(&cred) {
             if cred.node != self.node {
-                return Err(Unusable::OtherNode(cred.node).to_string());
+                return Err(Unusable::OtherNode(cred.node));
             }
-            self.issuer()?.verify(&cred, now)?;
+            self.issuer()?.verify(&cred, now).map_err(Unusable::Issuer)?;
             *verified = Some(cred);
         }
         Ok(())
@@ -197,16 +203,16 @@ impl Gate {
         if fresh.node != self.node {
             return Err(Unusable::OtherNode(fresh.node));
         }
-        self.issuer().and_then(|issuer| issuer.verify(&fresh, now)).map_err(Unusable::Issuer)?;
+        self.issuer()?.verify(&fresh, now).map_err(Unusable::Issuer)?;
         Ok(fresh)
     }
 
     /// The job's issuer, its key read on first use.
-    fn issuer(&self) -> Result<&Issuer, String> {
+    fn issuer(&self) -> Result<&Issuer, Unusable> {
         if let Some(issuer) = self.issuer.get() {
             return Ok(issuer);
         }
-        let issuer = Issuer::open(&self.state)?;
+        let issuer = Issuer::open(&self.state).map_err(Unusable::Issuer)?;
         Ok(self.issuer.get_or_init(|| issuer))
     }
 }

@@ -229,9 +229,10 @@ fn a_lost_worker_beyond_the_jobs_max_replacements_is_said_and_not_replaced() {
 
 #[test]
 fn keys_that_differ_in_case_or_nest_are_staged_apart_and_a_key_no_store_can_name_is_refused() {
-    // Each item's outputs are staged under its key as one name (it cannot
-    // climb out nor meet another key's, case aside), then published under
-    // the key itself.
+    // Each item's outputs are staged under its key as one name, then
+    // published under the key itself: the job still ends exactly once. (That
+    // staging names cannot climb out or meet ignoring case is the sandbox's
+    // and `mayfly_model::key`'s unit tests; this disk tells case apart.)
     let mut files = inputs(2, 100);
     for name in ["A.txt", "a.txt", "sub/A.txt", "sub/a.txt", "100% é.txt"] {
         files.push((name.to_owned(), format!("contents of {name}\n").into_bytes()));

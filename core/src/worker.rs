@@ -199,11 +199,6 @@ impl Keeper {
         self.inner.lock().map(|c| c.current.validity.expires_at).unwrap_or(0)
     }
 
-    /// The credential held now.
-    fn current(&self) -> Option<Credential> {
-        self.inner.lock().ok().map(|c| c.current.clone())
-    }
-
     /// A storage operation starts only with an unexpired credential (a
     /// cloud's store would refuse an expired one mid-operation).
     fn authorize(&self, what: &str) -> Result<(), Unauthorized> {
@@ -721,10 +716,11 @@ pub fn run(
         clock,
     };
     // The stores check the credential this worker renews (on the local
-    // provider, which has no store of its own to check it).
+    // provider, which has no store of its own to check it). Only the
+    // credential is shared: the keeper holds the stores, which hold this.
     let presenter: mayfly_data::gate::Presenter = {
-        let keeper = keeper.clone();
-        Arc::new(move || keeper.current())
+        let held = keeper.inner.clone();
+        Arc::new(move || held.lock().ok().map(|c| c.current.clone()))
     };
     for store in [&input, &keeper.layout.state, &keeper.layout.output] {
         store.present_credential(presenter.clone());

@@ -125,6 +125,10 @@ impl Gate {
     /// renews itself) instead of renewing one of its own: the node and its
     /// stores then agree on when its credential expires.
     pub(crate) fn present_with(&self, presenter: Presenter) {
+        // The issuer's key now, while the issuer is known to be up (it has
+        // just issued the node's credential): an issuer down later must not
+        // make the node's first check fail (found by a cold run of the suite).
+        let _ = self.issuer();
         let _ = self.presented.set(presenter);
     }
 

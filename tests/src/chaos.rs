@@ -508,7 +508,16 @@ fn live_workers(job: &TestJob) -> Vec<(String, u32)> {
 
 /// An undo waiting for its moment.
 enum Undo {
-    Continue(u32),
+    /// Continues a stopped worker; what follows is for `was_committing`:
+    /// the worker, the shard it held, the master's log lines then, and the
+    /// fault's line in `injected`.
+    Continue {
+        pid: u32,
+        worker: String,
+        shard: String,
+        from: usize,
+        line: String,
+    },
     Restore(u32),
     Issuer(IssuerDown),
     Writable(Immutable),
@@ -517,7 +526,7 @@ enum Undo {
 impl Undo {
     fn run(self, proxy: &Proxy) {
         match self {
-            Undo::Continue(pid) => {
+            Undo::Continue { pid, .. } => {
                 signal(pid, nix::sys::signal::Signal::SIGCONT);
             }
             Undo::Restore(pid) => proxy.restore(pid),
@@ -527,16 +536,58 @@ impl Undo {
     }
 }
 
-/// Whether `worker` holds a lease, by the master's log: its last lease is not
-/// followed by that shard's commit.
-fn holds_lease(job: &TestJob, worker: &str) -> bool {
+/// The shard `worker` holds a lease on, by the master's log (its last lease
+/// not followed by that shard's commit), and how many lines that log had.
+fn held_shard(job: &TestJob, worker: &str) -> Option<(String, usize)> {
     let log = job.log("master");
     let lines: Vec<&str> = log.lines().collect();
     let leased = format!(" leased to {worker}");
-    let Some(at) = lines.iter().rposition(|l| l.ends_with(&leased)) else { return false };
-    let Some(shard) = lines[at].split("shard ").nth(1).and_then(|r| r.split(' ').next()) else { return true };
+    let at = lines.iter().rposition(|l| l.ends_with(&leased))?;
+    let shard = lines[at].split("shard ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?").to_owned();
     let committed = format!("shard {shard} committed");
-    !lines[at + 1..].iter().any(|l| l.contains(&committed))
+    (!lines[at + 1..].iter().any(|l| l.contains(&committed))).then_some((shard, lines.len()))
+}
+
+/// Whether a worker stopped while the master's log showed it holding `shard`
+/// (at line `from`) was committing it: the commit was on its way when it was
+/// stopped, so its lease could not expire. Asked when it is continued.
+fn was_committing(job: &TestJob, worker: &str, shard: &str, from: usize) -> bool {
+    let log = job.log("master");
+    let after: Vec<&str> = log.lines().skip(from).collect();
+    let expired = format!("worker {worker} stopped heartbeating");
+    let committed = format!("shard {shard} committed");
+    !after.iter().any(|l| l.contains(&expired)) && after.iter().any(|l| l.contains(&committed))
+}
+
+/// Stops (SIGSTOP) a worker that holds a lease, chosen by `pick` among those
+/// that do: its pid, name, shard, and the master's log lines once it stood
+/// still. A worker stopped between two shards, or as its commit was on its
+/// way, would miss nothing, so the shard must still be uncommitted a moment
+/// after the stop; otherwise it is continued and another try made.
+fn stop_a_holder(
+    job: &TestJob,
+    workers: &[(String, u32)],
+    pick: u64,
+) -> Result<(u32, String, String, usize), NotInjected> {
+    for _ in 0..8 {
+        let holders: Vec<&(String, u32)> = workers.iter().filter(|(w, _)| held_shard(job, w).is_some()).collect();
+        if holders.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let (worker, pid) = holders[(pick % holders.len() as u64) as usize];
+        if !signal(*pid, nix::sys::signal::Signal::SIGSTOP) {
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        match held_shard(job, worker) {
+            Some((shard, from)) => return Ok((*pid, worker.clone(), shard, from)),
+            None => {
+                signal(*pid, nix::sys::signal::Signal::SIGCONT);
+            }
+        }
+    }
+    Err(NotInjected::Moot("no worker was found holding a lease it was not committing".into()))
 }
 
 /// Injects the schedule's faults from `t0`, until `stop`; undoes every
@@ -552,7 +603,7 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
         let (due, later): (Vec<_>, Vec<_>) = undos.into_iter().partition(|(at, _)| *at <= now);
         undos = later;
         for (_, undo) in due {
-            undo.run(proxy);
+            settle(job, undo, proxy, &mut injected, &mut skipped);
         }
         if let Some(p) = schedule.faults.get(next)
             && now >= t0 + Duration::from_millis(p.at_ms)
@@ -584,20 +635,11 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                     }
                     _ => Err(NotInjected::Moot("no master running".into())),
                 },
-                Fault::Pause { ms } => match victim {
-                    // Stopped between two shards (its last lease already
-                    // committed), a worker misses nothing: no lease expires.
-                    Some((name, pid)) if signal(pid, nix::sys::signal::Signal::SIGSTOP) => {
-                        if holds_lease(job, &name) {
-                            undos.push((until(*ms), Undo::Continue(pid)));
-                            Ok(name)
-                        } else {
-                            signal(pid, nix::sys::signal::Signal::SIGCONT);
-                            Err(NotInjected::Moot(format!("{name} held no lease when it was stopped")))
-                        }
-                    }
-                    _ => Err(NotInjected::Moot("no worker running".into())),
-                },
+                Fault::Pause { ms } => stop_a_holder(job, &workers, p.pick).map(|(pid, worker, shard, from)| {
+                    let line = format!("{}: {worker}", p.fault);
+                    undos.push((until(*ms), Undo::Continue { pid, worker: worker.clone(), shard, from, line }));
+                    worker
+                }),
                 Fault::NetCut { ms } => match victim {
                     Some((name, pid)) => {
                         proxy.cut(pid);
@@ -644,12 +686,32 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
         std::thread::sleep(Duration::from_millis(5));
     }
     for (_, undo) in undos {
-        undo.run(proxy);
+        settle(job, undo, proxy, &mut injected, &mut skipped);
     }
     for p in &schedule.faults[next..] {
         skipped.push(format!("{}: the job had ended", p.fault));
     }
     (injected, skipped, broken, killed)
+}
+
+/// Runs `undo`; a pause whose worker turns out to have been committing the
+/// shard it held (`was_committing`) tested nothing and moves from `injected`
+/// to `skipped`.
+fn settle(
+    job: &TestJob,
+    undo: Undo,
+    proxy: &Proxy,
+    injected: &mut Vec<(&'static str, String)>,
+    skipped: &mut Vec<String>,
+) {
+    if let Undo::Continue { worker, shard, from, line, .. } = &undo
+        && was_committing(job, worker, shard, *from)
+        && let Some(at) = injected.iter().position(|(_, what)| what == line)
+    {
+        injected.remove(at);
+        skipped.push(format!("{line}: it was committing shard {shard} when it was stopped, so no lease could expire"));
+    }
+    undo.run(proxy);
 }
 
 /// Why a fault was not injected.

@@ -130,13 +130,19 @@ pub struct FailRequest {
     pub item: Option<String>,
 }
 
-/// Hands a lease back (a draining worker).
+/// Hands a lease back (a draining worker, or one whose outputs the job's
+/// storage refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseRequest {
     /// The shard.
     pub shard: u32,
     /// The lease's token.
     pub token: u64,
+    /// The job's storage refused the attempt's outputs, saying this: no
+    /// attempt is used, but the master counts it as it counts a commit its
+    /// storage refused (the shard waits; too many in a row fail it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
 }
 
 /// The job as the master sees it.

@@ -79,6 +79,28 @@ impl Master {
         }
     }
 
+    /// Counts a refusal of the job's storage for `shard` (its commit's marker,
+    /// or its attempt's outputs): the shard waits before it is leased again,
+    /// longer while the failures go on (0.25 s doubling, at most 8 s), and the
+    /// job's `storage_outage` clock runs; once the shard was refused
+    /// `max_storage_refusals` times in a row, the error to fail it with.
+    /// `what` names what was refused ("this shard's commit").
+    pub(super) fn storage_refused(&mut self, shard: u32, what: &str, message: &str) -> Option<String> {
+        self.storage_failures = self.storage_failures.saturating_add(1);
+        let refused = self.refusals.entry(shard).or_insert(0);
+        *refused += 1;
+        let refused = *refused;
+        if refused >= self.manifest.max_storage_refusals {
+            self.refusals.remove(&shard);
+            return Some(format!(
+                "the job's storage refused {what} {refused} times in a row (limits.max_storage_refusals): {message}"
+            ));
+        }
+        let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
+        self.ledger.delay(shard, self.now() + wait);
+        None
+    }
+
     /// The last half, under the lock again, once the committer decided. It
     /// runs in the committer, not in the request, so that a client that hangs
     /// up cannot leave a marked shard uncommitted in the ledger.
@@ -92,27 +114,12 @@ impl Master {
             }
             Err((StatusCode::SERVICE_UNAVAILABLE, message)) => {
                 // The job's storage failed: its worker hands the shard back
-                // (no attempt used), and it waits before it is leased again,
-                // longer while the failures go on (0.25 s doubling, at most 8 s);
-                // until the shard's commits were refused too often in a row:
-                // then it fails with the storage's error.
-                self.storage_failures = self.storage_failures.saturating_add(1);
-                let refused = self.refusals.entry(marker.shard).or_insert(0);
-                *refused += 1;
-                let refused = *refused;
-                if refused >= self.manifest.max_storage_refusals {
-                    self.refusals.remove(&marker.shard);
-                    let error = format!(
-                        "the job's storage refused this shard's commit {refused} times in a row \
-                         (limits.max_storage_refusals): {message}"
-                    );
-                    if let Ok(event) = self.ledger.fail(marker.shard, marker.token, &error, false) {
-                        say!(ERROR, "shard {} failed: {error}", marker.shard);
-                        self.record(&event, true);
-                    }
-                } else {
-                    let wait = 250u64 << self.storage_failures.saturating_sub(1).min(5);
-                    self.ledger.delay(marker.shard, self.now() + wait);
+                // (no attempt used).
+                if let Some(error) = self.storage_refused(marker.shard, "this shard's commit", message)
+                    && let Ok(event) = self.ledger.fail(marker.shard, marker.token, &error, false)
+                {
+                    say!(ERROR, "shard {} failed: {error}", marker.shard);
+                    self.record(&event, true);
                 }
                 None
             }

@@ -218,7 +218,26 @@ async fn release(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
         Ok(r) => r,
         Err((status, message)) => return refuse(status, message),
     };
-    match m.ledger.release(req.shard, req.token) {
+    // Outputs the job's storage refused count as a refused commit does.
+    let released = match &req.storage {
+        Some(message) => match m.ledger.lease_of(req.shard) {
+            Some((_, token, _)) if token == req.token => {
+                match m.storage_refused(req.shard, "this shard's outputs", message) {
+                    Some(error) => {
+                        say!(ERROR, "shard {} failed: {error}", req.shard);
+                        m.ledger.fail(req.shard, req.token, &error, false)
+                    }
+                    None => {
+                        say!(WARN, "shard {} released: {message}", req.shard);
+                        m.ledger.release(req.shard, req.token)
+                    }
+                }
+            }
+            _ => m.ledger.release(req.shard, req.token),
+        },
+        None => m.ledger.release(req.shard, req.token),
+    };
+    match released {
         Ok(event) => {
             m.record(&event, true);
             let t = m.now();
@@ -498,6 +517,55 @@ mod tests {
         match &shared.lock().unwrap().ledger.shards()[0].state {
             ShardState::Leased { worker, token, .. } => assert_eq!((worker.as_str(), *token), ("worker-2", current)),
             other => panic!("the shard should still be leased to worker-2: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outputs_the_storage_refused_cost_time_not_attempts_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (shared, token) = master(dir.path(), &clock);
+        shared.lock().unwrap().manifest.max_storage_refusals = 5;
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let hand_back = |lease: u64| {
+            let body =
+                serde_json::json!({ "shard": 0, "token": lease, "storage": "uploading the outputs: 503 SlowDown" });
+            let response = release(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
+            rt.block_on(async { answer(response.await).await }).0
+        };
+        // More refusals than the job has attempts (3): none is used, and
+        // the shard waits longer each time before it is leased again.
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let leased = ask_lease(&rt, &shared, &token, "worker-1").1;
+            assert_eq!(leased["kind"], "lease", "{leased}");
+            assert_eq!(hand_back(leased["token"].as_u64().unwrap()), StatusCode::OK);
+            let mut waited = 0u64;
+            while ask_lease(&rt, &shared, &token, "worker-1").1["kind"] == "wait" {
+                clock.advance(Duration::from_millis(50));
+                waited += 50;
+            }
+            waits.push(waited);
+            // That ask leased it: hand it back as a drain would, uncounted.
+            assert_eq!(shared.lock().unwrap().ledger.shards()[0].failures, 0, "no attempt used");
+            let lease = shared.lock().unwrap().ledger.lease_of(0).unwrap().1;
+            let body = serde_json::json!({ "shard": 0, "token": lease });
+            let response = release(State(shared.clone()), headers(&token), Bytes::from(body.to_string()));
+            assert_eq!(rt.block_on(async { answer(response.await).await }).0, StatusCode::OK);
+        }
+        assert!(
+            waits.windows(2).all(|w| w[1] > w[0]) && waits[0] >= 250,
+            "the shard waits longer each time: {waits:?}"
+        );
+        // The fifth refusal in a row fails the shard, with the storage's error.
+        let leased = ask_lease(&rt, &shared, &token, "worker-1").1;
+        assert_eq!(hand_back(leased["token"].as_u64().unwrap()), StatusCode::OK);
+        match &shared.lock().unwrap().ledger.shards()[0].state {
+            ShardState::Failed { error } => {
+                assert!(error.contains("refused this shard's outputs 5 times in a row"), "{error}");
+                assert!(error.contains("503 SlowDown"), "{error}");
+            }
+            other => panic!("the shard should have failed: {other:?}"),
         }
     }
 }

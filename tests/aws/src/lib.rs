@@ -294,6 +294,17 @@ impl RuntimeApi {
     }
 }
 
+/// `mayfly serve --provider aws` (the Lambda function's bootstrap) on `api`,
+/// with `settings` (a `[provider]` table's) as `--set key=value`.
+pub fn lambda_function(api: &RuntimeApi, settings: &serde_json::Map<String, serde_json::Value>) -> std::process::Child {
+    let mut serve = Command::new(mayfly_bin());
+    serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
+    for (k, v) in settings {
+        serve.args(["--set", &format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]);
+    }
+    serve.env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir()).spawn().unwrap()
+}
+
 /// The instance profile's role name.
 const ROLE: &str = "mayfly-node";
 
@@ -389,42 +400,109 @@ impl Imds {
     }
 }
 
-/// A proxy in front of a moto that refuses, with EC2's error `code`, every
-/// request whose body contains `needle`, and forwards the others: EC2
-/// refusing what moto would grant (spot capacity, say).
+/// A proxy in front of a moto that refuses the requests its rules match
+/// (with EC2's or S3's error, for a time or for good) and forwards the others:
+/// EC2 refusing what moto would grant (spot capacity, say), throttling its API,
+/// or S3 refusing writes for a while.
 #[derive(Debug)]
 pub struct RefusingProxy {
     /// `http://127.0.0.1:<port>`: an `endpoint_url`.
     pub endpoint: String,
     /// How many requests it refused.
     pub refused: Arc<std::sync::atomic::AtomicUsize>,
+    rules: Arc<std::sync::Mutex<Vec<Rule>>>,
+}
+
+/// What a [`RefusingProxy`] refuses, and how.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The request's method (`PUT`), or any.
+    pub method: Option<&'static str>,
+    /// A text in the request's line (its path) or its body.
+    pub needle: String,
+    /// The answer's status line (`503 Service Unavailable`).
+    pub status: &'static str,
+    /// The answer's body: an EC2 or S3 error document.
+    pub body: String,
+    /// Until when it holds (for good if `None`).
+    pub until: Option<std::time::Instant>,
+    /// How many requests it refused.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Rule {
+    /// EC2's error `code` (a query API error document) with `status`.
+    pub fn ec2(needle: &str, status: &'static str, code: &str) -> Rule {
+        let body = format!(
+            "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
+             <RequestID>proxy</RequestID></Response>"
+        );
+        Rule { method: None, needle: needle.to_owned(), status, body, until: None, hits: Default::default() }
+    }
+
+    /// S3's error `code` (a REST error document) with `status`, for requests
+    /// of `method` whose path contains `needle`.
+    pub fn s3(method: &'static str, needle: &str, status: &'static str, code: &str) -> Rule {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+             <Message>refused by the test's proxy</Message><RequestId>proxy</RequestId></Error>"
+        );
+        Rule { method: Some(method), needle: needle.to_owned(), status, body, until: None, hits: Default::default() }
+    }
+
+    /// The same rule, holding for `how_long` from now.
+    pub fn lasting(mut self, how_long: Duration) -> Rule {
+        self.until = Some(std::time::Instant::now() + how_long);
+        self
+    }
+
+    fn matches(&self, line: &str, body: &[u8]) -> bool {
+        self.until.is_none_or(|u| std::time::Instant::now() < u)
+            && self.method.is_none_or(|m| line.starts_with(&format!("{m} ")))
+            && (line.contains(&self.needle) || String::from_utf8_lossy(body).contains(&self.needle))
+    }
 }
 
 impl RefusingProxy {
-    /// Starts one in front of `moto`.
+    /// Starts one in front of `moto` that refuses, with EC2's error `code`,
+    /// every request whose body contains `needle`.
     pub fn start(moto: &Moto, needle: &'static str, code: &'static str) -> RefusingProxy {
+        let proxy = Self::open(moto);
+        proxy.refuse(Rule::ec2(needle, "400 Bad Request", code));
+        proxy
+    }
+
+    /// Starts one in front of `moto` that refuses nothing yet.
+    pub fn open(moto: &Moto) -> RefusingProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = moto.endpoint.trim_start_matches("http://").to_owned();
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = refused.clone();
+        let rules: Arc<std::sync::Mutex<Vec<Rule>>> = Arc::default();
+        let (count, held) = (refused.clone(), rules.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (upstream, count) = (upstream.clone(), count.clone());
+                let (upstream, count, held) = (upstream.clone(), count.clone(), held.clone());
                 std::thread::spawn(move || {
-                    let _ = Self::serve(stream, &upstream, needle, code, &count);
+                    let _ = Self::serve(stream, &upstream, &held, &count);
                 });
             }
         });
-        RefusingProxy { endpoint, refused }
+        RefusingProxy { endpoint, refused, rules }
+    }
+
+    /// Adds `rule`; returns its count of refused requests.
+    pub fn refuse(&self, rule: Rule) -> Arc<std::sync::atomic::AtomicUsize> {
+        let hits = rule.hits.clone();
+        self.rules.lock().unwrap().push(rule);
+        hits
     }
 
     /// One request per connection (answered with `Connection: close`).
     fn serve(
         mut client: std::net::TcpStream,
         upstream: &str,
-        needle: &str,
-        code: &str,
+        rules: &std::sync::Mutex<Vec<Rule>>,
         refused: &std::sync::atomic::AtomicUsize,
     ) -> std::io::Result<()> {
         use std::io::{BufRead, BufReader, Read};
@@ -449,16 +527,18 @@ impl RefusingProxy {
         }
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        if String::from_utf8_lossy(&body).contains(needle) {
+        let first = head.first().cloned().unwrap_or_default();
+        let refusal = rules.lock().unwrap().iter().find(|r| r.matches(&first, &body)).cloned();
+        if let Some(rule) = refusal {
+            rule.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let answer = format!(
-                "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
-                 <RequestID>proxy</RequestID></Response>"
-            );
+            let head_only = first.starts_with("HEAD ");
             return write!(
                 client,
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                answer.len()
+                "HTTP/1.1 {}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                rule.status,
+                rule.body.len(),
+                if head_only { "" } else { rule.body.as_str() }
             );
         }
         let mut server = std::net::TcpStream::connect(upstream)?;

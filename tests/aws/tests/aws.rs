@@ -536,13 +536,11 @@ fn an_endpoint_that_does_not_answer_is_a_bounded_clear_error() {
 /// `mayfly serve --provider aws` (the Lambda function's bootstrap) on `api`,
 /// with moto's settings and `extra` ones.
 fn lambda_function(api: &RuntimeApi, extra: &[(&str, &str)]) -> std::process::Child {
-    let mut serve = std::process::Command::new(mayfly_tests::mayfly_bin());
-    serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
-    serve.args(set_args());
+    let mut settings = moto().settings();
     for (k, v) in extra {
-        serve.args(["--set", &format!("{k}={v}")]);
+        settings.insert((*k).to_owned(), (*v).into());
     }
-    serve.env("MAYFLY_CACHE_DIR", mayfly_tests::cache_dir()).spawn().unwrap()
+    mayfly_tests_aws::lambda_function(api, &settings)
 }
 
 #[test]
@@ -992,4 +990,49 @@ fn spot_workers_fall_back_to_on_demand_when_ec2_has_no_spot_capacity() {
     assert_eq!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed), 1, "one spot request, refused");
     p.terminate(&launched, Duration::from_secs(30)).unwrap();
     assert!(billing("aws-spot").is_empty() && billing("aws-no-spot").is_empty());
+}
+
+#[test]
+fn s3_refusing_a_shards_outputs_for_a_while_costs_time_not_its_attempts() {
+    // S3 answers "slow down" to every write under the job's staging for 6 s
+    // from the first lease: each worker's upload fails (the store's own
+    // retries give up in about half a second), far more often than the
+    // job's 3 attempts. Found by the AWS chaos suite (seed 8): such a shard
+    // failed for good; handed back, it waits, and the job ends exactly once.
+    moto().create_bucket("mayfly-slowdown");
+    let files = inputs(4, 500);
+    let job = TestJob::new("aws-slowdown", &files);
+    let proxy = mayfly_tests_aws::RefusingProxy::open(moto());
+    let mut settings = section();
+    settings.insert("endpoint_url".into(), proxy.endpoint.clone().into());
+    job.write_job(
+        "tests/guests/misbehave",
+        "{ mode = \"slow\", delay_ms = 5, stamp = true }",
+        &format!("{}\n{}", provider_table(settings), cluster(2, "")),
+    );
+    let path = job.dir.join("job.toml");
+    let file = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, file.replace("url = \"out\"", "url = \"s3://mayfly-slowdown/out\"")).unwrap();
+    let rule = mayfly_tests_aws::Rule::s3("PUT", "/mayfly-slowdown/out/_mayfly/staging/", "503 Slow Down", "SlowDown");
+    let run = job.spawn();
+    let master = || mayfly_tests_aws::node_log("aws-slowdown", "master");
+    assert!(wait_until(Duration::from_secs(120), || master().contains(" leased to ")), "{}", master());
+    let refused = proxy.refuse(rule.lasting(Duration::from_secs(6)));
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 8, "the uploads met the refusals: {refused}");
+    assert!(master().contains("released: uploading the outputs"), "{}", master());
+    let fetched = aws_cli(moto())
+        .args(["s3", "cp", "--recursive", "--quiet", "s3://mayfly-slowdown/out"])
+        .arg(job.out())
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    assert_exactly_once(&job, &files);
+    assert!(
+        wait_until(Duration::from_secs(30), || billing("aws-slowdown").is_empty()),
+        "{:?}",
+        billing("aws-slowdown")
+    );
 }

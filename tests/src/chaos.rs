@@ -536,10 +536,9 @@ impl Undo {
     }
 }
 
-/// The shard `worker` holds a lease on, by the master's log (its last lease
-/// not followed by that shard's commit), and how many lines that log had.
-fn held_shard(job: &TestJob, worker: &str) -> Option<(String, usize)> {
-    let log = job.log("master");
+/// The shard `worker` holds a lease on, by the master's log `log` (its last
+/// lease not followed by that shard's commit), and how many lines the log had.
+pub fn held_shard(log: &str, worker: &str) -> Option<(String, usize)> {
     let lines: Vec<&str> = log.lines().collect();
     let leased = format!(" leased to {worker}");
     let at = lines.iter().rposition(|l| l.ends_with(&leased))?;
@@ -570,7 +569,8 @@ fn stop_a_holder(
     pick: u64,
 ) -> Result<(u32, String, String, usize), NotInjected> {
     for _ in 0..8 {
-        let holders: Vec<&(String, u32)> = workers.iter().filter(|(w, _)| held_shard(job, w).is_some()).collect();
+        let holders: Vec<&(String, u32)> =
+            workers.iter().filter(|(w, _)| held_shard(&job.log("master"), w).is_some()).collect();
         if holders.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             continue;
@@ -580,7 +580,7 @@ fn stop_a_holder(
             continue;
         }
         std::thread::sleep(Duration::from_millis(150));
-        match held_shard(job, worker) {
+        match held_shard(&job.log("master"), worker) {
             Some((shard, from)) => return Ok((*pid, worker.clone(), shard, from)),
             None => {
                 signal(*pid, nix::sys::signal::Signal::SIGCONT);

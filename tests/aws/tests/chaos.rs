@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mayfly_tests::XorShift;
+use mayfly_tests::chaos::held_shard;
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, inputs, wait_until};
 use mayfly_tests_aws::{MotoExt, RefusingProxy, Rule, RuntimeApi, aws_cli, moto, node_log};
 
@@ -320,7 +321,7 @@ fn inject(
         Fault::KillWorker => {
             let log = node_log(id, "master");
             let holders: Vec<String> =
-                (1..=WORKERS * 3).map(|n| format!("worker-{n}")).filter(|w| holds_lease(&log, w)).collect();
+                (1..=WORKERS * 3).map(|n| format!("worker-{n}")).filter(|w| held_shard(&log, w).is_some()).collect();
             if holders.is_empty() {
                 return Err("no worker holds a lease".into());
             }
@@ -354,16 +355,6 @@ fn inject(
         }
         Fault::Ec2Throttle { .. } => Err("set at the submission".into()),
     }
-}
-
-/// Whether `worker`'s last lease in the master's log is not followed by its commit.
-fn holds_lease(log: &str, worker: &str) -> bool {
-    let lines: Vec<&str> = log.lines().collect();
-    let leased = format!(" leased to {worker}");
-    let Some(at) = lines.iter().rposition(|l| l.ends_with(&leased)) else { return false };
-    let Some(shard) = lines[at].split("shard ").nth(1).and_then(|r| r.split(' ').next()) else { return false };
-    let committed = format!("shard {shard} committed");
-    !lines[at + 1..].iter().any(|l| l.contains(&committed))
 }
 
 /// The instance that is `node` of the job now, by the provider's listing

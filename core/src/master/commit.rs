@@ -103,9 +103,20 @@ impl Master {
 
     /// The last half, under the lock again, once the committer decided. It
     /// runs in the committer, not in the request, so that a client that hangs
-    /// up cannot leave a marked shard uncommitted in the ledger.
+    /// up cannot leave a marked shard uncommitted in the ledger, nor its
+    /// commit unsaid in the log (the line the commit audit reads).
     pub(super) fn finish_commit(&mut self, marker: &Marker, decided: &Result<(), (StatusCode, String)>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        match decided {
+            Ok(()) => say!(
+                INFO,
+                "shard {} committed (token {}, {} outputs)",
+                marker.shard,
+                marker.token,
+                marker.outputs.len()
+            ),
+            Err((_, message)) => say!(WARN, "commit of shard {} refused: {message}", marker.shard),
+        }
         let adopt = match decided {
             Ok(()) => Some(marker.clone()),
             // Someone's marker exists: that one is the truth, make the ledger agree.

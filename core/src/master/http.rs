@@ -64,6 +64,11 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     if let Some(until) = crate::hold::held_until(&m.holds, &req.worker, t) {
         return json(&LeaseReply::Hold { until });
     }
+    // The end first: a worker whose credentials are about to expire learns
+    // it is done now, not after refreshing them.
+    if m.ledger.is_done() {
+        return json(&LeaseReply::Done);
+    }
     let worker_cred = Validity { issued_at: t, expires_at: req.credential_expires_at };
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
     if expires_at < t + 1000 {

@@ -1099,3 +1099,113 @@ pub fn print_run(out: &mut impl Write, r: &RunReport) {
         let _ = writeln!(out, "    the job's directory is kept: {}", r.dir.display());
     }
 }
+
+/// The seeds a chaos runner (`harness = false`) was asked for: `--runs N`
+/// (from seed 1, or `--first SEED`), or each `--seed SEED`; by default one
+/// per fault kind, so that each kind is once a seed's first fault.
+///
+/// `Ok(None)`: a `cargo test` filter that does not name chaos, which cargo
+/// passes to every test binary (the runner says it was filtered out).
+/// `Err`: a bad argument, said with the usage (exit 2). libtest's own flags
+/// (`--nocapture`) are ignored.
+pub fn seeds(runner: &str, kinds: usize) -> Result<Option<Vec<u64>>, std::process::ExitCode> {
+    let mut args = std::env::args().skip(1);
+    let (mut runs, mut first, mut seeds, mut filters) = (kinds as u64, 1u64, Vec::new(), Vec::new());
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| {
+            args.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("{name} needs a number"))
+        };
+        let parsed = match arg.as_str() {
+            "--runs" => number("--runs").map(|n| runs = n),
+            "--first" => number("--first").map(|n| first = n),
+            "--seed" => number("--seed").map(|n| seeds.push(n)),
+            flag if flag.starts_with("--") => Ok(()),
+            filter => {
+                filters.push(filter.to_owned());
+                Ok(())
+            }
+        };
+        if let Err(message) = parsed {
+            eprintln!("{runner}: {message}\nusage: chaos [--runs N] [--first SEED] [--seed SEED]...");
+            return Err(std::process::ExitCode::from(2));
+        }
+    }
+    if !filters.is_empty() && !filters.iter().any(|f| "chaos".contains(f.as_str())) {
+        println!("{runner}: filtered out");
+        return Ok(None);
+    }
+    if seeds.is_empty() {
+        seeds = (first..first.saturating_add(runs)).collect();
+    }
+    Ok(Some(seeds))
+}
+
+/// A worker a cloud chaos runner took away (its instance or VM): the shard it
+/// held, and how many lines the master's log had then.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// The worker's name.
+    pub worker: String,
+    /// The shard it held.
+    pub shard: String,
+    /// The master's log's lines when it was taken.
+    pub lines: usize,
+}
+
+/// The worker for a cloud chaos runner to take away, among `nodes` (name →
+/// instance or VM): the next one the master leases to within 5 s, the surest
+/// to be in the middle of its shard rather than with its commit on the way;
+/// if none comes, the `pick`th of those holding a lease. Its name and its
+/// instance.
+pub fn worker_to_take(
+    master_log: impl Fn() -> String,
+    nodes: &BTreeMap<String, String>,
+    pick: u64,
+) -> Result<(String, String), String> {
+    let from = master_log().lines().count();
+    let mut chosen = None;
+    let fresh = crate::cluster::wait_until(Duration::from_secs(5), || {
+        let log = master_log();
+        let last = log.lines().skip(from).filter_map(|l| l.rsplit_once(" leased to ")).map(|(_, w)| w).last();
+        chosen = last.and_then(|w| nodes.get(w).map(|i| (w.to_owned(), i.clone())));
+        chosen.is_some()
+    });
+    if let Some(fresh) = chosen.filter(|_| fresh) {
+        return Ok(fresh);
+    }
+    let log = master_log();
+    let holders: Vec<(&String, &String)> =
+        nodes.iter().filter(|(w, _)| w.starts_with("worker-") && held_shard(&log, w).is_some()).collect();
+    match holders.len() {
+        0 => Err("no worker holds a lease".into()),
+        n => {
+            let (w, i) = holders[(pick % n as u64) as usize];
+            Ok((w.clone(), i.clone()))
+        }
+    }
+}
+
+impl Taken {
+    /// `worker`, taken away now, by the master's log `log`.
+    pub fn now(log: &str, worker: &str) -> Result<Taken, String> {
+        let (shard, lines) = held_shard(log, worker).ok_or_else(|| format!("{worker} held no lease"))?;
+        Ok(Taken { worker: worker.to_owned(), shard, lines })
+    }
+
+    /// Why it left no trace, if the master's log `log` shows it could not:
+    /// its commit was on its way as it went, so no lease expired and no work
+    /// was left waiting for a replacement. Such a fault tested nothing, and
+    /// says so, as a paused commit does in the local suite.
+    pub fn moot(&self, log: &str) -> Option<String> {
+        let after: Vec<&str> = log.lines().skip(self.lines).collect();
+        let expired = format!("lease expired: worker {} ", self.worker);
+        let committed = format!("shard {} committed", self.shard);
+        (!after.iter().any(|l| l.contains(&expired)) && after.iter().any(|l| l.contains(&committed))).then(|| {
+            format!(
+                "moot: {}'s commit of shard {} was on its way as it went (no lease to expire, no work left for a \
+                 replacement)",
+                self.worker, self.shard
+            )
+        })
+    }
+}

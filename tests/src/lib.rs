@@ -14,6 +14,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod moto;
+pub mod proxy;
 pub mod vm;
 
 use mayfly_core::host::{Attempt, BytesInput, InputSource, Limits, Outcome, Runtime, RuntimeConfig, Task};

@@ -15,46 +15,12 @@ use std::process::ExitCode;
 
 use mayfly_tests::chaos::{self, KINDS, Schedule};
 
-fn usage(message: &str) -> ExitCode {
-    eprintln!("chaos: {message}\nusage: chaos [--runs N] [--first SEED] [--seed SEED]...");
-    ExitCode::from(2)
-}
-
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let (mut runs, mut first, mut seeds) = (KINDS.len() as u64, 1u64, Vec::new());
-    let mut filters = Vec::new();
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| match args.next().map(|v| v.parse::<u64>()) {
-            Some(Ok(n)) => Ok(n),
-            _ => Err(usage(&format!("{name} needs a number"))),
-        };
-        match arg.as_str() {
-            "--runs" => match number("--runs") {
-                Ok(n) => runs = n,
-                Err(code) => return code,
-            },
-            "--first" => match number("--first") {
-                Ok(n) => first = n,
-                Err(code) => return code,
-            },
-            "--seed" => match number("--seed") {
-                Ok(n) => seeds.push(n),
-                Err(code) => return code,
-            },
-            // libtest's own flags, as `cargo test -- --nocapture` passes them.
-            flag if flag.starts_with("--") => {}
-            filter => filters.push(filter.to_owned()),
-        }
-    }
-    // `cargo test some_filter` passes the filter to every test binary.
-    if !filters.is_empty() && !filters.iter().any(|f| "chaos".contains(f.as_str())) {
-        println!("chaos: filtered out");
-        return ExitCode::SUCCESS;
-    }
-    if seeds.is_empty() {
-        seeds = (first..first.saturating_add(runs)).collect();
-    }
+    let seeds = match chaos::seeds("chaos", KINDS.len()) {
+        Ok(Some(seeds)) => seeds,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(code) => return code,
+    };
 
     let mut out = std::io::stdout();
     let reference = chaos::run(&Schedule { seed: 0, delay_ms: 150, deadline_ms: None, faults: vec![] }, None);

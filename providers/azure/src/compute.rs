@@ -170,26 +170,33 @@ impl Azure {
                 let endpoint = azure_core_legacy::Url::parse(&self.arm_endpoint)
                     .map_err(|e| fail(ErrorKind::Config, format!("`provider.arm_endpoint`: {e}")))?;
                 let scope = format!("{}/.default", self.arm_endpoint.trim_end_matches('/'));
+                // Time ends the retries (`api_timeout`), not a small count:
+                // ARM throttles (429) for as long as its Retry-After says, and
+                // a few throttled answers in a row must not fail a launch
+                // (found by the seeded chaos on the emulators: 5 in a row
+                // did). 40 tries, at most 5 s apart unless ARM asks for more,
+                // outlast the `api_timeout` one would set, and keep the
+                // backoff's 2^n in range.
                 let retry = azure_core_legacy::RetryOptions::exponential(
                     azure_core_legacy::ExponentialRetryOptions::default()
-                        .max_retries(4u32)
+                        .max_retries(40u32)
+                        .max_delay(Duration::from_secs(5))
                         .initial_delay(Duration::from_millis(200))
                         .max_total_elapsed(self.api_timeout),
                 );
                 let bridge = Arc::new(credentials::Bridge(credential));
+                // Every try of a request carries a token asked for then.
+                let fresh: Arc<dyn azure_core_legacy::Policy> =
+                    Arc::new(FreshToken { bridge: bridge.clone(), scope: scope.clone() });
+                let options = azure_core_legacy::ClientOptions::default().retry(retry).per_retry_policies(vec![fresh]);
                 let pipeline = azure_core_legacy::Pipeline::new(
                     Some("mayfly-provider-azure"),
                     Some(env!("CARGO_PKG_VERSION")),
-                    azure_core_legacy::ClientOptions::default().retry(retry.clone()),
+                    options.clone(),
                     Vec::new(),
                     Vec::new(),
                 );
-                let client = mgmt::Client::builder(bridge.clone())
-                    .endpoint(endpoint.clone())
-                    .scopes(&[&scope])
-                    .retry(retry)
-                    .build()
-                    .map_err(|e| fail(ErrorKind::Config, format!("the ARM client: {e}")))?;
+                let client = mgmt::Client::new(endpoint.clone(), bridge.clone(), vec![scope.clone()], options);
                 Ok(Arm { client, pipeline, bridge, endpoint, scope })
             })
             .await
@@ -431,5 +438,38 @@ impl Azure {
         }
         let account = self.need(&self.storage_account, "storage_account", "the storage account of az:// locations")?;
         Ok(format!("https://{account}.blob.core.windows.net"))
+    }
+}
+
+/// Sets the bearer token on every try of an ARM request (a per-retry policy).
+/// The generated client, like `Azure::put_vm`, sets one before the
+/// pipeline, whose retries would send it again after it expired: 6 s of
+/// throttling with 20-second tokens ended a launch in 401
+/// `ExpiredAuthenticationToken`. The credential keeps its token while it is
+/// good, so a try costs no token request of its own.
+#[derive(Debug)]
+struct FreshToken {
+    bridge: Arc<credentials::Bridge>,
+    scope: String,
+}
+
+#[async_trait::async_trait]
+impl azure_core_legacy::Policy for FreshToken {
+    async fn send(
+        &self,
+        ctx: &azure_core_legacy::Context,
+        request: &mut azure_core_legacy::Request,
+        next: &[Arc<dyn azure_core_legacy::Policy>],
+    ) -> azure_core_legacy::PolicyResult {
+        use azure_core_legacy::auth::TokenCredential as _;
+        let token = self.bridge.get_token(&[&self.scope]).await?;
+        request.insert_header(azure_core_legacy::headers::AUTHORIZATION, format!("Bearer {}", token.token.secret()));
+        match next.split_first() {
+            Some((policy, rest)) => policy.send(ctx, request, rest).await,
+            None => Err(azure_core_legacy::Error::message(
+                azure_core_legacy::error::ErrorKind::Other,
+                "the ARM pipeline has no transport",
+            )),
+        }
     }
 }

@@ -979,11 +979,12 @@ fn spot_workers_fall_back_to_on_demand_when_ec2_has_no_spot_capacity() {
     p.terminate(&launched, Duration::from_secs(30)).unwrap();
 
     // Without (EC2 refuses every spot request): the workers run on demand.
-    let proxy = mayfly_tests_aws::RefusingProxy::start(
-        moto(),
+    let proxy = mayfly_tests_aws::RefusingProxy::open(&moto().endpoint);
+    proxy.refuse(mayfly_tests_aws::Rule::ec2(
         "InstanceMarketOptions.MarketType=spot",
+        "400 Bad Request",
         "InsufficientInstanceCapacity",
-    );
+    ));
     let (p, launched) = launch("aws-no-spot", &proxy.endpoint);
     assert_eq!(launched.len(), 3);
     assert_eq!(lifecycles("aws-no-spot"), vec![None, None, None]);
@@ -1002,7 +1003,7 @@ fn s3_refusing_a_shards_outputs_for_a_while_costs_time_not_its_attempts() {
     moto().create_bucket("mayfly-slowdown");
     let files = inputs(4, 500);
     let job = TestJob::new("aws-slowdown", &files);
-    let proxy = mayfly_tests_aws::RefusingProxy::open(moto());
+    let proxy = mayfly_tests_aws::RefusingProxy::open(&moto().endpoint);
     let mut settings = section();
     settings.insert("endpoint_url".into(), proxy.endpoint.clone().into());
     job.write_job(

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mayfly_tests::XorShift;
-use mayfly_tests::chaos::held_shard;
+use mayfly_tests::chaos::{Taken, worker_to_take};
 use mayfly_tests::cluster::{TestJob, assert_exactly_once, inputs, wait_until};
 use mayfly_tests_aws::{MotoExt, RefusingProxy, Rule, RuntimeApi, aws_cli, moto, node_log};
 
@@ -125,36 +125,11 @@ struct Report {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let (mut runs, mut first, mut seeds, mut filters) = (KINDS.len() as u64, 1u64, Vec::new(), Vec::new());
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| {
-            args.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("{name} needs a number"))
-        };
-        let parsed = match arg.as_str() {
-            "--runs" => number("--runs").map(|n| runs = n),
-            "--first" => number("--first").map(|n| first = n),
-            "--seed" => number("--seed").map(|n| seeds.push(n)),
-            // libtest's own flags, as `cargo test -- --nocapture` passes them.
-            flag if flag.starts_with("--") => Ok(()),
-            filter => {
-                filters.push(filter.to_owned());
-                Ok(())
-            }
-        };
-        if let Err(message) = parsed {
-            eprintln!("chaos: {message}\nusage: chaos [--runs N] [--first SEED] [--seed SEED]...");
-            return ExitCode::from(2);
-        }
-    }
-    // `cargo test some_filter` passes the filter to every test binary.
-    if !filters.is_empty() && !filters.iter().any(|f| "chaos".contains(f.as_str())) {
-        println!("aws chaos: filtered out");
-        return ExitCode::SUCCESS;
-    }
-    if seeds.is_empty() {
-        seeds = (first..first.saturating_add(runs)).collect();
-    }
+    let seeds = match mayfly_tests::chaos::seeds("aws chaos", KINDS.len()) {
+        Ok(Some(seeds)) => seeds,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(code) => return code,
+    };
     moto().create_bucket(BUCKET);
     let mut out = std::io::stdout();
     let mut failed = Vec::new();
@@ -222,7 +197,7 @@ fn run(schedule: &Schedule, id: &str) -> Report {
     std::fs::write(&path, &text).unwrap();
 
     // The function and the nodes reach moto only through the proxy.
-    let proxy = RefusingProxy::open(moto());
+    let proxy = RefusingProxy::open(&moto().endpoint);
     let mut settings = moto().settings();
     settings.insert("endpoint_url".into(), proxy.endpoint.clone().into());
     let api = RuntimeApi::start();
@@ -236,7 +211,7 @@ fn run(schedule: &Schedule, id: &str) -> Report {
     };
 
     let mut hits = Vec::new();
-    let mut killed = Vec::new();
+    let mut taken = Vec::new();
     let mut pending: Vec<(u64, Fault)> = Vec::new();
     for (at, fault) in &schedule.faults {
         if let Fault::Ec2Throttle { ms } = fault {
@@ -264,7 +239,7 @@ fn run(schedule: &Schedule, id: &str) -> Report {
             while t0.elapsed() < Duration::from_millis(at) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            match inject(&job, &fault, schedule.pick, &proxy, &mut ask, &mut hits, &mut killed) {
+            match inject(&job, &fault, schedule.pick, &proxy, &mut ask, &mut hits, &mut taken) {
                 Ok(what) => report.injected.push((fault_kind(&fault).into(), format!("{fault}: {what}"))),
                 Err(e) => report.problems.push(format!("{fault} could not be injected: {e}")),
             }
@@ -284,7 +259,7 @@ fn run(schedule: &Schedule, id: &str) -> Report {
             _ => hits.iter().find(|(f, _)| what.starts_with(f.as_str())).map_or(0, |(_, n)| n.load(Ordering::Relaxed)),
         };
         what.push_str(&format!(" ({seen} seen: {})", evidence_of(kind)));
-        let excused = if kind == "kill-worker" { killed.first().and_then(|k| moot(&log, k)) } else { None };
+        let excused = if kind == "kill-worker" { taken.first().and_then(|t| t.moot(&log)) } else { None };
         match excused {
             Some(why) if seen == 0 => what.push_str(&format!("; {why}")),
             _ if seen == 0 => report.problems.push(format!("{what}: left no trace, so it tested nothing")),
@@ -323,48 +298,17 @@ fn inject(
     proxy: &RefusingProxy,
     ask: &mut impl FnMut() -> Result<(String, String), std::sync::mpsc::RecvTimeoutError>,
     hits: &mut Vec<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)>,
-    killed: &mut Vec<Killed>,
+    taken: &mut Vec<Taken>,
 ) -> Result<String, String> {
     let id = job.id.as_str();
     match fault {
         Fault::KillWorker => {
-            // A worker that has just been given a shard is the surest to be
-            // in the middle of it (not with its commit on the way): the next
-            // lease the master grants picks it; if none comes soon, the seed's
-            // pick among the holders.
             let instances = instances_of(id, job)?;
-            let from = node_log(id, "master").lines().count();
-            let mut chosen = None;
-            let waited = wait_until(Duration::from_secs(5), || {
-                let log = node_log(id, "master");
-                chosen = log
-                    .lines()
-                    .skip(from)
-                    .filter_map(|l| l.rsplit_once(" leased to "))
-                    .map(|(_, w)| w)
-                    .last()
-                    .and_then(|w| instances.get(w).map(|i| (w.to_owned(), i.clone())));
-                chosen.is_some()
-            });
-            let log = node_log(id, "master");
-            let (holder, instance) = match chosen {
-                Some(fresh) if waited => fresh,
-                _ => {
-                    let holders: Vec<(&String, &String)> = instances
-                        .iter()
-                        .filter(|(w, _)| w.starts_with("worker-") && held_shard(&log, w).is_some())
-                        .collect();
-                    if holders.is_empty() {
-                        return Err("no worker holds a lease".into());
-                    }
-                    let (w, i) = holders[(pick % holders.len() as u64) as usize];
-                    (w.clone(), i.clone())
-                }
-            };
+            let (worker, instance) = worker_to_take(|| node_log(id, "master"), &instances, pick)?;
+            let took = Taken::now(&node_log(id, "master"), &worker)?;
             terminate(&instance)?;
-            let (shard, lines) = held_shard(&log, &holder).ok_or_else(|| format!("{holder} held no lease"))?;
-            killed.push(Killed { worker: holder.clone(), shard, lines });
-            Ok(format!("{holder} ({instance})"))
+            taken.push(took);
+            Ok(format!("{worker} ({instance})"))
         }
         Fault::KillMaster => {
             let instance = instances_of(id, job)?.remove("master").ok_or("no instance is the master")?;
@@ -413,30 +357,6 @@ fn terminate(instance: &str) -> Result<(), String> {
     rt.block_on(ec2.terminate_instances().instance_ids(instance).send())
         .map(|_| ())
         .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())
-}
-
-/// A worker whose instance a seed terminated: the shard it held, and how
-/// many lines the master's log had then.
-struct Killed {
-    worker: String,
-    shard: String,
-    lines: usize,
-}
-
-/// Why a killed worker left no trace, if the master's log shows it could not:
-/// its commit was on its way when its instance went, so no lease expired,
-/// and no work was left waiting for a replacement. The fault tested nothing,
-/// and says so, as the local chaos suite's paused commits do.
-fn moot(log: &str, killed: &Killed) -> Option<String> {
-    let after: Vec<&str> = log.lines().skip(killed.lines).collect();
-    let expired = format!("lease expired: worker {} ", killed.worker);
-    let committed = format!("shard {} committed", killed.shard);
-    (!after.iter().any(|l| l.contains(&expired)) && after.iter().any(|l| l.contains(&committed))).then(|| {
-        format!(
-            "moot: {}'s commit of shard {} was on its way as its instance went (no lease to expire, no work left              for a replacement)",
-            killed.worker, killed.shard
-        )
-    })
 }
 
 /// The promises: done; every input once in S3 (fetched by the CLI), each

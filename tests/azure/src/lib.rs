@@ -366,6 +366,8 @@ struct ArmState {
     operations: HashMap<String, String>,
     /// (a string of the path, how many more of its requests get 429).
     throttle: Vec<(String, usize)>,
+    /// Requests answered 429 so far.
+    throttled: usize,
     requests: usize,
     /// VMs made so far: each new VM's `vmId` (unique, as Azure's are; the
     /// request count is not, between concurrent PUTs).
@@ -414,6 +416,11 @@ impl Arm {
         if n > 0 {
             s.throttle.push((needle.to_owned(), n));
         }
+    }
+
+    /// How many requests it has answered 429 (see [`Arm::throttle`]).
+    pub fn throttled(&self) -> usize {
+        self.state.lock().unwrap().throttled
     }
 
     /// How many requests it has answered.
@@ -523,6 +530,7 @@ impl Arm {
             s.requests += 1;
             if let Some((_, left)) = s.throttle.iter_mut().find(|(k, left)| *left > 0 && r.path.contains(k.as_str())) {
                 *left -= 1;
+                s.throttled += 1;
                 return Answer::error(429, "TooManyRequests", "The request is being throttled.")
                     .header("Retry-After", "1");
             }
@@ -751,6 +759,10 @@ pub struct Azurite {
     pub endpoint: String,
     /// The CA that signed its certificate (PEM file): `SSL_CERT_FILE` and `CURL_CA_BUNDLE`.
     pub ca: PathBuf,
+    /// Its certificate and key (PEM files), which a proxy in front of it serves too.
+    pub cert: PathBuf,
+    /// See `cert`.
+    pub key: PathBuf,
     _server: Mutex<Child>,
 }
 
@@ -803,7 +815,7 @@ impl Azurite {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "azurite did not start on port {port} (see {})", dir.join("azurite.log").display());
-        Azurite { endpoint: format!("https://127.0.0.1:{port}/{ACCOUNT}"), ca, _server: Mutex::new(server) }
+        Azurite { endpoint: format!("https://127.0.0.1:{port}/{ACCOUNT}"), ca, cert, key, _server: Mutex::new(server) }
     }
 
     /// Makes a container (`Container_Create`), with a token of its own.
@@ -1006,7 +1018,10 @@ impl Hypervisor {
             .ok_or_else(|| format!("{}: no mayfly node in its custom data", vm.name()))?;
         let id = vm.body["id"].as_str().unwrap_or_default().to_owned();
         let imds = Imds::serve(&id, Some(tokens.clone()));
-        let root = disks().disk(&launch.job, &launch.node, vm.name());
+        // A disk per machine: a VM made again under a name a deleted one had
+        // (a resumed job's workers) is another machine, with a disk of its own.
+        let vm_id = vm.body.pointer("/properties/vmId").and_then(|v| v.as_str()).unwrap_or_default();
+        let root = disks().disk(&launch.job, &launch.node, &format!("{}.{vm_id}", vm.name()));
         let path = format!("{}:/usr/local/bin:/usr/bin:/bin", disks().bin().display());
         // The VM's metadata service; its managed identity, as azure_identity
         // finds it here (the endpoint protocol; on Azure it asks the metadata

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod bench;
 pub mod chaos;
+pub mod cloud_chaos;
 pub mod cluster;
 pub mod moto;
 pub mod proxy;

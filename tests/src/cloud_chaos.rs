@@ -254,8 +254,8 @@ pub fn not_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) -> Option<St
 }
 
 /// Says, for each injected fault, how many traces it left and what they
-/// are: a kill's by the master's `log` (leases expired, workers replaced,
-/// masters resumed), a throttle's or a refusal's by the runner's count
+/// are: a kill's by the master's `log` (the taken worker's lease expired or
+/// a worker launched in its place; masters resumed), a throttle's or a refusal's by the runner's count
 /// (`seen(kind, what)`). A fault that left none is a problem (it tested
 /// nothing), unless it was a worker's kill that the master's log shows was
 /// moot (see [`Taken::moot`]).
@@ -269,7 +269,11 @@ pub fn judge_traces(
     report.resumes = log.matches("resumed:").count();
     for (kind, what) in &mut report.injected {
         let n = if kind == kinds.names[0] {
-            log.matches("lease expired: worker").count() + log.matches("launched in place of").count()
+            // The traces of the worker taken, not of any other's loss.
+            taken.first().map_or(0, |t| {
+                log.matches(&format!("lease expired: worker {} ", t.worker)).count()
+                    + log.matches(&format!("launched in place of {} (", t.worker)).count()
+            })
         } else if kind == kinds.names[1] {
             report.resumes
         } else {

@@ -445,8 +445,10 @@ impl Azure {
 /// The generated client, like `Azure::put_vm`, sets one before the
 /// pipeline, whose retries would send it again after it expired: 6 s of
 /// throttling with 20-second tokens ended a launch in 401
-/// `ExpiredAuthenticationToken`. The credential keeps its token while it is
-/// good, so a try costs no token request of its own.
+/// `ExpiredAuthenticationToken`. Each try asks the credential (which may
+/// answer from its cache, or ask its token service: short-lived tokens are
+/// asked for anew); a token it cannot get ends the request, as the one
+/// asked for before the pipeline would.
 #[derive(Debug)]
 struct FreshToken {
     bridge: Arc<credentials::Bridge>,

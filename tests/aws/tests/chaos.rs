@@ -180,7 +180,11 @@ fn check(id: &str, job: &TestJob, files: &[(String, Vec<u8>)], output: &str, rep
         let Ok(out) = aws_cli(moto()).args(["ec2", "describe-instances", "--filters", &filter]).output() else {
             return vec!["the AWS CLI did not run".into()];
         };
-        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // An answer the observer cannot read is no proof that nothing is left.
+        let answer: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            Ok(answer) if out.status.success() => answer,
+            _ => return vec![format!("the AWS CLI failed: {}", String::from_utf8_lossy(&out.stderr).trim())],
+        };
         let mut left = Vec::new();
         for r in answer["Reservations"].as_array().into_iter().flatten() {
             for i in r["Instances"].as_array().into_iter().flatten() {

@@ -333,7 +333,7 @@ fn bad_settings_and_a_failing_azure_are_clear_errors_and_leave_no_vm() {
     assert!(out.contains("429") || out.contains("TooManyRequests") || out.contains("throttled"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(90), "{:?}", started.elapsed());
     // A throttle is ridden out (Retry-After honoured), 8 answers in a row
-    // too (about 23 s of backoff): time ends the client's retries, not a
+    // too (about 27 s of backoff): time ends the client's retries, not a
     // count (5 in a row failed a launch before; found by the seeded chaos),
     // and each try carries a token asked for then, not one older than a
     // token lives here (20 s: the retries sent an expired one before).

@@ -46,7 +46,8 @@ fn main() {
         Arc::new(Faulty::create(Settings::new("faulty", waiting.clone()), CoreHost::new()).expect("direct provider"));
     let loaded_waits = load(waiting);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let request = CredentialRequest { job: "bench".into(), state: "/tmp/bench".into(), node: "worker-1".into() };
+    let request =
+        CredentialRequest { job: "bench".into(), state: "/tmp/bench".into(), node: "worker-1".into(), refused: false };
     for (method, d, p, judged) in [
         (
             "identify (no-op)",

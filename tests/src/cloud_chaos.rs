@@ -32,20 +32,30 @@ pub enum Fault {
     Throttle { amount: u64 },
     /// The object store refuses every write under the job's outputs for `ms`.
     RefuseWrites { ms: u64 },
+    /// The object store refuses, from now on, every temporary credential it
+    /// has seen so far, as expired: they stop working before the expiry
+    /// they were issued with.
+    ExpireCredentials,
+    /// Every machine's metadata service (where a node finds who it is and,
+    /// on some clouds, its credentials) answers each request `ms` late, from
+    /// the submission to the job's end.
+    SlowMetadata { ms: u64 },
 }
 
 /// How a cloud's runner names its faults, and its throttle.
 #[derive(Debug)]
 pub struct Kinds {
-    /// The names of kill-worker, kill-master, the throttle and the refusal,
-    /// in the order seeds 1, 2, ... take them as their first fault.
-    pub names: [&'static str; 4],
+    /// The names of kill-worker, kill-master, the throttle, the refusal, the
+    /// early expiry and the slow metadata service, in the order seeds 1, 2,
+    /// ... take them as their first fault.
+    pub names: [&'static str; 6],
     /// A throttle's amount: `least` plus up to `spread` more.
     pub throttle: (u64, u64),
     /// How an amount is said (`4.6s`, `5 requests`).
     pub say_throttle: fn(u64) -> String,
-    /// What the traces of a throttle and of a refusal are (`EC2 calls refused`).
-    pub evidence: [&'static str; 2],
+    /// What the traces of a throttle, a refusal, an early expiry and a slow
+    /// metadata service are (`EC2 calls refused`).
+    pub evidence: [&'static str; 4],
 }
 
 impl Kinds {
@@ -56,6 +66,8 @@ impl Kinds {
             Fault::KillMaster => self.names[1],
             Fault::Throttle { .. } => self.names[2],
             Fault::RefuseWrites { .. } => self.names[3],
+            Fault::ExpireCredentials => self.names[4],
+            Fault::SlowMetadata { .. } => self.names[5],
         }
     }
 
@@ -64,8 +76,8 @@ impl Kinds {
         match self.names.iter().position(|n| *n == kind) {
             Some(0) => "leases expired and workers replaced, by the master's log",
             Some(1) => "masters resumed",
-            Some(2) => self.evidence[0],
-            _ => self.evidence[1],
+            Some(n @ 2..=5) => self.evidence[n - 2],
+            _ => "none",
         }
     }
 
@@ -73,15 +85,17 @@ impl Kinds {
     pub fn say(&self, fault: &Fault) -> String {
         match fault {
             Fault::Throttle { amount } => format!("{}({})", self.of(fault), (self.say_throttle)(*amount)),
-            Fault::RefuseWrites { ms } => format!("{}({:.1}s)", self.of(fault), *ms as f64 / 1000.0),
+            Fault::RefuseWrites { ms } | Fault::SlowMetadata { ms } => {
+                format!("{}({:.1}s)", self.of(fault), *ms as f64 / 1000.0)
+            }
             _ => self.of(fault).to_owned(),
         }
     }
 }
 
 /// A seed's plan: the task's time per item and its faults, each at a moment
-/// counted from the job's first lease (a throttle from the submission, so
-/// that it meets the bootstrap's launch).
+/// counted from the job's first lease (a throttle and a slow metadata
+/// service from the submission, so that they meet the launch and the boot).
 #[derive(Debug)]
 pub struct Schedule {
     /// The task's time per item.
@@ -96,7 +110,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// Seed `seed`'s plan: its first fault's kind by the seed (each kind
-    /// once in any 4 seeds in a row), maybe a second.
+    /// once in any 6 seeds in a row), maybe a second.
     pub fn from_seed(seed: u64, kinds: &'static Kinds) -> Schedule {
         let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5_5A5A_F00D_CAFE);
         for _ in 0..8 {
@@ -104,10 +118,17 @@ impl Schedule {
         }
         let mut below = |n: u64| rng.next() % n;
         let delay_ms = 400 + below(400);
-        let all = [Fault::KillWorker, Fault::KillMaster, Fault::Throttle { amount: 0 }, Fault::RefuseWrites { ms: 0 }];
-        let mut picked = vec![all[((seed.max(1) - 1) % 4) as usize]];
+        let all = [
+            Fault::KillWorker,
+            Fault::KillMaster,
+            Fault::Throttle { amount: 0 },
+            Fault::RefuseWrites { ms: 0 },
+            Fault::ExpireCredentials,
+            Fault::SlowMetadata { ms: 0 },
+        ];
+        let mut picked = vec![all[((seed.max(1) - 1) % all.len() as u64) as usize]];
         if below(2) == 1 {
-            let other = all[below(4) as usize];
+            let other = all[below(all.len() as u64) as usize];
             if !picked.contains(&other) {
                 picked.push(other);
             }
@@ -120,6 +141,9 @@ impl Schedule {
                 Fault::KillWorker | Fault::KillMaster => (300 + below(span / 2), fault),
                 Fault::Throttle { .. } => (0, Fault::Throttle { amount: kinds.throttle.0 + below(kinds.throttle.1) }),
                 Fault::RefuseWrites { .. } => (200 + below(span / 3), Fault::RefuseWrites { ms: 1500 + below(2500) }),
+                // Once every worker has written (signed with its credential).
+                Fault::ExpireCredentials => (span / 3 + below(span / 3), fault),
+                Fault::SlowMetadata { .. } => (0, Fault::SlowMetadata { ms: 1000 + below(2500) }),
             })
             .collect();
         faults.sort_by_key(|(at, _)| *at);
@@ -132,7 +156,9 @@ impl std::fmt::Display for Schedule {
         write!(f, "task {} ms/item", self.delay_ms)?;
         for (at, fault) in &self.faults {
             match fault {
-                Fault::Throttle { .. } => write!(f, ", {} from the submission", self.kinds.say(fault))?,
+                Fault::Throttle { .. } | Fault::SlowMetadata { .. } => {
+                    write!(f, ", {} from the submission", self.kinds.say(fault))?
+                }
                 _ => write!(f, ", {}@{:.1}s", self.kinds.say(fault), *at as f64 / 1000.0)?,
             }
         }
@@ -255,8 +281,8 @@ pub fn not_exactly_once(job: &TestJob, files: &[(String, Vec<u8>)]) -> Option<St
 
 /// Says, for each injected fault, how many traces it left and what they
 /// are: a kill's by the master's `log` (the taken worker's lease expired or
-/// a worker launched in its place; masters resumed), a throttle's or a refusal's by the runner's count
-/// (`seen(kind, what)`). A fault that left none is a problem (it tested
+/// a worker launched in its place; masters resumed), the others' by the
+/// runner's count (`seen(kind, what)`). A fault that left none is a problem (it tested
 /// nothing), unless it was a worker's kill that the master's log shows was
 /// moot (see [`Taken::moot`]).
 pub fn judge_traces(

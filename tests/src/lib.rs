@@ -247,23 +247,9 @@ pub fn pid_of(node: &mayfly_data::provider::NodeInfo) -> u32 {
 }
 
 /// The processes of job `job`'s nodes, found independently of the provider's
-/// records: every process whose command line is `... node ... --job <job> ...`
-/// (a zombie's command line is empty: it is not running anything). The
-/// local provider's own listing trusts its node records; this does not.
-pub fn job_processes(job: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_node = args.iter().any(|a| a == "node");
-        let of_job = args.windows(2).any(|w| w[0] == "--job" && w[1] == job);
-        if is_node && of_job {
-            found.push((pid, args.join(" ")));
-        }
-    }
-    found
-}
+/// records (the local provider's own listing trusts its node records; this
+/// does not).
+pub use mayfly_ops::conformance::job_processes;
 
 /// The local provider, linked in, with the `mayfly` binary for its nodes and
 /// these settings on top.

@@ -1,12 +1,14 @@
 //! A proxy in front of an emulator's HTTP API (moto's, or Azurite's over TLS)
 //! that refuses the requests its rules match, with the cloud's own error
 //! document, for a time or for good, and forwards the others: EC2 refusing
-//! what moto would grant (spot capacity, say), throttling its API, or S3 or
-//! Blob storage refusing writes for a while.
+//! what moto would grant (spot capacity, say), throttling its API, S3 or
+//! Blob storage refusing writes for a while, or refusing the temporary
+//! credentials it has seen so far as expired (before their time).
 //!
 //! One request per connection: every answer says `Connection: close`, so each
 //! request is judged on its own (clients open another connection).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -23,6 +25,8 @@ pub struct RefusingProxy {
     /// How many requests it refused.
     pub refused: Arc<AtomicUsize>,
     rules: Arc<Mutex<Vec<Rule>>>,
+    /// Every temporary credential a request came signed with ([`credential_of`]).
+    seen: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What a [`RefusingProxy`] refuses, and how.
@@ -38,6 +42,9 @@ pub struct Rule {
     pub body: String,
     /// Until when it holds (for good if `None`).
     pub until: Option<Instant>,
+    /// Only requests signed with one of these temporary credentials (see
+    /// [`RefusingProxy::expire_seen`]); any request if `None`.
+    pub signed_with: Option<Arc<HashSet<String>>>,
     /// How many requests it refused.
     pub hits: Arc<AtomicUsize>,
 }
@@ -50,7 +57,15 @@ impl Rule {
             "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
              <RequestID>proxy</RequestID></Response>"
         );
-        Rule { method: None, needle: needle.to_owned(), status, body, until: None, hits: Default::default() }
+        Rule {
+            method: None,
+            needle: needle.to_owned(),
+            status,
+            body,
+            until: None,
+            signed_with: None,
+            hits: Default::default(),
+        }
     }
 
     /// S3's error `code` (a REST error document) with `status`, for requests
@@ -60,7 +75,15 @@ impl Rule {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
              <Message>refused by the test's proxy</Message><RequestId>proxy</RequestId></Error>"
         );
-        Rule { method: Some(method), needle: needle.to_owned(), status, body, until: None, hits: Default::default() }
+        Rule {
+            method: Some(method),
+            needle: needle.to_owned(),
+            status,
+            body,
+            until: None,
+            signed_with: None,
+            hits: Default::default(),
+        }
     }
 
     /// Blob storage's error `code` (its REST error document) with `status`,
@@ -70,7 +93,32 @@ impl Rule {
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code>\
              <Message>refused by the test's proxy</Message></Error>"
         );
-        Rule { method: Some(method), needle: needle.to_owned(), status, body, until: None, hits: Default::default() }
+        Rule {
+            method: Some(method),
+            needle: needle.to_owned(),
+            status,
+            body,
+            until: None,
+            signed_with: None,
+            hits: Default::default(),
+        }
+    }
+
+    /// S3's answer to a request signed with a session whose token has
+    /// expired (`400 ExpiredToken`), for any request.
+    pub fn s3_expired() -> Rule {
+        let mut rule = Rule::s3("GET", "", "400 Bad Request", "ExpiredToken");
+        rule.method = None;
+        rule
+    }
+
+    /// Blob storage's answer to a request whose bearer token has expired
+    /// (`401 InvalidAuthenticationInfo`), for any request.
+    pub fn blob_expired() -> Rule {
+        let mut rule =
+            Rule::blob("GET", "", "401 Server failed to authenticate the request", "InvalidAuthenticationInfo");
+        rule.method = None;
+        rule
     }
 
     /// The same rule, holding for `how_long` from now.
@@ -79,11 +127,31 @@ impl Rule {
         self
     }
 
-    fn matches(&self, line: &str, body: &[u8]) -> bool {
+    fn matches(&self, line: &str, body: &[u8], credential: Option<&str>) -> bool {
         self.until.is_none_or(|u| Instant::now() < u)
+            && self.signed_with.as_ref().is_none_or(|set| credential.is_some_and(|c| set.contains(c)))
             && self.method.is_none_or(|m| line.starts_with(&format!("{m} ")))
             && (line.contains(&self.needle) || String::from_utf8_lossy(body).contains(&self.needle))
     }
+}
+
+/// The temporary credential a request (its head's lines) is signed with: a
+/// session's access key id (an AWS signature with `X-Amz-Security-Token`;
+/// long-lived keys are not temporary), or a bearer token.
+fn credential_of(head: &[String]) -> Option<String> {
+    let header = |name: &str| {
+        head.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let authorization = header("authorization")?;
+    if let Some(token) = authorization.strip_prefix("Bearer ") {
+        return Some(token.to_owned());
+    }
+    header("x-amz-security-token")?;
+    let key = authorization.split("Credential=").nth(1)?.split('/').next()?;
+    Some(key.to_owned())
 }
 
 /// `host:port` of an endpoint URL (`https://127.0.0.1:10000/account`): the
@@ -91,6 +159,14 @@ impl Rule {
 fn authority(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// What a proxy's connection shares with the others.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    rules: &'a Mutex<Vec<Rule>>,
+    refused: &'a AtomicUsize,
+    seen: &'a Mutex<HashSet<String>>,
 }
 
 /// Where the proxy forwards to.
@@ -145,22 +221,25 @@ impl RefusingProxy {
         let endpoint = format!("{scheme}://{}", listener.local_addr().expect("the proxy's address"));
         let refused = Arc::new(AtomicUsize::new(0));
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
-        let (count, held) = (refused.clone(), rules.clone());
+        let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let (count, held, saw) = (refused.clone(), rules.clone(), seen.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (upstream, count, held, tls) = (upstream.clone(), count.clone(), held.clone(), tls.clone());
+                let (upstream, tls) = (upstream.clone(), tls.clone());
+                let (count, held, saw) = (count.clone(), held.clone(), saw.clone());
                 std::thread::spawn(move || {
+                    let known = Known { rules: &held, refused: &count, seen: &saw };
                     let _ = match tls {
                         Some(config) => match rustls::ServerConnection::new(config) {
-                            Ok(conn) => Self::serve(rustls::StreamOwned::new(conn, stream), &upstream, &held, &count),
+                            Ok(conn) => Self::serve(rustls::StreamOwned::new(conn, stream), &upstream, known),
                             Err(_) => Ok(()),
                         },
-                        None => Self::serve(stream, &upstream, &held, &count),
+                        None => Self::serve(stream, &upstream, known),
                     };
                 });
             }
         });
-        RefusingProxy { endpoint, refused, rules }
+        RefusingProxy { endpoint, refused, rules, seen }
     }
 
     /// Adds `rule`; returns its count of refused requests.
@@ -170,13 +249,24 @@ impl RefusingProxy {
         hits
     }
 
+    /// Adds `rule` for the requests signed with a temporary credential this
+    /// proxy has seen so far (not with any issued later): as when a
+    /// credential stops working before the expiry it was issued with (a
+    /// session revoked, a clock that runs fast); returns its count of refused
+    /// requests. For good unless the rule says otherwise.
+    pub fn expire_seen(&self, mut rule: Rule) -> Arc<AtomicUsize> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        rule.signed_with = Some(Arc::new(seen));
+        self.refuse(rule)
+    }
+
+    /// How many temporary credentials requests came signed with.
+    pub fn credentials_seen(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Reads one request from `client`; refuses it or forwards it.
-    fn serve(
-        mut client: impl Read + Write,
-        upstream: &Upstream,
-        rules: &Mutex<Vec<Rule>>,
-        refused: &AtomicUsize,
-    ) -> std::io::Result<()> {
+    fn serve(mut client: impl Read + Write, upstream: &Upstream, known: Known<'_>) -> std::io::Result<()> {
         let mut reader = BufReader::new(&mut client);
         let mut head = Vec::new();
         let mut length = 0usize;
@@ -200,11 +290,20 @@ impl RefusingProxy {
         reader.read_exact(&mut body)?;
         drop(reader);
         let first = head.first().cloned().unwrap_or_default();
-        let refusal =
-            rules.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.matches(&first, &body)).cloned();
+        let credential = credential_of(&head);
+        let refusal = known
+            .rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.matches(&first, &body, credential.as_deref()))
+            .cloned();
+        if let Some(c) = credential {
+            known.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(c);
+        }
         if let Some(rule) = refusal {
             rule.hits.fetch_add(1, Ordering::Relaxed);
-            refused.fetch_add(1, Ordering::Relaxed);
+            known.refused.fetch_add(1, Ordering::Relaxed);
             let head_only = first.starts_with("HEAD ");
             write!(
                 client,

@@ -6,11 +6,14 @@
 //! speak of, in a process group that ends with the machine), and reading
 //! what a node wrote. tests/aws plays EC2 over moto with it, tests/azure
 //! ARM's VMs; each says how its cloud lists machines and hands out their
-//! boot script and metadata.
+//! boot script and metadata (slowed down, for a while, by a [`Slowdown`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The machines' disks, under one directory with the shims in `bin/`.
 #[derive(Debug, Clone)]
@@ -69,6 +72,25 @@ impl Disks {
         for root in self.of_node(job, node) {
             for file in ["console.log", "var/log/mayfly-node.log"] {
                 out.push_str(&std::fs::read_to_string(root.join(file)).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
+
+impl Disks {
+    /// The lines that `job`'s nodes wrote (consoles and node logs, on every
+    /// machine) that contain `needle`, each after the disk's name.
+    pub fn lines_saying(&self, job: &str, needle: &str) -> Vec<String> {
+        let mut roots: Vec<PathBuf> =
+            std::fs::read_dir(self.dir.join(job)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        roots.sort();
+        let mut out = Vec::new();
+        for root in roots {
+            let disk = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            for file in ["console.log", "var/log/mayfly-node.log"] {
+                let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+                out.extend(text.lines().filter(|l| l.contains(needle)).map(|l| format!("{disk}: {l}")));
             }
         }
         out
@@ -155,5 +177,71 @@ impl Machine {
         drop(child.stdin.take());
         let _ = child.wait();
         self.ended = true;
+    }
+}
+
+/// A service that answers late for a while: a metadata service under load.
+/// Each hypervisor's metadata service waits on its own `static` one before
+/// every answer to a machine of a job; a test sets it for every job or one.
+#[derive(Debug, Default)]
+pub struct Slowdown {
+    /// Until when (ms since the epoch) answers are late.
+    until_ms: AtomicU64,
+    /// How late each answer is (ms).
+    delay_ms: AtomicU64,
+    /// The one job whose machines' answers are late (all when `None`).
+    job: Mutex<Option<String>>,
+    /// How many answers were late.
+    late: AtomicUsize,
+}
+
+impl Slowdown {
+    /// None yet.
+    pub const fn new() -> Slowdown {
+        Slowdown {
+            until_ms: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            job: Mutex::new(None),
+            late: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every answer from now on is `delay` late, for `lasting`.
+    pub fn set(&self, delay: Duration, lasting: Duration) {
+        self.set_on(None, delay, lasting);
+    }
+
+    /// Every answer to a machine of `job` from now on is `delay` late, for
+    /// `lasting` (other jobs' machines are answered on time).
+    pub fn set_for(&self, job: &str, delay: Duration, lasting: Duration) {
+        self.set_on(Some(job.to_owned()), delay, lasting);
+    }
+
+    fn set_on(&self, job: Option<String>, delay: Duration, lasting: Duration) {
+        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = job;
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.until_ms.store(mayfly_provider_api::now_ms() + lasting.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Answers are on time again.
+    pub fn clear(&self) {
+        self.until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Waits as long as an answer to a machine of `job` now must be late.
+    pub fn wait(&self, job: &str) {
+        if mayfly_provider_api::now_ms() >= self.until_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.job.lock().unwrap_or_else(|e| e.into_inner()).as_deref().is_some_and(|only| only != job) {
+            return;
+        }
+        self.late.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)));
+    }
+
+    /// How many answers were late.
+    pub fn late(&self) -> usize {
+        self.late.load(Ordering::Relaxed)
     }
 }

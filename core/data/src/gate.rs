@@ -242,8 +242,12 @@ mod tests {
         dir: &std::path::Path,
         node: &str,
     ) -> Result<Credential, ProviderError> {
-        let request =
-            CredentialRequest { job: "j".into(), state: dir.to_string_lossy().into_owned(), node: node.to_owned() };
+        let request = CredentialRequest {
+            job: "j".into(),
+            state: dir.to_string_lossy().into_owned(),
+            node: node.to_owned(),
+            refused: false,
+        };
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(p.credentials(request))
     }
 

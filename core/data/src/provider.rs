@@ -442,7 +442,8 @@ impl ProviderHandle {
 
     /// Fresh credentials for `node` of `job`.
     pub fn credentials(&self, job: &str, state: &str, node: &str) -> Result<Credential, ProviderError> {
-        let request = CredentialRequest { job: job.to_owned(), state: state.to_owned(), node: node.to_owned() };
+        let request =
+            CredentialRequest { job: job.to_owned(), state: state.to_owned(), node: node.to_owned(), refused: false };
         self.block("credentials", Some(self.timeout()), |p| async move { p.credentials(request).await })
     }
 

@@ -292,8 +292,13 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Local(PathBuf),
-    Object { os: Arc<dyn ObjectStore>, prefix: ObjPath },
+    Object { os: Arc<dyn ObjectStore>, prefix: ObjPath, refusals: OnRefusal },
 }
+
+/// Told of every error a remote store answers, so that a credential the
+/// store refuses (expired or revoked before its time) is renewed before the
+/// next request, whatever its age ([`ProviderCredentials::refused`]).
+type OnRefusal = Option<Arc<dyn Fn(&object_store::Error) + Send + Sync>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -357,7 +362,7 @@ impl Store {
                 .map_err(|e| directory(io::Error::other(e)))?;
             return Ok(Store {
                 location: location.clone(),
-                backend: Backend::Object { os: Arc::new(fs), prefix: ObjPath::default() },
+                backend: Backend::Object { os: Arc::new(fs), prefix: ObjPath::default(), refusals: None },
                 gate: Gate::for_node(provider, &who.job, &who.state, &who.node).map(Arc::new),
             });
         }
@@ -376,10 +381,10 @@ impl Store {
             Some(Some((bucket, prefix))) => (bucket.to_owned(), prefix.to_owned()),
             _ => (url.split_once("://").map(|(_, r)| r.to_owned()).unwrap_or_default(), String::new()),
         };
-        let os = client(url, &config.scheme, &bucket_and_prefix, &config.options, provider, who)?;
+        let (os, refusals) = client(url, &config.scheme, &bucket_and_prefix, &config.options, provider, who)?;
         Ok(Store {
             location: location.clone(),
-            backend: Backend::Object { os, prefix: join(&ObjPath::default(), &prefix) },
+            backend: Backend::Object { os, prefix: join(&ObjPath::default(), &prefix), refusals },
             gate: None,
         })
     }
@@ -407,7 +412,9 @@ impl Store {
         let location = self.location.join(key);
         let backend = match &self.backend {
             Backend::Local(p) => Backend::Local(p.join(key)),
-            Backend::Object { os, prefix } => Backend::Object { os: os.clone(), prefix: join(prefix, key) },
+            Backend::Object { os, prefix, refusals } => {
+                Backend::Object { os: os.clone(), prefix: join(prefix, key), refusals: refusals.clone() }
+            }
         };
         Store { location, backend, gate: self.gate.clone() }
     }
@@ -433,6 +440,21 @@ impl Store {
 
     fn local_path(root: &Path, key: &str) -> PathBuf {
         root.join(key)
+    }
+
+    /// How a remote store's error becomes this store's: the credentials are
+    /// told of it first (see [`OnRefusal`]).
+    fn os_error(&self) -> impl Fn(object_store::Error) -> io::Error + Clone + Send + Sync + 'static {
+        let refusals = match &self.backend {
+            Backend::Object { refusals, .. } => refusals.clone(),
+            Backend::Local(_) => None,
+        };
+        move |e| {
+            if let Some(told) = &refusals {
+                told(&e);
+            }
+            from_os(e)
+        }
     }
 
     /// Every object under `prefix` (`""`: all), with its size, by key, in order.
@@ -481,8 +503,8 @@ impl Store {
                     }
                 }
             }
-            Backend::Object { os, prefix: root } => {
-                let (os, root, at) = (os.clone(), root.clone(), join(root, prefix));
+            Backend::Object { os, prefix: root, .. } => {
+                let (os, root, at, err) = (os.clone(), root.clone(), join(root, prefix), self.os_error());
                 out = block_io(async move {
                     let mut listing = os.list(Some(&at));
                     let mut out = Vec::new();
@@ -495,7 +517,7 @@ impl Store {
                                 io::ErrorKind::InvalidData,
                                 format!("an object has a key mayfly cannot read back by its name: {source}"),
                             ),
-                            e => from_os(e),
+                            e => err(e),
                         })?;
                         let key = relative(&root, &meta.location);
                         out.push((key, meta.size));
@@ -514,12 +536,12 @@ impl Store {
         self.admit(|| format!("listing {}", self.location))?;
         match &self.backend {
             Backend::Local(root) => std::fs::read_dir(root).map(|_| ()),
-            Backend::Object { os, prefix } => {
-                let (os, prefix) = (os.clone(), prefix.clone());
+            Backend::Object { os, prefix, .. } => {
+                let (os, prefix, err) = (os.clone(), prefix.clone(), self.os_error());
                 block_io(async move {
                     let mut listing = os.list(Some(&prefix));
                     match listing.next().await {
-                        Some(Err(e)) => Err(from_os(e)),
+                        Some(Err(e)) => Err(err(e)),
                         _ => Ok(()),
                     }
                 })
@@ -532,9 +554,9 @@ impl Store {
         self.admit(|| format!("reading the size of {}", self.display(key)))?;
         match &self.backend {
             Backend::Local(root) => Ok(std::fs::metadata(Self::local_path(root, key))?.len()),
-            Backend::Object { os, prefix } => {
-                let (os, at) = (os.clone(), join(prefix, key));
-                block_io(async move { os.head(&at).await.map(|m| m.size).map_err(from_os) })
+            Backend::Object { os, prefix, .. } => {
+                let (os, at, err) = (os.clone(), join(prefix, key), self.os_error());
+                block_io(async move { os.head(&at).await.map(|m| m.size).map_err(err) })
             }
         }
     }
@@ -544,11 +566,11 @@ impl Store {
         self.admit(|| format!("reading {}", self.display(key)))?;
         let got = match &self.backend {
             Backend::Local(root) => std::fs::read(Self::local_path(root, key)),
-            Backend::Object { os, prefix } => {
-                let (os, at) = (os.clone(), join(prefix, key));
+            Backend::Object { os, prefix, .. } => {
+                let (os, at, err) = (os.clone(), join(prefix, key), self.os_error());
                 block_io(async move {
-                    let r = os.get(&at).await.map_err(from_os)?;
-                    r.bytes().await.map(|b| b.to_vec()).map_err(from_os)
+                    let r = os.get(&at).await.map_err(&err)?;
+                    r.bytes().await.map(|b| b.to_vec()).map_err(&err)
                 })
             }
         };
@@ -589,8 +611,8 @@ impl Store {
                 buf.truncate(at);
                 Ok(buf)
             }
-            Backend::Object { os, prefix } => {
-                let (os, at) = (os.clone(), join(prefix, key));
+            Backend::Object { os, prefix, .. } => {
+                let (os, at, err) = (os.clone(), join(prefix, key), self.os_error());
                 let end = range.end;
                 block_io(async move {
                     match os.get_range(&at, range).await {
@@ -605,7 +627,7 @@ impl Store {
                                 format!("range ends at byte {end}, past the end of the object ({} bytes)", meta.size),
                             )),
                             Err(head) if matches!(head, object_store::Error::NotFound { .. }) => Err(from_os(head)),
-                            _ => Err(from_os(e)),
+                            _ => Err(err(e)),
                         },
                     }
                 })
@@ -633,9 +655,9 @@ impl Store {
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)
             }
-            Backend::Object { os, prefix } => {
-                let (os, at) = (os.clone(), join(prefix, key));
-                block_io(async move { os.put(&at, PutPayload::from(bytes)).await.map(|_| ()).map_err(from_os) })
+            Backend::Object { os, prefix, .. } => {
+                let (os, at, err) = (os.clone(), join(prefix, key), self.os_error());
+                block_io(async move { os.put(&at, PutPayload::from(bytes)).await.map(|_| ()).map_err(err) })
             }
         }
     }
@@ -650,18 +672,18 @@ impl Store {
         }
         match &self.backend {
             Backend::Local(root) => create_all_local(root, items),
-            Backend::Object { os, prefix } => {
-                let (os, prefix) = (os.clone(), prefix.clone());
+            Backend::Object { os, prefix, .. } => {
+                let (os, prefix, err) = (os.clone(), prefix.clone(), self.os_error());
                 let n = items.len();
                 let done = block(async move {
                     let puts = items.into_iter().map(|(key, bytes)| {
-                        let (os, at) = (os.clone(), join(&prefix, &key));
+                        let (os, at, err) = (os.clone(), join(&prefix, &key), err.clone());
                         async move {
                             let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
                             match os.put_opts(&at, PutPayload::from(bytes), opts).await {
                                 Ok(_) => Ok(true),
                                 Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-                                Err(e) => Err(from_os(e)),
+                                Err(e) => Err(err(e)),
                             }
                         }
                     });
@@ -683,9 +705,9 @@ impl Store {
                 }
                 std::fs::rename(Self::local_path(root, from), &to_path)
             }
-            Backend::Object { os, prefix } => {
-                let (os, f, t) = (os.clone(), join(prefix, from), join(prefix, to));
-                block_io(async move { os.rename(&f, &t).await.map_err(from_os) })
+            Backend::Object { os, prefix, .. } => {
+                let (os, f, t, err) = (os.clone(), join(prefix, from), join(prefix, to), self.os_error());
+                block_io(async move { os.rename(&f, &t).await.map_err(err) })
             }
         };
         match r {
@@ -747,9 +769,9 @@ impl Store {
         self.admit(|| format!("deleting {}", self.display(key)))?;
         let r = match &self.backend {
             Backend::Local(root) => std::fs::remove_file(Self::local_path(root, key)),
-            Backend::Object { os, prefix } => {
-                let (os, at) = (os.clone(), join(prefix, key));
-                block_io(async move { os.delete(&at).await.map_err(from_os) })
+            Backend::Object { os, prefix, .. } => {
+                let (os, at, err) = (os.clone(), join(prefix, key), self.os_error());
+                block_io(async move { os.delete(&at).await.map_err(err) })
             }
         };
         match r {
@@ -1002,7 +1024,8 @@ impl InputSource for ObjectInput {
 
 // ------------------------------------------------------------------ S3
 
-/// The client for a remote store the provider configured.
+/// The client for a remote store the provider configured, and what its
+/// credentials are told of its errors.
 fn client(
     url: &str,
     scheme: &str,
@@ -1010,18 +1033,27 @@ fn client(
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
     who: &Principal,
-) -> Result<Arc<dyn ObjectStore>, OpenError> {
+) -> Result<(Arc<dyn ObjectStore>, OnRefusal), OpenError> {
     let url = url.to_owned();
     match scheme {
         #[cfg(feature = "s3")]
-        "s3" => Ok(Arc::new(s3(url, bucket, options, provider, who)?)),
+        "s3" => {
+            let creds = Arc::new(ProviderCredentials::new(provider, who, "S3", s3_credential, "S3 keys"));
+            let os = s3(url, bucket, options, provider, creds.clone())?;
+            Ok((Arc::new(os), Some(ProviderCredentials::on_refusal(creds))))
+        }
         #[cfg(not(feature = "s3"))]
         "s3" => {
             let _ = (bucket, options, who);
             Err(OpenError::NotBuiltIn { url, client: "S3", feature: "s3", artifact: "AWS" })
         }
         #[cfg(feature = "azure")]
-        "az" => Ok(Arc::new(azure(url, bucket, options, provider, who)?)),
+        "az" => {
+            let creds =
+                Arc::new(ProviderCredentials::new(provider, who, "MicrosoftAzure", azure_credential, "a bearer token"));
+            let os = azure(url, bucket, options, provider, creds.clone())?;
+            Ok((Arc::new(os), Some(ProviderCredentials::on_refusal(creds))))
+        }
         #[cfg(not(feature = "azure"))]
         "az" => {
             let _ = (bucket, options, who);
@@ -1040,7 +1072,7 @@ fn s3(
     bucket: &str,
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
-    who: &Principal,
+    creds: Arc<ProviderCredentials<object_store::aws::AwsCredential>>,
 ) -> Result<object_store::aws::AmazonS3, OpenError> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
@@ -1048,8 +1080,7 @@ fn s3(
         let key: AmazonS3ConfigKey = k.parse().map_err(unknown_option(&url, provider, "S3", k))?;
         b = b.with_config(key, v);
     }
-    let creds = ProviderCredentials::new(provider, who, "S3", s3_credential, "S3 keys");
-    b = b.with_credentials(Arc::new(creds)).with_retry(retries());
+    b = b.with_credentials(creds).with_retry(retries());
     b.build().map_err(|source| OpenError::Client { url, source })
 }
 
@@ -1092,7 +1123,7 @@ fn azure(
     container: &str,
     options: &std::collections::BTreeMap<String, String>,
     provider: &ProviderHandle,
-    who: &Principal,
+    creds: Arc<ProviderCredentials<object_store::azure::AzureCredential>>,
 ) -> Result<object_store::azure::MicrosoftAzure, OpenError> {
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     let mut b = MicrosoftAzureBuilder::new().with_container_name(container);
@@ -1100,8 +1131,7 @@ fn azure(
         let key: AzureConfigKey = k.parse().map_err(unknown_option(&url, provider, "Azure", k))?;
         b = b.with_config(key, v);
     }
-    let creds = ProviderCredentials::new(provider, who, "MicrosoftAzure", azure_credential, "a bearer token");
-    b = b.with_credentials(Arc::new(creds)).with_retry(retries());
+    b = b.with_credentials(creds).with_retry(retries());
     b.build().map_err(|source| OpenError::Client { url, source })
 }
 
@@ -1119,8 +1149,9 @@ fn azure_credential(secret: &Secret) -> Option<object_store::azure::AzureCredent
 
 #[cfg(any(feature = "s3", feature = "azure"))]
 /// Signs a store's requests with credentials the provider issues, refreshed
-/// by core's rule; a refresh that fails while the current ones are still
-/// valid keeps them.
+/// by core's rule, and at once when the store refuses them
+/// ([`ProviderCredentials::refused`]); a refresh that fails while the
+/// current ones are still valid keeps them.
 struct ProviderCredentials<C> {
     provider: ProviderHandle,
     who: Principal,
@@ -1131,6 +1162,10 @@ struct ProviderCredentials<C> {
     /// The kind of secret `parse` takes, for errors.
     form: &'static str,
     current: tokio::sync::Mutex<Option<(Arc<C>, Validity)>>,
+    /// The store refused the current credential: renew it before the next request.
+    stale: std::sync::atomic::AtomicBool,
+    /// When the credential was last renewed because the store refused it (ms).
+    renewed_at: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(any(feature = "s3", feature = "azure"))]
@@ -1150,8 +1185,64 @@ impl<C> ProviderCredentials<C> {
             parse,
             form,
             current: tokio::sync::Mutex::new(None),
+            stale: std::sync::atomic::AtomicBool::new(false),
+            renewed_at: std::sync::atomic::AtomicU64::new(0),
         }
     }
+
+    /// How long after a renewal a refusal is taken to be of a request signed
+    /// before it (requests in flight), not of the new credential.
+    const SETTLE: Millis = 1000;
+
+    /// Tells the credentials that the store answered `e`: when it says the
+    /// credential is expired, revoked or unknown ([`refuses_credential`]),
+    /// the next request renews it first, whatever its age. A credential can
+    /// stop working before the expiry it was issued with (a session revoked,
+    /// a node's clock that runs fast, a token service that shortened its
+    /// life); keeping it to its renewal time would fail every request until
+    /// then.
+    fn refused(&self, e: &object_store::Error) {
+        use std::sync::atomic::Ordering;
+        let now = mayfly_provider_api::now_ms();
+        if refuses_credential(e) && now.saturating_sub(self.renewed_at.load(Ordering::Relaxed)) >= Self::SETTLE {
+            self.stale.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// [`ProviderCredentials::refused`] as a store's [`OnRefusal`].
+    fn on_refusal(creds: Arc<Self>) -> Arc<dyn Fn(&object_store::Error) + Send + Sync>
+    where
+        C: Send + Sync + 'static,
+    {
+        Arc::new(move |e| creds.refused(e))
+    }
+}
+
+#[cfg(any(feature = "s3", feature = "azure"))]
+/// Whether a store's error says the credential it was signed with is no
+/// good: 401 (any store), or the error codes S3 and Blob storage give a
+/// credential that has expired or that they do not know (S3 answers some with
+/// 400 or 403, Blob storage with 403). A refusal by policy (`AccessDenied`,
+/// `AuthorizationPermissionMismatch`) is not: a new credential of the same
+/// identity would be refused too.
+fn refuses_credential(e: &object_store::Error) -> bool {
+    const CODES: [&str; 6] = [
+        "<Code>ExpiredToken<",
+        "<Code>InvalidToken<",
+        "<Code>TokenRefreshRequired<",
+        "<Code>InvalidAccessKeyId<",
+        "<Code>InvalidAuthenticationInfo<",
+        "<Code>AuthenticationFailed<",
+    ];
+    match e {
+        object_store::Error::Unauthenticated { .. } => return true,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Generic { .. } => {}
+        _ => return false,
+    }
+    // An answer without a body (to a HEAD) does not say why; the next
+    // request with one does.
+    let text = e.to_string();
+    CODES.iter().any(|code| text.contains(code))
 }
 
 #[cfg(any(feature = "s3", feature = "azure"))]
@@ -1183,9 +1274,15 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
     type Credential = C;
 
     async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        use std::sync::atomic::Ordering;
         let mut current = self.current.lock().await;
         let now: Millis = mayfly_provider_api::now_ms();
+        let refused = self.stale.swap(false, Ordering::Relaxed);
+        if refused {
+            self.renewed_at.store(now, Ordering::Relaxed);
+        }
         if let Some((c, v)) = &*current
+            && !refused
             && self.policy.action(now, *v, 0) == CredentialAction::Keep
         {
             return Ok(c.clone());
@@ -1194,6 +1291,7 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
             job: self.who.job.clone(),
             state: self.who.state.clone(),
             node: self.who.node.clone(),
+            refused,
         };
         let fresh = self.provider.provider().credentials(request).await;
         let generic = |message: String| object_store::Error::Generic { store: self.store, source: message.into() };
@@ -1222,6 +1320,33 @@ impl<C: std::fmt::Debug + Send + Sync + 'static> object_store::CredentialProvide
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(any(feature = "s3", feature = "azure"))]
+    #[test]
+    fn a_credential_is_refused_by_401_or_a_code_for_expired_or_unknown_credentials_not_by_policy() {
+        let status = |status: &str, code: &str| object_store::Error::Generic {
+            store: "S3",
+            source: format!(
+                "Error performing PUT http://127.0.0.1/b/k: Server returned non-2xx status code: {status}: \
+                 <?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>"
+            )
+            .into(),
+        };
+        let denied = |code: &str| object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: format!("<Error><Code>{code}</Code></Error>").into(),
+        };
+        assert!(refuses_credential(&status("400 Bad Request", "ExpiredToken")));
+        assert!(refuses_credential(&status("400 Bad Request", "TokenRefreshRequired")));
+        assert!(refuses_credential(&denied("InvalidAccessKeyId")));
+        assert!(refuses_credential(&denied("AuthenticationFailed")));
+        assert!(refuses_credential(&object_store::Error::Unauthenticated { path: "k".into(), source: "401".into() }));
+        // Refused by policy, or not refused at all: a new credential would not help.
+        assert!(!refuses_credential(&denied("AccessDenied")));
+        assert!(!refuses_credential(&denied("AuthorizationPermissionMismatch")));
+        assert!(!refuses_credential(&status("503 Service Unavailable", "SlowDown")));
+        assert!(!refuses_credential(&object_store::Error::NotFound { path: "k".into(), source: "404".into() }));
+    }
 
     #[test]
     fn a_local_name_that_is_not_utf8_fails_the_listing_naming_it() {

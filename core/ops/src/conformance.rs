@@ -9,7 +9,7 @@
 //! ```ignore
 //! let checkout = mayfly_ops::conformance::Checkout::of_this_build(target_dir);
 //! let kit = Kit::new(&scratch.join("jobs"), &checkout.wordcount()?);
-//! let backend = Selected { section, root: scratch.join("state"), identity };
+//! let backend = Selected { section, root: scratch.join("state"), identity, observer };
 //! mayfly_provider_api::conformance::assert_conforms(&backend, &kit);
 //! ```
 //!
@@ -160,6 +160,43 @@ pub struct Selected {
     pub root: PathBuf,
     /// How an instance of the provider is made to see itself on a node.
     pub identity: IdentityOf,
+    /// What of a job is still running or billing, by the backend's own
+    /// records, not the provider's ([`Backend::left`]): the cloud's API, an
+    /// emulator's records, or this machine's processes ([`job_processes`]).
+    pub observer: Observer,
+}
+
+/// See [`Selected::observer`].
+pub type Observer = Box<dyn Fn(&str) -> Result<Vec<String>, String> + Send + Sync>;
+
+/// The processes of job `job`'s nodes on this machine, found independently
+/// of any provider's records: every process whose command line is `... node
+/// ... --job <job> ...`, or whose environment names a path under a directory
+/// `<job>` (how the local provider and the template tell a node its record:
+/// an idle node's command line does not name its job). A zombie's command
+/// line and environment are empty: it is not running anything. Linux
+/// (`/proc`); elsewhere, none.
+pub fn job_processes(job: &str) -> Vec<(u32, String)> {
+    let in_job = format!("/{job}/");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let node_of_job = args.iter().any(|a| a == "node") && args.windows(2).any(|w| w[0] == "--job" && w[1] == job);
+        let told_of_job = || {
+            std::fs::read(entry.path().join("environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0).any(|var| {
+                    let var = String::from_utf8_lossy(var);
+                    var.split_once('=').is_some_and(|(_, value)| value.contains(&in_job))
+                })
+            })
+        };
+        if node_of_job || told_of_job() {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
 }
 
 impl std::fmt::Debug for Selected {
@@ -215,6 +252,10 @@ impl Backend for Selected {
 
     fn event(&self, request: &BootstrapRequest) -> serde_json::Value {
         serde_json::json!({ "job": request.job, "base_dir": request.base_dir, "overrides": request.overrides })
+    }
+
+    fn left(&self, job: &str) -> Result<Vec<String>, String> {
+        (self.observer)(job)
     }
 }
 

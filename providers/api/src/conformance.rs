@@ -35,6 +35,11 @@ pub trait Backend: Send + Sync {
     fn idle_node_args(&self) -> Vec<String>;
     /// The event the provider's serverless entrypoint receives for `request`.
     fn event(&self, request: &BootstrapRequest) -> serde_json::Value;
+    /// What of `job` is still running or billing, as the backend itself
+    /// records it (the cloud's or emulator's own API, a scan of this
+    /// machine's processes), never by the provider under test: each check's
+    /// "nothing left" must be true there, not only in the provider's listing.
+    fn left(&self, job: &str) -> Result<Vec<String>, String>;
 }
 
 /// What the suite needs from mayfly's core: its rules, and real jobs.
@@ -69,7 +74,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("terminates nodes, idempotently", |s| s.terminate()),
     ("refuses a launch beyond its node limit", |s| s.node_limit()),
     ("identifies and ends the node it runs on", |s| s.terminate_self()),
-    ("issues credentials that expire and renews them before", |s| s.credentials()),
+    ("issues credentials that expire, renews them before, and anew when refused", |s| s.credentials()),
     ("a bootstrap that would overrun its limit is refused and leaves nothing", |s| s.overrun()),
     ("adapts its entrypoint's event into the bootstrap request", |s| s.event()),
     ("runs a job to its end and leaves nothing", |s| s.runs_job()),
@@ -190,7 +195,9 @@ impl Suite<'_> {
     }
 
     /// Runs `body`, then ends whatever of `job` is left, so a failing check
-    /// leaves nothing behind either.
+    /// leaves nothing behind either; then asks the backend's own records
+    /// ([`Backend::left`]) whether anything of the job is left (waiting up
+    /// to 30 s for machines on their way out).
     fn cleanup<T>(&self, job: &str, state: &str, body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
         let result = body();
         if let Ok(left) = self.list(job, state)
@@ -201,7 +208,23 @@ impl Suite<'_> {
                 return Err(format!("nodes left after the check: {:?}", names(&left)));
             }
         }
-        result
+        let start = Instant::now();
+        let seen = loop {
+            match self.backend.left(job) {
+                Ok(left) if left.is_empty() => break Ok(()),
+                Ok(left) if start.elapsed() > Duration::from_secs(30) => {
+                    break Err(format!("the provider lists nothing of job {job}, but the backend has {left:?}"));
+                }
+                Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                    break Err(format!("the backend's records of job {job} cannot be read: {e}"));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        match (result, seen) {
+            (Ok(_), Err(e)) => Err(e),
+            (result, _) => result,
+        }
     }
 
     fn declares_limits(&self) -> Result<(), String> {
@@ -328,7 +351,7 @@ impl Suite<'_> {
     fn credentials(&self) -> Result<(), String> {
         let (job, state) = self.job("cred");
         let info = self.provider.info();
-        let req = CredentialRequest { job: job.clone(), state: state.clone(), node: "worker-1".into() };
+        let req = CredentialRequest { job: job.clone(), state: state.clone(), node: "worker-1".into(), refused: false };
         let before = now_ms();
         let c1 = self.block(self.provider.credentials(req.clone())).map_err(|e| format!("credentials: {e}"))?;
         let v = c1.validity;
@@ -351,11 +374,17 @@ impl Suite<'_> {
         // Renew at core's refresh point when it is near, else a little later.
         let wait = refresh.saturating_sub(now_ms()).clamp(1100, 1500);
         std::thread::sleep(Duration::from_millis(wait));
-        let c2 = self.block(self.provider.credentials(req)).map_err(|e| format!("renewing credentials: {e}"))?;
+        let c2 =
+            self.block(self.provider.credentials(req.clone())).map_err(|e| format!("renewing credentials: {e}"))?;
         ensure(c2.validity.expires_at > v.expires_at, || {
             format!("renewed credentials expire at {}, not after the first ({})", c2.validity.expires_at, v.expires_at)
         })?;
-        ensure(c2.secret != c1.secret, || "renewed credentials have the same secret".into())
+        ensure(c2.secret != c1.secret, || "renewed credentials have the same secret".into())?;
+        // The store refused the last one before its time: a new one, not a cached one.
+        let again = CredentialRequest { refused: true, ..req };
+        let c3 =
+            self.block(self.provider.credentials(again)).map_err(|e| format!("credentials after a refusal: {e}"))?;
+        ensure(c3.secret != c2.secret, || "credentials asked for after the store refused them are the same".into())
     }
 
     fn overrun(&self) -> Result<(), String> {

@@ -138,6 +138,13 @@ pub struct CredentialRequest {
     pub state: String,
     /// The node.
     pub node: String,
+    /// The store refused the credential last issued for this node as expired
+    /// or unknown, before the expiry it was issued with (a session revoked, a
+    /// clock that runs fast): answer with one made now, not one a cache of
+    /// the provider's (or its SDK's) still holds. Absent (false) from a core
+    /// that predates it.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// When a credential is valid.

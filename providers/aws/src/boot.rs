@@ -109,10 +109,15 @@ pub struct Boot<'a> {
     pub endpoint_url: Option<&'a str>,
 }
 
+/// The variable in which a node's boot script leaves its instance id.
+pub const INSTANCE_ENV: &str = "MAYFLY_INSTANCE_ID";
+
 /// The user data of a launch: a shell script that marks the machine as a
 /// mayfly node, arms the OS dead-man switch (shutdown, which terminates the
 /// instance, `grace` after the deadline, counted from boot), finds the node's
-/// name from its launch index (IMDSv2, retried; no index: power off), fetches
+/// name from its launch index (IMDSv2, retried; no index: power off), keeps
+/// its instance id in [`INSTANCE_ENV`] (so that ending itself does not hang on
+/// a metadata service that is slow by then), fetches
 /// the node artifact (if any; retried, else power off), and runs `mayfly` in
 /// the background with its output in a log file, powering the machine off
 /// when it ends, whatever `terminate_self` managed.
@@ -159,6 +164,8 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
          I=$(md ami-launch-index)\n\
          case \"$I\" in ''|*[!0-9]*) echo 'mayfly: no launch index from IMDSv2; powering off' >&2; poweroff; exit 1;; esac\n\
          NODE={name}\n\
+         # Who this instance is, asked once while there is time to wait for the answer.\n\
+         {instance_env}=$(md instance-id); export {instance_env}\n\
          # The master serves the job's nodes on the instance's private address (over TLS).\n\
          MAYFLY_LISTEN=$(md local-ipv4); export MAYFLY_LISTEN\n\
          {log}{fetch}{run}",
@@ -166,6 +173,7 @@ pub fn user_data(launch: &NodeLaunch, names: u32, boot: Boot<'_>, grace: Duratio
         header = vm_kit::boot::header(&header),
         fetch = vm_kit::boot::fetch(boot.binary, artifact.as_ref()),
         run = vm_kit::boot::run(&quoted.join(" ").replace("'{node}'", "\"$NODE\""), "poweroff"),
+        instance_env = INSTANCE_ENV,
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
     );

@@ -88,10 +88,15 @@ impl Aws {
         Ok(b.build())
     }
 
-    /// This process's instance id: the setting, or IMDSv2 (`None` off EC2).
+    /// This process's instance id: the setting, what the node's boot script
+    /// found ([`crate::boot::INSTANCE_ENV`]), or IMDSv2 (`None` off EC2, or
+    /// when it does not answer in time).
     pub(crate) async fn my_instance(&self) -> Option<String> {
         if let Some(id) = &self.instance_id {
             return Some(id.clone());
+        }
+        if let Some(id) = std::env::var(crate::boot::INSTANCE_ENV).ok().filter(|id| id.starts_with("i-")) {
+            return Some(id);
         }
         let imds = self.imds().ok()?;
         imds.get("/latest/meta-data/instance-id").await.ok().map(|s| s.as_ref().to_owned())

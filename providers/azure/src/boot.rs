@@ -40,6 +40,9 @@ pub struct Boot<'a> {
     pub client_id: Option<&'a str>,
 }
 
+/// The variable in which a node's boot script leaves its VM's resource id.
+pub const VM_ENV: &str = "MAYFLY_VM_ID";
+
 /// The custom data of a VM: a shell script (cloud-init runs it as root) that
 /// marks the machine as a mayfly node, writes `mayfly-end-vm` (delete this
 /// VM through ARM with the VM's managed identity, retried; power off only as
@@ -47,6 +50,8 @@ pub struct Boot<'a> {
 /// the deadline), fetches the node artifact with a storage token (its sha256
 /// checked; retried, else the VM ends itself), and runs `mayfly` in the
 /// background with its output in a log file, ending the VM when it exits.
+/// The node finds its VM's resource id in [`VM_ENV`], so that ending itself
+/// does not hang on a metadata service that is slow by then.
 ///
 /// On Azure, `MAYFLY_ROOT` and `MAYFLY_IMDS` are unset: files are under `/`
 /// and the metadata service is Azure's. A test's harness sets them.
@@ -79,6 +84,8 @@ pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Resu
          case \"$ID\" in /subscriptions/*) ;; *) echo 'mayfly: no resource id from the metadata service; powering off' >&2; poweroff; exit 1;; esac\n\
          # Ends this VM: deletes it through ARM (a stopped VM still bills); power off is the last resort.\n\
          E=\"$R/usr/local/sbin/mayfly-end-vm\"; export ID E\n\
+         # Who this VM is, for the node too: asked once while there is time to wait for the answer.\n\
+         {vm_env}=$ID; export {vm_env}\n\
          cat > \"$E\" <<'EOF'\n\
          #!/bin/sh\n\
          tok() {{ curl -sf --retry 3 --connect-timeout 2 -H Metadata:true \"$IMDS/metadata/identity/oauth2/token?api-version=2018-02-01&resource={arm_res}{client}\" | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p'; }}\n\
@@ -101,6 +108,7 @@ pub fn custom_data(launch: &NodeLaunch, boot: Boot<'_>, grace: Duration) -> Resu
         run = vm_kit::boot::run(&args.join(" "), "exec \"$E\""),
         arm_res = arm_resource,
         arm_url = boot.arm.trim_end_matches('/'),
+        vm_env = VM_ENV,
         expires_s = launch.expires_at / 1000,
         grace_s = grace.as_secs(),
     );

@@ -211,10 +211,14 @@ impl Azure {
             .unwrap_or_else(|| "http://169.254.169.254".into())
     }
 
-    /// This VM's resource id, from the instance metadata service (`None` off
-    /// Azure, where nothing answers in time; an error status is asked again,
-    /// three times in all).
+    /// This VM's resource id: what the node's boot script found
+    /// ([`crate::boot::VM_ENV`]), or the instance metadata service's answer
+    /// (`None` off Azure, where nothing answers in time; an error status is
+    /// asked again, three times in all).
     pub(crate) async fn my_vm(&self) -> Option<String> {
+        if let Some(id) = std::env::var(crate::boot::VM_ENV).ok().filter(|id| id.starts_with("/subscriptions/")) {
+            return Some(id);
+        }
         let url = format!("{}/metadata/instance/compute/resourceId?api-version=2021-02-01&format=text", self.imds());
         for _ in 0..3 {
             match entrypoint::get(&url, &[("Metadata", "true")], Duration::from_secs(2)).await {

@@ -136,6 +136,10 @@ pub struct Azure {
     event_job_url: Option<String>,
     event_prefix: Option<String>,
     credential: OnceCell<Arc<dyn TokenCredential>>,
+    /// The credential the data path's tokens come from, made again when the
+    /// store refused one it gave (its cache would give the same token back
+    /// until the token's own expiry is near).
+    storage_credential: tokio::sync::Mutex<Option<Arc<dyn TokenCredential>>>,
     arm: OnceCell<Arm>,
     host: Arc<dyn Host>,
 }
@@ -252,6 +256,7 @@ impl Provider for Azure {
             event_job_url,
             event_prefix,
             credential: OnceCell::new(),
+            storage_credential: tokio::sync::Mutex::new(None),
             arm: OnceCell::new(),
             host,
         })
@@ -366,7 +371,17 @@ impl Provider for Azure {
     }
 
     async fn credentials(&self, request: CredentialRequest) -> Result<Credential, ProviderError> {
-        let credential = self.credential().await?;
+        let credential = {
+            let mut held = self.storage_credential.lock().await;
+            match &*held {
+                Some(c) if !request.refused => c.clone(),
+                _ => {
+                    let fresh = credentials::credential(self.source, self.identity_client_id.as_deref())?;
+                    *held = Some(fresh.clone());
+                    fresh
+                }
+            }
+        };
         let now = now_ms();
         let (token, expires_at) = credentials::token(credential.as_ref(), STORAGE_SCOPE).await?;
         let secret = Secret::Bearer { token };

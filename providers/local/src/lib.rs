@@ -519,7 +519,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = provider(serde_json::json!({ "credential_ttl": "10s" })).unwrap();
         let state = dir.path().to_string_lossy().into_owned();
-        let req = CredentialRequest { job: "j".into(), state, node: "worker-1".into() };
+        let req = CredentialRequest { job: "j".into(), state, node: "worker-1".into(), refused: false };
         let c = block(p.credentials(req.clone())).unwrap();
         assert_eq!(c.validity.expires_at - c.validity.issued_at, 10_000);
         assert!(verify_credential(dir.path(), &c, c.validity.expires_at - 1).is_ok());

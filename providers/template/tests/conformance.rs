@@ -48,6 +48,13 @@ fn this_provider_conforms() {
             let entry = registry.join(&node.job).join(format!("{}.json", node.node));
             ("identity".into(), entry.to_string_lossy().into_owned())
         }),
+        // What is left of a job, by the backend itself rather than the
+        // plugin: here, this machine's processes (a cloud's plugin asks the
+        // cloud's own API, or its emulator's records).
+        observer: Box::new(|job| {
+            let processes = mayfly_ops::conformance::job_processes(job);
+            Ok(processes.into_iter().map(|(pid, command)| format!("process {pid}: {command}")).collect())
+        }),
     };
     assert_conforms(&backend, &Kit::new(&scratch.join("jobs"), &wordcount));
     let _ = std::fs::remove_dir_all(&scratch);

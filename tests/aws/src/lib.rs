@@ -108,6 +108,11 @@ pub fn node_log(job: &str, node: &str) -> String {
     disks().node_log(job, node)
 }
 
+/// The lines that `job`'s nodes wrote on their machines that contain `needle`.
+pub fn node_lines(job: &str, needle: &str) -> Vec<String> {
+    disks().lines_saying(job, needle)
+}
+
 /// The directory of the Python that runs moto: its virtual environment's
 /// `bin`, with the AWS CLI the instances' user data uses.
 fn python_bin() -> PathBuf {
@@ -214,7 +219,7 @@ impl Hypervisor {
         // The launch line names the instance's disk (and what a test reads).
         let launch =
             NodeLaunch::from_user_data(&script).ok_or_else(|| format!("{id}: no mayfly node in its user data"))?;
-        let imds = Imds::serve(id, index);
+        let imds = Imds::serve(&launch.job, id, index);
         let root = disks.disk(&launch.job, &launch.name(index), id);
         let path = format!("{}:{}:/usr/local/bin:/usr/bin:/bin", disks.bin().display(), python_bin().display());
         let env = [
@@ -332,16 +337,20 @@ fn instance_profile_credentials() -> String {
     .to_string()
 }
 
+/// Every instance's metadata service answers late while this says so.
+pub static SLOW_METADATA: mayfly_tests::vm::Slowdown = mayfly_tests::vm::Slowdown::new();
+
 /// A minimal IMDSv2 for one instance: a session token, then its instance id,
-/// launch index, region, and instance profile credentials.
+/// launch index, region, and instance profile credentials (late while
+/// [`SLOW_METADATA`] says so).
 struct Imds;
 
 impl Imds {
-    /// Serves the instance's metadata; returns its endpoint.
-    fn serve(id: &str, index: u64) -> String {
+    /// Serves the metadata of `job`'s instance `id`; returns its endpoint.
+    fn serve(job: &str, id: &str, index: u64) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let token = format!("token-{id}");
+        let (job, token) = (job.to_owned(), format!("token-{id}"));
         let answers: HashMap<&'static str, String> = HashMap::from([
             ("/latest/meta-data/instance-id", id.to_owned()),
             ("/latest/meta-data/ami-launch-index", index.to_string()),
@@ -351,6 +360,8 @@ impl Imds {
         ]);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                // One answer at a time, as a busy service queues them.
+                SLOW_METADATA.wait(&job);
                 Self::answer(stream, &token, &answers);
             }
         });

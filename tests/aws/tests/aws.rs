@@ -50,6 +50,16 @@ fn the_aws_provider_conforms_against_moto() {
         section: section(),
         root: dir.join("state"),
         identity: Box::new(|_, n| ("instance_id".into(), n.id.clone())),
+        // The AWS CLI's instances, and the machines' processes on this one.
+        observer: Box::new(|job| {
+            let mut left: Vec<String> = cli_describe(moto(), job)?
+                .into_iter()
+                .filter(|(_, state)| matches!(state.as_str(), "pending" | "running" | "stopping" | "stopped"))
+                .map(|(id, state)| format!("instance {id} ({state})"))
+                .collect();
+            left.extend(mayfly_tests::job_processes(job).into_iter().map(|(pid, cmd)| format!("process {pid}: {cmd}")));
+            Ok(left)
+        }),
     };
     assert_conforms(&backend, &Kit::new(&dir.join("jobs"), &component("tasks/wordcount")));
 }
@@ -86,10 +96,19 @@ fn cli_instances(job: &str) -> Vec<(String, String)> {
 
 /// [`cli_instances`] on the moto `on`.
 fn cli_instances_on(on: &mayfly_tests::moto::Moto, job: &str) -> Vec<(String, String)> {
+    cli_describe(on, job).unwrap_or_else(|e| panic!("aws ec2 describe-instances: {e}"))
+}
+
+/// The AWS CLI's `describe-instances` on the moto `on` for `job`'s tag, each
+/// instance as (id, state).
+fn cli_describe(on: &mayfly_tests::moto::Moto, job: &str) -> Result<Vec<(String, String)>, String> {
     let filter = format!("Name=tag:mayfly:job,Values={job}");
-    let out = aws_cli(on).args(["ec2", "describe-instances", "--filters", &filter]).output().unwrap();
-    assert!(out.status.success(), "aws ec2 describe-instances: {}", text(&out));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out =
+        aws_cli(on).args(["ec2", "describe-instances", "--filters", &filter]).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     let mut instances = Vec::new();
     for reservation in answer["Reservations"].as_array().into_iter().flatten() {
         for i in reservation["Instances"].as_array().into_iter().flatten() {
@@ -97,7 +116,7 @@ fn cli_instances_on(on: &mayfly_tests::moto::Moto, job: &str) -> Vec<(String, St
             instances.push((field(&i["InstanceId"]), field(&i["State"]["Name"])));
         }
     }
-    instances
+    Ok(instances)
 }
 
 /// `job`'s instances the CLI sees that may still bill, waiting up to 30 s
@@ -792,6 +811,40 @@ fn nodes_renew_20_second_instance_profile_credentials_across_a_longer_job() {
 }
 
 #[test]
+fn a_metadata_service_slower_than_the_sdk_waits_does_not_keep_a_node_from_ending_itself() {
+    // Every answer of this job's instances' IMDS comes 3 s late, from before
+    // the launch to past the end: longer than the SDK's IMDS client waits
+    // (two tries of 2 s). A node ending itself must not need to ask it then.
+    let late_before = mayfly_tests_aws::SLOW_METADATA.late();
+    mayfly_tests_aws::SLOW_METADATA.set_for("aws-imds-late", Duration::from_secs(3), Duration::from_secs(600));
+    let files = inputs(4, 500);
+    let job = job_with_provider(
+        "aws-imds-late",
+        &files,
+        "tests/guests/misbehave",
+        "{ mode = \"slow\", delay_ms = 100 }",
+        &cluster(2, ""),
+    );
+    let out = job.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    assert!(mayfly_tests_aws::SLOW_METADATA.late() > late_before, "the instances asked their late IMDS");
+    assert!(
+        wait_until(Duration::from_secs(30), || billing("aws-imds-late").is_empty()),
+        "{:?}",
+        billing("aws-imds-late")
+    );
+    mayfly_tests_aws::SLOW_METADATA.clear();
+    // Each node terminated its own instance: none failed to, for want of its id.
+    let failed = mayfly_tests_aws::node_lines("aws-imds-late", "ending this node failed");
+    assert!(failed.is_empty(), "{failed:#?}");
+    for worker in ["worker-1", "worker-2"] {
+        let log = mayfly_tests_aws::node_log("aws-imds-late", worker);
+        assert!(log.contains("ending: "), "{worker}: {log}");
+    }
+}
+
+#[test]
 fn iam_policy_prints_the_roles_policies_for_a_job() {
     let job = job_with_provider("aws-iam", &[], "tests/guests/empty", "{}", "");
     let file = std::fs::read_to_string(job.dir.join("job.toml")).unwrap();
@@ -991,6 +1044,37 @@ fn spot_workers_fall_back_to_on_demand_when_ec2_has_no_spot_capacity() {
     assert_eq!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed), 1, "one spot request, refused");
     p.terminate(&launched, Duration::from_secs(30)).unwrap();
     assert!(billing("aws-spot").is_empty() && billing("aws-no-spot").is_empty());
+}
+
+#[test]
+fn a_session_s3_refuses_before_its_expiry_is_renewed_by_the_next_request() {
+    // The store's credentials are sessions of the job role, 15 minutes long
+    // (moto's STS, `credential_ttl`): by their age, core renews them after
+    // 10 minutes. S3 (the proxy) refuses the session it has seen as expired
+    // after one write, as when a session is revoked or a node's clock runs
+    // fast: the refused request fails, and the next one is signed with a
+    // new session. Kept to its age, every request would fail for minutes.
+    moto().create_bucket("mayfly-expired");
+    let proxy = mayfly_tests_aws::RefusingProxy::open(&moto().endpoint);
+    let mut selection = mayfly_data::provider::Selection { name: None, ..Default::default() };
+    selection.path = Some(aws_plugin());
+    selection.settings = moto().settings();
+    selection.settings.insert("endpoint_url".into(), proxy.endpoint.clone().into());
+    let provider = mayfly_data::provider::ProviderHandle::select(&selection).unwrap();
+    let url = "s3://mayfly-expired/objects";
+    let location = mayfly_data::store::Location::parse(url, std::path::Path::new("/")).unwrap();
+    let who = mayfly_data::store::Principal { job: "tests".into(), state: url.into(), node: "tests".into() };
+    let store = mayfly_data::store::Store::open(&location, &provider, &who).unwrap();
+    store.put("a", b"first".to_vec()).unwrap();
+    assert_eq!(proxy.credentials_seen(), 1, "one session signed the first write");
+
+    let refused = proxy.expire_seen(mayfly_tests_aws::Rule::s3_expired());
+    let e = store.put("b", b"second".to_vec()).unwrap_err();
+    assert!(e.to_string().contains("ExpiredToken"), "{e}");
+    store.put("b", b"second".to_vec()).unwrap();
+    assert_eq!(store.get("a").unwrap().as_deref(), Some(&b"first"[..]));
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1, "one request met the expired session");
+    assert_eq!(proxy.credentials_seen(), 2, "a second session signed the rest");
 }
 
 #[test]

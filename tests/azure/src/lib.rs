@@ -285,6 +285,11 @@ impl Tokens {
         )
     }
 
+    /// Tokens issued from now on live `secs` seconds.
+    pub fn set_ttl(&self, secs: u64) {
+        self.ttl.store(secs, Ordering::Relaxed);
+    }
+
     /// A token for `resource` (its audience, without a trailing `/`).
     pub fn issue(&self, resource: &str) -> (String, u64) {
         self.issue_for(resource, self.ttl.load(Ordering::Relaxed))
@@ -525,6 +530,16 @@ impl Arm {
     }
 
     fn handle(&self, r: Request) -> Answer {
+        // The test server's own records of a job (its VMs and what deleted
+        // ones left), for observers in another process: not ARM's API, and
+        // never throttled ([`left_by_arm`]).
+        if r.method == "GET" && r.path == LEFT_ROUTE {
+            let job = r.query.get("job").cloned().unwrap_or_default();
+            let mut left: Vec<String> =
+                self.vms(&job).iter().map(|v| format!("VM {} ({}, {})", v.name(), v.state, v.power)).collect();
+            left.extend(self.orphans(&job).into_iter().map(|n| format!("{n} (left by a deleted VM)")));
+            return Answer::json(200, serde_json::json!(left));
+        }
         {
             let mut s = self.state.lock().unwrap();
             s.requests += 1;
@@ -962,6 +977,11 @@ pub fn node_log(job: &str, node: &str) -> String {
     disks().node_log(job, node)
 }
 
+/// The lines that `job`'s nodes wrote on their machines that contain `needle`.
+pub fn node_lines(job: &str, needle: &str) -> Vec<String> {
+    disks().lines_saying(job, needle)
+}
+
 struct Hypervisor;
 
 impl Hypervisor {
@@ -1017,7 +1037,7 @@ impl Hypervisor {
         let launch = NodeLaunch::from_custom_data(&script)
             .ok_or_else(|| format!("{}: no mayfly node in its custom data", vm.name()))?;
         let id = vm.body["id"].as_str().unwrap_or_default().to_owned();
-        let imds = Imds::serve(&id, Some(tokens.clone()));
+        let imds = Imds::serve(&launch.job, &id, Some(tokens.clone()));
         // A disk per machine: a VM made again under a name a deleted one had
         // (a resumed job's workers) is another machine, with a disk of its own.
         let vm_id = vm.body.pointer("/properties/vmId").and_then(|v| v.as_str()).unwrap_or_default();
@@ -1033,23 +1053,50 @@ impl Hypervisor {
     }
 }
 
+/// The ARM test server's route to its records of a job.
+const LEFT_ROUTE: &str = "/_test/left";
+
+/// What of `job` the ARM test server at `arm` (its endpoint, as the
+/// `arm_endpoint` setting says it) still holds: VMs, and the NICs and disks
+/// of deleted ones; from any process (the conformance suite's observer).
+pub fn left_by_arm(arm: &str, job: &str) -> Result<Vec<String>, String> {
+    let authority = arm.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(authority).map_err(|e| format!("{arm}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {LEFT_ROUTE}?job={job} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("no answer: {answer:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("the ARM test server answered {head}"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+}
+
 /// An instance metadata service that says it is the VM `resource_id` (for a
 /// provider made to see itself on a node); its endpoint.
 pub fn metadata_service(resource_id: &str) -> String {
-    Imds::serve(resource_id, None)
+    Imds::serve("", resource_id, None)
 }
 
+/// Every VM's metadata service answers late while this says so.
+pub static SLOW_METADATA: mayfly_tests::vm::Slowdown = mayfly_tests::vm::Slowdown::new();
+
 /// A VM's instance metadata service: its resource id, its private address,
-/// and its managed identity's tokens (`Metadata: true` required).
+/// and its managed identity's tokens (`Metadata: true` required; late while
+/// [`SLOW_METADATA`] says so).
 struct Imds;
 
 impl Imds {
-    fn serve(resource_id: &str, tokens: Option<Arc<Tokens>>) -> String {
+    /// Serves the metadata of `job`'s VM `resource_id`; returns its endpoint.
+    fn serve(job: &str, resource_id: &str, tokens: Option<Arc<Tokens>>) -> String {
         let (listener, endpoint) = listen();
-        let id = resource_id.to_owned();
+        let (job, id) = (job.to_owned(), resource_id.to_owned());
         serve(
             listener,
             Arc::new(move |r: Request| {
+                SLOW_METADATA.wait(&job);
                 if r.headers.get("metadata").map(String::as_str) != Some("true") {
                     return Answer::error(400, "BadRequest", "Required metadata header not specified");
                 }

@@ -58,11 +58,19 @@ fn the_azure_provider_conforms() {
         return;
     };
     let section: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&settings).unwrap();
+    let arm = section["arm_endpoint"].as_str().unwrap().to_owned();
     let dir = mayfly_tests::scratch("conform-azure");
     let backend = Selected {
         section,
         root: dir.join("state"),
         identity: Box::new(|_, n| ("imds_endpoint".into(), mayfly_tests_azure::metadata_service(&n.id))),
+        // ARM's own records (the test server's, in the parent process), and
+        // the VMs' processes on this machine.
+        observer: Box::new(move |job| {
+            let mut left = mayfly_tests_azure::left_by_arm(&arm, job)?;
+            left.extend(mayfly_tests::job_processes(job).into_iter().map(|(pid, cmd)| format!("process {pid}: {cmd}")));
+            Ok(left)
+        }),
     };
     assert_conforms(&backend, &Kit::new(&dir.join("jobs"), &mayfly_tests::component("tasks/wordcount")));
 }
@@ -228,6 +236,36 @@ fn a_worker_vm_deleted_mid_job_is_replaced_and_still_gives_exactly_once() {
         existing(cloud, "az-kill")
     );
     assert!(cloud.arm.orphans("az-kill").is_empty(), "no NIC or disk is left: {:?}", cloud.arm.orphans("az-kill"));
+}
+
+#[test]
+fn a_metadata_service_slower_than_a_node_waits_does_not_keep_it_from_deleting_its_vm() {
+    // Every answer of this job's VMs' metadata service comes 3 s late, from
+    // before the launch to past the end: longer than a node waits for it
+    // (2 s). A node ending itself must not need to ask it then.
+    let cloud = cloud();
+    let late_before = mayfly_tests_azure::SLOW_METADATA.late();
+    mayfly_tests_azure::SLOW_METADATA.set_for("az-imds-late", Duration::from_secs(3), Duration::from_secs(600));
+    let files = inputs(4, 500);
+    let job = job_with("az-imds-late", &files, "{ mode = \"slow\", delay_ms = 100 }", &cluster(2, ""), &[]);
+    let out = run(&job);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_exactly_once(&job, &files);
+    assert!(mayfly_tests_azure::SLOW_METADATA.late() > late_before, "the VMs asked their late metadata service");
+    assert!(
+        wait_until(Duration::from_secs(60), || cloud.arm.vms("az-imds-late").is_empty()),
+        "{:?}",
+        existing(cloud, "az-imds-late")
+    );
+    mayfly_tests_azure::SLOW_METADATA.clear();
+    // Each node deleted its own VM: none failed to, for want of its id (and
+    // left it to its boot script's backstop).
+    let failed = mayfly_tests_azure::node_lines("az-imds-late", "ending this node failed");
+    assert!(failed.is_empty(), "{failed:#?}");
+    for worker in ["worker-1", "worker-2"] {
+        let log = mayfly_tests_azure::node_log("az-imds-late", worker);
+        assert!(log.contains("ending: "), "{worker}: {log}");
+    }
 }
 
 #[test]

@@ -4,18 +4,20 @@
 //! meets that seed's faults: a worker's VM deleted, the master's deleted (then
 //! the function invoked again until it resumes the job), ARM throttling the
 //! compute API (429 with `Retry-After`), Blob storage refusing the job's writes
-//! for a while (`ServerBusy`). The function's and the nodes' storage requests
-//! go through a TLS proxy that plays those refusals.
+//! for a while (`ServerBusy`), Blob storage refusing the tokens it has seen as
+//! expired (long before their time), every VM's metadata service answering
+//! late. The function's and the nodes' storage requests go through a TLS
+//! proxy that plays the refusals.
 //!
 //! The checks, per seed: the job ends done; its outputs, fetched from Azurite,
 //! are every input once, byte for byte, each shard committed once by one token
 //! (`assert_exactly_once`, the commit audit included); every injected fault
 //! left its trace; ARM's own records (not the provider's listing) hold no VM
 //! of the job, and no NIC or disk of a deleted one; no node process of it is
-//! left on this machine.
+//! left on this machine; no node failed to delete its own VM.
 //!
 //! ```text
-//! cargo test -p mayfly-tests-azure --test chaos                # seeds 1-4 (CI): each kind once as the first fault
+//! cargo test -p mayfly-tests-azure --test chaos                # seeds 1-6 (CI): each kind once as the first fault
 //! cargo test -p mayfly-tests-azure --test chaos -- --runs 20   # seeds 1-20
 //! cargo test -p mayfly-tests-azure --test chaos -- --seed 7    # reproduce one
 //! ```
@@ -30,19 +32,27 @@ use mayfly_tests::chaos::{Taken, worker_to_take};
 use mayfly_tests::cloud_chaos::{self, Fault, Kinds, Report, Schedule};
 use mayfly_tests::cluster::{TestJob, wait_until};
 use mayfly_tests::proxy::{RefusingProxy, Rule};
-use mayfly_tests_azure::{ACCOUNT, Cloud, FunctionApp, cloud, node_log};
+use mayfly_tests_azure::{ACCOUNT, Cloud, FunctionApp, SLOW_METADATA, cloud, node_lines, node_log};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 /// The faults, in the order seeds 1, 2, ... take them as their first: a
 /// worker's VM deleted, the master's, ARM answering the next 2-6 compute
 /// requests 429 (`Retry-After: 1`), Blob storage answering every write
-/// under the job's outputs `ServerBusy` (503).
+/// under the job's outputs `ServerBusy` (503), Blob storage answering every
+/// request with a token seen so far `InvalidAuthenticationInfo` (401, as
+/// for an expired token; the tokens live 10 min here), every VM's metadata
+/// service (its managed identity's tokens included) answering 1-3.5 s late.
 static KINDS: Kinds = Kinds {
-    names: ["kill-worker", "kill-master", "arm-throttle", "blob-refuse"],
+    names: ["kill-worker", "kill-master", "arm-throttle", "blob-refuse", "blob-expired", "imds-slow"],
     throttle: (2, 5),
     say_throttle: |n| format!("{n} requests"),
-    evidence: ["ARM requests throttled", "Blob writes refused"],
+    evidence: [
+        "ARM requests throttled",
+        "Blob writes refused",
+        "Blob requests refused as expired",
+        "IMDS answers late",
+    ],
 };
 const CONTAINER: &str = "mayfly-chaos";
 /// What ARM throttles: the compute API's VMs.
@@ -50,6 +60,9 @@ const COMPUTE: &str = "Microsoft.Compute/virtualMachines";
 
 fn main() -> ExitCode {
     let cloud = cloud();
+    // Tokens that would outlive a job, as Entra ID's do (an hour or more): a
+    // token refused before its time is then not renewed by its age alone.
+    cloud.tokens.set_ttl(600);
     let azurite = &cloud.azurite;
     let proxy = RefusingProxy::open_tls(&azurite.endpoint, &azurite.cert, &azurite.key, &azurite.ca);
     cloud_chaos::run_seeds(
@@ -85,13 +98,18 @@ fn run(cloud: &Cloud, proxy: &RefusingProxy, schedule: &Schedule, id: &str) -> R
     let mut taken = Vec::new();
     let throttled_before = cloud.arm.throttled();
     let mut pending = Vec::new();
+    let late_before = SLOW_METADATA.late();
     for &(at, fault) in &schedule.faults {
-        if let Fault::Throttle { amount } = fault {
-            cloud.arm.throttle(COMPUTE, amount as usize);
-            report.injected.push((KINDS.of(&fault).into(), format!("{}: from the submission", KINDS.say(&fault))));
-        } else {
-            pending.push((at, fault));
+        match fault {
+            Fault::Throttle { amount } => cloud.arm.throttle(COMPUTE, amount as usize),
+            // To the job's end (cleared below).
+            Fault::SlowMetadata { ms } => SLOW_METADATA.set(Duration::from_millis(ms), Duration::from_secs(600)),
+            _ => {
+                pending.push((at, fault));
+                continue;
+            }
         }
+        report.injected.push((KINDS.of(&fault).into(), format!("{}: from the submission", KINDS.say(&fault))));
     }
     let master = || node_log(id, "master");
     match ask() {
@@ -125,15 +143,23 @@ fn run(cloud: &Cloud, proxy: &RefusingProxy, schedule: &Schedule, id: &str) -> R
                 hits.push((KINDS.say(fault), proxy.refuse(rule.lasting(Duration::from_millis(*ms)))));
                 Ok(format!("writes under {output}/"))
             }
-            Fault::Throttle { .. } => Err("set at the submission".into()),
+            Fault::ExpireCredentials => {
+                let tokens = proxy.credentials_seen();
+                hits.push((KINDS.say(fault), proxy.expire_seen(Rule::blob_expired())));
+                Ok(format!("the {tokens} tokens Blob storage has seen"))
+            }
+            Fault::Throttle { .. } | Fault::SlowMetadata { .. } => Err("set at the submission".into()),
         }),
         (status, body) => report.problems.push(format!("the function answered {status}: {body}")),
     }
     cloud.arm.throttle(COMPUTE, 0);
+    SLOW_METADATA.clear();
     check(cloud, &store, id, &job, &files, &mut report);
     let throttled = cloud.arm.throttled() - throttled_before;
+    let late = SLOW_METADATA.late() - late_before;
     let counted = |kind: &str, what: &str| match kind {
         "arm-throttle" => throttled,
+        "imds-slow" => late,
         _ => hits.iter().find(|(f, _)| what.starts_with(f.as_str())).map_or(0, |(_, n)| n.load(Ordering::Relaxed)),
     };
     cloud_chaos::judge_traces(&mut report, &KINDS, &master(), &taken, counted);
@@ -180,6 +206,11 @@ fn check(
     let processes = || mayfly_tests::job_processes(id);
     if !wait_until(Duration::from_secs(20), || processes().is_empty()) {
         report.problems.push(format!("node processes left: {:?}", processes()));
+    }
+    // A node that did not know its own VM at the end left the deletion to
+    // its boot script's backstop: no node may rely on that.
+    for line in node_lines(id, "not on an Azure VM") {
+        report.problems.push(format!("a node could not end its own VM: {line}"));
     }
 }
 

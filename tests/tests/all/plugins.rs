@@ -35,6 +35,10 @@ fn local(name: &str, how: serde_json::Value) -> (Selected, Kit) {
             let record = root.join(&n.job).join("nodes").join(format!("{}.json", n.node));
             ("identity".into(), record.to_string_lossy().into_owned())
         }),
+        // This machine's processes, not the provider's node records.
+        observer: Box::new(|job| {
+            Ok(mayfly_tests::job_processes(job).into_iter().map(|(pid, cmd)| format!("process {pid}: {cmd}")).collect())
+        }),
     };
     (backend, Kit::new(&dir.join("jobs"), &component(WORDCOUNT)))
 }

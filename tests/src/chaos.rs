@@ -521,6 +521,13 @@ enum Undo {
     Restore(u32),
     Issuer(IssuerDown),
     Writable(Immutable),
+    /// Nothing to undo for killed workers; what follows is for
+    /// [`Taken::moot`]: what each held as it went, and the fault's line in
+    /// `injected`.
+    Judge {
+        taken: Vec<Taken>,
+        line: String,
+    },
 }
 
 impl Undo {
@@ -532,6 +539,7 @@ impl Undo {
             Undo::Restore(pid) => proxy.restore(pid),
             Undo::Issuer(down) => drop(down),
             Undo::Writable(lock) => drop(lock),
+            Undo::Judge { .. } => {}
         }
     }
 }
@@ -556,6 +564,37 @@ fn was_committing(job: &TestJob, worker: &str, shard: &str, from: usize) -> bool
     let expired = format!("worker {worker} stopped heartbeating");
     let committed = format!("shard {shard} committed");
     !after.iter().any(|l| l.contains(&expired)) && after.iter().any(|l| l.contains(&committed))
+}
+
+/// Kills (SIGKILL) `n` workers, those holding a lease first (the `pick`th of
+/// them, then the next), each with what it held by the master's log as it
+/// went. A worker killed between two shards, with no work left for a
+/// replacement, would leave no trace: so one holder at least, or none killed.
+fn kill_holders(job: &TestJob, workers: &[(String, u32)], n: usize, pick: u64) -> Result<Vec<Taken>, NotInjected> {
+    for _ in 0..8 {
+        let log = job.log("master");
+        let holds = |(w, _): &&(String, u32)| held_shard(&log, w).is_some();
+        let holders: Vec<&(String, u32)> = workers.iter().filter(holds).collect();
+        let others = workers.iter().filter(|w| !holds(w));
+        if holders.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let first = (pick % holders.len() as u64) as usize;
+        let order = holders[first..].iter().copied().chain(holders[..first].iter().copied()).chain(others);
+        let mut taken = Vec::new();
+        for (worker, pid) in order.take(n) {
+            let held = Taken::now(&log, worker).ok();
+            if signal(*pid, nix::sys::signal::Signal::SIGKILL) {
+                taken.push(held.unwrap_or(Taken { worker: worker.clone(), shard: String::new(), lines: 0 }));
+            }
+        }
+        return match taken.is_empty() {
+            true => Err(NotInjected::Moot("the workers had ended".into())),
+            false => Ok(taken),
+        };
+    }
+    Err(NotInjected::Moot("no worker was found holding a lease".into()))
 }
 
 /// Stops (SIGSTOP) a worker that holds a lease, chosen by `pick` among those
@@ -618,14 +657,16 @@ fn inject(job: &TestJob, schedule: &Schedule, t0: Instant, proxy: &Proxy, stop: 
                     if n == 0 {
                         Err(NotInjected::Moot("fewer than two workers alive".into()))
                     } else {
-                        let first = (p.pick % workers.len() as u64) as usize;
-                        let victims: Vec<&(String, u32)> = workers.iter().cycle().skip(first).take(n).collect();
-                        for (name, pid) in &victims {
-                            if signal(*pid, nix::sys::signal::Signal::SIGKILL) {
-                                *killed.entry(name.clone()).or_default() += 1;
+                        kill_holders(job, &workers, n, p.pick).map(|taken| {
+                            let names = taken.iter().map(|t| t.worker.as_str()).collect::<Vec<_>>().join(" ");
+                            let line = format!("{}: {names}", p.fault);
+                            for t in &taken {
+                                *killed.entry(t.worker.clone()).or_default() += 1;
                             }
-                        }
-                        Ok(victims.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" "))
+                            // Judged once the master has had time to see it.
+                            undos.push((until(3 * LEASE_MS), Undo::Judge { taken, line }));
+                            names
+                        })
                     }
                 }
                 Fault::KillMaster => match live_pid(job, "master") {
@@ -710,6 +751,20 @@ fn settle(
     {
         injected.remove(at);
         skipped.push(format!("{line}: it was committing shard {shard} when it was stopped, so no lease could expire"));
+    }
+    // Killed workers whose every commit was on its way as they went (or that
+    // held nothing) left nothing to expire or to replace: the kill was moot.
+    if let Undo::Judge { taken, line } = &undo {
+        let log = job.log("master");
+        let moot: Vec<String> =
+            taken.iter().filter_map(|t| if t.shard.is_empty() { Some(String::new()) } else { t.moot(&log) }).collect();
+        if moot.len() == taken.len()
+            && !log.contains("launched in place of")
+            && let Some(at) = injected.iter().position(|(_, what)| what == line)
+        {
+            injected.remove(at);
+            skipped.push(format!("{line}: moot, each killed worker held no lease or its commit was on its way"));
+        }
     }
     undo.run(proxy);
 }

@@ -50,15 +50,11 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// EC2's error `code` (a query API error document) with `status`, for
-    /// every request whose line or body contains `needle`.
-    pub fn ec2(needle: &str, status: &'static str, code: &str) -> Rule {
-        let body = format!(
-            "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
-             <RequestID>proxy</RequestID></Response>"
-        );
+    /// Answers `status` with `body` to requests of `method` (any if `None`)
+    /// whose line or body contains `needle`, for good.
+    fn answering(method: Option<&'static str>, needle: &str, status: &'static str, body: String) -> Rule {
         Rule {
-            method: None,
+            method,
             needle: needle.to_owned(),
             status,
             body,
@@ -66,6 +62,16 @@ impl Rule {
             signed_with: None,
             hits: Default::default(),
         }
+    }
+
+    /// EC2's error `code` (a query API error document) with `status`, for
+    /// every request whose line or body contains `needle`.
+    pub fn ec2(needle: &str, status: &'static str, code: &str) -> Rule {
+        let body = format!(
+            "<Response><Errors><Error><Code>{code}</Code><Message>refused by the test's proxy</Message></Error></Errors>\
+             <RequestID>proxy</RequestID></Response>"
+        );
+        Rule::answering(None, needle, status, body)
     }
 
     /// S3's error `code` (a REST error document) with `status`, for requests
@@ -75,15 +81,7 @@ impl Rule {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
              <Message>refused by the test's proxy</Message><RequestId>proxy</RequestId></Error>"
         );
-        Rule {
-            method: Some(method),
-            needle: needle.to_owned(),
-            status,
-            body,
-            until: None,
-            signed_with: None,
-            hits: Default::default(),
-        }
+        Rule::answering(Some(method), needle, status, body)
     }
 
     /// Blob storage's error `code` (its REST error document) with `status`,
@@ -93,15 +91,7 @@ impl Rule {
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code>\
              <Message>refused by the test's proxy</Message></Error>"
         );
-        Rule {
-            method: Some(method),
-            needle: needle.to_owned(),
-            status,
-            body,
-            until: None,
-            signed_with: None,
-            hits: Default::default(),
-        }
+        Rule::answering(Some(method), needle, status, body)
     }
 
     /// S3's answer to a request signed with a session whose token has

@@ -4,6 +4,7 @@
 //! 2. mayfly on the local provider with 2 workers,
 //! 3. Lithops in localhost mode (installed from PyPI into a virtual environment),
 //! 4. one `mayfly exec` over a single file holding all the data (the sandbox, no framework);
+//! 5. mayfly with the same wordcount written in Python (tasks/wordcount-py), beside Lithops;
 //!
 //! then mayfly's scaling with 1, 2 and 4 workers, a worker's read path over
 //! the small files in moto's S3 with 0 and 20 ms added per request, and the
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 use mayfly_model::units::ByteSize;
 use mayfly_tests::bench::{self, Corpus, Cost, Dataset, Sizes};
+
+/// The Python wordcount (sdk/python, componentize-py): a row of its own.
+const WORDCOUNT_PY: &str = "tasks/wordcount-py";
 
 struct Args {
     smoke: bool,
@@ -53,6 +57,7 @@ fn main() {
     // Everything is built (and Lithops installed) before anything is timed.
     mayfly_tests::mayfly_bin();
     mayfly_tests::component("tasks/wordcount");
+    mayfly_tests::component(WORDCOUNT_PY);
     let native_bin = bench::native_wordcount();
     let lithops =
         if args.lithops {
@@ -205,6 +210,9 @@ fn compare(
     }
     let c = best(args, || bench::exec(data, &runs.join("exec"), cache), &keep("exec"));
     rows.push(("mayfly exec, one file", c, keep("exec")));
+    let c =
+        best(args, || bench::mayfly_with(WORDCOUNT_PY, data, 2, &runs.join("mayfly-py"), cache), &keep("mayfly-py"));
+    rows.push(("mayfly, wordcount-py, 2 w", c, keep("mayfly-py")));
 
     // The results first: every contender must have counted the same words.
     let reference = std::fs::read(&rows[0].2).unwrap();
@@ -245,6 +253,12 @@ fn compare(
     println!("target: mayfly within {limit}x of native: {:.2}x {}", mayfly / native, verdict(mayfly / native <= limit));
     if let Some(l) = wall("Lithops") {
         println!("target: mayfly at least 5x faster than Lithops: {:.1}x {}", l / mayfly, verdict(l / mayfly >= 5.0));
+        let py = wall("mayfly, wordcount-py").unwrap();
+        println!(
+            "target: mayfly with the Python wordcount at least 2x faster than Lithops (also Python): {:.1}x {}",
+            l / py,
+            verdict(l / py >= 2.0)
+        );
     }
 }
 

@@ -398,9 +398,14 @@ pub fn native(bin: &Path, data: &Dataset, procs: usize, work: &Path) -> (Cost, P
 /// mayfly on the local provider: `mayfly run` of a wordcount job (map and
 /// reduce) with `workers` workers. Returns the reduce's output.
 pub fn mayfly(data: &Dataset, workers: usize, work: &Path, cache: &Path) -> (Cost, PathBuf) {
+    mayfly_with("tasks/wordcount", data, workers, work, cache)
+}
+
+/// [`mayfly`] with the wordcount task at `task` (`tasks/wordcount-py`, say).
+pub fn mayfly_with(task: &str, data: &Dataset, workers: usize, work: &Path, cache: &Path) -> (Cost, PathBuf) {
     set_aside(work);
     std::fs::create_dir_all(work).expect("work dir");
-    let task = crate::component("tasks/wordcount");
+    let task = crate::component(task);
     let job = format!(
         "[job]\nname = \"bench\"\n\n[task]\npath = {task:?}\nparams = {{ mode = \"map\" }}\n\n\
          [reduce]\npath = {task:?}\nparams = {{ mode = \"reduce\" }}\n\n\

@@ -61,10 +61,30 @@ pub fn component(dir: &str) -> PathBuf {
     if let Some(path) = built.get(dir) {
         return path.clone();
     }
-    let path = mayfly_core::build::build_task(&root().join(dir), &mut |m| eprintln!("{m}"))
-        .unwrap_or_else(|e| panic!("building {dir}: {e}"));
+    let say = &mut |m: &str| eprintln!("{m}");
+    let path = match mayfly_core::build::python::detect(&root().join(dir)) {
+        // Python tasks build with the componentize-py the cluster tests' nodes
+        // find too (under the tests' cache directory), installed once.
+        Ok(Some(project)) if !root().join(dir).join("Cargo.toml").exists() => {
+            mayfly_core::build::python::build_with(&project, &componentize_py(), say)
+        }
+        _ => mayfly_core::build::build_task(&root().join(dir), say),
+    }
+    .unwrap_or_else(|e| panic!("building {dir}: {e}"));
     built.insert(dir.to_owned(), path.clone());
     path
+}
+
+/// componentize-py, as `mayfly build` installs it into the tests' cache
+/// directory ([`cache_dir`], which the `mayfly` commands of the tests are
+/// given): the first call installs it from PyPI.
+pub fn componentize_py() -> PathBuf {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        mayfly_core::build::python::install_componentize_py(&cache_dir().join("tools"), &mut |m| eprintln!("{m}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .clone()
 }
 
 /// The `mayfly` binary, built (once per process) in the same profile as the tests.

@@ -91,8 +91,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build a task crate into a WebAssembly component and print its path.
-    #[command(after_help = "Examples:\n  mayfly build tasks/wordcount\n  mayfly build ~/my-task")]
+    /// Build a task (a Rust crate, or a Python task directory) into a
+    /// WebAssembly component, check that the sandbox accepts it, and print its path.
+    #[command(after_help = "Examples:\n  mayfly build tasks/wordcount\n  mayfly build tasks/wordcount-py\n  \
+        mayfly build ~/my-task\n\n\
+        A Python task is a directory with app.py, or a pyproject.toml with a [tool.mayfly] table;\n\
+        the first Python build installs componentize-py into mayfly's cache directory.")]
     Build(build::Args),
     /// Run a task over one input file on this machine, in the sandbox.
     #[command(after_help = "Examples:\n  \
@@ -185,12 +189,14 @@ enum Command {
         It reads only the job's state (journal, logs, final state): it works after every node is gone,\n\
         and on a running job (what has happened so far).")]
     Report(report::Args),
-    /// Create a task crate that builds and passes its own test at once, with
-    /// a job file and sample data to run it.
+    /// Create a task (a Rust crate, or Python with --lang python) that builds
+    /// and passes its own tests at once, with a job file and sample data to run it.
     #[command(after_help = "Examples:\n  \
         mayfly init linecount\n  \
-        mayfly init linecount --dir ~/tasks\n\n\
-        Then: cd linecount && cargo test && mayfly run job.toml")]
+        mayfly init linecount --dir ~/tasks\n  \
+        mayfly init linecount --lang python\n\n\
+        Then: cd linecount && cargo test && mayfly run job.toml\n\
+        (Python: cd linecount && python3 -m unittest && mayfly run job.toml)")]
     Init(init::Args),
     /// End every node whose job's deadline has passed: those of the jobs under
     /// a state location (each through its own provider), or with --provider,

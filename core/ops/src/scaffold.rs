@@ -1,5 +1,6 @@
-//! `mayfly init`: a new task crate that builds and passes its own tests at once,
-//! with a job file that runs it on the local cluster.
+//! `mayfly init`: a new task that builds and passes its own tests at once, with
+//! a job file that runs it on the local cluster: a Rust crate ([`scaffold`]) or
+//! a Python task directory ([`scaffold_python`]).
 //!
 //! [`scaffold`] writes the crate into a temporary directory beside its final
 //! place (`parent/.<name>.init-tmp-<pid>`) and moves it into place at the end,
@@ -189,6 +190,46 @@ pub fn scaffold(parent: &Path, name: &str, sdk: &Path) -> Result<Scaffold, Scaff
     place(parent, name, &files(name, sdk_text))
 }
 
+/// Writes a Python task called `name` into `parent/name`: `app.py`, its unit
+/// tests (plain Python, no WebAssembly: they import `mayfly_sdk` from `sdk`'s
+/// `python/` directory when it is not installed), a `pyproject.toml`, and a
+/// job file that runs it on the local cluster. `sdk` and the directory are as
+/// for [`scaffold`].
+pub fn scaffold_python(parent: &Path, name: &str, sdk: &Path) -> Result<Scaffold, ScaffoldError> {
+    validate_name(name)?;
+    if !is_sdk(sdk) || !sdk.join("python/mayfly_sdk/__init__.py").is_file() {
+        return Err(ScaffoldError::NotAnSdk { sdk: sdk.to_owned() });
+    }
+    let sdk = sdk.canonicalize().map_err(io_err("resolve the sdk path", sdk))?;
+    let sdk_text = sdk.to_str().ok_or_else(|| ScaffoldError::NonUtf8Sdk { sdk: sdk.clone() })?;
+    place(parent, name, &python_files(name, sdk_text))
+}
+
+/// A Python task's files: (path relative to its directory, contents).
+fn python_files(name: &str, sdk: &str) -> Vec<(&'static str, String)> {
+    let fill = |template: &str| {
+        template
+            .replace("@NAME@", name)
+            .replace("@SDK@", sdk)
+            .replace("@SDK_PY@", &python_string(&format!("{sdk}/python")))
+    };
+    let job = JOB_TOML
+        .replace(
+            "path = \".\"               # this crate (mayfly builds it for wasm32-wasip2), or a .wasm component",
+            "path = \".\"               # this directory (mayfly builds app.py with componentize-py), or a .wasm",
+        )
+        .replace("the task's Params (src/lib.rs)", "the task's Params (app.py)");
+    vec![
+        ("pyproject.toml", fill(PYPROJECT_TOML)),
+        ("app.py", fill(APP_PY)),
+        ("test_app.py", fill(TEST_APP_PY)),
+        ("job.toml", fill(&job)),
+        ("data/sample.txt", SAMPLE.to_owned()),
+        (".gitignore", PY_GITIGNORE.to_owned()),
+        ("README.md", fill(PY_README)),
+    ]
+}
+
 /// The crate's files: (path relative to the crate, contents).
 fn files(name: &str, sdk: &str) -> Vec<(&'static str, String)> {
     let fill = |template: &str| template.replace("@NAME@", name).replace("@SDK@", sdk);
@@ -333,6 +374,22 @@ fn toml_string(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `s` as a Python string literal, quotes included.
+fn python_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -584,6 +641,165 @@ The blank line above counts as a line, unless skip_blank_lines is set.
 
 const GITIGNORE: &str = "target/\nout/\nstate/\n";
 
+const PYPROJECT_TOML: &str = r##"[project]
+name = "@NAME@"
+version = "0.1.0"
+requires-python = ">=3.10"
+# Pure-Python packages the task imports: `mayfly build` vendors them into the
+# component (a package with native code cannot run in the sandbox).
+dependencies = []
+
+# Makes this directory a mayfly task: `mayfly build .` builds `module`.py (with
+# the sdk, `mayfly_sdk`, and CPython) into a WebAssembly component.
+[tool.mayfly]
+module = "app"
+"##;
+
+const APP_PY: &str = r##""""`@NAME@`: counts the lines, words and bytes of each input.
+
+The output `counts.tsv` has one line per item, `name<TAB>lines<TAB>words<TAB>bytes`,
+where `name` is the input's name. A line ends with a newline, and the last bytes
+of an input count as a line even without one; a word is a run of bytes that are
+not ASCII white space. The input need not be UTF-8, and is read a line at a
+time, so an input of any size takes little memory.
+
+Parameters (`[task] params` in job.toml, `--param` for `mayfly exec`):
+`skip_blank_lines` (default false) leaves out the lines that are empty or only
+white space (their bytes still count).
+
+Import everything at the top of the module: the task is built (and its imports
+resolved) once, by `mayfly build`; at run time there is no file system.
+"""
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from mayfly_sdk import Input, Outputs, log, task
+
+OUTPUT = "counts.tsv"
+
+
+@dataclass
+class Params:
+    """The task's parameters (unknown keys are refused)."""
+
+    skip_blank_lines: bool = False
+    """Leave out the lines that are empty or only white space."""
+
+
+@dataclass
+class Counts:
+    """What `count` found."""
+
+    lines: int = 0
+    words: int = 0
+    bytes: int = 0
+
+
+def count(reader: BinaryIO, params: Params) -> Counts:
+    """Counts the lines, words and bytes read from `reader` (binary)."""
+    counts = Counts()
+    for line in reader:  # split at b"\n"; the last line may lack it
+        counts.bytes += len(line)
+        words = len(line.split())
+        counts.words += words
+        if words or not params.skip_blank_lines:
+            counts.lines += 1
+    return counts
+
+
+@task
+def run(input: Input, params: Params, outputs: Outputs) -> None:
+    """What mayfly calls for each input item, in a sandbox that serves the items
+    of one shard (the parameters are parsed once per shard). Each item's
+    `counts.tsv` is its own; to combine across a shard, subclass
+    `mayfly_sdk.Task` instead (see the sdk's guide)."""
+    counts = count(input, params)
+    with outputs.create(OUTPUT) as out:
+        out.write(f"{input.name}\t{counts.lines}\t{counts.words}\t{counts.bytes}\n".encode())
+    log.info(f"counted {input.name}", lines=counts.lines, words=counts.words, bytes=counts.bytes)
+"##;
+
+const TEST_APP_PY: &str = r##""""The task's tests: plain Python, no WebAssembly (`python -m unittest` or
+`python -m pytest`). `count` needs no sandbox; `mayfly_sdk.testing.run` calls
+the task as mayfly would, with a fake host."""
+
+import io
+import sys
+import unittest
+
+try:
+    import mayfly_sdk  # noqa: F401  (installed: pip install <mayfly>/sdk/python)
+except ImportError:  # the sdk of the mayfly checkout this task was made from
+    sys.path.insert(0, @SDK_PY@)
+
+from mayfly_sdk.testing import Item, run
+
+import app
+
+
+def counts(data: bytes, skip_blank_lines: bool = False) -> tuple[int, int, int]:
+    c = app.count(io.BytesIO(data), app.Params(skip_blank_lines=skip_blank_lines))
+    return (c.lines, c.words, c.bytes)
+
+
+class CountTest(unittest.TestCase):
+    def test_counts_lines_words_and_bytes(self) -> None:
+        self.assertEqual(counts(b"one two\nthree\n"), (2, 3, 14))
+        # A last line without a newline counts; bytes that are not UTF-8 are fine.
+        self.assertEqual(counts(b"a\n\xff b"), (2, 3, 5))
+        self.assertEqual(counts(b""), (0, 0, 0))
+
+    def test_skip_blank_lines_leaves_out_empty_and_white_space_lines(self) -> None:
+        text = b"a\n\n  \t\r\nb c\n"
+        self.assertEqual(counts(text), (4, 3, 12))
+        self.assertEqual(counts(text, skip_blank_lines=True), (2, 3, 12))
+
+
+class TaskTest(unittest.TestCase):
+    def test_each_item_gets_its_line(self) -> None:
+        result = run(app.run, [Item("a.txt", b"a b\nc"), Item("b.txt", b"\n")])
+        result.check()
+        self.assertEqual(result.item_outputs["a.txt"]["counts.tsv"], b"a.txt\t2\t3\t5\n")
+        self.assertEqual(result.item_outputs["b.txt"]["counts.tsv"], b"b.txt\t1\t0\t1\n")
+
+    def test_unknown_parameters_are_refused(self) -> None:
+        result = run(app.run, [Item("a.txt", b"a")], params={"skip_blank_line": True})
+        self.assertIsNotNone(result.failure)
+        self.assertIn("invalid task parameters", result.failure.message)
+
+
+if __name__ == "__main__":
+    unittest.main()
+"##;
+
+const PY_GITIGNORE: &str = "target/\nout/\nstate/\n__pycache__/\n";
+
+const PY_README: &str = r##"# @NAME@
+
+A mayfly task in Python: it counts the lines, words and bytes of each input file
+and writes one line per input to `counts.tsv`: `name<TAB>lines<TAB>words<TAB>bytes`.
+
+- `app.py`: the task. `count` does the work; `run`, decorated with `@task`, is
+  what mayfly calls for each input, in a sandbox (CPython built for WebAssembly).
+- `test_app.py`: its tests, in plain Python.
+- `pyproject.toml`: the task's name and dependencies; `[tool.mayfly]` makes the
+  directory a task for `mayfly build`.
+- `job.toml`: a job that runs the task over `data/` on 2 local workers.
+- `data/sample.txt`: an input to try it on.
+
+```sh
+python3 -m unittest                         # the task's tests, in plain Python (no WebAssembly)
+mayfly exec . --input data/sample.txt       # builds the task, runs it once in the sandbox
+mayfly exec . --input data/sample.txt --param skip_blank_lines=true
+mayfly run job.toml                         # the job, on the local cluster: outputs in out/<job id>/
+```
+
+The first build installs componentize-py (what turns Python into a component)
+into mayfly's cache directory; later builds take seconds, and none when nothing
+changed. How to write tasks: the sdk's guide, `@SDK@/python/README.md`.
+"##;
+
 const README: &str = r##"# @NAME@
 
 A mayfly task: it counts the lines, words and bytes of each input file and writes
@@ -783,6 +999,40 @@ mod tests {
         let readme = fs::read_to_string(dir.join("README.md")).expect("read");
         assert!(readme.contains("mayfly run job.toml") && readme.contains("mayfly exec . --input data/sample.txt"));
         assert!(readme.contains("cargo test"));
+    }
+
+    #[test]
+    fn a_python_scaffold_writes_a_task_and_a_job_that_parse() {
+        let scratch = Scratch::new("python");
+        let made = scaffold_python(&scratch.0, "tally", &sdk()).expect("scaffold");
+        let dir = scratch.0.join("tally");
+        let names: Vec<String> =
+            made.files.iter().map(|f| f.strip_prefix(&dir).expect("under").display().to_string()).collect();
+        assert_eq!(
+            names,
+            ["pyproject.toml", "app.py", "test_app.py", "job.toml", "data/sample.txt", ".gitignore", "README.md"]
+        );
+        for file in &made.files {
+            let text = fs::read_to_string(file).expect("written");
+            for placeholder in ["@NAME@", "@SDK@", "@SDK_PY@"] {
+                assert!(!text.contains(placeholder), "{placeholder} is left in {}", file.display());
+            }
+        }
+        let pyproject = table(&fs::read_to_string(dir.join("pyproject.toml")).expect("read"));
+        assert_eq!(pyproject["project"]["name"].as_str(), Some("tally"));
+        assert_eq!(pyproject["tool"]["mayfly"]["module"].as_str(), Some("app"));
+        let job = fs::read_to_string(dir.join("job.toml")).expect("read");
+        assert!(job.contains("mayfly builds app.py with componentize-py") && job.contains("Params (app.py)"), "{job}");
+        let spec = JobSpec::parse(&dir.join("job.toml"), &job, &|_| None).expect("a valid job file");
+        assert_eq!((spec.name.as_str(), spec.task.path.as_path()), ("tally", dir.as_path()));
+        let tests = fs::read_to_string(dir.join("test_app.py")).expect("read");
+        let sdk_python = format!("sys.path.insert(0, \"{}/python\")", sdk().display());
+        assert!(tests.contains(&sdk_python), "{tests}");
+        let app = fs::read_to_string(dir.join("app.py")).expect("read");
+        assert!(app.contains("@task\ndef run(input: Input, params: Params, outputs: Outputs)"), "{app}");
+        // Not a directory of the sdk: refused as for Rust.
+        let err = scaffold_python(&scratch.0, "x", &scratch.0).expect_err("refused");
+        assert!(matches!(err, ScaffoldError::NotAnSdk { .. }), "{err:?}");
     }
 
     #[test]

@@ -118,14 +118,21 @@ impl CompileCache {
     }
 }
 
-/// Where the cache lives by default: `$MAYFLY_CACHE_DIR`, else
+/// Where the cache lives by default: `$MAYFLY_CACHE_DIR/components`, else
 /// `$XDG_CACHE_HOME/mayfly/components`, else `~/.cache/mayfly/components`.
 pub fn default_cache_dir() -> Option<PathBuf> {
+    default_cache_root().map(|root| root.join("components"))
+}
+
+/// mayfly's cache directory, where the compiled tasks and the tools mayfly
+/// installs itself live: `$MAYFLY_CACHE_DIR`, else `$XDG_CACHE_HOME/mayfly`,
+/// else `~/.cache/mayfly`.
+pub fn default_cache_root() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MAYFLY_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("components"));
+        return Some(PathBuf::from(dir));
     }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("mayfly/components"));
+        return Some(PathBuf::from(dir).join("mayfly"));
     }
-    std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".cache/mayfly/components"))
+    std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".cache/mayfly"))
 }

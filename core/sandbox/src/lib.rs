@@ -40,12 +40,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mayfly_model::units::ByteSize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
-pub use cache::default_cache_dir;
+pub use cache::{default_cache_dir, default_cache_root};
 pub use failure::{CacheRefused, Failure, LoadError, StartError};
 pub use io::{BytesInput, ConcatInput, FileInput, InputSource, OpenOnRead, StagedOutput, check_output_name};
 pub use limits::Limits;
@@ -379,6 +380,38 @@ impl Runtime {
         .await;
         let call = session.classify(result, started);
         (session, call)
+    }
+
+    /// Instantiates `task` under a `memory` limit without calling it: what an
+    /// instance takes before it runs anything (the memories and tables the
+    /// component declares, the snapshot of a pre-initialized one, such as a
+    /// Python task's interpreter). `Ok` is the memory it took; a component
+    /// too large for the limit is `Failure::OutOfMemory`.
+    pub async fn check_instance(&self, task: &Task, memory: ByteSize) -> Result<u64, Failure> {
+        let limits = Limits { memory, ..Limits::default() };
+        let log = log::LogBuffer::new(Instant::now(), limits.log.0);
+        let state = State {
+            wasi: WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+            table: wasmtime::component::ResourceTable::new(),
+            limiter: limits::MemoryLimiter::new(memory.0),
+            input: no_input(),
+            input_read: 0,
+            params: Arc::from("{}"),
+            outputs: None,
+            log,
+            panic: None,
+            stopped_by: None,
+            progress: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(u64::MAX / 2);
+        match task.pre.instantiate_async(&mut store).await {
+            Ok(_) => Ok(store.data().limiter.peak as u64),
+            Err(_) if store.data().limiter.denied => Err(Failure::OutOfMemory { limit: memory }),
+            Err(e) => Err(Failure::Trap { message: format!("{e:#}") }),
+        }
     }
 
     /// Runs one item in an instance of its own (`start`, `item`, `finish`),

@@ -12,6 +12,7 @@ mod hold;
 mod load;
 mod operate;
 mod plugins;
+mod python;
 mod sandbox;
 mod shards;
 mod tasks;

@@ -1,6 +1,8 @@
-//! `mayfly build`: turns a task crate into a WebAssembly component.
+//! `mayfly build`: turns a task directory into a WebAssembly component: a Rust
+//! task crate (a `Cargo.toml`) here, a Python task ([`python`]) with
+//! componentize-py.
 //!
-//! It runs `cargo build --release --target wasm32-wasip2` on the crate and reads
+//! For a crate it runs `cargo build --release --target wasm32-wasip2` on the crate and reads
 //! cargo's JSON messages to find the component, so it works for a crate in a
 //! workspace or on its own, whatever the target directory. The wasm target is
 //! not installed by rustup on its own, so this adds it first when missing.
@@ -8,6 +10,8 @@
 //! In `mayfly-core`'s flow (`core/tests/flow.rs` checks it) it must not import `api` or
 //! anything above, nor its peers `tls` and `ledger`; like its crate, it must not import
 //! `mayfly-ops` or the binary.
+
+pub mod python;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -19,9 +23,13 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The directory holds no Cargo.toml.
-    #[error("{} is not a task crate: it has no Cargo.toml", .0.display())]
-    NotACrate(PathBuf),
+    /// The directory holds neither a Rust nor a Python task.
+    #[error(
+        "{} is not a task: it has no Cargo.toml (a Rust task crate), and no app.py or pyproject.toml \
+         with a [tool.mayfly] table (a Python task)",
+        .0.display()
+    )]
+    NotATask(PathBuf),
     /// A tool could not be started.
     #[error("cannot run `{tool}`: {source}; is the Rust toolchain (rustup, cargo) installed and on PATH?")]
     Tool {
@@ -46,6 +54,76 @@ pub enum BuildError {
         .0.display()
     )]
     NoComponent(PathBuf),
+    /// A Python task's pyproject.toml is not what a build needs.
+    #[error("{}: {reason}", .path.display())]
+    PyProject {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A Python task's module is not in its directory.
+    #[error(
+        "{} has no {module}.py: a Python task is a module in its directory (`app.py`, or the one \
+         pyproject.toml's [tool.mayfly] module names) that decorates its task with `@mayfly_sdk.task`",
+        .dir.display()
+    )]
+    NoModule {
+        /// The task directory.
+        dir: PathBuf,
+        /// The module's name.
+        module: String,
+    },
+    /// componentize-py refused the Python task; `output` is its traceback.
+    #[error("the Python task in {} does not build: {cause}", .dir.display())]
+    Componentize {
+        /// The task directory.
+        dir: PathBuf,
+        /// The file, line and exception, or what else failed.
+        cause: String,
+        /// What componentize-py printed (the traceback, with real paths).
+        output: String,
+    },
+    /// componentize-py could not be installed.
+    #[error(
+        "componentize-py {} could not be installed into {}: {reason}; install it yourself \
+         (`pip install componentize-py=={}`) and put it on PATH, or set MAYFLY_COMPONENTIZE_PY to it",
+        python::COMPONENTIZE_PY_VERSION, .venv.display(), python::COMPONENTIZE_PY_VERSION
+    )]
+    Install {
+        /// Where it was being installed.
+        venv: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// No cache directory to install componentize-py into.
+    #[error(
+        "componentize-py {} is not on PATH and there is no cache directory to install it into \
+         (set MAYFLY_CACHE_DIR or HOME), or set MAYFLY_COMPONENTIZE_PY to it",
+        python::COMPONENTIZE_PY_VERSION
+    )]
+    NoCache,
+    /// A Python task's dependencies could not be vendored.
+    #[error(
+        "the task's dependencies ({dependencies}) could not be vendored: {reason}; only pure-Python \
+         packages (wheels tagged py3-none-any) can run in the sandbox"
+    )]
+    Vendor {
+        /// `[project] dependencies`.
+        dependencies: String,
+        /// pip's error.
+        reason: String,
+    },
+    /// A file of the build could not be read or written.
+    #[error("cannot {what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 fn run(cmd: &mut Command, tool: &str) -> Result<std::process::Output, BuildError> {
@@ -68,14 +146,18 @@ pub fn ensure_wasm_target(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<(), B
     Ok(())
 }
 
-/// Builds the task crate in `dir` and returns the path of its component.
-/// cargo's progress and diagnostics go to stderr as usual.
+/// Builds the task in `dir` (a Rust crate, else a Python task) and returns
+/// the path of its component. cargo's progress and diagnostics go to stderr
+/// as usual.
 pub fn build_task(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<PathBuf, BuildError> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        return Err(BuildError::NotACrate(dir.to_owned()));
+        return match python::detect(dir)? {
+            Some(project) => python::build(&project, say),
+            None => Err(BuildError::NotATask(dir.to_owned())),
+        };
     }
-    let manifest = manifest.canonicalize().map_err(|_| BuildError::NotACrate(dir.to_owned()))?;
+    let manifest = manifest.canonicalize().map_err(|_| BuildError::NotATask(dir.to_owned()))?;
     ensure_wasm_target(dir, say)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(&cargo)

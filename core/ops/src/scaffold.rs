@@ -211,7 +211,7 @@ fn python_files(name: &str, sdk: &str) -> Vec<(&'static str, String)> {
         template
             .replace("@NAME@", name)
             .replace("@SDK@", sdk)
-            .replace("@SDK_PY@", &python_string(&format!("{sdk}/python")))
+            .replace("@SDK_PY@", &toml_string(&format!("{sdk}/python")))
     };
     let job = JOB_TOML
         .replace(
@@ -362,7 +362,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Scaffo
     move |source| ScaffoldError::Io { action, path, source }
 }
 
-/// `s` as a TOML basic string, quotes included.
+/// `s` as a TOML basic string, quotes included; also a valid Python string
+/// literal of the same text (the same escapes).
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -374,22 +375,6 @@ fn toml_string(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `s` as a Python string literal, quotes included.
-fn python_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
     }

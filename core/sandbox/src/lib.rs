@@ -321,33 +321,9 @@ impl Runtime {
         let started = Instant::now();
         let limits = shard.limits;
         let log = log::LogBuffer::new(started, limits.log.0);
-        // No preopens, no environment, no arguments, no network: the builder's
-        // defaults deny them all; only stdout and stderr are wired, to the log.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(log::StdioLog { log: log.clone(), source: LogSource::Stdout })
-            .stderr(log::StdioLog { log: log.clone(), source: LogSource::Stderr })
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let mut outputs = OutputSet::new(shard.staging.clone(), limits.output.0);
         outputs.set_key(&shard.shard_key);
-        let state = State {
-            wasi,
-            table: wasmtime::component::ResourceTable::new(),
-            limiter: limits::MemoryLimiter::new(limits.memory.0),
-            input: no_input(),
-            input_read: 0,
-            params: shard.params.clone(),
-            outputs: Some(outputs),
-            log: log.clone(),
-            panic: None,
-            stopped_by: None,
-            progress: None,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        let store = self.store(&limits, &log, shard.params.clone(), Some(outputs));
         let mut session = Session {
             store,
             instance: None,
@@ -390,15 +366,41 @@ impl Runtime {
     pub async fn check_instance(&self, task: &Task, memory: ByteSize) -> Result<u64, Failure> {
         let limits = Limits { memory, ..Limits::default() };
         let log = log::LogBuffer::new(Instant::now(), limits.log.0);
+        let mut store = self.store(&limits, &log, Arc::from("{}"), None);
+        store.set_epoch_deadline(u64::MAX / 2);
+        match task.pre.instantiate_async(&mut store).await {
+            Ok(_) => Ok(store.data().limiter.peak as u64),
+            Err(_) if store.data().limiter.denied => Err(Failure::OutOfMemory { limit: memory }),
+            Err(e) => Err(Failure::Trap { message: format!("{e:#}") }),
+        }
+    }
+
+    /// A store for one instance: its memory limiter, its log, no input yet.
+    fn store(
+        &self,
+        limits: &Limits,
+        log: &log::SharedLog,
+        params: Arc<str>,
+        outputs: Option<OutputSet>,
+    ) -> Store<State> {
+        // No preopens, no environment, no arguments, no network: the builder's
+        // defaults deny them all; only stdout and stderr are wired, to the log.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log::StdioLog { log: log.clone(), source: LogSource::Stdout })
+            .stderr(log::StdioLog { log: log.clone(), source: LogSource::Stderr })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let state = State {
-            wasi: WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+            wasi,
             table: wasmtime::component::ResourceTable::new(),
-            limiter: limits::MemoryLimiter::new(memory.0),
+            limiter: limits::MemoryLimiter::new(limits.memory.0),
             input: no_input(),
             input_read: 0,
-            params: Arc::from("{}"),
-            outputs: None,
-            log,
+            params,
+            outputs,
+            log: log.clone(),
             panic: None,
             stopped_by: None,
             progress: None,
@@ -406,12 +408,7 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(u64::MAX / 2);
-        match task.pre.instantiate_async(&mut store).await {
-            Ok(_) => Ok(store.data().limiter.peak as u64),
-            Err(_) if store.data().limiter.denied => Err(Failure::OutOfMemory { limit: memory }),
-            Err(e) => Err(Failure::Trap { message: format!("{e:#}") }),
-        }
+        store
     }
 
     /// Runs one item in an instance of its own (`start`, `item`, `finish`),

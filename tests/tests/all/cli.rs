@@ -27,7 +27,11 @@ fn build_of_a_directory_without_a_crate_says_so() {
     let dir = scratch("not-a-crate");
     let out = mayfly(&["build", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("is not a task: it has no Cargo.toml (a Rust task crate), and no app.py"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not a task: it has no Cargo.toml (a Rust task crate), and no app.py"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

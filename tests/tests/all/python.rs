@@ -13,26 +13,15 @@ use mayfly_model::units::{ByteSize, HumanDuration};
 use mayfly_tests::cluster::{TestJob, cluster, text};
 use mayfly_tests::{mayfly_bin, root, run, run_bytes, sample_text, scratch};
 
+use crate::sandbox::{misbehave_in, small_limits};
+
 const GUEST: &str = "tests/guests/misbehave-py";
 const WORDCOUNT: &str = "tasks/wordcount";
 const WORDCOUNT_PY: &str = "tasks/wordcount-py";
 const CSVSUM_PY: &str = "tasks/csvsum-py";
 
 fn misbehave(mode: &str, limits: Limits, name: &str) -> (Outcome, std::path::PathBuf) {
-    let dir = scratch(name);
-    let staging = dir.join("staging");
-    let input = Arc::new(BytesInput::new("in.txt", &b"some input\n"[..]));
-    let params = serde_json::json!({ "mode": mode }).to_string();
-    (run(GUEST, input, &params, limits, &staging), staging)
-}
-
-fn small_limits() -> Limits {
-    Limits {
-        attempt_time: HumanDuration(Duration::from_secs(3)),
-        memory: ByteSize(128 << 20),
-        output: ByteSize(1 << 20),
-        log: ByteSize(64 << 10),
-    }
+    misbehave_in(GUEST, mode, limits, name)
 }
 
 fn output(outcome: &Outcome, name: &str) -> Vec<u8> {
@@ -44,15 +33,15 @@ fn output(outcome: &Outcome, name: &str) -> Vec<u8> {
 #[test]
 fn a_python_endless_loop_times_out() {
     let (outcome, staging) = misbehave("loop", small_limits(), "py-loop");
-    assert_eq!(outcome.result, Err(Failure::Timeout { limit: HumanDuration(Duration::from_secs(3)) }));
+    assert_eq!(outcome.result, Err(Failure::Timeout { limit: HumanDuration(Duration::from_secs(2)) }));
     assert!(!staging.exists());
 }
 
 #[test]
 fn python_allocating_without_end_is_out_of_memory() {
     let (outcome, staging) = misbehave("alloc", small_limits(), "py-alloc");
-    assert_eq!(outcome.result, Err(Failure::OutOfMemory { limit: ByteSize(128 << 20) }), "{:?}", outcome.logs);
-    assert!(outcome.peak_memory <= 128 << 20, "peak {}", outcome.peak_memory);
+    assert_eq!(outcome.result, Err(Failure::OutOfMemory { limit: ByteSize(64 << 20) }), "{:?}", outcome.logs);
+    assert!(outcome.peak_memory <= 64 << 20, "peak {}", outcome.peak_memory);
     assert!(!staging.exists());
 }
 

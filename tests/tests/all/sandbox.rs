@@ -11,14 +11,20 @@ use mayfly_tests::{run, scratch};
 const GUEST: &str = "tests/guests/misbehave";
 
 fn misbehave(mode: &str, limits: Limits, name: &str) -> (Outcome, std::path::PathBuf) {
+    misbehave_in(GUEST, mode, limits, name)
+}
+
+/// One item of `guest` (a misbehaving task: `misbehave` or its Python twin)
+/// in `mode`: its outcome and its staging directory.
+pub(crate) fn misbehave_in(guest: &str, mode: &str, limits: Limits, name: &str) -> (Outcome, std::path::PathBuf) {
     let dir = scratch(name);
     let staging = dir.join("staging");
     let input = Arc::new(BytesInput::new("in.txt", &b"some input\n"[..]));
     let params = serde_json::json!({ "mode": mode }).to_string();
-    (run(GUEST, input, &params, limits, &staging), staging)
+    (run(guest, input, &params, limits, &staging), staging)
 }
 
-fn small_limits() -> Limits {
+pub(crate) fn small_limits() -> Limits {
     Limits {
         attempt_time: HumanDuration(Duration::from_secs(2)),
         memory: ByteSize(64 << 20),

@@ -163,7 +163,9 @@ pub fn cache_dir() -> PathBuf {
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        Runtime::new(&RuntimeConfig { cache_dir: Some(cache_dir()), max_concurrent: 16 }).expect("runtime")
+        // The same cache as the `mayfly` commands of the tests (MAYFLY_CACHE_DIR = cache_dir()).
+        let cache = cache_dir().join("components");
+        Runtime::new(&RuntimeConfig { cache_dir: Some(cache), max_concurrent: 16 }).expect("runtime")
     })
 }
 

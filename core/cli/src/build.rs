@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mayfly_core::host::{Limits, Runtime, RuntimeConfig};
+use mayfly_core::host::{Failure, Limits, Runtime, RuntimeConfig};
 use mayfly_model::units::ByteSize;
 
 use crate::{Ended, say};
@@ -41,12 +41,13 @@ fn cmd_build(dir: &Path, memory: ByteSize) -> Result<()> {
             ByteSize(size),
             ByteSize(took)
         )),
-        Err(failure) => bail!(
+        Err(failure @ Failure::OutOfMemory { .. }) => bail!(
             "{} built, but is too large for the sandbox: an instance of it, before it runs anything, \
              {failure}; make what the task holds at import smaller, or give its jobs more memory \
              ([limits] memory in the job file; `mayfly build --memory SIZE` checks against that)",
             path.display()
         ),
+        Err(failure) => bail!("{} built, but the sandbox cannot make an instance of it: {failure}", path.display()),
     }
     println!("{}", path.display());
     Ok(())

@@ -38,6 +38,16 @@ pub enum BuildError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A tool of the Python build could not be started.
+    #[error("cannot run `{tool}`: {source}; {hint}")]
+    PythonTool {
+        /// The command.
+        tool: String,
+        /// The cause.
+        source: std::io::Error,
+        /// What to do about it.
+        hint: String,
+    },
     /// The wasm target is missing and could not be added.
     #[error(
         "the {WASM_TARGET} target is not installed and `rustup target add {WASM_TARGET}` failed ({0}); \

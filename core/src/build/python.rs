@@ -93,7 +93,9 @@ pub fn detect(dir: &Path) -> Result<Option<Project>, BuildError> {
         Some(Some(m)) => m.as_str().ok_or_else(|| bad("[tool.mayfly] module must be a string".into()))?.to_owned(),
         _ => DEFAULT_MODULE.to_owned(),
     };
-    check_module_name(&module).map_err(|reason| bad(format!("[tool.mayfly] module = {module:?}: {reason}")))?;
+    if let Some(problem) = module_name_problem(&module) {
+        return Err(bad(format!("[tool.mayfly] module = {module:?}: {problem}")));
+    }
     let project = table.as_ref().and_then(|t| t.get("project"));
     let dependencies = match project.and_then(|p| p.get("dependencies")) {
         None => Vec::new(),
@@ -122,18 +124,18 @@ pub fn detect(dir: &Path) -> Result<Option<Project>, BuildError> {
     Ok(Some(Project { dir, name, module, dependencies }))
 }
 
-fn check_module_name(module: &str) -> Result<(), String> {
+/// What is wrong with `module` as the name of a task's module, if anything.
+fn module_name_problem(module: &str) -> Option<String> {
     let mut chars = module.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err("a module name is a Python identifier (letters, digits, `_`), the name of a .py file \
-                    in the task directory without `.py`"
-            .into());
+        return Some(
+            "a module name is a Python identifier (letters, digits, `_`), the name of a .py file in the task \
+             directory without `.py`"
+                .into(),
+        );
     }
-    if RESERVED.contains(&module) {
-        return Err(format!("{module:?} is taken by the build; rename the file"));
-    }
-    Ok(())
+    RESERVED.contains(&module).then(|| format!("{module:?} is taken by the build; rename the file"))
 }
 
 /// Builds the Python task `project` and returns its component's path:
@@ -155,6 +157,11 @@ fn build_inner(project: &Project, tool: Option<&Path>, say: &mut dyn FnMut(&str)
     }
     let out_dir = dir.join("target/mayfly");
     fs::create_dir_all(&out_dir).map_err(io_err("create", &out_dir))?;
+    // One build of a directory at a time (two jobs started at once, or test
+    // threads): the second finds the first's component and stamp.
+    let lock_path = out_dir.join(".lock");
+    let lock = fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
+    lock.lock().map_err(io_err("lock", &lock_path))?;
     let component = out_dir.join(format!("{}.wasm", project.name));
     let stamp_path = out_dir.join(format!(".{}.stamp", project.name));
     let stamp = stamp(project)?;
@@ -166,13 +173,18 @@ fn build_inner(project: &Project, tool: Option<&Path>, say: &mut dyn FnMut(&str)
         None => componentize_py(say)?,
     };
 
-    let work = Scratch::new(out_dir.join(format!(".build-{}", std::process::id())))?;
+    // Outside the task directory, which componentize-py reads through.
+    let work = Scratch::new()?;
     let wit = work.0.join("wit");
     let entry = work.0.join("entry");
     let sdk = work.0.join("py");
-    fs::create_dir_all(sdk.join("mayfly_sdk")).map_err(io_err("create", &sdk))?;
-    fs::create_dir_all(&wit).map_err(io_err("create", &wit))?;
-    fs::create_dir_all(&entry).map_err(io_err("create", &entry))?;
+    // An empty virtual environment: without one, componentize-py adds the
+    // host Python's site-packages, so a package the task does not declare
+    // would build here and nowhere else.
+    let no_packages = work.0.join("no-site-packages");
+    for d in [sdk.join("mayfly_sdk"), wit.clone(), entry.clone(), no_packages.clone()] {
+        fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+    }
     write(&wit.join("task.wit"), WIT)?;
     for (name, text) in SDK {
         write(&sdk.join("mayfly_sdk").join(name), text)?;
@@ -192,8 +204,14 @@ fn build_inner(project: &Project, tool: Option<&Path>, say: &mut dyn FnMut(&str)
     for p in &paths {
         cmd.arg("-p").arg(p);
     }
-    cmd.arg("-o").arg(&built).current_dir(dir).env("RUST_BACKTRACE", "0");
-    let out = cmd.output().map_err(|source| BuildError::Tool { tool: tool.display().to_string(), source })?;
+    cmd.arg("-o").arg(&built).current_dir(dir).env("RUST_BACKTRACE", "0").env("VIRTUAL_ENV", &no_packages);
+    let out = cmd.output().map_err(|source| BuildError::PythonTool {
+        tool: tool.display().to_string(),
+        source,
+        hint: "set MAYFLY_COMPONENTIZE_PY to a working componentize-py, or remove mayfly's copy under \
+               <cache>/tools to have it installed again"
+            .into(),
+    })?;
     if !out.status.success() || !built.is_file() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let err = componentize_error(dir, &paths, &stderr);
@@ -202,9 +220,23 @@ fn build_inner(project: &Project, tool: Option<&Path>, say: &mut dyn FnMut(&str)
         }
         return Err(err);
     }
-    fs::rename(&built, &component).map_err(io_err("move into place", &component))?;
-    write(&stamp_path, &stamp)?;
+    // Copied (the scratch may be on another file system), then renamed, so
+    // that the component is whole or absent; the stamp likewise, after it.
+    place(&built, &component)?;
+    let stamp_tmp = work.0.join("stamp");
+    write(&stamp_tmp, &stamp)?;
+    place(&stamp_tmp, &stamp_path)?;
     Ok(component)
+}
+
+/// Copies `from` beside `to`, then renames it over `to`.
+fn place(from: &Path, to: &Path) -> Result<(), BuildError> {
+    let tmp = to.with_extension(format!("tmp-{}", std::process::id()));
+    fs::copy(from, &tmp).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, to).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("move into place", to)(e)
+    })
 }
 
 /// The module componentize-py is pointed at: imports the task's module (which
@@ -233,7 +265,9 @@ fn stamp(project: &Project) -> Result<String, BuildError> {
         hash.update(part);
     };
     put(COMPONENTIZE_PY_VERSION.as_bytes());
-    put(project.module.as_bytes());
+    // A componentize-py of the user's choice: another tool, another build.
+    put(std::env::var_os("MAYFLY_COMPONENTIZE_PY").unwrap_or_default().as_encoded_bytes());
+    put(entry_module(&project.module).as_bytes());
     put(WIT.as_bytes());
     for (name, text) in SDK {
         put(name.as_bytes());
@@ -296,12 +330,11 @@ fn componentize_error(dir: &Path, paths: &[PathBuf], stderr: &str) -> BuildError
     }
     let last = traceback.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
     // The innermost frame in the task's own directory: `File "<dir>/x.py", line N`.
-    // (Not the build's own files, under `target/`.)
     let prefix = format!("File \"{}/", dir.display());
     let at = traceback
         .lines()
         .filter_map(|l| l.trim().strip_prefix(&prefix))
-        .rfind(|rest| !rest.starts_with("target/"))
+        .next_back()
         .map(|rest| rest.replacen("\", line ", ":", 1))
         .map(|rest| rest.split(',').next().unwrap_or(&rest).to_owned());
     let mut cause = match &at {
@@ -327,7 +360,8 @@ fn componentize_error(dir: &Path, paths: &[PathBuf], stderr: &str) -> BuildError
             cause.push_str(&format!(
                 "; a package the task imports must be declared in pyproject.toml's [project] dependencies \
                  (pure-Python packages only: {missing:?} cannot come from the host's Python, and a package \
-                 with native code cannot run in the sandbox), or be a module in the task directory"
+                 with native code cannot run in the sandbox), or be a module in the task directory; a \
+                 standard-library module missing here is one the sandbox's CPython (for WASI) does not have"
             ));
         }
     } else if last.starts_with("ImportError") {
@@ -351,9 +385,19 @@ fn vendor(project: &Project, deps: &Path, say: &mut dyn FnMut(&str)) -> Result<(
         .args(&project.dependencies)
         .current_dir(&project.dir)
         .output()
-        .map_err(|source| BuildError::Tool { tool: format!("{} -m pip", python()), source })?;
+        .map_err(|source| BuildError::PythonTool {
+            tool: format!("{} -m pip", python()),
+            source,
+            hint: "vendoring dependencies needs python3 with pip (or MAYFLY_PYTHON naming one)".into(),
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No module named pip") {
+            return Err(BuildError::Vendor {
+                dependencies: project.dependencies.join(", "),
+                reason: format!("{} has no pip (install it, or set MAYFLY_PYTHON to a Python with pip)", python()),
+            });
+        }
         let reason = stderr.lines().filter(|l| l.starts_with("ERROR")).collect::<Vec<_>>().join("; ");
         return Err(BuildError::Vendor {
             dependencies: project.dependencies.join(", "),
@@ -372,7 +416,17 @@ fn python() -> String {
 /// the first time into `<cache>/tools/componentize-py-<version>`.
 pub fn componentize_py(say: &mut dyn FnMut(&str)) -> Result<PathBuf, BuildError> {
     if let Some(tool) = std::env::var_os("MAYFLY_COMPONENTIZE_PY").filter(|t| !t.is_empty()) {
-        return Ok(PathBuf::from(tool));
+        let tool = PathBuf::from(tool);
+        match version_of(&tool) {
+            Some(v) if v == COMPONENTIZE_PY_VERSION => {}
+            found => say(&format!(
+                "MAYFLY_COMPONENTIZE_PY ({}) is {}, not {COMPONENTIZE_PY_VERSION}, which mayfly is tested with; \
+                 using it anyway",
+                tool.display(),
+                found.as_deref().unwrap_or("of an unknown version")
+            )),
+        }
+        return Ok(tool);
     }
     let on_path = PathBuf::from("componentize-py");
     match version_of(&on_path) {
@@ -454,11 +508,15 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Bui
     move |source| BuildError::Io { what, path, source }
 }
 
-/// A directory removed when dropped.
+/// A directory of its own under the system's temporary directory, removed
+/// when dropped.
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(path: PathBuf) -> Result<Self, BuildError> {
+    fn new() -> Result<Self, BuildError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("mayfly-pybuild-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).map_err(io_err("create", &path))?;
         Ok(Scratch(path))

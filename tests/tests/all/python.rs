@@ -257,6 +257,11 @@ fn a_python_task_that_cannot_build_is_named_with_its_file_and_cause() {
         build("py-native", "import numpy\nfrom mayfly_sdk import task\n@task\ndef f(input):\n    pass\n", &[]);
     assert!(!ok && said.contains("app.py:1") && said.contains("No module named 'numpy'"), "{said}");
     assert!(said.contains("[project] dependencies") && said.contains("native code"), "{said}");
+    // pip is in the host Python's site-packages, which componentize-py would
+    // otherwise add: a package the task did not declare is never bundled.
+    let (ok, said) =
+        build("py-host-package", "import pip\nfrom mayfly_sdk import task\n@task\ndef f(input):\n    pass\n", &[]);
+    assert!(!ok && said.contains("app.py:1") && said.contains("No module named 'pip'"), "{said}");
     let (ok, said) = build("py-ok", "from mayfly_sdk import task\n@task\ndef f(input):\n    pass\n", &[]);
     assert!(ok, "{said}");
     assert!(said.lines().next().is_some_and(|l| l.ends_with("py-ok/target/mayfly/py-ok.wasm")), "{said}");

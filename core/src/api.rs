@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Counts, Quarantined};
+use crate::ledger::{Counts, Quarantined, Stage};
 use mayfly_model::plan::Item;
 use mayfly_model::policy::Millis;
 
@@ -53,6 +53,10 @@ pub enum LeaseReply {
         items: Vec<Item>,
         /// Where to stage outputs (a directory this attempt owns).
         staging: String,
+        /// The stage: a map shard (its items are inputs), or a reduce
+        /// partition (its items are map outputs, read as one input).
+        #[serde(default, skip_serializing_if = "is_map")]
+        stage: Stage,
     },
     /// Nothing pending now; ask again later.
     Wait {
@@ -67,6 +71,10 @@ pub enum LeaseReply {
         /// When the hold ends on its own.
         until: Millis,
     },
+}
+
+fn is_map(stage: &Stage) -> bool {
+    *stage == Stage::Map
 }
 
 /// Extends a lease.
@@ -183,6 +191,10 @@ pub struct Status {
     /// How many items may be quarantined before the job stops.
     #[serde(default)]
     pub max_failed_items: u64,
+    /// The reduce stage's partitions by state (`counts` and `shards` are the
+    /// map's), when the job has a reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<Counts>,
 }
 
 impl Status {

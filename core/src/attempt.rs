@@ -41,6 +41,11 @@ pub struct Shard<'a> {
     pub isolation: Isolation,
     /// Where the instances stage their outputs.
     pub staging: &'a Path,
+    /// The key of the shard's own outputs: [`crate::job::shard_key`] for a
+    /// map shard, [`crate::job::reduce_key`] for a reduce partition.
+    pub key: String,
+    /// The job's reduce partitions (what the task's `partitions()` answers).
+    pub partitions: u32,
 }
 
 /// Which call of an attempt.
@@ -146,6 +151,7 @@ pub fn run<D: Driver>(
         limits: shard.limits,
         staging: shard.staging.to_owned(),
         shard_key: key,
+        partitions: shard.partitions,
     };
     let name = task.name();
     let mut staged = Vec::new();
@@ -159,7 +165,7 @@ pub fn run<D: Driver>(
         }
         let key = item.key();
         if session.is_none() {
-            let owner = if isolated { key.clone() } else { crate::job::shard_key(shard.shard) };
+            let owner = if isolated { key.clone() } else { shard.key.clone() };
             let (s, call) = rt.block_on(runtime.start(task, start(owner, if isolated { 1 } else { items.len() })));
             driver.called(Stage::Start, &call);
             if let Err(f) = call.result {

@@ -345,6 +345,36 @@ pub fn ready_task(
     Ok(ReadyTask { component: absolute(&component), sha256: task.sha256().to_owned() })
 }
 
+/// Map output per automatic reduce partition: `partitions = "auto"` gives a
+/// partition per this much estimated map output, at most one per worker.
+pub const AUTO_PARTITION_BYTES: u64 = 64 << 20;
+
+/// The reduce's partitions: 0 without a reduce, the job's count, or for
+/// `"auto"`: 1 unless the preflight saw the map task partition every output
+/// and the job says how the parts become one (`merge` or `order`); then one
+/// per [`AUTO_PARTITION_BYTES`] of map output, estimated from the sample's
+/// ratio of output to input over `input_bytes`, from 1 to the workers.
+pub fn partitions(spec: &JobSpec, preflight: Option<&crate::preflight::Report>, input_bytes: u64) -> u32 {
+    if spec.reduce.is_none() {
+        return 0;
+    }
+    match spec.reduce_stage.partitions {
+        crate::config::Partitions::Count(n) => n,
+        crate::config::Partitions::Auto => {
+            let Some(report) = preflight.filter(|r| r.partitioned == Some(true) && spec.reduce_stage.merge_declared)
+            else {
+                return 1;
+            };
+            let (sampled, _) = report.processed();
+            if sampled == 0 {
+                return 1;
+            }
+            let estimate = (report.map_output_bytes as f64 / sampled as f64 * input_bytes as f64) as u64;
+            (estimate.div_ceil(AUTO_PARTITION_BYTES) as u32).clamp(1, spec.workers.max(1))
+        }
+    }
+}
+
 /// Readies the tasks of `spec`: the map task and the reduce task, if any.
 pub fn ready_tasks(spec: &JobSpec, say: &mut dyn FnMut(&str)) -> Result<(ReadyTask, Option<ReadyTask>), TaskError> {
     let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })?;
@@ -669,7 +699,7 @@ pub fn bootstrap(
     step("plan", Duration::ZERO)?;
     let plan = plan_objects(spec, &input_store, &objects).map_err(|e| step_err("plan")(e.to_string()))?;
 
-    let preflight = if spec.preflight.enabled {
+    let mut preflight = if spec.preflight.enabled {
         step("preflight", Duration::ZERO)?;
         // A quarter of what is left at most: launching needs the rest.
         let bound = spec.preflight.timeout.min(budget.remaining(clock.now()) / 4);
@@ -688,6 +718,7 @@ pub fn bootstrap(
                 input: &input_store,
                 task: &task.component,
                 reduce: reduce.map(|r| r.component.as_path()),
+                partitions: spec.preflight_partitions(),
                 bound,
             };
             match crate::preflight::run(rt, &request) {
@@ -703,6 +734,18 @@ pub fn bootstrap(
 
     step("write the manifest", Duration::ZERO)?;
     let items: u64 = plan.shards.iter().map(|s| s.items.len() as u64).sum();
+    let partitions = partitions(spec, preflight.as_ref(), plan.total_bytes);
+    if let (crate::config::Partitions::Auto, true, Some(report)) =
+        (spec.reduce_stage.partitions, partitions > 1, preflight.as_mut())
+    {
+        report.notes.push(format!(
+            "reduce: {partitions} partitions (partitions = \"auto\": the map task partitions its outputs, about {} \
+             of them estimated)",
+            mayfly_model::units::ByteSize(
+                report.map_output_bytes.saturating_mul(plan.total_bytes) / report.processed().0.max(1)
+            )
+        ));
+    }
     let manifest = Manifest {
         job: job.clone(),
         name: spec.name.clone(),
@@ -713,6 +756,8 @@ pub fn bootstrap(
         reduce: reduce
             .zip(spec.reduce.as_ref())
             .map(|(r, s)| (absolute(&r.component), r.sha256.clone(), s.params.clone())),
+        partitions,
+        merge: spec.reduce_stage.merge.clone(),
         input,
         output,
         state: layout.state.location().clone(),

@@ -75,6 +75,10 @@ struct RawTask {
     #[serde(default)]
     params: toml::Table,
     isolation: Option<Spanned<String>>,
+    // [reduce] only:
+    partitions: Option<Spanned<toml::Value>>,
+    merge: Option<Spanned<String>>,
+    order: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +191,52 @@ pub enum Isolation {
     Item,
 }
 
+/// How many partitions the reduce stage has (`[reduce] partitions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitions {
+    /// Chosen at bootstrap from the preflight: more than 1 only when the map
+    /// task writes partitioned outputs, the job says how the parts become one
+    /// (`order` or `merge`), and the map output is estimated large enough
+    /// (see `bootstrap`).
+    Auto,
+    /// As many as the job says.
+    Count(u32),
+}
+
+/// What becomes of the reduce partitions' outputs (`[reduce] merge`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Merge {
+    /// Each output stays as its partitions' parts, `reduce/part-<p>/<name>`.
+    #[default]
+    Parts,
+    /// The parts concatenated, in partition order, into `reduce/<name>`.
+    Concat,
+    /// The parts, each sorted by `order`, merged into `reduce/<name>`: the
+    /// bytes one reducer sorting by `order` would have written.
+    Sorted {
+        /// The lines' order.
+        order: crate::merge::Order,
+    },
+}
+
+/// The reduce stage's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReduceStage {
+    /// Its partitions.
+    pub partitions: Partitions,
+    /// What becomes of their outputs.
+    pub merge: Merge,
+    /// Whether the job said how the parts become one (`order` or `merge`).
+    pub merge_declared: bool,
+}
+
+impl Default for ReduceStage {
+    fn default() -> Self {
+        ReduceStage { partitions: Partitions::Auto, merge: Merge::Parts, merge_declared: false }
+    }
+}
+
 /// The trial run of a job's tasks on a sample of its inputs before anything
 /// is launched (`[preflight]`; see [`crate::preflight`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +280,8 @@ pub struct JobSpec {
     pub task: TaskSpec,
     /// The optional reduce task.
     pub reduce: Option<TaskSpec>,
+    /// Its stage's partitions and merge (`[reduce] partitions`, `merge`, `order`).
+    pub reduce_stage: ReduceStage,
     /// The input location (a path, or a URL such as `s3://bucket/prefix`).
     pub input: Location,
     /// Only objects whose name matches this glob (`*`, `?`, `**`).
@@ -319,6 +371,16 @@ fn line_of(source: &str, span: std::ops::Range<usize>) -> usize {
 }
 
 impl JobSpec {
+    /// The partitions a preflight tells the map task: the job's, or for
+    /// `"auto"` the most it may get (a task that partitions then shows it).
+    pub fn preflight_partitions(&self) -> u32 {
+        match (&self.reduce, self.reduce_stage.partitions) {
+            (None, _) => 1,
+            (Some(_), Partitions::Count(n)) => n,
+            (Some(_), Partitions::Auto) => self.workers.max(2),
+        }
+    }
+
     /// Makes the provider the job selects; its errors point at the
     /// `[provider]` key they name.
     pub fn provider_handle(&self) -> Result<mayfly_data::provider::ProviderHandle, ConfigError> {
@@ -537,6 +599,19 @@ impl JobSpec {
                 "`reduce.isolation`: the reduce is one call over every map output; isolation is a [task] key".into(),
             ));
         }
+        for (key, value) in [
+            ("partitions", raw.task.partitions.as_ref().map(|v| v.span())),
+            ("merge", raw.task.merge.as_ref().map(|v| v.span())),
+            ("order", raw.task.order.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = value {
+                return Err(err(Some(span), format!("`task.{key}`: a [reduce] key; the map task has no partitions")));
+            }
+        }
+        let reduce_stage = match &raw.reduce {
+            None => ReduceStage::default(),
+            Some(r) => reduce_stage(r, &err)?,
+        };
         let read_ahead = match &raw.input.read_ahead {
             None => None,
             Some(v) => Some(u32::try_from(*v.get_ref()).ok().filter(|n| *n <= 1024).ok_or_else(|| {
@@ -619,6 +694,7 @@ impl JobSpec {
             id,
             task,
             reduce,
+            reduce_stage,
             input,
             glob,
             output,
@@ -667,6 +743,73 @@ fn task_spec(
     let params = serde_json::to_value(&raw.params)
         .map_err(|e| err(None, format!("`{section}.params`: cannot be turned into JSON: {e}")))?;
     Ok(TaskSpec { path, params })
+}
+
+/// `[reduce] partitions`, `merge` and `order`.
+fn reduce_stage(
+    raw: &RawTask,
+    err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<ReduceStage, ConfigError> {
+    let partitions = match &raw.partitions {
+        None => Partitions::Auto,
+        Some(v) => {
+            let bad = || {
+                err(
+                    Some(v.span()),
+                    format!(
+                        "`reduce.partitions` = {}: expected \"auto\" or a whole number from 1 to 4096",
+                        v.get_ref()
+                    ),
+                )
+            };
+            match v.get_ref() {
+                toml::Value::String(s) if s == "auto" => Partitions::Auto,
+                toml::Value::Integer(n) => {
+                    Partitions::Count(u32::try_from(*n).ok().filter(|n| (1..=4096).contains(n)).ok_or_else(bad)?)
+                }
+                _ => return Err(bad()),
+            }
+        }
+    };
+    let order = match &raw.order {
+        None => None,
+        Some(o) => Some(
+            crate::merge::Order::parse(o.get_ref()).map_err(|m| err(Some(o.span()), format!("`reduce.order`: {m}")))?,
+        ),
+    };
+    let merge = match (raw.merge.as_ref(), order) {
+        (None, None) => Merge::Parts,
+        (None, Some(order)) => Merge::Sorted { order },
+        (Some(m), order) => match (m.get_ref().as_str(), order) {
+            ("sorted", Some(order)) => Merge::Sorted { order },
+            ("sorted", None) => {
+                return Err(err(
+                    Some(m.span()),
+                    "`reduce.merge` = \"sorted\" needs `reduce.order` (e.g. order = \"2nr,1\": field 2 \
+                     numeric descending, then field 1)"
+                        .into(),
+                ));
+            }
+            ("concat" | "parts", Some(_)) => {
+                return Err(err(
+                    Some(m.span()),
+                    format!(
+                        "`reduce.merge` = {:?} with `reduce.order`: an order is for merge = \"sorted\"",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            ("concat", None) => Merge::Concat,
+            ("parts", None) => Merge::Parts,
+            (other, _) => {
+                return Err(err(
+                    Some(m.span()),
+                    format!("`reduce.merge` = {other:?}: expected \"sorted\", \"concat\" or \"parts\""),
+                ));
+            }
+        },
+    };
+    Ok(ReduceStage { partitions, merge, merge_declared: raw.merge.is_some() || raw.order.is_some() })
 }
 
 /// A `file://` URL or a path, as a local path resolved against `base`.
@@ -929,5 +1072,32 @@ memory = "256MiB"
         assert!(e.contains("`input.read_ahead` = 5000: expected a whole number from 0 (off) to 1024"), "{e}");
         let e = fails(&format!("{GOOD}\n[reduce]\npath = \".\"\nisolation = \"item\"\n"));
         assert!(e.contains("`reduce.isolation`"), "{e}");
+    }
+
+    #[test]
+    fn reduce_partitions_merge_and_order() {
+        let with = |keys: &str| format!("{GOOD}\n[reduce]\npath = \".\"\n{keys}\n");
+        assert_eq!(parse(GOOD).unwrap().reduce_stage, ReduceStage::default());
+        let stage = parse(&with("")).unwrap().reduce_stage;
+        assert_eq!((stage.partitions, &stage.merge, stage.merge_declared), (Partitions::Auto, &Merge::Parts, false));
+        let stage = parse(&with("partitions = 4\norder = \"2nr,1\"")).unwrap().reduce_stage;
+        assert_eq!(stage.partitions, Partitions::Count(4));
+        assert_eq!(stage.merge, Merge::Sorted { order: crate::merge::Order::parse("2nr,1").unwrap() });
+        assert!(stage.merge_declared);
+        let stage = parse(&with("partitions = \"auto\"\nmerge = \"concat\"")).unwrap().reduce_stage;
+        assert_eq!((stage.partitions, stage.merge), (Partitions::Auto, Merge::Concat));
+        for (keys, says) in [
+            ("partitions = 0", "`reduce.partitions` = 0: expected \"auto\" or a whole number from 1 to 4096"),
+            ("partitions = \"many\"", "`reduce.partitions` = \"many\": expected"),
+            ("merge = \"sorted\"", "needs `reduce.order`"),
+            ("merge = \"zip\"", "`reduce.merge` = \"zip\": expected \"sorted\", \"concat\" or \"parts\""),
+            ("merge = \"concat\"\norder = \"1\"", "an order is for merge = \"sorted\""),
+            ("order = \"2x\"", "`reduce.order`:"),
+        ] {
+            let e = fails(&with(keys));
+            assert!(e.contains(says), "{keys}: {e}");
+        }
+        let e = fails(&GOOD.replace("[task]\n", "[task]\npartitions = 2\n"));
+        assert!(e.contains("`task.partitions`: a [reduce] key"), "{e}");
     }
 }

@@ -17,8 +17,10 @@
 //!   nodes/<node>.json the local provider's record of each node process
 //!   logs/<node>.log   each node's output, readable after the node is gone
 //! <output>/
-//!   map/<item key>/<name>  committed map outputs
-//!   reduce/<name>          the reduce task's outputs
+//!   map/<item key>/<name>  committed map outputs (a partitioned one:
+//!                          map/<key>/part-<p>/<name>)
+//!   reduce/<name>          the reduce task's outputs (one partition, or merged)
+//!   reduce/part-<p>/<name> a partition's, when there are several
 //!   _manifest.json    every committed output (written last)
 //!   _mayfly/markers/  one commit marker per shard (create-if-absent)
 //!   _mayfly/staging/  attempt-scoped staging (removed at the end)
@@ -57,6 +59,13 @@ pub struct Manifest {
     pub params: serde_json::Value,
     /// The reduce task, if any: component, sha256, parameters.
     pub reduce: Option<(PathBuf, String, serde_json::Value)>,
+    /// The reduce stage's partitions, as resolved at bootstrap (see
+    /// [`Manifest::partitions`]; 0 in a manifest of before partitions: one).
+    #[serde(default)]
+    pub partitions: u32,
+    /// What becomes of the partitions' outputs.
+    #[serde(default)]
+    pub merge: crate::config::Merge,
     /// The input location.
     pub input: Location,
     /// The output location.
@@ -131,6 +140,41 @@ fn default_storage_outage_ms() -> u64 {
 /// share the folder, which the publication tolerates (file by file).
 pub fn shard_key(shard: u32) -> String {
     format!("_shards/{shard:06}")
+}
+
+/// The key of reduce partition `partition`'s outputs: `_reduce` when the job
+/// has one partition, `_reduce/part-<p>` otherwise, published as
+/// `reduce/<name>` and `reduce/part-<p>/<name>` ([`Layout::map_output`]).
+pub fn reduce_key(partitions: u32, partition: u32) -> String {
+    if partitions <= 1 { "_reduce".to_owned() } else { format!("_reduce/{}", part_name(partition)) }
+}
+
+/// `part-<p>`, five digits at least: the folder of a partition's outputs.
+pub fn part_name(partition: u32) -> String {
+    format!("part-{partition:05}")
+}
+
+/// The partition and the name of a partitioned output's name
+/// (`part-00003/counts.tsv` is partition 3's `counts.tsv`).
+pub fn partition_of(name: &str) -> Option<(u32, &str)> {
+    let (part, rest) = name.split_once('/')?;
+    let digits = part.strip_prefix("part-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || rest.is_empty() {
+        return None;
+    }
+    Some((digits.parse().ok()?, rest))
+}
+
+impl Manifest {
+    /// The reduce stage's partitions: 0 without a reduce task.
+    pub fn partitions(&self) -> u32 {
+        if self.reduce.is_some() { self.partitions.max(1) } else { 0 }
+    }
+
+    /// What a task's `partitions()` answers: the map's split of its outputs.
+    pub fn task_partitions(&self) -> u32 {
+        self.partitions().max(1)
+    }
 }
 
 /// Where the job's files are: its own state (`<state>/<job id>`), its output
@@ -300,13 +344,20 @@ impl Layout {
             None => self.work.join(key),
         }
     }
-    /// Where a committed map output goes.
+    /// Where a committed output goes: `map/<key>/<name>`, or for a reduce
+    /// partition's ([`reduce_key`]) `reduce/[part-<p>/]<name>`.
     pub fn map_output(&self, key: &str, name: &str) -> String {
-        format!("map/{key}/{name}")
+        match key.strip_prefix("_reduce") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("reduce{rest}/{name}"),
+            _ => format!("map/{key}/{name}"),
+        }
     }
     /// The directory of an item's committed map outputs.
     pub fn map_item_dir(&self, key: &str) -> String {
-        format!("map/{key}")
+        match key.strip_prefix("_reduce") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("reduce{rest}"),
+            _ => format!("map/{key}"),
+        }
     }
     /// Where a reduce output goes.
     pub fn reduce_output(&self, name: &str) -> String {

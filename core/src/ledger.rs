@@ -17,6 +17,13 @@
 //! its attempt fails as any other (retried, then the shard fails), and the
 //! error says the bound was reached.
 //!
+//! A job with a reduce has two stages in one table: the map's shards
+//! (`0..map`), then the reduce's partitions (`map..map + R`, see
+//! [`Ledger::with_reduce`]). A partition is leased only once every map shard
+//! is committed; a map shard failed for good ends the job without its reduce
+//! ([`Ledger::is_done`]). A partition's failure is never an item's: its one
+//! input is every map output of the partition, so nothing is quarantined.
+//!
 //! Every lease gets a fresh fencing token (one counter for the whole job, so a
 //! token is never reused); a heartbeat, commit, failure or release that does not
 //! carry the current token of a leased shard is refused and changes nothing.
@@ -90,6 +97,19 @@ pub struct ShardRecord {
     /// Attempts that failed on each item not (yet) quarantined.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub item_failures: std::collections::BTreeMap<String, u32>,
+}
+
+impl ShardRecord {
+    fn pending() -> Self {
+        ShardRecord {
+            state: ShardState::Pending,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            quarantined: Vec::new(),
+            item_failures: Default::default(),
+        }
+    }
 }
 
 /// An item left out of its shard because it kept failing.
@@ -213,28 +233,66 @@ pub struct Ledger {
     not_before: std::collections::BTreeMap<u32, Millis>,
     /// How many items may be quarantined in the whole job.
     max_failed_items: u64,
+    /// The map stage's shards (`0..map`); the rest are reduce partitions.
+    map: u32,
+    /// Map shards committed or failed, and failed.
+    map_settled: u32,
+    map_failed: u32,
+}
+
+/// Which stage a shard belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// A shard of the map's plan.
+    #[default]
+    Map,
+    /// Reduce partition `partition`.
+    Reduce {
+        /// The partition, from 0.
+        partition: u32,
+    },
 }
 
 impl Ledger {
     /// A ledger of `shards` pending shards.
     pub fn new(shards: u32, max_attempts: u32) -> Self {
-        let record = ShardRecord {
-            state: ShardState::Pending,
-            attempts: 0,
-            failures: 0,
-            last_error: None,
-            quarantined: Vec::new(),
-            item_failures: Default::default(),
-        };
         Ledger {
-            shards: vec![record; shards as usize],
+            shards: vec![ShardRecord::pending(); shards as usize],
             next_token: 1,
             max_attempts: max_attempts.max(1),
             pending: (0..shards).collect(),
             earliest_expiry: Millis::MAX,
             not_before: Default::default(),
             max_failed_items: u64::MAX,
+            map: shards,
+            map_settled: 0,
+            map_failed: 0,
         }
+    }
+
+    /// Adds a reduce stage of `partitions` shards after the map's, leased once
+    /// the map stage is committed.
+    pub fn with_reduce(mut self, partitions: u32) -> Self {
+        let first = self.shards.len() as u32;
+        self.shards.extend(std::iter::repeat_n(ShardRecord::pending(), partitions as usize));
+        self.pending.extend(first..first + partitions);
+        self
+    }
+
+    /// The stage of `shard`.
+    pub fn stage(&self, shard: u32) -> Stage {
+        if shard < self.map { Stage::Map } else { Stage::Reduce { partition: shard - self.map } }
+    }
+
+    /// The map stage's shards.
+    pub fn map_shards(&self) -> u32 {
+        self.map
+    }
+
+    /// Whether every map shard is committed (the reduce may start).
+    pub fn map_committed(&self) -> bool {
+        self.map_settled == self.map && self.map_failed == 0
     }
 
     /// Bounds the items that may be quarantined in the whole job.
@@ -250,6 +308,10 @@ impl Ledger {
 
     /// Rebuilds the indexes from the records (after a replay).
     fn reindex(&mut self) {
+        let settled = |s: &&ShardRecord| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. });
+        let map = &self.shards[..self.map as usize];
+        self.map_settled = map.iter().filter(settled).count() as u32;
+        self.map_failed = map.iter().filter(|s| matches!(s.state, ShardState::Failed { .. })).count() as u32;
         self.pending =
             (0..self.shards.len() as u32).filter(|&i| self.shards[i as usize].state == ShardState::Pending).collect();
         self.earliest_expiry = self
@@ -265,6 +327,14 @@ impl Ledger {
 
     /// Sets a shard's state, keeping the pending index true.
     fn set_state(&mut self, shard: u32, state: ShardState) {
+        if shard < self.map
+            && let Some(r) = self.shards.get(shard as usize)
+        {
+            let settled = |s: &ShardState| matches!(s, ShardState::Committed { .. } | ShardState::Failed { .. });
+            let failed = |s: &ShardState| matches!(s, ShardState::Failed { .. });
+            self.map_settled = self.map_settled + u32::from(settled(&state)) - u32::from(settled(&r.state));
+            self.map_failed = self.map_failed + u32::from(failed(&state)) - u32::from(failed(&r.state));
+        }
         if state == ShardState::Pending {
             self.pending.insert(shard);
         } else {
@@ -283,10 +353,25 @@ impl Ledger {
         &self.shards
     }
 
-    /// Shards by state.
+    /// Shards by state, of both stages.
     pub fn counts(&self) -> Counts {
+        Self::count(&self.shards)
+    }
+
+    /// The map stage's shards by state.
+    pub fn map_counts(&self) -> Counts {
+        Self::count(&self.shards[..self.map as usize])
+    }
+
+    /// The reduce stage's partitions by state, if it has any.
+    pub fn reduce_counts(&self) -> Option<Counts> {
+        let reduce = &self.shards[self.map as usize..];
+        (!reduce.is_empty()).then(|| Self::count(reduce))
+    }
+
+    fn count(shards: &[ShardRecord]) -> Counts {
         let mut c = Counts::default();
-        for s in &self.shards {
+        for s in shards {
             match s.state {
                 ShardState::Pending => c.pending += 1,
                 ShardState::Leased { .. } => c.leased += 1,
@@ -297,9 +382,15 @@ impl Ledger {
         c
     }
 
-    /// Whether every shard is committed or failed.
+    /// Whether every shard is committed or failed; or, with a reduce stage,
+    /// every map shard is and one failed (the reduce will not run).
     pub fn is_done(&self) -> bool {
-        self.shards.iter().all(|s| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. }))
+        let settled = |s: &ShardRecord| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. });
+        if self.map_failed > 0 && self.map_settled == self.map {
+            // No partition was leased: they wait for a committed map stage.
+            return true;
+        }
+        self.shards.iter().all(settled)
     }
 
     /// Leases the lowest pending shard that may be leased at `now` to
@@ -311,6 +402,10 @@ impl Ledger {
             self.not_before.retain(|_, at| *at > now);
             *self.pending.iter().find(|s| !self.not_before.contains_key(s))?
         };
+        if shard >= self.map && !self.map_committed() {
+            // The reduce waits for the whole map stage.
+            return None;
+        }
         self.not_before.remove(&shard);
         let token = self.next_token;
         self.next_token += 1;
@@ -404,6 +499,10 @@ impl Ledger {
         retryable: bool,
         item: &str,
     ) -> Result<Event, Refused> {
+        if shard >= self.map {
+            // A partition has one input, all of its map outputs: no item to set aside.
+            return self.fail(shard, token, error, retryable);
+        }
         let (max, bound) = (self.max_attempts, self.max_failed_items);
         let total = self.quarantined().count() as u64;
         let record = self.current(shard, token)?;
@@ -504,12 +603,14 @@ impl Ledger {
     /// its commit will be refused and the shard redone once.
     pub fn replay(
         shards: u32,
+        partitions: u32,
         max_attempts: u32,
         max_failed_items: u64,
         journal: &[Event],
         markers: &[(u32, Vec<CommittedOutput>, Vec<Quarantined>)],
     ) -> Self {
-        let mut ledger = Ledger::new(shards, max_attempts).with_max_failed_items(max_failed_items);
+        let mut ledger =
+            Ledger::new(shards, max_attempts).with_max_failed_items(max_failed_items).with_reduce(partitions);
         for event in journal {
             match event {
                 Event::Lease { shard, worker, token, attempt } => {
@@ -719,7 +820,7 @@ mod tests {
         let (c, e) = l.lease("w2", 0, 10).unwrap();
         journal.push(e);
         // Shard 0 committed per its marker, though its journal line was lost.
-        let replayed = Ledger::replay(3, 3, u64::MAX, &journal, &[(a.shard, out("a"), vec![])]);
+        let replayed = Ledger::replay(3, 0, 3, u64::MAX, &journal, &[(a.shard, out("a"), vec![])]);
         assert_eq!(replayed.shards()[0].state, ShardState::Committed { outputs: out("a") });
         assert_eq!(replayed.shards()[1].state, ShardState::Pending, "a live lease is void after a restart");
         assert_eq!(replayed.shards()[1].failures, 1);
@@ -793,7 +894,7 @@ mod tests {
         journal.push(ev);
         journal.push(l.fail_item(b.shard, b.token, "trapped", true, "t").unwrap());
         let marker_q = vec![Quarantined { key: "m".into(), error: "e".into(), attempts: 1 }];
-        let replayed = Ledger::replay(2, 3, u64::MAX, &journal, &[(1, out("k"), marker_q.clone())]);
+        let replayed = Ledger::replay(2, 0, 3, u64::MAX, &journal, &[(1, out("k"), marker_q.clone())]);
         assert_eq!(replayed.shards()[0].quarantined.iter().map(|q| q.key.as_str()).collect::<Vec<_>>(), ["t"]);
         assert_eq!(replayed.shards()[0].quarantined[0].attempts, 2);
         assert_eq!(replayed.shards()[0].failures, 1);
@@ -819,5 +920,60 @@ mod tests {
         assert_eq!(l.quarantined().count(), 1);
         l.commit_marked(0, a.token, out("x"), Vec::new()).unwrap();
         assert_eq!(l.quarantined().count(), 0, "x was committed by the marker's attempt, not left out");
+    }
+
+    #[test]
+    fn reduce_partitions_wait_for_the_whole_map_stage_and_never_quarantine() {
+        let mut l = Ledger::new(2, 3).with_reduce(3);
+        assert_eq!((l.shards().len(), l.map_shards()), (5, 2));
+        assert_eq!((l.stage(1), l.stage(3)), (Stage::Map, Stage::Reduce { partition: 1 }));
+        let (a, _) = l.lease("w", 0, 100).unwrap();
+        let (b, _) = l.lease("w", 0, 100).unwrap();
+        assert_eq!((a.shard, b.shard), (0, 1));
+        assert!(l.lease("w", 0, 100).is_none(), "no partition while map shards are leased");
+        l.commit(0, a.token, out("a")).unwrap();
+        // A retried map shard keeps the reduce waiting.
+        l.fail(1, b.token, "flaky", true).unwrap();
+        let (b2, _) = l.lease("w", 1, 100).unwrap();
+        assert_eq!(b2.shard, 1);
+        assert!(l.lease("w", 1, 100).is_none());
+        assert!(!l.map_committed() && !l.is_done());
+        l.commit(1, b2.token, out("b")).unwrap();
+        assert!(l.map_committed());
+        let leases: Vec<Lease> = (0..3).map(|_| l.lease("w", 2, 100).unwrap().0).collect();
+        assert_eq!(leases.iter().map(|l| l.shard).collect::<Vec<_>>(), [2, 3, 4]);
+        // A partition's failure names no item to set aside: it is the attempt's.
+        let event = l.fail_item(2, leases[0].token, "bad line", false, "map outputs").unwrap();
+        assert!(matches!(event, Event::AttemptFailed { final_failure: true, quarantined: false, .. }));
+        assert_eq!(l.quarantined().count(), 0);
+        l.commit(3, leases[1].token, out("r1")).unwrap();
+        assert!(!l.is_done());
+        l.commit(4, leases[2].token, out("r2")).unwrap();
+        assert!(l.is_done());
+        assert_eq!(l.counts(), Counts { pending: 0, leased: 0, committed: 4, failed: 1 });
+    }
+
+    #[test]
+    fn a_failed_map_shard_ends_the_job_without_its_reduce_and_a_replay_agrees() {
+        let mut l = Ledger::new(2, 1).with_reduce(2);
+        let mut journal = Vec::new();
+        let (a, e) = l.lease("w", 0, 100).unwrap();
+        journal.push(e);
+        let (b, e) = l.lease("w", 0, 100).unwrap();
+        journal.push(e);
+        journal.push(l.fail(0, a.token, "broken", false).unwrap());
+        assert!(!l.is_done(), "shard 1 still runs");
+        journal.push(l.commit(1, b.token, out("b")).unwrap());
+        assert!(l.is_done() && !l.map_committed());
+        assert!(l.lease("w", 1, 100).is_none(), "the reduce never starts");
+        let mut replayed = Ledger::replay(2, 2, 1, u64::MAX, &journal, &[]);
+        assert_eq!(replayed.shards(), l.shards());
+        assert!(replayed.is_done() && replayed.lease("w", 1, 100).is_none());
+        // Replayed with the map committed, the partitions are leasable again.
+        let mut l = Ledger::new(1, 3).with_reduce(1);
+        let (a, e) = l.lease("w", 0, 100).unwrap();
+        let journal = vec![e, l.commit(0, a.token, out("a")).unwrap()];
+        let mut replayed = Ledger::replay(1, 1, 3, u64::MAX, &journal, &[(0, out("a"), vec![])]);
+        assert_eq!(replayed.lease("w", 1, 100).map(|(l, _)| l.shard), Some(1));
     }
 }

@@ -50,6 +50,7 @@ pub use mayfly_sandbox as host;
 pub mod job;
 pub mod ledger;
 pub mod master;
+pub mod merge;
 pub mod node;
 pub mod preflight;
 pub mod reduce;

@@ -79,6 +79,9 @@ pub struct Request<'a> {
     pub task: &'a Path,
     /// The reduce task's component, if the job has one.
     pub reduce: Option<&'a Path>,
+    /// The partitions the map task is told (`partitions()`): the job's, or
+    /// for `partitions = "auto"` the most it may get.
+    pub partitions: u32,
     /// How long the whole preflight may take (the job's limits still apply
     /// to each call, when lower).
     pub bound: Duration,
@@ -104,6 +107,11 @@ pub struct Report {
     pub tried: Vec<Tried>,
     /// Whether the reduce task ran over the sample's map outputs.
     pub reduced: bool,
+    /// Bytes of the map outputs of the sample's items that succeeded.
+    pub map_output_bytes: u64,
+    /// Whether every map output of the sample is partitioned
+    /// (`part-<p>/<name>`); `None` if there was none.
+    pub partitioned: Option<bool>,
     /// What the operator should know: failures it did not refuse the job
     /// for, and a sample cut short.
     pub notes: Vec<String>,
@@ -275,6 +283,8 @@ pub fn run(rt: &tokio::runtime::Handle, request: &Request<'_>) -> Result<Report,
             limits,
             isolation: spec.isolation,
             staging: &staging,
+            key: crate::job::shard_key(*shard),
+            partitions: request.partitions,
         };
         let mut driver = Sampled { input: request.input, item_time: Duration::ZERO, failure: None };
         let ended = crate::attempt::run(rt, &runtime, &task, &attempt, std::slice::from_ref(item), &mut driver);
@@ -337,6 +347,24 @@ pub fn run(rt: &tokio::runtime::Handle, request: &Request<'_>) -> Result<Report,
         let first = report.tried.iter().find_map(|t| t.failed.clone()).unwrap_or_default();
         let why = format!("every shard would (each of the {concluded} sampled items failed for good)");
         return Err(Refused { message: first, why }.into());
+    }
+    report.map_output_bytes = outputs.iter().map(|o| o.bytes).sum();
+    let unpartitioned = outputs.iter().find(|o| crate::job::partition_of(&o.name).is_none());
+    report.partitioned = (!outputs.is_empty()).then_some(unpartitioned.is_none());
+    if let (Some(out), crate::config::Partitions::Count(n @ 2..)) = (unpartitioned, spec.reduce_stage.partitions)
+        && spec.reduce.is_some()
+    {
+        return Err(Refused {
+            message: format!(
+                "the map task wrote {:?}, which is not partitioned, and [reduce] partitions = {n} reads only \
+                 partitioned outputs (part-<p>/<name>)",
+                out.name
+            ),
+            why: "its reduce would miss that output: write it with the sdk's partitioned output \
+                  (Outputs::partitioned), or set partitions = 1"
+                .into(),
+        }
+        .into());
     }
     if let (Some(reduce), Some(reduce_spec)) = (request.reduce, spec.reduce.as_ref())
         && concluded > failed_for_good

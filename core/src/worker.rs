@@ -3,7 +3,10 @@
 //! when the job asks for `isolation = "item"`), heartbeats while it works,
 //! asks the master to commit once per shard, and ends itself by the
 //! self-termination rule. An attempt that fails on an item names it, so that
-//! the master can quarantine the item and the shard go on without it.
+//! the master can quarantine the item and the shard go on without it. A
+//! reduce partition's lease runs the reduce task (loaded when first needed)
+//! over its map outputs, read ahead from the output location as one input
+//! ([`crate::reduce::input`]).
 //!
 //! Ending follows the order of the self-termination rule by the shape of the
 //! loop: a trigger is checked only between shards, so leasing stops first, the
@@ -27,6 +30,7 @@ use crate::api::{
 use crate::attempt;
 use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
+use crate::ledger::Stage;
 use mayfly_data::provider::{Credential, ProviderHandle};
 use mayfly_data::readahead::{ReadAhead, ReadAheadConfig};
 use mayfly_data::store::{Principal, Store};
@@ -222,7 +226,7 @@ impl Keeper {
 /// cannot be renewed: the shard then goes back).
 struct Leased<'a> {
     shard: u32,
-    ahead: &'a mut ReadAhead,
+    inputs: Inputs<'a>,
     lost: &'a AtomicBool,
     hold: &'a AtomicU64,
     keeper: &'a Keeper,
@@ -249,7 +253,10 @@ impl attempt::Driver for Leased<'_> {
     }
 
     fn input(&mut self, index: usize, _item: &Item) -> std::io::Result<Arc<dyn crate::host::InputSource>> {
-        self.ahead.take(index)
+        match &mut self.inputs {
+            Inputs::Ahead(ahead) => ahead.take(index),
+            Inputs::One(input) => input.take().ok_or_else(|| std::io::Error::other("the reduce input was taken twice")),
+        }
     }
 
     fn called(&mut self, stage: attempt::Stage<'_>, call: &Call) {
@@ -259,6 +266,14 @@ impl attempt::Driver for Leased<'_> {
         };
         print_logs(self.shard, key, &call.logs);
     }
+}
+
+/// Where a leased attempt's inputs come from.
+enum Inputs<'a> {
+    /// A map shard's items, read ahead from the input location.
+    Ahead(&'a mut ReadAhead),
+    /// A reduce partition's one input.
+    One(Option<Arc<dyn crate::host::InputSource>>),
 }
 
 struct Worker {
@@ -274,6 +289,8 @@ struct Worker {
     task: Task,
     /// The task's parameters, as the sandbox hands them over.
     params: Arc<str>,
+    /// The reduce task and its parameters, once a partition was leased.
+    reduce: Option<(Task, Arc<str>)>,
     client: Client,
     watchdog: Watchdog,
     /// Until when an operator holds this worker (0: no hold), as the
@@ -293,7 +310,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn process(&mut self, shard: u32, token: u64, attempt: u32, items: Vec<Item>, staging: String, lease_expires: u64) {
+    fn process(&mut self, lease: Grant, items: Vec<Item>, staging: String, lease_expires: u64) {
+        let Grant { shard, token, attempt, stage } = lease;
         // Heartbeats run beside the attempt, every third of the lease. Dropping
         // `stop` wakes the thread at once (a shard can take a millisecond).
         let lost = Arc::new(AtomicBool::new(false));
@@ -338,16 +356,26 @@ impl Worker {
 
         let staging_key = staging;
         let staging = self.keeper.layout.local_staging(&staging_key);
-        let config = ReadAheadConfig::for_store(
-            self.manifest.read_ahead,
-            self.manifest.read_ahead_memory,
-            self.input.local_dir().is_some(),
-        );
-        let mut ahead = self.input.read_ahead(items.clone(), config);
-        let (staged, failure) = self.run_items(shard, attempt, &items, &mut ahead, &staging, &lost);
-        let read = ahead.stats();
-        // Its fetches stop here, not after the commit.
-        drop(ahead);
+        let (staged, failure, read) = match stage {
+            Stage::Map => {
+                let config = ReadAheadConfig::for_store(
+                    self.manifest.read_ahead,
+                    self.manifest.read_ahead_memory,
+                    self.input.local_dir().is_some(),
+                );
+                let mut ahead = self.input.read_ahead(items.clone(), config);
+                let (staged, failure) = self.run_items(shard, attempt, &items, &mut ahead, &staging, &lost);
+                let read = ahead.stats().to_string();
+                // Its fetches stop here, not after the commit.
+                drop(ahead);
+                (staged, failure, read)
+            }
+            Stage::Reduce { partition } => {
+                let n = items.len();
+                let (staged, failure) = self.run_reduce(shard, attempt, partition, items.clone(), &staging, &lost);
+                (staged, failure, format!("reduce partition {partition}: {n} map outputs"))
+            }
+        };
         drop(stop);
         let _ = hb.join();
         if lost.load(Ordering::Relaxed) {
@@ -478,7 +506,94 @@ impl Worker {
     }
 }
 
+/// A lease granted, as the worker's loop hands it over.
+struct Grant {
+    shard: u32,
+    token: u64,
+    attempt: u32,
+    stage: Stage,
+}
+
 impl Worker {
+    /// The reduce task, loaded (or taken from the compile cache) when the
+    /// first partition is leased, and checked against the manifest.
+    fn load_reduce(&mut self) -> Result<(), String> {
+        if self.reduce.is_some() {
+            return Ok(());
+        }
+        let Some((path, sha, params)) = self.manifest.reduce.clone() else {
+            return Err("the job has no reduce task".into());
+        };
+        let file = self.keeper.layout.task_file(&path, &sha).map_err(|e| format!("the reduce task: {e}"))?;
+        let task = self.runtime.load(&file).map_err(|e| format!("the reduce task: {e}"))?;
+        if task.sha256() != sha {
+            return Err(format!("the reduce task {} changed since the job was planned", path.display()));
+        }
+        self.reduce = Some((task, Arc::from(params.to_string())));
+        Ok(())
+    }
+
+    /// Runs reduce partition `partition` (shard `shard`): the reduce task over
+    /// one input, its map outputs (`items`, in the output location) as one.
+    /// A map output missing or cut short fails the attempt naming it.
+    fn run_reduce(
+        &mut self,
+        shard: u32,
+        attempt: u32,
+        partition: u32,
+        items: Vec<Item>,
+        staging: &std::path::Path,
+        lost: &AtomicBool,
+    ) -> (Vec<StagedFile>, Option<Failure>) {
+        if let Err(e) = self.load_reduce() {
+            return (Vec::new(), Some(Failure::Attempt(e, true, None)));
+        }
+        let Some((task, params)) = &self.reduce else { return (Vec::new(), None) };
+        let output = &self.keeper.layout.output;
+        let config = ReadAheadConfig::for_store(
+            self.manifest.read_ahead,
+            self.manifest.read_ahead_memory,
+            output.local_dir().is_some(),
+        );
+        let problem = crate::reduce::Problem::default();
+        let name = format!("the map outputs of partition {partition}");
+        let input: Arc<dyn crate::host::InputSource> =
+            Arc::new(crate::reduce::input(output, items, config, &name, &problem));
+        let key = crate::job::reduce_key(self.manifest.partitions(), partition);
+        // One item: its key is the partition's, so that an output the task
+        // opens in `item` goes where its shard's outputs go.
+        let one = [Item { object: key.clone(), start: 0, len: input.size(), whole: true }];
+        let spec = attempt::Shard {
+            job: &self.manifest.job,
+            shard,
+            attempt,
+            params: params.clone(),
+            limits: self.manifest.limits,
+            isolation: crate::config::Isolation::Shard,
+            staging,
+            key,
+            partitions: 1,
+        };
+        let mut driver =
+            Leased { shard, inputs: Inputs::One(Some(input)), lost, hold: &self.hold, keeper: &self.keeper };
+        match attempt::run(&self.rt, &self.runtime, task, &spec, &one, &mut driver) {
+            attempt::Ended::Done(outputs) => {
+                (outputs.into_iter().map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes }).collect(), None)
+            }
+            attempt::Ended::Failed(failed) => {
+                // What the task could not read says more than the task's own
+                // message, and no retry brings a map output back.
+                let said = problem.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let failure = match said {
+                    Some(problem) => Failure::Attempt(problem, false, None),
+                    None => Failure::Attempt(failed.error, failed.retryable, None),
+                };
+                (Vec::new(), Some(failure))
+            }
+            attempt::Ended::Stopped(why) => (Vec::new(), Some(why)),
+        }
+    }
+
     /// Runs the shard's items through the task ([`crate::attempt`]); returns
     /// the staged outputs, or why there are none.
     fn run_items(
@@ -498,8 +613,10 @@ impl Worker {
             limits: self.manifest.limits,
             isolation: self.manifest.isolation,
             staging,
+            key: crate::job::shard_key(shard),
+            partitions: self.manifest.task_partitions(),
         };
-        let mut driver = Leased { shard, ahead, lost, hold: &self.hold, keeper: &self.keeper };
+        let mut driver = Leased { shard, inputs: Inputs::Ahead(ahead), lost, hold: &self.hold, keeper: &self.keeper };
         match attempt::run(&self.rt, &self.runtime, &self.task, &spec, items, &mut driver) {
             attempt::Ended::Done(outputs) => {
                 (outputs.into_iter().map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes }).collect(), None)
@@ -741,6 +858,7 @@ pub fn run(
         runtime,
         task,
         params,
+        reduce: None,
         client,
         watchdog,
         hold: Arc::new(AtomicU64::new(0)),
@@ -785,10 +903,19 @@ pub fn run(
                     worker.hold.store(until, Ordering::Relaxed);
                 }
             }
-            Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging }) => {
+            Ok(LeaseReply::Lease { shard, token, attempt, expires_at, items, staging, stage }) => {
                 worker.watchdog.last_master_contact = worker.keeper.now();
-                log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len()));
-                worker.process(shard, token, attempt, items, staging, expires_at);
+                match stage {
+                    Stage::Map => log(node, &format!("shard {shard} attempt {attempt}: {} items", items.len())),
+                    Stage::Reduce { partition } => log(
+                        node,
+                        &format!(
+                            "shard {shard} (reduce partition {partition}) attempt {attempt}: {} map outputs",
+                            items.len()
+                        ),
+                    ),
+                }
+                worker.process(Grant { shard, token, attempt, stage }, items, staging, expires_at);
                 worker.watchdog.last_work = worker.keeper.now();
                 worker.watchdog.last_master_contact = worker.keeper.now();
             }

@@ -36,7 +36,7 @@ const CRATES: &[Crate] = &[
         package: "mayfly-core",
         dir: "core",
         flow: Some(&[
-            &["tls", "ledger", "build"],
+            &["tls", "ledger", "build", "merge"],
             &["api"],
             &["config"],
             &["job"],

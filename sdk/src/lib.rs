@@ -103,12 +103,14 @@ mod error;
 mod input;
 mod log;
 mod output;
+mod partition;
 
 pub use error::{Error, Result};
 pub use input::Input;
 pub use log::{Level, log};
 pub use mayfly_sdk_macros::task;
 pub use output::{Output, Outputs};
+pub use partition::{Partitioned, part_name, partition, partitions};
 
 /// The shard an instance of a task serves.
 #[derive(Debug, Clone, PartialEq, Eq)]

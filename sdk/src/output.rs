@@ -42,8 +42,26 @@ impl Outputs {
     /// become visible only when the shard attempt commits.
     pub fn create(&mut self, name: &str) -> io::Result<Output> {
         let raw = host::open_output(name).map_err(io_error)?;
-        Ok(Output { name: name.to_owned(), raw, buf: Vec::with_capacity(BUFFER) })
+        Ok(Output::from_raw(name.to_owned(), raw))
     }
+
+    /// Opens output `name` split into the job's reduce partitions
+    /// ([`crate::partitions`]): a record goes to the part of its key
+    /// ([`crate::partition`]), output `part-<p>/<name>`, which reduce
+    /// partition `p` reads. Where it belongs follows [`Outputs::create`]: open
+    /// it in `finish` for the shard's (a combiner's) output.
+    pub fn partitioned(&mut self, name: &str) -> io::Result<crate::Partitioned> {
+        crate::Partitioned::new(name, crate::partitions())
+    }
+}
+
+/// Refuses a name the host would: checked before any part is opened.
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.split('/').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok { Ok(()) } else { Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid output name {name:?}"))) }
 }
 
 /// One named output, written as a [`Write`]. Buffered: call [`Output::finish`]
@@ -55,6 +73,10 @@ pub struct Output {
 }
 
 impl Output {
+    pub(crate) fn from_raw(name: String, raw: RawOutput) -> Self {
+        Output { name, raw, buf: Vec::with_capacity(BUFFER) }
+    }
+
     /// The output's name.
     pub fn name(&self) -> &str {
         &self.name

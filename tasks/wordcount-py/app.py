@@ -9,6 +9,13 @@ Parameters: ``mode = "map"`` (default) counts the words of the input;
 ``mode = "reduce"`` reads an input made of ``counts.tsv`` files
 (concatenated) and writes their sum in the same format.
 
+When the job's reduce has several partitions (``[reduce] partitions = R``),
+the map writes ``counts.tsv`` partitioned by word: part p (the output
+``part-00003/counts.tsv`` for p = 3, written only if it has words) holds
+the lines of the words that ``partition(word, R)`` puts in p, in the same
+order; the reduce of partition p then sums them. Merging the reduce outputs by count (highest
+first), then word gives the one-reducer ``counts.tsv``.
+
 It combines per shard: one table counts the words of every item of the
 shard, and ``finish`` writes it as the shard's one ``counts.tsv``.
 
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import BinaryIO, Dict, Iterable, Tuple
 
-from mayfly_sdk import Fatal, Input, Outputs, Shard, Task, log, task
+from mayfly_sdk import Fatal, Input, Outputs, Shard, Task, log, partition, partitions, task
 
 #: The name of the output file.
 OUTPUT = "counts.tsv"
@@ -205,6 +212,18 @@ def merge_counts_into(counts: Dict[bytes, int], reader: BinaryIO, chunk: int = C
         _merge_line(counts, carry, number + 1)
 
 
+def split_counts(counts: Dict[bytes, int], parts: int) -> Dict[int, Dict[bytes, int]]:
+    """The counts of each partition that has words: ``{p: {word: count}}`` (see :func:`mayfly_sdk.partition`)."""
+    split: Dict[int, Dict[bytes, int]] = {}
+    for word, count in counts.items():
+        p = partition(word, parts)
+        table = split.get(p)
+        if table is None:
+            table = split[p] = {}
+        table[word] = count
+    return split
+
+
 def write_counts(counts: Dict[bytes, int], out: BinaryIO) -> int:
     """Writes ``word<TAB>count`` lines, by count (highest first) then word bytes; returns how many."""
     entries = sorted(counts.items(), key=itemgetter(0))  # by word bytes: the words are distinct
@@ -240,8 +259,16 @@ class WordCount(Task):
         self.bytes += input.size
 
     def finish(self, outputs: Outputs) -> None:
-        with outputs.create(OUTPUT) as out:
-            distinct = write_counts(self.counts, out)
+        parts = partitions() if self.mode is Mode.MAP else 1
+        if parts > 1:
+            split = split_counts(self.counts, parts)
+            with outputs.partitioned(OUTPUT) as partitioned:
+                for p in sorted(split):
+                    write_counts(split[p], partitioned.output(p))
+            distinct = len(self.counts)
+        else:
+            with outputs.create(OUTPUT) as out:
+                distinct = write_counts(self.counts, out)
         label = "Map" if self.mode is Mode.MAP else "Reduce"
         log.info(f"{label} done", distinct=distinct, items=self.items, bytes=self.bytes)
 

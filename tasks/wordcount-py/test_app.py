@@ -5,12 +5,15 @@ Run: cd tasks/wordcount-py && PYTHONPATH=../../sdk/python python3 -m unittest
 
 from __future__ import annotations
 
+import heapq
 import io
+import random
 import re
 import unittest
 from collections import Counter
 
 import app
+from mayfly_sdk import partition
 from mayfly_sdk.testing import Item, run
 
 # Unicode White_Space (PropList.txt): what Rust's char::is_whitespace tests,
@@ -231,6 +234,69 @@ class TaskTest(unittest.TestCase):
         r = run(app.WordCount, [Item("a", "x " * 1000, fail_at=500)])
         self.assertTrue(r.failure.retryable)
         self.assertTrue(r.failure.message.startswith("host storage error"), r.failure.message)
+
+
+def sample_text(seed: int, words: int = 3000) -> str:
+    """Words with many different counts (and ties), ASCII and not, the same on every run."""
+    rnd = random.Random(seed)
+    vocabulary = [f"w{i}" for i in range(400)] + [f"été{i}" for i in range(100)] + ["東京", "a", "b", "Z", "\x1c"]
+    return " ".join(rnd.choice(vocabulary[: rnd.randint(1, len(vocabulary))]) for _ in range(words))
+
+
+def output_order(line: bytes):
+    """The order of counts.tsv lines: count (highest first), then word bytes (sort -k2,2nr -k1,1)."""
+    word, _, count = line.rpartition(b"\t")
+    return -int(count), word
+
+
+class PartitionTest(unittest.TestCase):
+    ITEMS = [Item("a.txt", sample_text(1)), Item("b.txt", sample_text(2))]
+
+    def test_parts_split_the_unpartitioned_lines_by_word(self) -> None:
+        whole = run(app.WordCount, self.ITEMS).check().shard_outputs["counts.tsv"]
+        whole_lines = whole.splitlines(keepends=True)
+        r = run(app.WordCount, self.ITEMS, partitions=3).check()
+        parts = r.parts("counts.tsv")
+        self.assertEqual(sorted(parts), [0, 1, 2])
+        self.assertEqual(sorted(r.shard_outputs), [f"part-0000{p}/counts.tsv" for p in range(3)])  # no counts.tsv
+        lines = {p: data.splitlines(keepends=True) for p, data in parts.items()}
+        self.assertEqual(sorted(line for p in lines for line in lines[p]), sorted(whole_lines))
+        seen: set = set()
+        for p, part in lines.items():
+            words = {line.rpartition(b"\t")[0] for line in part}
+            self.assertEqual(len(words), len(part))
+            self.assertFalse(words & seen, f"part {p} shares words with another")
+            seen |= words
+            self.assertEqual({partition(w, 3) for w in words}, {p})
+            self.assertEqual(part, sorted(part, key=output_order), f"part {p} is not sorted")
+            self.assertEqual(part, [line for line in whole_lines if partition(line.rpartition(b"\t")[0], 3) == p])
+        self.assertEqual(b"".join(heapq.merge(*lines.values(), key=output_order)), whole)
+        self.assertEqual(r.logs[0].fields["distinct"], str(len(whole_lines)))
+
+    def test_one_partition_writes_counts_tsv_as_before(self) -> None:
+        whole = run(app.WordCount, self.ITEMS).check()
+        r = run(app.WordCount, self.ITEMS, partitions=1).check()
+        self.assertEqual(r.shard_outputs, whole.shard_outputs)
+        self.assertEqual(list(r.shard_outputs), ["counts.tsv"])
+
+    def test_map_reduce_by_partition_gives_the_one_reducer_output(self) -> None:
+        shards = [self.ITEMS[:1], self.ITEMS[1:], [Item("c.txt", sample_text(3, 500))]]
+        maps = [run(app.WordCount, items).check().shard_outputs["counts.tsv"] for items in shards]
+        one = [Item(f"m{i}/counts.tsv", data) for i, data in enumerate(maps)]
+        want = run(app.WordCount, one, params={"mode": "reduce"}).check().shard_outputs["counts.tsv"]
+        for r in (2, 3, 5):
+            parted = [run(app.WordCount, items, partitions=r).check().parts("counts.tsv") for items in shards]
+            reduced = []
+            for p in range(r):
+                inputs = [Item(f"m{i}/part-{p:05d}/counts.tsv", m[p]) for i, m in enumerate(parted) if p in m]
+                # The host says 1 to the reduce; even told more, the reduce writes one counts.tsv.
+                out = run(app.WordCount, inputs, params={"mode": "reduce"}, partitions=r).check().shard_outputs
+                reduced.append(out["counts.tsv"].splitlines(keepends=True))
+            self.assertEqual(b"".join(heapq.merge(*reduced, key=output_order)), want, f"{r} partitions")
+
+    def test_an_empty_shard_writes_no_part(self) -> None:
+        r = run(app.WordCount, [Item("e.txt", " ")], partitions=3).check()
+        self.assertEqual(r.shard_outputs, {})
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ fn main() {
         limits: Limits::default(),
         staging: staging.join("shard"),
         shard_key: String::new(),
+        partitions: 1,
     };
     let (mut session, started) = rt.block_on(runtime.start(&empty, shard));
     started.result.expect("start");

@@ -563,6 +563,8 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         task_sha256: String::new(),
         params: serde_json::json!({}),
         reduce: None,
+        partitions: 0,
+        merge: Default::default(),
         input: Location::path(&dir.join("in")),
         output: layout.output.location().clone(),
         state: layout.state.location().clone(),
@@ -791,6 +793,7 @@ pub fn read_ahead(
                         limits: Limits::default(),
                         staging: staging.join(format!("{shard:06}")),
                         shard_key: mayfly_core::job::shard_key(shard as u32),
+                        partitions: 1,
                     };
                     let (mut session, call) = rt.block_on(crate::runtime().start(&task, start));
                     call.result.unwrap_or_else(|f| panic!("shard {shard}: start: {f}"));

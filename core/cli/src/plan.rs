@@ -80,6 +80,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
             input: &input,
             task: &task.component,
             reduce: reduce.as_ref().map(|r| r.component.as_path()),
+            partitions: spec.preflight_partitions(),
             bound: spec.preflight.timeout,
         };
         Some(mayfly_core::preflight::run(rt.handle(), &request))

@@ -173,12 +173,22 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
         fin.retries,
         map_outputs
     );
-    for (shard, error) in fin.failed.iter().take(SHOWN) {
+    if let Some(r) = fin.reduce {
+        let partitions = r.committed + r.failed + r.pending + r.leased;
+        println!(
+            "  reduce: {} of {partitions} {} committed, {} failed",
+            r.committed,
+            if partitions == 1 { "partition" } else { "partitions" },
+            r.failed
+        );
+    }
+    let map_failed = fin.failed.iter().filter(|(s, _)| (*s as usize) < manifest.plan.shards.len());
+    for (shard, error) in map_failed.clone().take(SHOWN) {
         let items: Vec<String> = manifest.plan.shards[*shard as usize].items.iter().map(|i| i.key()).collect();
         println!("  failed shard {shard} ({}): {error}", some_of(&items));
     }
-    if fin.failed.len() > SHOWN {
-        println!("  ... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);
+    if map_failed.clone().count() > SHOWN {
+        println!("  ... and {} more failed shards (all in _manifest.json)", map_failed.count() - SHOWN);
     }
     for r in fin.replacements.iter().take(SHOWN) {
         let lost = r.lost.as_deref().unwrap_or("a worker that never reached the master");
@@ -197,7 +207,7 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
         println!("  reduce output: {}", layout.output.display(o));
     }
     if let Some(e) = &fin.reduce_error {
-        println!("  the reduce task failed: {e}");
+        println!("  the reduce failed: {e}");
     }
     if !fin.unpublished.is_empty() {
         let shards: Vec<String> = fin.unpublished.iter().map(u32::to_string).collect();

@@ -126,6 +126,18 @@ fn status_view(st: &mayfly_core::api::Status) -> String {
         "shards  {}/{} committed, {} running, {} pending, {} failed; {} retries",
         c.committed, st.shards, c.leased, c.pending, c.failed, st.retries
     );
+    if let Some(r) = st.reduce {
+        let _ = writeln!(
+            out,
+            "reduce  {}/{} partitions committed, {} running, {} {}, {} failed",
+            r.committed,
+            r.committed + r.leased + r.pending + r.failed,
+            r.leased,
+            r.pending,
+            if c.committed == st.shards { "pending" } else { "waiting for the map" },
+            r.failed
+        );
+    }
     if st.quarantined_items > 0 {
         let _ = writeln!(
             out,
@@ -211,6 +223,14 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Ende
         fin.retries,
         fin.outputs.len()
     );
+    if let Some(r) = fin.reduce {
+        println!(
+            "reduce  {} of {} partitions committed, {} failed",
+            r.committed,
+            r.committed + r.leased + r.pending + r.failed,
+            r.failed
+        );
+    }
     println!("input   {} of {} committed", ByteSize(report.committed_bytes), ByteSize(report.total_bytes));
     println!("{:<12} {:>8} {:>9} {:>10} {:>6} {:>5}", "node", "attempts", "committed", "bytes", "failed", "lost");
     for node in report.nodes.iter().filter(|n| n.as_str() != "master") {
@@ -254,7 +274,7 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Ende
         );
     }
     if let Some(e) = &fin.reduce_error {
-        println!("the reduce task failed: {e}");
+        println!("the reduce failed: {e}");
     }
     Ok(Ended::Success)
 }

@@ -211,6 +211,7 @@ pub fn attempts(entries: &[Entry]) -> Vec<Attempt> {
 /// failed shards, as its state location holds them.
 pub fn collect(layout: &Layout, manifest: &Manifest, now: Millis) -> Report {
     let fin: Option<FinalState> = layout.state.read_json(keys::FINAL).ok().flatten();
+    let map_shards = manifest.plan.shards.len() as u32;
     let entries = journal(layout);
     let attempts = attempts(&entries);
     // A shard's state: from the end if there is one, else from the journal.
@@ -321,6 +322,12 @@ pub fn collect(layout: &Layout, manifest: &Manifest, now: Millis) -> Report {
             .map(|f| f.quarantined.iter().map(|(s, q)| (*s, q.key.clone(), q.error.clone())).collect())
             .unwrap_or_default(),
         reduce_error: fin.as_ref().and_then(|f| f.reduce_error.clone()),
+        reduce: (manifest.partitions() > 0).then(|| {
+            let done = (map_shards..map_shards + manifest.partitions())
+                .filter(|&p| attempts.iter().any(|a| a.shard == p && a.outcome == AttemptEnd::Committed))
+                .count() as u32;
+            (done, manifest.partitions())
+        }),
         nodes,
         shards,
         attempts: attempts
@@ -334,6 +341,7 @@ pub fn collect(layout: &Layout, manifest: &Manifest, now: Millis) -> Report {
                     end: a.end,
                     outcome: a.outcome,
                     error: a.error.clone(),
+                    reduce_partition: a.shard.checked_sub(map_shards).filter(|_| manifest.partitions() > 0),
                 })
             })
             .collect(),

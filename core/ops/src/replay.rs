@@ -261,6 +261,8 @@ impl Replay {
             limits: manifest.limits,
             isolation: manifest.isolation,
             staging: &staging,
+            key: mayfly_core::job::shard_key(request.shard),
+            partitions: manifest.task_partitions(),
         };
         // A held node kept what it was leased: not an item quarantined before.
         let left: Vec<Item> = items

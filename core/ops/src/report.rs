@@ -75,6 +75,9 @@ pub struct ReportAttempt {
     pub outcome: AttemptEnd,
     /// Its error, if it failed with one.
     pub error: Option<String>,
+    /// The reduce partition it ran, when it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_partition: Option<u32>,
 }
 
 /// One shard of the plan.
@@ -143,6 +146,10 @@ pub struct Report {
     pub quarantined: Vec<(u32, String, String)>,
     /// The reduce step's error, if it failed.
     pub reduce_error: Option<String>,
+    /// The reduce stage's partitions (committed, of how many), when the job
+    /// has a reduce: shards numbered from `shards.len()` on are its partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<(u32, u32)>,
     /// The nodes: the master first, then the workers in order.
     pub nodes: Vec<String>,
     /// The shards, by id.
@@ -345,6 +352,10 @@ fn figures(out: &mut String, r: &Report) -> fmt::Result {
     let (committed, failed, pending) = (r.committed, r.failed, r.pending);
     let shards = r.shards.len();
     item(out, "Shards", &format!("{committed} committed, {failed} failed, {pending} pending (of {shards})"))?;
+    if let Some((done, partitions)) = r.reduce {
+        let partitions = plural(u64::from(partitions), "partition", "partitions");
+        item(out, "Reduce", &format!("{done} committed of {partitions} (the timeline's shards from {shards} on)"))?;
+    }
     let committed_bytes = human_bytes(r.committed_bytes);
     item(out, "Committed bytes", &format!("{committed_bytes} of {input}"))?;
     item(out, "Retries", &r.retries.to_string())?;
@@ -532,7 +543,10 @@ fn attempt_legend(out: &mut String) -> fmt::Result {
 /// An attempt's tooltip (not escaped); `drawn_end` is where its bar ends.
 fn attempt_tooltip(a: &ReportAttempt, drawn_end: u64) -> String {
     let outcome = a.outcome.as_str();
-    let mut tip = format!("shard {} attempt {} on {}: ", a.shard, a.attempt, a.node);
+    let mut tip = match a.reduce_partition {
+        Some(p) => format!("reduce partition {p} (shard {}) attempt {} on {}: ", a.shard, a.attempt, a.node),
+        None => format!("shard {} attempt {} on {}: ", a.shard, a.attempt, a.node),
+    };
     match a.end {
         Some(end) => {
             let took = fmt_duration(end.saturating_sub(a.start));
@@ -946,6 +960,7 @@ mod tests {
             end: end.map(|e| T0 + e),
             outcome,
             error,
+            reduce_partition: None,
         }
     }
 
@@ -974,6 +989,7 @@ mod tests {
             outputs: 0,
             quarantined: Vec::new(),
             reduce_error: None,
+            reduce: None,
             nodes: Vec::new(),
             shards: Vec::new(),
             attempts: Vec::new(),
@@ -999,6 +1015,7 @@ mod tests {
             outputs: 2,
             quarantined: vec![(1, "bad <1>.csv".to_string(), "not a csv".to_string())],
             reduce_error: Some("reduce <broke>".to_string()),
+            reduce: Some((0, 2)),
             nodes: vec!["master".to_string(), "worker-1".to_string(), "worker-2".to_string()],
             shards: vec![
                 shard(0, mib, "committed"),

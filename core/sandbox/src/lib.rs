@@ -195,6 +195,9 @@ pub struct ShardStart {
     /// Where the shard's own outputs (opened in `start` or `finish`) go under
     /// `staging`; `""` puts them at its root.
     pub shard_key: String,
+    /// The job's reduce partitions, as the task's `partitions()` answers (1
+    /// without a partitioned reduce).
+    pub partitions: u32,
 }
 
 /// What one call into the instance (`start` or one `item`) did.
@@ -323,7 +326,7 @@ impl Runtime {
         let log = log::LogBuffer::new(started, limits.log.0);
         let mut outputs = OutputSet::new(shard.staging.clone(), limits.output.0);
         outputs.set_key(&shard.shard_key);
-        let store = self.store(&limits, &log, shard.params.clone(), Some(outputs));
+        let store = self.store(&limits, &log, shard.params.clone(), shard.partitions, Some(outputs));
         let mut session = Session {
             store,
             instance: None,
@@ -366,7 +369,7 @@ impl Runtime {
     pub async fn check_instance(&self, task: &Task, memory: ByteSize) -> Result<u64, Failure> {
         let limits = Limits { memory, ..Limits::default() };
         let log = log::LogBuffer::new(Instant::now(), limits.log.0);
-        let mut store = self.store(&limits, &log, Arc::from("{}"), None);
+        let mut store = self.store(&limits, &log, Arc::from("{}"), 1, None);
         store.set_epoch_deadline(u64::MAX / 2);
         match task.pre.instantiate_async(&mut store).await {
             Ok(_) => Ok(store.data().limiter.peak as u64),
@@ -381,6 +384,7 @@ impl Runtime {
         limits: &Limits,
         log: &log::SharedLog,
         params: Arc<str>,
+        partitions: u32,
         outputs: Option<OutputSet>,
     ) -> Store<State> {
         // No preopens, no environment, no arguments, no network: the builder's
@@ -399,6 +403,7 @@ impl Runtime {
             input: no_input(),
             input_read: 0,
             params,
+            partitions: partitions.max(1),
             outputs,
             log: log.clone(),
             panic: None,
@@ -421,6 +426,7 @@ impl Runtime {
             limits: attempt.limits,
             staging: attempt.staging,
             shard_key: String::new(),
+            partitions: 1,
         };
         let (mut session, start) = self.start(task, shard).await;
         let mut logs = start.logs;

@@ -31,6 +31,7 @@ pub(crate) struct State {
     pub(crate) input: Arc<dyn InputSource>,
     pub(crate) input_read: u64,
     pub(crate) params: Arc<str>,
+    pub(crate) partitions: u32,
     pub(crate) outputs: Option<OutputSet>,
     pub(crate) log: SharedLog,
     pub(crate) panic: Option<String>,
@@ -183,6 +184,10 @@ impl host::Host for State {
 
     fn params(&mut self) -> wasmtime::Result<String> {
         Ok(self.params.to_string())
+    }
+
+    fn partitions(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.partitions)
     }
 
     fn panicked(&mut self, message: String) -> wasmtime::Result<()> {

@@ -40,6 +40,46 @@ impl Master {
             self.drop_local_staging(req.shard, req.token);
             return Err((StatusCode::CONFLICT, e.to_string()));
         }
+        let partitions = self.manifest.partitions();
+        if let crate::ledger::Stage::Reduce { partition } = self.ledger.stage(req.shard) {
+            let key = crate::job::reduce_key(partitions, partition);
+            if let Some(out) =
+                req.outputs.iter().find(|o| o.key != key || crate::host::check_output_name(&o.name).is_some())
+            {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("output {}/{} is not part of reduce partition {partition}", out.key, out.name),
+                ));
+            }
+            let outputs = req
+                .outputs
+                .iter()
+                .map(|o| CommittedOutput { key: o.key.clone(), name: o.name.clone(), bytes: o.bytes })
+                .collect();
+            self.in_flight += 1;
+            return Ok(Marker {
+                job: self.manifest.job.clone(),
+                shard: req.shard,
+                token: req.token,
+                outputs,
+                quarantined: Vec::new(),
+            });
+        }
+        if partitions > 1
+            && let Some(out) =
+                req.outputs.iter().find(|o| crate::job::partition_of(&o.name).is_none_or(|(p, _)| p >= partitions))
+        {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "map output {} of {} is not one of {partitions} partitions ([reduce] partitions = {partitions} \
+                     reads only part-<p>/<name> outputs: write it with the sdk's partitioned output, or set \
+                     partitions = 1)",
+                    o_name(&out.name),
+                    if out.key.starts_with("_shards/") { format!("shard {}", req.shard) } else { out.key.clone() },
+                ),
+            ));
+        }
         let shard = &self.manifest.plan.shards[req.shard as usize];
         let shard_key = crate::job::shard_key(req.shard);
         let left_out = &self.ledger.shards()[req.shard as usize].quarantined;
@@ -325,6 +365,10 @@ pub(super) fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn o_name(name: &str) -> String {
+    format!("{name:?}")
 }
 
 /// Reads every commit marker of the job.

@@ -1,6 +1,7 @@
 //! The job's end: the committers drained, leftover publications (committed
 //! outputs a failed move left staged, tried again while the storage may
-//! recover), the reduce task (for a finished job), the output manifest, the
+//! recover), the reduce partitions' outputs made one (for a finished job;
+//! [`crate::reduce::combine`]), the output manifest, the
 //! journal saved, the final state, and the workers (those not held) ended.
 
 use std::time::Duration;
@@ -15,14 +16,9 @@ use mayfly_data::provider::{ProviderHandle, Role};
 
 /// Ends the job that ended for `reason` (`done` or `deadline`). Returns the
 /// master's exit code.
-pub(super) fn end(
-    shared: &Shared,
-    provider: &ProviderHandle,
-    reason: String,
-    rt: &tokio::runtime::Handle,
-) -> Result<i32, super::MasterError> {
-    // The end: reduce (only for a finished job), the output manifest, the
-    // workers, then this process.
+pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) -> Result<i32, super::MasterError> {
+    // The end: the reduce's outputs (only for a finished job), the output
+    // manifest, the workers, then this process.
     // No new commit is accepted now (`ended` is set); those already in the
     // committer finish first, so that the snapshot below and the outputs agree.
     // A remote commit (listing, conditional put, copies) can take a while: wait
@@ -33,7 +29,7 @@ pub(super) fn end(
     while std::time::Instant::now() < drain_until && shared.lock().map(|m| m.in_flight > 0).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (layout, manifest, counts, retries, failed, committed, quarantined, replacements) = {
+    let (layout, manifest, counts, reduce_counts, retries, failed, committed, quarantined, replacements) = {
         let m = shared.lock().map_err(|_| super::MasterError::Poisoned)?;
         let failed: Vec<(u32, String)> = m
             .ledger
@@ -58,8 +54,19 @@ pub(super) fn end(
             .collect();
         let quarantined: Vec<(u32, Quarantined)> = m.ledger.quarantined().map(|(s, q)| (s, q.clone())).collect();
         let replaced = m.replaced.clone();
-        (m.layout.clone(), m.manifest.clone(), m.ledger.counts(), m.retries, failed, committed, quarantined, replaced)
+        (
+            m.layout.clone(),
+            m.manifest.clone(),
+            m.ledger.map_counts(),
+            m.ledger.reduce_counts(),
+            m.retries,
+            failed,
+            committed,
+            quarantined,
+            replaced,
+        )
     };
+    let map_shards = manifest.plan.shards.len() as u32;
     // Committed shards whose outputs are still staged (a move into place
     // failed) are published before anything reads the outputs; the storage
     // gets until the deadline, and at most `storage_outage`, to take them.
@@ -68,32 +75,35 @@ pub(super) fn end(
     let committed_shards: std::collections::BTreeSet<u32> = committed.iter().map(|(s, _)| *s).collect();
     let unpublished =
         publish_leftovers(&layout, &committed_shards, &|| Duration::from_millis(until.saturating_sub(now())));
-    // What is in place: the outputs of the others.
-    let committed: Vec<CommittedOutput> =
-        committed.into_iter().filter(|(s, _)| !unpublished.contains(s)).map(|(_, o)| o).collect();
+    // What is in place: the outputs of the others; the map's, then the reduce
+    // partitions'.
+    let in_place = committed.into_iter().filter(|(s, _)| !unpublished.contains(s));
+    let (committed, reduced): (Vec<_>, Vec<_>) = in_place.partition(|(s, _)| *s < map_shards);
+    let committed: Vec<CommittedOutput> = committed.into_iter().map(|(_, o)| o).collect();
+    let reduced: Vec<CommittedOutput> = reduced.into_iter().map(|(_, o)| o).collect();
     let mut outputs: Vec<String> = committed.iter().map(|o| layout.map_output(&o.key, &o.name)).collect();
-    let mut reduce_error = None;
-    if reason == "done"
-        && unpublished.is_empty()
-        && let Some((component, _, params)) = &manifest.reduce
-    {
-        // The component as this machine can load it (fetched from a remote state).
-        let loaded = layout.task_file(component, &manifest.reduce.as_ref().map(|r| r.1.clone()).unwrap_or_default());
-        match loaded
-            .map_err(crate::reduce::ReduceError::from)
-            .and_then(|c| crate::reduce::run(&layout, &manifest, &c, params, &committed, rt))
-        {
+    // A partition that failed is the reduce's error; a failed map shard
+    // means no reduce ran (the final state says which shard failed).
+    let mut reduce_error =
+        failed.iter().find(|(s, _)| *s >= map_shards).map(|(s, e)| format!("reduce partition {}: {e}", s - map_shards));
+    let reduce_done = reduce_counts.is_some_and(|c| c.committed == manifest.partitions());
+    if reason == "done" && unpublished.is_empty() && reduce_done {
+        match crate::reduce::combine(&layout, manifest.partitions(), &manifest.merge, &reduced) {
             Ok(names) => outputs.extend(names),
             Err(e) => {
-                say!(ERROR, "the reduce task failed: {e}");
+                say!(ERROR, "the reduce's outputs: {e}");
                 reduce_error = Some(e.to_string());
             }
         }
+    }
+    if let Some(e) = &reduce_error {
+        say!(ERROR, "the reduce failed: {e}");
     }
     let final_state = FinalState {
         job: manifest.job.clone(),
         reason: reason.clone(),
         counts,
+        reduce: reduce_counts,
         retries,
         ended_at: now(),
         failed,
@@ -112,11 +122,14 @@ pub(super) fn end(
         "unpublished_shards": unpublished,
         "outputs": committed.iter().map(|o| serde_json::json!({"path": layout.map_output(&o.key, &o.name), "bytes": o.bytes})).collect::<Vec<_>>(),
         "reduce_outputs": outputs.iter().skip(committed.len()).collect::<Vec<_>>(),
-        "failed_shards": final_state.failed.iter().map(|(s, e)| serde_json::json!({
-            "shard": s,
-            "items": manifest.plan.shards[*s as usize].items.iter().map(|i| i.key()).collect::<Vec<_>>(),
-            "error": e,
-        })).collect::<Vec<_>>(),
+        "failed_shards": final_state.failed.iter().map(|(s, e)| match manifest.plan.shards.get(*s as usize) {
+            Some(shard) => serde_json::json!({
+                "shard": s,
+                "items": shard.items.iter().map(|i| i.key()).collect::<Vec<_>>(),
+                "error": e,
+            }),
+            None => serde_json::json!({ "shard": s, "reduce_partition": s - map_shards, "error": e }),
+        }).collect::<Vec<_>>(),
         // Items every other item's outputs were committed without.
         "quarantined_items": final_state.quarantined.iter().map(|(s, q)| serde_json::json!({
             "shard": s,

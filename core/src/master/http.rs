@@ -18,7 +18,7 @@ use crate::api::{
     CommitRequest, FailRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, ReleaseRequest,
     constant_time_eq,
 };
-use crate::ledger::Event;
+use crate::ledger::{Event, Stage};
 use mayfly_model::policy::Validity;
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
@@ -81,14 +81,26 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
             m.seen(&req.worker, t);
             m.holders.insert(lease.token, req.worker.clone());
             m.first_lease_at.get_or_insert(t);
-            // Without the items it was given up on.
-            let left_out = &m.ledger.shards()[lease.shard as usize].quarantined;
-            let items: Vec<_> = m.manifest.plan.shards[lease.shard as usize]
-                .items
-                .iter()
-                .filter(|i| left_out.is_empty() || !left_out.iter().any(|q| q.key == i.key()))
-                .cloned()
-                .collect();
+            let stage = m.ledger.stage(lease.shard);
+            let items: Vec<_> = match stage {
+                // Its part of every map output.
+                Stage::Reduce { partition } => crate::reduce::items(
+                    &m.layout,
+                    &m.ledger.shards()[..m.ledger.map_shards() as usize],
+                    m.manifest.partitions(),
+                    partition,
+                ),
+                // Without the items it was given up on.
+                Stage::Map => {
+                    let left_out = &m.ledger.shards()[lease.shard as usize].quarantined;
+                    m.manifest.plan.shards[lease.shard as usize]
+                        .items
+                        .iter()
+                        .filter(|i| left_out.is_empty() || !left_out.iter().any(|q| q.key == i.key()))
+                        .cloned()
+                        .collect()
+                }
+            };
             let staging = m.layout.attempt_staging(lease.shard, lease.token);
             say!(INFO, "shard {} attempt {} leased to {}", lease.shard, lease.attempt, req.worker);
             json(&LeaseReply::Lease {
@@ -98,6 +110,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
                 expires_at: lease.expires_at,
                 items,
                 staging,
+                stage,
             })
         }
         None if m.ledger.is_done() => json(&LeaseReply::Done),
@@ -400,6 +413,8 @@ mod tests {
             task_sha256: String::new(),
             params: serde_json::json!({}),
             reduce: None,
+            partitions: 0,
+            merge: Default::default(),
             input: Location::path(&dir.join("in")),
             output: Location::path(&dir.join("out")),
             state: Location::path(&dir.join("state/j")),

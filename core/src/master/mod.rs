@@ -1,5 +1,7 @@
 //! The master node: owns the ledger, serves the worker API, makes every commit
-//! decision, watches the deadline, runs the reduce task, and ends the job.
+//! decision, watches the deadline, and ends the job. It runs no task code: the
+//! reduce partitions are shards of its ledger that workers lease once the map
+//! is committed ([`crate::reduce`]).
 //!
 //! Commit, in this order: check the fencing token (a stale commit is refused
 //! and its staging removed); create the shard's marker in the output location
@@ -12,7 +14,8 @@
 //! decides with the ledger, answers); `commit` makes the commit decisions
 //! outside the lock (markers, group commit, publication, recovery);
 //! `journal` is the ledger's log and how it is read back; `finish` is the
-//! job's end (reduce, the output manifest, the final state, the workers).
+//! job's end (the reduce's parts made one, the output manifest, the final
+//! state, the workers).
 //! This module holds the master's state and its main loop.
 
 use std::fs::{File, OpenOptions};
@@ -103,17 +106,22 @@ pub struct FinalState {
     /// `done`, `deadline`, or `storage` (the job's storage refused every
     /// commit for its `storage_outage`).
     pub reason: String,
-    /// Shards by state.
+    /// The map stage's shards by state.
     pub counts: crate::ledger::Counts,
+    /// The reduce stage's partitions by state, when the job has a reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<crate::ledger::Counts>,
     /// Retried attempts.
     pub retries: u32,
     /// When it ended.
     pub ended_at: Millis,
-    /// Failed shards: (shard, error).
+    /// Failed shards: (shard, error); a reduce partition's number follows the
+    /// map's shards (its error says which partition).
     pub failed: Vec<(u32, String)>,
     /// Outputs published (map and reduce), relative to the output location.
     pub outputs: Vec<String>,
-    /// The reduce task's error, if it failed.
+    /// The reduce stage's error, if a partition failed or its outputs could
+    /// not be made one.
     pub reduce_error: Option<String>,
     /// Items left out because they kept failing: (shard, item).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,7 +241,7 @@ impl Master {
     }
 
     fn status(&self) -> Status {
-        let counts = self.ledger.counts();
+        let counts = self.ledger.map_counts();
         let committed_bytes = self
             .ledger
             .shards()
@@ -283,13 +291,14 @@ impl Master {
             expires_at: self.manifest.expires_at,
             now: self.clock.now(),
             ended: self.ended.clone(),
+            reduce: self.ledger.reduce_counts(),
         }
     }
 }
 
 /// Runs the master of the job laid out at `layout` until the job ends, the
-/// worker API and the reduce on `rt` (the process's runtime, which its entry
-/// point owns). Returns the process exit code.
+/// worker API on `rt` (the process's runtime, which its entry point owns).
+/// Returns the process exit code.
 pub fn run(
     layout: Layout,
     manifest: Manifest,
@@ -330,6 +339,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         markers.iter().map(|m| (m.shard, m.outputs.clone(), m.quarantined.clone())).collect();
     let mut ledger = Ledger::replay(
         manifest.plan.shards.len() as u32,
+        manifest.partitions(),
         manifest.max_attempts,
         manifest.max_failed_items,
         &journal_events,
@@ -522,7 +532,7 @@ fn serve(shared: &Shared, provider: &ProviderHandle, rt: &tokio::runtime::Handle
     // The worker API answers while the job ends (workers learn of the end at
     // their next lease); `stop` ends it, and its connections, when this
     // returns.
-    finish::end(shared, provider, reason, rt)
+    finish::end(shared, provider, reason)
 }
 
 /// Tells the worker API to stop when dropped: the runtime outlives the master.

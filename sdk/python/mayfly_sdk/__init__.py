@@ -14,7 +14,9 @@ package.
   ``start``/``finish`` are the shard's (one table per shard).
 
 :class:`Input` is the item, a binary file object (``input.text()`` for
-text); :class:`Outputs` opens named outputs; :mod:`mayfly_sdk.log` and
+text); :class:`Outputs` opens named outputs (``outputs.partitioned(name)``
+splits one by key into the job's reduce partitions: :func:`partitions`,
+:func:`partition`); :mod:`mayfly_sdk.log` and
 :func:`print` log; raise :class:`Retryable` for a transient failure and
 :class:`Fatal` (or any exception, reported with its traceback) for one that
 would happen again. :mod:`mayfly_sdk.testing` runs a task without wasm.
@@ -29,7 +31,8 @@ import sys as _sys
 
 from . import _host, log
 from ._errors import Fatal, HostIOError, Retryable, StorageError
-from ._io import Input, Output, Outputs
+from ._io import Input, Output, Outputs, PartitionedOutput
+from ._partition import partition, partitions
 from ._runtime import Shard, Task, task
 
 __all__ = [
@@ -39,11 +42,14 @@ __all__ = [
     "Input",
     "Output",
     "Outputs",
+    "PartitionedOutput",
     "Retryable",
     "Shard",
     "StorageError",
     "Task",
     "log",
+    "partition",
+    "partitions",
     "progress",
     "task",
 ]

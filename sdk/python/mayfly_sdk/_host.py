@@ -40,7 +40,7 @@ def use(backend: Any) -> Any:
 
 
 def host() -> Any:
-    """The host: ``open_output``, ``log``, ``progress``, ``params``, ``panicked``."""
+    """The host: ``open_output``, ``log``, ``progress``, ``params``, ``partitions``, ``panicked``."""
     if _backend is None:
         raise NoHostError(
             "no mayfly host: this code runs inside a task component; "

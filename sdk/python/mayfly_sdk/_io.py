@@ -5,15 +5,16 @@ from __future__ import annotations
 import codecs
 import errno
 import io
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar, Union
 
 from . import _host
 from ._errors import HostIOError, StorageError
+from ._partition import Key, _check_partitions, part_name, partition, partitions
 
 if TYPE_CHECKING:
     from ._runtime import Session
 
-__all__ = ["Input", "Output", "Outputs"]
+__all__ = ["Input", "Output", "Outputs", "PartitionedOutput"]
 
 #: How much the input asks the host for at a time, as the Rust sdk does: the
 #: cost of a host call is negligible per byte, memory stays flat.
@@ -272,3 +273,102 @@ class Outputs:
         text = io.TextIOWrapper(out, encoding=encoding, errors=errors, newline=newline)
         self._track(name, text)
         return text
+
+    def partitioned(self, name: str) -> "PartitionedOutput":
+        """Opens output ``name`` split into the job's reduce partitions (:func:`partitions`).
+
+        Each record goes to the partition of its key (:func:`partition`):
+        partition p is the output named ``part-<p, 5 digits>/<name>``
+        (``part-00003/counts.tsv``), opened when first written to, so a
+        partition that gets no record has no output. Like :meth:`create`, it
+        is the shard's when opened in ``start`` or ``finish``, the item's when
+        opened in ``item``; write it in that same call (``start`` and
+        ``finish`` count as one), since its parts are opened as they come.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"an output name is a str, not {type(name).__name__}")
+        return PartitionedOutput(self, name, partitions())
+
+
+class PartitionedOutput:
+    """One output split into partitions by key; made by :meth:`Outputs.partitioned`.
+
+    ``write(key, data)`` appends a record to its key's partition;
+    ``part(key)`` is the binary :class:`Output` of that partition (to write
+    many records at once), ``output(p)`` that of partition ``p``. Parts are
+    opened on first use. Close it, or use ``with``; parts still open are
+    closed at the end of the call that owns them, as other outputs are.
+    """
+
+    def __init__(self, outputs: Outputs, name: str, partitions: int) -> None:
+        #: The output's name; partition p is the output ``part-<p, 5 digits>/<name>``.
+        self.name = name
+        #: How many partitions there are (the job's ``[reduce] partitions``).
+        self.partitions = _check_partitions(partitions)
+        self._outputs = outputs
+        self._parts: Dict[int, Output] = {}
+        self._closed = False
+        session = outputs._session
+        self._scope = session.scope if session is not None else None
+
+    @property
+    def parts(self) -> Dict[int, Output]:
+        """The parts opened so far, ``{partition: Output}``, by partition."""
+        return dict(sorted(self._parts.items()))
+
+    def output(self, p: int) -> Output:
+        """The :class:`Output` of partition ``p`` (``0 .. partitions-1``), opened on first use."""
+        if self._closed:
+            raise ValueError(f"partitioned output {self.name} is closed")
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"a partition is an int, not {type(p).__name__}")
+        out = self._parts.get(p)
+        if out is not None:
+            return out
+        if not 0 <= p < self.partitions:
+            raise ValueError(f"partition {p} of output {self.name} is out of range (0 to {self.partitions - 1})")
+        session = self._outputs._session
+        if session is not None and session.scope != self._scope:
+            raise ValueError(
+                f"partitioned output {self.name} opens its parts as they are written: write it in the call "
+                f"that opened it (start and finish for the shard's, item for the item's)"
+            )
+        name = part_name(self.name, p)
+        out = self._outputs.create(name)
+        self._parts[p] = out
+        return out
+
+    def part(self, key: Key) -> Output:
+        """The :class:`Output` of ``key``'s partition (a ``str`` key is hashed as UTF-8), opened on first use."""
+        return self.output(partition(key, self.partitions))
+
+    def write(self, key: Key, data: Union[bytes, str]) -> None:
+        """Appends ``data`` (``str`` is encoded as UTF-8) to ``key``'s partition."""
+        self.part(key).write(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def close(self) -> None:
+        """Closes every part opened (each sends what it buffered); a partition never written has no output."""
+        self._closed = True
+        error: Optional[BaseException] = None
+        for out in self._parts.values():
+            try:
+                out.close()
+            except Exception as e:  # close the others, then raise the first error
+                if error is None:
+                    error = e
+        if error is not None:
+            raise error
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "PartitionedOutput":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        opened = sorted(self._parts)
+        return f"<mayfly_sdk.PartitionedOutput name={self.name!r} partitions={self.partitions} opened={opened}>"

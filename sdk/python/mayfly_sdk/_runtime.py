@@ -325,9 +325,21 @@ class Session:
         # (opened in start), each (name, file object to close).
         self._call_outputs: List[Tuple[str, Any]] = []
         self._shard_outputs: List[Tuple[str, Any]] = []
+        # Whose outputs the current call opens: the shard's (start, finish),
+        # or one item's (a new number per item call).
+        self.scope: Tuple[str, int] = ("shard", 0)
+        self._item_calls = 0
 
     def track(self, name: str, obj: Any) -> None:
         self._call_outputs.append((name, obj))
+
+    def enter(self, kind: str) -> None:
+        """A call begins: the outputs it opens are the shard's, or (``item``) a new item's."""
+        if kind == "item":
+            self._item_calls += 1
+            self.scope = ("item", self._item_calls)
+        else:
+            self.scope = ("shard", 0)
 
     # The three calls.
 
@@ -497,6 +509,7 @@ def call(session: Session, kind: str, arg: Any = None) -> Optional[Failure]:
     _setup_stdio()
     try:
         try:
+            session.enter(kind)
             if kind == "start":
                 session.start(arg)
             elif kind == "item":

@@ -6,6 +6,9 @@
 >>> r.check()                                    # AssertionError with the failure's message
 >>> r.shard_outputs["counts.tsv"]
 b'a\\t2\\nb\\t2\\n'
+>>> r = run(app.WordCount, [Item("a.txt", b"to be or a b b")], partitions=3).check()
+>>> r.parts("counts.tsv")                        # {p: bytes} of the outputs part-<p, 5 digits>/counts.tsv
+{0: b'be\\t1\\nor\\t1\\nto\\t1\\n', 2: b'b\\t2\\na\\t1\\n'}
 
 The calls go through the same glue as in the sandbox (parameters, error
 mapping, tracebacks, closing outputs); only the WIT lifting differs. The fake
@@ -23,11 +26,12 @@ import contextlib
 import importlib.abc
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import _host, _runtime
+from . import _host, _partition, _runtime
 from ._runtime import Shard
 
 __all__ = ["Failure", "FakeHost", "FakeInput", "FakeOutput", "Item", "LogLine", "RunResult", "check_output_name", "run"]
@@ -108,6 +112,21 @@ class RunResult:
                 f"the task failed in {f.call}{where} ({f.kind}, retryable={f.retryable}):\n{f.message}"
             )
         return self
+
+    def parts(self, name: str, item: Optional[str] = None) -> Dict[int, bytes]:
+        """The parts of a partitioned output: ``{p: bytes}`` of the outputs ``part-<p, 5 digits>/<name>``.
+
+        The shard's, or those of item ``item`` (its key). Only the parts
+        written to exist (:meth:`Outputs.partitioned` opens them lazily).
+        """
+        outputs = self.shard_outputs if item is None else self.item_outputs.get(item, {})
+        pattern = re.compile(r"part-([0-9]{5,})/" + re.escape(name))
+        found = {}
+        for key, data in outputs.items():
+            m = pattern.fullmatch(key)
+            if m is not None:
+                found[int(m.group(1))] = data
+        return dict(sorted(found.items()))
 
     def messages(self, source: Optional[str] = None) -> List[str]:
         """The log messages, optionally only those of one source (``"task"``, ``"stdout"``, ``"stderr"``)."""
@@ -215,10 +234,17 @@ class FakeOutput:
 
 
 class FakeHost:
-    """The five host functions of the ``task`` world, in memory."""
+    """The six host functions of the ``task`` world, in memory."""
 
-    def __init__(self, params: str = "{}", log_limit: Optional[int] = None, output_limit: Optional[int] = None):
+    def __init__(
+        self,
+        params: str = "{}",
+        log_limit: Optional[int] = None,
+        output_limit: Optional[int] = None,
+        partitions: int = 1,
+    ):
         self._params = params
+        self._partitions = partitions
         self.log_limit = log_limit
         self.output_limit = output_limit
         self.logs: List[LogLine] = []
@@ -257,6 +283,9 @@ class FakeHost:
 
     def params(self) -> str:
         return self._params
+
+    def partitions(self) -> int:
+        return self._partitions
 
     def panicked(self, message: str) -> None:
         self.panic = message[:_MAX_PANIC]
@@ -358,6 +387,7 @@ def run(
     log_limit: Optional[int] = None,
     output_limit: Optional[int] = None,
     strict_imports: bool = True,
+    partitions: int = 1,
 ) -> RunResult:
     """Runs ``task`` (the function or class decorated with ``@task``) over ``items`` as one shard attempt.
 
@@ -366,13 +396,17 @@ def run(
     ``isolation = "item"``: each instance's outputs are then the item's.
     The run stops at the first failure (``RunResult.failure``). With
     ``strict_imports`` (the default), an import of a module not yet loaded
-    during a call fails, as it would in the sandbox.
+    during a call fails, as it would in the sandbox. ``partitions`` is what
+    the host says the job's reduce has (``[reduce] partitions``): the parts
+    of a partitioned output are then the outputs ``part-<p>/<name>``
+    (:meth:`RunResult.parts`).
     """
     if isolation not in ("shard", "item"):
         raise ValueError(f'isolation is "shard" or "item", not {isolation!r}')
+    _partition._check_partitions(partitions)
     spec = _runtime.spec_of(task)
     items = list(items)
-    host = FakeHost(_params_text(params), log_limit=log_limit, output_limit=output_limit)
+    host = FakeHost(_params_text(params), log_limit=log_limit, output_limit=output_limit, partitions=partitions)
     result = RunResult()
     if shard is None:
         shard = Shard("test", 0, 1, len(items))

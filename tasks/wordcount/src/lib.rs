@@ -11,7 +11,11 @@
 //!
 //! It combines per shard: one table counts the words of every item of the
 //! shard, and `finish` writes it as the shard's one `counts.tsv` (the reduce
-//! then merges one table per shard, not one per file).
+//! then merges one table per shard, not one per file). When the job's reduce
+//! has several partitions, the map's `counts.tsv` is split by word
+//! ([`mayfly_sdk::partition`]), each part sorted as the whole file is; the
+//! job merges the reduce's parts with `order = "2nr,1"` into the file one
+//! reducer would have written.
 //!
 //! Input that is not valid UTF-8 fails the item (not retryable), naming the
 //! byte offset of the first bad byte in the object: the item is quarantined
@@ -76,9 +80,23 @@ impl Task for WordCount {
     }
 
     fn finish(self, outputs: &mut Outputs) -> Result<()> {
-        let mut out = outputs.create(OUTPUT)?;
-        let distinct = write_counts(&self.counts, &mut out)?;
-        out.finish()?;
+        let partitions = if self.mode == Mode::Map { mayfly_sdk::partitions() } else { 1 };
+        let distinct = if partitions > 1 {
+            let mut parts = outputs.partitioned(OUTPUT)?;
+            let mut distinct = 0;
+            for (p, mut entries) in split_counts(&self.counts, partitions).into_iter().enumerate() {
+                if !entries.is_empty() {
+                    distinct += write_entries(&mut entries, parts.part(p as u32)?)?;
+                }
+            }
+            parts.finish()?;
+            distinct
+        } else {
+            let mut out = outputs.create(OUTPUT)?;
+            let distinct = write_counts(&self.counts, &mut out)?;
+            out.finish()?;
+            distinct
+        };
         info!(distinct = distinct, items = self.items, bytes = self.bytes; "{:?} done", self.mode);
         Ok(())
     }
@@ -507,9 +525,25 @@ fn merge_line(counts: &mut Counts, line: &[u8], number: u64) -> Result<(), Count
 /// Writes counts in the output format and returns how many lines it wrote.
 pub fn write_counts(counts: &Counts, out: &mut impl Write) -> io::Result<usize> {
     let mut entries: Vec<(&[u8], u64)> = counts.iter().collect();
+    write_entries(&mut entries, out)
+}
+
+/// The (word, count) entries of `counts` in `partitions` groups by word
+/// ([`mayfly_sdk::partition`]).
+pub fn split_counts(counts: &Counts, partitions: u32) -> Vec<Vec<(&[u8], u64)>> {
+    let mut parts = vec![Vec::new(); partitions.max(1) as usize];
+    for (word, n) in counts.iter() {
+        parts[mayfly_sdk::partition(word, partitions) as usize].push((word, n));
+    }
+    parts
+}
+
+/// Writes `entries` in the output format (sorting them: count descending,
+/// then word by bytes) and returns how many lines it wrote.
+pub fn write_entries(entries: &mut [(&[u8], u64)], out: &mut impl Write) -> io::Result<usize> {
     entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let mut line = Vec::with_capacity(64);
-    for (word, count) in &entries {
+    for (word, count) in entries.iter() {
         line.clear();
         line.extend_from_slice(word);
         line.push(b'\t');
@@ -680,6 +714,32 @@ mod tests {
             for (w, n) in &want {
                 assert_eq!(got.get(*w), Some(n), "{w:?} in {text:?}");
             }
+        }
+    }
+
+    #[test]
+    fn partitions_split_the_words_and_each_part_is_sorted_as_the_whole() {
+        let text = "a b b c c c d é é 東京 x y z a a ".repeat(7);
+        let counts = count_words(text.as_bytes(), 0).expect("valid");
+        let mut whole = Vec::new();
+        write_counts(&counts, &mut whole).unwrap();
+        let whole = String::from_utf8(whole).unwrap();
+        for r in [1, 2, 3, 5, 40] {
+            let mut lines = Vec::new();
+            for (p, mut entries) in split_counts(&counts, r).into_iter().enumerate() {
+                assert!(entries.iter().all(|(w, _)| mayfly_sdk::partition(w, r) == p as u32));
+                let mut part = Vec::new();
+                write_entries(&mut entries, &mut part).unwrap();
+                let part = String::from_utf8(part).unwrap();
+                // Sorted as the whole file: its lines in the whole's order.
+                let order: Vec<usize> = part.lines().map(|l| whole.lines().position(|w| w == l).unwrap()).collect();
+                assert!(order.windows(2).all(|w| w[0] < w[1]), "r = {r}, part {p}: {part}");
+                lines.extend(part.lines().map(str::to_owned));
+            }
+            lines.sort();
+            let mut want: Vec<String> = whole.lines().map(str::to_owned).collect();
+            want.sort();
+            assert_eq!(lines, want, "r = {r}");
         }
     }
 

@@ -62,6 +62,8 @@ fn attempt(name: &str, params: &str, isolation: Isolation, items: &[&str], drive
         limits: Limits::default(),
         isolation,
         staging: &staging,
+        key: mayfly_core::job::shard_key(7),
+        partitions: 1,
     };
     let items: Vec<Item> = items.iter().map(|n| item(n)).collect();
     // As the binary's: a multi-thread runtime drives its timers for a caller's `block_on`.

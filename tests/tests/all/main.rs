@@ -13,6 +13,7 @@ mod load;
 mod operate;
 mod plugins;
 mod python;
+mod reduce;
 mod sandbox;
 mod shards;
 mod tasks;

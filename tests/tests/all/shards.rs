@@ -265,6 +265,7 @@ fn calls(params: &str, limits: mayfly_core::host::Limits, items: &[&str]) -> Vec
         limits,
         staging: mayfly_tests::scratch("per-call-limits"),
         shard_key: mayfly_core::job::shard_key(0),
+        partitions: 1,
     };
     let (mut session, started) = rt.block_on(mayfly_tests::runtime().start(&task, start));
     started.result.unwrap();

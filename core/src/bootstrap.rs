@@ -978,3 +978,52 @@ pub fn absolute_location(l: &Location) -> Location {
 pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(reduce: &str) -> JobSpec {
+        let text = format!(
+            "[job]\nname = \"j\"\n\n[task]\npath = \".\"\n\n[input]\nurl = \"data\"\n\n[output]\nurl = \"out\"\n\n\
+             [cluster]\nworkers = 4\n\n{reduce}"
+        );
+        JobSpec::parse(std::path::Path::new("job.toml"), &text, &|_| None).unwrap()
+    }
+
+    fn sampled(input: u64, output: u64, partitioned: Option<bool>) -> crate::preflight::Report {
+        crate::preflight::Report {
+            tried: vec![crate::preflight::Tried {
+                item: "a".into(),
+                bytes: input,
+                item_time: Duration::from_millis(5),
+                failed: None,
+            }],
+            map_output_bytes: output,
+            partitioned,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn auto_partitions_split_only_a_large_partitioned_map_output_the_job_knows_how_to_merge() {
+        const GIB: u64 = 1 << 30;
+        let merged = spec("[reduce]\npath = \".\"\norder = \"2nr,1\"\n");
+        // A sample whose output is a quarter of its input: 1 GiB makes 256 MiB, 4 partitions.
+        let large = sampled(1 << 20, 1 << 18, Some(true));
+        assert_eq!(partitions(&merged, Some(&large), GIB), 4);
+        // Half of that: 2; small inputs: 1; never more than the workers.
+        assert_eq!(partitions(&merged, Some(&large), GIB / 2), 2);
+        assert_eq!(partitions(&merged, Some(&large), 10 << 20), 1);
+        assert_eq!(partitions(&merged, Some(&large), 100 * GIB), 4);
+        // A map that does not partition, no preflight, or no merge declared: 1.
+        assert_eq!(partitions(&merged, Some(&sampled(1 << 20, 1 << 18, Some(false))), GIB), 1);
+        assert_eq!(partitions(&merged, Some(&sampled(1 << 20, 1 << 18, None)), GIB), 1);
+        assert_eq!(partitions(&merged, None, GIB), 1);
+        assert_eq!(partitions(&spec("[reduce]\npath = \".\"\n"), Some(&large), GIB), 1);
+        // The job's own count stands; no reduce, no partitions.
+        assert_eq!(partitions(&spec("[reduce]\npath = \".\"\npartitions = 3\n"), None, GIB), 3);
+        assert_eq!(partitions(&spec(""), Some(&large), GIB), 0);
+        assert_eq!((spec("").preflight_partitions(), merged.preflight_partitions()), (1, 4));
+    }
+}

@@ -50,11 +50,16 @@ pub enum ReduceError {
 
 /// The map outputs reduce partition `partition` of `partitions` reads, in
 /// shard order: items of the output location, each a whole object with its
-/// committed size. `shards` are the ledger's records of the map stage.
-pub fn items(layout: &Layout, shards: &[ShardRecord], partitions: u32, partition: u32) -> Vec<Item> {
+/// committed size. `committed` are the committed map shards' outputs, in
+/// shard order ([`committed`], or the markers' as [`committed_by_markers`]).
+pub fn items<'a>(
+    layout: &Layout,
+    committed: impl IntoIterator<Item = &'a [CommittedOutput]>,
+    partitions: u32,
+    partition: u32,
+) -> Vec<Item> {
     let mut items = Vec::new();
-    for record in shards {
-        let ShardState::Committed { outputs } = &record.state else { continue };
+    for outputs in committed {
         for out in outputs {
             let wanted = partitions <= 1 || partition_of(&out.name).is_some_and(|(p, _)| p == partition);
             if wanted {
@@ -64,6 +69,36 @@ pub fn items(layout: &Layout, shards: &[ShardRecord], partitions: u32, partition
         }
     }
     items
+}
+
+/// The outputs of the committed shards among the ledger's `records`, in shard order.
+pub fn committed(records: &[ShardRecord]) -> impl Iterator<Item = &[CommittedOutput]> {
+    records.iter().filter_map(|r| match &r.state {
+        ShardState::Committed { outputs } => Some(outputs.as_slice()),
+        _ => None,
+    })
+}
+
+/// The outputs of the committed map shards (`0..map_shards`), in shard
+/// order, as their commit markers say: the truth without a master (`mayfly
+/// replay` of a partition).
+pub fn committed_by_markers(layout: &Layout, map_shards: u32) -> std::io::Result<Vec<Vec<CommittedOutput>>> {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        shard: u32,
+        outputs: Vec<CommittedOutput>,
+    }
+    let mut markers = Vec::new();
+    for (key, _) in layout.output.list(layout.markers())? {
+        if key.ends_with(".json")
+            && let Some(m) = layout.output.read_json::<Marker>(&key)?
+            && m.shard < map_shards
+        {
+            markers.push(m);
+        }
+    }
+    markers.sort_by_key(|m| m.shard);
+    Ok(markers.into_iter().map(|m| m.outputs).collect())
 }
 
 /// What went wrong reading a partition's map outputs, kept for the error of
@@ -224,7 +259,7 @@ impl Read for SourceReader {
 mod tests {
     use super::*;
 
-    fn committed(outputs: &[(&str, &str, u64)]) -> ShardRecord {
+    fn record(outputs: &[(&str, &str, u64)]) -> ShardRecord {
         let outputs = outputs
             .iter()
             .map(|(key, name, bytes)| CommittedOutput { key: (*key).into(), name: (*name).into(), bytes: *bytes })
@@ -239,11 +274,12 @@ mod tests {
     fn a_partition_reads_its_part_of_every_committed_map_output_in_shard_order() {
         let layout = Layout::local(std::path::Path::new("/s"), "j", std::path::Path::new("/o"));
         let shards = vec![
-            committed(&[("_shards/000000", "part-00000/c.tsv", 3), ("_shards/000000", "part-00001/c.tsv", 4)]),
-            committed(&[("_shards/000001", "part-00001/c.tsv", 5), ("_shards/000001", "side.txt", 1)]),
+            record(&[("_shards/000000", "part-00000/c.tsv", 3), ("_shards/000000", "part-00001/c.tsv", 4)]),
+            record(&[("_shards/000001", "part-00001/c.tsv", 5), ("_shards/000001", "side.txt", 1)]),
         ];
-        let objects =
-            |p: u32, r: u32| items(&layout, &shards, r, p).into_iter().map(|i| (i.object, i.len)).collect::<Vec<_>>();
+        let objects = |p: u32, r: u32| {
+            items(&layout, committed(&shards), r, p).into_iter().map(|i| (i.object, i.len)).collect::<Vec<_>>()
+        };
         assert_eq!(
             objects(1, 2),
             [

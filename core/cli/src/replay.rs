@@ -53,7 +53,15 @@ fn cmd_replay(job: &str, at: &StateArgs, args: &ReplayArgs) -> Result<Ended> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("replay-{job}-shard-{}", args.shard)));
     let request = Request { shard: args.shard, item: args.item.clone(), node: args.node.clone(), out };
     let replay = Replay::prepare(&layout, &manifest, request)?;
-    if !args.json {
+    if let (false, Some((partition, sources))) = (args.json, replay.partition()) {
+        let params = manifest.reduce.as_ref().map(|(_, _, p)| p.to_string()).unwrap_or_default();
+        println!(
+            "replaying reduce partition {partition} (shard {}) of job {job}: {sources} map outputs as one input, \
+             task {}, params {params}",
+            args.shard,
+            replay.task_name(),
+        );
+    } else if !args.json {
         println!(
             "replaying shard {} of job {job}{}: {} item(s), task {} (sha256 {}), params {}",
             args.shard,

@@ -4,7 +4,9 @@
 //! ([`mayfly_core::attempt`]). Outputs go to a local directory, never to the job's
 //! output. An item that fails is set aside and the shard runs again without
 //! it, as the master's quarantine does, so that every other item's outputs
-//! are the job's. On a held node, it reads the inputs the node kept.
+//! are the job's. On a held node, it reads the inputs the node kept. A shard
+//! number past the map's is a reduce partition: the reduce task over its part
+//! of every map output its commit markers name, read from the job's output.
 //!
 //! Must not import: the master, the worker's loop, bootstrap; a replay never
 //! writes to a job's state or output.
@@ -110,6 +112,9 @@ pub struct Replay {
     manifest: Manifest,
     request: Request,
     items: Vec<Item>,
+    /// For a reduce partition: its number, and its map outputs (`items` is
+    /// then its one input, named by the partition's key).
+    reduce: Option<(u32, Vec<Item>)>,
     kept: Option<PathBuf>,
     input: Store,
     runtime: Runtime,
@@ -172,10 +177,15 @@ impl Replay {
     /// node kept), and the task, checked against the job's.
     pub fn prepare(layout: &Layout, manifest: &Manifest, request: Request) -> Result<Replay, ReplayError> {
         let job = &manifest.job;
+        let map_shards = manifest.plan.shards.len() as u32;
+        if request.shard >= map_shards && request.shard < map_shards + manifest.partitions() {
+            let partition = request.shard - map_shards;
+            return Self::prepare_partition(layout, manifest, request, partition);
+        }
         let Some(shard) = manifest.plan.shards.get(request.shard as usize) else {
             return Err(ReplayError::NoShard {
                 job: job.clone(),
-                shards: manifest.plan.shards.len(),
+                shards: manifest.plan.shards.len() + manifest.partitions() as usize,
                 shard: request.shard,
             });
         };
@@ -226,7 +236,64 @@ impl Replay {
                 expected: manifest.task_sha256.clone(),
             });
         }
-        Ok(Replay { manifest: manifest.clone(), request, items, kept, input, runtime, task })
+        Ok(Replay { manifest: manifest.clone(), request, items, reduce: None, kept, input, runtime, task })
+    }
+
+    /// Reduce partition `partition`: the reduce task, checked, and the map
+    /// outputs its shards' commit markers name.
+    fn prepare_partition(
+        layout: &Layout,
+        manifest: &Manifest,
+        request: Request,
+        partition: u32,
+    ) -> Result<Replay, ReplayError> {
+        let job = &manifest.job;
+        if request.item.is_some() || request.node.is_some() {
+            return Err(ReplayError::setup(
+                format!("replaying reduce partition {partition} (shard {})", request.shard),
+                "a partition has one input, all of its map outputs: no --item, and no node keeps it (no --node)",
+            ));
+        }
+        let Some((path, sha, _)) = &manifest.reduce else {
+            return Err(ReplayError::setup("replaying a reduce partition", "the job has no reduce task"));
+        };
+        let map_shards = manifest.plan.shards.len() as u32;
+        let committed = mayfly_core::reduce::committed_by_markers(layout, map_shards)
+            .map_err(|e| ReplayError::setup("reading the map shards' commit markers", e))?;
+        let sources =
+            mayfly_core::reduce::items(layout, committed.iter().map(Vec::as_slice), manifest.partitions(), partition);
+        let key = mayfly_core::job::reduce_key(manifest.partitions(), partition);
+        let len = sources.iter().map(|i| i.len).sum();
+        let items = vec![Item { object: key, start: 0, len, whole: true }];
+        let task_file = layout.task_file(path, sha).map_err(|e| ReplayError::setup("fetching the reduce task", e))?;
+        let runtime = Runtime::new(&RuntimeConfig { max_concurrent: 1, ..RuntimeConfig::default() })
+            .map_err(|e| ReplayError::setup("starting the sandbox", e))?;
+        let task = runtime
+            .load(&task_file)
+            .map_err(|e| ReplayError::setup(format!("loading the reduce task {}", task_file.display()), e))?;
+        if task.sha256() != sha.as_str() {
+            return Err(ReplayError::TaskChanged {
+                job: job.clone(),
+                path: task_file,
+                found: task.sha256().to_owned(),
+                expected: sha.clone(),
+            });
+        }
+        Ok(Replay {
+            manifest: manifest.clone(),
+            request,
+            items,
+            reduce: Some((partition, sources)),
+            kept: None,
+            input: layout.output.clone(),
+            runtime,
+            task,
+        })
+    }
+
+    /// For a reduce partition: its number, and how many map outputs it reads.
+    pub fn partition(&self) -> Option<(u32, usize)> {
+        self.reduce.as_ref().map(|(p, sources)| (*p, sources.len()))
     }
 
     /// How many items it will run.
@@ -249,21 +316,52 @@ impl Replay {
     /// aside and the shard runs again without it. Outputs land in
     /// `<out>/<item or shard key>/<name>`.
     pub fn run(self, rt: &tokio::runtime::Handle) -> Result<Report, ReplayError> {
-        let Replay { manifest, request, items, kept, input, runtime, task } = self;
+        let Replay { manifest, request, items, reduce, kept, input, runtime, task } = self;
         let out = request.out.clone();
         std::fs::create_dir_all(&out).map_err(|e| ReplayError::setup(format!("creating {}", out.display()), e))?;
         let staging = out.join(format!(".mayfly-staging-{}", std::process::id()));
-        let spec = attempt::Shard {
-            job: &manifest.job,
-            shard: request.shard,
-            attempt: 1,
-            params: Arc::from(manifest.params.to_string()),
-            limits: manifest.limits,
-            isolation: manifest.isolation,
-            staging: &staging,
-            key: mayfly_core::job::shard_key(request.shard),
-            partitions: manifest.task_partitions(),
+        let problem = mayfly_core::reduce::Problem::default();
+        let (spec, mut given) = match reduce {
+            None => (
+                attempt::Shard {
+                    job: &manifest.job,
+                    shard: request.shard,
+                    attempt: 1,
+                    params: Arc::from(manifest.params.to_string()),
+                    limits: manifest.limits,
+                    isolation: manifest.isolation,
+                    staging: &staging,
+                    key: mayfly_core::job::shard_key(request.shard),
+                    partitions: manifest.task_partitions(),
+                },
+                None,
+            ),
+            // As a worker runs a partition: one instance, one input.
+            Some((partition, sources)) => {
+                let config = mayfly_data::readahead::ReadAheadConfig::for_store(
+                    manifest.read_ahead,
+                    manifest.read_ahead_memory,
+                    input.local_dir().is_some(),
+                );
+                let name = format!("the map outputs of partition {partition}");
+                let concat: Arc<dyn InputSource> =
+                    Arc::new(mayfly_core::reduce::input(&input, sources, config, &name, &problem));
+                let params = manifest.reduce.as_ref().map_or_else(String::new, |(_, _, p)| p.to_string());
+                let spec = attempt::Shard {
+                    job: &manifest.job,
+                    shard: request.shard,
+                    attempt: 1,
+                    params: Arc::from(params),
+                    limits: manifest.limits,
+                    isolation: mayfly_core::config::Isolation::Shard,
+                    staging: &staging,
+                    key: items[0].object.clone(),
+                    partitions: 1,
+                };
+                (spec, Some(concat))
+            }
         };
+        let partition = given.is_some();
         // A held node kept what it was leased: not an item quarantined before.
         let left: Vec<Item> = items
             .iter()
@@ -275,10 +373,26 @@ impl Replay {
             let _ = std::fs::remove_dir_all(&staging);
             let now: Vec<Item> =
                 left.iter().filter(|i| !set_aside.iter().any(|r| r.item == i.key())).cloned().collect();
-            let mut driver = Replayed { kept: kept.as_deref(), input: &input, manifest: &manifest, calls: Vec::new() };
+            let mut driver = Replayed {
+                kept: kept.as_deref(),
+                input: &input,
+                given: given.take(),
+                manifest: &manifest,
+                calls: Vec::new(),
+            };
             match attempt::run(rt, &runtime, &task, &spec, &now, &mut driver) {
                 attempt::Ended::Done(outputs) => break (driver.calls, outputs, None),
                 attempt::Ended::Stopped(never) => match never {},
+                // A partition's one input is not set aside: its failure is the
+                // partition's (and a map output not as committed says which).
+                attempt::Ended::Failed(mut failed) if partition => {
+                    if let Some(said) = problem.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        failed.error = said;
+                    }
+                    let what = failed.at.clone().unwrap_or_else(|| "finish".into());
+                    let failure = driver.failure_of(&what, &failed);
+                    break (driver.calls, Vec::new(), Some(failure));
+                }
                 attempt::Ended::Failed(failed) => match failed.at.clone() {
                     // An input the store could not read for now (not gone for
                     // good): nothing to replay; say so, as a worker would retry.
@@ -324,7 +438,7 @@ impl Replay {
         }
         if let Some(failure) = shard_failure {
             report.items.push(ItemRun { item: format!("(the shard's {})", failure.item), ..failure });
-        } else if let Some(paths) = published.get(&mayfly_core::job::shard_key(request.shard)) {
+        } else if let Some(paths) = published.get(&spec.key) {
             report.items.push(ItemRun {
                 item: "(the shard's own outputs)".into(),
                 ok: true,
@@ -373,6 +487,8 @@ fn item_run(item: String, call: &Call, outputs: Vec<PathBuf>) -> ItemRun {
 struct Replayed<'a> {
     kept: Option<&'a Path>,
     input: &'a Store,
+    /// A reduce partition's one input.
+    given: Option<Arc<dyn InputSource>>,
     manifest: &'a Manifest,
     /// Each call: the item's key, or `start`/`finish`.
     calls: Vec<(String, Call)>,
@@ -408,6 +524,9 @@ impl attempt::Driver for Replayed<'_> {
     }
 
     fn input(&mut self, _index: usize, item: &Item) -> std::io::Result<Arc<dyn InputSource>> {
+        if let Some(given) = self.given.take() {
+            return Ok(given);
+        }
         match self.kept {
             // What the held node kept: the bytes it had.
             Some(dir) => Ok(Arc::new(FileInput::open(&dir.join(file_name(&item.key())), item.object.clone())?)),

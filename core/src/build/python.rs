@@ -40,6 +40,7 @@ const SDK: &[(&str, &str)] = &[
     ("_host.py", include_str!("../../../sdk/python/mayfly_sdk/_host.py")),
     ("_io.py", include_str!("../../../sdk/python/mayfly_sdk/_io.py")),
     ("_params.py", include_str!("../../../sdk/python/mayfly_sdk/_params.py")),
+    ("_partition.py", include_str!("../../../sdk/python/mayfly_sdk/_partition.py")),
     ("_runtime.py", include_str!("../../../sdk/python/mayfly_sdk/_runtime.py")),
     ("_wit_fallback.py", include_str!("../../../sdk/python/mayfly_sdk/_wit_fallback.py")),
     ("log.py", include_str!("../../../sdk/python/mayfly_sdk/log.py")),

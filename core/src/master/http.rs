@@ -86,7 +86,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
                 // Its part of every map output.
                 Stage::Reduce { partition } => crate::reduce::items(
                     &m.layout,
-                    &m.ledger.shards()[..m.ledger.map_shards() as usize],
+                    crate::reduce::committed(&m.ledger.shards()[..m.ledger.map_shards() as usize]),
                     m.manifest.partitions(),
                     partition,
                 ),

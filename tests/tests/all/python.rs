@@ -173,18 +173,18 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned()
 }
 
-/// A job's final `counts.tsv` (map on 2 workers, reduce) with `task`.
-fn wordcount_job(id: &str, task: &str, files: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// A job's final `counts.tsv` (map on 2 workers, reduce with `keys`) with `task`.
+fn wordcount_job(id: &str, task: &str, files: &[(String, Vec<u8>)], keys: &str) -> (Vec<u8>, TestJob) {
     let job = TestJob::new(id, files);
     let wasm = mayfly_tests::component(task);
     job.write_job(
         task,
         "{ mode = \"map\" }",
-        &format!("[reduce]\npath = {:?}\nparams = {{ mode = \"reduce\" }}\n\n{}", wasm, cluster(2, "")),
+        &format!("[reduce]\npath = {:?}\nparams = {{ mode = \"reduce\" }}\n{keys}\n\n{}", wasm, cluster(2, "")),
     );
     let out = job.run();
     assert!(out.status.success(), "{}", text(&out));
-    std::fs::read(job.out().join("reduce/counts.tsv")).unwrap()
+    (std::fs::read(job.out().join("reduce/counts.tsv")).unwrap(), job)
 }
 
 #[test]
@@ -198,10 +198,23 @@ fn a_wordcount_py_job_gives_the_rust_jobs_bytes_on_the_demo_data() {
         .collect();
     files.extend(word_inputs());
     files.sort();
-    let rust = wordcount_job("py-demo-rust", WORDCOUNT, &files);
-    let py = wordcount_job("py-demo-py", WORDCOUNT_PY, &files);
+    let (rust, _) = wordcount_job("py-demo-rust", WORDCOUNT, &files, "");
+    let (py, _) = wordcount_job("py-demo-py", WORDCOUNT_PY, &files, "");
     assert!(!rust.is_empty());
     assert!(rust == py, "the Python job's counts differ from the Rust job's");
+    // Partitioned: the same bytes, and the Python sdk puts each word where the
+    // Rust sdk's `partition` says (one hash in both languages).
+    let (parts, job) = wordcount_job("py-demo-py-3", WORDCOUNT_PY, &files, "partitions = 3\norder = \"2nr,1\"");
+    assert!(parts == rust, "the Python job's partitioned counts differ from the Rust job's");
+    let tables = job.map_outputs();
+    assert!(tables.iter().any(|t| t.contains("/part-00002/")), "{tables:?}");
+    for table in tables {
+        let p: u32 = table.split("/part-").nth(1).and_then(|rest| rest.get(..5)).unwrap().parse().unwrap();
+        for line in std::fs::read_to_string(job.out().join("map").join(&table)).unwrap().lines() {
+            let word = line.rsplit_once('\t').unwrap().0;
+            assert_eq!(mayfly_sdk::partition(word.as_bytes(), 3), p, "{word:?} in {table}");
+        }
+    }
 }
 
 #[test]

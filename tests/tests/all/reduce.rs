@@ -133,6 +133,21 @@ fn more_partitions_than_words_leaves_some_empty_and_parts_can_stay_parts() {
     lines.sort();
     assert_eq!(lines, ["be\t8", "not\t4", "or\t4", "to\t8"]);
     job.assert_nothing_left(Duration::from_secs(10));
+
+    // A partition replays as its worker ran it: the same bytes; one past the
+    // last is no shard.
+    let manifest: mayfly_core::job::Manifest = mayfly_core::job::read_json(&job.state().join("manifest.json")).unwrap();
+    let map_shards = manifest.plan.shards.len() as u32;
+    let shard = (map_shards + 1).to_string();
+    let out = job.command(&["replay", "part-parts", &shard, "--state", "state", "--out", "replayed"]).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("replaying reduce partition 1 (shard {shard})")), "{said}");
+    let replayed = std::fs::read(job.dir.join("replayed/_reduce%2Fpart-00001/counts.tsv")).unwrap();
+    assert_eq!(replayed, std::fs::read(job.out().join("reduce/part-00001/counts.tsv")).unwrap());
+    let past = (map_shards + 3).to_string();
+    let out = job.command(&["replay", "part-parts", &past, "--state", "state"]).output().unwrap();
+    assert!(text(&out).contains(&format!("has {} shards", map_shards + 3)), "{}", text(&out));
 }
 
 /// Shard 0's map output is taken away (or cut short) while shard 1 still

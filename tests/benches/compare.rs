@@ -6,7 +6,8 @@
 //! 4. one `mayfly exec` over a single file holding all the data (the sandbox, no framework);
 //! 5. mayfly with the same wordcount written in Python (tasks/wordcount-py), beside Lithops;
 //!
-//! then mayfly's scaling with 1, 2 and 4 workers, a worker's read path over
+//! then mayfly's scaling with 1, 2 and 4 workers, the partitioned reduce (R = 1,
+//! 2, 4 partitions on 2 workers, 1 and 4 on 4: each stage's time), a worker's read path over
 //! the small files in moto's S3 with 0 and 20 ms added per request, and the
 //! master alone under 1,000 and 10,000 simulated workers. Every contender's result is checked
 //! equal to the others' before any time is printed.
@@ -16,7 +17,7 @@
 //! generate the data and install Lithops). CI: `... -- --smoke` (about three
 //! minutes, most of it Lithops' start-up and the simulated workers).
 //! `--runs N` timed runs per contender (the best is shown; default 3, smoke 1);
-//! `--only compare|scaling|readahead|master`; `--data 1|2` one corpus only; `--no-lithops`
+//! `--only compare|scaling|reduce|readahead|master`; `--data 1|2` one corpus only; `--no-lithops`
 //! to leave Lithops out.
 
 // A benchmark: a panic is how a step reports failure.
@@ -131,8 +132,32 @@ fn main() {
             }
         }
     }
+    // The native result of the first corpus, when this run made it: what the
+    // scaling and reduce rows must equal (else they must equal each other).
+    let native = (part("compare") && args.data.is_none_or(|d| d == 1)).then(|| root.join("runs/results-1/native.tsv"));
     if part("scaling") {
-        scaling(&args, &datasets[0], &root.join("runs"), &cache);
+        scaling(&args, &datasets[0], &root.join("runs"), &cache, native.as_deref());
+    }
+    if part("reduce") {
+        reduce(&args, &datasets[0], &root.join("runs"), &cache, native.as_deref());
+        // Where the reduce is most of the work: millions of distinct words.
+        let (title, corpus) = if smoke {
+            (
+                "8 MiB in 64 files, 500,000-word vocabulary",
+                Corpus { seed: 3, files: 64, total: 8 << 20, sizes: Sizes::Mixed, vocabulary: 500_000 },
+            )
+        } else {
+            (
+                "256 MiB in 256 files, 3,000,000-word vocabulary",
+                Corpus { seed: 3, files: 256, total: 256 << 20, sizes: Sizes::Mixed, vocabulary: 3_000_000 },
+            )
+        };
+        let dir = root.join(format!("data-{}-{}-{}", corpus.seed, corpus.files, corpus.total));
+        let data = corpus.generate(&dir).expect("generating the corpus");
+        let (cost, native) = bench::native(&native_bin, &data, 2, &root.join("runs/native-wide"));
+        println!();
+        println!("data {title}: native baseline (xargs -P2 + merge) {:.2}s", cost.wall.as_secs_f64());
+        reduce(&args, &(title, data), &root.join("runs"), &cache, Some(&native));
     }
     if part("readahead") {
         read_ahead(&args, &datasets[1], &root.join("runs"));
@@ -262,7 +287,7 @@ fn compare(
     }
 }
 
-fn scaling(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Path) {
+fn scaling(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Path, native: Option<&Path>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!();
     println!(
@@ -273,8 +298,8 @@ fn scaling(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Pa
     // comparison ran) and each other's.
     let keep = runs.join("results-scaling.tsv");
     let _ = std::fs::remove_file(&keep);
-    if let Ok(native) = std::fs::read(runs.join("results-1/native.tsv")) {
-        std::fs::write(&keep, native).unwrap();
+    if let Some(native) = native {
+        std::fs::copy(native, &keep).unwrap();
     }
     let mut one = None;
     for workers in [1, 2, 4] {
@@ -287,6 +312,57 @@ fn scaling(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Pa
             cost.peak_rss_kib >> 10,
             base.as_secs_f64() / cost.wall.as_secs_f64()
         );
+    }
+}
+
+/// The reduce stage with R partitions on the workers: the job's wall time and
+/// where it went (map; reduce partitions; the end, where the master merges the
+/// R sorted parts), each R's result equal to the native one.
+fn reduce(args: &Args, (title, data): &(&str, Dataset), runs: &Path, cache: &Path, native: Option<&Path>) {
+    println!();
+    println!("partitioned reduce: mayfly, local, wordcount over {title} (merged by order 2nr,1 into one counts.tsv)");
+    println!(
+        "{:<8} {:>3} {:>9} {:>9} {:>9} {:>9} {:>13} {:>15}",
+        "workers", "R", "wall", "map", "reduce", "merge", "reduce share", "reduce speedup"
+    );
+    let keep = runs.join("results-reduce.tsv");
+    let _ = std::fs::remove_file(&keep);
+    if let Some(native) = native {
+        std::fs::copy(native, &keep).unwrap();
+    }
+    let work = runs.join("reduce");
+    for (workers, rs) in [(2usize, &[1u32, 2, 4][..]), (4, &[1, 4][..])] {
+        let mut one = None;
+        for &r in rs {
+            if !args.smoke {
+                bench::mayfly_partitioned(data, workers, r, &work, cache);
+            }
+            let mut best: Option<(Cost, bench::Stages)> = None;
+            for _ in 0..args.runs {
+                let (cost, result) = bench::mayfly_partitioned(data, workers, r, &work, cache);
+                let bytes = std::fs::read(&result).unwrap();
+                match std::fs::read(&keep) {
+                    Ok(kept) => assert!(kept == bytes, "R = {r}: {} differs from the others'", result.display()),
+                    Err(_) => std::fs::write(&keep, &bytes).unwrap(),
+                }
+                let stages = bench::stages(&work);
+                if best.is_none_or(|(b, _)| cost.wall < b.wall) {
+                    best = Some((cost, stages));
+                }
+            }
+            let (cost, s) = best.unwrap();
+            let secs = |ms: u64| ms as f64 / 1000.0;
+            let reduce_time = *one.get_or_insert(s.reduce + s.end);
+            println!(
+                "{workers:<8} {r:>3} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>12.0}% {:>14.2}x",
+                cost.wall.as_secs_f64(),
+                secs(s.map),
+                secs(s.reduce),
+                secs(s.end),
+                (s.reduce + s.end) as f64 / 10.0 / cost.wall.as_secs_f64(),
+                reduce_time as f64 / (s.reduce + s.end).max(1) as f64
+            );
+        }
     }
 }
 

@@ -403,12 +403,68 @@ pub fn mayfly(data: &Dataset, workers: usize, work: &Path, cache: &Path) -> (Cos
 
 /// [`mayfly`] with the wordcount task at `task` (`tasks/wordcount-py`, say).
 pub fn mayfly_with(task: &str, data: &Dataset, workers: usize, work: &Path, cache: &Path) -> (Cost, PathBuf) {
+    mayfly_job(task, data, workers, "", work, cache)
+}
+
+/// [`mayfly`] with a reduce of `partitions` partitions, merged by the counts'
+/// order into one `counts.tsv`.
+pub fn mayfly_partitioned(
+    data: &Dataset,
+    workers: usize,
+    partitions: u32,
+    work: &Path,
+    cache: &Path,
+) -> (Cost, PathBuf) {
+    let keys = format!("partitions = {partitions}\norder = \"2nr,1\"\n");
+    mayfly_job("tasks/wordcount", data, workers, &keys, work, cache)
+}
+
+/// Where a job's time went, from its journal and final state (ms).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    /// From the first lease to the last map shard's commit.
+    pub map: u64,
+    /// From then to the last reduce partition's commit.
+    pub reduce: u64,
+    /// From then to the job's end (the parts merged into one, the manifest).
+    pub end: u64,
+}
+
+/// The stages of the one job whose state is under `work/state`.
+pub fn stages(work: &Path) -> Stages {
+    let job = std::fs::read_dir(work.join("state")).ok().and_then(|mut d| d.next()).and_then(Result::ok);
+    let Some(job) = job.map(|e| e.path()) else { return Stages::default() };
+    let read = |name: &str| -> serde_json::Value {
+        std::fs::read(job.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    };
+    let map_shards = read("manifest.json")["plan"]["shards"].as_array().map_or(0, Vec::len) as u64;
+    let ended = read("final.json")["ended_at"].as_u64().unwrap_or(0);
+    let (mut first, mut map_end, mut reduce_end) = (u64::MAX, 0, 0);
+    for line in std::fs::read_to_string(job.join("journal.jsonl")).unwrap_or_default().lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (at, shard) = (e["at"].as_u64().unwrap_or(0), e["shard"].as_u64().unwrap_or(0));
+        match e["event"].as_str() {
+            Some("lease") => first = first.min(at),
+            Some("committed") if shard < map_shards => map_end = map_end.max(at),
+            Some("committed") => reduce_end = reduce_end.max(at),
+            _ => {}
+        }
+    }
+    let reduce_end = reduce_end.max(map_end);
+    Stages {
+        map: map_end.saturating_sub(first.min(map_end)),
+        reduce: reduce_end - map_end,
+        end: ended.saturating_sub(reduce_end),
+    }
+}
+
+fn mayfly_job(task: &str, data: &Dataset, workers: usize, keys: &str, work: &Path, cache: &Path) -> (Cost, PathBuf) {
     set_aside(work);
     std::fs::create_dir_all(work).expect("work dir");
     let task = crate::component(task);
     let job = format!(
         "[job]\nname = \"bench\"\n\n[task]\npath = {task:?}\nparams = {{ mode = \"map\" }}\n\n\
-         [reduce]\npath = {task:?}\nparams = {{ mode = \"reduce\" }}\n\n\
+         [reduce]\npath = {task:?}\nparams = {{ mode = \"reduce\" }}\n{keys}\n\
          [input]\nurl = {:?}\n\n[output]\nurl = \"out\"\n\n[state]\nurl = \"state\"\n\n\
          [provider]\nname = \"local\"\n\n[cluster]\nworkers = {workers}\ndeadline = \"30m\"\n\n\
          [sharding]\nshards_per_worker = 4\nsplit_text = true\n",

@@ -33,13 +33,15 @@ impl Rng {
 const SYLLABLES: &[&str] =
     &["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "é", "ü", "ß", "東", "京", "ø", "ça", "ñu", "ωa", "де"];
 
-/// A vocabulary of `n` distinct words (deterministic).
+/// A vocabulary of `n` distinct words (deterministic). Words are 1 to 4
+/// syllables (about 111,000 words at most); past 100,000, 1 to 6.
 pub fn vocabulary(n: usize) -> Vec<String> {
     let mut words = Vec::with_capacity(n);
     let mut seen = std::collections::HashSet::new();
     let mut rng = Rng::new(7);
+    let longest = if n > 100_000 { 6 } else { 4 };
     while words.len() < n {
-        let len = 1 + (rng.next_u64() % 4) as usize;
+        let len = 1 + (rng.next_u64() % longest) as usize;
         let w: String = (0..len).map(|_| SYLLABLES[(rng.next_u64() % SYLLABLES.len() as u64) as usize]).collect();
         if seen.insert(w.clone()) {
             words.push(w);

@@ -62,6 +62,10 @@ pub enum LeaseReply {
     Wait {
         /// Suggested pause.
         retry_ms: u64,
+        /// Work is coming: the reduce's partitions wait for the map's last
+        /// shards (a waiting worker is not idle).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        coming: bool,
     },
     /// The job is over: end.
     Done,
@@ -346,7 +350,14 @@ impl Client {
             let message = response.body_mut().read_to_string().unwrap_or_default();
             return Err(CallError::Refused { status, message });
         }
-        response.body_mut().read_json().map_err(|e| CallError::Unreachable(format!("bad answer: {e}")))
+        // A reduce partition's lease lists every map output of its partition:
+        // beyond ureq's default 10 MiB with a hundred thousand of them.
+        response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .map_err(|e| CallError::Unreachable(format!("bad answer: {e}")))
     }
 
     /// `POST path` with `body` as it is (no JSON encoding), for tools and

@@ -142,11 +142,13 @@ pub fn shard_key(shard: u32) -> String {
     format!("_shards/{shard:06}")
 }
 
-/// The key of reduce partition `partition`'s outputs: `_reduce` when the job
-/// has one partition, `_reduce/part-<p>` otherwise, published as
+/// The key of reduce partition `partition`'s outputs: `/reduce` when the job
+/// has one partition, `/reduce/part-<p>` otherwise, published as
 /// `reduce/<name>` and `reduce/part-<p>/<name>` ([`Layout::map_output`]).
+/// An input's key never starts with `/` (refused at listing), so no item's
+/// outputs can be taken for a partition's.
 pub fn reduce_key(partitions: u32, partition: u32) -> String {
-    if partitions <= 1 { "_reduce".to_owned() } else { format!("_reduce/{}", part_name(partition)) }
+    if partitions <= 1 { "/reduce".to_owned() } else { format!("/reduce/{}", part_name(partition)) }
 }
 
 /// `part-<p>`, five digits at least: the folder of a partition's outputs.
@@ -347,14 +349,14 @@ impl Layout {
     /// Where a committed output goes: `map/<key>/<name>`, or for a reduce
     /// partition's ([`reduce_key`]) `reduce/[part-<p>/]<name>`.
     pub fn map_output(&self, key: &str, name: &str) -> String {
-        match key.strip_prefix("_reduce") {
+        match key.strip_prefix("/reduce") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("reduce{rest}/{name}"),
             _ => format!("map/{key}/{name}"),
         }
     }
     /// The directory of an item's committed map outputs.
     pub fn map_item_dir(&self, key: &str) -> String {
-        match key.strip_prefix("_reduce") {
+        match key.strip_prefix("/reduce") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("reduce{rest}"),
             _ => format!("map/{key}"),
         }

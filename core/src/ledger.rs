@@ -290,6 +290,18 @@ impl Ledger {
         self.map
     }
 
+    /// Pending shards a worker could be leased now or once a retry's delay
+    /// passes: the map's, or the reduce's once the map is committed.
+    pub fn leasable(&self) -> u32 {
+        if self.map_committed() { self.pending.len() as u32 } else { self.pending.range(..self.map).count() as u32 }
+    }
+
+    /// Whether the reduce's partitions wait for map shards still running
+    /// (workers asking for work now will have some).
+    pub fn reduce_waits(&self) -> bool {
+        !self.map_committed() && self.map_failed == 0 && (self.map as usize) < self.shards.len()
+    }
+
     /// Whether every map shard is committed (the reduce may start).
     pub fn map_committed(&self) -> bool {
         self.map_settled == self.map && self.map_failed == 0
@@ -718,6 +730,10 @@ mod tests {
             let scan: std::collections::BTreeSet<u32> =
                 (0..50).filter(|&i| l.shards()[i as usize].state == ShardState::Pending).collect();
             assert_eq!(l.pending, scan);
+            // The map stage's counters, kept as states change, agree with a recount.
+            let mut recounted = l.clone();
+            recounted.reindex();
+            assert_eq!((l.map_settled, l.map_failed), (recounted.map_settled, recounted.map_failed));
             let earliest = l
                 .shards()
                 .iter()

@@ -40,7 +40,7 @@ impl Order {
     /// ASCII digits) and `r` (reverse), in any order, each at most once;
     /// spaces around keys are allowed. The error says what is wrong, naming
     /// the text.
-    pub fn parse(text: &str) -> Result<Order, String> {
+    pub fn parse(text: &str) -> Result<Order, OrderError> {
         if text.trim().is_empty() {
             return Err("the order is empty".into());
         }
@@ -56,7 +56,7 @@ impl Order {
     /// Compares two lines (without their newline). Errors when a numeric
     /// key's field is missing or not a whole number, naming the field, e.g.
     /// "field 2 (\"x1\") is not a whole number".
-    pub fn compare(&self, a: &[u8], b: &[u8]) -> Result<Ordering, String> {
+    pub fn compare(&self, a: &[u8], b: &[u8]) -> Result<Ordering, OrderError> {
         self.check(a)?;
         self.check(b)?;
         Ok(self.compare_checked(a, b))
@@ -64,19 +64,23 @@ impl Order {
 
     /// Whether `line`'s numeric fields are whole numbers: the one way a
     /// comparison can fail, checked once per line rather than per comparison.
-    fn check(&self, line: &[u8]) -> Result<(), String> {
+    fn check(&self, line: &[u8]) -> Result<(), OrderError> {
         for key in self.keys.iter().filter(|k| k.numeric) {
             match field(line, key.field) {
                 None => {
                     let fields = line.iter().filter(|&&b| b == b'\t').count() + 1;
                     let plural = if fields == 1 { "" } else { "s" };
-                    return Err(format!(
+                    return Err(OrderError::from(format!(
                         "field {} is missing (the line has {fields} field{plural}); a whole number is expected",
                         key.field
-                    ));
+                    )));
                 }
                 Some(value) if value.is_empty() || !value.iter().all(u8::is_ascii_digit) => {
-                    return Err(format!("field {} ({}) is not a whole number", key.field, quote(value)));
+                    return Err(OrderError::from(format!(
+                        "field {} ({}) is not a whole number",
+                        key.field,
+                        quote(value)
+                    )));
                 }
                 Some(_) => {}
             }
@@ -99,28 +103,28 @@ impl Order {
 }
 
 /// One key of `text`, `key` trimmed.
-fn parse_key(key: &str, text: &str) -> Result<Key, String> {
+fn parse_key(key: &str, text: &str) -> Result<Key, OrderError> {
     let wrong = |problem: &str| format!("`{key}` in order {text:?}: {problem}");
     if key.is_empty() {
-        return Err(format!("order {text:?} has an empty key"));
+        return Err(OrderError::from(format!("order {text:?} has an empty key")));
     }
     let digits = key.len() - key.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     if digits == 0 {
-        return Err(wrong("a key starts with its field number"));
+        return Err(OrderError::from(wrong("a key starts with its field number")));
     }
     let field: usize = key[..digits].parse().map_err(|_| wrong("the field number is too large"))?;
     if field == 0 {
-        return Err(wrong("field numbers start at 1"));
+        return Err(OrderError::from(wrong("field numbers start at 1")));
     }
     let mut parsed = Key { field, numeric: false, reverse: false };
     for flag in key[digits..].chars() {
         let set = match flag {
             'n' => &mut parsed.numeric,
             'r' => &mut parsed.reverse,
-            _ => return Err(wrong(&format!("unknown flag `{flag}` (flags: n, r)"))),
+            _ => return Err(OrderError::from(wrong(&format!("unknown flag `{flag}` (flags: n, r)")))),
         };
         if *set {
-            return Err(wrong(&format!("flag `{flag}` is given twice")));
+            return Err(OrderError::from(wrong(&format!("flag `{flag}` is given twice"))));
         }
         *set = true;
     }
@@ -170,9 +174,9 @@ impl fmt::Display for Order {
 
 /// The same as [`Order::parse`].
 impl std::str::FromStr for Order {
-    type Err = String;
+    type Err = OrderError;
 
-    fn from_str(text: &str) -> Result<Order, String> {
+    fn from_str(text: &str) -> Result<Order, OrderError> {
         Order::parse(text)
     }
 }
@@ -189,6 +193,24 @@ impl<'de> serde::Deserialize<'de> for Order {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Order, D::Error> {
         let text = String::deserialize(deserializer)?;
         Order::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What is wrong with an order, or with a line under it (a numeric field
+/// that is not a number): the message says which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OrderError(pub String);
+
+impl From<String> for OrderError {
+    fn from(message: String) -> Self {
+        OrderError(message)
+    }
+}
+
+impl From<&str> for OrderError {
+    fn from(message: &str) -> Self {
+        OrderError(message.to_owned())
     }
 }
 
@@ -257,7 +279,7 @@ impl<R: BufRead> Part<R> {
             self.line.push(b'\n');
         }
         self.number += 1;
-        order.check(self.line()).map_err(|problem| self.bad(problem))?;
+        order.check(self.line()).map_err(|problem| self.bad(problem.0))?;
         let previous = self.previous.strip_suffix(b"\n").unwrap_or(&self.previous);
         if self.number > 1 && order.compare_checked(previous, self.line()) == Ordering::Greater {
             let problem = format!("is out of order (order {order}): it sorts before line {}", self.number - 1);
@@ -424,7 +446,7 @@ mod tests {
                 "`99999999999999999999999` in order \"99999999999999999999999\": the field number is too large",
             ),
         ] {
-            assert_eq!(Order::parse(text), Err(error.to_string()), "{text:?}");
+            assert_eq!(Order::parse(text), Err(OrderError(error.to_string())), "{text:?}");
         }
     }
 
@@ -493,7 +515,7 @@ mod tests {
         // Long fields are shortened.
         let long = format!("a\t{}", "x".repeat(100));
         let error = o.compare(long.as_bytes(), b"b\t1").unwrap_err();
-        assert_eq!(error, format!("field 2 (\"{}\"…) is not a whole number", "x".repeat(40)));
+        assert_eq!(error.0, format!("field 2 (\"{}\"…) is not a whole number", "x".repeat(40)));
     }
 
     /// FNV-1a: a split by key, as a partitioner would.

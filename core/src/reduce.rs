@@ -102,8 +102,22 @@ pub fn committed_by_markers(layout: &Layout, map_shards: u32) -> std::io::Result
 }
 
 /// What went wrong reading a partition's map outputs, kept for the error of
-/// the attempt (the task only sees that its input failed).
-pub type Problem = Arc<Mutex<Option<String>>>;
+/// the attempt (the task only sees that its input failed): the first
+/// problem, and whether another attempt could get past it (a map output
+/// missing or not of its committed size cannot; a storage error may).
+#[derive(Debug, Clone, Default)]
+pub struct Problem(Arc<Mutex<Option<(String, bool)>>>);
+
+impl Problem {
+    fn say(&self, what: String, retryable: bool) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((what, retryable));
+    }
+
+    /// The first problem, and whether it is retryable; `None` if every read went well.
+    pub fn take(&self) -> Option<(String, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
 
 /// A reduce partition's input: its map outputs (`items`, from [`items`]) as
 /// one, read ahead as a shard's inputs are. A map output missing, or not of
@@ -141,21 +155,28 @@ pub fn input(store: &Store, items: Vec<Item>, config: ReadAheadConfig, name: &st
                         store.input(&object, &object, None)
                     }
                 };
-                let said = match opened {
+                let (said, retryable) = match opened {
                     Ok(source) if source.size() == len => return Ok(source),
-                    Ok(source) => {
-                        format!("map output {display} is not the {len} bytes committed ({} now)", source.size())
+                    Ok(source) => (
+                        format!("map output {display} is not the {len} bytes committed ({} now)", source.size()),
+                        false,
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (format!("map output {display} is missing"), false)
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("map output {display} is missing"),
                     // Shorter or longer than committed (the read-ahead's check).
                     Err(e)
                         if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidInput) =>
                     {
-                        format!("map output {display} is not the {len} bytes committed (changed since its commit)")
+                        (
+                            format!("map output {display} is not the {len} bytes committed (changed since its commit)"),
+                            false,
+                        )
                     }
-                    Err(e) => format!("map output {display} cannot be read: {e}"),
+                    // The storage failing now: another attempt may read it.
+                    Err(e) => (format!("map output {display} cannot be read: {e}"), true),
                 };
-                problem.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| said.clone());
+                problem.say(said.clone(), retryable);
                 Err(std::io::Error::new(std::io::ErrorKind::InvalidData, said))
             })) as Arc<dyn InputSource>
         })
@@ -167,8 +188,10 @@ pub fn input(store: &Store, items: Vec<Item>, config: ReadAheadConfig, name: &st
 /// outputs (`outputs`: every committed reduce output, from every partition)
 /// are made one as `merge` says: with one partition, or `merge = "parts"`,
 /// they are where they were published; otherwise each name's parts are
-/// merged (or concatenated) in partition order into `reduce/<name>`, and the
-/// parts deleted.
+/// merged (or concatenated) in partition order into `reduce/<name>`. Every
+/// name is merged before any is published, so a failure publishes nothing.
+/// The parts stay: [`remove_parts`] deletes them once the job's end is
+/// recorded (a master restarted before that merges them again).
 pub fn combine(
     layout: &Layout,
     partitions: u32,
@@ -179,21 +202,15 @@ pub fn combine(
     if partitions <= 1 || *merge == Merge::Parts {
         return Ok(outputs.iter().map(published).collect());
     }
-    // Each output name, with its parts in partition order (the key ends in
-    // the partition's number, five digits at least: sort by number).
-    let mut by_name: std::collections::BTreeMap<&str, Vec<(u32, &CommittedOutput)>> = Default::default();
-    for out in outputs {
-        let p = out.key.rsplit_once("part-").and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(0);
-        by_name.entry(out.name.as_str()).or_default().push((p, out));
-    }
-    let mut names = Vec::new();
-    for (name, mut parts) in by_name {
-        parts.sort_by_key(|(p, _)| *p);
-        let dest = layout.reduce_output(name);
+    let staging_key = format!("{}/reduce-merge", layout.staging());
+    let local = layout.local_staging(&staging_key);
+    std::fs::create_dir_all(&local).map_err(|e| ReduceError::Publish { at: local.display().to_string(), source: e })?;
+    let mut merged = Vec::new();
+    for (name, parts) in by_name(outputs) {
         let failed = |source| ReduceError::Merge { name: name.to_owned(), source };
         let readers = parts
             .iter()
-            .map(|(_, o)| {
+            .map(|o| {
                 let key = published(o);
                 let source = layout.output.input(&key, &key, None).map_err(|e| {
                     failed(crate::merge::MergeError::Io {
@@ -204,11 +221,6 @@ pub fn combine(
                 Ok((layout.output.display(&key), BufReader::with_capacity(256 << 10, SourceReader { source, at: 0 })))
             })
             .collect::<Result<Vec<_>, ReduceError>>()?;
-        // Written beside the parts' staging, then put in place whole.
-        let staging_key = format!("{}/reduce-merge", layout.staging());
-        let local = layout.local_staging(&staging_key);
-        std::fs::create_dir_all(&local)
-            .map_err(|e| ReduceError::Publish { at: local.display().to_string(), source: e })?;
         let file_name = mayfly_model::key::file_name(name);
         let file_path = local.join(&file_name);
         let file = std::fs::File::create(&file_path)
@@ -219,26 +231,58 @@ pub fn combine(
             _ => crate::merge::concat(readers, &mut out).map(|_| ()),
         }
         .map_err(failed)?;
-        let file = out
-            .into_inner()
+        out.into_inner()
             .map_err(|e| ReduceError::Publish { at: file_path.display().to_string(), source: e.into_error() })?;
-        drop(file);
+        merged.push((name, file_name, file_path));
+    }
+    let mut names = Vec::new();
+    for (name, file_name, file_path) in merged {
+        let dest = layout.reduce_output(name);
         match layout.output.local_dir() {
             // Staged in place: a rename.
             Some(_) => layout.output.rename(&format!("{staging_key}/{file_name}"), &dest),
-            None => layout.output.upload(&file_path, &dest),
+            None => layout.output.upload(&file_path, &dest).map(|()| {
+                let _ = std::fs::remove_file(&file_path);
+            }),
         }
         .map_err(|source| ReduceError::Publish { at: layout.output.display(&dest), source })?;
-        let _ = std::fs::remove_file(&file_path);
-        for (_, o) in &parts {
-            let _ = layout.output.delete(&published(o));
-        }
         names.push(dest);
     }
-    for p in 0..partitions {
-        let _ = layout.output.delete_prefix(&format!("reduce/{}", crate::job::part_name(p)));
-    }
     Ok(names)
+}
+
+/// Deletes the partitions' parts that [`combine`] merged (and, for a local
+/// output, the folders they leave empty); nothing for `merge = "parts"`.
+pub fn remove_parts(layout: &Layout, partitions: u32, merge: &Merge, outputs: &[CommittedOutput]) {
+    if partitions <= 1 || *merge == Merge::Parts {
+        return;
+    }
+    for out in outputs {
+        let key = layout.map_output(&out.key, &out.name);
+        let _ = layout.output.delete(&key);
+        if let Some(root) = layout.output.local_dir() {
+            // Up to `reduce/`, each folder only if it is empty now.
+            let (mut dir, top) = (root.join(&key), root.join("reduce"));
+            while dir.pop() && dir.starts_with(&top) && dir != top && std::fs::remove_dir(&dir).is_ok() {}
+        }
+    }
+}
+
+/// Each output name with its parts, in partition order (a part's key ends in
+/// its partition's number).
+fn by_name(outputs: &[CommittedOutput]) -> std::collections::BTreeMap<&str, Vec<&CommittedOutput>> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<(u32, &CommittedOutput)>> = Default::default();
+    for out in outputs {
+        let p = out.key.rsplit_once("part-").and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(0);
+        by_name.entry(out.name.as_str()).or_default().push((p, out));
+    }
+    by_name
+        .into_iter()
+        .map(|(name, mut parts)| {
+            parts.sort_by_key(|(p, _)| *p);
+            (name, parts.into_iter().map(|(_, o)| o).collect())
+        })
+        .collect()
 }
 
 /// An input read from its start, as a reader.
@@ -320,7 +364,7 @@ mod tests {
         assert_eq!(read_all(&concat).unwrap(), b"one\ntwo\nthree\n");
         // Read again (from the store: the read-ahead handed each out once).
         assert_eq!(read_all(&concat).unwrap(), b"one\ntwo\nthree\n");
-        assert!(problem.lock().unwrap().is_none());
+        assert!(problem.take().is_none());
 
         for (items, says) in [
             (vec![item("m/0", 4), item("m/gone", 3)], "m/gone is missing"),
@@ -329,8 +373,8 @@ mod tests {
             let problem = Problem::default();
             let concat = super::input(&store, items, config, "p1", &problem);
             assert!(read_all(&concat).is_err());
-            let said = problem.lock().unwrap().clone().unwrap_or_default();
-            assert!(said.starts_with("map output ") && said.contains(says), "{said}");
+            let (said, retryable) = problem.take().unwrap_or_default();
+            assert!(said.starts_with("map output ") && said.contains(says) && !retryable, "{said}");
         }
     }
 }

@@ -517,19 +517,21 @@ struct Grant {
 impl Worker {
     /// The reduce task, loaded (or taken from the compile cache) when the
     /// first partition is leased, and checked against the manifest.
-    fn load_reduce(&mut self) -> Result<(), String> {
-        if self.reduce.is_some() {
-            return Ok(());
+    /// `Err`: why not, and whether another attempt could do better.
+    fn load_reduce(&mut self) -> Result<(), (String, bool)> {
+        if self.reduce.is_none() {
+            let Some((path, sha, params)) = self.manifest.reduce.clone() else {
+                return Err(("the job has no reduce task".into(), false));
+            };
+            let file =
+                self.keeper.layout.task_file(&path, &sha).map_err(|e| (format!("the reduce task: {e}"), true))?;
+            let task = self.runtime.load(&file).map_err(|e| (format!("the reduce task: {e}"), true))?;
+            if task.sha256() != sha {
+                let changed = format!("the reduce task {} changed since the job was planned", path.display());
+                return Err((changed, false));
+            }
+            self.reduce = Some((task, Arc::from(params.to_string())));
         }
-        let Some((path, sha, params)) = self.manifest.reduce.clone() else {
-            return Err("the job has no reduce task".into());
-        };
-        let file = self.keeper.layout.task_file(&path, &sha).map_err(|e| format!("the reduce task: {e}"))?;
-        let task = self.runtime.load(&file).map_err(|e| format!("the reduce task: {e}"))?;
-        if task.sha256() != sha {
-            return Err(format!("the reduce task {} changed since the job was planned", path.display()));
-        }
-        self.reduce = Some((task, Arc::from(params.to_string())));
         Ok(())
     }
 
@@ -545,10 +547,12 @@ impl Worker {
         staging: &std::path::Path,
         lost: &AtomicBool,
     ) -> (Vec<StagedFile>, Option<Failure>) {
-        if let Err(e) = self.load_reduce() {
-            return (Vec::new(), Some(Failure::Attempt(e, true, None)));
+        if let Err((e, retryable)) = self.load_reduce() {
+            return (Vec::new(), Some(Failure::Attempt(e, retryable, None)));
         }
-        let Some((task, params)) = &self.reduce else { return (Vec::new(), None) };
+        let Some((task, params)) = &self.reduce else {
+            return (Vec::new(), Some(Failure::Attempt("the reduce task is not loaded".into(), true, None)));
+        };
         let output = &self.keeper.layout.output;
         let config = ReadAheadConfig::for_store(
             self.manifest.read_ahead,
@@ -576,19 +580,20 @@ impl Worker {
         };
         let mut driver =
             Leased { shard, inputs: Inputs::One(Some(input)), lost, hold: &self.hold, keeper: &self.keeper };
-        match attempt::run(&self.rt, &self.runtime, task, &spec, &one, &mut driver) {
+        let ended = attempt::run(&self.rt, &self.runtime, task, &spec, &one, &mut driver);
+        // What the task could not read says more than the task's own message;
+        // and a task that went on past a read error must not commit a result
+        // made of part of its input.
+        if let (attempt::Ended::Done(_) | attempt::Ended::Failed(_), Some((said, retryable))) = (&ended, problem.take())
+        {
+            return (Vec::new(), Some(Failure::Attempt(said, retryable, None)));
+        }
+        match ended {
             attempt::Ended::Done(outputs) => {
                 (outputs.into_iter().map(|o| StagedFile { key: o.key, name: o.name, bytes: o.bytes }).collect(), None)
             }
             attempt::Ended::Failed(failed) => {
-                // What the task could not read says more than the task's own
-                // message, and no retry brings a map output back.
-                let said = problem.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let failure = match said {
-                    Some(problem) => Failure::Attempt(problem, false, None),
-                    None => Failure::Attempt(failed.error, failed.retryable, None),
-                };
-                (Vec::new(), Some(failure))
+                (Vec::new(), Some(Failure::Attempt(failed.error, failed.retryable, None)))
             }
             attempt::Ended::Stopped(why) => (Vec::new(), Some(why)),
         }
@@ -919,8 +924,13 @@ pub fn run(
                 worker.watchdog.last_work = worker.keeper.now();
                 worker.watchdog.last_master_contact = worker.keeper.now();
             }
-            Ok(LeaseReply::Wait { retry_ms }) => {
+            Ok(LeaseReply::Wait { retry_ms, coming }) => {
                 worker.watchdog.last_master_contact = worker.keeper.now();
+                if coming {
+                    // The reduce waits for the map's last shards: it will need
+                    // this worker, so waiting for it is not idling.
+                    worker.watchdog.last_work = worker.keeper.now();
+                }
                 std::thread::sleep(Duration::from_millis(retry_ms.clamp(10, 1000)));
             }
             Ok(LeaseReply::Done) => break EndReason::JobDone,

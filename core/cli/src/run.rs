@@ -175,12 +175,12 @@ fn summary(layout: &Layout, manifest: &Manifest, fin: &FinalState, started: Inst
     );
     if let Some(r) = fin.reduce {
         let partitions = r.committed + r.failed + r.pending + r.leased;
-        println!(
-            "  reduce: {} of {partitions} {} committed, {} failed",
-            r.committed,
-            if partitions == 1 { "partition" } else { "partitions" },
-            r.failed
-        );
+        let noun = if partitions == 1 { "partition" } else { "partitions" };
+        if c.failed > 0 {
+            println!("  reduce: not run ({partitions} {noun}): the map did not commit every shard");
+        } else {
+            println!("  reduce: {} of {partitions} {noun} committed, {} failed", r.committed, r.failed);
+        }
     }
     let map_failed = fin.failed.iter().filter(|(s, _)| (*s as usize) < manifest.plan.shards.len());
     for (shard, error) in map_failed.clone().take(SHOWN) {

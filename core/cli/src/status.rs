@@ -248,8 +248,12 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Ende
             count(AttemptEnd::Lost)
         );
     }
+    let map_shards = manifest.plan.shards.len() as u32;
     for (shard, error) in fin.failed.iter().take(SHOWN) {
-        println!("failed shard {shard}: {error}");
+        match shard.checked_sub(map_shards) {
+            Some(partition) => println!("failed reduce partition {partition} (shard {shard}): {error}"),
+            None => println!("failed shard {shard}: {error}"),
+        }
     }
     if fin.failed.len() > SHOWN {
         println!("... and {} more failed shards (all in _manifest.json)", fin.failed.len() - SHOWN);

@@ -380,17 +380,27 @@ impl Replay {
                 manifest: &manifest,
                 calls: Vec::new(),
             };
-            match attempt::run(rt, &runtime, &task, &spec, &now, &mut driver) {
+            let ended = attempt::run(rt, &runtime, &task, &spec, &now, &mut driver);
+            // A map output not as committed fails a partition, naming it, even
+            // if the task went on past the read error.
+            let ended = match (ended, problem.take()) {
+                (attempt::Ended::Done(_), Some((error, retryable))) => {
+                    attempt::Ended::Failed(attempt::Failed { error, retryable, at: None, blamed: false })
+                }
+                (attempt::Ended::Failed(failed), Some((error, retryable))) => {
+                    attempt::Ended::Failed(attempt::Failed { error, retryable, ..failed })
+                }
+                (ended, _) => ended,
+            };
+            match ended {
                 attempt::Ended::Done(outputs) => break (driver.calls, outputs, None),
                 attempt::Ended::Stopped(never) => match never {},
                 // A partition's one input is not set aside: its failure is the
-                // partition's (and a map output not as committed says which).
-                attempt::Ended::Failed(mut failed) if partition => {
-                    if let Some(said) = problem.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        failed.error = said;
-                    }
+                // partition's.
+                attempt::Ended::Failed(failed) if partition => {
                     let what = failed.at.clone().unwrap_or_else(|| "finish".into());
-                    let failure = driver.failure_of(&what, &failed);
+                    let mut failure = driver.failure_of(&what, &failed);
+                    failure.error = Some(failed.error.clone());
                     break (driver.calls, Vec::new(), Some(failure));
                 }
                 attempt::Ended::Failed(failed) => match failed.at.clone() {

@@ -43,12 +43,15 @@ impl Master {
         let partitions = self.manifest.partitions();
         if let crate::ledger::Stage::Reduce { partition } = self.ledger.stage(req.shard) {
             let key = crate::job::reduce_key(partitions, partition);
-            if let Some(out) =
-                req.outputs.iter().find(|o| o.key != key || crate::host::check_output_name(&o.name).is_some())
-            {
+            for out in &req.outputs {
+                let why = match crate::host::check_output_name(&out.name) {
+                    Some(bad) => bad.to_string(),
+                    None if out.key != key => format!("its key is not {key}"),
+                    None => continue,
+                };
                 return Err((
                     StatusCode::BAD_REQUEST,
-                    format!("output {}/{} is not part of reduce partition {partition}", out.key, out.name),
+                    format!("output {}/{} is not part of reduce partition {partition}: {why}", out.key, out.name),
                 ));
             }
             let outputs = req
@@ -65,20 +68,24 @@ impl Master {
                 quarantined: Vec::new(),
             });
         }
-        if partitions > 1
-            && let Some(out) =
-                req.outputs.iter().find(|o| crate::job::partition_of(&o.name).is_none_or(|(p, _)| p >= partitions))
-        {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "map output {} of {} is not one of {partitions} partitions ([reduce] partitions = {partitions} \
-                     reads only part-<p>/<name> outputs: write it with the sdk's partitioned output, or set \
-                     partitions = 1)",
-                    o_name(&out.name),
-                    if out.key.starts_with("_shards/") { format!("shard {}", req.shard) } else { out.key.clone() },
-                ),
-            ));
+        if partitions > 1 {
+            for out in &req.outputs {
+                let whose =
+                    if out.key.starts_with("_shards/") { format!("shard {}", req.shard) } else { out.key.clone() };
+                let why = match crate::job::partition_of(&out.name) {
+                    Some((p, _)) if p < partitions => continue,
+                    Some((p, _)) => format!(
+                        "is partition {p}, and the job has {partitions} (0 to {}): the task must split by the \
+                         partitions() the host gives it",
+                        partitions - 1
+                    ),
+                    None => format!(
+                        "is not partitioned ([reduce] partitions = {partitions} reads only part-<p>/<name> \
+                         outputs: write it with the sdk's partitioned output, or set partitions = 1)"
+                    ),
+                };
+                return Err((StatusCode::BAD_REQUEST, format!("map output {:?} of {whose} {why}", out.name)));
+            }
         }
         let shard = &self.manifest.plan.shards[req.shard as usize];
         let shard_key = crate::job::shard_key(req.shard);
@@ -365,10 +372,6 @@ pub(super) fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn o_name(name: &str) -> String {
-    format!("{name:?}")
 }
 
 /// Reads every commit marker of the job.

@@ -87,13 +87,27 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
     let mut reduce_error =
         failed.iter().find(|(s, _)| *s >= map_shards).map(|(s, e)| format!("reduce partition {}: {e}", s - map_shards));
     let reduce_done = reduce_counts.is_some_and(|c| c.committed == manifest.partitions());
+    let mut merged = false;
     if reason == "done" && unpublished.is_empty() && reduce_done {
         match crate::reduce::combine(&layout, manifest.partitions(), &manifest.merge, &reduced) {
-            Ok(names) => outputs.extend(names),
+            Ok(names) => {
+                outputs.extend(names);
+                merged = true;
+            }
             Err(e) => {
                 say!(ERROR, "the reduce's outputs: {e}");
                 reduce_error = Some(e.to_string());
             }
+        }
+    } else if reason == "done" && unpublished.is_empty() && counts.failed == 0 && reduce_error.is_none() {
+        // Every map shard committed, yet the reduce did not run to its end
+        // (a map commit decided after the job was judged over): not complete.
+        if let Some(c) = reduce_counts {
+            reduce_error = Some(format!(
+                "the reduce did not run to its end: {} of {} partitions committed",
+                c.committed,
+                manifest.partitions()
+            ));
         }
     }
     if let Some(e) = &reduce_error {
@@ -148,6 +162,11 @@ pub(super) fn end(shared: &Shared, provider: &ProviderHandle, reason: String) ->
     save_journal(&layout, &manifest);
     if let Err(e) = layout.state.write_json(keys::FINAL, &final_state) {
         say!(ERROR, "writing final.json: {e}");
+    }
+    // The parts the merge read go once the end is recorded: a master
+    // restarted before this merges them again.
+    if merged {
+        crate::reduce::remove_parts(&layout, manifest.partitions(), &manifest.merge, &reduced);
     }
     // Workers learn of the end at their next lease and end themselves; give
     // them a moment, then end whatever is left.

@@ -73,7 +73,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     let expires_at = m.policy.lease_expiry(t, Duration::from_millis(m.manifest.lease_ms), worker_cred);
     if expires_at < t + 1000 {
         // Credentials about to expire: refresh first; no lease may outlive them.
-        return json(&LeaseReply::Wait { retry_ms: 200 });
+        return json(&LeaseReply::Wait { retry_ms: 200, coming: false });
     }
     match m.ledger.lease(&req.worker, t, expires_at) {
         Some((lease, event)) => {
@@ -114,7 +114,7 @@ async fn lease(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
             })
         }
         None if m.ledger.is_done() => json(&LeaseReply::Done),
-        None => json(&LeaseReply::Wait { retry_ms: 250 }),
+        None => json(&LeaseReply::Wait { retry_ms: 250, coming: m.ledger.reduce_waits() }),
     }
 }
 

@@ -177,7 +177,7 @@ fn snapshot(shared: &Shared) -> Option<Seen> {
         room: (m.manifest.max_replacements as usize).saturating_sub(m.replaced.len()),
         known: m.nodes.keys().cloned().collect(),
         holders,
-        pending: m.ledger.counts().pending as usize,
+        pending: m.ledger.leasable() as usize,
         replaced: m.replaced.clone(),
     })
 }

@@ -10,7 +10,8 @@ use mayfly_tests::cluster::{TestJob, assert_exactly_once, cluster, inputs, text,
 
 const SLOW: &str = "tests/guests/misbehave";
 
-fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// What one process counting every file writes.
+pub(crate) fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut all = Vec::new();
     for (_, d) in files {
         all.extend_from_slice(d);

@@ -3,27 +3,17 @@
 //! falls in are empty, not errors; `merge = "parts"` keeps the parts; a map
 //! output lost or cut short before its partition reads it fails the reduce
 //! naming it; a map task that does not partition is refused before launch
-//! (and its commits refused when the preflight is off).
+//! (and its commits refused when the preflight is off); a partition replays
+//! as its worker ran it.
 
 use std::time::Duration;
 
 use mayfly_tests::cluster::{TestJob, text, wait_until};
 
+use crate::cluster::native_counts;
+
 /// A corpus: (name, bytes) of each file.
 type Files = Vec<(String, Vec<u8>)>;
-
-/// What one process counting every file writes.
-fn native_counts(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut all = Vec::new();
-    for (_, d) in files {
-        all.extend_from_slice(d);
-        all.push(b'\n');
-    }
-    let counts = wordcount::count_words(&all[..], 0).unwrap();
-    let mut out = Vec::new();
-    wordcount::write_counts(&counts, &mut out).unwrap();
-    out
-}
 
 /// A wordcount job's extra sections: its reduce with `keys`, and `workers`.
 fn reduce_job(keys: &str, workers: u32) -> String {
@@ -89,6 +79,8 @@ fn any_number_of_partitions_gives_the_bytes_of_one_reducer() {
             } else {
                 assert!(tables.iter().all(|t| t.ends_with("/counts.tsv") && !t.contains("part-")), "{tables:?}");
             }
+            // The master deletes the merged parts once the end is recorded.
+            job.assert_nothing_left(Duration::from_secs(10));
             let left: Vec<_> =
                 std::fs::read_dir(job.out().join("reduce")).unwrap().flatten().map(|e| e.file_name()).collect();
             assert_eq!(left, ["counts.tsv"], "{name}, R = {r}");
@@ -143,7 +135,7 @@ fn more_partitions_than_words_leaves_some_empty_and_parts_can_stay_parts() {
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains(&format!("replaying reduce partition 1 (shard {shard})")), "{said}");
-    let replayed = std::fs::read(job.dir.join("replayed/_reduce%2Fpart-00001/counts.tsv")).unwrap();
+    let replayed = std::fs::read(job.dir.join("replayed/%2Freduce%2Fpart-00001/counts.tsv")).unwrap();
     assert_eq!(replayed, std::fs::read(job.out().join("reduce/part-00001/counts.tsv")).unwrap());
     let past = (map_shards + 3).to_string();
     let out = job.command(&["replay", "part-parts", &past, "--state", "state"]).output().unwrap();
@@ -226,6 +218,10 @@ fn a_map_task_that_does_not_partition_is_refused() {
     let out = job.command(&["run", "job.toml", "--no-preflight"]).output().unwrap();
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
-    assert!(said.contains("is not one of 2 partitions"), "{said}");
+    assert!(
+        said.contains("map output \"copy.bin\" of ")
+            && said.contains(".txt is not partitioned ([reduce] partitions = 2"),
+        "{said}"
+    );
     job.assert_nothing_left(Duration::from_secs(10));
 }

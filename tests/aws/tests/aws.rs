@@ -224,6 +224,50 @@ fn nodes_take_the_tasks_from_the_state_and_reduce_over_s3() {
     assert!(wait_until(Duration::from_secs(30), || billing("aws-reduce").is_empty()), "{:?}", billing("aws-reduce"));
 }
 
+/// A reduce of 3 partitions over S3: each partition reads its part of every
+/// map output from S3, and the master merges the parts into the one file a
+/// single reducer writes (uploaded), leaving no part behind.
+#[test]
+fn a_partitioned_reduce_over_s3_merges_its_parts_into_one_reducers_bytes() {
+    let files = inputs(5, 3000);
+    upload("s3://mayfly-parts/in", &files);
+    let job = TestJob::new("aws-parts", &[]);
+    let wasm = component("tasks/wordcount");
+    let provider = provider_section();
+    std::fs::write(
+        job.dir.join("job.toml"),
+        format!(
+            "[job]\nname = \"wc\"\nid = \"aws-parts\"\n\n[task]\npath = {wasm:?}\nparams = {{ mode = \"map\" }}\n\n\
+             [reduce]\npath = {wasm:?}\nparams = {{ mode = \"reduce\" }}\npartitions = 3\norder = \"2nr,1\"\n\n\
+             [input]\nurl = \"s3://mayfly-parts/in\"\n\n[output]\nurl = \"s3://mayfly-parts/out\"\n\n\
+             [state]\nurl = \"s3://mayfly-parts/state\"\n\n{provider}\n[cluster]\nworkers = 2\n"
+        ),
+    )
+    .unwrap();
+    let out = job.command(&["run", "job.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("reduce: 3 of 3 partitions committed"), "{}", text(&out));
+
+    // What one process counting every word writes: count descending, then word.
+    let mut counted: std::collections::HashMap<&str, u64> = Default::default();
+    let texts: Vec<String> = files.iter().map(|(_, d)| String::from_utf8_lossy(d).into_owned()).collect();
+    for word in texts.iter().flat_map(|t| t.split_whitespace()) {
+        *counted.entry(word).or_default() += 1;
+    }
+    let mut lines: Vec<(&str, u64)> = counted.into_iter().collect();
+    lines.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+    let want: String = lines.iter().map(|(w, n)| format!("{w}\t{n}\n")).collect();
+    let output = s3_store("s3://mayfly-parts/out");
+    let got = String::from_utf8(output.get("reduce/counts.tsv").unwrap().unwrap()).unwrap();
+    assert!(got == want, "the merged counts differ from one reducer's:\n{got}");
+    let partitioned: Vec<String> = output.list("map").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(partitioned.iter().all(|k| k.contains("/part-0000")), "{partitioned:?}");
+    // The parts go once the job's end is recorded.
+    let left = || output.list("reduce").unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(30), || left() == ["reduce/counts.tsv"]), "{:?}", left());
+    assert!(wait_until(Duration::from_secs(30), || billing("aws-parts").is_empty()), "{:?}", billing("aws-parts"));
+}
+
 #[test]
 fn a_job_reads_and_writes_s3_and_its_logs_outlive_its_instances() {
     // Inputs, outputs and the job's state all in moto's S3: nodes share no disk

@@ -22,7 +22,8 @@
 //!   reduce/<name>          the reduce task's outputs (one partition, or merged)
 //!   reduce/part-<p>/<name> a partition's, when there are several
 //!   _manifest.json    every committed output (written last)
-//!   _mayfly/markers/  one commit marker per shard (create-if-absent)
+//!   _mayfly/commits.log  the master's commit log, when the output is local
+//!   _mayfly/markers/  one commit marker per shard (create-if-absent), when it is an object store
 //!   _mayfly/staging/  attempt-scoped staging (removed at the end)
 //! ```
 //!
@@ -315,6 +316,8 @@ impl Layout {
             .filter_map(|(key, _)| Some(key.strip_prefix(&prefix)?.strip_suffix(".log")?.to_owned()))
             .collect()
     }
+    /// The master's commit log, in a local output ([`crate::commits`]).
+    pub const COMMIT_LOG: &'static str = "_mayfly/commits.log";
     /// `_mayfly/markers`
     pub fn markers(&self) -> &'static str {
         "_mayfly/markers"

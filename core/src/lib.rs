@@ -43,6 +43,7 @@ pub mod api;
 pub mod attempt;
 pub mod bootstrap;
 pub mod build;
+pub mod commits;
 pub mod config;
 pub mod hold;
 /// The task sandbox (the `mayfly-sandbox` crate).

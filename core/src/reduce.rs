@@ -51,7 +51,7 @@ pub enum ReduceError {
 /// The map outputs reduce partition `partition` of `partitions` reads, in
 /// shard order: items of the output location, each a whole object with its
 /// committed size. `committed` are the committed map shards' outputs, in
-/// shard order ([`committed`], or the markers' as [`committed_by_markers`]).
+/// shard order ([`committed`], or as recorded: [`committed_on_record`]).
 pub fn items<'a>(
     layout: &Layout,
     committed: impl IntoIterator<Item = &'a [CommittedOutput]>,
@@ -80,25 +80,11 @@ pub fn committed(records: &[ShardRecord]) -> impl Iterator<Item = &[CommittedOut
 }
 
 /// The outputs of the committed map shards (`0..map_shards`), in shard
-/// order, as their commit markers say: the truth without a master (`mayfly
+/// order, as their commits are recorded (log or markers): the truth without a master (`mayfly
 /// replay` of a partition).
-pub fn committed_by_markers(layout: &Layout, map_shards: u32) -> std::io::Result<Vec<Vec<CommittedOutput>>> {
-    #[derive(serde::Deserialize)]
-    struct Marker {
-        shard: u32,
-        outputs: Vec<CommittedOutput>,
-    }
-    let mut markers = Vec::new();
-    for (key, _) in layout.output.list(layout.markers())? {
-        if key.ends_with(".json")
-            && let Some(m) = layout.output.read_json::<Marker>(&key)?
-            && m.shard < map_shards
-        {
-            markers.push(m);
-        }
-    }
-    markers.sort_by_key(|m| m.shard);
-    Ok(markers.into_iter().map(|m| m.outputs).collect())
+pub fn committed_on_record(layout: &Layout, map_shards: u32) -> std::io::Result<Vec<Vec<CommittedOutput>>> {
+    let commits = crate::commits::read(layout)?;
+    Ok(commits.into_iter().filter(|m| m.shard < map_shards).map(|m| m.outputs).collect())
 }
 
 /// What went wrong reading a partition's map outputs, kept for the error of

@@ -484,11 +484,10 @@ impl Worker {
             return;
         }
         for (shard, token, local, key) in std::mem::take(&mut self.unanswered) {
-            let marker = layout.output.read_json::<serde_json::Value>(&layout.marker(shard));
-            match marker {
-                Ok(Some(m)) if m["token"].as_u64() == Some(token) => continue,
+            match crate::commits::of(layout, shard) {
+                Ok(Some(m)) if m.token == token => continue,
                 Err(e) => {
-                    warn(&self.node, &format!("shard {shard}: keeping the staging of token {token}: its marker: {e}"));
+                    warn(&self.node, &format!("shard {shard}: keeping the staging of token {token}: its commit: {e}"));
                     continue;
                 }
                 _ => {}

@@ -40,6 +40,7 @@ const CRATES: &[Crate] = &[
             &["api"],
             &["config"],
             &["job"],
+            &["commits"],
             &["hold", "reduce", "attempt"],
             &["master", "worker", "preflight"],
             &["node", "bootstrap"],

@@ -17,7 +17,7 @@
 //!   a loopback proxy, which knows each connection's process from `/proc`);
 //! - `issuer-down`: the local provider's credential issuer fails (its key is
 //!   swapped for a directory with `renameat2(RENAME_EXCHANGE)`, atomically);
-//! - `unwritable`: the commit markers, the outputs, the journal or the state
+//! - `unwritable`: the commit log, the outputs, the journal or the state
 //!   directory briefly unwritable (`chattr +i`: the tests run as root, whom
 //!   permissions do not stop);
 //! - `deadline`: the job's deadline lands mid-job; then only what was committed
@@ -52,8 +52,8 @@ const LEASE_MS: u64 = 1000;
 /// What `unwritable` makes unwritable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// `out/_mayfly/markers`: no commit marker can be created.
-    Markers,
+    /// `out/_mayfly/commits.log`: no commit can be recorded.
+    Commits,
     /// `out/map`: no output can be published.
     Outputs,
     /// The state's `journal.jsonl`: the master cannot append.
@@ -66,7 +66,7 @@ pub enum Target {
 impl Target {
     fn paths(self, job: &TestJob) -> Vec<PathBuf> {
         match self {
-            Target::Markers => vec![job.out().join("_mayfly/markers")],
+            Target::Commits => vec![job.out().join("_mayfly/commits.log")],
             Target::Outputs => vec![job.out().join("map")],
             Target::Journal => vec![job.state().join("journal.jsonl")],
             Target::State => {
@@ -176,7 +176,7 @@ impl Schedule {
                 // renewed at half their life): each node meets it.
                 "issuer-down" => Fault::IssuerDown { ms: 2500 + below(2000) },
                 "unwritable" => {
-                    let target = [Target::Markers, Target::Outputs, Target::Journal, Target::State][below(4) as usize];
+                    let target = [Target::Commits, Target::Outputs, Target::Journal, Target::State][below(4) as usize];
                     Fault::Unwritable { target, ms: 500 + below(2000) }
                 }
                 _ => {

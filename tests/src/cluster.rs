@@ -193,7 +193,7 @@ pub fn text(out: &std::process::Output) -> String {
 /// What an independent reading of a finished job says about its commits:
 /// one line per problem (none: every shard was committed once, by one token).
 ///
-/// It reads the commit markers, the journal every master of the job appended
+/// It reads the job's commits (its commit log, or markers), the journal every master of the job appended
 /// to (across resumes), the masters' log lines (`shard S committed (token T,
 /// ...)`), and each published item's `attempt.txt` when the task stamped one
 /// (`misbehave` with `stamp = true`). A problem is a shard committed by more
@@ -205,7 +205,7 @@ pub fn audit_commits(job: &TestJob) -> Vec<String> {
     use mayfly_core::ledger::Event;
     use std::collections::{BTreeMap, BTreeSet};
     let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
-    let markers = mayfly_core::master::read_markers(&layout);
+    let markers = mayfly_core::commits::read(&layout).expect("the job's commits");
     let events = mayfly_core::master::read_journal(&job.state().join("journal.jsonl"));
     let master_log = job.log("master");
     let mut leased: BTreeMap<(u32, u64), u32> = BTreeMap::new();

@@ -6,7 +6,7 @@
 //! it, as the master's quarantine does, so that every other item's outputs
 //! are the job's. On a held node, it reads the inputs the node kept. A shard
 //! number past the map's is a reduce partition: the reduce task over its part
-//! of every map output its commit markers name, read from the job's output.
+//! of every map output its commits name, read from the job's output.
 //!
 //! Must not import: the master, the worker's loop, bootstrap; a replay never
 //! writes to a job's state or output.
@@ -240,7 +240,7 @@ impl Replay {
     }
 
     /// Reduce partition `partition`: the reduce task, checked, and the map
-    /// outputs its shards' commit markers name.
+    /// outputs its shards' commits name.
     fn prepare_partition(
         layout: &Layout,
         manifest: &Manifest,
@@ -258,8 +258,8 @@ impl Replay {
             return Err(ReplayError::setup("replaying a reduce partition", "the job has no reduce task"));
         };
         let map_shards = manifest.plan.shards.len() as u32;
-        let committed = mayfly_core::reduce::committed_by_markers(layout, map_shards)
-            .map_err(|e| ReplayError::setup("reading the map shards' commit markers", e))?;
+        let committed = mayfly_core::reduce::committed_on_record(layout, map_shards)
+            .map_err(|e| ReplayError::setup("reading the map shards' commits", e))?;
         let sources =
             mayfly_core::reduce::items(layout, committed.iter().map(Vec::as_slice), manifest.partitions(), partition);
         let key = mayfly_core::job::reduce_key(manifest.partitions(), partition);

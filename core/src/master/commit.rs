@@ -1,35 +1,21 @@
-//! Commit decisions, outside the master's lock: a shard's marker created
-//! if absent (exactly one winner), in batches with one sync each (group
-//! commit); the winners' outputs published; and, for a restarted master,
-//! the markers read back and interrupted publications finished.
+//! Commit decisions, outside the master's lock: each shard's first commit
+//! wins, in batches with one sync each (group commit): appended to the job's
+//! commit log when the output is local, markers created if absent when an
+//! object store arbitrates ([`crate::commits`]); the winners' outputs
+//! published; and, for a restarted master, the commits read back and
+//! interrupted publications finished.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::{Master, Shared};
 use crate::api::CommitRequest;
+use crate::commits::{Claim, CommitLog, Marker};
 use crate::job::Layout;
-use crate::ledger::{CommittedOutput, Quarantined, ShardState};
+use crate::ledger::{CommittedOutput, ShardState};
 use mayfly_model::key::file_name;
-
-/// A shard's commit marker: the truth about what is committed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Marker {
-    /// The job.
-    pub job: String,
-    /// The shard.
-    pub shard: u32,
-    /// The token that committed it.
-    pub token: u64,
-    /// Its outputs.
-    pub outputs: Vec<CommittedOutput>,
-    /// The items the shard was committed without (they kept failing).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub quarantined: Vec<Quarantined>,
-}
 
 impl Master {
     pub(super) fn prepare_commit(&mut self, req: &CommitRequest) -> Result<Marker, (StatusCode, String)> {
@@ -166,8 +152,10 @@ impl Master {
         }
         let adopt = match decided {
             Ok(()) => Some(marker.clone()),
-            // Someone's marker exists: that one is the truth, make the ledger agree.
-            Err((StatusCode::CONFLICT, _)) => {
+            // Someone's marker exists: that one is the truth, make the ledger
+            // agree. (A log's winner is this master's own commit: its batch
+            // brings it to the ledger.)
+            Err((StatusCode::CONFLICT, _)) if !crate::commits::logged(&self.layout) => {
                 self.layout.output.read_json::<Marker>(&self.layout.marker(marker.shard)).ok().flatten()
             }
             Err((StatusCode::SERVICE_UNAVAILABLE, message)) => {
@@ -194,7 +182,7 @@ impl Master {
                 Some(ShardState::Committed { .. })
             );
             if !already && let Ok(event) = self.ledger.commit_marked(m.shard, m.token, m.outputs, m.quarantined) {
-                // Not fsynced: the marker, already durable, is the truth on resume.
+                // Not fsynced: the commit, already durable, is the truth on resume.
                 self.record(&event, false);
                 let bytes = self.manifest.plan.shards.get(m.shard as usize).map_or(0, |s| s.bytes);
                 let t = self.now();
@@ -211,6 +199,14 @@ impl Master {
 /// Committer threads: batches in flight at once.
 pub(super) const COMMITTERS: usize = 2;
 
+/// The most commits one batch decides.
+const BATCH: usize = 1024;
+
+/// The most commits queued for the committers; a commit request beyond them
+/// waits for room (its worker waits for its answer anyway), so a burst of
+/// commits holds at most this many decisions in memory.
+pub(super) const QUEUED: usize = 4 * BATCH;
+
 /// A commit waiting for the committer.
 pub(super) struct CommitJob {
     pub(super) marker: Marker,
@@ -218,21 +214,23 @@ pub(super) struct CommitJob {
 }
 
 /// The committer: makes the commit decisions outside the master's lock, in
-/// batches (group commit). For a batch it writes every marker's content, makes
-/// it all durable with one `syncfs`, then creates each marker by hard link
-/// (create-if-absent: exactly one winner per shard), syncs the directory once,
-/// and publishes the winners' outputs. One sync per batch instead of two per
-/// shard is what lets a master keep up with many workers.
-pub(super) fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>, shared: Shared) {
+/// batches (group commit). With a local output, a batch's winners are
+/// appended to the commit log with one write and one `fdatasync`; with an
+/// object store, each marker is created if absent (conditional puts, in
+/// parallel). Then the winners' outputs are published. One sync per batch
+/// instead of files and syncs per shard is what lets a master keep up with
+/// many workers.
+pub(super) fn committer(layout: Layout, log: Option<Arc<CommitLog>>, jobs: CommitQueue, shared: Shared) {
     let (mut commits, mut batches, mut busy) = (0usize, 0usize, Duration::ZERO);
     loop {
-        // Several committers share the queue, so batches overlap their syncs;
-        // create-if-absent still picks one winner per shard across them.
+        // Several committers share the queue, so that one decides a batch
+        // (lists its staged outputs, publishes) while another's is syncing;
+        // the log, or create-if-absent, still picks one winner per shard.
         let batch = {
-            let Ok(jobs) = jobs.lock() else { return };
-            let Ok(first) = jobs.recv() else { return };
+            let Ok(mut jobs) = jobs.lock() else { return };
+            let Some(first) = jobs.blocking_recv() else { return };
             let mut batch = vec![first];
-            while batch.len() < 1024 {
+            while batch.len() < BATCH {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
@@ -241,7 +239,7 @@ pub(super) fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receive
             batch
         };
         let started = std::time::Instant::now();
-        let results = decide_batch(&layout, batch.iter().map(|j| &j.marker).collect());
+        let results = decide_batch(&layout, log.as_deref(), batch.iter().map(|j| &j.marker).collect());
         busy += started.elapsed();
         commits += batch.len();
         batches += 1;
@@ -263,8 +261,15 @@ pub(super) fn committer(layout: Layout, jobs: Arc<Mutex<std::sync::mpsc::Receive
     }
 }
 
-fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (StatusCode, String)>> {
-    let unavailable = |e: std::io::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("writing the commit marker: {e}"));
+/// The committers' end of the commit queue.
+pub(super) type CommitQueue = Arc<Mutex<tokio::sync::mpsc::Receiver<CommitJob>>>;
+
+fn decide_batch(
+    layout: &Layout,
+    log: Option<&CommitLog>,
+    markers: Vec<&Marker>,
+) -> Vec<Result<(), (StatusCode, String)>> {
+    let unavailable = |e: std::io::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("recording the commit: {e}"));
     // 1. Every staged output is there, with the size its worker reported (one
     //    listing per shard, outside the master's lock).
     let mut decided: Vec<Result<(), (StatusCode, String)>> = markers
@@ -288,43 +293,21 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
             Ok(())
         })
         .collect();
-    // 2. Create-if-absent, each marker with its content: exactly one winner per
-    //    shard (locally: contents durable with one sync, then hard links;
-    //    remotely: conditional puts).
-    let mut items = Vec::new();
-    let mut which = Vec::new();
-    for (i, m) in markers.iter().enumerate() {
-        if decided[i].is_ok() {
-            match serde_json::to_vec_pretty(m) {
-                Ok(bytes) => {
-                    items.push((layout.marker(m.shard), bytes));
-                    which.push(i);
-                }
-                Err(e) => decided[i] = Err(unavailable(std::io::Error::other(e))),
-            }
-        }
-    }
-    for (i, created) in which.into_iter().zip(layout.output.create_all(items)) {
+    // 2. Exactly one winner per shard, durably: in the log (one write, one
+    //    sync), or by creating each marker if absent.
+    let which: Vec<usize> = (0..markers.len()).filter(|i| decided[*i].is_ok()).collect();
+    let claims: Vec<std::io::Result<Claim>> = match log {
+        Some(log) => log.append(&which.iter().map(|i| markers[*i]).collect::<Vec<_>>()),
+        None => create_markers(layout, &which.iter().map(|i| markers[*i]).collect::<Vec<_>>()),
+    };
+    for (i, claim) in which.into_iter().zip(claims) {
         let m = markers[i];
-        decided[i] = match created {
-            Ok(true) => Ok(()),
-            Ok(false) => match layout.output.read_json::<Marker>(&layout.marker(m.shard)) {
-                // Our own marker: a retried conditional put whose first try
-                // landed (its answer was lost). The commit is ours.
-                Ok(Some(existing)) if existing.token == m.token => Ok(()),
-                Ok(Some(winner)) => {
-                    // Another attempt's marker: make sure its outputs are in
-                    // place (idempotent) before this attempt's staging goes.
-                    if let Err(e) = publish(layout, &winner) {
-                        say!(WARN, "shard {}: publishing the committed attempt: {e}", winner.shard);
-                    }
-                    let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
-                    Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
-                }
-                // Not readable now: keep everything, the worker retries.
-                Ok(None) => Err(unavailable(std::io::Error::other("the marker exists but cannot be read yet"))),
-                Err(e) => Err(unavailable(e)),
-            },
+        decided[i] = match claim {
+            Ok(Claim::Won | Claim::Ours) => Ok(()),
+            Ok(Claim::Lost) => {
+                let _ = layout.output.delete_prefix(&layout.attempt_staging(m.shard, m.token));
+                Err((StatusCode::CONFLICT, format!("shard {} is already committed", m.shard)))
+            }
             Err(e) => Err(unavailable(e)),
         };
     }
@@ -343,6 +326,39 @@ fn decide_batch(layout: &Layout, markers: Vec<&Marker>) -> Vec<Result<(), (Statu
         }
     }
     decided
+}
+
+/// Creates each shard's marker if absent (an object store arbitrates), with
+/// its content: a marker already there is this attempt's own (a retried
+/// conditional put whose first try landed, its answer lost), or another's,
+/// whose outputs are then made sure to be in place.
+fn create_markers(layout: &Layout, markers: &[&Marker]) -> Vec<std::io::Result<Claim>> {
+    let mut items = Vec::with_capacity(markers.len());
+    for m in markers {
+        match serde_json::to_vec_pretty(m) {
+            Ok(bytes) => items.push((layout.marker(m.shard), bytes)),
+            Err(e) => return markers.iter().map(|_| Err(std::io::Error::other(e.to_string()))).collect(),
+        }
+    }
+    let created = layout.output.create_all(items);
+    markers
+        .iter()
+        .zip(created)
+        .map(|(m, created)| match created? {
+            true => Ok(Claim::Won),
+            false => match layout.output.read_json::<Marker>(&layout.marker(m.shard))? {
+                Some(existing) if existing.token == m.token => Ok(Claim::Ours),
+                Some(winner) => {
+                    if let Err(e) = publish(layout, &winner) {
+                        say!(WARN, "shard {}: publishing the committed attempt: {e}", winner.shard);
+                    }
+                    Ok(Claim::Lost)
+                }
+                // Not readable now: keep everything, the worker retries.
+                None => Err(std::io::Error::other("the marker exists but cannot be read yet")),
+            },
+        })
+        .collect()
 }
 
 /// Moves a committed shard's staged outputs into place (idempotent). An
@@ -374,28 +390,26 @@ pub(super) fn publish(layout: &Layout, marker: &Marker) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads every commit marker of the job.
-pub fn read_markers(layout: &Layout) -> Vec<Marker> {
-    let listed = layout.output.list(layout.markers()).unwrap_or_else(|e| {
-        say!(WARN, "listing the commit markers: {e}");
-        Vec::new()
-    });
-    let mut markers: Vec<Marker> = listed
-        .into_iter()
-        .filter(|(key, _)| key.ends_with(".json"))
-        .filter_map(|(key, _)| layout.output.read_json::<Marker>(&key).ok().flatten())
-        .collect();
-    markers.sort_by_key(|m| m.shard);
-    markers
-}
-
-/// Reads the markers and finishes any publication a crash interrupted. A
-/// marker whose outputs are neither staged nor in place (its worker dropped the
-/// staging when the master died before answering) is removed, so the shard runs
-/// again: nothing of it was visible, and losing it is not an option.
-pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
-    let mut markers = read_markers(layout);
-    markers.retain(|marker| {
+/// Reads the job's commits back for a restarted master and finishes any
+/// publication a crash interrupted: a bad end of the log (the batch the last
+/// master was writing) is cut off, and a commit whose outputs are neither
+/// staged nor in place (its worker dropped the staging when the master died
+/// before answering) is removed, so that the shard runs again: nothing of it
+/// was visible, and losing it is not an option.
+pub fn recover(layout: &Layout) -> std::io::Result<Vec<Marker>> {
+    let logged = match crate::commits::recover_log(layout)? {
+        Some(recovered) => {
+            if let Some(cut) = &recovered.cut {
+                say!(WARN, "the commit log's end was cut off: {cut}");
+            }
+            recovered.markers
+        }
+        None => Vec::new(),
+    };
+    let in_log: std::collections::HashSet<u32> = logged.iter().map(|m| m.shard).collect();
+    let mut all = crate::commits::read(layout)?;
+    let mut gone = std::collections::HashSet::new();
+    all.retain(|marker| {
         let staging = layout.attempt_staging(marker.shard, marker.token);
         match publish(layout, marker) {
             Ok(()) => {
@@ -417,15 +431,22 @@ pub fn recover_markers(layout: &Layout) -> Vec<Marker> {
                     "shard {} was marked committed but its outputs are gone ({e}); it will run again",
                     marker.shard
                 );
-                let _ = layout.output.delete(&layout.marker(marker.shard));
+                if !in_log.contains(&marker.shard) {
+                    let _ = layout.output.delete(&layout.marker(marker.shard));
+                }
                 for out in &marker.outputs {
                     let _ = layout.output.delete(&layout.map_output(&out.key, &out.name));
                 }
+                gone.insert(marker.shard);
                 false
             }
         }
     });
-    markers
+    if gone.iter().any(|s| in_log.contains(s)) {
+        let kept: Vec<Marker> = logged.into_iter().filter(|m| !gone.contains(&m.shard)).collect();
+        crate::commits::rewrite_log(layout, &kept)?;
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -460,15 +481,26 @@ mod tests {
         layout.output.get(key).unwrap().unwrap_or_default()
     }
 
+    /// The layout's commit log, if its output is local.
+    fn log(layout: &Layout, committed: &[Marker]) -> Option<CommitLog> {
+        CommitLog::open(layout, committed).unwrap()
+    }
+
+    fn committed(layout: &Layout, shard: u32) -> Option<u64> {
+        crate::commits::of(layout, shard).unwrap().map(|m| m.token)
+    }
+
     #[test]
     fn a_batch_commits_one_winner_per_shard_and_publishes_only_winners() {
         let dir = tempfile::tempdir().unwrap();
         for layout in layouts(dir.path()) {
+            let log = log(&layout, &[]);
+            let log = log.as_ref();
             let (a, b, c) = (marker(0, 7, "a.txt"), marker(0, 8, "a.txt"), marker(1, 9, "b.txt"));
             stage(&layout, &a, b"aa");
             stage(&layout, &b, b"bb");
             stage(&layout, &c, b"cc");
-            let results = decide_batch(&layout, vec![&a, &b, &c]);
+            let results = decide_batch(&layout, log, vec![&a, &b, &c]);
             // Two claims on shard 0 in one batch (decided concurrently on an
             // object store): exactly one wins, and only its outputs are visible.
             let codes: Vec<Option<StatusCode>> = results.iter().map(|r| r.as_ref().err().map(|e| e.0)).collect();
@@ -486,59 +518,84 @@ mod tests {
                 layout.output.list(&layout.attempt_staging(0, loser)).unwrap().is_empty(),
                 "the loser's staging goes"
             );
-            let stored: Marker = layout.output.read_json(&layout.marker(0)).unwrap().unwrap();
-            assert_eq!(stored.token, winner);
+            assert_eq!(committed(&layout, 0), Some(winner));
             // A later commit of a committed shard is refused too.
             let late = marker(1, 10, "b.txt");
             stage(&layout, &late, b"zz");
-            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+            assert_eq!(decide_batch(&layout, log, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
             assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"cc");
             // A commit whose staged output is missing or of another size is refused.
             let short = marker(2, 11, "c.txt");
             stage(&layout, &short, b"z");
-            assert_eq!(decide_batch(&layout, vec![&short])[0].as_ref().unwrap_err().0, StatusCode::BAD_REQUEST);
-            assert!(!layout.output.exists(&layout.marker(2)));
+            assert_eq!(decide_batch(&layout, log, vec![&short])[0].as_ref().unwrap_err().0, StatusCode::BAD_REQUEST);
+            assert_eq!(committed(&layout, 2), None);
+            // Where the output is local, the commits are one log and no markers.
+            assert_eq!(log.is_some(), layout.output.local_dir().is_some());
+            assert_eq!(layout.output.list(layout.markers()).unwrap().is_empty(), log.is_some());
         }
     }
 
     #[test]
     fn a_marker_already_there_is_adopted_if_ours_and_published_if_another_attempts() {
         let dir = tempfile::tempdir().unwrap();
-        for layout in layouts(dir.path()) {
-            // A retried conditional put whose first try landed: the marker is ours.
-            let ours = marker(0, 7, "a.txt");
-            stage(&layout, &ours, b"aa");
-            layout.output.write_json(&layout.marker(0), &ours).unwrap();
-            assert!(decide_batch(&layout, vec![&ours])[0].is_ok(), "our own marker is our commit");
-            assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa");
-            // Another attempt's marker whose outputs are still staged: a later
-            // attempt loses, and the winner's outputs are put in place.
-            let (winner, late) = (marker(1, 8, "b.txt"), marker(1, 9, "b.txt"));
-            stage(&layout, &winner, b"bb");
-            layout.output.write_json(&layout.marker(1), &winner).unwrap();
-            stage(&layout, &late, b"zz");
-            assert_eq!(decide_batch(&layout, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
-            assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb");
-            assert!(layout.output.list(&layout.attempt_staging(1, 9)).unwrap().is_empty());
-        }
+        let layout = layouts(dir.path()).pop().expect("the object store's layout");
+        // A retried conditional put whose first try landed: the marker is ours.
+        let ours = marker(0, 7, "a.txt");
+        stage(&layout, &ours, b"aa");
+        layout.output.write_json(&layout.marker(0), &ours).unwrap();
+        assert!(decide_batch(&layout, None, vec![&ours])[0].is_ok(), "our own marker is our commit");
+        assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"aa");
+        // Another attempt's marker whose outputs are still staged: a later
+        // attempt loses, and the winner's outputs are put in place.
+        let (winner, late) = (marker(1, 8, "b.txt"), marker(1, 9, "b.txt"));
+        stage(&layout, &winner, b"bb");
+        layout.output.write_json(&layout.marker(1), &winner).unwrap();
+        stage(&layout, &late, b"zz");
+        assert_eq!(decide_batch(&layout, None, vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+        assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb");
+        assert!(layout.output.list(&layout.attempt_staging(1, 9)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_older_mayflys_markers_in_a_local_output_are_commits_the_log_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = layouts(dir.path()).remove(0);
+        let (winner, late) = (marker(1, 8, "b.txt"), marker(1, 9, "b.txt"));
+        stage(&layout, &winner, b"bb");
+        layout.output.write_json(&layout.marker(1), &winner).unwrap();
+        let recovered = recover(&layout).unwrap();
+        assert_eq!(recovered, vec![winner.clone()]);
+        assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb", "published on recovery");
+        let log = log(&layout, &recovered);
+        stage(&layout, &late, b"zz");
+        assert_eq!(decide_batch(&layout, log.as_ref(), vec![&late])[0].as_ref().unwrap_err().0, StatusCode::CONFLICT);
+        assert_eq!(read(&layout, &layout.map_output("b.txt", "c.tsv")), b"bb");
+        assert_eq!(committed(&layout, 1), Some(8));
     }
 
     #[test]
     fn recovery_publishes_staged_outputs_and_reopens_lost_ones() {
         let dir = tempfile::tempdir().unwrap();
         for layout in layouts(dir.path()) {
-            // Shard 0: marker written, outputs still staged (the master died before publishing).
+            // Shard 0: committed, outputs still staged (the master died before publishing).
             let staged = marker(0, 7, "a.txt");
             stage(&layout, &staged, b"ok");
-            layout.output.write_json(&layout.marker(0), &staged).unwrap();
-            // Shard 1: marker written, outputs gone everywhere.
-            layout.output.write_json(&layout.marker(1), &marker(1, 8, "b.txt")).unwrap();
+            // Shard 1: committed, outputs gone everywhere.
+            let lost = marker(1, 8, "b.txt");
+            match log(&layout, &[]) {
+                Some(log) => assert!(log.append(&[&staged, &lost]).iter().all(|c| c.is_ok())),
+                None => {
+                    layout.output.write_json(&layout.marker(0), &staged).unwrap();
+                    layout.output.write_json(&layout.marker(1), &lost).unwrap();
+                }
+            }
 
-            let kept = recover_markers(&layout);
+            let kept = recover(&layout).unwrap();
             assert_eq!(kept.iter().map(|m| m.shard).collect::<Vec<_>>(), vec![0]);
             assert_eq!(read(&layout, &layout.map_output("a.txt", "c.tsv")), b"ok");
             assert!(layout.output.list(&layout.attempt_staging(0, 7)).unwrap().is_empty());
-            assert!(!layout.output.exists(&layout.marker(1)), "the lost shard is reopened");
+            assert_eq!(committed(&layout, 1), None, "the lost shard is reopened");
+            assert_eq!(crate::commits::read(&layout).unwrap(), kept, "{}", layout.output.location());
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use super::FinalState;
 use super::Shared;
-use super::commit::{Marker, publish};
+use super::commit::publish;
 use super::journal::save_journal;
+use crate::commits::Marker;
 use crate::job::keys;
 use crate::ledger::{CommittedOutput, Quarantined, ShardState};
 use mayfly_data::provider::{ProviderHandle, Role};
@@ -233,20 +234,27 @@ fn publish_leftovers(
             Ok(staged) => {
                 let attempts: std::collections::BTreeSet<(u32, u64)> =
                     staged.iter().filter_map(|(k, _)| layout.staged_attempt(k)).collect();
-                for (shard, token) in attempts.into_iter().filter(|(s, _)| committed.contains(s)) {
-                    match layout.output.read_json::<Marker>(&layout.marker(shard)) {
-                        Ok(Some(m)) if m.token == token => {
-                            if let Err(e) = publish(layout, &m) {
-                                held.insert(shard, e.to_string());
+                let attempts: Vec<(u32, u64)> = attempts.into_iter().filter(|(s, _)| committed.contains(s)).collect();
+                let commits: std::io::Result<std::collections::HashMap<u32, Marker>> = match attempts.is_empty() {
+                    true => Ok(Default::default()),
+                    false => crate::commits::read(layout).map(|all| all.into_iter().map(|m| (m.shard, m)).collect()),
+                };
+                for (shard, token) in attempts {
+                    match &commits {
+                        Ok(commits) => match commits.get(&shard) {
+                            Some(m) if m.token == token => {
+                                if let Err(e) = publish(layout, m) {
+                                    held.insert(shard, e.to_string());
+                                }
                             }
-                        }
-                        // Another attempt's staging: it was never the commit.
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            held.insert(shard, "its commit marker is missing".into());
-                        }
+                            // Another attempt's staging: it was never the commit.
+                            Some(_) => {}
+                            None => {
+                                held.insert(shard, "its commit is missing".into());
+                            }
+                        },
                         Err(e) => {
-                            held.insert(shard, format!("its commit marker cannot be read: {e}"));
+                            held.insert(shard, format!("its commit cannot be read: {e}"));
                         }
                     }
                 }

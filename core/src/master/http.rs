@@ -165,16 +165,37 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         }
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = s.lock().map(|m| m.committer.send(CommitJob { marker, reply }).is_ok()).unwrap_or(false);
-    if !queued {
+    let Ok(committer) = s.lock().map(|m| m.committer.clone()) else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned");
+    };
+    // The queue is bounded: with it full, this request waits for room. Not
+    // queued (the committer gone, or the client hung up while it waited),
+    // the commit is no longer in flight.
+    let mut unqueued = Unqueued(Some(s.clone()));
+    if committer.send(CommitJob { marker, reply }).await.is_err() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "the committer is gone");
     }
+    unqueued.0 = None;
     // The committer says the decision in the log: this request may be gone
     // by then (its worker hung up), the commit is not.
     match answer.await {
         Ok(Ok(())) => json(&serde_json::json!({ "committed": shard })),
         Ok(Err((status, message))) => refuse(status, message),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the committer did not answer"),
+    }
+}
+
+/// A prepared commit not (yet) in the committers' queue: dropped, it is no
+/// longer in flight.
+struct Unqueued(Option<Shared>);
+
+impl Drop for Unqueued {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take()
+            && let Ok(mut m) = s.lock()
+        {
+            m.in_flight = m.in_flight.saturating_sub(1);
+        }
     }
 }
 
@@ -447,7 +468,7 @@ mod tests {
             created_at: T0,
             expires_at: T0 + 600_000,
         };
-        let (shared, _queue) = super::super::open(layout, manifest, Arc::new(clock.clone())).unwrap();
+        let (shared, _queue, _log) = super::super::open(layout, manifest, Arc::new(clock.clone())).unwrap();
         (shared, token)
     }
 

@@ -86,14 +86,18 @@ pub enum MasterError {
     #[cfg(feature = "tls")]
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The job's commits cannot be read back, or its commit log opened.
+    #[error("the job's commits: {0}")]
+    Commits(#[source] std::io::Error),
     /// `master.json`, where workers find the master, cannot be written.
     #[error("writing master.json: {0}")]
     Info(#[source] std::io::Error),
 }
 mod journal;
 
+pub use crate::commits::Marker;
 use commit::CommitJob;
-pub use commit::{Marker, read_markers, recover_markers};
+pub use commit::recover;
 use journal::EntryRef;
 pub use journal::{Entry, parse_entries, read_entries, read_journal};
 pub use replace::Replacement;
@@ -144,7 +148,7 @@ struct Master {
     retries: u32,
     ended: Option<String>,
     policy: CredentialPolicy,
-    committer: std::sync::mpsc::Sender<CommitJob>,
+    committer: tokio::sync::mpsc::Sender<CommitJob>,
     /// Commits prepared and not yet finished by the committer.
     in_flight: usize,
     /// Commits in a row the job's storage could not record.
@@ -306,30 +310,31 @@ pub fn run(
     clock: Arc<dyn Clock>,
     rt: &tokio::runtime::Handle,
 ) -> Result<i32, MasterError> {
-    let (shared, committer_rx) = open(layout, manifest, clock)?;
+    let (shared, committer_rx, log) = open(layout, manifest, clock)?;
     for i in 0..commit::COMMITTERS {
-        let (jobs, shared) = (committer_rx.clone(), shared.clone());
+        let (jobs, shared, log) = (committer_rx.clone(), shared.clone(), log.clone());
         let layout = shared.lock().map_err(|_| MasterError::Poisoned)?.layout.clone();
         std::thread::Builder::new()
             .name(format!("mayfly-committer-{i}"))
-            .spawn(move || commit::committer(layout, jobs, shared))
+            .spawn(move || commit::committer(layout, log, jobs, shared))
             .map_err(|source| MasterError::Thread { what: "committer", source })?;
     }
     serve(&shared, provider, rt)
 }
 
-/// The committer's end of the commit queue.
-type CommitQueue = Arc<Mutex<std::sync::mpsc::Receiver<CommitJob>>>;
-
 /// The master's state for the job laid out at `layout`, rebuilt from the
-/// markers and the journal (a restarted master goes on where the last one
-/// stopped), on `clock`.
-fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Shared, CommitQueue), MasterError> {
+/// commits and the journal (a restarted master goes on where the last one
+/// stopped), on `clock`; the committers' queue, and the commit log when the
+/// output is local.
+type Opened = (Shared, commit::CommitQueue, Option<Arc<crate::commits::CommitLog>>);
+
+fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<Opened, MasterError> {
     let token = crate::job::read_token(&layout).map_err(MasterError::Token)?;
 
-    // Rebuild from the markers (the truth) and the journal, finishing any
+    // Rebuild from the commits (the truth) and the journal, finishing any
     // publication a crash interrupted.
-    let markers = recover_markers(&layout);
+    let markers = recover(&layout).map_err(MasterError::Commits)?;
+    let log = crate::commits::CommitLog::open(&layout, &markers).map_err(MasterError::Commits)?.map(Arc::new);
     if layout.state.local_dir().is_none() && !layout.journal(manifest.created_at).exists() {
         // A master restarted on another machine: the last copy of the journal.
         let _ = layout.state.download(keys::JOURNAL, &layout.journal(manifest.created_at));
@@ -361,7 +366,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         min_margin: Duration::from_millis(manifest.refresh_margin_ms),
         ..CredentialPolicy::default()
     };
-    let (committer_tx, committer_rx) = std::sync::mpsc::channel();
+    let (committer_tx, committer_rx) = tokio::sync::mpsc::channel(commit::QUEUED);
     let committer_rx = Arc::new(Mutex::new(committer_rx));
     let holds = crate::hold::all(&layout).unwrap_or_else(|e| {
         say!(WARN, "{e}");
@@ -394,7 +399,7 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<(Sh
         replace_after: 0,
         started_at,
     };
-    Ok((Arc::new(Mutex::new(master)), committer_rx))
+    Ok((Arc::new(Mutex::new(master)), committer_rx, log))
 }
 
 /// Serves the worker API and watches the deadline and the ledger until the

@@ -52,7 +52,7 @@ fn an_input_pointed_at_an_old_output_reads_its_outputs_not_its_bookkeeping() {
     first.write_job("tasks/wordcount", "{ mode = \"map\" }", "");
     let out = first.run();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(first.out().join("_manifest.json").exists() && first.out().join("_mayfly/markers").is_dir());
+    assert!(first.out().join("_manifest.json").exists() && first.out().join("_mayfly/commits.log").is_file());
     // A second job over the first one's output, on purpose.
     let second = TestJob::new("reads-old-output", &[]);
     let path = second.write_job("tasks/wordcount", "{ mode = \"map\" }", "");
@@ -282,7 +282,7 @@ fn a_doubled_commit_is_seen_though_every_output_looks_right() {
     assert!(out.status.success(), "{}", text(&out));
     assert_exactly_once(&job, &files);
     let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
-    let marker = mayfly_core::master::read_markers(&layout).into_iter().next().expect("a marker");
+    let marker = mayfly_core::commits::read(&layout).unwrap().into_iter().next().expect("a commit");
     let (shard, token) = (marker.shard, marker.token);
     let item = marker.outputs.iter().find(|o| o.name == "attempt.txt").expect("a stamp").key.clone();
     let copy = |name: &str| {
@@ -365,22 +365,15 @@ fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
     let job = TestJob::new("master-kill", &files);
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400, stamp = true }", &cluster(2, ""));
     let run = job.spawn();
-    let markers = job.out().join("_mayfly/markers");
-    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers)
-        .map(|d| d.count() >= 2)
+    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
+    assert!(wait_until(Duration::from_secs(60), || mayfly_core::commits::read(&layout)
+        .map(|c| c.len() >= 2)
         .unwrap_or(false)));
     job.signal("master", "KILL");
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains(&format!("mayfly resume {}", job.id)), "{}", text(&out));
-    let before: Vec<u32> = mayfly_core::master::read_markers(&mayfly_core::job::Layout::local(
-        &job.dir.join("state"),
-        &job.id,
-        &job.out(),
-    ))
-    .iter()
-    .map(|m| m.shard)
-    .collect();
+    let before: Vec<u32> = mayfly_core::commits::read(&layout).unwrap().iter().map(|m| m.shard).collect();
     let journal_len = mayfly_core::master::read_journal(&job.state().join("journal.jsonl")).len();
     let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -394,6 +387,55 @@ fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
             assert!(!before.contains(shard), "shard {shard} was committed before the kill and leased again");
         }
     }
+    job.assert_nothing_left(Duration::from_secs(10));
+}
+
+#[test]
+fn a_commit_log_torn_by_a_master_killed_mid_write_is_cut_back_on_resume_and_nothing_is_lost_or_doubled() {
+    let files = inputs(12, 2000);
+    let job = TestJob::new("torn-log", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300, stamp = true }", &cluster(2, ""));
+    let run = job.spawn();
+    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
+    assert!(wait_until(Duration::from_secs(60), || mayfly_core::commits::read(&layout)
+        .map(|c| c.len() >= 2)
+        .unwrap_or(false)));
+    job.signal("master", "KILL");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // What a kill in the middle of a batch's write leaves: the batch's first
+    // line whole, naming a shard not committed (its checksum right), the
+    // next cut short.
+    let before = mayfly_core::commits::read(&layout).unwrap();
+    let open = (0..files.len() as u32).find(|s| before.iter().all(|m| m.shard != *s)).expect("an open shard");
+    let log = job.out().join(mayfly_core::job::Layout::COMMIT_LOG);
+    let whole = std::fs::read(&log).unwrap();
+    let last = whole[..whole.len() - 1].rsplit(|b| *b == b'\n').next().unwrap().to_vec();
+    let text_of = String::from_utf8(last).unwrap();
+    let (_, json) = text_of.split_once(' ').unwrap();
+    let forged = json.replacen(&format!("\"shard\":{}", before.last().unwrap().shard), &format!("\"shard\":{open}"), 1);
+    let line = format!("{:08x} {forged}\n", crc32fast::hash(forged.as_bytes()));
+    let mut torn = whole.clone();
+    torn.extend_from_slice(b"0badc0de {\"job\":\"");
+    std::fs::write(&log, &torn).unwrap();
+    assert_eq!(mayfly_core::commits::read(&layout).unwrap(), before, "a reader stops at the cut line");
+    // A whole line after a bad one is not read either (the log ends at its first bad line).
+    torn.truncate(whole.len());
+    torn.extend_from_slice(b"zzzz\n");
+    torn.extend_from_slice(line.as_bytes());
+    std::fs::write(&log, &torn).unwrap();
+    assert_eq!(mayfly_core::commits::read(&layout).unwrap(), before);
+    let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let master = job.log("master");
+    assert!(
+        master.contains("the commit log's end was cut off") && master.contains(&format!("from byte {}", whole.len())),
+        "{master}"
+    );
+    assert_exactly_once(&job, &files);
+    let after = mayfly_core::commits::read(&layout).unwrap();
+    assert_eq!(after.len(), files.len(), "every shard committed once, in the log");
+    assert!(before.iter().all(|m| after.contains(m)), "the commits before the kill stand");
     job.assert_nothing_left(Duration::from_secs(10));
 }
 

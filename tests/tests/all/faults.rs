@@ -16,6 +16,15 @@ use mayfly_tests::cluster::{TestJob, assert_exactly_once, inputs, text, wait_unt
 
 const SLOW: &str = "tests/guests/misbehave";
 
+/// The job's commit log, under its output.
+const COMMIT_LOG: &str = mayfly_core::job::Layout::COMMIT_LOG;
+
+/// How many shards the job has committed so far, as its commit log says.
+fn committed(job: &TestJob) -> usize {
+    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
+    mayfly_core::commits::read(&layout).map(|c| c.len()).unwrap_or(0)
+}
+
 fn job_text(workers: u32, extra: &str) -> String {
     format!(
         "{extra}\n[cluster]\nworkers = {workers}\ndeadline = \"60s\"\nlease_time = \"1s\"\nidle_timeout = \"60s\"\nmaster_lost_timeout = \"60s\"\n\n\
@@ -33,16 +42,15 @@ fn every_worker_ended_with_the_job(job: &TestJob, workers: u32) {
 }
 
 #[test]
-fn commit_markers_unwritable_for_a_while_cost_time_not_shards() {
+fn the_commit_log_unwritable_for_a_while_costs_time_not_shards() {
     let files = inputs(16, 200);
-    let job = TestJob::new("markers-down", &files);
+    let job = TestJob::new("commits-down", &files);
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, ""));
     let run = job.spawn();
-    let markers = job.out().join("_mayfly/markers");
-    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 2)));
-    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || committed(&job) >= 2));
+    let lock = Immutable::set(&[job.out().join(COMMIT_LOG)]).unwrap();
     // Long enough for several commits to be refused (and, before, to use up three attempts).
-    assert!(wait_until(Duration::from_secs(30), || job.log("master").matches("writing the commit marker").count() >= 4));
+    assert!(wait_until(Duration::from_secs(30), || job.log("master").matches("recording the commit").count() >= 4));
     std::thread::sleep(Duration::from_millis(1500));
     drop(lock);
     let out = run.wait_with_output().unwrap();
@@ -54,18 +62,17 @@ fn commit_markers_unwritable_for_a_while_cost_time_not_shards() {
     every_worker_ended_with_the_job(&job, 2);
 }
 
-/// Runs a 6-shard job with `limits` whose commit markers become unwritable for
-/// good once the first is written; checks that it ended, by one of the
+/// Runs a 6-shard job with `limits` whose commit log becomes unwritable for
+/// good once the first commit is in it; checks that it ended, by one of the
 /// storage bounds, long before its 60 s deadline, with exit code 1 and nothing
 /// left. Returns the run's output and its `final.json`.
-fn run_with_markers_unwritable_for_good(id: &str, limits: &str) -> (std::process::Output, serde_json::Value) {
+fn run_with_commits_unwritable_for_good(id: &str, limits: &str) -> (std::process::Output, serde_json::Value) {
     let job = TestJob::new(id, &inputs(6, 200));
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 200 }", &job_text(2, limits));
     let started = std::time::Instant::now();
     let run = job.spawn();
-    let markers = job.out().join("_mayfly/markers");
-    assert!(wait_until(Duration::from_secs(60), || std::fs::read_dir(&markers).is_ok_and(|d| d.count() >= 1)));
-    let lock = Immutable::set(std::slice::from_ref(&markers)).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || committed(&job) >= 1));
+    let lock = Immutable::set(&[job.out().join(COMMIT_LOG)]).unwrap();
     let out = run.wait_with_output().unwrap();
     drop(lock);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -78,13 +85,13 @@ fn run_with_markers_unwritable_for_good(id: &str, limits: &str) -> (std::process
 
 #[test]
 fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error() {
-    let (_, fin) = run_with_markers_unwritable_for_good("markers-gone", "[limits]\nmax_storage_refusals = 2\n");
+    let (_, fin) = run_with_commits_unwritable_for_good("markers-gone", "[limits]\nmax_storage_refusals = 2\n");
     assert_eq!(fin["reason"], "done", "{fin}");
     let failed = fin["counts"]["failed"].as_u64().unwrap();
     assert!(failed >= 1 && fin["counts"]["committed"].as_u64().unwrap() + failed == 6, "{fin}");
     let error = fin["failed"][0][1].as_str().unwrap();
     assert!(
-        error.contains("refused this shard's commit 2 times in a row") && error.contains("writing the commit marker"),
+        error.contains("refused this shard's commit 2 times in a row") && error.contains("recording the commit"),
         "{error}"
     );
 }
@@ -92,7 +99,7 @@ fn a_shard_whose_commits_the_storage_keeps_refusing_fails_with_the_storage_error
 #[test]
 fn a_storage_outage_longer_than_the_jobs_bound_ends_the_job() {
     let limits = "[limits]\nmax_storage_refusals = 1000\nstorage_outage = \"3s\"\n";
-    let (out, fin) = run_with_markers_unwritable_for_good("storage-out", limits);
+    let (out, fin) = run_with_commits_unwritable_for_good("storage-out", limits);
     assert!(text(&out).contains("ENDED: ITS STORAGE REFUSED EVERY COMMIT"), "{}", text(&out));
     assert_eq!(fin["reason"], "storage", "{fin}");
 }
@@ -292,7 +299,7 @@ fn the_entrypoint_asked_again_resumes_a_job_whose_master_is_lost_and_refuses_oth
 
 /// Runs a 6-shard job with `limits` whose `out/map` becomes unwritable once
 /// its first output is in place, and stays so until `unlock` says (given the
-/// job's number of markers); returns the run's output, its `final.json` and
+/// job's number of commits); returns the run's output, its `final.json` and
 /// its `_manifest.json`.
 fn run_with_outputs_unwritable(
     id: &str,
@@ -306,8 +313,7 @@ fn run_with_outputs_unwritable(
     let map = job.out().join("map");
     assert!(wait_until(Duration::from_secs(60), || map.exists()));
     let mut lock = Some(Immutable::set(std::slice::from_ref(&map)).unwrap());
-    let markers = job.out().join("_mayfly/markers");
-    let marked = || std::fs::read_dir(&markers).map(|d| d.count()).unwrap_or(0);
+    let marked = || committed(&job);
     let ended = || job.state().join("final.json").exists();
     while !ended() && lock.is_some() {
         if unlock(marked()) {

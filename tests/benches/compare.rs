@@ -445,9 +445,10 @@ fn master(args: &Args) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!();
     println!(
-        "master: one real master process; simulated workers (a thread and a TLS connection each) on loopback lease a \
-         one-object shard, work on it for `think`, commit it, and lease again (no task runs; they share the \
-         machine's {cores} cores with the master). Offered load = 2 x workers / think."
+        "master: one real master process; simulated workers (tokio tasks in one process, on one thread, each with \
+         its own keep-alive TLS connection) on loopback lease a one-object shard, work on it for `think`, commit it, \
+         and lease again (no task runs; they share the machine's {cores} cores with the master). Offered load = 2 x \
+         workers / think."
     );
     println!(
         "{:<8} {:>8} {:>7} {:>9} {:>9} {:>8} {:>9} {:>12} {:>9} {:>10} {:>7}",

@@ -7,13 +7,17 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mayfly_core::api::MasterInfo;
-use mayfly_core::api::{CallError, Client, CommitRequest, LeaseReply, LeaseRequest};
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use mayfly_core::api::{CallError, CommitRequest, LeaseReply, LeaseRequest, MasterInfo, Status};
 use mayfly_core::job::{Layout, Manifest, keys};
 use mayfly_data::provider::{ProviderHandle, Role};
 use mayfly_data::store::Location;
@@ -559,7 +563,7 @@ fn rss_kib(pid: &str, field: &str) -> Option<u64> {
 /// The master alone under simulated workers.
 #[derive(Debug, Clone)]
 pub struct MasterLoad {
-    /// Simulated workers (each a thread with its own connection).
+    /// Simulated workers (each a tokio task with its own connection).
     pub workers: usize,
     /// Shards in the plan (each leased and committed once).
     pub shards: usize,
@@ -593,11 +597,16 @@ impl MasterLoad {
 }
 
 /// Starts a real master process (local provider) for a plan of `shards`
-/// one-object shards, and has `workers` threads lease, wait `think` (the
+/// one-object shards, and has `workers` simulated workers (tokio tasks in
+/// this process, each with its own connection) lease, wait `think` (the
 /// shard's work), and commit (no task runs, no outputs) until it says done.
 /// The load offered is `2 * workers / think` requests per second (with
 /// `think` zero, as many as the master answers: its saturation).
+///
+/// Raises this process's open-file limit to its hard limit first (the master
+/// inherits it); panics if that leaves too few for one connection per worker.
 pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad {
+    raise_open_files(workers);
     let dir = crate::scratch(&format!("bench-master-{workers}"));
     let layout = Layout::local(&dir.join("state"), "bench-master", &dir.join("out"));
     std::fs::create_dir_all(&layout.work).expect("state");
@@ -657,7 +666,6 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
     assert!(wait_until(Duration::from_secs(30), || master_info().is_some()), "the master did not start");
     let info: MasterInfo = master_info().expect("master.json");
     let pid = crate::pid_of(&nodes[0]).to_string();
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(shards * 2 + workers)));
     let peak = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let cpu_seen = Arc::new(AtomicU64::new(0));
@@ -675,91 +683,46 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
             }
         })
     };
-    // Every simulated worker connects first; the clock starts when all are in.
-    let connect = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(workers)));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let ended = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(std::sync::Barrier::new(workers + 1));
-    let handles: Vec<_> = (0..workers)
-        .map(|w| {
-            let (info, token, latencies, ready, connect, failures) =
-                (info.clone(), token.clone(), latencies.clone(), ready.clone(), connect.clone(), failures.clone());
-            let (ended, state) = (ended.clone(), layout.state.clone());
-            std::thread::Builder::new()
-                .stack_size(256 * 1024)
-                .spawn(move || {
-                    // Connected (one status request) before the clock starts:
-                    // the figures are the steady state, not the connection storm.
-                    let t = Instant::now();
-                    let client = Client::connect(&info, &token, Duration::from_secs(60))
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| c.status().map(|_| c).map_err(|e| e.to_string()));
-                    connect.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
-                    ready.wait();
-                    let client = client.expect("client");
-                    let mut mine = Vec::new();
-                    // A request that fails (no answer) is counted and sent again,
-                    // as a worker does; one the master refuses ends the worker.
-                    let mut call = |f: &mut dyn FnMut() -> Result<Option<LeaseReply>, CallError>| {
-                        for _ in 0..5 {
-                            let t = Instant::now();
-                            match f() {
-                                Ok(reply) => {
-                                    // Timed: granted leases and commits ("wait" is not counted).
-                                    if matches!(reply, None | Some(LeaseReply::Lease { .. })) {
-                                        mine.push(t.elapsed());
-                                    }
-                                    return Some(reply);
-                                }
-                                Err(CallError::Refused { .. }) => return None,
-                                // The job is over (every shard committed; the master
-                                // stops answering as it ends): not a failure.
-                                Err(_) if ended.load(Ordering::Relaxed) || state.exists(keys::FINAL) => return None,
-                                Err(e) => {
-                                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
-                                }
-                            }
-                        }
-                        None
-                    };
-                    let worker = format!("sim-{w}");
-                    loop {
-                        let lease = LeaseRequest { worker: worker.clone(), credential_expires_at: u64::MAX };
-                        match call(&mut || client.lease(&lease).map(Some)).flatten() {
-                            Some(LeaseReply::Lease { shard, token, .. }) => {
-                                if !think.is_zero() {
-                                    std::thread::sleep(think);
-                                }
-                                let commit = CommitRequest { shard, token, outputs: vec![] };
-                                if call(&mut || client.commit(&commit).map(|_| None)).is_none() {
-                                    break;
-                                }
-                            }
-                            Some(LeaseReply::Wait { .. }) => std::thread::sleep(Duration::from_millis(5)),
-                            Some(LeaseReply::Done) => {
-                                ended.store(true, Ordering::Relaxed);
-                                break;
-                            }
-                            _ => break,
-                        }
-                    }
-                    latencies.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
-                })
-                .expect("a simulated worker's thread")
-        })
-        .collect();
-    ready.wait();
-    let cpu_before = process_cpu(&pid);
-    let started = Instant::now();
-    let lost = handles.into_iter().map(|h| h.join()).filter(Result::is_err).count();
-    let took = started.elapsed();
-    assert_eq!(lost, 0, "{lost} of {workers} simulated workers failed (see their panics above)");
+    let sim = Arc::new(Sim::new(&info, &token, think, layout.state.clone()));
+    // Every simulated worker on one thread (a current-thread runtime): the
+    // simulator can take at most one of the cores it shares with the master,
+    // whatever the load, and a round trip has no cross-thread wake-up on the
+    // client side. It costs about 25-40 µs of CPU per request here, a fifth of
+    // the master's or less, so one thread keeps up; a 2-thread runtime
+    // measured no better (within the runs' noise) and took a little more CPU.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the simulated workers' tokio runtime");
+    let (runs, took, cpu_before) = rt.block_on(async {
+        // Every simulated worker connects first; the clock starts when all are in.
+        let start = Arc::new(tokio::sync::Barrier::new(workers + 1));
+        let tasks: Vec<_> =
+            (0..workers).map(|w| tokio::spawn(simulated_worker(sim.clone(), w, start.clone()))).collect();
+        start.wait().await;
+        let cpu_before = process_cpu(&pid);
+        let started = Instant::now();
+        let mut runs = Vec::with_capacity(workers);
+        for task in tasks {
+            runs.push(task.await.map_err(|e| format!("a simulated worker's task: {e}")).and_then(|r| r));
+        }
+        (runs, started.elapsed(), cpu_before)
+    });
+    drop(rt);
+    let lost: Vec<String> = runs.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    assert!(lost.is_empty(), "{} of {workers} simulated workers failed; the first: {}", lost.len(), lost[0]);
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let master_cpu = Duration::from_millis(cpu_seen.load(Ordering::Relaxed)).saturating_sub(cpu_before);
-    let slowest_connect = connect.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().max().unwrap_or_default();
-    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    lat.sort();
+    let runs: Vec<Run> = runs.into_iter().flatten().collect();
+    let slowest_connect = runs.iter().map(|r| r.connect).max().unwrap_or_default();
+    let mut lat: Vec<Duration> = Vec::with_capacity(shards * 2 + workers);
+    let mut failures = Vec::new();
+    for run in runs {
+        lat.extend(run.latencies);
+        failures.extend(run.failures);
+    }
+    lat.sort_unstable();
     let ops = lat.len();
     let at = |q: usize| lat.get(ops * q / 100).copied().unwrap_or_default();
     let load = MasterLoad {
@@ -773,13 +736,304 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         peak_rss_kib: peak.load(Ordering::Relaxed),
         master_cpu,
         slowest_connect,
-        failures: failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        failures,
     };
     let _ = provider.terminate(&nodes, Duration::from_secs(2));
     // The directory stays until the next run's scratch cleanup: deleting
     // thousands of files now would slow the next measurement's file creation
     // (ext4 skips recently freed inodes one by one when it allocates).
     load
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and
+/// panics unless that allows one connection per simulated worker and some
+/// to spare.
+fn raise_open_files(workers: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed = (workers as u64 * 11).div_ceil(10) + 100;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit(RLIMIT_NOFILE)");
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    assert!(
+        limit >= needed,
+        "{workers} simulated workers need about {needed} open files (a connection each), and this process may \
+         open {limit} (RLIMIT_NOFILE: soft {soft}, hard {hard}); raise the hard limit (`ulimit -Hn` as root, or \
+         /etc/security/limits.conf) or simulate fewer workers"
+    );
+}
+
+/// How long a simulated worker waits for an answer (connection and TLS
+/// handshake included) before it counts the request as failed, as the
+/// blocking client's timeout.
+const SIM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many times a simulated worker sends a request that got no answer.
+const SIM_ATTEMPTS: usize = 5;
+
+/// What every simulated worker shares: how to reach the master, and how to
+/// tell that the job has ended.
+struct Sim {
+    /// The master's host:port.
+    addr: String,
+    /// The `host` header.
+    host: HeaderValue,
+    /// `Bearer <token>`.
+    auth: HeaderValue,
+    /// When the master serves TLS: a connector trusting only the job's CA,
+    /// and the name (its IP address) its certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    /// The work between a lease and its commit.
+    think: Duration,
+    /// Set by the first worker told the job is done.
+    ended: AtomicBool,
+    /// The job's state (its final.json says the job is over).
+    state: mayfly_data::store::Store,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim").field("addr", &self.addr).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Sim {
+    /// The settings for the master `info` describes, as
+    /// [`mayfly_core::api::Client::connect`] makes them: TLS trusting only the
+    /// job's CA when it publishes one, else plain HTTP (on loopback only).
+    fn new(info: &MasterInfo, token: &str, think: Duration, state: mayfly_data::store::Store) -> Sim {
+        use rustls::pki_types::pem::PemObject;
+        let host_ip = info.addr.rsplit_once(':').map_or(info.addr.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+        let tls = match &info.ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(cert.expect("the job's CA certificate (PEM)")).expect("the job's CA certificate");
+                }
+                assert!(!roots.is_empty(), "master.json's CA holds no certificate");
+                let config =
+                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .expect("TLS versions")
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from(host_ip.to_owned())
+                    .unwrap_or_else(|e| panic!("the master's address {}: {e}", info.addr));
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+            None => {
+                // As the worker's client: the token never crosses a network in clear.
+                let ip = host_ip.parse::<std::net::IpAddr>();
+                assert!(ip.is_ok_and(|ip| ip.is_loopback()), "the master at {} serves no TLS off loopback", info.addr);
+                None
+            }
+        };
+        Sim {
+            addr: info.addr.clone(),
+            host: HeaderValue::from_str(&info.addr).expect("the master's address as a host header"),
+            auth: HeaderValue::from_str(&format!("Bearer {token}")).expect("the token as a header"),
+            tls,
+            think,
+            ended: AtomicBool::new(false),
+            state,
+        }
+    }
+
+    /// A fresh connection to the master (TCP, TLS, HTTP/1.1).
+    async fn connect(&self) -> Result<Conn, CallError> {
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| CallError::Unreachable(format!("{what}: {e}"));
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| unreachable("connecting", &e))?;
+            // Small requests and answers: no Nagle delay (as the blocking client).
+            tcp.set_nodelay(true).map_err(|e| unreachable("TCP_NODELAY", &e))?;
+            let io: Box<dyn Stream> = match &self.tls {
+                Some((connector, name)) => {
+                    Box::new(connector.connect(name.clone(), tcp).await.map_err(|e| unreachable("TLS handshake", &e))?)
+                }
+                None => Box::new(tcp),
+            };
+            let (send, driver) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| unreachable("HTTP handshake", &e))?;
+            Ok(Conn { send, driver: Box::pin(driver) })
+        };
+        tokio::time::timeout(SIM_TIMEOUT, connect).await.unwrap_or_else(|_| Err(no_answer()))
+    }
+
+    /// Whether the job is over (a worker was told, or final.json is written):
+    /// the master stops answering as it ends, which is no failure.
+    fn over(&self) -> bool {
+        self.ended.load(Ordering::Relaxed) || self.state.exists(keys::FINAL)
+    }
+
+    /// `POST path` with `body` on `conn` (a fresh connection when there is
+    /// none), sent again on a fresh connection when it gets no answer (each
+    /// such failure noted in `failures`), as a worker does. The answer and how
+    /// long its attempt took; `None` when the master refused it, the job is
+    /// over, or no attempt got an answer.
+    async fn post<T>(
+        &self,
+        conn: &mut Option<Conn>,
+        path: &str,
+        body: Bytes,
+        decode: fn(&[u8]) -> serde_json::Result<T>,
+        failures: &mut Vec<String>,
+    ) -> Option<(T, Duration)> {
+        for _ in 0..SIM_ATTEMPTS {
+            let t = Instant::now();
+            let answer = async {
+                let c = match conn.take() {
+                    Some(c) => c,
+                    None => self.connect().await?,
+                };
+                let answer = conn.insert(c).call(self, Method::POST, path, body.clone(), decode).await;
+                if let Err(CallError::Unreachable(_)) = answer {
+                    // That connection is done for: the next attempt makes a new one.
+                    *conn = None;
+                }
+                answer
+            };
+            match answer.await {
+                Ok(answer) => return Some((answer, t.elapsed())),
+                Err(CallError::Refused { .. }) => return None,
+                Err(_) if self.over() => return None,
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        None
+    }
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// What moves a connection's bytes (hyper's side of it).
+type Driver = hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<Box<dyn Stream>>, Full<Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection to the master, driven by the task that
+/// holds it (no task of its own).
+struct Conn {
+    /// Sends requests.
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// Moves the bytes: polled while a request is in flight.
+    driver: Pin<Box<Driver>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// One request and its answer, decoded with `decode` when it is a 200 (as
+    /// [`mayfly_core::api::Client`] answers: another status is a refusal, no
+    /// answer or an undecodable one is [`CallError::Unreachable`]).
+    async fn call<T>(
+        &mut self,
+        sim: &Sim,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        decode: fn(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<T, CallError> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &sim.host)
+            .header(header::AUTHORIZATION, &sim.auth);
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request =
+            request.body(Full::new(body)).map_err(|e| CallError::Unreachable(format!("building the request: {e}")))?;
+        let Conn { send, driver } = self;
+        let exchange = async {
+            send.ready().await?;
+            let response = send.send_request(request).await?;
+            let status = response.status();
+            Ok::<_, hyper::Error>((status, response.into_body().collect().await?.to_bytes()))
+        };
+        let answer = async {
+            tokio::select! {
+                biased;
+                answer = exchange => answer.map_err(|e| CallError::Unreachable(e.to_string())),
+                closed = driver.as_mut() => Err(CallError::Unreachable(match closed {
+                    Ok(()) => "the master closed the connection".to_owned(),
+                    Err(e) => e.to_string(),
+                })),
+            }
+        };
+        let (status, body) = tokio::time::timeout(SIM_TIMEOUT, answer).await.unwrap_or_else(|_| Err(no_answer()))?;
+        if status != hyper::StatusCode::OK {
+            return Err(CallError::Refused { status: status.as_u16(), message: String::from_utf8_lossy(&body).into() });
+        }
+        decode(&body).map_err(|e| CallError::Unreachable(format!("bad answer: {e}")))
+    }
+}
+
+/// A request or a connection that got no answer within [`SIM_TIMEOUT`].
+fn no_answer() -> CallError {
+    CallError::Unreachable(format!("no answer in {} s", SIM_TIMEOUT.as_secs()))
+}
+
+/// What one simulated worker measured.
+#[derive(Debug)]
+struct Run {
+    /// Its first connection and status request, before the clock.
+    connect: Duration,
+    /// Each granted lease's and each commit's round trip.
+    latencies: Vec<Duration>,
+    /// The requests that got no answer (each sent again).
+    failures: Vec<String>,
+}
+
+/// One simulated worker: connects and asks for the status before the clock
+/// starts (the figures are the steady state, not the connection storm), waits
+/// at `start` for all the others, then leases, works `think` and commits
+/// until the master says done or refuses it. `Err` when it could not connect.
+async fn simulated_worker(sim: Arc<Sim>, w: usize, start: Arc<tokio::sync::Barrier>) -> Result<Run, String> {
+    let t = Instant::now();
+    let first = async {
+        let mut conn = sim.connect().await?;
+        conn.call(&sim, Method::GET, "/v1/status", Bytes::new(), |b| serde_json::from_slice::<Status>(b)).await?;
+        Ok::<_, CallError>(conn)
+    };
+    let first = first.await;
+    let mut run = Run { connect: t.elapsed(), latencies: Vec::new(), failures: Vec::new() };
+    start.wait().await;
+    let mut conn = Some(first.map_err(|e| format!("sim-{w}: the first connection and status request: {e}"))?);
+    let worker = format!("sim-{w}");
+    let encoding = |what: &str, e: serde_json::Error| format!("{worker}: encoding a {what}: {e}");
+    loop {
+        let lease = LeaseRequest { worker: worker.clone(), credential_expires_at: u64::MAX };
+        let body = serde_json::to_vec(&lease).map_err(|e| encoding("lease request", e))?;
+        let reply =
+            sim.post(&mut conn, "/v1/lease", body.into(), |b| serde_json::from_slice(b), &mut run.failures).await;
+        match reply {
+            Some((LeaseReply::Lease { shard, token, .. }, took)) => {
+                // Timed: granted leases and commits ("wait" is not counted).
+                run.latencies.push(took);
+                if !sim.think.is_zero() {
+                    tokio::time::sleep(sim.think).await;
+                }
+                let commit = CommitRequest { shard, token, outputs: vec![] };
+                let body = serde_json::to_vec(&commit).map_err(|e| encoding("commit request", e))?;
+                let decode = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b);
+                let answer = sim.post(&mut conn, "/v1/commit", body.into(), decode, &mut run.failures).await;
+                let Some((_, took)) = answer else { break };
+                run.latencies.push(took);
+            }
+            // Nothing to lease now: ask again soon (sooner than the master's `retry_ms`).
+            Some((LeaseReply::Wait { .. }, _)) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Some((LeaseReply::Done, _)) => {
+                sim.ended.store(true, Ordering::Relaxed);
+                break;
+            }
+            _ => break,
+        }
+    }
+    Ok(run)
 }
 
 /// What [`read_ahead`] measured: items per second, and the most bytes one

@@ -45,7 +45,14 @@ impl Drop for Guard {
 /// <message>`, the shape `mayfly logs` reads back (`history::parse_line`).
 /// Every node line (master, worker, provider, reduce) goes through here.
 pub fn line(level: &str, who: &str, message: impl std::fmt::Display) {
-    eprintln!("{} {level} {who}: {message}", mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock));
+    // Formatted first and written at once: `eprintln!` writes each piece of
+    // the format with a system call of its own (stderr is unbuffered), eight
+    // per line, and a master logs a line per commit.
+    let now = mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock);
+    let text = format!("{now} {level} {who}: {message}\n");
+    // A log that cannot be written is the pump's to handle; a line is never
+    // worth a panic.
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Puts this process's stdout and stderr through the pump, until the guard is

@@ -200,16 +200,20 @@ impl Master {
     fn record(&mut self, event: &Event, sync: bool) {
         // Each line says when it was decided (`at`, ms since the epoch): the
         // history `status`, `report` and the timeline are drawn from.
-        if let Ok(line) = serde_json::to_string(&EntryRef { at: self.clock.now(), event }) {
-            let written =
-                writeln!(self.journal, "{line}").and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
+        if let Ok(mut line) = serde_json::to_string(&EntryRef { at: self.clock.now(), event }) {
+            // One write per line (`writeln!` would make two).
+            line.push('\n');
+            let written = self
+                .journal
+                .write_all(line.as_bytes())
+                .and_then(|()| if sync { self.journal.sync_data() } else { Ok(()) });
             match written {
                 Ok(()) => self.journal_failing = false,
-                // Said once per streak: decisions go on (the commit markers
+                // Said once per streak: decisions go on (the recorded commits
                 // are the truth on resume; the journal only adds history).
                 Err(e) if !self.journal_failing => {
                     self.journal_failing = true;
-                    say!(WARN, "writing the journal: {e}; going on (commit markers remain the truth)");
+                    say!(WARN, "writing the journal: {e}; going on (the recorded commits remain the truth)");
                 }
                 Err(_) => {}
             }

@@ -238,6 +238,9 @@ pub struct Ledger {
     /// Map shards committed or failed, and failed.
     map_settled: u32,
     map_failed: u32,
+    /// Shards of either stage committed or failed for good: the job is done
+    /// when it counts them all (kept, not scanned: every lease asks).
+    settled: u32,
 }
 
 /// Which stage a shard belongs to.
@@ -268,6 +271,7 @@ impl Ledger {
             map: shards,
             map_settled: 0,
             map_failed: 0,
+            settled: 0,
         }
     }
 
@@ -324,6 +328,7 @@ impl Ledger {
         let map = &self.shards[..self.map as usize];
         self.map_settled = map.iter().filter(settled).count() as u32;
         self.map_failed = map.iter().filter(|s| matches!(s.state, ShardState::Failed { .. })).count() as u32;
+        self.settled = self.shards.iter().filter(settled).count() as u32;
         self.pending =
             (0..self.shards.len() as u32).filter(|&i| self.shards[i as usize].state == ShardState::Pending).collect();
         self.earliest_expiry = self
@@ -339,13 +344,16 @@ impl Ledger {
 
     /// Sets a shard's state, keeping the pending index true.
     fn set_state(&mut self, shard: u32, state: ShardState) {
-        if shard < self.map
-            && let Some(r) = self.shards.get(shard as usize)
-        {
+        if let Some(r) = self.shards.get(shard as usize) {
             let settled = |s: &ShardState| matches!(s, ShardState::Committed { .. } | ShardState::Failed { .. });
             let failed = |s: &ShardState| matches!(s, ShardState::Failed { .. });
-            self.map_settled = self.map_settled + u32::from(settled(&state)) - u32::from(settled(&r.state));
-            self.map_failed = self.map_failed + u32::from(failed(&state)) - u32::from(failed(&r.state));
+            let now_settled = u32::from(settled(&state));
+            let was_settled = u32::from(settled(&r.state));
+            self.settled = self.settled + now_settled - was_settled;
+            if shard < self.map {
+                self.map_settled = self.map_settled + now_settled - was_settled;
+                self.map_failed = self.map_failed + u32::from(failed(&state)) - u32::from(failed(&r.state));
+            }
         }
         if state == ShardState::Pending {
             self.pending.insert(shard);
@@ -397,12 +405,9 @@ impl Ledger {
     /// Whether every shard is committed or failed; or, with a reduce stage,
     /// every map shard is and one failed (the reduce will not run).
     pub fn is_done(&self) -> bool {
-        let settled = |s: &ShardRecord| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. });
-        if self.map_failed > 0 && self.map_settled == self.map {
-            // No partition was leased: they wait for a committed map stage.
-            return true;
-        }
-        self.shards.iter().all(settled)
+        // No partition was leased once a map shard failed: they wait for a
+        // committed map stage.
+        (self.map_failed > 0 && self.map_settled == self.map) || self.settled as usize == self.shards.len()
     }
 
     /// Leases the lowest pending shard that may be leased at `now` to
@@ -733,7 +738,13 @@ mod tests {
             // The map stage's counters, kept as states change, agree with a recount.
             let mut recounted = l.clone();
             recounted.reindex();
-            assert_eq!((l.map_settled, l.map_failed), (recounted.map_settled, recounted.map_failed));
+            assert_eq!(
+                (l.map_settled, l.map_failed, l.settled),
+                (recounted.map_settled, recounted.map_failed, recounted.settled)
+            );
+            let all_settled =
+                l.shards().iter().all(|s| matches!(s.state, ShardState::Committed { .. } | ShardState::Failed { .. }));
+            assert_eq!(l.is_done(), all_settled || (l.map_failed > 0 && l.map_settled == l.map));
             let earliest = l
                 .shards()
                 .iter()

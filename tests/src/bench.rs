@@ -585,6 +585,8 @@ pub struct MasterLoad {
     /// The slowest first connection (TLS handshake and one request) when
     /// every worker connects at once, before the clock starts.
     pub slowest_connect: Duration,
+    /// This process's CPU time (the simulated workers') while the clock ran.
+    pub sim_cpu: Duration,
     /// Requests that got no answer (each sent again), with their errors.
     pub failures: Vec<String>,
 }
@@ -694,19 +696,28 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         .enable_all()
         .build()
         .expect("the simulated workers' tokio runtime");
-    let (runs, took, cpu_before) = rt.block_on(async {
+    let (runs, took, cpu_before, sim_cpu) = rt.block_on(async {
         // Every simulated worker connects first; the clock starts when all are in.
         let start = Arc::new(tokio::sync::Barrier::new(workers + 1));
-        let tasks: Vec<_> =
-            (0..workers).map(|w| tokio::spawn(simulated_worker(sim.clone(), w, start.clone()))).collect();
+        let tasks: Vec<_> = (0..workers)
+            .map(|w| {
+                // Spread over the first think time: steady state from the
+                // start, not every worker's lease in the same millisecond
+                // (a herd of `workers` requests that made the p99 of a
+                // 4-second run; real shards do not end in step).
+                let stagger = sim.think.mul_f64(w as f64 / workers as f64);
+                tokio::spawn(simulated_worker(sim.clone(), w, start.clone(), stagger))
+            })
+            .collect();
         start.wait().await;
         let cpu_before = process_cpu(&pid);
+        let sim_before = own_cpu();
         let started = Instant::now();
         let mut runs = Vec::with_capacity(workers);
         for task in tasks {
             runs.push(task.await.map_err(|e| format!("a simulated worker's task: {e}")).and_then(|r| r));
         }
-        (runs, started.elapsed(), cpu_before)
+        (runs, started.elapsed(), cpu_before, own_cpu().saturating_sub(sim_before))
     });
     drop(rt);
     let lost: Vec<String> = runs.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
@@ -736,6 +747,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         peak_rss_kib: peak.load(Ordering::Relaxed),
         master_cpu,
         slowest_connect,
+        sim_cpu,
         failures,
     };
     let _ = provider.terminate(&nodes, Duration::from_secs(2));
@@ -992,7 +1004,21 @@ struct Run {
 /// starts (the figures are the steady state, not the connection storm), waits
 /// at `start` for all the others, then leases, works `think` and commits
 /// until the master says done or refuses it. `Err` when it could not connect.
-async fn simulated_worker(sim: Arc<Sim>, w: usize, start: Arc<tokio::sync::Barrier>) -> Result<Run, String> {
+/// This process's CPU time so far (user + system).
+fn own_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+        tv(u.user_time()) + tv(u.system_time())
+    })
+}
+
+async fn simulated_worker(
+    sim: Arc<Sim>,
+    w: usize,
+    start: Arc<tokio::sync::Barrier>,
+    stagger: Duration,
+) -> Result<Run, String> {
     let t = Instant::now();
     let first = async {
         let mut conn = sim.connect().await?;
@@ -1003,6 +1029,9 @@ async fn simulated_worker(sim: Arc<Sim>, w: usize, start: Arc<tokio::sync::Barri
     let mut run = Run { connect: t.elapsed(), latencies: Vec::new(), failures: Vec::new() };
     start.wait().await;
     let mut conn = Some(first.map_err(|e| format!("sim-{w}: the first connection and status request: {e}"))?);
+    if !stagger.is_zero() {
+        tokio::time::sleep(stagger).await;
+    }
     let worker = format!("sim-{w}");
     let encoding = |what: &str, e: serde_json::Error| format!("{worker}: encoding a {what}: {e}");
     loop {

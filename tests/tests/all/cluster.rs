@@ -359,11 +359,10 @@ fn a_paused_worker_cannot_commit_after_its_lease_expired() {
     job.assert_nothing_left(Duration::from_secs(10));
 }
 
-#[test]
-fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
-    let files = inputs(10, 2000);
-    let job = TestJob::new("master-kill", &files);
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400, stamp = true }", &cluster(2, ""));
+/// Runs `job`, SIGKILLs its master once two shards are committed, and checks
+/// that the run says the job can be resumed (exit 3); the job's layout and
+/// the run's output.
+fn kill_the_master_once_two_shards_committed(job: &TestJob) -> (mayfly_core::job::Layout, std::process::Output) {
     let run = job.spawn();
     let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
     assert!(wait_until(Duration::from_secs(60), || mayfly_core::commits::read(&layout)
@@ -372,6 +371,15 @@ fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
     job.signal("master", "KILL");
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    (layout, out)
+}
+
+#[test]
+fn the_master_killed_mid_job_resumes_without_redoing_committed_shards() {
+    let files = inputs(10, 2000);
+    let job = TestJob::new("master-kill", &files);
+    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400, stamp = true }", &cluster(2, ""));
+    let (layout, out) = kill_the_master_once_two_shards_committed(&job);
     assert!(text(&out).contains(&format!("mayfly resume {}", job.id)), "{}", text(&out));
     let before: Vec<u32> = mayfly_core::commits::read(&layout).unwrap().iter().map(|m| m.shard).collect();
     let journal_len = mayfly_core::master::read_journal(&job.state().join("journal.jsonl")).len();
@@ -395,14 +403,7 @@ fn a_commit_log_torn_by_a_master_killed_mid_write_is_cut_back_on_resume_and_noth
     let files = inputs(12, 2000);
     let job = TestJob::new("torn-log", &files);
     job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 300, stamp = true }", &cluster(2, ""));
-    let run = job.spawn();
-    let layout = mayfly_core::job::Layout::local(&job.dir.join("state"), &job.id, &job.out());
-    assert!(wait_until(Duration::from_secs(60), || mayfly_core::commits::read(&layout)
-        .map(|c| c.len() >= 2)
-        .unwrap_or(false)));
-    job.signal("master", "KILL");
-    let out = run.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let (layout, _) = kill_the_master_once_two_shards_committed(&job);
     // What a kill in the middle of a batch's write leaves: the batch's first
     // line whole, naming a shard not committed (its checksum right), the
     // next cut short.

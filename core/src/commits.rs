@@ -67,6 +67,15 @@ pub fn read(layout: &Layout) -> io::Result<Vec<Marker>> {
     Ok(by_shard.into_values().collect())
 }
 
+/// Every line of the job's commit log up to its first bad one, as written
+/// (a shard on two lines would be a doubled commit: the tests' audit looks).
+pub fn read_log(layout: &Layout) -> io::Result<Vec<Marker>> {
+    match logged(layout) {
+        true => Ok(layout.output.get(Layout::COMMIT_LOG)?.map(|b| parse(&b).markers).unwrap_or_default()),
+        false => Ok(Vec::new()),
+    }
+}
+
 /// The commit of `shard`, if it has one.
 pub fn of(layout: &Layout, shard: u32) -> io::Result<Option<Marker>> {
     if !logged(layout) {
@@ -101,7 +110,8 @@ struct Parsed {
     why: Option<String>,
 }
 
-fn line(marker: &Marker) -> io::Result<Vec<u8>> {
+/// The log's line for `marker`, as [`CommitLog`] writes it.
+pub fn line(marker: &Marker) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(marker).map_err(io::Error::other)?;
     let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
     line.extend_from_slice(&json);
@@ -170,15 +180,24 @@ pub fn recover_log(layout: &Layout) -> io::Result<Option<Recovered>> {
     let cut = match &parsed.why {
         None => None,
         Some(why) => {
+            // Kept aside first: a torn batch is all a crash can leave, but a
+            // bad line with whole ones after it would be damage, and its
+            // evidence is not thrown away.
+            let now = mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock);
+            let aside = path.with_extension(format!("log.cut-{now}"));
+            let mut kept = File::create(&aside)?;
+            kept.write_all(&bytes[parsed.good..])?;
+            kept.sync_all()?;
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(parsed.good as u64)?;
             file.sync_all()?;
             Some(format!(
                 "{}: {why}; {} line(s) from byte {} were cut off (a batch the last master did not finish: \
-                 none of it was answered, its shards run again)",
+                 none of it was answered, its shards run again) and kept in {}",
                 path.display(),
                 parsed.dropped,
-                parsed.good
+                parsed.good,
+                aside.display()
             ))
         }
     };
@@ -202,6 +221,36 @@ pub fn rewrite_log(layout: &Layout, markers: &[Marker]) -> io::Result<()> {
     sync_dir(&path)
 }
 
+/// The master's hold on the job's commit log: while one master holds it, no
+/// other can open the log (a second master, resumed while the first still
+/// runs, would decide winners apart from it). Released when the process ends,
+/// however it ends.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] File);
+
+/// Takes the job's commit-log lock (`_mayfly/master.lock`, next to the log),
+/// or says that another master holds it. `None`: the output is not local
+/// (an object store arbitrates each commit itself).
+pub fn lock(layout: &Layout) -> io::Result<Option<Lock>> {
+    let Some(log) = log_path(layout) else { return Ok(None) };
+    let path = log.with_file_name("master.lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Lock(file))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is held by another master of this job, still running: only one may decide its commits",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+}
+
 fn log_path(layout: &Layout) -> Option<PathBuf> {
     layout.output.local_dir().map(|dir| dir.join(Layout::COMMIT_LOG))
 }
@@ -209,6 +258,16 @@ fn log_path(layout: &Layout) -> Option<PathBuf> {
 fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Makes the entries of `path` and of its directory durable (the log, and
+/// `_mayfly/` itself, perhaps just made).
+fn sync_dirs(path: &Path) -> io::Result<()> {
+    sync_dir(path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
 }
@@ -230,6 +289,8 @@ pub enum Claim {
 #[derive(Debug)]
 pub struct CommitLog {
     state: Mutex<LogState>,
+    /// Held as long as the log is open.
+    _lock: Lock,
 }
 
 #[derive(Debug)]
@@ -248,10 +309,14 @@ struct LogState {
 
 impl CommitLog {
     /// Opens the job's log for appending (creating it), with the commits a
-    /// restarted master recovered. `None`: the output is not local (markers
-    /// are the commits).
-    pub fn open(layout: &Layout, committed: &[Marker]) -> io::Result<Option<CommitLog>> {
+    /// restarted master recovered and the lock it took before recovering
+    /// them ([`lock`]). `None`: the output is not local (markers are the
+    /// commits).
+    pub fn open(layout: &Layout, lock: Option<Lock>, committed: &[Marker]) -> io::Result<Option<CommitLog>> {
         let Some(path) = log_path(layout) else { return Ok(None) };
+        let Some(lock) = lock else {
+            return Err(io::Error::other(format!("{}: opened without the master's lock on it", path.display())));
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -260,9 +325,9 @@ impl CommitLog {
         let len = file.metadata().map_err(named)?.len();
         // The log's own entry in its directory, durable before any commit
         // relies on it.
-        sync_dir(&path).map_err(named)?;
+        sync_dirs(&path).map_err(named)?;
         let winners = committed.iter().map(|m| (m.shard, m.token)).collect();
-        Ok(Some(CommitLog { state: Mutex::new(LogState { file, path, len, winners, broken: None }) }))
+        Ok(Some(CommitLog { state: Mutex::new(LogState { file, path, len, winners, broken: None }), _lock: lock }))
     }
 
     /// Decides a batch of commits: each shard's first commit wins, and the
@@ -315,7 +380,7 @@ impl CommitLog {
                 ));
             }
             let why = format!("appending to {}: {e}", state.path.display());
-            return fail(claims, &why);
+            return fail(claims, markers, &won, &why);
         }
         if let Err(e) = state.file.sync_data() {
             let why = format!(
@@ -323,21 +388,24 @@ impl CommitLog {
                 state.path.display()
             );
             state.broken = Some(why.clone());
-            return fail(claims, &why);
+            return fail(claims, markers, &won, &why);
         }
         state.len = before + bytes.len() as u64;
         claims
     }
 }
 
-/// The batch's claims once its write failed: the commits it would have won
-/// fail with `why` (those it lost or already had stand).
-fn fail(claims: Vec<io::Result<Claim>>, why: &str) -> Vec<io::Result<Claim>> {
+/// The batch's claims once its write failed: every claim on a shard the
+/// batch would have won fails with `why`, the winner's and any other of the
+/// same batch (a repeat is not "ours", a rival has not "lost": nothing of
+/// the batch is recorded); claims on shards won before stand.
+fn fail(claims: Vec<io::Result<Claim>>, markers: &[&Marker], won: &[u32], why: &str) -> Vec<io::Result<Claim>> {
     claims
         .into_iter()
-        .map(|c| match c {
-            Ok(Claim::Won) => Err(io::Error::other(why.to_owned())),
-            c => c,
+        .zip(markers)
+        .map(|(c, m)| match won.contains(&m.shard) {
+            true => Err(io::Error::other(why.to_owned())),
+            false => c,
         })
         .collect()
 }
@@ -360,11 +428,16 @@ mod tests {
         Layout::local(&dir.join("state"), "j", &dir.join("out"))
     }
 
+    /// The log opened as a master opens it: its lock first.
+    fn open(layout: &Layout, committed: &[Marker]) -> CommitLog {
+        CommitLog::open(layout, lock(layout).unwrap(), committed).unwrap().expect("a local output has a log")
+    }
+
     #[test]
     fn each_shards_first_commit_wins_and_is_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let layout = layout(dir.path());
-        let log = CommitLog::open(&layout, &[]).unwrap().expect("a local output has a log");
+        let log = open(&layout, &[]);
         let (a, b, c) = (marker(0, 7), marker(0, 8), marker(1, 9));
         let claims: Vec<Claim> = log.append(&[&a, &b, &c]).into_iter().map(Result::unwrap).collect();
         assert_eq!(claims, [Claim::Won, Claim::Lost, Claim::Won]);
@@ -373,10 +446,14 @@ mod tests {
         assert_eq!(read(&layout).unwrap(), vec![a.clone(), c.clone()]);
         assert_eq!(of(&layout, 1).unwrap(), Some(c.clone()));
         assert_eq!(of(&layout, 2).unwrap(), None);
+        // No second master while this one holds the log.
+        let refused = lock(&layout).unwrap_err();
+        assert!(refused.to_string().contains("held by another master of this job"), "{refused}");
         // A restarted master knows the winners.
+        drop(log);
         let recovered = recover_log(&layout).unwrap().unwrap();
         assert!(recovered.cut.is_none());
-        let log = CommitLog::open(&layout, &recovered.markers).unwrap().unwrap();
+        let log = open(&layout, &recovered.markers);
         assert_eq!(log.append(&[&marker(1, 11)])[0].as_ref().unwrap(), &Claim::Lost);
     }
 
@@ -384,7 +461,7 @@ mod tests {
     fn a_torn_end_is_cut_off_and_what_came_before_stands() {
         let dir = tempfile::tempdir().unwrap();
         let layout = layout(dir.path());
-        let log = CommitLog::open(&layout, &[]).unwrap().unwrap();
+        let log = open(&layout, &[]);
         let (a, b) = (marker(0, 1), marker(1, 2));
         assert!(log.append(&[&a, &b]).iter().all(|c| c.is_ok()));
         drop(log);
@@ -405,8 +482,12 @@ mod tests {
             let cut = recovered.cut.expect("the bad end is said");
             assert!(cut.contains("commits.log") && cut.contains(&format!("from byte {}", whole.len())), "{cut}");
             assert_eq!(std::fs::read(&path).unwrap(), whole, "{what}: cut back to the whole lines");
+            // What was cut is kept aside, byte for byte.
+            let aside = cut.rsplit(" and kept in ").next().unwrap();
+            assert_eq!(std::fs::read(aside).unwrap(), tail, "{what}");
+            std::fs::remove_file(aside).unwrap();
             // The next batch follows whole lines and is read back.
-            let log = CommitLog::open(&layout, &recovered.markers).unwrap().unwrap();
+            let log = open(&layout, &recovered.markers);
             let c = marker(2, 5);
             assert_eq!(log.append(&[&c])[0].as_ref().unwrap(), &Claim::Won);
             assert_eq!(read(&layout).unwrap(), vec![a.clone(), b.clone(), c], "{what}");
@@ -418,7 +499,7 @@ mod tests {
     fn a_failed_write_takes_nothing_and_the_shards_can_commit_later() {
         let dir = tempfile::tempdir().unwrap();
         let layout = layout(dir.path());
-        let log = CommitLog::open(&layout, &[]).unwrap().unwrap();
+        let log = open(&layout, &[]);
         // A file opened for appending and then taken away for writing: the
         // state's file is swapped for a read-only handle.
         let path = dir.path().join("out").join(Layout::COMMIT_LOG);
@@ -426,9 +507,17 @@ mod tests {
             let mut state = log.state.lock().unwrap();
             std::mem::replace(&mut state.file, File::open(&path).unwrap())
         };
-        let a = marker(0, 1);
-        let refused = log.append(&[&a]);
-        assert!(refused[0].as_ref().is_err_and(|e| e.to_string().contains("appending to")), "{refused:?}");
+        let (a, b) = (marker(0, 1), marker(1, 3));
+        log.append(&[&b]).into_iter().for_each(|c| assert!(c.is_err()));
+        assert!(log.append(&[]).is_empty());
+        // A repeat and a rival in the failed batch fail with it: nothing of
+        // the batch is recorded, so neither is "ours" nor "lost".
+        let (repeat, rival) = (a.clone(), marker(0, 9));
+        let refused = log.append(&[&a, &repeat, &rival]);
+        assert!(
+            refused.iter().all(|c| c.as_ref().is_err_and(|e| e.to_string().contains("appending to"))),
+            "{refused:?}"
+        );
         log.state.lock().unwrap().file = writable;
         assert_eq!(log.append(&[&marker(0, 2)])[0].as_ref().unwrap(), &Claim::Won, "the shard was free again");
         assert_eq!(read(&layout).unwrap().iter().map(|m| m.token).collect::<Vec<_>>(), [2]);
@@ -438,7 +527,7 @@ mod tests {
     fn a_rewritten_log_holds_exactly_what_it_was_given() {
         let dir = tempfile::tempdir().unwrap();
         let layout = layout(dir.path());
-        let log = CommitLog::open(&layout, &[]).unwrap().unwrap();
+        let log = open(&layout, &[]);
         let all = [marker(0, 1), marker(1, 2), marker(2, 3)];
         assert!(log.append(&all.iter().collect::<Vec<_>>()).iter().all(|c| c.is_ok()));
         rewrite_log(&layout, &[all[0].clone(), all[2].clone()]).unwrap();
@@ -455,5 +544,13 @@ mod tests {
         layout.output.write_json(&layout.marker(4), &m).unwrap();
         assert_eq!(read(&layout).unwrap(), vec![m.clone()]);
         assert_eq!(of(&layout, 4).unwrap(), Some(m));
+        let provider = mayfly_data::provider::ProviderHandle::select(&Default::default()).unwrap();
+        let url = |d: &str| {
+            mayfly_data::store::Location::parse(&format!("file://{}", dir.path().join(d).display()), dir.path())
+                .unwrap()
+        };
+        let remote = Layout::open(&url("rstate/j"), "j", &url("rout"), &provider, "master").unwrap();
+        assert!(!logged(&remote) && lock(&remote).unwrap().is_none());
+        assert!(CommitLog::open(&remote, None, &[]).unwrap().is_none());
     }
 }

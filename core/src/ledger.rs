@@ -698,7 +698,8 @@ mod tests {
 
     #[test]
     fn the_indexes_agree_with_the_records_under_random_operations() {
-        let mut l = Ledger::new(50, 3);
+        // 50 map shards and 4 partitions: the counters of both stages.
+        let mut l = Ledger::new(50, 3).with_reduce(4);
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         let mut next = move || {
             x ^= x << 13;
@@ -733,7 +734,7 @@ mod tests {
                 }
             }
             let scan: std::collections::BTreeSet<u32> =
-                (0..50).filter(|&i| l.shards()[i as usize].state == ShardState::Pending).collect();
+                (0..54).filter(|&i| l.shards()[i as usize].state == ShardState::Pending).collect();
             assert_eq!(l.pending, scan);
             // The map stage's counters, kept as states change, agree with a recount.
             let mut recounted = l.clone();

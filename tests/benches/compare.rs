@@ -483,7 +483,9 @@ fn master(args: &Args) {
         } else {
             format!("{:.0}", 2.0 * workers as f64 / think.as_secs_f64())
         };
-        let target = if workers == 1_000 && !think.is_zero() {
+        // A smoke run's rows are too short to judge (its rounds are few, so the
+        // spread starts weigh on the rate): the full run's row is the measure.
+        let target = if workers == 1_000 && !think.is_zero() && !args.smoke {
             if load.rate() >= 0.95 * 10_000.0 && load.p99 < ms(50) { "ok" } else { "MISSED" }
         } else {
             "-"

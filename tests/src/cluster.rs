@@ -193,7 +193,7 @@ pub fn text(out: &std::process::Output) -> String {
 /// What an independent reading of a finished job says about its commits:
 /// one line per problem (none: every shard was committed once, by one token).
 ///
-/// It reads the job's commits (its commit log, or markers), the journal every master of the job appended
+/// It reads the job's commits (every line of its commit log, or markers), the journal every master of the job appended
 /// to (across resumes), the masters' log lines (`shard S committed (token T,
 /// ...)`), and each published item's `attempt.txt` when the task stamped one
 /// (`misbehave` with `stamp = true`). A problem is a shard committed by more
@@ -232,6 +232,15 @@ pub fn audit_commits(job: &TestJob) -> Vec<String> {
     let rerun =
         |shard: u32| master_log.contains(&format!("shard {shard} was marked committed but its outputs are gone"));
     let mut problems = Vec::new();
+    // Every line of the commit log: a shard on two is a doubled commit, whatever
+    // the first-per-shard view of the commits shows.
+    let mut lines: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for m in mayfly_core::commits::read_log(&layout).expect("the job's commit log") {
+        lines.entry(m.shard).or_default().push(m.token);
+    }
+    for (shard, tokens) in lines.into_iter().filter(|(_, t)| t.len() > 1) {
+        problems.push(format!("shard {shard}: on {} lines of the commit log (tokens {tokens:?})", tokens.len()));
+    }
     for marker in &markers {
         let tokens = committed.remove(&marker.shard).unwrap_or_default();
         if rerun(marker.shard) {

@@ -694,6 +694,20 @@ impl Store {
         }
     }
 
+    /// Makes everything written under a local store durable (one `syncfs`
+    /// of its file system); an object store's writes are durable when they
+    /// are answered, so there it does nothing.
+    pub fn sync(&self) -> io::Result<()> {
+        self.admit(|| format!("syncing {}", self.location))?;
+        match &self.backend {
+            Backend::Local(root) => {
+                let dir = std::fs::File::open(root)?;
+                nix::unistd::syncfs(&dir).map_err(io::Error::from)
+            }
+            Backend::Object { .. } => Ok(()),
+        }
+    }
+
     /// Moves an object (idempotent: done if `from` is gone and `to` is there).
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.admit(|| format!("moving {}", self.display(from)))?;

@@ -294,8 +294,20 @@ fn decide_batch(
         })
         .collect();
     // 2. Exactly one winner per shard, durably: in the log (one write, one
-    //    sync), or by creating each marker if absent.
-    let which: Vec<usize> = (0..markers.len()).filter(|i| decided[*i].is_ok()).collect();
+    //    sync), or by creating each marker if absent. Before a commit is
+    //    recorded its staged outputs are durable too (in a local output, one
+    //    `syncfs` per batch that has any: the workers' files were written
+    //    without a sync of their own).
+    let mut which: Vec<usize> = (0..markers.len()).filter(|i| decided[*i].is_ok()).collect();
+    if log.is_some()
+        && which.iter().any(|i| !markers[*i].outputs.is_empty())
+        && let Err(e) = layout.output.sync()
+    {
+        let why = format!("making the staged outputs durable: {e}");
+        for i in which.drain(..) {
+            decided[i] = Err((StatusCode::SERVICE_UNAVAILABLE, why.clone()));
+        }
+    }
     let claims: Vec<std::io::Result<Claim>> = match log {
         Some(log) => log.append(&which.iter().map(|i| markers[*i]).collect::<Vec<_>>()),
         None => create_markers(layout, &which.iter().map(|i| markers[*i]).collect::<Vec<_>>()),
@@ -483,7 +495,7 @@ mod tests {
 
     /// The layout's commit log, if its output is local.
     fn log(layout: &Layout, committed: &[Marker]) -> Option<CommitLog> {
-        CommitLog::open(layout, committed).unwrap()
+        CommitLog::open(layout, crate::commits::lock(layout).unwrap(), committed).unwrap()
     }
 
     fn committed(layout: &Layout, shard: u32) -> Option<u64> {

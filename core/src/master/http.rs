@@ -155,19 +155,16 @@ async fn commit(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         };
         let t = m.now();
         m.expire(t);
-        (req.shard, m.prepare_commit(&req))
+        (req.shard, m.prepare_commit(&req), m.committer.clone())
     };
-    let (shard, marker) = match prepared {
-        (shard, Ok(p)) => (shard, p),
-        (shard, Err((status, message))) => {
+    let (shard, marker, committer) = match prepared {
+        (shard, Ok(p), committer) => (shard, p, committer),
+        (shard, Err((status, message)), _) => {
             say!(WARN, "commit of shard {shard} refused: {message}");
             return refuse(status, message);
         }
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let Ok(committer) = s.lock().map(|m| m.committer.clone()) else {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "master state poisoned");
-    };
     // The queue is bounded: with it full, this request waits for room. Not
     // queued (the committer gone, or the client hung up while it waited),
     // the commit is no longer in flight.

@@ -337,8 +337,11 @@ fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<Ope
 
     // Rebuild from the commits (the truth) and the journal, finishing any
     // publication a crash interrupted.
+    // The commit log's lock first: no other master may be deciding while
+    // this one reads the commits back.
+    let lock = crate::commits::lock(&layout).map_err(MasterError::Commits)?;
     let markers = recover(&layout).map_err(MasterError::Commits)?;
-    let log = crate::commits::CommitLog::open(&layout, &markers).map_err(MasterError::Commits)?.map(Arc::new);
+    let log = crate::commits::CommitLog::open(&layout, lock, &markers).map_err(MasterError::Commits)?.map(Arc::new);
     if layout.state.local_dir().is_none() && !layout.journal(manifest.created_at).exists() {
         // A master restarted on another machine: the last copy of the journal.
         let _ = layout.state.download(keys::JOURNAL, &layout.journal(manifest.created_at));

@@ -319,7 +319,16 @@ fn a_doubled_commit_is_seen_though_every_output_looks_right() {
         logged.state().join("logs/master.log"),
         format!("INFO master: shard {shard} committed (token {second}, 2 outputs)"),
     );
-    for (what, copied) in [("journal", &journal), ("stamp", &stamp), ("log", &logged)] {
+    // The commit log: a second, well-formed line for the shard, by another token.
+    let relogged = copy("audit-commits");
+    let mut doubled = marker.clone();
+    doubled.token = second;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(relogged.out().join(mayfly_core::job::Layout::COMMIT_LOG))
+        .unwrap();
+    std::io::Write::write_all(&mut log, &mayfly_core::commits::line(&doubled).unwrap()).unwrap();
+    for (what, copied) in [("journal", &journal), ("stamp", &stamp), ("log", &logged), ("commit log", &relogged)] {
         let problems = mayfly_tests::cluster::audit_commits(copied);
         assert!(
             problems.iter().any(|p| p.starts_with(&format!("shard {shard}: "))),
@@ -411,11 +420,14 @@ fn a_commit_log_torn_by_a_master_killed_mid_write_is_cut_back_on_resume_and_noth
     let open = (0..files.len() as u32).find(|s| before.iter().all(|m| m.shard != *s)).expect("an open shard");
     let log = job.out().join(mayfly_core::job::Layout::COMMIT_LOG);
     let whole = std::fs::read(&log).unwrap();
-    let last = whole[..whole.len() - 1].rsplit(|b| *b == b'\n').next().unwrap().to_vec();
-    let text_of = String::from_utf8(last).unwrap();
-    let (_, json) = text_of.split_once(' ').unwrap();
-    let forged = json.replacen(&format!("\"shard\":{}", before.last().unwrap().shard), &format!("\"shard\":{open}"), 1);
-    let line = format!("{:08x} {forged}\n", crc32fast::hash(forged.as_bytes()));
+    let mut forged = before[0].clone();
+    forged.shard = open;
+    let line = mayfly_core::commits::line(&forged).unwrap();
+    std::fs::write(&log, [whole.as_slice(), &line].concat()).unwrap();
+    assert!(
+        mayfly_core::commits::read(&layout).unwrap().iter().any(|m| m.shard == open),
+        "the forged line, after whole lines, is read"
+    );
     let mut torn = whole.clone();
     torn.extend_from_slice(b"0badc0de {\"job\":\"");
     std::fs::write(&log, &torn).unwrap();
@@ -423,7 +435,7 @@ fn a_commit_log_torn_by_a_master_killed_mid_write_is_cut_back_on_resume_and_noth
     // A whole line after a bad one is not read either (the log ends at its first bad line).
     torn.truncate(whole.len());
     torn.extend_from_slice(b"zzzz\n");
-    torn.extend_from_slice(line.as_bytes());
+    torn.extend_from_slice(&line);
     std::fs::write(&log, &torn).unwrap();
     assert_eq!(mayfly_core::commits::read(&layout).unwrap(), before);
     let out = job.command(&["resume", &job.id, "--state", "state"]).output().unwrap();

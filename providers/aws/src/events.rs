@@ -85,19 +85,23 @@ pub(crate) fn s3_event(
     Ok(BootstrapRequest { job_url: Some(job_url.to_owned()), overrides, ..Default::default() })
 }
 
-/// Decodes an S3 event's key (`%XX` escapes, `+` for a space).
+/// Decodes an S3 event's key: form-style URL encoding, `+` for a space and
+/// `%XX` for every other byte that needs it (a `+` of the key is `%2B`).
+/// `None` if the bytes are not UTF-8.
 pub(crate) fn url_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b => out.push(b),
-        }
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(|k| k.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_events_key_is_form_decoded() {
+        assert_eq!(url_decode("in/a+b%2Bc.txt").as_deref(), Some("in/a b+c.txt"));
+        assert_eq!(url_decode("in/caf%C3%A9%20%25.txt").as_deref(), Some("in/café %.txt"));
+        assert_eq!(url_decode("in/plain.txt").as_deref(), Some("in/plain.txt"));
+        assert_eq!(url_decode("in/%FF.txt"), None, "not UTF-8");
     }
-    String::from_utf8(out).ok()
 }

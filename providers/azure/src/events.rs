@@ -72,19 +72,7 @@ pub(crate) fn blob_path(uri: &str, storage_url: Option<&str>) -> Option<String> 
         None => uri.split_once("://")?.1.split_once('/')?.1.to_owned(),
     };
     let rest = rest.split(['?', '#']).next()?;
-    let mut out = Vec::with_capacity(rest.len());
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let path = String::from_utf8(out).ok()?;
+    let path = percent_encoding::percent_decode_str(rest).decode_utf8().ok()?.into_owned();
     path.contains('/').then_some(path)
 }
 

@@ -116,27 +116,9 @@ impl Answer {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A query string's part, form-decoded (`+` for a space, `%XX` escapes).
+fn form_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// Serves HTTP/1.1 on `listener` (keep-alive, a thread per connection).
@@ -186,10 +168,12 @@ fn connection(stream: TcpStream, handler: &(dyn Fn(Request) -> Answer + Send + S
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
+                (form_decode(k), form_decode(v))
             })
             .collect();
-        let answer = handler(Request { method, path: percent_decode(path), query, headers, body });
+        // A path's `+` is a plus: only its `%XX` escapes are decoded.
+        let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+        let answer = handler(Request { method, path, query, headers, body });
         let mut text = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", answer.status, answer.body.len());
         if !answer.body.is_empty() {
             text.push_str("Content-Type: application/json\r\n");

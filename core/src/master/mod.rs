@@ -326,12 +326,13 @@ pub fn run(
     serve(&shared, provider, rt)
 }
 
-/// The master's state for the job laid out at `layout`, rebuilt from the
-/// commits and the journal (a restarted master goes on where the last one
-/// stopped), on `clock`; the committers' queue, and the commit log when the
-/// output is local.
+/// What [`open`] gives: the master's state, the committers' queue, and the
+/// commit log when the output is local.
 type Opened = (Shared, commit::CommitQueue, Option<Arc<crate::commits::CommitLog>>);
 
+/// The master for the job laid out at `layout`, rebuilt from the commits
+/// and the journal (a restarted master goes on where the last one stopped),
+/// on `clock`.
 fn open(layout: Layout, manifest: Manifest, clock: Arc<dyn Clock>) -> Result<Opened, MasterError> {
     let token = crate::job::read_token(&layout).map_err(MasterError::Token)?;
 

@@ -772,6 +772,7 @@ pub fn bootstrap(
         isolation: spec.isolation,
         read_ahead: spec.read_ahead,
         read_ahead_memory: spec.read_ahead_memory,
+        log_format: spec.log_format,
         lease_ms: ms(spec.lease_time),
         idle_timeout_ms: ms(spec.idle_timeout),
         master_lost_timeout_ms: ms(spec.master_lost_timeout),

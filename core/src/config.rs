@@ -66,6 +66,7 @@ struct RawJobSection {
     name: Spanned<String>,
     id: Option<Spanned<String>>,
     max_cost: Option<Spanned<f64>>,
+    log_format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +277,9 @@ pub struct JobSpec {
     /// whose nodes, all billed to the deadline, could cost more is refused
     /// before anything is launched (`[job] max_cost`).
     pub max_cost: Option<f64>,
+    /// How its nodes write their lines (`[job] log_format`, `text` or
+    /// `json`); unset, `MAYFLY_LOG_FORMAT` on the nodes decides, else text.
+    pub log_format: Option<mayfly_data::nodelog::Format>,
     /// The map task.
     pub task: TaskSpec,
     /// The optional reduce task.
@@ -674,6 +678,10 @@ impl JobSpec {
                 ));
             }
         };
+        let log_format = match &raw.job.log_format {
+            None => None,
+            Some(v) => Some(v.get_ref().parse().map_err(|e| err(Some(v.span()), format!("`job.log_format`: {e}")))?),
+        };
         let mut prices = BTreeMap::new();
         for (node_type, price) in &raw.prices {
             let usd = *price.get_ref();
@@ -687,6 +695,7 @@ impl JobSpec {
         }
         Ok(JobSpec {
             max_cost,
+            log_format,
             max_replacements,
             prices,
             file,
@@ -927,6 +936,11 @@ memory = "256MiB"
 
     #[test]
     fn a_spending_ceiling_is_a_number_of_usd() {
+        let format = |v: &str| GOOD.replacen("[job]\n", &format!("[job]\nlog_format = {v}\n"), 1);
+        assert_eq!(parse(GOOD).unwrap().log_format, None);
+        assert_eq!(parse(&format("\"json\"")).unwrap().log_format, Some(mayfly_data::nodelog::Format::Json));
+        let e = parse(&format("\"yaml\"")).unwrap_err().to_string();
+        assert!(e.contains("`job.log_format`") && e.contains("use text or json"), "{e}");
         assert_eq!(parse(GOOD).unwrap().max_cost, None);
         let with = |v: &str| GOOD.replacen("[job]\n", &format!("[job]\nmax_cost = {v}\n"), 1);
         assert_eq!(parse(&with("12.5")).unwrap().max_cost, Some(12.5));

@@ -106,6 +106,10 @@ pub struct Manifest {
     /// Bytes held read ahead, if the job file sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_ahead_memory: Option<u64>,
+    /// How the nodes write their lines (`[job] log_format`); unset, as
+    /// `MAYFLY_LOG_FORMAT` on each node says, else text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<mayfly_data::nodelog::Format>,
     /// Lease length in ms.
     pub lease_ms: u64,
     /// Idle timeout in ms.

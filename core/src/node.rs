@@ -191,7 +191,14 @@ pub fn run(
     rt: Result<&tokio::runtime::Handle, &std::io::Error>,
 ) -> Result<u8, NodeError> {
     let node = args.node;
+    // Every line of this node carries its job, name and role (the span's
+    // fields reach lines on other threads too: nodelog keeps them).
+    let span = tracing::info_span!("node", job = args.job, node, role = args.role);
+    let _entered = span.enter();
     let Opened { layout, manifest, provider } = open(args)?;
+    if let Some(format) = manifest.log_format {
+        mayfly_data::nodelog::set_format(format);
+    }
     let ship = ship_log(&layout, node, log).map(Arc::new);
     if let Some(ship) = ship.clone() {
         std::thread::spawn(move || {

@@ -28,7 +28,7 @@ use crate::api::{
     StagedFile,
 };
 use crate::attempt;
-use crate::host::{Call, LogLine, Runtime, RuntimeConfig, Task};
+use crate::host::{Call, Runtime, RuntimeConfig, Task};
 use crate::job::{Layout, Manifest, keys};
 use crate::ledger::Stage;
 use mayfly_data::provider::{Credential, ProviderHandle};
@@ -119,24 +119,6 @@ impl Failure {
     fn is_held(&self) -> bool {
         matches!(self, Failure::Release(why) if why == HELD)
     }
-}
-
-/// Writes a call's task log lines to the node's log in one go:
-/// `[shard N item] LEVEL ...` (`[shard N] ...` for `start` and `finish`).
-fn print_logs(shard: u32, key: Option<&str>, logs: &[LogLine]) {
-    use std::fmt::Write as _;
-    use std::io::Write as _;
-    if logs.is_empty() {
-        return;
-    }
-    let mut text = String::new();
-    for line in logs {
-        let _ = match key {
-            Some(key) => writeln!(text, "[shard {shard} {key}] {line}"),
-            None => writeln!(text, "[shard {shard}] {line}"),
-        };
-    }
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// The node's credentials and the credential rule, shared by the main loop
@@ -264,7 +246,7 @@ impl attempt::Driver for Leased<'_> {
             attempt::Stage::Item(key) => Some(key),
             attempt::Stage::Start | attempt::Stage::Finish => None,
         };
-        print_logs(self.shard, key, &call.logs);
+        mayfly_data::nodelog::task_lines(self.shard, key, &call.logs);
     }
 }
 
@@ -312,6 +294,9 @@ struct Worker {
 impl Worker {
     fn process(&mut self, lease: Grant, items: Vec<Item>, staging: String, lease_expires: u64) {
         let Grant { shard, token, attempt, stage } = lease;
+        // Every line about this attempt, the heartbeats' included, carries it.
+        let span = tracing::info_span!("attempt", shard, attempt);
+        let _entered = span.enter();
         // Heartbeats run beside the attempt, every third of the lease. Dropping
         // `stop` wakes the thread at once (a shard can take a millisecond).
         let lost = Arc::new(AtomicBool::new(false));
@@ -322,7 +307,9 @@ impl Worker {
         let hb = {
             let (client, lost, keeper, node, hold) =
                 (self.client.clone(), lost.clone(), self.keeper.clone(), self.node.clone(), self.hold.clone());
+            let span = span.clone();
             std::thread::spawn(move || {
+                let _entered = span.enter();
                 let mut expires = lease_expires;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     keeper.refresh_if_due();

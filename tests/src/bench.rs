@@ -646,6 +646,7 @@ pub fn master_load(workers: usize, shards: usize, think: Duration) -> MasterLoad
         isolation: Default::default(),
         read_ahead: None,
         read_ahead_memory: None,
+        log_format: None,
         lease_ms: 600_000,
         idle_timeout_ms: 600_000,
         master_lost_timeout_ms: 600_000,

@@ -28,7 +28,7 @@ pub(crate) fn execute(args: Args) -> Result<Ended> {
 }
 
 fn cmd_attach(job: &str, at: &StateArgs, node: &str) -> Result<Ended> {
-    use mayfly_ops::report::{fmt_duration, fmt_time};
+    use mayfly_model::units::{HumanDuration, Utc};
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
     if node != "master" {
         worker_name(&manifest, node)?;
@@ -57,13 +57,13 @@ fn cmd_attach(job: &str, at: &StateArgs, node: &str) -> Result<Ended> {
         println!("  log        {}   (copied every few seconds)", layout.state.display(&Layout::logs_key(node)));
     }
     println!(
-        "  ends       by {} at the latest (the deadline, in {})",
-        fmt_time(manifest.expires_at),
-        fmt_duration(manifest.expires_at.saturating_sub(now))
+        "  ends       by {} at the latest (the deadline, in {:#})",
+        Utc(manifest.expires_at),
+        HumanDuration::from_millis(manifest.expires_at.saturating_sub(now))
     );
     let holds = mayfly_core::hold::all(&layout)?;
     match mayfly_core::hold::held_until(&holds, node, now) {
-        Some(until) => println!("  held       until {} (in {})", fmt_time(until), fmt_duration(until - now)),
+        Some(until) => println!("  held       until {} (in {:#})", Utc(until), HumanDuration::from_millis(until - now)),
         None => println!("  held       no (`mayfly hold {job} --node {node}` keeps it alive for you)"),
     }
     println!("its log, until it ends (Ctrl-C stops watching; the node goes on):");

@@ -49,7 +49,7 @@ pub(crate) fn release(args: ReleaseArgs) -> Result<Ended> {
 
 fn cmd_hold(job: &str, at: &StateArgs, node: Option<&str>, for_: Duration) -> Result<Ended> {
     use mayfly_core::hold::{Hold, WHOLE_JOB, hold_end};
-    use mayfly_ops::report::{fmt_duration, fmt_time};
+    use mayfly_model::units::{HumanDuration, Utc};
     let (layout, manifest) = find_job(job, &at.state, at.provider.as_deref(), &at.settings)?;
     if let Some(n) = node {
         worker_name(&manifest, n)?;
@@ -82,11 +82,11 @@ fn cmd_hold(job: &str, at: &StateArgs, node: Option<&str>, for_: Duration) -> Re
     mayfly_core::hold::put(&layout, &hold)?;
     tell_master(&layout);
     let what = node.map_or_else(|| format!("every worker of job {job}"), |n| format!("{n} of job {job}"));
-    println!("held {what} until {} (in {})", fmt_time(until), fmt_duration(until - now));
+    println!("held {what} until {} (in {:#})", Utc(until), HumanDuration::from_millis(until - now));
     if cut {
         println!(
-            "asked for {}, cut to the job's deadline: a hold never outlives it (the deadline always wins)",
-            fmt_duration(asked_ms)
+            "asked for {:#}, cut to the job's deadline: a hold never outlives it (the deadline always wins)",
+            HumanDuration::from_millis(asked_ms)
         );
     }
     println!(

@@ -30,19 +30,25 @@ pub(crate) struct Args {
     /// Keep printing new lines until the job ends.
     #[arg(long, short = 'f')]
     follow: bool,
+    /// Print each line as one JSON object (a node's JSON lines as written,
+    /// with their node; text lines with their time, level, node, shard and
+    /// message), whichever format the nodes wrote.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     at: StateArgs,
 }
 
 pub(crate) fn execute(args: Args) -> Result<Ended> {
     let filter = LogFilter { node: args.node, shard: args.shard, level: args.level };
-    cmd_logs(&args.job, &args.at, &LogsArgs { filter, follow: args.follow })
+    cmd_logs(&args.job, &args.at, &LogsArgs { filter, follow: args.follow, json: args.json })
 }
 
 /// What `mayfly logs` shows, and whether it follows.
 pub(crate) struct LogsArgs {
     pub filter: LogFilter,
     pub follow: bool,
+    pub json: bool,
 }
 
 fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Ended> {
@@ -85,8 +91,16 @@ fn cmd_logs(job: &str, at: &StateArgs, args: &LogsArgs) -> Result<Ended> {
             }
             for line in String::from_utf8_lossy(&bytes[from..upto]).lines() {
                 let parsed = history::parse_line(&name, line);
+                if !args.filter.shows(&parsed) {
+                    continue;
+                }
+                let written = if args.json {
+                    writeln!(out, "{}", parsed.json())
+                } else {
+                    writeln!(out, "{name}: {}", parsed.text)
+                };
                 // A closed pipe (`| head`) ends the listing quietly.
-                if args.filter.shows(&parsed) && writeln!(out, "{name}: {line}").is_err() {
+                if written.is_err() {
                     return Ok(Ended::Success);
                 }
             }

@@ -70,10 +70,14 @@ fn exit_code(result: &anyhow::Result<Ended>) -> u8 {
     }
 }
 
+/// `mayfly --version`: the crate's version and the commit it was built from
+/// (with that commit's date; `build.rs` finds them).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MAYFLY_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mayfly",
-    version,
+    version = VERSION,
     about = "Batch work over many files on clusters that live only as long as the work.",
     after_help = "Exit codes:\n  \
         0  success\n  \
@@ -142,9 +146,13 @@ enum Command {
         mayfly logs <job> --node worker-1\n  \
         mayfly logs <job> --shard 12            what every node said about shard 12\n  \
         mayfly logs <job> --level warn          warnings and errors only\n  \
-        mayfly logs <job> --follow              new lines as they come, until the job ends\n\n\
+        mayfly logs <job> --follow              new lines as they come, until the job ends\n  \
+        mayfly logs <job> --json | jq -c 'select(.level == \"ERROR\")'\n\n\
         Each line is prefixed with its node. Node lines read `<ms since epoch> <LEVEL> <node>: ...`;\n\
-        task lines `[shard N item] <LEVEL> ...`.\n\
+        task lines `[shard N item] <LEVEL> ...`. Nodes write JSON lines instead (job, node, role, shard,\n\
+        attempt, item, level, message, the task's fields) when the job says `log_format = \"json\"` in\n\
+        [job], or MAYFLY_LOG_FORMAT=json is set on them; they are shown as text, and --json prints\n\
+        every line as one JSON object, whichever format it was written in.\n\
         Exit codes: 0 shown (--follow: the job ended); 2 no such job or node; 3 (--follow) the job's master\n\
         was lost before it ended (`mayfly resume <job>` continues it).")]
     Logs(logs::Args),
@@ -230,7 +238,14 @@ enum Command {
         and this command's; the job files name the rest (image_id, instance_profile, node_artifact, ...).")]
     Deploy(deploy::Args),
     /// Generate a sample dataset and run wordcount (map and reduce) over it locally.
+    #[command(after_help = "Examples:\n  mayfly demo\n  mayfly demo --workers 4")]
     Demo(demo::Args),
+    /// Print a shell completion script for mayfly's commands and flags.
+    #[command(after_help = "Examples:\n  \
+        mayfly completions bash > ~/.local/share/bash-completion/completions/mayfly\n  \
+        mayfly completions zsh > ~/.zfunc/_mayfly       (with fpath+=~/.zfunc before compinit)\n  \
+        mayfly completions fish > ~/.config/fish/completions/mayfly.fish")]
+    Completions(CompletionsArgs),
     /// Run one node of a job (launched by a provider, not by hand).
     #[command(hide = true)]
     Node(node::Args),
@@ -241,6 +256,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every line a node (or the bootstrap's provider) writes goes through
+    // `tracing`, in the format MAYFLY_LOG_FORMAT names (text by default).
+    if let Err(e) = mayfly_data::nodelog::install() {
+        say(&format!("{}: {e}; writing text", mayfly_data::nodelog::FORMAT_ENV));
+    }
     let result = match cli.command {
         Command::Build(args) => build::execute(args),
         Command::Exec(args) => exec::execute(args),
@@ -261,6 +281,7 @@ fn main() -> ExitCode {
         Command::Package(args) => package::execute(args),
         Command::Deploy(args) => deploy::execute(args),
         Command::Demo(args) => demo::execute(args),
+        Command::Completions(args) => completions(args),
         Command::Node(args) => node::execute(args),
         Command::Idle(args) => node::idle(args),
     };
@@ -270,6 +291,21 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::from(exit_code(&result))
+}
+
+/// `mayfly completions <shell>`.
+#[derive(clap::Args, Debug)]
+struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `args.shell` to stdout.
+fn completions(args: CompletionsArgs) -> anyhow::Result<Ended> {
+    use clap::CommandFactory;
+    clap_complete::generate(args.shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
+    Ok(Ended::Success)
 }
 
 /// The process's async runtime, built here and nowhere else in mayfly (the
@@ -309,7 +345,105 @@ pub(crate) fn say(msg: &str) {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// Every command line that `--help` shows: the lines under each
+    /// `Example...:` heading (continued by a trailing `\`, without the
+    /// comment after two spaces), and every `mayfly ...` quoted in backticks;
+    /// with the command's name.
+    fn help_examples() -> Vec<(String, String)> {
+        let quoted = regex::Regex::new(r"`(mayfly [^`]+)`").unwrap();
+        let mut found = Vec::new();
+        let top = Cli::command();
+        let commands = std::iter::once(&top).chain(top.get_subcommands().filter(|c| !c.is_hide_set()));
+        for command in commands {
+            let name = command.get_name().to_owned();
+            let text = [command.get_about(), command.get_long_about(), command.get_after_help()]
+                .into_iter()
+                .flatten()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            found.extend(quoted.captures_iter(&text).map(|c| (name.clone(), c[1].to_owned())));
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                if !(line.trim_start().starts_with("Example") && line.trim_end().ends_with(':')) {
+                    continue;
+                }
+                let mut example = String::new();
+                for line in lines.by_ref() {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        break;
+                    }
+                    match line.strip_suffix('\\') {
+                        Some(continued) => example.push_str(continued),
+                        None => {
+                            example.push_str(line.split("  ").next().unwrap_or(line));
+                            found.push((name.clone(), std::mem::take(&mut example)));
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// An example's words as the shell hands them to mayfly: variables set
+    /// before it and `exec` dropped, the words after a pipe or redirection
+    /// dropped, and `<placeholder>`s filled in.
+    fn argv(example: &str) -> Vec<String> {
+        let words = shlex::split(example).unwrap_or_else(|| panic!("`{example}` does not split as a shell would"));
+        let words = words.into_iter().skip_while(|w| {
+            w == "exec" || w.split_once('=').is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        });
+        words
+            .take_while(|w| !["|", ">", "&&"].contains(&w.as_str()))
+            .map(|w| match w.as_str() {
+                "<job>" => "wordcount-demo-20261127-162005-ab12".to_owned(),
+                "<shard>" => "12".to_owned(),
+                _ => w.trim_start_matches('<').trim_end_matches('>').to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_example_in_help_parses_as_written() {
+        let examples = help_examples();
+        let mut failures = Vec::new();
+        for (command, example) in &examples {
+            let argv = argv(example);
+            assert_eq!(argv.first().map(String::as_str), Some("mayfly"), "`{example}` (mayfly {command} --help)");
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                failures.push(format!("mayfly {command} --help shows `{example}`, which mayfly refuses: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // Every command a user can see shows how it is used.
+        for command in Cli::command().get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = command.get_name();
+            assert!(
+                examples.iter().any(|(c, e)| c == name && e.starts_with(&format!("mayfly {name}"))),
+                "mayfly {name} --help shows no example of itself"
+            );
+        }
+    }
+
+    #[test]
+    fn an_example_that_would_not_parse_is_caught() {
+        // The test above can fail: a flag that does not exist is refused.
+        assert!(Cli::try_parse_from(argv("mayfly logs <job> --nodes worker-1")).is_err());
+        assert!(Cli::try_parse_from(argv("MAYFLY_WORKERS=4 mayfly run job.toml | less")).is_ok());
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        let version = Cli::command().render_version();
+        assert!(version.starts_with(&format!("mayfly {} (", env!("CARGO_PKG_VERSION"))), "{version}");
+        assert!(!env!("MAYFLY_COMMIT").is_empty());
+    }
 
     #[test]
     fn a_cause_already_said_is_not_said_again() {

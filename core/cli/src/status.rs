@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use mayfly_core::job::{Layout, Manifest, keys};
 use mayfly_core::master::FinalState;
 use mayfly_model::policy::{Clock, SystemClock};
-use mayfly_model::units::{ByteSize, HumanDuration};
+use mayfly_model::units::{ByteSize, HumanDuration, Utc};
 use mayfly_ops::report::AttemptEnd;
 use mayfly_ops::watch::{JobWatch, Seen};
 
@@ -190,8 +190,7 @@ fn status_view(st: &mayfly_core::api::Status) -> String {
             w.lost,
             secs(st.now.saturating_sub(w.last_seen)),
             match w.held_until {
-                Some(until) =>
-                    format!("HELD ({} left)", mayfly_ops::report::fmt_duration(until.saturating_sub(st.now))),
+                Some(until) => format!("HELD ({:#} left)", HumanDuration::from_millis(until.saturating_sub(st.now))),
                 None if now.is_empty() => "idle".to_owned(),
                 None => now.join(", "),
             }
@@ -270,10 +269,10 @@ fn ended_status(layout: &Layout, manifest: &Manifest, json: bool) -> Result<Ende
     let now = SystemClock.now();
     for h in mayfly_core::hold::all(layout).unwrap_or_default().iter().filter(|h| h.until > now) {
         println!(
-            "held: {} until {} ({} left; asked by {})",
+            "held: {} until {} ({:#} left; asked by {})",
             h.node,
-            mayfly_ops::report::fmt_time(h.until),
-            mayfly_ops::report::fmt_duration(h.until - now),
+            Utc(h.until),
+            HumanDuration::from_millis(h.until - now),
             h.asked_by
         );
     }

@@ -27,8 +27,46 @@ pub struct LogLine<'a> {
     pub level: Level,
     /// The shard it is about, if any.
     pub shard: Option<u32>,
+    /// The line for people: as written, or a JSON line as its text line.
+    pub text: std::borrow::Cow<'a, str>,
     /// The line as written.
-    pub text: &'a str,
+    pub raw: &'a str,
+}
+
+impl LogLine<'_> {
+    /// The line as one JSON object (`mayfly logs --json`): a JSON line as
+    /// written, with its `node`; a text line's time, level, node, shard,
+    /// who spoke and message.
+    pub fn json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        if self.raw.starts_with('{')
+            && let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(self.raw)
+        {
+            object.entry("node").or_insert_with(|| Value::from(self.node));
+            return Value::Object(object);
+        }
+        let mut object = serde_json::Map::new();
+        if let Some(at) = self.at {
+            object.insert("ts".into(), Value::from(at));
+        }
+        object.insert("level".into(), Value::from(self.level.to_string()));
+        object.insert("node".into(), Value::from(self.node));
+        if let Some(shard) = self.shard {
+            object.insert("shard".into(), Value::from(shard));
+        }
+        // `<ms> <LEVEL> <who>: <message>`: who spoke, and what it said.
+        let said = self.at.and_then(|_| self.raw.splitn(3, ' ').nth(2)).and_then(|rest| rest.split_once(": "));
+        match said {
+            Some((who, message)) if !who.contains(' ') || who.starts_with("provider ") => {
+                object.insert("who".into(), Value::from(who));
+                object.insert("message".into(), Value::from(message));
+            }
+            _ => {
+                object.insert("message".into(), Value::from(self.raw));
+            }
+        }
+        Value::Object(object)
+    }
 }
 
 /// Parses a level name (`INFO`, `warn`, ...).
@@ -59,9 +97,15 @@ fn shard_in(text: &str) -> Option<u32> {
 
 /// Reads one line of node `node`'s log. Node lines are
 /// `<ms> <LEVEL> <node>: <text>`; task lines `[shard N item] <LEVEL> <text>`
-/// (`[shard N] ...` for the task's `start` and `finish`).
+/// (`[shard N] ...` for the task's `start` and `finish`); or either as one
+/// JSON object (`log_format = "json"`).
 pub fn parse_line<'a>(node: &'a str, text: &'a str) -> LogLine<'a> {
-    let mut line = LogLine { node, at: None, level: Level::Info, shard: None, text };
+    if text.starts_with('{')
+        && let Some(line) = parse_json_line(node, text)
+    {
+        return line;
+    }
+    let mut line = LogLine { node, at: None, level: Level::Info, shard: None, text: text.into(), raw: text };
     let mut rest = text;
     if let Some((first, after)) = text.split_once(' ')
         && first.len() >= 12
@@ -88,6 +132,26 @@ pub fn parse_line<'a>(node: &'a str, text: &'a str) -> LogLine<'a> {
     }
     line.shard = shard_in(rest);
     line
+}
+
+/// A JSON line (`mayfly_data::nodelog`'s): its time, level and shard from
+/// its fields, and its text as the text line would have been.
+fn parse_json_line<'a>(node: &'a str, raw: &'a str) -> Option<LogLine<'a>> {
+    let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let text = mayfly_data::nodelog::json_to_text(raw)?;
+    let level = value.get("level").and_then(|l| l.as_str()).and_then(parse_level).unwrap_or(Level::Info);
+    let shard = match value.get("shard").and_then(serde_json::Value::as_u64) {
+        Some(shard) => u32::try_from(shard).ok(),
+        None => value.get("message").and_then(|m| m.as_str()).and_then(shard_in),
+    };
+    Some(LogLine {
+        node,
+        at: value.get("ts").and_then(serde_json::Value::as_u64),
+        level,
+        shard,
+        text: text.into(),
+        raw,
+    })
 }
 
 /// Which lines `mayfly logs` shows.

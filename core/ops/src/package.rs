@@ -407,61 +407,20 @@ fn write_node_artifact(to: &Path, binary: &Path, plugin: &Path, plugin_name: &st
 }
 
 /// Writes a zip archive of `files` (name, Unix mode, bytes), stored without
-/// compression (the platform unpacks it once per cold start).
-pub fn zip(out: &mut dyn Write, files: &[(&str, u32, &[u8])]) -> Result<()> {
-    let mut central = Vec::new();
-    let mut offset: u64 = 0;
+/// compression (the platform unpacks it once per cold start), with no
+/// timestamps (1980-01-01), so that the same files make the same archive.
+pub fn zip(out: &mut std::fs::File, files: &[(&str, u32, &[u8])]) -> Result<()> {
+    let mut archive = ::zip::ZipWriter::new(out);
     for (name, mode, bytes) in files {
-        let crc = crc32fast::hash(bytes);
-        let size = u32::try_from(bytes.len()).context("a file over 4 GiB cannot go in a zip without zip64")?;
-        let name_len = u16::try_from(name.len()).context("a file name too long for a zip")?;
-        let at = u32::try_from(offset).context("a zip over 4 GiB")?;
-        // Local file header: version 2.0, no flags, stored, no time (1980-01-01).
-        let mut local = Vec::with_capacity(30 + name.len());
-        local.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        local.extend_from_slice(&20u16.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes());
-        local.extend_from_slice(&0x0021u16.to_le_bytes());
-        local.extend_from_slice(&crc.to_le_bytes());
-        local.extend_from_slice(&size.to_le_bytes());
-        local.extend_from_slice(&size.to_le_bytes());
-        local.extend_from_slice(&name_len.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes());
-        local.extend_from_slice(name.as_bytes());
-        out.write_all(&local)?;
-        out.write_all(bytes)?;
-        // Its central directory entry: made by Unix (3), with its mode.
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        central.extend_from_slice(&((3u16 << 8) | 20).to_le_bytes());
-        central.extend_from_slice(&20u16.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&0x0021u16.to_le_bytes());
-        central.extend_from_slice(&crc.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&name_len.to_le_bytes());
-        central.extend_from_slice(&[0; 8]);
-        central.extend_from_slice(&((0o100_000 | mode) << 16).to_le_bytes());
-        central.extend_from_slice(&at.to_le_bytes());
-        central.extend_from_slice(name.as_bytes());
-        offset += local.len() as u64 + bytes.len() as u64;
+        let options = ::zip::write::SimpleFileOptions::default()
+            .compression_method(::zip::CompressionMethod::Stored)
+            .last_modified_time(::zip::DateTime::default())
+            .unix_permissions(*mode)
+            .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
+        archive.start_file(*name, options).with_context(|| format!("adding {name} to the zip"))?;
+        archive.write_all(bytes).with_context(|| format!("adding {name} to the zip"))?;
     }
-    let count = u16::try_from(files.len()).context("too many files for a zip")?;
-    let at = u32::try_from(offset).context("a zip over 4 GiB")?;
-    out.write_all(&central)?;
-    let mut end = Vec::with_capacity(22);
-    end.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    end.extend_from_slice(&[0; 4]);
-    end.extend_from_slice(&count.to_le_bytes());
-    end.extend_from_slice(&count.to_le_bytes());
-    end.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    end.extend_from_slice(&at.to_le_bytes());
-    end.extend_from_slice(&0u16.to_le_bytes());
-    out.write_all(&end)?;
+    archive.finish().context("ending the zip")?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write};
 
+use mayfly_model::units::{ByteSize, HumanDuration, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How one attempt ended.
@@ -872,22 +873,9 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 { format!("{n} {one}") } else { format!("{n} {many}") }
 }
 
-/// Bytes for people: `B`, or `KiB`/`MiB`/`GiB`/`TiB`/`PiB` with one decimal.
+/// Bytes for people: `1.5 MiB` ([`ByteSize`]'s `{:#}`).
 fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for &next in &UNITS[1..] {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = next;
-    }
-    format!("{value:.1} {unit}")
+    format!("{:#}", ByteSize(bytes))
 }
 
 /// A rate in MiB/s, with more decimals when it is small.
@@ -901,43 +889,14 @@ fn fmt_rate(mib_per_s: f64) -> String {
     }
 }
 
-/// A duration for people: `850 ms`, `1.2 s`, `3 min 05 s`, `2 h 03 min 05 s`.
-pub fn fmt_duration(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms} ms");
-    }
-    if ms < 60_000 {
-        let seconds = ms as f64 / 1000.0;
-        return format!("{seconds:.1} s");
-    }
-    let total = ms / 1000;
-    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
-    if h > 0 { format!("{h} h {m:02} min {s:02} s") } else { format!("{m} min {s:02} s") }
+/// A duration for people: `850 ms`, `1.2 s`, `3 min 05 s` ([`HumanDuration`]'s `{:#}`).
+fn fmt_duration(ms: u64) -> String {
+    format!("{:#}", HumanDuration::from_millis(ms))
 }
 
 /// An instant in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn fmt_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (y, m, d) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    let (hh, mm, ss) = (rem / 3600, rem / 60 % 60, rem % 60);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC")
-}
-
-/// The civil date (year, month, day) of a count of days since 1970-01-01, in the
-/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Days since 0000-03-01, so that the leap day ends each 400-year era's year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097; // day of the era, [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of the era, [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the year from March 1, [0, 365]
-    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+fn fmt_time(ms: u64) -> String {
+    Utc(ms).to_string()
 }
 
 #[cfg(test)]
@@ -1045,28 +1004,6 @@ mod tests {
     fn escape_escapes_the_five() {
         assert_eq!(escape("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
         assert_eq!(escape("plain text ü"), "plain text ü");
-    }
-
-    #[test]
-    fn dates_are_utc_civil_dates() {
-        assert_eq!(fmt_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(fmt_time(T0), "2026-11-27 16:29:58 UTC");
-        assert_eq!(fmt_time(1_709_164_800_000), "2024-02-29 00:00:00 UTC");
-        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(fmt_time(1_704_067_199_999), "2023-12-31 23:59:59 UTC");
-    }
-
-    #[test]
-    fn sizes_and_durations_read_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-        assert_eq!(fmt_duration(850), "850 ms");
-        assert_eq!(fmt_duration(1_200), "1.2 s");
-        assert_eq!(fmt_duration(185_000), "3 min 05 s");
-        assert_eq!(fmt_duration(7_385_000), "2 h 03 min 05 s");
     }
 
     #[test]

@@ -457,6 +457,7 @@ mod tests {
             isolation: Default::default(),
             read_ahead: None,
             read_ahead_memory: None,
+            log_format: None,
             lease_ms: 30_000,
             idle_timeout_ms: 60_000,
             master_lost_timeout_ms: 60_000,

@@ -16,7 +16,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
+use axum::response::IntoResponse;
 use base64::Engine;
 use mayfly_provider_aws::NodeLaunch;
 
@@ -239,7 +239,7 @@ pub struct RuntimeApi {
     /// `127.0.0.1:<port>`, for `AWS_LAMBDA_RUNTIME_API`.
     pub addr: String,
     /// (request id, deadline in ms since the epoch, event).
-    pub events: std::sync::mpsc::Sender<(String, u64, String)>,
+    pub events: tokio::sync::mpsc::UnboundedSender<(String, u64, String)>,
     /// (request id, `response` or `error`, body).
     pub answers: std::sync::mpsc::Receiver<(String, String, String)>,
 }
@@ -247,57 +247,53 @@ pub struct RuntimeApi {
 impl RuntimeApi {
     /// Serves on a port of its own.
     pub fn start() -> RuntimeApi {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (events_tx, events_rx) = std::sync::mpsc::channel::<(String, u64, String)>();
+        use axum::extract::Path;
+        use axum::routing::{get, post};
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, String)>();
+        let events = Arc::new(tokio::sync::Mutex::new(events_rx));
         let (answers_tx, answers_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut head = String::new();
-                reader.read_line(&mut head).unwrap();
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut out = stream;
-                if path.ends_with("/invocation/next") {
-                    // Long poll: wait for the next event. As Lambda's own server does, the
-                    // event goes without a Content-Length: chunked to an HTTP/1.1 client,
-                    // until the connection closes to an HTTP/1.0 one.
-                    let Ok((id, deadline, event)) = events_rx.recv() else { return };
-                    let fields =
-                        format!("Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n");
-                    let _ = if head.contains("HTTP/1.1") {
-                        write!(
-                            out,
-                            "HTTP/1.1 200 OK\r\n{fields}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n0\r\n\r\n",
-                            event.len()
-                        )
-                    } else {
-                        write!(out, "HTTP/1.0 200 OK\r\n{fields}\r\n{event}")
-                    };
-                } else {
-                    let parts: Vec<&str> = path.split('/').collect();
-                    let (id, kind) = (parts.get(4).unwrap_or(&"").to_string(), parts.get(5).unwrap_or(&"").to_string());
-                    let _ = answers_tx.send((id, kind, String::from_utf8_lossy(&body).into_owned()));
-                    let _ = write!(out, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                }
+        let next = move || {
+            let events = events.clone();
+            async move {
+                // Long poll: wait for the next event. As Lambda's own server does, the
+                // event goes without a Content-Length (chunked).
+                let Some((id, deadline, event)) = events.lock().await.recv().await else {
+                    return axum::http::StatusCode::GONE.into_response();
+                };
+                let chunks = futures_util::stream::once(async move { Ok::<_, std::io::Error>(event) });
+                (
+                    [("Lambda-Runtime-Aws-Request-Id", id), ("Lambda-Runtime-Deadline-Ms", deadline.to_string())],
+                    axum::body::Body::from_stream(chunks),
+                )
+                    .into_response()
             }
-        });
-        RuntimeApi { addr, events: events_tx, answers: answers_rx }
+        };
+        let answer = move |Path((id, kind)): Path<(String, String)>, body: String| {
+            let _ = answers_tx.send((id, kind, body));
+            std::future::ready(axum::http::StatusCode::ACCEPTED)
+        };
+        let app = axum::Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer));
+        RuntimeApi { addr: serve_http(app), events: events_tx, answers: answers_rx }
     }
+}
+
+/// Serves `app` on a port of its own, from a thread of its own with a
+/// current-thread runtime (a handler that blocks holds every other request
+/// back, as a busy service's queue does); returns `127.0.0.1:<port>`.
+pub fn serve_http(app: axum::Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
 }
 
 /// `mayfly serve --provider aws` (the Lambda function's bootstrap) on `api`,
@@ -305,6 +301,12 @@ impl RuntimeApi {
 pub fn lambda_function(api: &RuntimeApi, settings: &serde_json::Map<String, serde_json::Value>) -> std::process::Child {
     let mut serve = Command::new(mayfly_bin());
     serve.args(["serve", "--provider"]).arg(aws_plugin()).env("AWS_LAMBDA_RUNTIME_API", &api.addr);
+    // What Lambda sets in every function's environment.
+    serve.envs([
+        ("AWS_LAMBDA_FUNCTION_NAME", "mayfly"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+    ]);
     for (k, v) in settings {
         serve.args(["--set", &format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]);
     }
@@ -348,8 +350,7 @@ struct Imds;
 impl Imds {
     /// Serves the metadata of `job`'s instance `id`; returns its endpoint.
     fn serve(job: &str, id: &str, index: u64) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
         let (job, token) = (job.to_owned(), format!("token-{id}"));
         let answers: HashMap<&'static str, String> = HashMap::from([
             ("/latest/meta-data/instance-id", id.to_owned()),
@@ -358,56 +359,32 @@ impl Imds {
             // These "instances" share this machine's loopback.
             ("/latest/meta-data/local-ipv4", "127.0.0.1".to_owned()),
         ]);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                // One answer at a time, as a busy service queues them.
-                SLOW_METADATA.wait(&job);
-                Self::answer(stream, &token, &answers);
-            }
-        });
-        endpoint
-    }
-
-    fn answer(mut stream: std::net::TcpStream, token: &str, answers: &HashMap<&'static str, String>) {
-        use std::io::{BufRead, BufReader};
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = String::new();
-        let mut headers = Vec::new();
-        if reader.read_line(&mut head).is_err() {
-            return;
-        }
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
-                break;
-            }
-            headers.push(line.trim().to_ascii_lowercase());
-        }
-        let mut parts = head.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let has = |name: &str| headers.iter().find_map(|h| h.strip_prefix(name).map(|v| v.trim().to_owned()));
-        let (status, body) = match method {
-            "PUT" if path == "/latest/api/token" && has("x-aws-ec2-metadata-token-ttl-seconds:").is_some() => {
-                ("200 OK", token.to_owned())
-            }
-            "PUT" => ("400 Bad Request", String::new()),
-            _ if has("x-aws-ec2-metadata-token:").as_deref() != Some(&token.to_ascii_lowercase()) => {
-                ("401 Unauthorized", String::new())
-            }
-            _ => match answers.get(path) {
-                Some(v) => ("200 OK", v.clone()),
-                None if path == "/latest/meta-data/iam/security-credentials/" => ("200 OK", ROLE.to_owned()),
-                None if path == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => {
-                    ("200 OK", instance_profile_credentials())
+        let answer = move |method: Method, uri: Uri, headers: HeaderMap| {
+            // One answer at a time, as a busy service queues them (this blocks
+            // the server's only thread).
+            SLOW_METADATA.wait(&job);
+            let has = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let path = uri.path();
+            let (status, body) = match method {
+                Method::PUT if path == "/latest/api/token" && has("x-aws-ec2-metadata-token-ttl-seconds").is_some() => {
+                    (StatusCode::OK, token.clone())
                 }
-                None => ("404 Not Found", String::new()),
-            },
+                Method::PUT => (StatusCode::BAD_REQUEST, String::new()),
+                _ if has("x-aws-ec2-metadata-token").as_deref() != Some(token.as_str()) => {
+                    (StatusCode::UNAUTHORIZED, String::new())
+                }
+                _ => match answers.get(path) {
+                    Some(v) => (StatusCode::OK, v.clone()),
+                    None if path == "/latest/meta-data/iam/security-credentials/" => (StatusCode::OK, ROLE.to_owned()),
+                    None if path == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => {
+                        (StatusCode::OK, instance_profile_credentials())
+                    }
+                    None => (StatusCode::NOT_FOUND, String::new()),
+                },
+            };
+            let headers = [("Content-Type", "text/plain"), ("X-aws-ec2-metadata-token-ttl-seconds", "21600")];
+            std::future::ready((status, headers, body))
         };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        format!("http://{}", serve_http(axum::Router::new().fallback(answer)))
     }
 }

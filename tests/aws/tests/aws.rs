@@ -722,6 +722,11 @@ fn a_lambda_invocation_bootstraps_a_job_within_its_deadline() {
     assert_eq!((id.as_str(), kind.as_str()), ("req-3", "error"), "{body}");
     assert!(body.contains("expected a JSON object with `job`"), "{body}");
 
+    // An event that is not JSON at all: Lambda's runtime client answers it with an error.
+    api.events.send(("req-6".into(), mayfly_provider_api::now_ms() + 60_000, "not json".into())).unwrap();
+    let (id, kind, body) = api.answers.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("req-6", "error"), "{body}");
+
     // A job file that is not valid is a clear error naming what is wrong, and launches nothing.
     let bad = "[job]\nname = \"aws-lambda-bad\"\n\n[task]\npath = \"x.wasm\"\n\n[cluster]\nworkers = \"many\"\n";
     let event = serde_json::json!({ "job": bad, "base_dir": job.dir });
@@ -974,26 +979,15 @@ fn an_instance_type_or_image_the_api_refuses_is_a_clear_error_and_nothing_runs()
 #[test]
 fn throttling_that_outlasts_the_retries_is_a_bounded_clear_error() {
     // An EC2 endpoint that answers every request "slow down".
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = asked.clone();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in listener.incoming().flatten() {
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut buf = [0u8; 65536];
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-            let _ = stream.read(&mut buf);
-            let body = "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
-                        <Message>Request limit exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>";
-            let _ = write!(
-                stream,
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let slow_down = move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
+                    <Message>Request limit exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>";
+        std::future::ready((axum::http::StatusCode::SERVICE_UNAVAILABLE, [("Content-Type", "text/xml")], body))
+    };
+    let endpoint = format!("http://{}", mayfly_tests_aws::serve_http(axum::Router::new().fallback(slow_down)));
     let started = std::time::Instant::now();
     // A group of the operator's: straight to RunInstances, which the SDK and then the
     // provider retry with backoff, and then give up on.

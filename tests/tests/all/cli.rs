@@ -178,3 +178,66 @@ fn build_adds_a_missing_wasm_target_and_says_so() {
     );
     assert_eq!(std::fs::read_to_string(dir.join("rustup-calls")).unwrap(), "target add wasm32-wasip2\n");
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = mayfly(&["--version"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let version = text(&out.stdout);
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(root()).output().unwrap();
+    let head = text(&head.stdout);
+    assert_eq!(head.trim().len(), 12, "this test runs in mayfly's git checkout");
+    assert!(version.starts_with("mayfly 0.") && version.contains(&format!("({} ", head.trim())), "{version}");
+}
+
+#[test]
+fn completions_are_scripts_each_shell_reads() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = mayfly(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["run", "status", "logs", "completions", "follow"] {
+            assert!(script.contains(command), "{shell}'s script does not complete {command}");
+        }
+        if shell == "bash" {
+            // What `mayfly <TAB>` offers: every command.
+            let offered = script.lines().find(|l| l.contains("opts=\"-h -V --help --version ")).unwrap_or_default();
+            assert!(offered.contains(" deploy ") && offered.contains(" completions "), "{offered}");
+        }
+        // The shell itself reads it without a syntax error, where it is
+        // installed (bash always is here; zsh and fish may not be).
+        let (program, flag) = match shell {
+            "fish" => ("fish", "--no-execute"),
+            other => (other, "-n"),
+        };
+        let path = scratch(&format!("completions-{shell}")).join("mayfly");
+        std::fs::write(&path, &script).unwrap();
+        match Command::new(program).arg(flag).arg(&path).output() {
+            Ok(read) => assert!(read.status.success(), "{program} {flag}: {}", text(&read.stderr)),
+            Err(_) if shell != "bash" => eprintln!("{shell} is not installed: its script's syntax is not checked"),
+            Err(e) => panic!("bash: {e}"),
+        }
+    }
+    let out = mayfly(&["completions", "powerpoint"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: bash"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn colors_only_when_asked_and_never_with_no_color() {
+    let help = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(mayfly_bin());
+        cmd.args(["run", "--bogus"]).env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        text(&out.stderr)
+    };
+    // Not a terminal: plain text.
+    assert!(!help(&[]).contains('\x1b'), "{}", help(&[]));
+    // Forced, colors appear (so the next line could fail)...
+    assert!(help(&[("CLICOLOR_FORCE", "1")]).contains('\x1b'));
+    // ...and NO_COLOR wins over it (https://no-color.org).
+    assert!(!help(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).contains('\x1b'));
+}

@@ -538,13 +538,28 @@ fn holds_a_credential(hay: &[u8]) -> bool {
 
 #[test]
 fn no_secret_reaches_a_log_an_output_or_the_state() {
-    // Credentials renewed during the job, every node's log, every output and
-    // state file, the CLI's output: none holds the job token, the issuer's key
-    // or any credential.
+    no_secret_reaches("secrets", "text");
+}
+
+#[test]
+fn no_secret_reaches_a_json_log_either() {
+    no_secret_reaches("secrets-json", "json");
+}
+
+/// Credentials renewed during the job, every node's log (written in
+/// `log_format`), every output and state file, the CLI's output: none holds
+/// the job token, the issuer's key or any credential.
+fn no_secret_reaches(id: &str, log_format: &str) {
     let files = inputs(8, 200);
-    let job = TestJob::new("secrets", &files);
+    let job = TestJob::new(id, &files);
     let extra = "[provider]\nname = \"local\"\ncredential_ttl = \"2s\"\n\n[cluster]\nworkers = 2\nlease_time = \"1s\"\n\n[sharding]\ntarget_shard_bytes = 1\nsplit_text = false\n";
-    job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", extra);
+    let file = job.write_job(SLOW, "{ mode = \"slow\", delay_ms = 400 }", extra);
+    let with_format = std::fs::read_to_string(&file).unwrap().replacen(
+        "[job]\n",
+        &format!("[job]\nlog_format = \"{log_format}\"\n"),
+        1,
+    );
+    std::fs::write(&file, with_format).unwrap();
     let run = job.run();
     assert!(run.status.success(), "{}", text(&run));
     assert!(
@@ -552,6 +567,9 @@ fn no_secret_reaches_a_log_an_output_or_the_state() {
     );
     let status = job.command(&["status", &job.id, "--state", "state"]).output().unwrap();
     let logs = job.command(&["logs", &job.id, "--state", "state"]).output().unwrap();
+    let json_logs = job.command(&["logs", &job.id, "--state", "state", "--json"]).output().unwrap();
+    let master_log = std::fs::read_to_string(job.state().join("logs/master.log")).unwrap();
+    assert_eq!(master_log.starts_with('{'), log_format == "json", "{master_log}");
     let token = std::fs::read_to_string(job.state().join("secret/token")).unwrap().trim().to_owned();
     let key = std::fs::read(job.state().join("secret/issuer.key")).unwrap();
     assert!(token.len() >= 32 && key.len() == 32);
@@ -564,6 +582,7 @@ fn no_secret_reaches_a_log_an_output_or_the_state() {
         ("`mayfly run`".into(), [run.stdout.clone(), run.stderr.clone()].concat()),
         ("`mayfly status`".into(), [status.stdout, status.stderr].concat()),
         ("`mayfly logs`".into(), [logs.stdout, logs.stderr].concat()),
+        ("`mayfly logs --json`".into(), [json_logs.stdout, json_logs.stderr].concat()),
     ];
     let mut stack = vec![job.out(), job.state()];
     while let Some(dir) = stack.pop() {

@@ -213,29 +213,7 @@ fn logs_filter_by_shard_and_level_and_replay_reproduces_a_failed_shard() {
     let fin = final_state(&job);
     let bad = fin["failed"][0][0].as_u64().unwrap();
 
-    // --shard: what every node said about that shard, and nothing else.
-    let logs = |args: &[&str]| {
-        let mut all = vec!["logs", job.id.as_str(), "--state", "state"];
-        all.extend_from_slice(args);
-        let out = job.command(&all).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        stdout(&out)
-    };
-    let shard = logs(&["--shard", &bad.to_string()]);
-    assert!(shard.contains("master: ") && shard.contains("leased to worker-"), "{shard}");
-    assert!(shard.contains("ERROR refusing bad.txt"), "the task's own line: {shard}");
-    assert!(shard.contains("attempt failed (failed for good)"), "{shard}");
-    for line in shard.lines() {
-        assert!(line.contains(&format!("shard {bad}")), "a line about another shard: {line}");
-    }
-    // --level error: errors only, from the task and the master.
-    let errors = logs(&["--level", "error"]);
-    assert!(errors.contains("ERROR refusing bad.txt") && errors.contains("ERROR master: shard"), "{errors}");
-    assert!(!errors.contains(" INFO ") && !errors.contains(" WARN "), "{errors}");
-    // --level warn takes warnings too; --node narrows to one node.
-    let master_warn = logs(&["--level", "warn", "--node", "master"]);
-    assert!(master_warn.lines().all(|l| l.starts_with("master: ")), "{master_warn}");
-    assert!(!master_warn.is_empty());
+    check_log_filters(&job, bad);
     // A bad level is refused with the levels there are.
     let out = job.command(&["logs", &job.id, "--state", "state", "--level", "loud"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -411,4 +389,82 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// `mayfly logs` of a job whose shard `bad` failed for good: `--shard`,
+/// `--level` and `--node` show what they should (the nodes wrote text or JSON).
+fn check_log_filters(job: &TestJob, bad: u64) {
+    // --shard: what every node said about that shard, and nothing else.
+    let logs = |args: &[&str]| {
+        let mut all = vec!["logs", job.id.as_str(), "--state", "state"];
+        all.extend_from_slice(args);
+        let out = job.command(&all).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        stdout(&out)
+    };
+    let shard = logs(&["--shard", &bad.to_string()]);
+    assert!(shard.contains("master: ") && shard.contains("leased to worker-"), "{shard}");
+    assert!(shard.contains("ERROR refusing bad.txt"), "the task's own line: {shard}");
+    assert!(shard.contains("attempt failed (failed for good)"), "{shard}");
+    for line in shard.lines() {
+        assert!(line.contains(&format!("shard {bad}")), "a line about another shard: {line}");
+    }
+    // --level error: errors only, from the task and the master.
+    let errors = logs(&["--level", "error"]);
+    assert!(errors.contains("ERROR refusing bad.txt") && errors.contains("ERROR master: shard"), "{errors}");
+    assert!(!errors.contains(" INFO ") && !errors.contains(" WARN "), "{errors}");
+    // --level warn takes warnings too; --node narrows to one node.
+    let master_warn = logs(&["--level", "warn", "--node", "master"]);
+    assert!(master_warn.lines().all(|l| l.starts_with("master: ")), "{master_warn}");
+    assert!(!master_warn.is_empty());
+}
+
+#[test]
+fn json_logs_are_filtered_shown_and_printed_as_json_like_text_ones() {
+    // The same job as above, its nodes writing JSON lines.
+    let job = picky_job("ops-json-logs", 0);
+    let file = job.dir.join("job.toml");
+    let json = std::fs::read_to_string(&file).unwrap().replacen("[job]\n", "[job]\nlog_format = \"json\"\n", 1);
+    std::fs::write(&file, json).unwrap();
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let bad = final_state(&job)["failed"][0][0].as_u64().unwrap();
+    // Every line of every node's log is one JSON object with its node's fields.
+    for node in ["master", "worker-1", "worker-2"] {
+        let log = std::fs::read_to_string(job.state().join("logs").join(format!("{node}.log"))).unwrap();
+        assert!(log.lines().count() > 3, "{node}: {log}");
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{node}: {e}: {line}"));
+            assert_eq!((v["job"].as_str(), v["node"].as_str()), (Some(job.id.as_str()), Some(node)), "{line}");
+            assert!(v["ts"].as_u64().is_some() && v["level"].as_str().is_some(), "{line}");
+        }
+    }
+    // Shown as text, filtered as text is.
+    check_log_filters(&job, bad);
+    // --json: the task's line about the bad item, with its shard, attempt and item.
+    let out = job.command(&["logs", &job.id, "--state", "state", "--json", "--level", "error"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let task = lines.iter().find(|v| v["source"] == "task").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!((task["shard"].as_u64(), task["item"].as_str()), (Some(bad), Some("bad.txt")), "{task}");
+    assert!(task["attempt"].as_u64().is_some() && task["role"] == "worker", "{task}");
+    assert!(task["message"].as_str().unwrap().contains("refusing bad.txt"), "{task}");
+}
+
+#[test]
+fn text_logs_print_as_json_too() {
+    let job = picky_job("ops-text-as-json", 0);
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = job.command(&["logs", &job.id, "--state", "state", "--json", "--node", "master"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() > 3 && lines.iter().all(|v| v["node"] == "master" && v["ts"].as_u64().is_some()), "{lines:?}");
+    // (`run` returns once the job's final state is written: the master's last
+    // lines may come after it.)
+    let leased = lines.iter().find(|v| v["message"].as_str().is_some_and(|m| m.contains(" leased to worker-")));
+    let leased = leased.unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!((leased["who"].as_str(), leased["level"].as_str()), (Some("master"), Some("INFO")), "{leased}");
+    let said: Option<u64> = leased["message"].as_str().and_then(|m| m.split(' ').nth(1)).and_then(|n| n.parse().ok());
+    assert_eq!(leased["shard"].as_u64(), said, "{leased}");
 }

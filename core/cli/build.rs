@@ -20,13 +20,15 @@ fn main() {
             let commit = git(&["rev-parse", "--short=12", "HEAD"]);
             let date = git(&["log", "-1", "--format=%cs", "HEAD"]);
             // What moves HEAD: the checkout's HEAD (a switch), the branch it
-            // names, and packed refs. Only files that exist are watched (a
+            // names, packed refs, and the branches' directory. Only files that exist are watched (a
             // missing one would rerun this on every build).
             let watched = [
                 git(&["rev-parse", "--git-path", "HEAD"]),
                 git(&["rev-parse", "--symbolic-full-name", "HEAD"])
                     .and_then(|name| git(&["rev-parse", "--git-path", &name])),
                 git(&["rev-parse", "--git-path", "packed-refs"]),
+                // A branch whose ref is packed gets a file of its own here at its next commit.
+                git(&["rev-parse", "--git-path", "refs/heads"]),
             ];
             for path in watched.into_iter().flatten().map(PathBuf::from) {
                 if Path::new(&path).exists() {

@@ -85,7 +85,9 @@ fn follow_node_log(layout: &Layout, provider: &ProviderHandle, job: &str, node: 
         let upto = if alive { bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) } else { bytes.len() };
         if upto > printed {
             for line in String::from_utf8_lossy(&bytes[printed..upto]).lines() {
-                if writeln!(out, "{node}: {line}").is_err() {
+                // A JSON line is shown as its text line, as `mayfly logs` shows it.
+                let text = mayfly_ops::history::parse_line(node, line).text;
+                if writeln!(out, "{node}: {text}").is_err() {
                     return Ok(Ended::Success);
                 }
             }

@@ -442,7 +442,6 @@ mod tests {
     fn the_version_names_the_commit() {
         let version = Cli::command().render_version();
         assert!(version.starts_with(&format!("mayfly {} (", env!("CARGO_PKG_VERSION"))), "{version}");
-        assert!(!env!("MAYFLY_COMMIT").is_empty());
     }
 
     #[test]

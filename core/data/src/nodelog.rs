@@ -149,6 +149,18 @@ pub fn line(level: &str, who: &str, message: impl std::fmt::Display) {
 /// at the task's level, with its fields.
 pub fn task_lines(shard: u32, item: Option<&str>, lines: &[mayfly_sandbox::LogLine]) {
     use mayfly_sandbox::{Level as Task, LogSource};
+    if tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>()) {
+        // Without a subscriber (a library's test), as the text format has them.
+        let text: String = lines
+            .iter()
+            .map(|line| match item {
+                Some(item) => format!("[shard {shard} {item}] {line}\n"),
+                None => format!("[shard {shard}] {line}\n"),
+            })
+            .collect();
+        write_line(&text);
+        return;
+    }
     for line in lines {
         let stream = match line.source {
             LogSource::Task => None,
@@ -374,10 +386,13 @@ pub fn json_to_text(line: &str) -> Option<String> {
     Some(line)
 }
 
-/// A line for log services: one JSON object, `ts` (ms since the epoch),
-/// `level`, `source` (`node` or `task`), then `job`, `node`, `role`, `who`,
-/// `shard`, `attempt`, `item` where known, `message`, the task's `fields` as
-/// an object, and any other field of the event or its spans.
+/// A line for log services: one JSON object (its keys in alphabetical
+/// order): `ts` (ms since the epoch), `level`, `source` (`node` or `task`),
+/// `job`, `node`, `role`, `who`, `shard`, `attempt`, `item` where known,
+/// `message`, the task's `fields` as an object (a key given twice keeps its
+/// last value), and any other field of mayfly's events or spans. Another
+/// library's event keeps only its `target`, `message` and `error`: its other
+/// fields are not ours to vouch for.
 fn json_line(now: u64, level: Level, task: bool, target: &str, fields: &Fields) -> String {
     let mut object = Map::new();
     object.insert("ts".into(), Value::from(now));
@@ -386,7 +401,12 @@ fn json_line(now: u64, level: Level, task: bool, target: &str, fields: &Fields) 
     if !task && !target.starts_with("mayfly") {
         object.insert("target".into(), Value::from(target));
     }
+    let foreign = !task && !target.starts_with("mayfly");
+    let spans = ["job", "node", "role", "shard", "attempt"];
     for (name, value) in &fields.0 {
+        if foreign && !spans.contains(name) && !["message", "error"].contains(name) {
+            continue;
+        }
         match *name {
             "task_fields" => {
                 let pairs: Vec<(String, String)> =
@@ -541,7 +561,7 @@ mod tests {
                 });
             });
             tracing::info!(target: "hyper::client", "connected");
-            tracing::warn!(target: "object_store::client", "retrying");
+            tracing::warn!(target: "object_store::client", url = "https://b.s3/k?X-Amz-Signature=abc", "retrying");
         });
         let text = got.lock().unwrap().clone();
         text.lines().map(without_time).collect()
@@ -603,6 +623,7 @@ mod tests {
         assert_eq!((other_thread["node"].as_str(), other_thread["level"].as_str()), (Some("worker-2"), Some("ERROR")));
         assert!(other_thread.get("shard").is_none(), "outside the attempt's span");
         assert_eq!(values[4]["target"].as_str(), Some("object_store::client"));
+        assert!(values[4].get("url").is_none(), "another library's fields are left out: {}", values[4]);
         // Each JSON line reads back as the text line it would have been.
         let text = logged(Format::Text);
         for (json, text) in lines.iter().zip(&text) {

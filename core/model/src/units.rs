@@ -49,7 +49,9 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
-            _ => return Err(err("unknown unit (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)")),
+            "p" | "pb" => 1_000_000_000_000_000,
+            "pib" => 1 << 50,
+            _ => return Err(err("unknown unit (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB, PB or PiB)")),
         };
         let bytes = value * factor as f64;
         if !bytes.is_finite() || bytes > u64::MAX as f64 {
@@ -225,6 +227,10 @@ mod tests {
         assert_eq!(format!("{:#}", ByteSize(3 << 19)), "1.5 MiB");
         assert_eq!(format!("{:#}", ByteSize(5 << 30)), "5 GiB");
         assert_eq!(format!("{:#}", ByteSize(3 << 49)), "1.5 PiB");
+        // What `{}` writes (a manifest's limits) reads back.
+        for bytes in [0, 1023, 1536, 5 << 30, 2 << 50, 3 << 49] {
+            assert_eq!(ByteSize(bytes).to_string().parse::<ByteSize>(), Ok(ByteSize(bytes)));
+        }
         assert_eq!(format!("{:#}", HumanDuration::from_millis(850)), "850 ms");
         assert_eq!(format!("{:#}", HumanDuration::from_millis(1_200)), "1.2 s");
         assert_eq!(format!("{:#}", HumanDuration::from_millis(185_000)), "3 min 05 s");

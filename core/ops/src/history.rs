@@ -140,9 +140,12 @@ fn parse_json_line<'a>(node: &'a str, raw: &'a str) -> Option<LogLine<'a>> {
     let value: serde_json::Value = serde_json::from_str(raw).ok()?;
     let text = mayfly_data::nodelog::json_to_text(raw)?;
     let level = value.get("level").and_then(|l| l.as_str()).and_then(parse_level).unwrap_or(Level::Info);
-    let shard = match value.get("shard").and_then(serde_json::Value::as_u64) {
-        Some(shard) => u32::try_from(shard).ok(),
-        None => value.get("message").and_then(|m| m.as_str()).and_then(shard_in),
+    // A task's line is about its shard; a node's line, as in text, about the
+    // shard its message names (the attempt's span, which every line of the
+    // attempt carries in JSON, would also take in a credential refresh).
+    let shard = match value.get("source").and_then(|s| s.as_str()) {
+        Some("task") => value.get("shard").and_then(serde_json::Value::as_u64).and_then(|s| u32::try_from(s).ok()),
+        _ => value.get("message").and_then(|m| m.as_str()).and_then(shard_in),
     };
     Some(LogLine {
         node,
@@ -438,6 +441,18 @@ mod tests {
         let l = parse_line("worker-2", "[shard 7 a.txt] ERROR broken");
         assert_eq!(l.level, Level::Error);
         // The task's `start` and `finish` lines name the shard alone.
+        // JSON lines: a task's line is about its shard; a node's, as in text,
+        // about the shard its message names, not the attempt it ran in.
+        let task = r#"{"attempt":1,"item":"a.txt","level":"WARN","message":"odd","node":"worker-2","shard":7,"source":"task","ts":1795796998960}"#;
+        let l = parse_line("worker-2", task);
+        assert_eq!((l.shard, l.level, l.at), (Some(7), Level::Warn, Some(1_795_796_998_960)));
+        assert_eq!(l.text, "[shard 7 a.txt]  WARN odd");
+        let node = r#"{"attempt":1,"level":"INFO","message":"credentials refreshed","node":"worker-2","shard":7,"source":"node","ts":1795796998960}"#;
+        let l = parse_line("worker-2", node);
+        assert_eq!((l.shard, l.text.as_ref()), (None, "1795796998960 INFO worker-2: credentials refreshed"));
+        assert_eq!(l.json()["shard"], 7, "--json keeps the span's shard");
+        let node = node.replace("credentials refreshed", "shard 3 committed");
+        assert_eq!(parse_line("worker-2", &node).shard, Some(3));
         let l = parse_line("worker-2", "[shard 12]  INFO Map done distinct=3");
         assert_eq!((l.level, l.shard), (Level::Info, Some(12)));
         let l = parse_line("worker-2", "thread 'main' panicked at src/x.rs:1:1");

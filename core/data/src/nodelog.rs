@@ -287,6 +287,21 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Lines {
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let now = mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock);
+        let (target, level) = (event.metadata().target(), *event.metadata().level());
+        let task = target == TASK_TARGET;
+        let format = self.fixed.unwrap_or_else(format);
+        // A text line needs no span's field when the event says who speaks
+        // (every `line`) or is a task's (its shard and item are its own): the
+        // master writes one per commit, so none are gathered then.
+        if format == Format::Text {
+            let mut own = Fields::default();
+            event.record(&mut own);
+            if task || own.get("who").is_some() {
+                (self.out)(&text_line(now, level, &TextParts::of(task, target, &own)));
+                return;
+            }
+        }
         // The node's fields, then each span's from the outermost, then the
         // event's own: the nearest wins.
         let mut fields = self.node.lock().ok().and_then(|n| n.clone()).unwrap_or_default();
@@ -300,12 +315,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Lines {
             }
         }
         event.record(&mut fields);
-        let now = mayfly_model::policy::Clock::now(&mayfly_model::policy::SystemClock);
-        let task = event.metadata().target() == TASK_TARGET;
-        let level = *event.metadata().level();
-        let line = match self.fixed.unwrap_or_else(format) {
-            Format::Text => text_line(now, level, &TextParts::of(task, event.metadata().target(), &fields)),
-            Format::Json => json_line(now, level, task, event.metadata().target(), &fields),
+        let line = match format {
+            Format::Text => text_line(now, level, &TextParts::of(task, target, &fields)),
+            Format::Json => json_line(now, level, task, target, &fields),
         };
         (self.out)(&line);
     }

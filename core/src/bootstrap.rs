@@ -657,9 +657,9 @@ pub fn bootstrap(
 
     if let Some(max) = spec.max_cost {
         step("check the cost", Duration::ZERO)?;
-        let nodes = provider.info().nodes.as_ref();
+        let priced = priced_nodes(provider);
         mayfly_model::cost::check_ceiling(
-            nodes,
+            priced.nodes.as_ref(),
             &spec.prices,
             (spec.workers, spec.max_replacements),
             spec.deadline,
@@ -965,6 +965,16 @@ pub fn resume(
         budget.check(clock.now(), "wait for the master", Duration::from_millis(20))
     })?;
     Ok(Resumed::Launched { nodes, workers: workers.len() })
+}
+
+/// The provider's node types, priced as `mayfly plan` and bootstrap price
+/// them: from the prices `mayfly prices refresh` cached on this machine for
+/// the provider's region, else from its built-in table
+/// ([`mayfly_data::prices::priced`]; a function's machine has no cache).
+pub fn priced_nodes(provider: &ProviderHandle) -> mayfly_data::prices::Priced {
+    let dir = mayfly_data::prices::default_dir().ok();
+    let declared = provider.info().nodes.clone();
+    mayfly_data::prices::priced(dir.as_deref(), provider.name(), declared, SystemClock.now())
 }
 
 /// A local path made absolute (nodes run elsewhere); a URL as it is.

@@ -30,7 +30,7 @@ const CRATES: &[Crate] = &[
     Crate {
         package: "mayfly-data",
         dir: "core/data",
-        flow: Some(&[&["nodelog", "readahead", "plugin"], &["provider"], &["gate"], &["store"]]),
+        flow: Some(&[&["nodelog", "readahead", "plugin", "prices"], &["provider"], &["gate"], &["store"]]),
     },
     Crate {
         package: "mayfly-core",

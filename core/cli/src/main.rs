@@ -23,6 +23,7 @@ mod node;
 mod package;
 mod permissions;
 mod plan;
+mod prices;
 mod reap;
 mod replay;
 mod report;
@@ -223,6 +224,19 @@ enum Command {
                             mayfly iam-policy aws --location s3://data/in --location s3://work/out --location s3://work/state\n  \
                             mayfly iam-policy --job job.toml")]
     IamPolicy(permissions::Args),
+    /// Fetch live node prices from a provider's public price list (AWS Price
+    /// List Query API, Azure Retail Prices), cached with their date for `mayfly plan job.toml`.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        mayfly prices refresh aws --set region=eu-west-1 --set instance_type=c5.large\n  \
+        mayfly prices refresh azure --set location=westeurope --type Standard_F4s_v2\n  \
+        mayfly prices refresh --job job.toml\n  \
+        mayfly prices show\n\n\
+        Without a refresh, a plan prices nodes from the table the provider was built with (and says its date);\n\
+        a job's [prices] wins over both."
+    )]
+    Prices(prices::Args),
     /// Build what a provider's cloud runs: the serverless function's package
     /// (function.zip) and the nodes' artifact (node.tar.gz), from this checkout.
     #[command(after_help = "Example (from mayfly's checkout):\n  mayfly package aws --out dist/aws\n\n\
@@ -278,6 +292,7 @@ fn main() -> ExitCode {
         Command::Reap(args) => reap::execute(args),
         Command::Serve(args) => serve::execute(args),
         Command::IamPolicy(args) => permissions::execute(args),
+        Command::Prices(args) => prices::execute(args),
         Command::Package(args) => package::execute(args),
         Command::Deploy(args) => deploy::execute(args),
         Command::Demo(args) => demo::execute(args),

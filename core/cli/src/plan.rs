@@ -97,9 +97,12 @@ fn cmd_plan(args: &Args) -> Result<()> {
         (None, None) => (DEFAULT_RATE, "assumed; --rate sets it"),
     };
     let (max, mean) = p.balance();
+    // The provider's prices: fetched ones (`mayfly prices refresh`) where
+    // cached for its region, else its built-in table; as bootstrap prices them.
+    let priced = mayfly_core::bootstrap::priced_nodes(&provider);
     let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
     let estimate = mayfly_model::cost::estimate(&mayfly_model::cost::EstimateInput {
-        nodes: provider.info().nodes.as_ref(),
+        nodes: priced.nodes.as_ref(),
         prices: &spec.prices,
         workers: spec.workers,
         replacements: spec.max_replacements,
@@ -112,7 +115,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
     // The spending ceiling, as bootstrap checks it: a refusal fails the command.
     let over = spec.max_cost.and_then(|max| {
         mayfly_model::cost::check_ceiling(
-            provider.info().nodes.as_ref(),
+            priced.nodes.as_ref(),
             &spec.prices,
             (spec.workers, spec.max_replacements),
             spec.deadline,
@@ -136,7 +139,8 @@ fn cmd_plan(args: &Args) -> Result<()> {
     let secs = |d: Duration| d.as_secs_f64();
     let (bootstrap_limit, bootstrap_budget) = (checked.bootstrap_limit, checked.bootstrap_budget);
     let (credential_ttl, renew_every, renewals) = (checked.credential_ttl, checked.renew_every, checked.renewals);
-    let warnings = &checked.warnings;
+    let warnings: Vec<String> = priced.warnings.iter().chain(&checked.warnings).cloned().collect();
+    let warnings = &warnings;
     if json {
         let doc = serde_json::json!({
             "plan": p,

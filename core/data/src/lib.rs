@@ -12,13 +12,15 @@
 //! It imports `mayfly-model`, `mayfly-sandbox` (the task's view of an input),
 //! the provider API and the local provider (linked in as the default); it must not import the cluster (`mayfly-core`) or
 //! anything above it: a store knows no job, no master and no worker. Inside
-//! it, from the bottom: `nodelog`, `readahead`, `plugin`, `provider`, `gate`
+//! it, from the bottom: `nodelog`, `readahead`, `plugin`, `prices` (live
+//! prices, cached), `provider`, `gate`
 //! (the credential check a local node's stores make), `store`
 //! (`core/tests/flow.rs` checks both).
 
 pub mod gate;
 pub mod nodelog;
 pub mod plugin;
+pub mod prices;
 pub mod provider;
 pub mod readahead;
 pub mod store;

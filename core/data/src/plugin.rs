@@ -427,6 +427,20 @@ impl Provider for PluginProvider {
         self.call("deploy", &request, None).await
     }
 
+    async fn prices(
+        &self,
+        request: mayfly_provider_api::PricesRequest,
+    ) -> Result<mayfly_provider_api::PriceList, ProviderError> {
+        match self.call("prices", &request, Some(self.timeout)).await {
+            // A plugin older than `prices` (ABI 2.0) fetches none.
+            Err(e) if e.message.contains("unknown method `prices`") => Err(self.fail(
+                ErrorKind::Unsupported,
+                "it was built before live prices (ABI 2.0): it has no price list to fetch".into(),
+            )),
+            other => other,
+        }
+    }
+
     async fn serve(&self) -> Result<(), ProviderError> {
         self.call("serve", &(), None).await
     }

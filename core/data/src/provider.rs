@@ -481,6 +481,12 @@ impl ProviderHandle {
         self.block("deploy", Some(Duration::from_secs(600)), |p| async move { p.deploy(request).await })
     }
 
+    /// Live prices of `node_types` from the provider's platform's price list.
+    pub fn prices(&self, node_types: Vec<String>) -> Result<mayfly_provider_api::PriceList, ProviderError> {
+        let request = mayfly_provider_api::PricesRequest { node_types };
+        self.block("prices", Some(self.timeout()), |p| async move { p.prices(request).await })
+    }
+
     /// Runs the provider's serverless entrypoint until the platform ends it.
     pub fn serve(&self) -> Result<(), ProviderError> {
         self.block("serve", None, |p| async move { p.serve().await })

@@ -35,8 +35,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MAYFLYPV");
 /// The ABI's major version: the host refuses any other. 2: a credential's
 /// secret is typed ([`crate::Secret`]), no longer a string core parses.
 pub const ABI_MAJOR: u32 = 2;
-/// The ABI's minor version: the host refuses a newer one.
-pub const ABI_MINOR: u32 = 0;
+/// The ABI's minor version: the host refuses a newer one. 1: `prices`.
+pub const ABI_MINOR: u32 = 1;
 
 /// The call succeeded: the body is the result's JSON.
 pub const STATUS_OK: u32 = 0;
@@ -579,6 +579,7 @@ pub mod plugin {
             "adapt_event" | "invoke" => parse::<serde_json::Value>(n, method, body).map(drop),
             "permissions" => parse::<crate::PermissionsRequest>(n, method, body).map(drop),
             "deploy" => parse::<crate::DeployRequest>(n, method, body).map(drop),
+            "prices" => parse::<crate::PricesRequest>(n, method, body).map(drop),
             "identify" | "terminate_self" | "sweep" | "serve" => Ok(()),
             other => Err(ProviderError::new(n, ErrorKind::Unsupported, format!("unknown method `{other}`"))),
         }
@@ -609,6 +610,7 @@ pub mod plugin {
                 "permissions" => answer(n, &p.permissions(parse(n, &method, &body)?).await?),
                 "deploy" => answer(n, &p.deploy(parse(n, &method, &body)?).await?),
                 "sweep" => answer(n, &p.sweep().await?),
+                "prices" => answer(n, &p.prices(parse(n, &method, &body)?).await?),
                 "invoke" => {
                     let request = p.adapt_event(parse(n, &method, &body)?).await?;
                     answer(n, &host.bootstrap(request).await?)

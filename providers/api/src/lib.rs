@@ -287,6 +287,10 @@ impl Limits {
 pub struct Capabilities {
     /// The serverless entrypoint it serves with [`Provider::serve`] (`aws-lambda`, ...), if any.
     pub entrypoint: Option<String>,
+    /// Where [`Provider::prices`] fetches its live prices from (`AWS Price
+    /// List Query API`, ...), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<String>,
 }
 
 /// What a provider declares about itself.
@@ -320,6 +324,10 @@ pub struct NodeTypes {
     /// Where those prices come from, with a date ("AWS on-demand, Linux,
     /// us-east-1, price list of 2025-06"): prices change, and a plan says so.
     pub prices_source: String,
+    /// The region its nodes run in with its settings (`eu-west-1`,
+    /// `westeurope`), which prices depend on; `None` where none applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl NodeTypes {
@@ -331,8 +339,49 @@ impl NodeTypes {
             worker: worker.to_owned(),
             prices: table.iter().map(|(t, usd)| ((*t).to_owned(), *usd)).collect(),
             prices_source: source.to_owned(),
+            region: None,
         }
     }
+
+    /// The same, in `region`.
+    pub fn in_region(self, region: &str) -> NodeTypes {
+        NodeTypes { region: Some(region.to_owned()), ..self }
+    }
+}
+
+/// A request for live prices ([`Provider::prices`]): of these node types, in
+/// the region the provider's settings select.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricesRequest {
+    /// Node types (`m5.large`, `Standard_D2s_v5`, ...).
+    pub node_types: Vec<String>,
+}
+
+/// Live prices, as a platform's public price list gave them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PriceList {
+    /// The provider's name.
+    pub provider: String,
+    /// The region they apply to.
+    pub region: String,
+    /// Where they come from (`AWS Price List Query API, on demand, Linux`).
+    pub source: String,
+    /// When they were fetched.
+    pub fetched_ms: Millis,
+    /// USD per node-hour by node type; a type the price list does not know
+    /// is absent.
+    pub prices: BTreeMap<String, NodePrice>,
+}
+
+/// What a node-hour of one type costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodePrice {
+    /// On demand (pay as you go), Linux, in USD.
+    pub on_demand: Option<f64>,
+    /// On spot capacity now, in USD (the lowest of the region's zones on
+    /// AWS), where the price list gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<f64>,
 }
 
 /// How to reach the object store behind one URL: options in the `object_store`
@@ -605,6 +654,14 @@ pub trait Provider: Send + Sync + 'static {
     async fn deploy(&self, request: DeployRequest) -> Result<serde_json::Value, ProviderError> {
         let _ = request;
         Err(ProviderError::new(self.info().name, ErrorKind::Unsupported, "this provider has nothing to deploy"))
+    }
+
+    /// Fetches live prices of `request`'s node types from its platform's
+    /// public price list (`mayfly prices refresh`), in the region its
+    /// settings select; [`Capabilities::prices`] says where from.
+    async fn prices(&self, request: PricesRequest) -> Result<PriceList, ProviderError> {
+        let _ = request;
+        Err(ProviderError::new(self.info().name, ErrorKind::Unsupported, "this provider has no price list to fetch"))
     }
 
     /// Runs its serverless entrypoint's loop (the Lambda Runtime API, a

@@ -262,9 +262,12 @@ impl Provider for Aws {
         ProviderInfo {
             name: NAME.into(),
             limits: Limits::new(self.bootstrap_limit, self.credential_ttl, self.max_nodes),
-            capabilities: Capabilities { entrypoint: Some("aws-lambda".into()) },
+            capabilities: Capabilities {
+                entrypoint: Some("aws-lambda".into()),
+                prices: Some(prices::LIVE_SOURCE.into()),
+            },
             schemes: vec!["s3".into()],
-            nodes: Some(prices::node_types(&self.master_type, &self.worker_type)),
+            nodes: Some(prices::node_types(&self.master_type, &self.worker_type, &self.region)),
         }
     }
 
@@ -379,6 +382,13 @@ impl Provider for Aws {
 
     async fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
         deploy::deploy(self, request).await
+    }
+
+    async fn prices(
+        &self,
+        request: mayfly_provider_api::PricesRequest,
+    ) -> Result<mayfly_provider_api::PriceList, ProviderError> {
+        prices::fetch(self, request).await
     }
 
     async fn serve(&self) -> Result<(), ProviderError> {

@@ -33,7 +33,9 @@
 //! most 600 s; an HTTP-triggered bootstrap also stops at 230 s, the limit
 //! of an HTTP answer), `max_nodes`, `node_binary` / `node_artifact` (the
 //! `az://` URL `mayfly deploy` uploaded), `imds_endpoint`, `api_timeout`,
-//! `event_job_url` and `event_prefix` (the job a Blob trigger runs).
+//! `event_job_url` and `event_prefix` (the job a Blob trigger runs),
+//! `prices_endpoint` (the Retail Prices API `mayfly prices refresh` asks;
+//! default `https://prices.azure.com`).
 //!
 //! It imports the provider API, `mayfly-vm-kit` and the Azure SDK; it must not
 //! import any crate of mayfly's core (`mayfly` loads it as a plugin).
@@ -135,6 +137,7 @@ pub struct Azure {
     api_timeout: Duration,
     event_job_url: Option<String>,
     event_prefix: Option<String>,
+    prices_endpoint: String,
     credential: OnceCell<Arc<dyn TokenCredential>>,
     /// The credential the data path's tokens come from, made again when the
     /// store refused one it gave (its cache would give the same token back
@@ -181,6 +184,7 @@ impl Provider for Azure {
         let api_timeout = s.duration("api_timeout", Duration::from_secs(60))?;
         let event_job_url = s.string("event_job_url")?;
         let event_prefix = s.string("event_prefix")?;
+        let prices_endpoint = s.string("prices_endpoint")?.unwrap_or_else(|| prices::RETAIL_PRICES.into());
         s.finish()?;
         let on_node =
             std::path::Path::new(&format!("{}{NODE_MARKER}", std::env::var("MAYFLY_ROOT").unwrap_or_default()))
@@ -255,6 +259,7 @@ impl Provider for Azure {
             api_timeout,
             event_job_url,
             event_prefix,
+            prices_endpoint,
             credential: OnceCell::new(),
             storage_credential: tokio::sync::Mutex::new(None),
             arm: OnceCell::new(),
@@ -266,9 +271,12 @@ impl Provider for Azure {
         ProviderInfo {
             name: NAME.into(),
             limits: Limits::new(self.bootstrap_limit, self.credential_ttl, self.max_nodes),
-            capabilities: Capabilities { entrypoint: Some("azure-functions".into()) },
+            capabilities: Capabilities {
+                entrypoint: Some("azure-functions".into()),
+                prices: Some(prices::LIVE_SOURCE.into()),
+            },
             schemes: vec!["az".into()],
-            nodes: Some(prices::node_types(&self.master_size, &self.worker_size)),
+            nodes: Some(prices::node_types(&self.master_size, &self.worker_size, self.location.as_deref())),
         }
     }
 
@@ -433,6 +441,14 @@ impl Provider for Azure {
 
     async fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
         deploy_plan(&request, &self.storage_url()?)
+    }
+
+    async fn prices(
+        &self,
+        request: mayfly_provider_api::PricesRequest,
+    ) -> Result<mayfly_provider_api::PriceList, ProviderError> {
+        let location = self.need(&self.location, "location", "the region whose prices are fetched")?;
+        prices::fetch(&self.prices_endpoint, location, &request.node_types, self.api_timeout).await
     }
 
     async fn serve(&self) -> Result<(), ProviderError> {

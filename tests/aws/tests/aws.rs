@@ -1159,3 +1159,149 @@ fn s3_refusing_a_shards_outputs_for_a_while_costs_time_not_its_attempts() {
         billing("aws-slowdown")
     );
 }
+
+/// AWS's price APIs as their documented shapes answer: the Price List Query
+/// API's `GetProducts` (JSON 1.1, `X-Amz-Target`; the products of
+/// `answers/pricing-get-products.json` that match every `TERM_MATCH`
+/// filter, one a page) and EC2's `DescribeSpotPriceHistory` (query protocol,
+/// XML). Each request must be signed for its service and region; what was
+/// asked is kept.
+fn price_apis(asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("answers/pricing-get-products.json");
+    let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let products = recorded["products"].as_array().cloned().unwrap();
+    let answer = move |headers: HeaderMap, body: axum::body::Bytes| {
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let auth = header("authorization");
+        let reply = if header("x-amz-target") == "AWSPriceListService.GetProducts" {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            asked.lock().unwrap().push(format!("GetProducts {request}"));
+            if !auth.starts_with("AWS4-HMAC-SHA256 Credential=testing/")
+                || !auth.contains("/us-east-1/pricing/aws4_request")
+            {
+                (
+                    StatusCode::FORBIDDEN,
+                    "application/x-amz-json-1.1",
+                    format!("{{\"__type\":\"AccessDeniedException\",\"message\":\"{auth}\"}}"),
+                )
+            } else {
+                let filters = request["Filters"].as_array().cloned().unwrap_or_default();
+                let matching: Vec<&serde_json::Value> = products
+                    .iter()
+                    .filter(|p| p["serviceCode"] == request["ServiceCode"])
+                    .filter(|p| {
+                        filters.iter().all(|f| {
+                            f["Type"] == "TERM_MATCH"
+                                && p["product"]["attributes"][f["Field"].as_str().unwrap()] == f["Value"]
+                        })
+                    })
+                    .collect();
+                let at: usize = request["NextToken"].as_str().map_or(0, |t| t.parse().unwrap());
+                let page: Vec<String> = matching.iter().skip(at).take(1).map(|p| p.to_string()).collect();
+                let mut out = serde_json::json!({ "FormatVersion": "aws_v1", "PriceList": page });
+                if at + 1 < matching.len() {
+                    out["NextToken"] = (at + 1).to_string().into();
+                }
+                (StatusCode::OK, "application/x-amz-json-1.1", out.to_string())
+            }
+        } else {
+            let form = String::from_utf8_lossy(&body).into_owned();
+            asked.lock().unwrap().push(form.clone());
+            let spot = [("m5.large", "eu-west-1a", "0.041200"), ("m5.large", "eu-west-1b", "0.038900")];
+            let items: String = spot
+                .iter()
+                .filter(|(t, _, _)| form.contains(&format!("InstanceType.1={t}")))
+                .map(|(t, zone, usd)| {
+                    format!(
+                        "<item><availabilityZone>{zone}</availabilityZone><instanceType>{t}</instanceType>\
+                         <productDescription>Linux/UNIX</productDescription><spotPrice>{usd}</spotPrice>\
+                         <timestamp>2026-12-05T10:00:00.000Z</timestamp></item>"
+                    )
+                })
+                .collect();
+            if !form.contains("Action=DescribeSpotPriceHistory") || !auth.contains("/eu-west-1/ec2/aws4_request") {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "text/xml",
+                    format!(
+                        "<Response><Errors><Error><Code>InvalidAction</Code><Message>{form}</Message></Error></Errors></Response>"
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::OK,
+                    "text/xml",
+                    format!(
+                        "<DescribeSpotPriceHistoryResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                         <requestId>r</requestId><spotPriceHistorySet>{items}</spotPriceHistorySet><nextToken/>\
+                         </DescribeSpotPriceHistoryResponse>"
+                    ),
+                )
+            }
+        };
+        let (status, kind, body) = reply;
+        std::future::ready((status, [("Content-Type", kind)], body))
+    };
+    format!("http://{}", mayfly_tests_aws::serve_http(axum::Router::new().fallback(answer)))
+}
+
+/// `mayfly prices refresh aws`: on-demand prices of the instance types in
+/// use from the Price List Query API (Linux, shared, in the settings'
+/// region, every page; not the reserved terms) and spot from EC2 (the
+/// lowest zone), signed, cached with their date for `mayfly plan`.
+#[test]
+fn prices_refresh_reads_the_price_list_query_api_and_spot_history() {
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let endpoint = price_apis(asked.clone());
+    let dir = scratch("aws-prices");
+    let credentials = dir.join("credentials");
+    std::fs::write(&credentials, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").unwrap();
+    let out = std::process::Command::new(mayfly_tests::mayfly_bin())
+        .args(["prices", "refresh", aws_plugin().to_str().unwrap()])
+        .args([
+            "--set",
+            &format!("endpoint_url={endpoint}"),
+            "--set",
+            &format!("credentials_file={}", credentials.display()),
+        ])
+        .args([
+            "--set",
+            "region=eu-west-1",
+            "--set",
+            "instance_type=c5.large",
+            "--set",
+            "master_instance_type=m5.large",
+        ])
+        .args(["--type", "r5.large"])
+        .env("MAYFLY_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout.contains("aws in eu-west-1 (AWS Price List Query API (on demand, Linux) and EC2 spot price history, eu-west-1, fetched "), "{stdout}");
+    // eu-west-1's, the lower of its two products (the second on page 2), not
+    // its reserved price nor us-east-1's; spot: the lower zone's.
+    assert!(
+        stdout.lines().any(|l| l.contains("m5.large") && l.contains("$0.1070/h") && l.contains("$0.0389/h")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("c5.large") && l.contains("$0.0960/h") && l.trim_end().ends_with('-')),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: the price list has no price of r5.large in eu-west-1"), "{stdout}");
+    let asked = asked.lock().unwrap().clone();
+    let products: Vec<&String> = asked.iter().filter(|a| a.starts_with("GetProducts")).collect();
+    assert!(products.iter().any(|a| a.contains("\"NextToken\":\"1\"") && a.contains("m5.large")), "{asked:#?}");
+    assert!(
+        products.iter().all(|a| a.contains("\"regionCode\"") && a.contains("eu-west-1") && a.contains("\"Linux\"")),
+        "{asked:#?}"
+    );
+    assert!(asked.iter().any(|a| a.contains("ProductDescription.1=Linux%2FUNIX")), "{asked:#?}");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cache/prices/aws-eu-west-1.json")).unwrap()).unwrap();
+    assert_eq!(cached["prices"]["m5.large"]["on_demand"], 0.107);
+    assert_eq!(cached["prices"]["m5.large"]["spot"], 0.0389);
+    assert!(cached["prices"].get("r5.large").is_none());
+}

@@ -1180,3 +1180,86 @@ impl Drop for FunctionApp {
         let _ = self.child.wait();
     }
 }
+
+// ------------------------------------------------------------------ retail prices
+
+/// The Azure Retail Prices API (`GET /api/retail/prices`), answering from
+/// the meters in `answers/retail-prices-westeurope.json` (the API's documented
+/// shape) as the API does: OData `$filter` on `serviceName`,
+/// `armRegionName`, `armSkuName` and `priceType` (each `eq`, joined by
+/// `and`), two items a page, and a `NextPageLink` with `$skip`. It is
+/// public: a request that carries an `Authorization` header is refused (a
+/// token must not be sent where it is not asked for).
+#[derive(Debug)]
+pub struct RetailPrices {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl RetailPrices {
+    /// Starts one on a port of its own.
+    pub fn start() -> RetailPrices {
+        let (listener, endpoint) = listen();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("answers/retail-prices-westeurope.json");
+        let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let items = recorded["Items"].as_array().cloned().unwrap_or_default();
+        let (seen, base) = (requests.clone(), endpoint.clone());
+        serve(listener, Arc::new(move |r: Request| retail_prices(&r, &items, &base, &seen)));
+        RetailPrices { endpoint, requests }
+    }
+
+    /// The requests' query strings, decoded (`$filter=...&$skip=2`), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn retail_prices(r: &Request, items: &[serde_json::Value], base: &str, seen: &Mutex<Vec<String>>) -> Answer {
+    let asked: Vec<String> = r.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    seen.lock().unwrap().push(asked.join("&"));
+    if r.method != "GET" || r.path != "/api/retail/prices" {
+        return Answer::error(404, "NotFound", &format!("{} {}", r.method, r.path));
+    }
+    if r.headers.contains_key("authorization") {
+        return Answer::error(400, "BadRequest", "the Retail Prices API takes no credential");
+    }
+    if r.query.get("api-version").map(String::as_str) != Some("2023-01-01-preview") {
+        return Answer::error(400, "BadRequest", "api-version");
+    }
+    let filter = r.query.get("$filter").cloned().unwrap_or_default();
+    let mut wanted = BTreeMap::new();
+    for term in filter.split(" and ") {
+        let Some((field, value)) = term.split_once(" eq ") else {
+            return Answer::error(400, "BadRequest", &format!("$filter: {term:?} is not `field eq 'value'`"));
+        };
+        let Some(value) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
+            return Answer::error(400, "BadRequest", &format!("$filter: {value} is not quoted"));
+        };
+        wanted.insert(field.to_owned(), value.replace("''", "'"));
+    }
+    let matching: Vec<&serde_json::Value> = items
+        .iter()
+        .filter(|item| {
+            wanted.iter().all(|(field, value)| {
+                // The API calls the field `priceType` in a filter, `type` in an item.
+                let key = if field == "priceType" { "type" } else { field.as_str() };
+                item[key].as_str().is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
+        })
+        .collect();
+    let skip: usize = r.query.get("$skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let page: Vec<&serde_json::Value> = matching.iter().skip(skip).take(2).copied().collect();
+    let next = (skip + 2 < matching.len()).then(|| {
+        let filter = percent_encoding::utf8_percent_encode(&filter, percent_encoding::NON_ALPHANUMERIC);
+        format!("{base}/api/retail/prices?api-version=2023-01-01-preview&$filter={filter}&$skip={}", skip + 2)
+    });
+    Answer::json(
+        200,
+        serde_json::json!({
+            "BillingCurrency": "USD", "CustomerEntityId": "Default", "CustomerEntityType": "Retail",
+            "Items": page, "NextPageLink": next, "Count": page.len(),
+        }),
+    )
+}

@@ -422,3 +422,94 @@ fn the_readme_azure_section_is_a_valid_provider_configuration() {
     .unwrap_or_else(|e| panic!("the README's [provider] section: {e}"));
     assert_eq!(azure.info().schemes, vec!["az".to_owned()]);
 }
+
+/// `mayfly prices refresh azure` against the Retail Prices API's documented
+/// answers: pay-as-you-go Linux and spot of the sizes in use (not Windows,
+/// Low Priority, a reservation or an older price), every page followed, no
+/// credential sent; cached with its date, and `mayfly plan` prices the nodes
+/// from it and says so.
+#[test]
+fn prices_refresh_reads_the_retail_prices_api_and_plan_prices_nodes_from_it() {
+    let api = mayfly_tests_azure::RetailPrices::start();
+    let cache = mayfly_tests::scratch("azure-prices-cache");
+    let plugin = azure_plugin().to_string_lossy().into_owned();
+    let settings = [
+        "location=westeurope".to_owned(),
+        "vm_size=Standard_F4s_v2".to_owned(),
+        "master_vm_size=Standard_D2s_v5".to_owned(),
+        format!("prices_endpoint={}", api.endpoint),
+    ];
+    let mut args = vec!["prices".to_owned(), "refresh".to_owned(), plugin.clone()];
+    for s in &settings {
+        args.extend(["--set".to_owned(), s.clone()]);
+    }
+    args.extend(["--type".to_owned(), "Standard_E2s_v5".to_owned()]);
+    let out = std::process::Command::new(mayfly_tests::mayfly_bin())
+        .args(&args)
+        .env("MAYFLY_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(
+            "azure in westeurope (Azure Retail Prices API (pay as you go and spot, Linux), westeurope, fetched "
+        ),
+        "{stdout}"
+    );
+    // The latest Linux meter of each size, and its spot meter.
+    assert!(
+        stdout.lines().any(|l| l.contains("Standard_D2s_v5") && l.contains("$0.1150/h") && l.contains("$0.0231/h")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("Standard_F4s_v2") && l.contains("$0.1990/h") && l.contains("$0.0398/h")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: the price list has no price of Standard_E2s_v5 in westeurope"), "{stdout}");
+    let asked = api.requests();
+    assert!(
+        asked.iter().any(|q| q.contains("armSkuName eq 'Standard_D2s_v5'") && q.contains("$skip=2")),
+        "every page is read: {asked:?}"
+    );
+    assert!(
+        asked.iter().all(|q| q.contains("armRegionName eq 'westeurope'") && q.contains("priceType eq 'Consumption'")),
+        "{asked:?}"
+    );
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("prices/azure-westeurope.json")).unwrap()).unwrap();
+    assert_eq!(cached["prices"]["Standard_D2s_v5"]["on_demand"], 0.115);
+    assert!(cached["fetched_ms"].as_u64().unwrap() > 0);
+
+    // The plan prices the nodes from the cache, and says its source and day.
+    let job = TestJob::new("azure-prices-plan", &inputs(3, 1000));
+    let mut provider = format!("[provider]\npath = {plugin:?}\n");
+    for s in &settings {
+        let (k, v) = s.split_once('=').unwrap();
+        provider.push_str(&format!("{k} = {v:?}\n"));
+    }
+    job.write_job("tasks/wordcount", "{}", &format!("{provider}\n[cluster]\nworkers = 2\n"));
+    let plan = |cache: &std::path::Path| {
+        let out = std::process::Command::new(mayfly_tests::mayfly_bin())
+            .args(["plan", "job.toml", "--no-preflight"])
+            .current_dir(&job.dir)
+            .env("MAYFLY_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let stdout = plan(&cache);
+    let today = mayfly_model::units::Utc(mayfly_provider_api::now_ms()).to_string();
+    let today = today.split(' ').next().unwrap();
+    let fetched = format!("Azure Retail Prices API (pay as you go and spot, Linux), westeurope, fetched {today}");
+    assert!(
+        stdout.lines().any(|l| l.contains("master") && l.contains("$0.1150/h") && l.contains(&fetched)),
+        "{stdout}"
+    );
+    assert!(stdout.lines().any(|l| l.contains("workers") && l.contains("$0.1990/h")), "{stdout}");
+    // Without the cache: the table the plugin was built with, and its date.
+    let stdout = plan(&mayfly_tests::scratch("azure-prices-no-cache"));
+    assert!(stdout.contains("price list of 2025-06"), "{stdout}");
+}

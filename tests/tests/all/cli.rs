@@ -241,3 +241,15 @@ fn colors_only_when_asked_and_never_with_no_color() {
     // ...and NO_COLOR wins over it (https://no-color.org).
     assert!(!help(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).contains('\x1b'));
 }
+
+#[test]
+fn prices_of_a_provider_without_a_price_list_are_a_clear_error_and_an_empty_cache_says_how_to_fill_it() {
+    let out = mayfly(&["prices", "refresh", "local"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the local provider has no price list to fetch from"), "{}", text(&out.stderr));
+    let empty = scratch("prices-empty-cache");
+    let out = Command::new(mayfly_bin()).args(["prices", "show"]).env("MAYFLY_CACHE_DIR", &empty).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("no prices cached in"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("`mayfly prices refresh <provider>` fetches them"), "{}", text(&out.stdout));
+}

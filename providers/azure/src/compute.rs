@@ -134,9 +134,9 @@ pub(crate) fn alive(vm: &mgmt::models::VirtualMachine) -> bool {
 /// ARM: the generated client (get, list, delete), and its pipeline for the create.
 pub(crate) struct Arm {
     client: mgmt::Client,
-    pipeline: azure_core_legacy::Pipeline,
+    pub(crate) pipeline: azure_core_legacy::Pipeline,
     bridge: Arc<credentials::Bridge>,
-    endpoint: azure_core_legacy::Url,
+    pub(crate) endpoint: azure_core_legacy::Url,
     scope: String,
 }
 

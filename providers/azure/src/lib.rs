@@ -5,7 +5,8 @@
 //! `azure_identity` (a user-assigned managed identity on nodes and in the
 //! function; the developer's chain for an operator), data lives on Blob
 //! storage (`az://container/prefix`, core's data path with the `azure`
-//! feature), and the bootstrap runs as an Azure Functions custom handler.
+//! feature), and the bootstrap runs as an Azure Functions custom handler,
+//! which `mayfly deploy azure` makes through ARM's `Microsoft.Web` (`deploy.rs`).
 //!
 //! Each node is one VM (`PUT .../virtualMachines/<name>`, sent once and then
 //! followed with `GET` until its provisioning state is terminal: the legacy
@@ -440,7 +441,7 @@ impl Provider for Azure {
     }
 
     async fn deploy(&self, request: mayfly_provider_api::DeployRequest) -> Result<serde_json::Value, ProviderError> {
-        deploy_plan(&request, &self.storage_url()?)
+        self.deploy_app(&request).await
     }
 
     async fn prices(

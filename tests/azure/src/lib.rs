@@ -350,6 +350,14 @@ impl Vm {
 #[derive(Debug, Default)]
 struct ArmState {
     vms: BTreeMap<String, Vm>,
+    /// `Microsoft.Web/serverfarms` by lowercase name: their ARM bodies.
+    plans: BTreeMap<String, serde_json::Value>,
+    /// `Microsoft.Web/sites` by lowercase name: their ARM bodies, and when
+    /// a new one is made (its operation ends `latency` later).
+    sites: BTreeMap<String, (serde_json::Value, Instant)>,
+    /// What was asked of `Microsoft.Web` besides reads: `PUT sites/<name>`,
+    /// `POST sites/<name>/restart`, ...
+    web_calls: Vec<String>,
     /// Resources left behind by deleted VMs (not `deleteOption: Delete`): (job, name).
     orphans: Vec<(String, String)>,
     operations: HashMap<String, String>,
@@ -375,6 +383,8 @@ pub struct Arm {
 }
 
 const API: &str = "2024-07-01";
+/// `Microsoft.Web`'s API version the server answers.
+const WEB_API: &str = "2024-04-01";
 
 impl Arm {
     fn start(tokens: Arc<Tokens>) -> Arc<Arm> {
@@ -470,6 +480,209 @@ impl Arm {
         vm.since = Instant::now() + hold;
     }
 
+    /// A function app's ARM body (`Microsoft.Web/sites/<name>`).
+    pub fn site(&self, name: &str) -> Option<serde_json::Value> {
+        self.state.lock().unwrap().sites.get(&name.to_ascii_lowercase()).map(|(b, _)| b.clone())
+    }
+
+    /// An App Service plan's ARM body (`Microsoft.Web/serverfarms/<name>`).
+    pub fn plan(&self, name: &str) -> Option<serde_json::Value> {
+        self.state.lock().unwrap().plans.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// What was asked of `Microsoft.Web` besides reads, in order
+    /// (`PUT sites/mayfly-fn`, `POST sites/mayfly-fn/syncfunctiontriggers`).
+    pub fn web_calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().web_calls.clone()
+    }
+
+    /// A function app's app settings, as its `siteConfig.appSettings` holds them.
+    pub fn app_settings(&self, name: &str) -> BTreeMap<String, String> {
+        let site = self.site(name).unwrap_or_default();
+        let pairs = site.pointer("/properties/siteConfig/appSettings").and_then(|a| a.as_array()).cloned();
+        pairs
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (p["name"].as_str().unwrap_or_default().to_owned(), p["value"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    /// `Microsoft.Web` (API 2024-04-01), the operations `mayfly deploy azure`
+    /// uses, as its REST specification describes them: App Service plans
+    /// (`AppServicePlans_Get`, `_CreateOrUpdate`), function apps
+    /// (`WebApps_Get`; `_CreateOrUpdate`: a new site answers 202 with an
+    /// `Azure-AsyncOperation` that succeeds `latency` later, when the site
+    /// runs; `_Restart`; `_SyncFunctionTriggers`), and their checks: the
+    /// location, the plan the site names, the user-assigned identity.
+    fn web(&self, r: &Request, parts: &[&str]) -> Answer {
+        let not_found =
+            |what: &str| Answer::error(404, "ResourceNotFound", &format!("The Resource '{what}' was not found."));
+        // /subscriptions/{sub}/providers/Microsoft.Web/sites/{name}/operationResults/{id}
+        if parts.len() == 8 && parts[2] == "providers" && parts[6].eq_ignore_ascii_case("operationResults") {
+            let s = self.state.lock().unwrap();
+            return match s.sites.get(&parts[5].to_ascii_lowercase()) {
+                Some((_, since)) if since.elapsed() >= self.latency => {
+                    Answer::json(200, serde_json::json!({"name": parts[7], "status": "Succeeded"}))
+                }
+                Some(_) => Answer::json(200, serde_json::json!({"name": parts[7], "status": "InProgress"})),
+                None => Answer::error(404, "NotFound", "no such operation"),
+            };
+        }
+        // /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Web/{serverfarms|sites}/{name}[/{action}]
+        if parts.len() < 8 || parts[0] != "subscriptions" || !parts[2].eq_ignore_ascii_case("resourceGroups") {
+            return Answer::error(404, "NotFound", &format!("no route for {}", r.path));
+        }
+        if parts[1] != SUBSCRIPTION {
+            return Answer::error(
+                404,
+                "SubscriptionNotFound",
+                &format!("The subscription '{}' could not be found.", parts[1]),
+            );
+        }
+        if !parts[3].eq_ignore_ascii_case(GROUP) {
+            return Answer::error(
+                404,
+                "ResourceGroupNotFound",
+                &format!("Resource group '{}' could not be found.", parts[3]),
+            );
+        }
+        let (kind, name, action) =
+            (parts[6].to_ascii_lowercase(), parts[7], parts.get(8).map(|a| a.to_ascii_lowercase()));
+        let key = name.to_ascii_lowercase();
+        let id =
+            format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Web/{}/{name}", parts[6]);
+        let mut s = self.state.lock().unwrap();
+        match (r.method.as_str(), kind.as_str(), action.as_deref()) {
+            ("GET", "serverfarms", None) => match s.plans.get(&key) {
+                Some(plan) => Answer::json(200, plan.clone()),
+                None => not_found(&format!("Microsoft.Web/serverFarms/{name}")),
+            },
+            ("GET", "sites", None) => match s.sites.get(&key) {
+                Some((site, _)) => Answer::json(200, site.clone()),
+                None => not_found(&format!("Microsoft.Web/sites/{name}")),
+            },
+            ("PUT", "serverfarms", None) => {
+                let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
+                    return Answer::error(
+                        400,
+                        "InvalidRequestContent",
+                        "The request content was invalid and could not be deserialized.",
+                    );
+                };
+                if body["location"].as_str().is_none_or(str::is_empty) {
+                    return Answer::error(
+                        400,
+                        "LocationRequired",
+                        "The location property is required for this definition.",
+                    );
+                }
+                if body.pointer("/sku/name").and_then(|v| v.as_str()).is_none() {
+                    return Answer::error(400, "BadRequest", "The parameter SKU is missing.");
+                }
+                body["id"] = id.into();
+                body["name"] = name.into();
+                body["type"] = "Microsoft.Web/serverfarms".into();
+                body["properties"]["provisioningState"] = "Succeeded".into();
+                body["properties"]["status"] = "Ready".into();
+                s.web_calls.push(format!("PUT serverfarms/{name}"));
+                s.plans.insert(key, body.clone());
+                Answer::json(200, body)
+            }
+            ("PUT", "sites", None) => {
+                s.web_calls.push(format!("PUT sites/{name}"));
+                let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
+                    return Answer::error(
+                        400,
+                        "InvalidRequestContent",
+                        "The request content was invalid and could not be deserialized.",
+                    );
+                };
+                let Some(location) = body["location"].as_str().filter(|l| !l.is_empty()).map(str::to_owned) else {
+                    return Answer::error(
+                        400,
+                        "LocationRequired",
+                        "The location property is required for this definition.",
+                    );
+                };
+                let farm = body.pointer("/properties/serverFarmId").and_then(|v| v.as_str()).unwrap_or_default();
+                let farm_name = farm.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+                let Some(plan) =
+                    s.plans.get(&farm_name).filter(|p| p["id"].as_str().is_some_and(|i| i.eq_ignore_ascii_case(farm)))
+                else {
+                    return Answer::error(404, "NotFound", &format!("Cannot find ServerFarm with name {farm_name}."));
+                };
+                if plan["location"].as_str() != Some(location.as_str()) {
+                    return Answer::error(
+                        400,
+                        "BadRequest",
+                        "The site and its App Service plan must be in the same location.",
+                    );
+                }
+                match body.pointer("/identity/userAssignedIdentities").and_then(|v| v.as_object()) {
+                    Some(ids) if !ids.is_empty() && ids.keys().all(|k| k.eq_ignore_ascii_case(&identity_id())) => {}
+                    Some(ids) => {
+                        return Answer::error(
+                            400,
+                            "FailedIdentityOperation",
+                            &format!(
+                                "The user-assigned identities {:?} are not found.",
+                                ids.keys().collect::<Vec<_>>()
+                            ),
+                        );
+                    }
+                    None if body.pointer("/identity/type").and_then(|v| v.as_str()) == Some("UserAssigned") => {
+                        return Answer::error(
+                            400,
+                            "BadRequest",
+                            "userAssignedIdentities is required with type UserAssigned.",
+                        );
+                    }
+                    None => {}
+                }
+                let pairs = body
+                    .pointer("/properties/siteConfig/appSettings")
+                    .and_then(|a| a.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                if pairs.iter().any(|p| p["name"].as_str().is_none() || p["value"].as_str().is_none()) {
+                    return Answer::error(400, "BadRequest", "Each app setting has a string name and value.");
+                }
+                body["id"] = id.into();
+                body["name"] = name.into();
+                body["type"] = "Microsoft.Web/sites".into();
+                body["properties"]["defaultHostName"] = format!("{key}.azurewebsites.net").into();
+                body["properties"]["enabled"] = true.into();
+                match s.sites.get_mut(&key) {
+                    Some((site, _)) => {
+                        body["properties"]["state"] = "Running".into();
+                        *site = body.clone();
+                        Answer::json(200, body)
+                    }
+                    None => {
+                        // Made, not yet running: its operation ends `latency` later.
+                        s.sites.insert(key, (body.clone(), Instant::now()));
+                        let url = format!(
+                            "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Web/sites/{name}/operationResults/op-{}?api-version={WEB_API}",
+                            self.endpoint,
+                            s.web_calls.len()
+                        );
+                        Answer::json(202, body).header("Azure-AsyncOperation", url)
+                    }
+                }
+            }
+            ("POST", "sites", Some(action @ ("restart" | "syncfunctiontriggers"))) => {
+                if !s.sites.contains_key(&key) {
+                    return not_found(&format!("Microsoft.Web/sites/{name}"));
+                }
+                s.web_calls.push(format!("POST sites/{name}/{action}"));
+                Answer { status: if action == "restart" { 200 } else { 204 }, headers: vec![], body: String::new() }
+            }
+            _ => Answer::error(405, "MethodNotAllowed", &format!("{} {}", r.method, r.path)),
+        }
+    }
+
     /// Marks a VM stopped (its OS powered off): it stays, and would bill.
     fn stop(&self, name: &str) {
         if let Some(vm) = self.state.lock().unwrap().vms.get_mut(&name.to_ascii_lowercase()) {
@@ -502,6 +715,12 @@ impl Arm {
                 if !deleted {
                     s.orphans.push((job.clone(), name.clone()));
                 }
+            }
+        }
+        let latency = self.latency;
+        for (site, since) in s.sites.values_mut() {
+            if now.duration_since(*since) >= latency && site["properties"]["state"].is_null() {
+                site["properties"]["state"] = "Running".into();
             }
         }
         let done: Vec<String> = s.operations.keys().cloned().collect();
@@ -537,17 +756,23 @@ impl Arm {
         if let Err((code, message)) = self.tokens.check(r.headers.get("authorization"), &self.endpoint) {
             return Answer::error(401, code, &message);
         }
-        if r.query.get("api-version").map(String::as_str) != Some(API) {
+        let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+        let web = parts.get(3).is_some_and(|p| p.eq_ignore_ascii_case("Microsoft.Web"))
+            || parts.get(5).is_some_and(|p| p.eq_ignore_ascii_case("Microsoft.Web"));
+        let api = if web { WEB_API } else { API };
+        if r.query.get("api-version").map(String::as_str) != Some(api) {
             return Answer::error(
                 400,
                 "InvalidApiVersionParameter",
                 &format!(
-                    "The api-version '{}' is invalid. The supported versions are '{API}'.",
+                    "The api-version '{}' is invalid. The supported versions are '{api}'.",
                     r.query.get("api-version").cloned().unwrap_or_default()
                 ),
             );
         }
-        let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+        if web {
+            return self.web(&r, &parts);
+        }
         // /subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{id}
         if parts.len() == 7 && parts[2] == "providers" && parts[5] == "operations" {
             let s = self.state.lock().unwrap();

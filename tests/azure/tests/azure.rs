@@ -513,3 +513,106 @@ fn prices_refresh_reads_the_retail_prices_api_and_plan_prices_nodes_from_it() {
     let stdout = plan(&mayfly_tests::scratch("azure-prices-no-cache"));
     assert!(stdout.contains("price list of 2025-06"), "{stdout}");
 }
+
+/// `mayfly deploy azure` with a package directory of `function.zip` and
+/// `node.tar.gz` (what `mayfly package azure` makes; tests/package.rs
+/// deploys and runs a real one), its settings `--set` as an operator's.
+fn deploy(cloud: &Cloud, dist: &std::path::Path, function: &str, role: &str, extra: &[&str]) -> std::process::Output {
+    let mut deploy = mayfly(cloud);
+    deploy.args(["deploy"]).arg(azure_plugin()).arg("--from").arg(dist);
+    deploy.args(["--function", function, "--artifacts", "az://mayfly-dist/deploy-test", "--role", role]);
+    for (k, v) in cloud.settings() {
+        deploy.args(["--set", &format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or(v.to_string()))]);
+    }
+    deploy.args(["--set", "event_prefix=incoming/"]).args(extra);
+    deploy.output().unwrap()
+}
+
+/// The function app through ARM's Microsoft.Web, as `mayfly deploy aws`
+/// makes the Lambda function: the plan, then the site with the managed
+/// identity, the app settings and run-from-package at the uploaded zip,
+/// followed to running through its long-running operation; an update
+/// restarts it; bad input and a throttling ARM are handled.
+#[test]
+fn deploy_makes_or_updates_the_function_app_through_arm() {
+    let cloud = cloud();
+    let dist = mayfly_tests::scratch("azure-deploy-dist");
+    std::fs::write(dist.join("function.zip"), b"PK\x05\x06 the function app's package").unwrap();
+    std::fs::write(dist.join("node.tar.gz"), b"the nodes' artifact").unwrap();
+    let manifest = serde_json::json!({"provider": "azure", "architecture": "x86_64", "glibc": "2.36",
+        "function": "function.zip", "node": "node.tar.gz", "version": "test"});
+    std::fs::write(dist.join("package.json"), manifest.to_string()).unwrap();
+    cloud.azurite.create_container(&cloud.tokens, "mayfly-dist");
+    let name = "mayfly-deploy-test";
+    let identity = mayfly_tests_azure::identity_id();
+
+    // A role that is not a user-assigned identity: refused before anything is made.
+    let out = deploy(cloud, &dist, name, "arn:aws:iam::1:role/x", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("expected the user-assigned managed identity's resource id"), "{}", text(&out));
+    assert!(cloud.arm.site(name).is_none());
+
+    // Made, through ARM's throttling (each request retried as ARM asks).
+    let throttled = cloud.arm.throttled();
+    cloud.arm.throttle(&format!("sites/{name}"), 2);
+    let out = deploy(cloud, &dist, name, &identity, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(cloud.arm.throttled() >= throttled + 2);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answer: serde_json::Value = serde_json::from_str(&said[..said.rfind('}').unwrap() + 1]).unwrap();
+    assert_eq!(answer["action"], "created", "{said}");
+    assert_eq!(answer["state"], "Running", "waited for it to run: {said}");
+    assert_eq!(answer["trigger_url"], format!("https://{name}.azurewebsites.net/api/run"), "{said}");
+    assert_eq!(answer["blob_trigger_path"], "incoming/{batch}/_READY", "{said}");
+    let plan = cloud.arm.plan(&format!("{name}-plan")).expect("the plan was made");
+    assert_eq!(plan["sku"]["name"], "Y1");
+    assert_eq!(plan["properties"]["reserved"], true, "Linux");
+    let site = cloud.arm.site(name).unwrap();
+    assert_eq!(site["kind"], "functionapp,linux");
+    assert_eq!(site["properties"]["serverFarmId"], plan["id"]);
+    assert!(site["identity"]["userAssignedIdentities"].get(&identity).is_some(), "{site}");
+    let app = cloud.arm.app_settings(name);
+    let package = format!("{}/mayfly-dist/deploy-test/function.zip", cloud.azurite.endpoint);
+    assert_eq!(app.get("WEBSITE_RUN_FROM_PACKAGE"), Some(&package), "{app:?}");
+    assert_eq!(app.get("WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID"), Some(&identity));
+    assert_eq!(app.get("FUNCTIONS_WORKER_RUNTIME").map(String::as_str), Some("custom"));
+    assert_eq!(app.get("MAYFLY_TRIGGER_PATH").map(String::as_str), Some("incoming/{batch}/_READY"));
+    assert_eq!(app.get("AzureWebJobsStorage__credential").map(String::as_str), Some("managedidentity"));
+    let settings: serde_json::Value = serde_json::from_str(&app[mayfly_provider_api::SETTINGS_ENV]).unwrap();
+    assert_eq!(settings["location"], "westeurope");
+    assert!(settings.get("path").is_none() && settings.get("credentials_file").is_none(), "{settings}");
+    // What run-from-package points at is the package.
+    let zip = get(&cloud.container("mayfly-dist"), "deploy-test/function.zip").unwrap();
+    assert_eq!(zip, std::fs::read(dist.join("function.zip")).unwrap());
+    let calls = cloud.arm.web_calls();
+    let ours: Vec<&String> = calls.iter().filter(|c| c.contains(name)).collect();
+    assert_eq!(
+        ours,
+        [
+            &format!("PUT serverfarms/{name}-plan"),
+            &format!("PUT sites/{name}"),
+            &format!("POST sites/{name}/syncfunctiontriggers")
+        ],
+        "{calls:?}"
+    );
+
+    // Updated: the settings replaced, the plan kept, the app restarted.
+    let out = deploy(cloud, &dist, name, &identity, &["--set", "max_nodes=9"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"action\": \"updated\""), "{}", text(&out));
+    let app = cloud.arm.app_settings(name);
+    let settings: serde_json::Value = serde_json::from_str(&app[mayfly_provider_api::SETTINGS_ENV]).unwrap();
+    assert_eq!(settings["max_nodes"], 9);
+    let calls = cloud.arm.web_calls();
+    let last: Vec<&String> = calls.iter().filter(|c| c.contains(name)).rev().take(3).collect();
+    assert_eq!(
+        last,
+        [
+            &format!("POST sites/{name}/syncfunctiontriggers"),
+            &format!("POST sites/{name}/restart"),
+            &format!("PUT sites/{name}")
+        ],
+        "{calls:?}"
+    );
+    assert_eq!(calls.iter().filter(|c| c.starts_with(&format!("PUT serverfarms/{name}"))).count(), 1, "{calls:?}");
+}

@@ -1,7 +1,7 @@
 //! `mayfly package azure` and what it makes, running: the packaged function
 //! app (its `host.json` custom handler, started as the Functions host starts
 //! it: `bootstrap` from the app's root with `FUNCTIONS_CUSTOMHANDLER_PORT`,
-//! the app settings `mayfly deploy azure` answered, the managed identity's
+//! the app settings `mayfly deploy azure` gave it through ARM, the managed identity's
 //! endpoint) bootstraps a job from an HTTP trigger, and the job's VMs boot
 //! from their custom data, fetch the packaged node artifact from Blob storage
 //! with their identity's token (curl), check its hash, and run it.
@@ -38,11 +38,18 @@ impl Drop for Running {
 }
 
 /// The function app, unpacked, started as the Functions host starts a custom
-/// handler, with `settings` as its `MAYFLY_PROVIDER_SETTINGS`.
-fn start_app(cloud: &Cloud, app: &Path, settings: &serde_json::Value) -> (Running, u16) {
+/// handler: its app settings (as ARM holds them) in its environment, with
+/// `settings` as its `MAYFLY_PROVIDER_SETTINGS`.
+fn start_app(
+    cloud: &Cloud,
+    app: &Path,
+    app_settings: &std::collections::BTreeMap<String, String>,
+    settings: &serde_json::Value,
+) -> (Running, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(app.join("bootstrap"))
         .current_dir(app)
+        .envs(app_settings)
         .envs(cloud.identity_env())
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env(mayfly_provider_api::SETTINGS_ENV, settings.to_string())
@@ -120,7 +127,7 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
         serde_json::from_slice(&std::fs::read(app.join("blob/function.json")).unwrap()).unwrap();
     assert_eq!(blob["bindings"][0]["type"], "blobTrigger");
 
-    // `mayfly deploy azure` uploads both artifacts and answers the app settings.
+    // `mayfly deploy azure` uploads both artifacts and makes the function app through ARM.
     cloud.azurite.create_container(&cloud.tokens, "mayfly-dist");
     let mut deploy = mayfly_tests_azure::mayfly(cloud);
     deploy.args(["deploy"]).arg(dist.join("bin/libmayfly_provider_azure.so"));
@@ -137,10 +144,15 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
         .find_map(|l| l.split('"').find(|p| p.starts_with("az://mayfly-dist/mayfly/node-")))
         .unwrap_or_else(|| panic!("no node_artifact in {said}"))
         .to_owned();
-    assert!(said.contains("az functionapp deployment source config-zip"), "{said}");
-    let plan: serde_json::Value = serde_json::from_str(&said[..said.rfind('}').unwrap() + 1]).unwrap();
+    assert!(said.contains("\"trigger_url\": \"https://mayfly-fn.azurewebsites.net/api/run\""), "{said}");
+    let app_settings = cloud.arm.app_settings("mayfly-fn");
+    // Run-from-package points at the packaged zip, uploaded.
+    let package = format!("{}/mayfly-dist/mayfly/function.zip", cloud.azurite.endpoint);
+    assert_eq!(app_settings.get("WEBSITE_RUN_FROM_PACKAGE"), Some(&package), "{app_settings:?}");
+    let uploaded = block(cloud.container("mayfly-dist").get(&ObjPath::from("mayfly/function.zip"))).unwrap();
+    assert_eq!(block(uploaded.bytes()).unwrap().as_ref(), std::fs::read(dist.join("function.zip")).unwrap());
     let mut settings: serde_json::Value =
-        serde_json::from_str(plan["app_settings"][mayfly_provider_api::SETTINGS_ENV].as_str().unwrap()).unwrap();
+        serde_json::from_str(&app_settings[mayfly_provider_api::SETTINGS_ENV]).unwrap();
 
     // The job: wordcount over Blob storage, its VMs running the packaged mayfly.
     let data = cloud.container("mayfly-pkg");
@@ -149,7 +161,7 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
     }
     settings["node_artifact"] = artifact.clone().into();
     settings.as_object_mut().unwrap().remove("node_binary");
-    let (handler, port) = start_app(cloud, &app, &settings);
+    let (handler, port) = start_app(cloud, &app, &app_settings, &settings);
     let job = format!(
         "[job]\nname = \"pkg\"\nid = \"az-pkg\"\n\n[task]\npath = {:?}\nparams = {{ mode = \"map\" }}\n\n\
          [input]\nurl = \"az://mayfly-pkg/in\"\n\n[output]\nurl = \"az://mayfly-pkg/out/{{job}}\"\n\n\
@@ -182,7 +194,7 @@ fn the_packaged_function_app_runs_a_job_whose_vms_fetch_the_packaged_node_artifa
     drop(handler);
     settings["node_artifact"] = bad.into();
     settings["bootstrap_limit"] = "60s".into();
-    let (_handler, port) = start_app(cloud, &app, &settings);
+    let (_handler, port) = start_app(cloud, &app, &app_settings, &settings);
     let job = job.replace("id = \"az-pkg\"", "id = \"az-pkg-bad\"");
     let started = std::time::Instant::now();
     let call =

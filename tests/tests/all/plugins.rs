@@ -156,8 +156,8 @@ fn libraries_that_are_not_good_plugins_are_refused_by_name() {
     let cases: [(&str, &str); 6] = [
         ("no-header", "not a mayfly provider plugin: it has no `mayfly_provider_header` symbol"),
         ("wrong-magic", "its header has the wrong magic value (0x0bad0bad0bad0bad"),
-        ("major-next", "it was built for plugin ABI 3.0, and this mayfly speaks ABI 2.0"),
-        ("minor-next", "it was built for plugin ABI 2.7, newer than this mayfly's 2.0: upgrade mayfly"),
+        ("major-next", "it was built for plugin ABI 3.0, and this mayfly speaks ABI 2.1"),
+        ("minor-next", "it was built for plugin ABI 2.7, newer than this mayfly's 2.1: upgrade mayfly"),
         ("small-table", "its function table is 16 bytes, smaller than the 32 this mayfly needs"),
         ("null-call", "its function table has no `call` function (null)"),
     ];

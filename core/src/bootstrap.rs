@@ -657,7 +657,7 @@ pub fn bootstrap(
 
     if let Some(max) = spec.max_cost {
         step("check the cost", Duration::ZERO)?;
-        let priced = priced_nodes(provider);
+        let priced = priced_nodes(provider, spec);
         mayfly_model::cost::check_ceiling(
             priced.nodes.as_ref(),
             &spec.prices,
@@ -968,13 +968,15 @@ pub fn resume(
 }
 
 /// The provider's node types, priced as `mayfly plan` and bootstrap price
-/// them: from the prices `mayfly prices refresh` cached on this machine for
-/// the provider's region, else from its built-in table
-/// ([`mayfly_data::prices::priced`]; a function's machine has no cache).
-pub fn priced_nodes(provider: &ProviderHandle) -> mayfly_data::prices::Priced {
+/// them for `spec`: from the prices `mayfly prices refresh` cached on this
+/// machine for the provider's region, else from its built-in table
+/// ([`mayfly_data::prices::priced`]; a serverless function's machine has no
+/// cache, so its bootstrap uses the table: `plan` warns where that changes
+/// the ceiling's verdict).
+pub fn priced_nodes(provider: &ProviderHandle, spec: &JobSpec) -> mayfly_data::prices::Priced {
     let dir = mayfly_data::prices::default_dir().ok();
     let declared = provider.info().nodes.clone();
-    mayfly_data::prices::priced(dir.as_deref(), provider.name(), declared, SystemClock.now())
+    mayfly_data::prices::priced(dir.as_deref(), provider.name(), declared, &spec.prices, SystemClock.now())
 }
 
 /// A local path made absolute (nodes run elsewhere); a URL as it is.

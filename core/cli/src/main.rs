@@ -124,8 +124,9 @@ enum Command {
         mayfly plan job.toml\n  \
         mayfly plan job.toml --rate 40MiB     time at 40 MiB/s per worker, not the preflight's rate\n  \
         mayfly plan job.toml --json | jq .estimate.ceiling_usd\n\n\
-        Prices: USD per node-hour from a shipped table (common AWS and Azure sizes, on demand,\n\
-        us-east-1 / East US, dated) or the job file's [prices] table, e.g.\n  \
+        Prices: USD per node-hour from the prices `mayfly prices refresh --job job.toml` fetched (cached,\n\
+        dated), else a shipped table (common AWS and Azure sizes, on demand, us-east-1 / East US, dated),\n\
+        or the job file's [prices] table, which wins, e.g.\n  \
         [prices]\n  \
         \"c5.large\" = 0.034   # a spot price\n\n\
         The ceiling is every node billed to the deadline: no node outlives it.\n\

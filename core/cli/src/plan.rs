@@ -99,7 +99,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
     let (max, mean) = p.balance();
     // The provider's prices: fetched ones (`mayfly prices refresh`) where
     // cached for its region, else its built-in table; as bootstrap prices them.
-    let priced = mayfly_core::bootstrap::priced_nodes(&provider);
+    let priced = mayfly_core::bootstrap::priced_nodes(&provider, &spec);
     let items: u64 = p.shards.iter().map(|s| s.items.len() as u64).sum();
     let estimate = mayfly_model::cost::estimate(&mayfly_model::cost::EstimateInput {
         nodes: priced.nodes.as_ref(),
@@ -123,6 +123,29 @@ fn cmd_plan(args: &Args) -> Result<()> {
         )
         .err()
     });
+    // A serverless bootstrap has no price cache: it checks the ceiling with
+    // the provider's table, which may say otherwise.
+    let table_says = match spec.max_cost {
+        Some(max) if priced.fetched => Some(
+            mayfly_model::cost::check_ceiling(
+                provider.info().nodes.as_ref(),
+                &spec.prices,
+                (spec.workers, spec.max_replacements),
+                spec.deadline,
+                max,
+            )
+            .is_err(),
+        ),
+        _ => None,
+    };
+    let mut priced_warnings = priced.warnings.clone();
+    if let Some(table_refuses) = table_says.filter(|refuses| *refuses != over.is_some()) {
+        priced_warnings.push(format!(
+            "prices: a bootstrap without this machine's price cache (a serverless function's) prices nodes from the \
+             provider's built-in table, and there the ceiling would {} (the job's [prices] decides for both)",
+            if table_refuses { "refuse this job" } else { "let this job through" }
+        ));
+    }
     let output = Store::open(&absolute_location(&spec.output), &provider, &who);
     let checked = mayfly_ops::check::check(&mayfly_ops::check::Facts {
         spec: &spec,
@@ -139,7 +162,7 @@ fn cmd_plan(args: &Args) -> Result<()> {
     let secs = |d: Duration| d.as_secs_f64();
     let (bootstrap_limit, bootstrap_budget) = (checked.bootstrap_limit, checked.bootstrap_budget);
     let (credential_ttl, renew_every, renewals) = (checked.credential_ttl, checked.renew_every, checked.renewals);
-    let warnings: Vec<String> = priced.warnings.iter().chain(&checked.warnings).cloned().collect();
+    let warnings: Vec<String> = priced_warnings.iter().chain(&checked.warnings).cloned().collect();
     let warnings = &warnings;
     if json {
         let doc = serde_json::json!({

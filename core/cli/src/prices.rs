@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use mayfly_core::config::JobSpec;
-use mayfly_data::prices::{default_dir, load_all, save, source_line};
+use mayfly_data::prices::{default_dir, fetched, load, load_all, merge, save, source_line};
 use mayfly_data::provider::ProviderHandle;
 use mayfly_provider_api::PriceList;
 
@@ -29,7 +29,7 @@ pub(crate) struct RefreshArgs {
     #[arg(required_unless_present = "job")]
     provider: Option<String>,
     /// A setting of that provider (repeatable), as in a job's `[provider]` section.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "job")]
     settings: Vec<String>,
     /// Another node type to price (repeatable).
     #[arg(long = "type", value_name = "NODE_TYPE")]
@@ -64,24 +64,45 @@ fn refresh(args: RefreshArgs) -> Result<Ended> {
         bail!("no node type to price: the {} provider's settings select none; name one with --type", handle.name());
     }
     crate::say(&format!("fetching {} price(s) from the {from}", types.len()));
-    let list = handle.prices(types.clone())?;
+    let fresh = handle.prices(types.clone())?;
     let dir = default_dir()?;
+    // The types an earlier refresh fetched for other jobs stay, with their day.
+    let cached = match load(&dir, &fresh.provider, &fresh.region) {
+        Ok(cached) => cached,
+        Err(e) => {
+            println!("warning: {e}: replaced");
+            None
+        }
+    };
+    let missing: Vec<&String> = types.iter().filter(|t| !fresh.prices.contains_key(*t)).collect();
+    let notes = fresh.notes.clone();
+    let list = merge(cached, fresh, &types);
     let path = save(&dir, &list)?;
     print_list(&list);
-    let missing: Vec<&String> = types.iter().filter(|t| !list.prices.contains_key(*t)).collect();
     for t in &missing {
         println!("warning: the price list has no price of {t} in {}", list.region);
+    }
+    for note in &notes {
+        println!("warning: {note}");
     }
     println!("cached in {}; `mayfly plan` prices {}'s nodes in {} from it", path.display(), list.provider, list.region);
     Ok(Ended::Success)
 }
 
 fn print_list(list: &PriceList) {
-    println!("{} in {} ({}):", list.provider, list.region, source_line(list));
+    println!("{} in {} ({}):", list.provider, list.region, source_line(list, list.fetched_ms));
     println!("  {:<20} {:>14} {:>14}", "node type", "on demand", "spot");
     let usd = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("${p:.4}/h"));
     for (t, p) in &list.prices {
-        println!("  {t:<20} {:>14} {:>14}", usd(p.on_demand), usd(p.spot));
+        // A type kept from an earlier refresh says its own day.
+        let day = match p.fetched_ms {
+            Some(_) => format!(
+                "  (fetched {})",
+                mayfly_model::units::Utc(fetched(list, t)).to_string().split(' ').next().unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        println!("  {t:<20} {:>14} {:>14}{day}", usd(p.on_demand), usd(p.spot));
     }
 }
 

@@ -371,6 +371,10 @@ pub struct PriceList {
     /// USD per node-hour by node type; a type the price list does not know
     /// is absent.
     pub prices: BTreeMap<String, NodePrice>,
+    /// What could not be fetched (spot prices an API refused, say), for the
+    /// user to read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a node-hour of one type costs.
@@ -382,6 +386,10 @@ pub struct NodePrice {
     /// AWS), where the price list gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot: Option<f64>,
+    /// When this price was fetched, if not with the rest of its list (a
+    /// cache keeps the types an earlier refresh fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_ms: Option<Millis>,
 }
 
 /// How to reach the object store behind one URL: options in the `object_store`

@@ -59,12 +59,19 @@ pub(crate) async fn fetch(aws: &Aws, request: PricesRequest) -> Result<PriceList
         .region(aws_sdk_pricing::config::Region::new(PRICING_REGION))
         .build();
     let pricing = aws_sdk_pricing::Client::from_conf(config);
-    let mut prices = BTreeMap::new();
+    let (mut prices, mut notes) = (BTreeMap::new(), Vec::new());
     for instance_type in &request.node_types {
         let on_demand = on_demand(&pricing, &aws.region, instance_type).await?;
-        let spot = spot(&clients.ec2, instance_type).await?;
+        // Spot is extra: a refused spot history keeps the on-demand prices.
+        let spot = match spot(&clients.ec2, instance_type).await {
+            Ok(spot) => spot,
+            Err(e) => {
+                notes.push(format!("no spot price of {instance_type}: {}", e.message));
+                None
+            }
+        };
         if on_demand.is_some() || spot.is_some() {
-            prices.insert(instance_type.clone(), NodePrice { on_demand, spot });
+            prices.insert(instance_type.clone(), NodePrice { on_demand, spot, fetched_ms: None });
         }
     }
     Ok(PriceList {
@@ -73,6 +80,7 @@ pub(crate) async fn fetch(aws: &Aws, request: PricesRequest) -> Result<PriceList
         source: format!("{LIVE_SOURCE} (on demand, Linux) and EC2 spot price history"),
         fetched_ms: mayfly_provider_api::now_ms(),
         prices,
+        notes,
     })
 }
 

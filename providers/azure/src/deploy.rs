@@ -69,12 +69,20 @@ pub fn app_settings(
 fn check(request: &mayfly_provider_api::DeployRequest) -> Result<(), ProviderError> {
     let name = &request.function;
     let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-    if !(2..=60).contains(&name.len()) || !name.chars().all(valid) || name.starts_with('-') || name.ends_with('-') {
+    // Its plan is `<name>-plan`, and a plan's name has at most 60 characters.
+    if !(2..=55).contains(&name.len()) || !name.chars().all(valid) || name.starts_with('-') || name.ends_with('-') {
         return Err(fail(
             ErrorKind::Config,
             format!(
-                "--function {name:?}: a function app's name has 2 to 60 lowercase letters, digits and inner hyphens"
+                "--function {name:?}: a function app's name has 2 to 55 lowercase letters, digits and inner hyphens"
             ),
+        ));
+    }
+    if request.settings.get("identity_client_id").and_then(|c| c.as_str()).is_none_or(str::is_empty) {
+        return Err(fail(
+            ErrorKind::Config,
+            "`provider.identity_client_id` is not set: the client id of the --role identity, which the function app's \
+             host reads its storage and package with (a user-assigned identity has no default)",
         ));
     }
     if !request.role.to_ascii_lowercase().contains("/providers/microsoft.managedidentity/userassignedidentities/") {
@@ -192,19 +200,20 @@ impl Azure {
             .await
             .map_err(|e| arm_err(&format!("WebApps_CreateOrUpdate({name})"), &e))?;
         self.settle(&format!("the function app {name}"), answered).await?;
-        // The host reads run-from-package and the triggers when it starts: an
-        // updated app restarts, and its triggers are synced either way (a Blob
-        // trigger is not listened for until they are).
+        // The host reads run-from-package when it starts: an updated app restarts.
         if existed {
             self.web(Method::Post, &format!("{site_id}/restart"), None)
                 .await
                 .map_err(|e| arm_err(&format!("WebApps_Restart({name})"), &e))?;
         }
+        // Once it runs, its triggers are synced (a Blob trigger is not listened
+        // for until they are).
+        let site = self.running(name, &site_id).await?;
         self.web(Method::Post, &format!("{site_id}/syncfunctiontriggers"), None)
             .await
             .map_err(|e| arm_err(&format!("WebApps_SyncFunctionTriggers({name})"), &e))?;
-        let site = self.running(name, &site_id).await?;
         let host = site.pointer("/properties/defaultHostName").and_then(Value::as_str).unwrap_or_default();
+        let trigger_path = app_settings(request, &storage, &package).remove("MAYFLY_TRIGGER_PATH");
         Ok(json!({
             "function_app": name,
             "action": if existed { "updated" } else { "created" },
@@ -214,9 +223,12 @@ impl Azure {
             "identity": request.role,
             "package": package,
             "trigger_url": format!("https://{host}/api/run"),
-            "blob_trigger_path": app_settings(request, &storage, &package).get("MAYFLY_TRIGGER_PATH"),
-            "note": "the trigger takes a function key (`?code=`): az functionapp function keys list -g <group> -n <app> --function-name run; \
-                     the identity needs Storage Blob Data Owner and Storage Queue Data Contributor on the account, and the role definitions `mayfly iam-policy azure` prints",
+            "blob_trigger_path": trigger_path,
+            "note": format!(
+                "the trigger takes a function key (`?code=`): az functionapp function keys list -g {group} -n {name} --function-name run; \
+                 the identity needs the roles `mayfly iam-policy azure` prints (their notes name the host's storage); \
+                 each deploy sets the app's settings and identity to these: mayfly owns the app"
+            ),
         }))
     }
 

@@ -127,6 +127,12 @@ pub fn role_definitions(
     if subscription.is_none() || group.is_none() {
         notes.push("set subscription_id and resource_group to fill in the scope".into());
     }
+    notes.push(
+        "the function app's host (`mayfly deploy azure` gives it identity-based AzureWebJobsStorage) also needs, for the function's \
+         identity, blob data on the account's azure-webjobs-hosts and azure-webjobs-secrets containers, Storage Queue Data \
+         Contributor (the Blob trigger's queues), and blobs/read on the artifacts' container (run-from-package)"
+            .into(),
+    );
     if let Some(a) = node_artifact {
         notes.push(format!("the nodes read the node artifact {a}: its container needs the nodes' blobs/read"));
     }

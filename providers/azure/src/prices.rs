@@ -30,9 +30,16 @@ pub const PAY_AS_YOU_GO: &[(&str, f64)] = &[
 pub fn node_types(master: &str, worker: &str, location: Option<&str>) -> NodeTypes {
     let nodes = NodeTypes::priced(master, worker, PAY_AS_YOU_GO, SOURCE);
     match location {
-        Some(l) => nodes.in_region(l),
+        Some(l) => nodes.in_region(&region(l)),
         None => nodes,
     }
+}
+
+/// A location as the price list names it (`armRegionName`): ARM takes
+/// `West Europe` or `westeurope`, the Retail Prices API's filter only the
+/// latter (its values are case-sensitive).
+pub fn region(location: &str) -> String {
+    location.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
 /// Where `mayfly prices refresh` fetches live prices from.
@@ -58,6 +65,10 @@ pub(crate) async fn fetch(
     patience: Duration,
 ) -> Result<PriceList, ProviderError> {
     let endpoint = endpoint.trim_end_matches('/');
+    let location = region(location);
+    let origin = azure_core_legacy::Url::parse(endpoint)
+        .map_err(|e| fail(ErrorKind::Config, format!("`provider.prices_endpoint` {endpoint:?}: {e}")))?
+        .origin();
     let pipeline = azure_core_legacy::Pipeline::new(
         Some("mayfly-provider-azure"),
         Some(env!("CARGO_PKG_VERSION")),
@@ -93,8 +104,9 @@ pub(crate) async fn fetch(
                 meters.take(item, size)?;
             }
             match answer.next_page_link {
-                // Only from the same API: a link elsewhere is not followed.
-                Some(next) if next.starts_with(&format!("{endpoint}/")) => url = next,
+                // Only from the same API (`https://prices.azure.com:443/...` is
+                // its origin too): a link elsewhere is not followed.
+                Some(next) if azure_core_legacy::Url::parse(&next).is_ok_and(|u| u.origin() == origin) => url = next,
                 Some(next) => {
                     return Err(fail(
                         ErrorKind::Protocol,
@@ -104,17 +116,22 @@ pub(crate) async fn fetch(
                 None => break,
             }
         }
-        let price = NodePrice { on_demand: meters.on_demand.map(|(_, p)| p), spot: meters.spot.map(|(_, p)| p) };
+        let price = NodePrice {
+            on_demand: meters.on_demand.map(|(_, p)| p),
+            spot: meters.spot.map(|(_, p)| p),
+            fetched_ms: None,
+        };
         if price.on_demand.is_some() || price.spot.is_some() {
             prices.insert(size.clone(), price);
         }
     }
     Ok(PriceList {
         provider: crate::NAME.into(),
-        region: location.to_owned(),
+        region: location,
         source: format!("{LIVE_SOURCE} (pay as you go and spot, Linux)"),
         fetched_ms: mayfly_provider_api::now_ms(),
         prices,
+        notes: Vec::new(),
     })
 }
 

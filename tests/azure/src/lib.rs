@@ -523,6 +523,13 @@ impl Arm {
         if parts.len() == 8 && parts[2] == "providers" && parts[6].eq_ignore_ascii_case("operationResults") {
             let s = self.state.lock().unwrap();
             return match s.sites.get(&parts[5].to_ascii_lowercase()) {
+                // A site whose name says so fails to be made, as one can
+                // (a quota, a name taken elsewhere).
+                Some(_) if parts[5].contains("failing") => Answer::json(
+                    200,
+                    serde_json::json!({"name": parts[7], "status": "Failed",
+                        "error": {"code": "Conflict", "message": "Website with given name already exists."}}),
+                ),
                 Some((_, since)) if since.elapsed() >= self.latency => {
                     Answer::json(200, serde_json::json!({"name": parts[7], "status": "Succeeded"}))
                 }
@@ -1468,9 +1475,10 @@ fn retail_prices(r: &Request, items: &[serde_json::Value], base: &str, seen: &Mu
         .iter()
         .filter(|item| {
             wanted.iter().all(|(field, value)| {
-                // The API calls the field `priceType` in a filter, `type` in an item.
+                // The API calls the field `priceType` in a filter, `type` in an
+                // item; its values are compared as they are (case-sensitive).
                 let key = if field == "priceType" { "type" } else { field.as_str() };
-                item[key].as_str().is_some_and(|v| v.eq_ignore_ascii_case(value))
+                item[key].as_str() == Some(value.as_str())
             })
         })
         .collect();

@@ -434,7 +434,8 @@ fn prices_refresh_reads_the_retail_prices_api_and_plan_prices_nodes_from_it() {
     let cache = mayfly_tests::scratch("azure-prices-cache");
     let plugin = azure_plugin().to_string_lossy().into_owned();
     let settings = [
-        "location=westeurope".to_owned(),
+        // As ARM takes it; the price list's filter needs `westeurope`.
+        "location=West Europe".to_owned(),
         "vm_size=Standard_F4s_v2".to_owned(),
         "master_vm_size=Standard_D2s_v5".to_owned(),
         format!("prices_endpoint={}", api.endpoint),
@@ -501,9 +502,11 @@ fn prices_refresh_reads_the_retail_prices_api_and_plan_prices_nodes_from_it() {
         stdout
     };
     let stdout = plan(&cache);
-    let today = mayfly_model::units::Utc(mayfly_provider_api::now_ms()).to_string();
-    let today = today.split(' ').next().unwrap();
-    let fetched = format!("Azure Retail Prices API (pay as you go and spot, Linux), westeurope, fetched {today}");
+    let fetched_ms = cached["fetched_ms"].as_u64().unwrap();
+    assert!(fetched_ms.abs_diff(mayfly_provider_api::now_ms()) < 600_000, "fetched now: {fetched_ms}");
+    let day = mayfly_model::units::Utc(fetched_ms).to_string();
+    let day = day.split(' ').next().unwrap();
+    let fetched = format!("Azure Retail Prices API (pay as you go and spot, Linux), westeurope, fetched {day}");
     assert!(
         stdout.lines().any(|l| l.contains("master") && l.contains("$0.1150/h") && l.contains(&fetched)),
         "{stdout}"
@@ -615,4 +618,15 @@ fn deploy_makes_or_updates_the_function_app_through_arm() {
         "{calls:?}"
     );
     assert_eq!(calls.iter().filter(|c| c.starts_with(&format!("PUT serverfarms/{name}"))).count(), 1, "{calls:?}");
+
+    // A site ARM fails to make: its operation's error, and no trigger URL.
+    let out = deploy(cloud, &dist, "mayfly-failing", &identity, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("the function app mayfly-failing: ARM says Failed: Website with given name already exists."),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("trigger_url"), "{}", text(&out));
 }

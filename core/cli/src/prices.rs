@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use mayfly_core::config::JobSpec;
-use mayfly_data::prices::{default_dir, fetched, load, load_all, merge, save, source_line};
+use mayfly_data::prices::{day, default_dir, fetched, load, load_all, merge, save, source_line};
 use mayfly_data::provider::ProviderHandle;
 use mayfly_provider_api::PriceList;
 
@@ -95,14 +95,11 @@ fn print_list(list: &PriceList) {
     let usd = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("${p:.4}/h"));
     for (t, p) in &list.prices {
         // A type kept from an earlier refresh says its own day.
-        let day = match p.fetched_ms {
-            Some(_) => format!(
-                "  (fetched {})",
-                mayfly_model::units::Utc(fetched(list, t)).to_string().split(' ').next().unwrap_or_default()
-            ),
+        let own_day = match p.fetched_ms {
+            Some(_) => format!("  (fetched {})", day(fetched(list, t))),
             None => String::new(),
         };
-        println!("  {t:<20} {:>14} {:>14}{day}", usd(p.on_demand), usd(p.spot));
+        println!("  {t:<20} {:>14} {:>14}{own_day}", usd(p.on_demand), usd(p.spot));
     }
 }
 

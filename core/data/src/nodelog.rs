@@ -294,13 +294,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Lines {
         // A text line needs no span's field when the event says who speaks
         // (every `line`) or is a task's (its shard and item are its own): the
         // master writes one per commit, so none are gathered then.
-        if format == Format::Text {
-            let mut own = Fields::default();
-            event.record(&mut own);
-            if task || own.get("who").is_some() {
-                (self.out)(&text_line(now, level, &TextParts::of(task, target, &own)));
-                return;
-            }
+        let mut own = Fields::default();
+        event.record(&mut own);
+        if format == Format::Text && (task || own.get("who").is_some()) {
+            (self.out)(&text_line(now, level, &TextParts::of(task, target, &own)));
+            return;
         }
         // The node's fields, then each span's from the outermost, then the
         // event's own: the nearest wins.
@@ -314,7 +312,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Lines {
                 }
             }
         }
-        event.record(&mut fields);
+        for (name, value) in own.0 {
+            fields.set(name, value);
+        }
         let line = match format {
             Format::Text => text_line(now, level, &TextParts::of(task, target, &fields)),
             Format::Json => json_line(now, level, task, target, &fields),
@@ -410,10 +410,10 @@ fn json_line(now: u64, level: Level, task: bool, target: &str, fields: &Fields) 
     object.insert("ts".into(), Value::from(now));
     object.insert("level".into(), Value::from(level.as_str()));
     object.insert("source".into(), Value::from(if task { "task" } else { "node" }));
-    if !task && !target.starts_with("mayfly") {
+    let foreign = !task && !target.starts_with("mayfly");
+    if foreign {
         object.insert("target".into(), Value::from(target));
     }
-    let foreign = !task && !target.starts_with("mayfly");
     let spans = ["job", "node", "role", "shard", "attempt"];
     for (name, value) in &fields.0 {
         if foreign && !spans.contains(name) && !["message", "error"].contains(name) {

@@ -130,12 +130,16 @@ pub fn fetched(list: &PriceList, node_type: &str) -> Millis {
     list.prices.get(node_type).and_then(|p| p.fetched_ms).unwrap_or(list.fetched_ms)
 }
 
+/// The UTC day of an instant (`2026-12-05`).
+pub fn day(ms: Millis) -> String {
+    let utc = Utc(ms).to_string();
+    utc.split(' ').next().unwrap_or_default().to_owned()
+}
+
 /// How a price list's source reads in a plan: where from, the region, the
 /// day (of `fetched_ms`) it was fetched.
 pub fn source_line(list: &PriceList, fetched_ms: Millis) -> String {
-    let day = Utc(fetched_ms).to_string();
-    let day = day.split(' ').next().unwrap_or_default().to_owned();
-    format!("{}, {}, fetched {day}", list.source, list.region)
+    format!("{}, {}, fetched {}", list.source, list.region, day(fetched_ms))
 }
 
 /// The node types a provider declares, priced as a plan prices them.

@@ -440,7 +440,6 @@ mod tests {
         assert_eq!((l.at, l.level, l.shard), (None, Level::Warn, Some(7)));
         let l = parse_line("worker-2", "[shard 7 a.txt] ERROR broken");
         assert_eq!(l.level, Level::Error);
-        // The task's `start` and `finish` lines name the shard alone.
         // JSON lines: a task's line is about its shard; a node's, as in text,
         // about the shard its message names, not the attempt it ran in.
         let task = r#"{"attempt":1,"item":"a.txt","level":"WARN","message":"odd","node":"worker-2","shard":7,"source":"task","ts":1795796998960}"#;
@@ -453,6 +452,7 @@ mod tests {
         assert_eq!(l.json()["shard"], 7, "--json keeps the span's shard");
         let node = node.replace("credentials refreshed", "shard 3 committed");
         assert_eq!(parse_line("worker-2", &node).shard, Some(3));
+        // The task's `start` and `finish` lines name the shard alone.
         let l = parse_line("worker-2", "[shard 12]  INFO Map done distinct=3");
         assert_eq!((l.level, l.shard), (Level::Info, Some(12)));
         let l = parse_line("worker-2", "thread 'main' panicked at src/x.rs:1:1");

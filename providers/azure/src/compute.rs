@@ -431,7 +431,7 @@ impl Azure {
     pub(crate) fn blob_url(&self, url: &str) -> Result<String, ProviderError> {
         let rest = url
             .strip_prefix("az://")
-            .filter(|r| r.contains('/'))
+            .filter(|r| r.split_once('/').is_some_and(|(container, key)| !container.is_empty() && !key.is_empty()))
             .ok_or_else(|| fail(ErrorKind::Config, format!("{url:?}: expected az://container/key")))?;
         Ok(format!("{}/{rest}", self.storage_url()?))
     }

@@ -125,22 +125,8 @@ impl Azure {
         request: &mayfly_provider_api::DeployRequest,
     ) -> Result<Value, ProviderError> {
         check(request)?;
-        let (container, key) = request
-            .code_url
-            .strip_prefix("az://")
-            .and_then(|rest| rest.split_once('/'))
-            .filter(|(c, k)| !c.is_empty() && !k.is_empty())
-            .ok_or_else(|| {
-                fail(
-                    ErrorKind::Config,
-                    format!(
-                        "--artifacts: the azure provider's artifacts go to az://container/prefix, not {}",
-                        request.code_url
-                    ),
-                )
-            })?;
         let storage = self.storage_url()?;
-        let package = format!("{storage}/{container}/{key}");
+        let package = self.blob_url(&request.code_url)?;
         let location = self.need(&self.location, "location", "where the function app is made")?;
         let (subscription, group) = (self.subscription()?, self.group()?);
         let name = request.function.as_str();
@@ -173,10 +159,8 @@ impl Azure {
             Err(e) if status_of(&e) == Some(404) => false,
             Err(e) => return Err(arm_err(&format!("WebApps_Get({name})"), &e)),
         };
-        let settings: Vec<Value> = app_settings(request, &storage, &package)
-            .into_iter()
-            .map(|(k, v)| json!({ "name": k, "value": v }))
-            .collect();
+        let app = app_settings(request, &storage, &package);
+        let settings: Vec<Value> = app.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect();
         let body = json!({
             "location": location,
             "kind": "functionapp,linux",
@@ -213,7 +197,6 @@ impl Azure {
             .await
             .map_err(|e| arm_err(&format!("WebApps_SyncFunctionTriggers({name})"), &e))?;
         let host = site.pointer("/properties/defaultHostName").and_then(Value::as_str).unwrap_or_default();
-        let trigger_path = app_settings(request, &storage, &package).remove("MAYFLY_TRIGGER_PATH");
         Ok(json!({
             "function_app": name,
             "action": if existed { "updated" } else { "created" },
@@ -223,7 +206,7 @@ impl Azure {
             "identity": request.role,
             "package": package,
             "trigger_url": format!("https://{host}/api/run"),
-            "blob_trigger_path": trigger_path,
+            "blob_trigger_path": app.get("MAYFLY_TRIGGER_PATH"),
             "note": format!(
                 "the trigger takes a function key (`?code=`): az functionapp function keys list -g {group} -n {name} --function-name run; \
                  the identity needs the roles `mayfly iam-policy azure` prints (their notes name the host's storage); \

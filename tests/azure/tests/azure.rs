@@ -504,8 +504,7 @@ fn prices_refresh_reads_the_retail_prices_api_and_plan_prices_nodes_from_it() {
     let stdout = plan(&cache);
     let fetched_ms = cached["fetched_ms"].as_u64().unwrap();
     assert!(fetched_ms.abs_diff(mayfly_provider_api::now_ms()) < 600_000, "fetched now: {fetched_ms}");
-    let day = mayfly_model::units::Utc(fetched_ms).to_string();
-    let day = day.split(' ').next().unwrap();
+    let day = mayfly_data::prices::day(fetched_ms);
     let fetched = format!("Azure Retail Prices API (pay as you go and spot, Linux), westeurope, fetched {day}");
     assert!(
         stdout.lines().any(|l| l.contains("master") && l.contains("$0.1150/h") && l.contains(&fetched)),
